@@ -1,0 +1,284 @@
+//! The proxy's configuration: a TOML file (every field optional, documented in
+//! `config/proxy.toml`) overridden by command-line flags, validated before anything starts.
+//! Errors name the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default client listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// This proxy's id towards control planes (default: the host name).
+    pub node_id: Option<String>,
+    pub listen: ListenConfig,
+    pub control_planes: Vec<ControlPlaneConfig>,
+    pub limits: LimitsConfig,
+    pub upstream: UpstreamConfig,
+    pub discovery: DiscoveryTuning,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// HTTP/1.1 and h2c (gRPC) clients.
+    pub clients: String,
+    /// Admin endpoints.
+    pub admin: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// `http://host:port` of a control plane's discovery listener.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the first response byte and between later reads.
+    pub read_timeout_ms: u64,
+    /// Concurrent streams per HTTP/2 (h2c, gRPC) upstream connection.
+    pub max_h2_streams: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryTuning {
+    pub connect_timeout_ms: u64,
+    pub keepalive_interval_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads (default: the number of CPUs).
+    pub threads: Option<usize>,
+    /// On SIGTERM: seconds to let in-flight requests finish before exiting.
+    pub drain_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// JSON log lines instead of human-readable ones.
+    pub json: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            listen: ListenConfig::default(),
+            control_planes: Vec::new(),
+            limits: LimitsConfig::default(),
+            upstream: UpstreamConfig::default(),
+            discovery: DiscoveryTuning::default(),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            clients: DEFAULT_LISTEN.into(),
+            admin: DEFAULT_ADMIN.into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 300_000,
+            max_h2_streams: 128,
+        }
+    }
+}
+
+impl Default for DiscoveryTuning {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            keepalive_interval_ms: 5_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            drain_grace_seconds: 10,
+        }
+    }
+}
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config{}: `{key}`: {message}", .path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Invalid {
+        path: Option<PathBuf>,
+        key: String,
+        message: String,
+    },
+}
+
+impl ProxyConfig {
+    /// Reads and parses a TOML file (not yet validated: flags may still override fields).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every field; `path` is named in errors.
+    pub fn validate(&self, path: Option<&Path>) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.map(Path::to_path_buf),
+            key: key.to_string(),
+            message,
+        };
+        for (key, value) in [
+            ("listen.clients", &self.listen.clients),
+            ("listen.admin", &self.listen.admin),
+        ] {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid(key, format!("`{value}` is not an ip:port address ({e})")))?;
+        }
+        if self.listen.clients == self.listen.admin {
+            return Err(invalid(
+                "listen.admin",
+                "must differ from listen.clients".into(),
+            ));
+        }
+        for (i, cp) in self.control_planes.iter().enumerate() {
+            let ok = (cp.url.starts_with("http://") || cp.url.starts_with("https://"))
+                && cp.url.len() > "http://".len();
+            if !ok {
+                return Err(invalid(
+                    &format!("control_planes[{i}].url"),
+                    format!("`{}` must be an http:// or https:// URL", cp.url),
+                ));
+            }
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
+        }
+        for (key, v) in [
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
+            ("discovery.connect_timeout_ms", self.discovery.connect_timeout_ms),
+            (
+                "discovery.keepalive_interval_ms",
+                self.discovery.keepalive_interval_ms,
+            ),
+            ("discovery.backoff_initial_ms", self.discovery.backoff_initial_ms),
+            ("discovery.backoff_max_ms", self.discovery.backoff_max_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        if self.upstream.max_h2_streams == 0 {
+            return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));
+        }
+        if self.server.threads == Some(0) {
+            return Err(invalid("server.threads", "must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "multiverse-proxy".into())
+        })
+    }
+}
+
+/// Milliseconds as a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = ProxyConfig::default();
+        c.validate(None).expect("defaults valid");
+        assert_eq!(c.listen.clients, "127.0.0.1:8080");
+        assert_eq!(c.listen.admin, "127.0.0.1:9901");
+        assert_eq!(c.limits.max_body_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/proxy.toml");
+        let c = ProxyConfig::from_file(&path).expect("config/proxy.toml parses");
+        c.validate(Some(&path)).expect("config/proxy.toml is valid");
+    }
+
+    #[test]
+    fn errors_name_key_and_file() {
+        let c: ProxyConfig = toml::from_str("[listen]\nclients = \"nope\"").expect("parses");
+        let err = c.validate(Some(Path::new("/etc/p.toml"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/p.toml") && msg.contains("listen.clients"), "{msg}");
+        let err = toml::from_str::<ProxyConfig>("[listen]\nclientz = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("clientz"), "{err}");
+    }
+}

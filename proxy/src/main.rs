@@ -1,0 +1,163 @@
+//! `multiverse-proxy` command line: load the configuration, then run the client listener, the
+//! admin listener and the discovery client in one pingora server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use multiverse_proxy::admin::Admin;
+use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
+use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
+use multiverse_proxy::gateway::Gateway;
+use multiverse_proxy::observe::Metrics;
+use multiverse_proxy::upstream::UpstreamDefaults;
+use multiverse_proxy::TableState;
+
+/// Multiverse data plane: routes OpenAI-compatible traffic to model servers by `model`.
+#[derive(Debug, Parser)]
+#[command(name = "multiverse-proxy", version)]
+struct Cli {
+    /// TOML configuration file (see config/proxy.toml); flags override it.
+    #[arg(short, long, env = "MULTIVERSE_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Client listener for HTTP/1.1 and h2c [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin listener (/ready, /metrics, /config_dump) [default: 127.0.0.1:9901].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Control plane discovery URL, e.g. http://127.0.0.1:9001 (repeatable; replaces the file's).
+    #[arg(long = "control-plane", value_name = "URL")]
+    control_planes: Vec<String>,
+    /// Id this proxy reports to control planes [default: host name].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("multiverse-proxy: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(path) => ProxyConfig::from_file(path)?,
+        None => ProxyConfig::default(),
+    };
+    if let Some(v) = cli.listen {
+        cfg.listen.clients = v;
+    }
+    if let Some(v) = cli.admin_listen {
+        cfg.listen.admin = v;
+    }
+    if !cli.control_planes.is_empty() {
+        cfg.control_planes = cli
+            .control_planes
+            .into_iter()
+            .map(|url| ControlPlaneConfig { url })
+            .collect();
+    }
+    if cli.node_id.is_some() {
+        cfg.node_id = cli.node_id;
+    }
+    cfg.log.json |= cli.log_json;
+    cfg.validate(cli.config.as_deref())?;
+    init_logging(cfg.log.json);
+
+    let metrics = Metrics::new();
+    let state = Arc::new(TableState::new(metrics.clone()));
+    let node_id = cfg.node_id();
+
+    let mut conf = ServerConf {
+        threads: cfg.server.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.drain_grace_seconds),
+        ..ServerConf::default()
+    };
+    conf.work_stealing = true;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(
+        state.clone(),
+        metrics.clone(),
+        UpstreamDefaults {
+            connect_timeout: ms(cfg.upstream.connect_timeout_ms),
+            read_timeout: ms(cfg.upstream.read_timeout_ms),
+            max_h2_streams: cfg.upstream.max_h2_streams,
+        },
+        cfg.limits.max_body_bytes,
+    );
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "clients");
+    proxy.add_tcp(&cfg.listen.clients);
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        pingora_core::apps::http_app::HttpServer::new_app(Admin {
+            state: state.clone(),
+            metrics: metrics.clone(),
+            node_id: node_id.clone(),
+        }),
+    );
+    admin.add_tcp(&cfg.listen.admin);
+
+    let discovery = background_service(
+        "discovery",
+        Discovery::new(
+            DiscoveryConfig {
+                control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
+                node_id: node_id.clone(),
+                connect_timeout: ms(cfg.discovery.connect_timeout_ms),
+                keepalive_interval: ms(cfg.discovery.keepalive_interval_ms),
+                backoff_initial: ms(cfg.discovery.backoff_initial_ms),
+                backoff_max: ms(cfg.discovery.backoff_max_ms),
+            },
+            state,
+            metrics,
+        ),
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(discovery);
+    tracing::info!(
+        clients = %cfg.listen.clients,
+        admin = %cfg.listen.admin,
+        node_id = %node_id,
+        "multiverse-proxy starting"
+    );
+    server.run_forever()
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,209 @@
+//! What the proxy tells operators about itself: Prometheus metrics, rendered on the admin
+//! listener's `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::table::{Endpoint, EndpointLoad};
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    connect_errors: IntCounterVec,
+    retries: IntCounterVec,
+    in_flight: IntGauge,
+    pub table_version: IntGaugeVec,
+    pub table_updates: IntCounter,
+    pub snapshots_rejected: IntCounter,
+    pub control_plane_connected: IntGaugeVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("multiverse_proxy".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let requests = must(IntCounterVec::new(
+            Opts::new("requests_total", "Requests by model, endpoint and status"),
+            &["model", "endpoint", "status"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request start to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["model"],
+        ));
+        let connect_errors = must(IntCounterVec::new(
+            Opts::new("upstream_connect_errors_total", "Failed upstream connects"),
+            &["endpoint"],
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new("retries_total", "Attempts retried on another endpoint"),
+            &["model"],
+        ));
+        let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
+        let table_version = must(IntGaugeVec::new(
+            Opts::new(
+                "table_info",
+                "The routing table in use (1 for the current version label)",
+            ),
+            &["version"],
+        ));
+        let table_updates = must(IntCounter::new(
+            "table_updates_total",
+            "Routing tables applied",
+        ));
+        let snapshots_rejected = must(IntCounter::new(
+            "snapshots_rejected_total",
+            "Snapshots NACKed",
+        ));
+        let control_plane_connected = must(IntGaugeVec::new(
+            Opts::new(
+                "control_plane_connected",
+                "1 while the discovery stream to a control plane is up",
+            ),
+            &["control_plane"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(table_version.clone()),
+            Box::new(table_updates.clone()),
+            Box::new(snapshots_rejected.clone()),
+            Box::new(control_plane_connected.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            connect_errors,
+            retries,
+            in_flight,
+            table_version,
+            table_updates,
+            snapshots_rejected,
+            control_plane_connected,
+        })
+    }
+
+    pub fn request_done(&self, model: &str, endpoint: &str, status: u16, elapsed: Duration) {
+        let mut buf = itoa_buf();
+        let status = fmt_status(status, &mut buf);
+        self.requests
+            .with_label_values(&[model, endpoint, status])
+            .inc();
+        self.duration
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn connect_error(&self, endpoint: &str) {
+        self.connect_errors.with_label_values(&[endpoint]).inc();
+    }
+
+    pub fn retry(&self, model: &str) {
+        self.retries.with_label_values(&[model]).inc();
+    }
+
+    /// Records a new table version (the gauge carries the version as a label).
+    pub fn table_applied(&self, version: &str) {
+        self.table_version.reset();
+        self.table_version.with_label_values(&[version]).set(1);
+        self.table_updates.inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Formats a status code without allocating.
+fn fmt_status(status: u16, buf: &mut [u8; 3]) -> &str {
+    if !(100..=999).contains(&status) {
+        return "0";
+    }
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("0")
+}
+
+/// Counts a request against an endpoint while it is in flight (dropped at the end, or replaced
+/// when a retry moves to another endpoint).
+pub struct InFlight {
+    load: Arc<EndpointLoad>,
+    gauge: IntGauge,
+}
+
+impl InFlight {
+    pub fn start(endpoint: &Endpoint, metrics: &Metrics) -> Self {
+        endpoint.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.inc();
+        Self {
+            load: endpoint.load.clone(),
+            gauge: metrics.in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new();
+        m.request_done("demo", "e1", 200, Duration::from_millis(3));
+        m.table_applied("7");
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(text.contains(
+            "multiverse_proxy_requests_total{endpoint=\"e1\",model=\"demo\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("multiverse_proxy_table_info{version=\"7\"} 1"));
+    }
+
+    #[test]
+    fn status_formatting() {
+        let mut b = itoa_buf();
+        assert_eq!(fmt_status(404, &mut b), "404");
+        assert_eq!(fmt_status(0, &mut b), "0");
+    }
+}

@@ -1,0 +1,196 @@
+//! Chooses the endpoint for one attempt of a request.
+//!
+//! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
+//! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
+//! robin, weighted random, and least outstanding requests by power of two choices (the default).
+//! Lock-free and allocation-free: it walks the route's endpoint slice.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::table::{Endpoint, Health, LbStrategy, Route};
+
+/// Endpoints a request already tried, by index in the route (first 64 tracked).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn mark(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
+/// Picks an endpoint index for the next attempt, or `None` when nothing is eligible.
+pub fn pick(route: &Route, tried: Tried) -> Option<usize> {
+    let healthy = |i: usize, e: &Arc<Endpoint>| {
+        !tried.contains(i) && e.health.accepts_new() && e.health != Health::Degraded
+    };
+    let degraded = |i: usize, e: &Arc<Endpoint>| !tried.contains(i) && e.health == Health::Degraded;
+    pick_among(route, &healthy).or_else(|| pick_among(route, &degraded))
+}
+
+fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -> Option<usize> {
+    let eps = &route.endpoints;
+    let n = eps
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| eligible(*i, e))
+        .count();
+    match n {
+        0 => return None,
+        1 => return eps.iter().enumerate().position(|(i, e)| eligible(i, e)),
+        _ => {}
+    }
+    // The k-th eligible endpoint's index.
+    let nth = |k: usize| {
+        eps.iter()
+            .enumerate()
+            .filter(|(i, e)| eligible(*i, e))
+            .nth(k)
+            .map(|(i, _)| i)
+    };
+    let mut rng = rand::rng();
+    match route.policy.lb {
+        LbStrategy::RoundRobin => nth(route.cursor.fetch_add(1, Ordering::Relaxed) % n),
+        LbStrategy::Weighted => {
+            let total: u64 = eps
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| eligible(*i, e))
+                .map(|(_, e)| u64::from(e.weight))
+                .sum();
+            let mut ticket = rng.random_range(0..total.max(1));
+            for (i, e) in eps.iter().enumerate() {
+                if !eligible(i, e) {
+                    continue;
+                }
+                let w = u64::from(e.weight);
+                if ticket < w {
+                    return Some(i);
+                }
+                ticket -= w;
+            }
+            nth(n - 1)
+        }
+        LbStrategy::LeastRequest => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ia, ib) = (nth(a)?, nth(b)?);
+            let load = |i: usize| {
+                // Normalise by weight so a heavier endpoint takes proportionally more.
+                let e = &eps[i];
+                e.load.in_flight.load(Ordering::Relaxed) * 1024 / u64::from(e.weight.max(1))
+            };
+            Some(if load(ib) < load(ia) { ib } else { ia })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{parse_socket_addr, EndpointLoad, PlaneRoutes, RoutingTable};
+    use multiverse_proto::discovery::v1 as pb;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn route(lb: pb::LbStrategy, healths: &[pb::HealthStatus], weights: &[u32]) -> Arc<Route> {
+        let endpoints = healths
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (h, w))| pb::Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 1000 + i),
+                health: *h as i32,
+                weight: *w,
+                ..Default::default()
+            })
+            .collect();
+        let snap = pb::RouteSnapshot {
+            models: vec![pb::Model {
+                name: "m".into(),
+                policy: Some(pb::RoutingPolicy {
+                    lb: lb as i32,
+                    ..Default::default()
+                }),
+                endpoints,
+                ..Default::default()
+            }],
+        };
+        let mut planes = BTreeMap::new();
+        planes.insert(
+            "cp".to_string(),
+            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+        );
+        let mut loads: HashMap<String, Arc<EndpointLoad>> = HashMap::new();
+        let table = RoutingTable::merge(&planes, "test", &mut loads);
+        table.route("m").expect("route").clone()
+    }
+
+    use pb::HealthStatus as H;
+
+    #[test]
+    fn never_picks_unavailable_or_tried() {
+        let r = route(
+            pb::LbStrategy::Unspecified,
+            &[H::Unhealthy, H::Healthy, H::Draining, H::Timeout, H::Unknown],
+            &[1; 5],
+        );
+        let mut tried = Tried::default();
+        for _ in 0..200 {
+            let i = pick(&r, tried).expect("one eligible");
+            assert!(i == 1 || i == 4, "picked {i}");
+        }
+        tried.mark(1);
+        assert_eq!(pick(&r, tried), Some(4));
+        tried.mark(4);
+        assert_eq!(pick(&r, tried), None);
+    }
+
+    #[test]
+    fn degraded_only_as_last_resort() {
+        let r = route(pb::LbStrategy::RoundRobin, &[H::Degraded, H::Healthy], &[1, 1]);
+        for _ in 0..10 {
+            assert_eq!(pick(&r, Tried::default()), Some(1));
+        }
+        let mut t = Tried::default();
+        t.mark(1);
+        assert_eq!(pick(&r, t), Some(0));
+    }
+
+    #[test]
+    fn round_robin_alternates() {
+        let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
+        let got: Vec<_> = (0..6).filter_map(|_| pick(&r, Tried::default())).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
+        r.endpoints[0].load.in_flight.store(10, Ordering::Relaxed);
+        for _ in 0..50 {
+            assert_eq!(pick(&r, Tried::default()), Some(1));
+        }
+    }
+
+    #[test]
+    fn weighted_follows_weights() {
+        let r = route(pb::LbStrategy::Weighted, &[H::Healthy; 2], &[1, 9]);
+        let heavy = (0..2000)
+            .filter(|_| pick(&r, Tried::default()) == Some(1))
+            .count();
+        assert!((1600..=1990).contains(&heavy), "heavy picked {heavy}/2000");
+    }
+}

@@ -1,0 +1,167 @@
+//! Responses the proxy writes itself: errors in the format of the route family that failed, and
+//! the few answers it gives from its own table (`GET /v1/models`).
+//!
+//! OpenAI routes get `{"error":{"message","type","param","code"}}` as the openai SDKs parse it.
+//! Every error is a [`ProxyError`] value; one function turns it into a status and body.
+
+use bytes::Bytes;
+use http::header;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde_json::json;
+
+use crate::table::RoutingTable;
+
+/// An error the proxy answers with, independent of the wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    pub status: u16,
+    /// OpenAI `type`.
+    pub kind: &'static str,
+    /// Stable machine-readable `code`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ProxyError {
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: String) -> Self {
+        Self::new(400, "invalid_request_error", code, message)
+    }
+
+    pub fn unknown_model(model: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model `{model}` does not exist or is not served by this gateway"),
+        )
+    }
+
+    pub fn unknown_route(method: &str, path: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            "unknown_route",
+            format!("No route for {method} {path}"),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("Request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn no_endpoint(model: &str) -> Self {
+        Self::new(
+            503,
+            "server_error",
+            "no_healthy_endpoint",
+            format!("No healthy endpoint is available for model `{model}`"),
+        )
+    }
+
+    pub fn not_ready() -> Self {
+        Self::new(
+            503,
+            "server_error",
+            "not_ready",
+            "The gateway has not received its routing table yet".into(),
+        )
+    }
+
+    pub fn upstream_timeout(detail: &str) -> Self {
+        Self::new(
+            504,
+            "server_error",
+            "upstream_timeout",
+            format!("The model server did not answer in time: {detail}"),
+        )
+    }
+
+    pub fn upstream_failed(detail: &str) -> Self {
+        Self::new(
+            502,
+            "server_error",
+            "upstream_error",
+            format!("The model server failed: {detail}"),
+        )
+    }
+
+    /// The OpenAI error body.
+    pub fn openai_body(&self) -> Bytes {
+        let v = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": null,
+                "code": self.code,
+            }
+        });
+        Bytes::from(v.to_string())
+    }
+}
+
+/// Writes a complete JSON response.
+pub async fn send_json(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Writes `err` in OpenAI format.
+pub async fn send_error(session: &mut Session, err: &ProxyError) -> Result<()> {
+    send_json(session, err.status, err.openai_body()).await
+}
+
+/// `GET /v1/models` answered from the table: OpenAI list format, plus each model's kind and
+/// available-endpoint count (`multiverse` extension object).
+pub fn models_list(table: &RoutingTable) -> Bytes {
+    let data: Vec<_> = table
+        .routes()
+        .map(|r| {
+            json!({
+                "id": r.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "multiverse",
+                "multiverse": {
+                    "kind": r.kind,
+                    "healthy_endpoints": r.available(),
+                    "endpoints": r.endpoints.len(),
+                },
+            })
+        })
+        .collect();
+    Bytes::from(json!({"object": "list", "data": data}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_error_shape() {
+        let body = ProxyError::unknown_model("x").openai_body();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`x`")));
+    }
+}

@@ -1,0 +1,188 @@
+//! Decides where a request goes: its route family, the model it names, and that model's route
+//! in the table the request pinned.
+//!
+//! For OpenAI routes the model comes from the `x-model` header when present (the body is then
+//! never read), else from the body's `model` field. Reading the body stops as soon as the field is
+//! found; the bytes read so far are held in [`Held`] and handed to the upstream first, so the
+//! upstream receives the body exactly as it arrived.
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora_error::Result;
+use pingora_proxy::Session;
+
+use crate::model::{ModelScanner, Scan, ScanError};
+use crate::respond::ProxyError;
+
+/// Which API a request belongs to; decides routing and the error format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: routed by `model`.
+    OpenAi,
+    /// `GET /v1/models`: answered from the table.
+    ModelsList,
+    /// Anything else.
+    Unknown,
+}
+
+/// Classifies a request by method and path.
+pub fn classify(method: &Method, path: &str) -> Family {
+    match (method, path) {
+        (&Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
+            Family::OpenAi
+        }
+        (&Method::GET, "/v1/models") => Family::ModelsList,
+        _ => Family::Unknown,
+    }
+}
+
+/// Body bytes read for routing, to be sent upstream before the rest of the body.
+#[derive(Debug, Default)]
+pub struct Held {
+    bytes: Option<Bytes>,
+    /// Whether this attempt still has to send them (reset per attempt, so retries resend).
+    pending: bool,
+}
+
+impl Held {
+    /// Arms the held bytes for a new upstream attempt.
+    pub fn rearm(&mut self) {
+        self.pending = self.bytes.is_some();
+    }
+
+    /// Puts the held bytes in front of `body` (the next chunk pingora read, or `None` at end of
+    /// body). A no-op once sent for this attempt.
+    pub fn prepend_to(&mut self, body: &mut Option<Bytes>) {
+        if !std::mem::take(&mut self.pending) {
+            return;
+        }
+        let Some(held) = self.bytes.as_ref() else {
+            return;
+        };
+        *body = Some(match body.take() {
+            Some(next) if !next.is_empty() => {
+                let mut joined = BytesMut::with_capacity(held.len() + next.len());
+                joined.extend_from_slice(held);
+                joined.extend_from_slice(&next);
+                joined.freeze()
+            }
+            _ => held.clone(),
+        });
+    }
+}
+
+/// The model named by the `x-model` header, if any.
+pub fn model_from_header(session: &Session) -> Option<&str> {
+    session
+        .req_header()
+        .headers
+        .get("x-model")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// The request's declared body length, if any.
+pub fn content_length(session: &Session) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Reads the body until its top-level `model` is known. `Ok(Err(_))` is the client's fault and
+/// gets an error response; `Err(_)` is a failed read from the client.
+pub async fn model_from_body(
+    session: &mut Session,
+    limit: usize,
+    held: &mut Held,
+) -> Result<Result<String, ProxyError>> {
+    if content_length(session).is_some_and(|len| len > limit) {
+        return Ok(Err(ProxyError::too_large(limit)));
+    }
+    let mut scanner = ModelScanner::new();
+    // One chunk is held as is; more are joined into one buffer (the filter API takes one).
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let Some(chunk) = session.read_request_body().await? else {
+            return Ok(Err(scan_error(scanner.finish())));
+        };
+        total += chunk.len();
+        if total > limit {
+            return Ok(Err(ProxyError::too_large(limit)));
+        }
+        let scan = scanner.feed(&chunk);
+        match (&mut joined, held.bytes.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&chunk),
+            (None, None) => held.bytes = Some(chunk),
+            (None, Some(first)) => {
+                let cap = content_length(session).unwrap_or(first.len() + chunk.len());
+                let mut buf = BytesMut::with_capacity(cap.max(first.len() + chunk.len()));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
+        match scan {
+            Ok(Scan::NeedMore) => continue,
+            Ok(Scan::Found(model)) => {
+                if let Some(buf) = joined {
+                    held.bytes = Some(buf.freeze());
+                }
+                return Ok(Ok(model));
+            }
+            Err(e) => return Ok(Err(scan_error(e))),
+        }
+    }
+}
+
+fn scan_error(e: ScanError) -> ProxyError {
+    let code = match e {
+        ScanError::Missing => "missing_model",
+        ScanError::ModelNotString | ScanError::ModelTooLong => "invalid_model",
+        ScanError::Malformed(_) | ScanError::NotAnObject => "invalid_json",
+    };
+    ProxyError::bad_request(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_openai_routes() {
+        assert_eq!(
+            classify(&Method::POST, "/v1/chat/completions"),
+            Family::OpenAi
+        );
+        assert_eq!(classify(&Method::POST, "/v1/embeddings"), Family::OpenAi);
+        assert_eq!(classify(&Method::GET, "/v1/models"), Family::ModelsList);
+        assert_eq!(
+            classify(&Method::GET, "/v1/chat/completions"),
+            Family::Unknown
+        );
+        assert_eq!(classify(&Method::POST, "/nope"), Family::Unknown);
+    }
+
+    #[test]
+    fn held_bytes_go_first_once_per_attempt() {
+        let mut h = Held {
+            bytes: Some(Bytes::from_static(b"{\"model\":\"m\",")),
+            pending: false,
+        };
+        h.rearm();
+        let mut body = Some(Bytes::from_static(b"\"x\":1}"));
+        h.prepend_to(&mut body);
+        assert_eq!(body.as_deref(), Some(&b"{\"model\":\"m\",\"x\":1}"[..]));
+        let mut next = Some(Bytes::from_static(b"more"));
+        h.prepend_to(&mut next);
+        assert_eq!(next.as_deref(), Some(&b"more"[..]));
+        // A retry sends them again; at end of body they are the whole body.
+        h.rearm();
+        let mut end = None;
+        h.prepend_to(&mut end);
+        assert_eq!(end.as_deref(), Some(&b"{\"model\":\"m\","[..]));
+    }
+}

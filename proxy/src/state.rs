@@ -1,0 +1,82 @@
+//! The table the proxy routes by right now, and the one place it is replaced.
+//!
+//! Reads are a lock-free `ArcSwap` load. Writes (a control plane pushed a snapshot) are rare and
+//! serialised by a mutex that no request ever touches: the new table is built completely, then
+//! swapped in, so a request sees either the old table or the new one, never a mix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::observe::Metrics;
+use crate::table::{EndpointLoad, PlaneRoutes, RoutingTable};
+
+/// Shared routing state of one proxy process.
+pub struct TableState {
+    table: ArcSwap<RoutingTable>,
+    ready: AtomicBool,
+    planes: Mutex<Planes>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Planes {
+    /// Last good routes of each control plane, by plane id.
+    routes: BTreeMap<String, PlaneRoutes>,
+    loads: HashMap<String, Arc<EndpointLoad>>,
+}
+
+impl TableState {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(RoutingTable::empty()),
+            ready: AtomicBool::new(false),
+            planes: Mutex::new(Planes::default()),
+            metrics,
+        }
+    }
+
+    /// The current table; callers keep the `Arc` for as long as they route by it.
+    #[inline]
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// Whether a routing table has been received.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Stores a control plane's new routes and swaps in the merged table.
+    pub fn apply_plane(&self, plane: &str, routes: PlaneRoutes) {
+        let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        planes.routes.insert(plane.to_string(), routes);
+        self.rebuild(&mut planes);
+    }
+
+    /// The version this proxy runs for one plane ("" if none yet).
+    pub fn plane_version(&self, plane: &str) -> String {
+        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        planes
+            .routes
+            .get(plane)
+            .map(|r| r.version.clone())
+            .unwrap_or_default()
+    }
+
+    fn rebuild(&self, planes: &mut Planes) {
+        let Planes { routes, loads } = planes;
+        let table = RoutingTable::merge(routes, "control-plane", loads);
+        tracing::info!(
+            version = %table.version,
+            models = table.routes().count(),
+            "routing table applied"
+        );
+        self.metrics.table_applied(&table.version);
+        self.table.store(Arc::new(table));
+        self.ready.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,70 @@
+//! The upstream side of an attempt: the pingora peer for an endpoint and the request rewrite it
+//! needs (Host, upstream credentials, path prefix).
+
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::Result;
+use pingora_http::RequestHeader;
+
+use crate::table::{Endpoint, Policy, Protocol};
+
+/// Proxy-wide upstream settings, used where a model's policy sets none.
+#[derive(Debug, Clone)]
+pub struct UpstreamDefaults {
+    pub connect_timeout: Duration,
+    /// Longest wait for any read from the upstream: the first byte and every gap after it.
+    pub read_timeout: Duration,
+    /// Concurrent streams per HTTP/2 upstream connection.
+    pub max_h2_streams: usize,
+}
+
+/// Builds the peer for one attempt.
+pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -> HttpPeer {
+    let sni = if endpoint.tls {
+        endpoint.host.split(':').next().unwrap_or_default().to_string()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(endpoint.addr, endpoint.tls, sni);
+    match endpoint.protocol {
+        Protocol::Http1 => peer.options.set_http_version(1, 1),
+        Protocol::H2c | Protocol::Grpc => {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = defaults.max_h2_streams;
+        }
+    }
+    peer.options.connection_timeout = Some(policy.connect_timeout.unwrap_or(defaults.connect_timeout));
+    let read = policy
+        .idle_timeout
+        .or(policy.first_byte_timeout)
+        .unwrap_or(defaults.read_timeout);
+    peer.options.read_timeout = Some(read);
+    peer
+}
+
+/// Rewrites the request for the endpoint.
+pub fn rewrite_request(req: &mut RequestHeader, endpoint: &Endpoint) -> Result<()> {
+    req.insert_header(http::header::HOST, endpoint.host.as_str())?;
+    if let Some(auth) = &endpoint.authorization {
+        req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+    }
+    if !endpoint.path_prefix.is_empty() {
+        let path_and_query = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("{}{}", endpoint.path_prefix, path_and_query);
+        match uri.parse() {
+            Ok(uri) => req.set_uri(uri),
+            Err(_) => {
+                return pingora_error::Error::e_explain(
+                    pingora_error::ErrorType::InternalError,
+                    "path prefix produced an invalid URI",
+                )
+            }
+        }
+    }
+    Ok(())
+}
