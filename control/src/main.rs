@@ -1,1 +1,152 @@
-fn main() {}
+//! `multiverse-control` command line: load the configuration, publish the routes of the
+//! declared backends, serve discovery (gRPC) and the operator API (HTTP) until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServer;
+
+use multiverse_control::api::{self, ApiState};
+use multiverse_control::config::ControlConfig;
+use multiverse_control::discovery::nodes::Nodes;
+use multiverse_control::discovery::publisher::Publisher;
+use multiverse_control::discovery::DiscoveryService;
+use multiverse_control::routes;
+
+/// Multiverse control plane: backends, routes and discovery for proxies.
+#[derive(Debug, Parser)]
+#[command(name = "multiverse-control", version)]
+struct Cli {
+    /// TOML configuration file (see config/control.toml); flags override it.
+    #[arg(short, long, env = "MULTIVERSE_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Operator API listener [default: 127.0.0.1:9000].
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Discovery gRPC listener for proxies [default: 127.0.0.1:9001].
+    #[arg(long, value_name = "ADDR")]
+    discovery_listen: Option<String>,
+    /// Control plane id sent to proxies [default: cp-<host name>].
+    #[arg(long)]
+    id: Option<String>,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("multiverse-control: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(path) => ControlConfig::from_file(path)?,
+        None => ControlConfig::default(),
+    };
+    if let Some(v) = cli.api_listen {
+        cfg.listen.api = v;
+    }
+    if let Some(v) = cli.discovery_listen {
+        cfg.listen.discovery = v;
+    }
+    if cli.id.is_some() {
+        cfg.id = cli.id;
+    }
+    cfg.log.json |= cli.log_json;
+    cfg.validate(cli.config.as_deref())?;
+    init_logging(cfg.log.json);
+
+    let id = cfg.id();
+    let publisher = Publisher::new(routes::snapshot(&cfg.backends));
+    let nodes = Arc::new(Nodes::default());
+
+    let discovery_addr: SocketAddr = cfg.listen.discovery.parse()?;
+    let api_addr: SocketAddr = cfg.listen.api.parse()?;
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {api_addr} (listen.api)"))?;
+    let discovery_listener = tokio::net::TcpListener::bind(discovery_addr)
+        .await
+        .with_context(|| format!("cannot listen on {discovery_addr} (listen.discovery)"))?;
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(RouteDiscoveryServer::new(DiscoveryService::new(
+            id.clone(),
+            publisher.clone(),
+            nodes.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(discovery_listener),
+            wait_stop(stop_rx.clone()),
+        );
+    let app = api::router(ApiState {
+        control_plane_id: id.clone(),
+        publisher,
+        nodes,
+    });
+    let http = axum::serve(api_listener, app).with_graceful_shutdown(wait_stop(stop_rx));
+
+    tracing::info!(
+        id = %id,
+        api = %api_addr,
+        discovery = %discovery_addr,
+        backends = cfg.backends.len(),
+        "multiverse-control started"
+    );
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let (g, h) = tokio::join!(grpc, http);
+    g??;
+    h??;
+    Ok(())
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

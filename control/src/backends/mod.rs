@@ -1,0 +1,194 @@
+//! External OpenAI-compatible backends (vLLM, llama.cpp, Ollama, ...) and how each becomes
+//! endpoints of its models.
+
+use multiverse_proto::discovery::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// A backend as declared in config (and later registered through the API).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// Unique name; also the endpoint id proxies report in `x-multiverse-endpoint`.
+    pub name: String,
+    /// Base URL, `http://` or `https://`. A trailing `/v1` is accepted (as for OpenAI clients'
+    /// `base_url`) and dropped, since clients' paths already start with `/v1`.
+    pub url: String,
+    /// Models served, by the name clients send.
+    pub models: Vec<String>,
+    /// Relative weight for weighted balancing.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Bearer token the proxies send to this backend. Never returned or logged.
+    #[serde(default, skip_serializing)]
+    pub api_key: Option<String>,
+    /// What the models do: chat (default), completion, embedding, rerank, classify.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A field that failed validation.
+#[derive(Debug)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Where a backend URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// host:port, port defaulted from the scheme.
+    pub address: String,
+    /// Host header value (as written in the URL).
+    pub host: String,
+    pub path_prefix: String,
+}
+
+/// Parses and checks a backend base URL.
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}` must use http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}` must not contain credentials"));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    if port == 0 {
+        return Err(format!("`{url}` has port 0"));
+    }
+    let address = format!("{host}:{port}");
+    let path = uri.path().trim_end_matches('/');
+    let path = path.strip_suffix("/v1").unwrap_or(path);
+    Ok(Target {
+        tls,
+        address,
+        host: authority.as_str().to_string(),
+        path_prefix: path.to_string(),
+    })
+}
+
+/// Parses a model kind name.
+pub fn parse_kind(kind: Option<&str>) -> Result<pb::ModelKind, String> {
+    Ok(match kind.unwrap_or("chat") {
+        "chat" => pb::ModelKind::Chat,
+        "completion" => pb::ModelKind::Completion,
+        "embedding" => pb::ModelKind::Embedding,
+        "sparse_embedding" => pb::ModelKind::SparseEmbedding,
+        "rerank" => pb::ModelKind::Rerank,
+        "classify" => pb::ModelKind::Classify,
+        other => return Err(format!("unknown kind `{other}` (chat, completion, embedding, sparse_embedding, rerank, classify)")),
+    })
+}
+
+impl BackendSpec {
+    /// Checks the spec; the error names the offending field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field, message: String| FieldError { field, message };
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(err(
+                "name",
+                format!(
+                    "`{}` must be 1-63 characters of letters, digits, '-', '_' or '.'",
+                    self.name
+                ),
+            ));
+        }
+        parse_url(&self.url).map_err(|m| err("url", m))?;
+        if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(err("models", "must list at least one non-empty model name".into()));
+        }
+        if self.weight == 0 {
+            return Err(err("weight", "must be >= 1".into()));
+        }
+        if let Some(key) = &self.api_key {
+            if key.is_empty() || key.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(err("api_key", "must be non-empty printable ASCII".into()));
+            }
+        }
+        parse_kind(self.kind.as_deref()).map_err(|m| err("kind", m))?;
+        Ok(())
+    }
+
+    /// The endpoint this backend contributes to each of its models.
+    pub fn endpoint(&self, health: pb::HealthStatus) -> Option<pb::Endpoint> {
+        let target = parse_url(&self.url).ok()?;
+        Some(pb::Endpoint {
+            id: self.name.clone(),
+            address: target.address,
+            protocol: pb::Protocol::Http1 as i32,
+            weight: self.weight,
+            health: health as i32,
+            labels: Default::default(),
+            source: Some(pb::EndpointSource {
+                kind: pb::SourceKind::ExternalBackend as i32,
+                name: self.name.clone(),
+            }),
+            tls: target.tls,
+            host: target.host,
+            path_prefix: target.path_prefix,
+            upstream_api_key: self.api_key.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_become_targets() {
+        let t = parse_url("http://127.0.0.1:8000").expect("ok");
+        assert_eq!(t.address, "127.0.0.1:8000");
+        assert_eq!(t.path_prefix, "");
+        let t = parse_url("https://api.example.com/openai/v1/").expect("ok");
+        assert!(t.tls);
+        assert_eq!(t.address, "api.example.com:443");
+        assert_eq!(t.host, "api.example.com");
+        assert_eq!(t.path_prefix, "/openai");
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://user:pw@x").is_err());
+        assert!(parse_url("not a url").is_err());
+    }
+
+    #[test]
+    fn specs_are_validated_by_field() {
+        let ok = BackendSpec {
+            name: "vllm-1".into(),
+            url: "http://127.0.0.1:8000".into(),
+            models: vec!["demo".into()],
+            weight: 1,
+            api_key: None,
+            kind: None,
+        };
+        ok.validate().expect("valid");
+        let mut bad = ok.clone();
+        bad.name = "a/b".into();
+        assert_eq!(bad.validate().unwrap_err().field, "name");
+        let mut bad = ok.clone();
+        bad.models.clear();
+        assert_eq!(bad.validate().unwrap_err().field, "models");
+        let mut bad = ok;
+        bad.kind = Some("video".into());
+        assert_eq!(bad.validate().unwrap_err().field, "kind");
+    }
+}

@@ -1,0 +1,179 @@
+//! The control plane's configuration: a TOML file (documented in `config/control.toml`),
+//! overridden by command-line flags and validated before anything starts. Errors name the file
+//! and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::backends::BackendSpec;
+
+/// Default operator API listener.
+pub const DEFAULT_API: &str = "127.0.0.1:9000";
+/// Default discovery (gRPC) listener.
+pub const DEFAULT_DISCOVERY: &str = "127.0.0.1:9001";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// This control plane's id, sent with every snapshot (default: `cp-<host name>`).
+    pub id: Option<String>,
+    pub listen: ListenConfig,
+    /// External OpenAI-compatible backends declared up front.
+    pub backends: Vec<BackendSpec>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Operator REST API.
+    pub api: String,
+    /// Route discovery gRPC for proxies.
+    pub discovery: String,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            api: DEFAULT_API.into(),
+            discovery: DEFAULT_DISCOVERY.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// JSON log lines instead of human-readable text.
+    pub json: bool,
+}
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config{}: `{key}`: {message}", .path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Invalid {
+        path: Option<PathBuf>,
+        key: String,
+        message: String,
+    },
+}
+
+impl ControlConfig {
+    /// Reads and parses a TOML file (validated separately, after flags are applied).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every field; `path` is named in errors.
+    pub fn validate(&self, path: Option<&Path>) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.map(Path::to_path_buf),
+            key,
+            message,
+        };
+        for (key, value) in [
+            ("listen.api", &self.listen.api),
+            ("listen.discovery", &self.listen.discovery),
+        ] {
+            value.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    key.into(),
+                    format!("`{value}` is not an ip:port address ({e})"),
+                )
+            })?;
+        }
+        if self.listen.api == self.listen.discovery {
+            return Err(invalid(
+                "listen.discovery".into(),
+                "must differ from listen.api".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            b.validate()
+                .map_err(|e| invalid(format!("backends[{i}].{}", e.field), e.message))?;
+            if !names.insert(b.name.as_str()) {
+                return Err(invalid(
+                    format!("backends[{i}].name"),
+                    format!("`{}` is used by another backend", b.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            if host.is_empty() {
+                "cp-local".into()
+            } else {
+                format!("cp-{host}")
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_addresses() {
+        let c = ControlConfig::default();
+        assert_eq!(c.listen.api, "127.0.0.1:9000");
+        assert_eq!(c.listen.discovery, "127.0.0.1:9001");
+        c.validate(None).expect("defaults valid");
+    }
+
+    #[test]
+    fn example_files_parse_and_validate() {
+        for name in ["control.toml", "quickstart-control.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(name);
+            let c = ControlConfig::from_file(&path).expect(name);
+            c.validate(Some(&path)).expect(name);
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let c: ControlConfig = toml::from_str(
+            "[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\nmodels = [\"m\"]",
+        )
+        .expect("parses");
+        let msg = c
+            .validate(Some(Path::new("/etc/c.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("/etc/c.toml") && msg.contains("backends[0].url"),
+            "{msg}"
+        );
+        let dup: ControlConfig = toml::from_str(
+            "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nmodels = [\"m\"]\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:2\"\nmodels = [\"m\"]",
+        )
+        .expect("parses");
+        assert!(dup.validate(None).unwrap_err().to_string().contains("backends[1].name"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Route discovery: the gRPC stream every proxy keeps open to this control plane.
+//!
+//! Per stream (xDS state-of-the-world semantics, see `proto/.../discovery.proto`): the first
+//! request must name the node; the current snapshot is sent at once and then again on every
+//! change, each response with a fresh nonce. ACKs and NACKs are recorded in [`nodes::Nodes`];
+//! a request whose nonce is not the latest one sent is stale and ignored.
+
+pub mod nodes;
+pub mod publisher;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use multiverse_proto::discovery::v1 as pb;
+use pb::route_discovery_server::RouteDiscovery;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use nodes::Nodes;
+use publisher::{Publisher, Versioned};
+
+/// The tonic service.
+pub struct DiscoveryService {
+    control_plane_id: String,
+    publisher: Publisher,
+    nodes: Arc<Nodes>,
+}
+
+impl DiscoveryService {
+    pub fn new(control_plane_id: String, publisher: Publisher, nodes: Arc<Nodes>) -> Self {
+        Self {
+            control_plane_id,
+            publisher,
+            nodes,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RouteDiscovery for DiscoveryService {
+    type StreamRoutesStream = ResponseStream;
+
+    async fn stream_routes(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the node hello"))?;
+        let node = hello
+            .node
+            .filter(|n| !n.id.is_empty())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let stream = NodeStream {
+            node_id: node.id.clone(),
+            stream: self.nodes.connected(&node.id, &node.build_version),
+            control_plane_id: self.control_plane_id.clone(),
+            nodes: self.nodes.clone(),
+            nonce: 0,
+            sent_version: 0,
+            tx,
+        };
+        tracing::info!(node = %node.id, has_version = %hello.version_info, "proxy connected");
+        tokio::spawn(stream.run(inbound, self.publisher.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The server side of one proxy's stream.
+struct NodeStream {
+    node_id: String,
+    stream: u64,
+    control_plane_id: String,
+    nodes: Arc<Nodes>,
+    /// Last nonce sent, and the version it carried.
+    nonce: u64,
+    sent_version: u64,
+    tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+}
+
+impl NodeStream {
+    async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>, publisher: Publisher) {
+        let mut updates = publisher.subscribe();
+        let current = updates.borrow_and_update().clone();
+        if self.send(&current).await {
+            loop {
+                tokio::select! {
+                    changed = updates.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let next = updates.borrow_and_update().clone();
+                        if !self.send(&next).await {
+                            break;
+                        }
+                    }
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => self.on_request(req),
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(node = %self.node_id, %status, "stream error");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        self.nodes.disconnected(&self.node_id, self.stream);
+        tracing::info!(node = %self.node_id, "proxy disconnected");
+    }
+
+    async fn send(&mut self, v: &Versioned) -> bool {
+        self.nonce += 1;
+        self.sent_version = v.version;
+        let resp = pb::DiscoveryResponse {
+            version_info: v.version.to_string(),
+            nonce: self.nonce.to_string(),
+            snapshot: Some(v.snapshot.clone()),
+            control_plane_id: self.control_plane_id.clone(),
+        };
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+
+    fn on_request(&self, req: pb::DiscoveryRequest) {
+        if req.response_nonce != self.nonce.to_string() {
+            tracing::debug!(node = %self.node_id, nonce = %req.response_nonce, "stale nonce ignored");
+            return;
+        }
+        match req.error_detail {
+            Some(err) => {
+                let rejected = self.sent_version.to_string();
+                tracing::warn!(node = %self.node_id, %rejected, running = %req.version_info, reason = %err.message, "proxy NACKed the snapshot");
+                self.nodes
+                    .nacked(&self.node_id, self.stream, &rejected, &err.message);
+                // The NACK still says which version the node runs.
+                if !req.version_info.is_empty() {
+                    self.nodes
+                        .acked(&self.node_id, self.stream, &req.version_info);
+                }
+            }
+            None => {
+                tracing::debug!(node = %self.node_id, version = %req.version_info, "ACK");
+                self.nodes
+                    .acked(&self.node_id, self.stream, &req.version_info);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! `multiverse-control`: the control plane. It knows the backends (and, later, the TEI
+//! instances) of this host, turns them into route snapshots, and pushes them to every proxy.
+//!
+//! Its nouns:
+//! - [`backends`] — external OpenAI-compatible servers;
+//! - [`routes`] — desired state → the snapshot proxies receive;
+//! - [`discovery`] — the gRPC stream to proxies (publisher, per-proxy status);
+//! - [`api`] — the operator REST API;
+//! - [`config`] — TOML + flags.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backends;
+pub mod config;
+pub mod discovery;
+pub mod routes;
