@@ -266,10 +266,14 @@ mod tests {
     }
 
     #[test]
-    fn example_file_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/proxy.toml");
-        let c = ProxyConfig::from_file(&path).expect("config/proxy.toml parses");
-        c.validate(Some(&path)).expect("config/proxy.toml is valid");
+    fn example_files_parse_and_validate() {
+        for name in ["proxy.toml", "quickstart-proxy.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(name);
+            let c = ProxyConfig::from_file(&path).expect(name);
+            c.validate(Some(&path)).expect(name);
+        }
     }
 
     #[test]
