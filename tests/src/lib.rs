@@ -1,1 +1,418 @@
-//! placeholder
+//! Harness for the workspace-level integration tests: starts the real binaries
+//! (`multiverse-control`, `multiverse-proxy`, `mock-openai`, `mock-tei`) as processes on
+//! 127.0.0.1, waits for their readiness signals, and kills them when dropped.
+//!
+//! No orphans: every child is killed (SIGKILL) and reaped when its [`Proc`] drops, and as a
+//! safety net gets `PR_SET_PDEATHSIG` so it also dies if the test process does.
+//!
+//! The binaries are taken from the target directory of the running test, so run
+//! `cargo build --workspace --bins` before `cargo test` (the README's test command does).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long any process gets to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The target directory holding the workspace binaries (next to this test's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// Path to a workspace binary; panics with the fix if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound then released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A fresh directory for one test's files and child logs.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "multiverse-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A child process that is killed and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `bin` with `args`; stderr goes to `<dir>/<name>.log`, stdout is piped when
+    /// `pipe_stdout` (for readiness lines) and discarded otherwise.
+    pub fn spawn(name: &str, bin: &Path, args: &[String], dir: &Path, pipe_stdout: bool) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(if pipe_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(stderr)
+            .env("RUST_LOG", std::env::var("MULTIVERSE_TEST_LOG").unwrap_or("info".into()));
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Waits for a `LISTENING <addr>` line on stdout (the mocks' readiness signal).
+    pub fn wait_listening(&mut self) -> SocketAddr {
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout was piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(addr) = line.trim().strip_prefix("LISTENING ") {
+                    let _ = tx.send(addr.to_string());
+                    break;
+                }
+                line.clear();
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+        });
+        let addr = rx
+            .recv_timeout(READY_TIMEOUT)
+            .unwrap_or_else(|_| panic!("{} never printed LISTENING; log: {}", self.name, self.tail_log()));
+        addr.parse().expect("LISTENING address parses")
+    }
+
+    /// Sends a signal (e.g. SIGTERM) without reaping.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Kills (SIGKILL) and reaps now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return status.code();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The last lines of the child's log, for failure messages.
+    pub fn tail_log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `url` until it answers 200 (a readiness endpoint), or panics after `timeout`.
+pub async fn wait_ok(client: &reqwest::Client, url: &str, timeout: Duration, what: &Proc) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready within {timeout:?}; {} log:\n{}",
+            what.name,
+            what.tail_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `check` returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running mock-openai.
+pub struct MockOpenAi {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl MockOpenAi {
+    pub fn start(dir: &Path, name: &str, extra: &[&str]) -> MockOpenAi {
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--name".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut proc = Proc::spawn(name, &bin("mock-openai"), &args, dir, true);
+        let addr = proc.wait_listening();
+        MockOpenAi {
+            proc,
+            addr,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The mock's `/mock/stats` JSON.
+    pub async fn stats(&self, client: &reqwest::Client) -> serde_json::Value {
+        client
+            .get(format!("{}/mock/stats", self.url()))
+            .send()
+            .await
+            .expect("stats request")
+            .json()
+            .await
+            .expect("stats json")
+    }
+}
+
+/// A running control plane.
+pub struct Control {
+    pub proc: Proc,
+    pub api: SocketAddr,
+    pub discovery: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl Control {
+    /// Starts with `body` appended to a config that sets the listeners and the id.
+    pub async fn start(dir: &Path, id: &str, body: &str) -> Control {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let discovery: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_on(dir, id, body, api, discovery).await
+    }
+
+    pub async fn start_on(
+        dir: &Path,
+        id: &str,
+        body: &str,
+        api: SocketAddr,
+        discovery: SocketAddr,
+    ) -> Control {
+        let config = dir.join(format!("{id}.toml"));
+        let text = format!(
+            "id = \"{id}\"\n{body}\n[listen]\napi = \"{api}\"\ndiscovery = \"{discovery}\"\n"
+        );
+        std::fs::write(&config, text).expect("write control config");
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        let proc = Proc::spawn(id, &bin("multiverse-control"), &args, dir, false);
+        let c = Control {
+            proc,
+            api,
+            discovery,
+            config,
+        };
+        wait_ok(
+            &reqwest::Client::new(),
+            &format!("http://{api}/health"),
+            READY_TIMEOUT,
+            &c.proc,
+        )
+        .await;
+        c
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!("http://{}", self.discovery)
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+}
+
+/// `[[backends]]` TOML for mocks serving `model`.
+pub fn backends_toml(mocks: &[&MockOpenAi], model: &str) -> String {
+    mocks
+        .iter()
+        .map(|m| {
+            format!(
+                "[[backends]]\nname = \"{}\"\nurl = \"{}\"\nmodels = [\"{model}\"]\n",
+                m.name,
+                m.url()
+            )
+        })
+        .collect()
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts a proxy fed by `control_planes` and waits until its admin listener is up
+    /// (not until it is ready: see [`Proxy::wait_ready`]).
+    pub async fn start(dir: &Path, node_id: &str, control_planes: &[String]) -> Proxy {
+        Self::start_with(dir, node_id, control_planes, "").await
+    }
+
+    /// Like [`Proxy::start`] with extra TOML config.
+    pub async fn start_with(
+        dir: &Path,
+        node_id: &str,
+        control_planes: &[String],
+        extra_toml: &str,
+    ) -> Proxy {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = dir.join(format!("{node_id}.toml"));
+        let mut text = format!(
+            "node_id = \"{node_id}\"\n[listen]\nclients = \"{listen}\"\nadmin = \"{admin}\"\n\
+             [server]\nthreads = 2\ndrain_grace_seconds = 1\n\
+             [discovery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nkeepalive_interval_ms = 1000\n"
+        );
+        text.push_str(extra_toml);
+        for url in control_planes {
+            text.push_str(&format!("[[control_planes]]\nurl = \"{url}\"\n"));
+        }
+        std::fs::write(&config, text).expect("write proxy config");
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        let proc = Proc::spawn(node_id, &bin("multiverse-proxy"), &args, dir, false);
+        let p = Proxy {
+            proc,
+            listen,
+            admin,
+        };
+        wait_ok(
+            &reqwest::Client::new(),
+            &format!("http://{admin}/healthz"),
+            READY_TIMEOUT,
+            &p.proc,
+        )
+        .await;
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self, client: &reqwest::Client) {
+        wait_ok(
+            client,
+            &format!("{}/ready", self.admin_url()),
+            READY_TIMEOUT,
+            &self.proc,
+        )
+        .await;
+    }
+
+    /// The version in `/ready` (empty when not ready).
+    pub async fn version(&self, client: &reqwest::Client) -> String {
+        let Ok(r) = client.get(format!("{}/ready", self.admin_url())).send().await else {
+            return String::new();
+        };
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        v["version"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// FNV-1a 64 of `bytes`, formatted as the mocks report it.
+pub fn fnv1a64_hex(bytes: &[u8]) -> String {
+    multiverse_benches::mock::common::hex16(multiverse_benches::fnv1a64(bytes))
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}
