@@ -1,0 +1,189 @@
+//! The discovery protocol as the real proxy speaks it, against a scripted control plane running
+//! in the test: hello, ACK of a good snapshot, NACK of a bad one with the previous version kept
+//! and still serving, and stale nonces.
+
+use std::time::Duration;
+
+use multiverse_proto::discovery::v1 as pb;
+use multiverse_tests::*;
+use pb::route_discovery_server::{RouteDiscovery, RouteDiscoveryServer};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// A control plane the test drives by hand: it forwards every request it receives and sends
+/// whatever the test pushes.
+struct Scripted {
+    requests: mpsc::Sender<pb::DiscoveryRequest>,
+    responses: tokio::sync::Mutex<Option<mpsc::Receiver<Result<pb::DiscoveryResponse, Status>>>>,
+}
+
+#[tonic::async_trait]
+impl RouteDiscovery for Scripted {
+    type StreamRoutesStream = ReceiverStream<Result<pb::DiscoveryResponse, Status>>;
+
+    async fn stream_routes(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let forward = self.requests.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                if forward.send(r).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let rx = self
+            .responses
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| Status::unavailable("one stream only"))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn snapshot(address: &str) -> pb::RouteSnapshot {
+    pb::RouteSnapshot {
+        models: vec![pb::Model {
+            name: "demo".into(),
+            kind: pb::ModelKind::Chat as i32,
+            policy: None,
+            endpoints: vec![pb::Endpoint {
+                id: "mock-good".into(),
+                address: address.into(),
+                protocol: pb::Protocol::Http1 as i32,
+                health: pb::HealthStatus::Healthy as i32,
+                ..Default::default()
+            }],
+        }],
+    }
+}
+
+fn response(version: &str, nonce: &str, snapshot: pb::RouteSnapshot) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        version_info: version.into(),
+        nonce: nonce.into(),
+        snapshot: Some(snapshot),
+        control_plane_id: "cp-scripted".into(),
+    }
+}
+
+async fn next(rx: &mut mpsc::Receiver<pb::DiscoveryRequest>) -> pb::DiscoveryRequest {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("the proxy answered in time")
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn ack_good_snapshot_nack_bad_one_and_keep_serving() {
+    let dir = temp_dir("discovery");
+    let mock = MockOpenAi::start(&dir, "mock-good", &[]);
+
+    let (req_tx, mut req_rx) = mpsc::channel(16);
+    let (resp_tx, resp_rx) = mpsc::channel(16);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouteDiscoveryServer::new(Scripted {
+                requests: req_tx,
+                responses: tokio::sync::Mutex::new(Some(resp_rx)),
+            }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let proxy = Proxy::start(&dir, "proxy-under-test", &[format!("http://{addr}")]).await;
+    let client = reqwest::Client::new();
+
+    // Hello: names the node, holds no version, answers no nonce.
+    let hello = next(&mut req_rx).await;
+    let node = hello.node.expect("the first request names the node");
+    assert_eq!(node.id, "proxy-under-test");
+    assert!(!node.build_version.is_empty());
+    assert_eq!(hello.version_info, "");
+    assert_eq!(hello.response_nonce, "");
+
+    // A good snapshot is applied and ACKed with its version and nonce.
+    resp_tx
+        .send(Ok(response("v1", "n1", snapshot(&mock.addr.to_string()))))
+        .await
+        .expect("send");
+    let ack = next(&mut req_rx).await;
+    assert_eq!(ack.version_info, "v1");
+    assert_eq!(ack.response_nonce, "n1");
+    assert!(ack.error_detail.is_none(), "ACK carries no error");
+    proxy.wait_ready(&client).await;
+    assert_eq!(proxy.version(&client).await, "v1");
+
+    // A bad snapshot (unparseable address) is NACKed: previous version, its nonce, a reason.
+    resp_tx
+        .send(Ok(response("v2", "n2", snapshot("not-an-address"))))
+        .await
+        .expect("send");
+    let nack = next(&mut req_rx).await;
+    assert_eq!(nack.version_info, "v1", "a NACK names the version still running");
+    assert_eq!(nack.response_nonce, "n2");
+    let reason = nack.error_detail.expect("a NACK says why").message;
+    assert!(reason.contains("not-an-address"), "{reason}");
+
+    // v1 still serves: same version, same endpoint, requests succeed.
+    assert_eq!(proxy.version(&client).await, "v1");
+    let resp = client
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-multiverse-endpoint"].to_str().ok(),
+        Some("mock-good")
+    );
+    let dump: Value = client
+        .get(format!("{}/config_dump", proxy.admin_url()))
+        .send()
+        .await
+        .expect("config_dump")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(dump["table"]["version"], "v1");
+    assert_eq!(
+        dump["table"]["models"]["demo"]["endpoints"][0]["address"],
+        mock.addr.to_string()
+    );
+    let metrics = client
+        .get(format!("{}/metrics", proxy.admin_url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("multiverse_proxy_snapshots_rejected_total 1"), "{metrics}");
+
+    // A later good snapshot is taken again: an empty table, version v3.
+    resp_tx
+        .send(Ok(response("v3", "n3", pb::RouteSnapshot::default())))
+        .await
+        .expect("send");
+    let ack = next(&mut req_rx).await;
+    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str()), ("v3", "n3"));
+    let resp = client
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .json(&json!({"model": "demo", "messages": []}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404, "absence from the snapshot means deletion");
+
+    drop(proxy);
+    server.abort();
+}
