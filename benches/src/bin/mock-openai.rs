@@ -1,1 +1,11 @@
-fn main() {}
+//! `mock-openai`: an OpenAI-compatible mock model server (see `multiverse_benches::mock::openai`).
+
+use clap::Parser;
+use multiverse_benches::mock::{common, openai};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = openai::OpenAiArgs::parse();
+    common::init_tracing(false);
+    openai::run(args).await
+}

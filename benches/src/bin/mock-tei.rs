@@ -1,1 +1,12 @@
-fn main() {}
+//! `mock-tei`: a stand-in for TEI's `text-embeddings-router` (see
+//! `multiverse_benches::mock::tei`).
+
+use clap::Parser;
+use multiverse_benches::mock::{common, tei};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = tei::TeiArgs::parse();
+    common::init_tracing(args.json_output);
+    tei::run(args).await
+}

@@ -1,0 +1,335 @@
+//! `mock-openai`: an OpenAI-compatible backend with deterministic answers.
+//!
+//! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
+//! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
+//! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
+//! ([`OpenAiArgs`]) add latency, pacing, injected failures and API-key checks. Errors use
+//! OpenAI's `{"error": {message, type, code}}` shape.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use super::common::{
+    self, add_instance_header, instance_header_value, read_body, unix_now, ReadBodyError, Running,
+    Shutdown, Stats,
+};
+use super::openai_request::{embeddings, ApiError, Generation, Kind};
+use super::openai_stream::{self, StreamPlan};
+
+/// Largest request body accepted (bigger bodies get 413).
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Command line of `mock-openai`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "mock-openai",
+    version,
+    about = "A mock OpenAI-compatible model server with deterministic answers",
+    long_about = "A mock OpenAI-compatible model server with deterministic answers, used by \
+                  Multiverse's tests, benchmarks and demo. After binding it prints \
+                  `LISTENING <ip>:<port>` on stdout; logs go to stderr (RUST_LOG, default info)."
+)]
+pub struct OpenAiArgs {
+    /// Address to listen on, `ip:port`; port 0 picks a free port (the real one is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+
+    /// A model name to serve; repeat the flag to serve several. Requests for other models get
+    /// 404 `model_not_found`.
+    #[arg(long = "model", value_name = "NAME", default_value = "demo")]
+    pub models: Vec<String>,
+
+    /// Delay, in milliseconds, before the response headers of every model request.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Length of every completion, in tokens (`max_tokens` in a request caps it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub tokens: u64,
+
+    /// Pause, in milliseconds, between two SSE chunks of a streamed completion.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub chunk_interval_ms: u64,
+
+    /// Probability (0.0 to 1.0) that a valid model request fails with `--fail-status`.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+
+    /// HTTP status of the failures injected by `--fail-rate`.
+    #[arg(long, value_name = "CODE", default_value_t = 500,
+          value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub fail_status: u16,
+
+    /// Require `Authorization: Bearer KEY` on /v1 routes; a missing or wrong key gets 401.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// Instance name, sent as the `x-mock-instance` header on every response
+    /// (default: `mock-openai@<ip>:<port>`, the bound address).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Number of dimensions of the embeddings (`dimensions` in a request overrides it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub dims: usize,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not between 0.0 and 1.0"))
+    }
+}
+
+/// Shared state of one `mock-openai` server.
+#[derive(Debug)]
+struct App {
+    args: OpenAiArgs,
+    name: String,
+    stats: Arc<Stats>,
+}
+
+/// Binds `args.listen` and returns the listener with its actual address.
+pub async fn bind(args: &OpenAiArgs) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(args.listen.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// The instance name: `--name`, or `mock-openai@<addr>`.
+pub fn instance_name(args: &OpenAiArgs, addr: SocketAddr) -> String {
+    args.name
+        .clone()
+        .unwrap_or_else(|| format!("mock-openai@{addr}"))
+}
+
+/// The application for an already bound server at `addr`.
+pub fn router(args: OpenAiArgs, addr: SocketAddr) -> anyhow::Result<Router> {
+    let name = instance_name(&args, addr);
+    let header = instance_header_value(&name)?;
+    let app = Arc::new(App {
+        args,
+        name,
+        stats: Arc::new(Stats::default()),
+    });
+    let model_routes = Router::new()
+        .route("/v1/models", get(list_models))
+        .route(
+            "/v1/chat/completions",
+            post(|State(app): State<Arc<App>>, body: Body| model_route(app, Kind::Chat, body)),
+        )
+        .route(
+            "/v1/completions",
+            post(|State(app): State<Arc<App>>, body: Body| {
+                model_route(app, Kind::Completion, body)
+            }),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|State(app): State<Arc<App>>, body: Body| {
+                model_route(app, Kind::Embeddings, body)
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key));
+    Ok(model_routes
+        .route("/mock/stats", get(stats))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "Unknown route".into(),
+                kind: "invalid_request_error",
+                code: None,
+            }
+        })
+        .layer(middleware::from_fn_with_state(header, add_instance_header))
+        .with_state(app))
+}
+
+/// Serves on a bound listener until `shutdown` fires.
+pub async fn serve(
+    args: OpenAiArgs,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let app = router(args, addr)?;
+    tracing::info!(%addr, "mock-openai listening");
+    common::serve_http(listener, app, shutdown).await
+}
+
+/// Binds and serves in a background task of the current runtime (for in-process tests).
+pub async fn spawn(args: OpenAiArgs) -> anyhow::Result<Running> {
+    let (listener, addr) = bind(&args).await?;
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(serve(args, listener, shutdown.clone()));
+    Ok(Running::new(addr, shutdown, handle))
+}
+
+/// The whole process: bind, announce `LISTENING <addr>`, serve until SIGTERM/SIGINT.
+pub async fn run(args: OpenAiArgs) -> anyhow::Result<()> {
+    let (listener, addr) = bind(&args).await?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    common::announce(addr);
+    serve(args, listener, shutdown).await
+}
+
+async fn require_api_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &app.args.api_key {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(key.as_str()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "Incorrect API key provided.".into(),
+                kind: "invalid_request_error",
+                code: Some("invalid_api_key"),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Json<common::StatsSnapshot> {
+    Json(app.stats.snapshot(&app.name))
+}
+
+async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
+    let created = unix_now();
+    let data: Vec<Value> = app
+        .args
+        .models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "mock"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
+    let bytes = match read_body(body, BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(ReadBodyError::TooLarge) => {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("Request body is larger than {BODY_LIMIT} bytes"),
+                kind: "invalid_request_error",
+                code: None,
+            }
+            .into_response()
+        }
+        Err(ReadBodyError::Io(e)) => {
+            return ApiError::invalid(format!("Cannot read request body: {e}")).into_response()
+        }
+    };
+    let info = app.stats.record_request(&bytes);
+    common::delay_ms(app.args.latency_ms).await;
+    let mut response = app
+        .handle(kind, &bytes)
+        .unwrap_or_else(IntoResponse::into_response);
+    info.apply(response.headers_mut());
+    response
+}
+
+impl App {
+    fn handle(&self, kind: Kind, body: &[u8]) -> Result<Response, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid(format!(
+                "We could not parse the JSON body of your request: {e}"
+            ))
+        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ApiError::invalid("The request body must be a JSON object"))?;
+        let model = match obj.get("model") {
+            Some(Value::String(model)) => model.clone(),
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid("You must provide a model parameter"))
+            }
+            Some(_) => return Err(ApiError::invalid("'model' must be a string")),
+        };
+        if !self.args.models.contains(&model) {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("The model `{model}` does not exist"),
+                kind: "invalid_request_error",
+                code: Some("model_not_found"),
+            });
+        }
+        let request = match kind {
+            Kind::Chat | Kind::Completion => Some(Generation::parse(kind, obj)?),
+            Kind::Embeddings => None,
+        };
+        let embeddings = match kind {
+            Kind::Embeddings => Some(embeddings(obj, &model, self.args.dims)?),
+            _ => None,
+        };
+        if self.args.fail_rate > 0.0 && rand::random::<f64>() < self.args.fail_rate {
+            return Err(ApiError {
+                status: StatusCode::from_u16(self.args.fail_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                message: "Injected failure (mock-openai --fail-rate)".into(),
+                kind: "server_error",
+                code: None,
+            });
+        }
+        if let Some(body) = embeddings {
+            return Ok(Json(body).into_response());
+        }
+        let Some(generation) = request else {
+            return Err(ApiError::invalid("unsupported request"));
+        };
+        Ok(self.generate(kind, &model, generation))
+    }
+
+    fn generate(&self, kind: Kind, model: &str, generation: Generation) -> Response {
+        let completion_tokens = generation
+            .max_tokens
+            .map_or(self.args.tokens, |max| max.min(self.args.tokens));
+        let plan = StreamPlan {
+            chat: matches!(kind, Kind::Chat),
+            id: new_id(matches!(kind, Kind::Chat)),
+            created: unix_now(),
+            model: model.to_string(),
+            completion_tokens,
+            prompt_tokens: generation.prompt_tokens,
+            include_usage: generation.include_usage,
+        };
+        if generation.stream {
+            let guard = self.stats.start_stream();
+            let interval = Duration::from_millis(self.args.chunk_interval_ms);
+            openai_stream::sse_response(&plan, interval, guard)
+        } else {
+            Json(openai_stream::full_response(&plan)).into_response()
+        }
+    }
+}
+
+fn new_id(chat: bool) -> String {
+    let prefix = if chat { "chatcmpl" } else { "cmpl" };
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}
