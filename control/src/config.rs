@@ -158,10 +158,9 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let c: ControlConfig = toml::from_str(
-            "[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\nmodels = [\"m\"]",
-        )
-        .expect("parses");
+        let c: ControlConfig =
+            toml::from_str("[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\nmodels = [\"m\"]")
+                .expect("parses");
         let msg = c
             .validate(Some(Path::new("/etc/c.toml")))
             .unwrap_err()
@@ -174,6 +173,10 @@ mod tests {
             "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nmodels = [\"m\"]\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:2\"\nmodels = [\"m\"]",
         )
         .expect("parses");
-        assert!(dup.validate(None).unwrap_err().to_string().contains("backends[1].name"));
+        assert!(dup
+            .validate(None)
+            .unwrap_err()
+            .to_string()
+            .contains("backends[1].name"));
     }
 }

@@ -52,19 +52,17 @@ mod tests {
 
     #[test]
     fn models_gather_endpoints_in_stable_order() {
-        let s = snapshot(&[
-            backend("b", 2, &["demo", "x"]),
-            backend("a", 1, &["demo"]),
-        ]);
+        let s = snapshot(&[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])]);
         let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["demo", "x"]);
-        let ids: Vec<_> = s.models[0].endpoints.iter().map(|e| e.id.as_str()).collect();
+        let ids: Vec<_> = s.models[0]
+            .endpoints
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(s.models[0].endpoints[0].address, "127.0.0.1:1");
-        let again = snapshot(&[
-            backend("a", 1, &["demo"]),
-            backend("b", 2, &["demo", "x"]),
-        ]);
+        let again = snapshot(&[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])]);
         assert_eq!(s, again);
     }
 }

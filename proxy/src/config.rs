@@ -13,7 +13,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// This proxy's id towards control planes (default: the host name).
@@ -83,21 +83,6 @@ pub struct ServerConfig {
 pub struct LogConfig {
     /// JSON log lines instead of human-readable ones.
     pub json: bool,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            node_id: None,
-            listen: ListenConfig::default(),
-            control_planes: Vec::new(),
-            limits: LimitsConfig::default(),
-            upstream: UpstreamConfig::default(),
-            discovery: DiscoveryTuning::default(),
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ListenConfig {
@@ -213,14 +198,23 @@ impl ProxyConfig {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
         }
         for (key, v) in [
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
             ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
-            ("discovery.connect_timeout_ms", self.discovery.connect_timeout_ms),
+            (
+                "discovery.connect_timeout_ms",
+                self.discovery.connect_timeout_ms,
+            ),
             (
                 "discovery.keepalive_interval_ms",
                 self.discovery.keepalive_interval_ms,
             ),
-            ("discovery.backoff_initial_ms", self.discovery.backoff_initial_ms),
+            (
+                "discovery.backoff_initial_ms",
+                self.discovery.backoff_initial_ms,
+            ),
             ("discovery.backoff_max_ms", self.discovery.backoff_max_ms),
         ] {
             if v == 0 {
@@ -281,7 +275,10 @@ mod tests {
         let c: ProxyConfig = toml::from_str("[listen]\nclients = \"nope\"").expect("parses");
         let err = c.validate(Some(Path::new("/etc/p.toml"))).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/etc/p.toml") && msg.contains("listen.clients"), "{msg}");
+        assert!(
+            msg.contains("/etc/p.toml") && msg.contains("listen.clients"),
+            "{msg}"
+        );
         let err = toml::from_str::<ProxyConfig>("[listen]\nclientz = \"x\"").unwrap_err();
         assert!(err.to_string().contains("clientz"), "{err}");
     }

@@ -139,7 +139,11 @@ impl ProxyHttp for Gateway {
         let endpoint = &route.endpoints[index];
         // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
         ctx.in_flight = Some(InFlight::start(endpoint, &self.metrics));
-        Ok(Box::new(upstream::peer(endpoint, &route.policy, &self.defaults)))
+        Ok(Box::new(upstream::peer(
+            endpoint,
+            &route.policy,
+            &self.defaults,
+        )))
     }
 
     async fn upstream_request_filter(

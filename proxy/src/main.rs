@@ -81,9 +81,10 @@ fn run() -> anyhow::Result<()> {
     let node_id = cfg.node_id();
 
     let mut conf = ServerConf {
-        threads: cfg.server.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }),
+        threads: cfg
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(cfg.server.drain_grace_seconds),
         ..ServerConf::default()

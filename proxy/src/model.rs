@@ -73,7 +73,10 @@ enum Escape {
     /// Just saw `\`.
     Backslash,
     /// Inside `\uXXXX`: digits seen so far and their value.
-    Unicode { digits: u8, value: u32 },
+    Unicode {
+        digits: u8,
+        value: u32,
+    },
 }
 
 /// Incremental `model` finder; see the module docs.

@@ -144,7 +144,13 @@ mod tests {
     fn never_picks_unavailable_or_tried() {
         let r = route(
             pb::LbStrategy::Unspecified,
-            &[H::Unhealthy, H::Healthy, H::Draining, H::Timeout, H::Unknown],
+            &[
+                H::Unhealthy,
+                H::Healthy,
+                H::Draining,
+                H::Timeout,
+                H::Unknown,
+            ],
             &[1; 5],
         );
         let mut tried = Tried::default();
@@ -160,7 +166,11 @@ mod tests {
 
     #[test]
     fn degraded_only_as_last_resort() {
-        let r = route(pb::LbStrategy::RoundRobin, &[H::Degraded, H::Healthy], &[1, 1]);
+        let r = route(
+            pb::LbStrategy::RoundRobin,
+            &[H::Degraded, H::Healthy],
+            &[1, 1],
+        );
         for _ in 0..10 {
             assert_eq!(pick(&r, Tried::default()), Some(1));
         }

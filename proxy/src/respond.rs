@@ -162,6 +162,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`x`")));
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`x`")));
     }
 }

@@ -202,8 +202,7 @@ impl RoutingTable {
         source: &str,
         loads: &mut HashMap<String, Arc<EndpointLoad>>,
     ) -> RoutingTable {
-        let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> =
-            BTreeMap::new();
+        let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
         let mut live_loads = HashMap::new();
         for plane in planes.values() {
             for m in &plane.models {
@@ -242,10 +241,7 @@ impl RoutingTable {
                 (name, route)
             })
             .collect();
-        let index = models
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let index = models.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         RoutingTable {
             version,
             source: source.to_string(),
@@ -461,12 +457,13 @@ fn endpoint_from<'a>(
     let authorization = if e.upstream_api_key.is_empty() {
         None
     } else {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", e.upstream_api_key)).map_err(
-            |_| SnapshotError::BadApiKey {
-                model: model_s(),
-                id: e.id.clone(),
-            },
-        )?;
+        let mut v =
+            HeaderValue::from_str(&format!("Bearer {}", e.upstream_api_key)).map_err(|_| {
+                SnapshotError::BadApiKey {
+                    model: model_s(),
+                    id: e.id.clone(),
+                }
+            })?;
         v.set_sensitive(true);
         Some(v)
     };
@@ -497,7 +494,11 @@ fn endpoint_from<'a>(
         tls: e.tls,
         host,
         path_prefix: e.path_prefix.trim_end_matches('/').to_string(),
-        labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: e
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         source,
         authorization,
     })
@@ -572,7 +573,10 @@ mod tests {
         let bad_addr = snap(vec![("demo", vec![ep("a", "nowhere")])]);
         let err = PlaneRoutes::from_snapshot("1", Some(&bad_addr), &parse_socket_addr)
             .expect_err("bad address");
-        assert!(err.to_string().contains("invalid address `nowhere`"), "{err}");
+        assert!(
+            err.to_string().contains("invalid address `nowhere`"),
+            "{err}"
+        );
         let dup = snap(vec![("m", vec![]), ("m", vec![])]);
         assert_eq!(
             PlaneRoutes::from_snapshot("1", Some(&dup), &parse_socket_addr).unwrap_err(),

@@ -22,7 +22,12 @@ pub struct UpstreamDefaults {
 /// Builds the peer for one attempt.
 pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -> HttpPeer {
     let sni = if endpoint.tls {
-        endpoint.host.split(':').next().unwrap_or_default().to_string()
+        endpoint
+            .host
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     } else {
         String::new()
     };
@@ -34,7 +39,8 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
             peer.options.max_h2_streams = defaults.max_h2_streams;
         }
     }
-    peer.options.connection_timeout = Some(policy.connect_timeout.unwrap_or(defaults.connect_timeout));
+    peer.options.connection_timeout =
+        Some(policy.connect_timeout.unwrap_or(defaults.connect_timeout));
     let read = policy
         .idle_timeout
         .or(policy.first_byte_timeout)
@@ -50,11 +56,7 @@ pub fn rewrite_request(req: &mut RequestHeader, endpoint: &Endpoint) -> Result<(
         req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
     }
     if !endpoint.path_prefix.is_empty() {
-        let path_and_query = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri = format!("{}{}", endpoint.path_prefix, path_and_query);
         match uri.parse() {
             Ok(uri) => req.set_uri(uri),

@@ -83,7 +83,10 @@ impl Proc {
                 Stdio::null()
             })
             .stderr(stderr)
-            .env("RUST_LOG", std::env::var("MULTIVERSE_TEST_LOG").unwrap_or("info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("MULTIVERSE_TEST_LOG").unwrap_or("info".into()),
+            );
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -127,9 +130,13 @@ impl Proc {
             let mut sink = Vec::new();
             let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
         });
-        let addr = rx
-            .recv_timeout(READY_TIMEOUT)
-            .unwrap_or_else(|_| panic!("{} never printed LISTENING; log: {}", self.name, self.tail_log()));
+        let addr = rx.recv_timeout(READY_TIMEOUT).unwrap_or_else(|_| {
+            panic!(
+                "{} never printed LISTENING; log: {}",
+                self.name,
+                self.tail_log()
+            )
+        });
         addr.parse().expect("LISTENING address parses")
     }
 
@@ -393,7 +400,11 @@ impl Proxy {
 
     /// The version in `/ready` (empty when not ready).
     pub async fn version(&self, client: &reqwest::Client) -> String {
-        let Ok(r) = client.get(format!("{}/ready", self.admin_url())).send().await else {
+        let Ok(r) = client
+            .get(format!("{}/ready", self.admin_url()))
+            .send()
+            .await
+        else {
             return String::new();
         };
         let v: serde_json::Value = r.json().await.unwrap_or_default();
@@ -403,7 +414,7 @@ impl Proxy {
 
 /// FNV-1a 64 of `bytes`, formatted as the mocks report it.
 pub fn fnv1a64_hex(bytes: &[u8]) -> String {
-    multiverse_benches::mock::common::hex16(multiverse_benches::fnv1a64(bytes))
+    multiverse_benches::mock::deterministic::hex16(multiverse_benches::fnv1a64(bytes))
 }
 
 /// Splits an SSE body into its `data:` payloads.

@@ -128,7 +128,10 @@ async fn ack_good_snapshot_nack_bad_one_and_keep_serving() {
         .await
         .expect("send");
     let nack = next(&mut req_rx).await;
-    assert_eq!(nack.version_info, "v1", "a NACK names the version still running");
+    assert_eq!(
+        nack.version_info, "v1",
+        "a NACK names the version still running"
+    );
     assert_eq!(nack.response_nonce, "n2");
     let reason = nack.error_detail.expect("a NACK says why").message;
     assert!(reason.contains("not-an-address"), "{reason}");
@@ -167,7 +170,10 @@ async fn ack_good_snapshot_nack_bad_one_and_keep_serving() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("multiverse_proxy_snapshots_rejected_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("multiverse_proxy_snapshots_rejected_total 1"),
+        "{metrics}"
+    );
 
     // A later good snapshot is taken again: an empty table, version v3.
     resp_tx
@@ -175,14 +181,21 @@ async fn ack_good_snapshot_nack_bad_one_and_keep_serving() {
         .await
         .expect("send");
     let ack = next(&mut req_rx).await;
-    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str()), ("v3", "n3"));
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("v3", "n3")
+    );
     let resp = client
         .post(format!("{}/v1/chat/completions", proxy.url()))
         .json(&json!({"model": "demo", "messages": []}))
         .send()
         .await
         .expect("request");
-    assert_eq!(resp.status(), 404, "absence from the snapshot means deletion");
+    assert_eq!(
+        resp.status(),
+        404,
+        "absence from the snapshot means deletion"
+    );
 
     drop(proxy);
     server.abort();

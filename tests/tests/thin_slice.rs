@@ -61,7 +61,10 @@ async fn chat_completions_reach_both_backends() {
             .to_str()
             .expect("ascii")
             .to_string();
-        assert_eq!(endpoint, instance, "the endpoint header names the backend that answered");
+        assert_eq!(
+            endpoint, instance,
+            "the endpoint header names the backend that answered"
+        );
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(body["model"], "demo");
@@ -141,7 +144,9 @@ async fn sse_chunks_stream_through_before_the_backend_finishes() {
         }
     }
     assert_eq!(content.split_whitespace().count(), 12, "{content}");
-    assert!(text.split("\n\n").all(|ev| ev.is_empty() || ev.starts_with("data: ")));
+    assert!(text
+        .split("\n\n")
+        .all(|ev| ev.is_empty() || ev.starts_with("data: ")));
 }
 
 #[tokio::test]
@@ -171,7 +176,9 @@ async fn client_errors_are_openai_errors() {
         assert_eq!(resp.status(), status, "{}", String::from_utf8_lossy(&body));
         let v: Value = resp.json().await.expect("json error body");
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
         assert!(v["error"]["type"].is_string());
     }
     // Unknown route, same format.
@@ -207,7 +214,10 @@ async fn megabyte_prompt_with_model_last_is_forwarded_byte_for_byte() {
             .expect("request");
         assert_eq!(resp.status(), 200);
         let h = resp.headers();
-        assert_eq!(h["x-mock-body-len"].to_str().ok(), Some(&*body.len().to_string()));
+        assert_eq!(
+            h["x-mock-body-len"].to_str().ok(),
+            Some(&*body.len().to_string())
+        );
         assert_eq!(
             h["x-mock-body-fnv1a64"].to_str().ok(),
             Some(&*fnv1a64_hex(body.as_bytes())),
@@ -282,9 +292,14 @@ async fn proxy_starts_without_control_plane_and_routes_once_it_appears() {
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["error"]["code"], "not_ready");
 
-    let _control =
-        Control::start_on(&dir, "cp-late", &backends_toml(&[&mock], "demo"), api, discovery)
-            .await;
+    let _control = Control::start_on(
+        &dir,
+        "cp-late",
+        &backends_toml(&[&mock], "demo"),
+        api,
+        discovery,
+    )
+    .await;
     proxy.wait_ready(&client).await;
     let resp = client
         .post(format!("{}/v1/chat/completions", proxy.url()))
@@ -302,18 +317,22 @@ async fn proxy_starts_without_control_plane_and_routes_once_it_appears() {
 #[tokio::test]
 async fn control_plane_reports_the_proxy_ack() {
     let s = slice(&[]).await;
-    let v: Value = eventually(Duration::from_secs(10), "an ACK in GET /proxies", || async {
-        let v: Value = s
-            .client
-            .get(format!("{}/proxies", s._control.api_url()))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["proxies"][0]["acked_version"] == v["current_version"]).then_some(v)
-    })
+    let v: Value = eventually(
+        Duration::from_secs(10),
+        "an ACK in GET /proxies",
+        || async {
+            let v: Value = s
+                .client
+                .get(format!("{}/proxies", s._control.api_url()))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["proxies"][0]["acked_version"] == v["current_version"]).then_some(v)
+        },
+    )
     .await;
     assert_eq!(v["proxies"][0]["node_id"], "proxy-test");
     assert_eq!(v["proxies"][0]["connected"], true);

@@ -50,7 +50,9 @@ pub struct Target {
 
 /// Parses and checks a backend base URL.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL ({e})"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -115,7 +117,10 @@ impl BackendSpec {
         }
         parse_url(&self.url).map_err(|m| err("url", m))?;
         if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
-            return Err(err("models", "must list at least one non-empty model name".into()));
+            return Err(err(
+                "models",
+                "must list at least one non-empty model name".into(),
+            ));
         }
         if self.weight == 0 {
             return Err(err("weight", "must be >= 1".into()));

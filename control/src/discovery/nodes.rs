@@ -48,19 +48,18 @@ impl Nodes {
         g.0 += 1;
         let stream = g.0;
         let now = now_rfc3339();
-        let entry = g
-            .1
-            .entry(node_id.to_string())
-            .or_insert_with(|| NodeStatus {
-                node_id: node_id.to_string(),
-                build_version: String::new(),
-                connected: false,
-                connected_since: None,
-                last_seen: now.clone(),
-                acked_version: None,
-                last_nack: None,
-                stream,
-            });
+        let entry =
+            g.1.entry(node_id.to_string())
+                .or_insert_with(|| NodeStatus {
+                    node_id: node_id.to_string(),
+                    build_version: String::new(),
+                    connected: false,
+                    connected_since: None,
+                    last_seen: now.clone(),
+                    acked_version: None,
+                    last_nack: None,
+                    stream,
+                });
         entry.build_version = build_version.to_string();
         entry.connected = true;
         entry.connected_since = Some(now.clone());
@@ -80,7 +79,9 @@ impl Nodes {
     }
 
     pub fn acked(&self, node_id: &str, stream: u64, version: &str) {
-        self.update(node_id, stream, |n| n.acked_version = Some(version.to_string()));
+        self.update(node_id, stream, |n| {
+            n.acked_version = Some(version.to_string())
+        });
     }
 
     pub fn nacked(&self, node_id: &str, stream: u64, version: &str, reason: &str) {
@@ -122,7 +123,10 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert!(l[0].connected);
         assert_eq!(l[0].acked_version.as_deref(), Some("3"));
-        assert_eq!(l[0].last_nack.as_ref().map(|x| x.reason.as_str()), Some("bad address"));
+        assert_eq!(
+            l[0].last_nack.as_ref().map(|x| x.reason.as_str()),
+            Some("bad address")
+        );
         n.disconnected("p1", s2);
         assert!(!n.list()[0].connected);
     }
