@@ -20,6 +20,7 @@ pub struct ProxyConfig {
     pub node_id: Option<String>,
     pub listen: ListenConfig,
     pub control_planes: Vec<ControlPlaneConfig>,
+    pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
     pub discovery: DiscoveryTuning,
@@ -41,6 +42,14 @@ pub struct ListenConfig {
 pub struct ControlPlaneConfig {
     /// `http://host:port` of a control plane's discovery listener.
     pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandaloneConfig {
+    /// Static routes file (format: config/routes.toml), reloaded on SIGHUP. When set, the proxy
+    /// uses no control plane.
+    pub routes_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +202,12 @@ impl ProxyConfig {
                     format!("`{}` must be an http:// or https:// URL", cp.url),
                 ));
             }
+        }
+        if self.standalone.routes_file.is_some() && !self.control_planes.is_empty() {
+            return Err(invalid(
+                "standalone.routes_file",
+                "cannot be combined with control_planes: choose one source of routes".into(),
+            ));
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));

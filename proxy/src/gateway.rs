@@ -22,6 +22,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::lifecycle::{Active, ActiveGuard};
 use crate::observe::{InFlight, Metrics};
 use crate::pick::{pick, Tried};
 use crate::respond::{self, ProxyError};
@@ -33,6 +34,7 @@ use crate::{retry, TableState};
 /// The proxy: shared state every request reads, never writes under a lock.
 pub struct Gateway {
     state: Arc<TableState>,
+    active: Arc<Active>,
     metrics: Arc<Metrics>,
     defaults: UpstreamDefaults,
     max_body_bytes: usize,
@@ -41,12 +43,14 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         state: Arc<TableState>,
+        active: Arc<Active>,
         metrics: Arc<Metrics>,
         defaults: UpstreamDefaults,
         max_body_bytes: usize,
     ) -> Self {
         Self {
             state,
+            active,
             metrics,
             defaults,
             max_body_bytes,
@@ -68,6 +72,7 @@ pub struct RequestCtx {
     endpoint: Option<usize>,
     in_flight: Option<InFlight>,
     started: Instant,
+    _active: ActiveGuard,
 }
 
 impl RequestCtx {
@@ -91,6 +96,7 @@ impl ProxyHttp for Gateway {
             endpoint: None,
             in_flight: None,
             started: Instant::now(),
+            _active: self.active.enter(),
         }
     }
 

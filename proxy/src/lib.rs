@@ -12,20 +12,23 @@
 //!   - [`respond`] — responses the proxy writes itself;
 //!   - [`observe`] — metrics.
 //!
-//! Around the request path: [`discovery`] (snapshots in, ACK/NACK out), [`admin`] (operator
-//! endpoints), [`config`] (TOML + flags).
+//! Around the request path: [`discovery`] (snapshots in, ACK/NACK out) or [`standalone`]
+//! (a static routes file, reloaded on SIGHUP), [`admin`] (operator endpoints), [`lifecycle`]
+//! (drain on SIGTERM), [`config`] (TOML + flags).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod gateway;
+pub mod lifecycle;
 pub mod model;
 pub mod observe;
 pub mod pick;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod standalone;
 pub mod state;
 pub mod table;
 pub mod upstream;

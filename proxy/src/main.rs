@@ -15,7 +15,9 @@ use multiverse_proxy::admin::Admin;
 use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
 use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
 use multiverse_proxy::gateway::Gateway;
+use multiverse_proxy::lifecycle::{Active, Drain};
 use multiverse_proxy::observe::Metrics;
+use multiverse_proxy::standalone::{self, Reloader};
 use multiverse_proxy::upstream::UpstreamDefaults;
 use multiverse_proxy::TableState;
 
@@ -35,6 +37,9 @@ struct Cli {
     /// Control plane discovery URL, e.g. http://127.0.0.1:9001 (repeatable; replaces the file's).
     #[arg(long = "control-plane", value_name = "URL")]
     control_planes: Vec<String>,
+    /// Standalone mode: static routes file (see config/routes.toml), reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "control_planes")]
+    routes: Option<PathBuf>,
     /// Id this proxy reports to control planes [default: host name].
     #[arg(long)]
     node_id: Option<String>,
@@ -69,6 +74,10 @@ fn run() -> anyhow::Result<()> {
             .map(|url| ControlPlaneConfig { url })
             .collect();
     }
+    if cli.routes.is_some() {
+        cfg.standalone.routes_file = cli.routes;
+        cfg.control_planes.clear();
+    }
     if cli.node_id.is_some() {
         cfg.node_id = cli.node_id;
     }
@@ -77,7 +86,12 @@ fn run() -> anyhow::Result<()> {
     init_logging(cfg.log.json);
 
     let metrics = Metrics::new();
-    let state = Arc::new(TableState::new(metrics.clone()));
+    let source = match &cfg.standalone.routes_file {
+        Some(path) => format!("static:{}", path.display()),
+        None => "control-plane".to_string(),
+    };
+    let state = Arc::new(TableState::new(source, metrics.clone()));
+    let active = Arc::new(Active::default());
     let node_id = cfg.node_id();
 
     let mut conf = ServerConf {
@@ -85,8 +99,10 @@ fn run() -> anyhow::Result<()> {
             .server
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(cfg.server.drain_grace_seconds),
+        // pingora serves open requests for the grace period after SIGTERM; `Drain` exits
+        // earlier once none is left.
+        grace_period_seconds: Some(cfg.server.drain_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     conf.work_stealing = true;
@@ -95,6 +111,7 @@ fn run() -> anyhow::Result<()> {
 
     let gateway = Gateway::new(
         state.clone(),
+        active.clone(),
         metrics.clone(),
         UpstreamDefaults {
             connect_timeout: ms(cfg.upstream.connect_timeout_ms),
@@ -122,25 +139,45 @@ fn run() -> anyhow::Result<()> {
     );
     admin.add_tcp(&cfg.listen.admin);
 
-    let discovery = background_service(
-        "discovery",
-        Discovery::new(
-            DiscoveryConfig {
-                control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
-                node_id: node_id.clone(),
-                connect_timeout: ms(cfg.discovery.connect_timeout_ms),
-                keepalive_interval: ms(cfg.discovery.keepalive_interval_ms),
-                backoff_initial: ms(cfg.discovery.backoff_initial_ms),
-                backoff_max: ms(cfg.discovery.backoff_max_ms),
-            },
-            state,
-            metrics,
-        ),
-    );
-
     server.add_service(proxy);
     server.add_service(admin);
-    server.add_service(discovery);
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            active,
+            grace: std::time::Duration::from_secs(cfg.server.drain_grace_seconds),
+        },
+    ));
+    match &cfg.standalone.routes_file {
+        Some(path) => {
+            let version = standalone::reload(path, &state).map_err(anyhow::Error::msg)?;
+            tracing::info!(file = %path.display(), %version, "standalone mode: static routes loaded");
+            server.add_service(background_service(
+                "routes-reloader",
+                Reloader {
+                    path: path.clone(),
+                    state,
+                },
+            ));
+        }
+        None => {
+            server.add_service(background_service(
+                "discovery",
+                Discovery::new(
+                    DiscoveryConfig {
+                        control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
+                        node_id: node_id.clone(),
+                        connect_timeout: ms(cfg.discovery.connect_timeout_ms),
+                        keepalive_interval: ms(cfg.discovery.keepalive_interval_ms),
+                        backoff_initial: ms(cfg.discovery.backoff_initial_ms),
+                        backoff_max: ms(cfg.discovery.backoff_max_ms),
+                    },
+                    state,
+                    metrics,
+                ),
+            ));
+        }
+    }
     tracing::info!(
         clients = %cfg.listen.clients,
         admin = %cfg.listen.admin,

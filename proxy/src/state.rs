@@ -15,6 +15,8 @@ use crate::table::{EndpointLoad, PlaneRoutes, RoutingTable};
 
 /// Shared routing state of one proxy process.
 pub struct TableState {
+    /// Where tables come from (`control-plane`, `static:<file>`), shown in /config_dump.
+    source: String,
     table: ArcSwap<RoutingTable>,
     ready: AtomicBool,
     planes: Mutex<Planes>,
@@ -29,8 +31,9 @@ struct Planes {
 }
 
 impl TableState {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(source: String, metrics: Arc<Metrics>) -> Self {
         Self {
+            source,
             table: ArcSwap::from_pointee(RoutingTable::empty()),
             ready: AtomicBool::new(false),
             planes: Mutex::new(Planes::default()),
@@ -69,7 +72,7 @@ impl TableState {
 
     fn rebuild(&self, planes: &mut Planes) {
         let Planes { routes, loads } = planes;
-        let table = RoutingTable::merge(routes, "control-plane", loads);
+        let table = RoutingTable::merge(routes, &self.source, loads);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),

@@ -379,6 +379,35 @@ impl Proxy {
         p
     }
 
+    /// Starts a standalone proxy routing by the static routes TOML `routes` (written to
+    /// `<dir>/<node_id>-routes.toml`, see [`Proxy::routes_file`]) and waits until it is ready.
+    pub async fn start_standalone(
+        dir: &Path,
+        node_id: &str,
+        routes: &str,
+        extra_toml: &str,
+    ) -> Proxy {
+        let file = dir.join(format!("{node_id}-routes.toml"));
+        std::fs::write(&file, routes).expect("write routes file");
+        let extra = format!(
+            "{extra_toml}\n[standalone]\nroutes_file = \"{}\"\n",
+            file.display()
+        );
+        let p = Self::start_with(dir, node_id, &[], &extra).await;
+        p.wait_ready(&reqwest::Client::new()).await;
+        p
+    }
+
+    /// The standalone routes file of a proxy started by [`Proxy::start_standalone`].
+    pub fn routes_file(dir: &Path, node_id: &str) -> PathBuf {
+        dir.join(format!("{node_id}-routes.toml"))
+    }
+
+    /// Asks the proxy to reload its routes file (SIGHUP).
+    pub fn reload(&self) {
+        self.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.listen)
     }

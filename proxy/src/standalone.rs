@@ -1,0 +1,282 @@
+//! Standalone mode: routes from a static TOML file instead of a control plane, reloaded on
+//! SIGHUP. The file is turned into the same snapshot a control plane would push and goes
+//! through the same validation; a bad file is rejected with a logged reason and the table in
+//! force keeps serving. Format: `config/routes.toml`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use multiverse_proto::discovery::v1 as pb;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::Deserialize;
+
+use crate::table::{resolve_socket_addr, PlaneRoutes};
+use crate::TableState;
+
+/// The plane id static routes are stored under.
+pub const STATIC_PLANE: &str = "static";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    /// Reported as the table version (default: a hash of the file).
+    version: Option<String>,
+    #[serde(default)]
+    models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    name: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default)]
+    lb: Option<String>,
+    max_retries: Option<u32>,
+    #[serde(default)]
+    connect_timeout_ms: u32,
+    #[serde(default)]
+    first_byte_timeout_ms: u32,
+    #[serde(default)]
+    idle_timeout_ms: u32,
+    #[serde(default)]
+    endpoints: Vec<EndpointEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    id: String,
+    address: String,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default = "default_health")]
+    health: String,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    path_prefix: String,
+    #[serde(default)]
+    api_key: String,
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+}
+
+fn default_kind() -> String {
+    "chat".into()
+}
+fn default_protocol() -> String {
+    "http1".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_health() -> String {
+    "healthy".into()
+}
+
+fn pick<T: Copy>(key: &str, value: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
+            format!(
+                "`{key}`: unknown value `{value}` (one of: {})",
+                names.join(", ")
+            )
+        })
+}
+
+/// Reads a routes file into a snapshot and its version.
+pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read routes file {}: {e}", path.display()))?;
+    let file: RoutesFile = toml::from_str(&text)
+        .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
+    let in_file = |m: String| format!("invalid routes file {}: {m}", path.display());
+    let mut models = Vec::with_capacity(file.models.len());
+    for (i, m) in file.models.into_iter().enumerate() {
+        let key = |k: &str| format!("models[{i}].{k}");
+        let kind = pick(
+            &key("kind"),
+            &m.kind,
+            &[
+                ("chat", pb::ModelKind::Chat),
+                ("completion", pb::ModelKind::Completion),
+                ("embedding", pb::ModelKind::Embedding),
+                ("sparse_embedding", pb::ModelKind::SparseEmbedding),
+                ("rerank", pb::ModelKind::Rerank),
+                ("classify", pb::ModelKind::Classify),
+            ],
+        )
+        .map_err(in_file)?;
+        let lb = match m.lb.as_deref() {
+            None => pb::LbStrategy::Unspecified,
+            Some(v) => pick(
+                &key("lb"),
+                v,
+                &[
+                    ("least_request", pb::LbStrategy::LeastRequest),
+                    ("round_robin", pb::LbStrategy::RoundRobin),
+                    ("weighted", pb::LbStrategy::Weighted),
+                ],
+            )
+            .map_err(in_file)?,
+        };
+        let mut endpoints = Vec::with_capacity(m.endpoints.len());
+        for (j, e) in m.endpoints.into_iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].endpoints[{j}].{k}");
+            let protocol = pick(
+                &key("protocol"),
+                &e.protocol,
+                &[
+                    ("http1", pb::Protocol::Http1),
+                    ("h2c", pb::Protocol::H2c),
+                    ("grpc", pb::Protocol::Grpc),
+                ],
+            )
+            .map_err(in_file)?;
+            let health = pick(
+                &key("health"),
+                &e.health,
+                &[
+                    ("unknown", pb::HealthStatus::Unknown),
+                    ("healthy", pb::HealthStatus::Healthy),
+                    ("unhealthy", pb::HealthStatus::Unhealthy),
+                    ("draining", pb::HealthStatus::Draining),
+                    ("timeout", pb::HealthStatus::Timeout),
+                    ("degraded", pb::HealthStatus::Degraded),
+                ],
+            )
+            .map_err(in_file)?;
+            endpoints.push(pb::Endpoint {
+                id: e.id.clone(),
+                address: e.address,
+                protocol: protocol as i32,
+                weight: e.weight,
+                health: health as i32,
+                labels: e.labels,
+                source: Some(pb::EndpointSource {
+                    kind: pb::SourceKind::Unspecified as i32,
+                    name: e.id,
+                }),
+                tls: e.tls,
+                host: e.host,
+                path_prefix: e.path_prefix,
+                upstream_api_key: e.api_key,
+            });
+        }
+        models.push(pb::Model {
+            name: m.name,
+            kind: kind as i32,
+            policy: Some(pb::RoutingPolicy {
+                lb: lb as i32,
+                max_retries: m.max_retries,
+                connect_timeout_ms: m.connect_timeout_ms,
+                first_byte_timeout_ms: m.first_byte_timeout_ms,
+                idle_timeout_ms: m.idle_timeout_ms,
+            }),
+            endpoints,
+        });
+    }
+    let version = file.version.unwrap_or_else(|| {
+        // A content hash, so an unchanged file keeps its version.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        format!("static-{:016x}", h.finish())
+    });
+    Ok((version, pb::RouteSnapshot { models }))
+}
+
+/// Loads, validates and applies the file; on error the current table stays.
+pub fn reload(path: &Path, state: &TableState) -> Result<String, String> {
+    let (version, snapshot) = load(path)?;
+    let routes = PlaneRoutes::from_snapshot(&version, Some(&snapshot), &resolve_socket_addr)
+        .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
+    state.apply_plane(STATIC_PLANE, routes);
+    Ok(version)
+}
+
+/// Reloads the routes file on every SIGHUP.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub state: Arc<TableState>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP: routes will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let path = self.path.clone();
+                    let state = self.state.clone();
+                    let result = tokio::task::spawn_blocking(move || reload(&path, &state))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+                    match result {
+                        Ok(version) => tracing::info!(file = %self.path.display(), %version, "routes reloaded"),
+                        Err(reason) => tracing::error!(%reason, "routes reload rejected; the current table keeps serving"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mv-routes-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("routes.toml");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn example_routes_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routes.toml");
+        let (_, snap) = load(&path).expect("config/routes.toml loads");
+        PlaneRoutes::from_snapshot("x", Some(&snap), &resolve_socket_addr).expect("valid");
+        assert!(!snap.models.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_file() {
+        let p = write(
+            "[[models]]\nname = \"m\"\n[[models.endpoints]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nprotocol = \"http3\"\n",
+        );
+        let err = load(&p).unwrap_err();
+        assert!(
+            err.contains("models[0].endpoints[0].protocol") && err.contains("routes.toml"),
+            "{err}"
+        );
+        let p = write("[[models]]\nnam = \"m\"\n");
+        assert!(load(&p).unwrap_err().contains("nam"));
+    }
+}
