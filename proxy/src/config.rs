@@ -23,6 +23,7 @@ pub struct ProxyConfig {
     pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
+    pub outlier: OutlierSettings,
     pub discovery: DiscoveryTuning,
     pub server: ServerConfig,
     pub log: LogConfig,
@@ -67,6 +68,30 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     /// Concurrent streams per HTTP/2 (h2c, gRPC) upstream connection.
     pub max_h2_streams: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSettings {
+    /// Consecutive gateway failures (connect errors, resets, timeouts, 502/503/504) that eject
+    /// an endpoint; 0 disables outlier detection.
+    pub consecutive_gateway_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this, up to max_ejection_ms.
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    /// Most of a model's endpoints ejected at once, in percent (at least one may be).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_gateway_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejection_percent: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +260,18 @@ impl ProxyConfig {
             if v == 0 {
                 return Err(invalid(key, "must be > 0".into()));
             }
+        }
+        if self.outlier.max_ejection_percent > 100 {
+            return Err(invalid(
+                "outlier.max_ejection_percent",
+                "must be 0-100".into(),
+            ));
+        }
+        if self.outlier.base_ejection_ms > self.outlier.max_ejection_ms {
+            return Err(invalid(
+                "outlier.base_ejection_ms",
+                "must not exceed outlier.max_ejection_ms".into(),
+            ));
         }
         if self.upstream.max_h2_streams == 0 {
             return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));

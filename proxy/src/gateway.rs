@@ -2,15 +2,18 @@
 //! the concern, in the order they run:
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`] for the whole request (retries included).
-//! 2. `request_filter` — classify ([`route`]), find the model, look up its route; answer errors
-//!    and `GET /v1/models` locally.
+//! 2. `request_filter` — classify ([`route`]), find the model (body, header or metadata), look
+//!    up its route; answer errors and `GET /v1/models` locally.
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
-//! 5. `request_body_filter` — send the bytes read for routing first ([`route::Held`]).
-//! 6. `response_filter` — tag the response with `x-multiverse-endpoint`.
-//! 7. `fail_to_connect` / `fail_to_proxy` — retry on another endpoint ([`retry`]) or answer
-//!    with an error in the route family's format ([`respond`]).
-//! 8. `logging` — metrics ([`observe`]).
+//! 5. `request_body_filter` — send the bytes read for routing first ([`route::Held`]); enforce
+//!    the body limit on streamed bodies.
+//! 6. `upstream_response_filter` — outlier bookkeeping ([`outlier`]); a 502/503 before any
+//!    byte reached the client is retried elsewhere ([`retry`]).
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
+//! 8. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy` — retry on another endpoint or
+//!    answer with an error in the route family's format ([`respond`]).
+//! 9. `logging` — metrics ([`observe`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,26 +21,34 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::lifecycle::{Active, ActiveGuard};
 use crate::observe::{InFlight, Metrics};
-use crate::pick::{pick, Tried};
+use crate::outlier::{self, OutlierConfig, Verdict};
+use crate::pick::{any_eligible, pick, Tried, Want};
 use crate::respond::{self, ProxyError};
-use crate::route::{self, Family, Held};
-use crate::table::{Route, RoutingTable};
+use crate::route::{self, Family, Held, Target};
+use crate::table::{Endpoint, ProtoClass, Route, RoutingTable};
 use crate::upstream::{self, UpstreamDefaults};
 use crate::{retry, TableState};
+
+/// Proxy-wide settings of the request path.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub upstream: UpstreamDefaults,
+    pub max_body_bytes: usize,
+    pub outlier: OutlierConfig,
+}
 
 /// The proxy: shared state every request reads, never writes under a lock.
 pub struct Gateway {
     state: Arc<TableState>,
     active: Arc<Active>,
     metrics: Arc<Metrics>,
-    defaults: UpstreamDefaults,
-    max_body_bytes: usize,
+    config: GatewayConfig,
 }
 
 impl Gateway {
@@ -45,15 +56,13 @@ impl Gateway {
         state: Arc<TableState>,
         active: Arc<Active>,
         metrics: Arc<Metrics>,
-        defaults: UpstreamDefaults,
-        max_body_bytes: usize,
+        config: GatewayConfig,
     ) -> Self {
         Self {
             state,
             active,
             metrics,
-            defaults,
-            max_body_bytes,
+            config,
         }
     }
 }
@@ -64,19 +73,24 @@ pub struct RequestCtx {
     table: Arc<RoutingTable>,
     family: Family,
     route: Option<Arc<Route>>,
+    want: Want,
     /// Body bytes read to find the model.
     held: Held,
+    /// Body bytes sent upstream in this attempt (for the size limit).
+    body_bytes: usize,
     tried: Tried,
     attempts: u32,
     /// Index in `route.endpoints` of the current attempt.
     endpoint: Option<usize>,
+    /// The current attempt's failure was already counted for outlier detection.
+    failure_counted: bool,
     in_flight: Option<InFlight>,
     started: Instant,
     _active: ActiveGuard,
 }
 
 impl RequestCtx {
-    fn endpoint(&self) -> Option<&crate::table::Endpoint> {
+    fn endpoint(&self) -> Option<&Endpoint> {
         Some(&self.route.as_ref()?.endpoints[self.endpoint?])
     }
 }
@@ -90,10 +104,16 @@ impl ProxyHttp for Gateway {
             table: self.state.table(),
             family: Family::Unknown,
             route: None,
+            want: Want {
+                class: ProtoClass::Http,
+                pinned: None,
+            },
             held: Held::default(),
+            body_bytes: 0,
             tried: Tried::default(),
             attempts: 0,
             endpoint: None,
+            failure_counted: false,
             in_flight: None,
             started: Instant::now(),
             _active: self.active.enter(),
@@ -102,7 +122,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.family = route::classify(&req.method, req.uri.path());
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        ctx.family = route::classify(&req.method, req.uri.path(), content_type);
+        ctx.want.class = ctx.family.class();
         let outcome = match ctx.family {
             Family::ModelsList => {
                 let body = respond::models_list(&ctx.table);
@@ -113,15 +138,23 @@ impl ProxyHttp for Gateway {
                 req.method.as_str(),
                 req.uri.path(),
             )),
-            Family::OpenAi => self.route_openai(session, ctx).await?,
+            _ => self.find_target(session, ctx).await?,
         };
+        let outcome = outcome.and_then(|target| {
+            ctx.want.pinned = target.pinned;
+            if any_eligible(&target.route, Tried::default(), &ctx.want) {
+                Ok(target.route)
+            } else {
+                Err(ProxyError::no_endpoint(&target.route.name))
+            }
+        });
         match outcome {
             Ok(route) => {
                 ctx.route = Some(route);
                 Ok(false)
             }
             Err(err) => {
-                respond::send_error(session, &err).await?;
+                respond::send_error(session, ctx.family.format(), &err).await?;
                 Ok(true)
             }
         }
@@ -135,20 +168,22 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let Some(index) = pick(&route, ctx.tried) else {
+        let Some(index) = pick(&route, ctx.tried, &ctx.want) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint");
         };
         ctx.attempts += 1;
         ctx.endpoint = Some(index);
         ctx.tried.mark(index);
+        ctx.failure_counted = false;
         ctx.held.rearm();
+        ctx.body_bytes = ctx.held.len();
         let endpoint = &route.endpoints[index];
         // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
         ctx.in_flight = Some(InFlight::start(endpoint, &self.metrics));
         Ok(Box::new(upstream::peer(
             endpoint,
             &route.policy,
-            &self.defaults,
+            &self.config.upstream,
         )))
     }
 
@@ -171,7 +206,45 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
+        if ctx.body_bytes > self.config.max_body_bytes {
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+        }
         ctx.held.prepend_to(body);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if !matches!(status, 502..=504) {
+            if let Some(endpoint) = ctx.endpoint() {
+                endpoint.load.outlier.success(&self.config.outlier);
+            }
+            return Ok(());
+        }
+        self.count_failure(ctx);
+        if status != 504
+            && retry::can_retry(
+                session,
+                &ctx.want,
+                ctx.route.as_deref(),
+                ctx.tried,
+                ctx.attempts,
+            )
+        {
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "upstream answered with a gateway error; retrying on another endpoint",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(true);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -189,18 +262,51 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(endpoint) = ctx.endpoint() {
             self.metrics.connect_error(&endpoint.id);
         }
-        let Some(route) = ctx.route.as_ref() else {
-            return e;
-        };
-        retry::after_connect_failure(route, ctx.tried, ctx.attempts, e, &self.metrics)
+        self.count_failure(ctx);
+        let retry = retry::can_retry(
+            session,
+            &ctx.want,
+            ctx.route.as_deref(),
+            ctx.tried,
+            ctx.attempts,
+        );
+        self.note_retry(ctx, retry);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let upstream_fault = *e.esource() == ErrorSource::Upstream;
+        if upstream_fault {
+            self.count_failure(ctx);
+        }
+        let retry = upstream_fault
+            && retry::can_retry(
+                session,
+                &ctx.want,
+                ctx.route.as_deref(),
+                ctx.tried,
+                ctx.attempts,
+            );
+        self.note_retry(ctx, retry);
+        e.set_retry(retry);
+        e
     }
 
     async fn fail_to_proxy(
@@ -215,7 +321,9 @@ impl ProxyHttp for Gateway {
             None => 0,
             Some(_) if session.response_written().is_some() => 0,
             Some(err) => {
-                if let Err(write_err) = respond::send_error(session, &err).await {
+                if let Err(write_err) =
+                    respond::send_error(session, ctx.family.format(), &err).await
+                {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
                 err.status
@@ -244,30 +352,65 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// Finds the model of an OpenAI request (header, else body) and its route.
-    async fn route_openai(
+    /// Finds the route: OpenAI by `x-model` or the body's `model`, TEI and gRPC by headers.
+    async fn find_target(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<std::result::Result<Arc<Route>, ProxyError>> {
+    ) -> Result<std::result::Result<Target, ProxyError>> {
         if !self.state.is_ready() {
             return Ok(Err(ProxyError::not_ready()));
         }
+        let limit = self.config.max_body_bytes;
+        if route::content_length(session).is_some_and(|len| len > limit) {
+            return Ok(Err(ProxyError::too_large(limit)));
+        }
+        if ctx.family != Family::OpenAi {
+            return Ok(route::target_from_headers(&ctx.table, session, ctx.family));
+        }
         let model = match route::model_from_header(session) {
             Some(m) => m.to_owned(),
-            None => {
-                match route::model_from_body(session, self.max_body_bytes, &mut ctx.held).await? {
-                    Ok(m) => m,
-                    Err(err) => return Ok(Err(err)),
-                }
-            }
+            None => match route::model_from_body(session, limit, &mut ctx.held).await? {
+                Ok(m) => m,
+                Err(err) => return Ok(Err(err)),
+            },
         };
-        let Some(route) = ctx.table.route(&model) else {
-            return Ok(Err(ProxyError::unknown_model(&model)));
-        };
-        if route.available() == 0 {
-            return Ok(Err(ProxyError::no_endpoint(&model)));
+        Ok(ctx
+            .table
+            .route(&model)
+            .map(|route| Target {
+                route: route.clone(),
+                pinned: None,
+            })
+            .ok_or_else(|| ProxyError::unknown_model(&model)))
+    }
+
+    /// Counts a gateway failure of the current attempt's endpoint, once per attempt.
+    fn count_failure(&self, ctx: &mut RequestCtx) {
+        if std::mem::replace(&mut ctx.failure_counted, true) {
+            return;
         }
-        Ok(Ok(route.clone()))
+        let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) else {
+            return;
+        };
+        match outlier::failure(route, index, &self.config.outlier) {
+            Verdict::Ejected(duration) => {
+                let id = &route.endpoints[index].id;
+                self.metrics.ejection(id);
+                tracing::warn!(endpoint = %id, model = %route.name, ?duration, "endpoint ejected after consecutive gateway failures");
+            }
+            Verdict::CappedByMaxPercent => {
+                tracing::debug!(model = %route.name, "ejection skipped: max_ejection_percent reached");
+            }
+            Verdict::Counted => {}
+        }
+    }
+
+    fn note_retry(&self, ctx: &RequestCtx, retry: bool) {
+        if retry {
+            if let Some(route) = ctx.route.as_ref() {
+                self.metrics.retry(&route.name);
+            }
+        }
     }
 }

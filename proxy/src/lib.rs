@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod model;
 pub mod observe;
+pub mod outlier;
 pub mod pick;
 pub mod respond;
 pub mod retry;

@@ -14,9 +14,10 @@ use pingora_core::services::listening::Service;
 use multiverse_proxy::admin::Admin;
 use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
 use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
-use multiverse_proxy::gateway::Gateway;
+use multiverse_proxy::gateway::{Gateway, GatewayConfig};
 use multiverse_proxy::lifecycle::{Active, Drain};
 use multiverse_proxy::observe::Metrics;
+use multiverse_proxy::outlier::OutlierConfig;
 use multiverse_proxy::standalone::{self, Reloader};
 use multiverse_proxy::upstream::UpstreamDefaults;
 use multiverse_proxy::TableState;
@@ -113,12 +114,20 @@ fn run() -> anyhow::Result<()> {
         state.clone(),
         active.clone(),
         metrics.clone(),
-        UpstreamDefaults {
-            connect_timeout: ms(cfg.upstream.connect_timeout_ms),
-            read_timeout: ms(cfg.upstream.read_timeout_ms),
-            max_h2_streams: cfg.upstream.max_h2_streams,
+        GatewayConfig {
+            upstream: UpstreamDefaults {
+                connect_timeout: ms(cfg.upstream.connect_timeout_ms),
+                read_timeout: ms(cfg.upstream.read_timeout_ms),
+                max_h2_streams: cfg.upstream.max_h2_streams,
+            },
+            max_body_bytes: cfg.limits.max_body_bytes,
+            outlier: OutlierConfig {
+                consecutive_failures: cfg.outlier.consecutive_gateway_failures,
+                base_ejection: ms(cfg.outlier.base_ejection_ms),
+                max_ejection: ms(cfg.outlier.max_ejection_ms),
+                max_ejection_percent: cfg.outlier.max_ejection_percent,
+            },
         },
-        cfg.limits.max_body_bytes,
     );
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "clients");

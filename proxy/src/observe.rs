@@ -19,6 +19,7 @@ pub struct Metrics {
     duration: HistogramVec,
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
+    ejections: IntCounterVec,
     in_flight: IntGauge,
     pub table_version: IntGaugeVec,
     pub table_updates: IntCounter,
@@ -58,6 +59,13 @@ impl Metrics {
             Opts::new("retries_total", "Attempts retried on another endpoint"),
             &["model"],
         ));
+        let ejections = must(IntCounterVec::new(
+            Opts::new(
+                "outlier_ejections_total",
+                "Endpoints ejected by passive outlier detection",
+            ),
+            &["endpoint"],
+        ));
         let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
         let table_version = must(IntGaugeVec::new(
             Opts::new(
@@ -86,6 +94,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(connect_errors.clone()),
             Box::new(retries.clone()),
+            Box::new(ejections.clone()),
             Box::new(in_flight.clone()),
             Box::new(table_version.clone()),
             Box::new(table_updates.clone()),
@@ -100,6 +109,7 @@ impl Metrics {
             duration,
             connect_errors,
             retries,
+            ejections,
             in_flight,
             table_version,
             table_updates,
@@ -125,6 +135,10 @@ impl Metrics {
 
     pub fn retry(&self, model: &str) {
         self.retries.with_label_values(&[model]).inc();
+    }
+
+    pub fn ejection(&self, endpoint: &str) {
+        self.ejections.with_label_values(&[endpoint]).inc();
     }
 
     /// Records a new table version (the gauge carries the version as a label).

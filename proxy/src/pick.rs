@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-use crate::table::{Endpoint, Health, LbStrategy, Route};
+use crate::outlier::now_ms;
+use crate::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
 
 /// Endpoints a request already tried, by index in the route (first 64 tracked).
 #[derive(Debug, Default, Clone, Copy)]
@@ -28,12 +29,42 @@ impl Tried {
     }
 }
 
+/// What an attempt needs from an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// The client's traffic class: HTTP endpoints for HTTP APIs, gRPC endpoints for gRPC.
+    pub class: ProtoClass,
+    /// `x-instance`: only this endpoint (index in the route).
+    pub pinned: Option<usize>,
+}
+
+impl Want {
+    fn allows(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
+        !tried.contains(i)
+            && self.pinned.is_none_or(|p| p == i)
+            && e.protocol.class() == self.class
+            && e.health.accepts_new()
+            && !e.load.outlier.is_ejected(now)
+    }
+}
+
+/// Whether any endpoint could take this attempt (no side effects, unlike [`pick`]).
+pub fn any_eligible(route: &Route, tried: Tried, want: &Want) -> bool {
+    let now = now_ms();
+    route
+        .endpoints
+        .iter()
+        .enumerate()
+        .any(|(i, e)| want.allows(i, e, tried, now))
+}
+
 /// Picks an endpoint index for the next attempt, or `None` when nothing is eligible.
-pub fn pick(route: &Route, tried: Tried) -> Option<usize> {
-    let healthy = |i: usize, e: &Arc<Endpoint>| {
-        !tried.contains(i) && e.health.accepts_new() && e.health != Health::Degraded
-    };
-    let degraded = |i: usize, e: &Arc<Endpoint>| !tried.contains(i) && e.health == Health::Degraded;
+pub fn pick(route: &Route, tried: Tried, want: &Want) -> Option<usize> {
+    let now = now_ms();
+    let healthy =
+        |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health != Health::Degraded;
+    let degraded =
+        |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health == Health::Degraded;
     pick_among(route, &healthy).or_else(|| pick_among(route, &degraded))
 }
 
@@ -100,45 +131,51 @@ fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{parse_socket_addr, EndpointLoad, PlaneRoutes, RoutingTable};
+    use crate::table::tests::route_of;
     use multiverse_proto::discovery::v1 as pb;
-    use std::collections::{BTreeMap, HashMap};
 
     fn route(lb: pb::LbStrategy, healths: &[pb::HealthStatus], weights: &[u32]) -> Arc<Route> {
-        let endpoints = healths
-            .iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(i, (h, w))| pb::Endpoint {
-                id: format!("e{i}"),
-                address: format!("127.0.0.1:{}", 1000 + i),
-                health: *h as i32,
-                weight: *w,
-                ..Default::default()
-            })
-            .collect();
-        let snap = pb::RouteSnapshot {
-            models: vec![pb::Model {
-                name: "m".into(),
-                policy: Some(pb::RoutingPolicy {
-                    lb: lb as i32,
-                    ..Default::default()
-                }),
-                endpoints,
-                ..Default::default()
-            }],
-        };
-        let mut planes = BTreeMap::new();
-        planes.insert(
-            "cp".to_string(),
-            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
-        );
-        let mut loads: HashMap<String, Arc<EndpointLoad>> = HashMap::new();
-        let table = RoutingTable::merge(&planes, "test", &mut loads);
-        table.route("m").expect("route").clone()
+        route_of(lb, healths, weights)
     }
 
     use pb::HealthStatus as H;
+
+    const HTTP: Want = Want {
+        class: ProtoClass::Http,
+        pinned: None,
+    };
+
+    #[test]
+    fn pins_and_ejections_are_respected() {
+        let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
+        let pin = Want {
+            class: ProtoClass::Http,
+            pinned: Some(2),
+        };
+        for _ in 0..5 {
+            assert_eq!(pick(&r, Tried::default(), &pin), Some(2));
+        }
+        let grpc = Want {
+            class: ProtoClass::Grpc,
+            pinned: None,
+        };
+        assert_eq!(pick(&r, Tried::default(), &grpc), None, "no gRPC endpoint");
+        let cfg = crate::outlier::OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection: std::time::Duration::from_secs(60),
+            max_ejection: std::time::Duration::from_secs(60),
+            max_ejection_percent: 100,
+        };
+        crate::outlier::failure(&r, 0, &cfg);
+        crate::outlier::failure(&r, 1, &cfg);
+        for _ in 0..5 {
+            assert_eq!(
+                pick(&r, Tried::default(), &HTTP),
+                Some(2),
+                "ejected ones skipped"
+            );
+        }
+    }
 
     #[test]
     fn never_picks_unavailable_or_tried() {
@@ -155,13 +192,13 @@ mod tests {
         );
         let mut tried = Tried::default();
         for _ in 0..200 {
-            let i = pick(&r, tried).expect("one eligible");
+            let i = pick(&r, tried, &HTTP).expect("one eligible");
             assert!(i == 1 || i == 4, "picked {i}");
         }
         tried.mark(1);
-        assert_eq!(pick(&r, tried), Some(4));
+        assert_eq!(pick(&r, tried, &HTTP), Some(4));
         tried.mark(4);
-        assert_eq!(pick(&r, tried), None);
+        assert_eq!(pick(&r, tried, &HTTP), None);
     }
 
     #[test]
@@ -172,17 +209,19 @@ mod tests {
             &[1, 1],
         );
         for _ in 0..10 {
-            assert_eq!(pick(&r, Tried::default()), Some(1));
+            assert_eq!(pick(&r, Tried::default(), &HTTP), Some(1));
         }
         let mut t = Tried::default();
         t.mark(1);
-        assert_eq!(pick(&r, t), Some(0));
+        assert_eq!(pick(&r, t, &HTTP), Some(0));
     }
 
     #[test]
     fn round_robin_alternates() {
         let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
-        let got: Vec<_> = (0..6).filter_map(|_| pick(&r, Tried::default())).collect();
+        let got: Vec<_> = (0..6)
+            .filter_map(|_| pick(&r, Tried::default(), &HTTP))
+            .collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -191,7 +230,7 @@ mod tests {
         let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
         r.endpoints[0].load.in_flight.store(10, Ordering::Relaxed);
         for _ in 0..50 {
-            assert_eq!(pick(&r, Tried::default()), Some(1));
+            assert_eq!(pick(&r, Tried::default(), &HTTP), Some(1));
         }
     }
 
@@ -199,7 +238,7 @@ mod tests {
     fn weighted_follows_weights() {
         let r = route(pb::LbStrategy::Weighted, &[H::Healthy; 2], &[1, 9]);
         let heavy = (0..2000)
-            .filter(|_| pick(&r, Tried::default()) == Some(1))
+            .filter(|_| pick(&r, Tried::default(), &HTTP) == Some(1))
             .count();
         assert!((1600..=1990).contains(&heavy), "heavy picked {heavy}/2000");
     }

@@ -1,8 +1,10 @@
 //! Responses the proxy writes itself: errors in the format of the route family that failed, and
 //! the few answers it gives from its own table (`GET /v1/models`).
 //!
-//! OpenAI routes get `{"error":{"message","type","param","code"}}` as the openai SDKs parse it.
-//! Every error is a [`ProxyError`] value; one function turns it into a status and body.
+//! Every error is a [`ProxyError`] value, written by [`send_error`] in the family's format:
+//! - OpenAI routes: `{"error":{"message","type","param","code"}}`, as the openai SDKs parse it;
+//! - TEI HTTP routes: TEI's `{"error","error_type"}`;
+//! - gRPC: a trailers-only response with `grpc-status` / `grpc-message`.
 
 use bytes::Bytes;
 use http::header;
@@ -65,6 +67,35 @@ impl ProxyError {
         )
     }
 
+    pub fn unknown_instance(id: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            "instance_not_found",
+            format!("No endpoint `{id}` (x-instance) is in the routing table"),
+        )
+    }
+
+    pub fn model_required() -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            "model_required",
+            "Name the model with the x-model header (or metadata): more or fewer than one model \
+             of this kind is served"
+                .into(),
+        )
+    }
+
+    pub fn too_large_streamed() -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            "Request body exceeds the gateway's limit".into(),
+        )
+    }
+
     pub fn no_endpoint(model: &str) -> Self {
         Self::new(
             503,
@@ -115,6 +146,62 @@ impl ProxyError {
     }
 }
 
+/// The error formats of the route families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFormat {
+    OpenAi,
+    Tei,
+    Grpc,
+}
+
+impl ProxyError {
+    /// TEI's error body.
+    pub fn tei_body(&self) -> Bytes {
+        Bytes::from(json!({"error": self.message, "error_type": self.code}).to_string())
+    }
+
+    /// The gRPC status code for this error (as Envoy maps HTTP statuses).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            413 | 429 => Code::ResourceExhausted,
+            502 | 503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            501 => Code::Unimplemented,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Writes `err` in `format`.
+pub async fn send_error(
+    session: &mut Session,
+    format: ErrorFormat,
+    err: &ProxyError,
+) -> Result<()> {
+    match format {
+        ErrorFormat::OpenAi => send_json(session, err.status, err.openai_body()).await,
+        ErrorFormat::Tei => send_json(session, err.status, err.tei_body()).await,
+        ErrorFormat::Grpc => {
+            // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
+            let mut resp = ResponseHeader::build(200, Some(4))?;
+            resp.insert_header(header::CONTENT_TYPE, "application/grpc")?;
+            resp.insert_header("grpc-status", (err.grpc_code() as i32).to_string())?;
+            let message =
+                percent_encoding::utf8_percent_encode(&err.message, GRPC_MESSAGE).to_string();
+            resp.insert_header("grpc-message", message)?;
+            session.write_response_header(Box::new(resp), true).await
+        }
+    }
+}
+
 /// Writes a complete JSON response.
 pub async fn send_json(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -123,11 +210,6 @@ pub async fn send_json(session: &mut Session, status: u16, body: Bytes) -> Resul
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
-}
-
-/// Writes `err` in OpenAI format.
-pub async fn send_error(session: &mut Session, err: &ProxyError) -> Result<()> {
-    send_json(session, err.status, err.openai_body()).await
 }
 
 /// `GET /v1/models` answered from the table: OpenAI list format, plus each model's kind and
@@ -155,6 +237,22 @@ pub fn models_list(table: &RoutingTable) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tei_and_grpc_shapes() {
+        let e = ProxyError::unknown_model("x");
+        let v: serde_json::Value = serde_json::from_slice(&e.tei_body()).expect("json");
+        assert_eq!(v["error_type"], "model_not_found");
+        assert_eq!(e.grpc_code(), tonic::Code::NotFound);
+        assert_eq!(
+            ProxyError::no_endpoint("m").grpc_code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            ProxyError::upstream_timeout("t").grpc_code(),
+            tonic::Code::DeadlineExceeded
+        );
+    }
 
     #[test]
     fn openai_error_shape() {

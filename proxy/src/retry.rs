@@ -5,37 +5,28 @@
 //! pingora's error to the status and message the client sees.
 
 use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_proxy::Session;
 
-use crate::observe::Metrics;
-use crate::pick::Tried;
+use crate::pick::{any_eligible, Tried, Want};
 use crate::respond::ProxyError;
 use crate::table::Route;
 
-/// Marks a connect failure retryable when budget and another endpoint remain.
-pub fn after_connect_failure(
-    route: &Route,
+/// Whether a failed attempt may be tried again: nothing has reached the client yet, the body
+/// can be sent again, the model's retry budget is not spent, and an untried endpoint is left.
+pub fn can_retry(
+    session: &Session,
+    want: &Want,
+    route: Option<&Route>,
     tried: Tried,
     attempts: u32,
-    mut e: Box<Error>,
-    metrics: &Metrics,
-) -> Box<Error> {
-    let budget_left = attempts <= route.policy.max_retries;
-    if budget_left && route_has_untried(route, tried) {
-        metrics.retry(&route.name);
-        e.set_retry(true);
-    } else {
-        e.set_retry(false);
-    }
-    e
-}
-
-fn route_has_untried(route: &Route, tried: Tried) -> bool {
-    // `pick` would advance the round-robin cursor; only eligibility matters here.
-    route
-        .endpoints
-        .iter()
-        .enumerate()
-        .any(|(i, e)| !tried.contains(i) && e.health.accepts_new())
+) -> bool {
+    let Some(route) = route else {
+        return false;
+    };
+    session.response_written().is_none()
+        && !session.as_ref().retry_buffer_truncated()
+        && attempts <= route.policy.max_retries
+        && any_eligible(route, tried, want)
 }
 
 /// The error a failed request answers with; `None` when the client is gone.
@@ -43,7 +34,16 @@ pub fn final_error(e: &Error, route: Option<&Route>) -> Option<ProxyError> {
     let model = route.map(|r| r.name.as_str()).unwrap_or("");
     let detail = e.etype().as_str();
     Some(match e.etype() {
-        ErrorType::HTTPStatus(503) => ProxyError::no_endpoint(model),
+        ErrorType::HTTPStatus(503) if route.is_some_and(|r| r.available() == 0) => {
+            ProxyError::no_endpoint(model)
+        }
+        ErrorType::HTTPStatus(413) => ProxyError::too_large_streamed(),
+        ErrorType::HTTPStatus(code @ (502 | 503)) => ProxyError::new(
+            *code,
+            "server_error",
+            "upstream_error",
+            format!("Every endpoint tried for `{model}` failed (last answered {code})"),
+        ),
         ErrorType::HTTPStatus(code) if *code >= 400 => ProxyError::new(
             *code,
             if *code >= 500 {
@@ -90,10 +90,7 @@ mod tests {
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.esource = ErrorSource::Downstream;
         assert_eq!(final_error(&gone, None), None);
-        let none = Error::new(ErrorType::HTTPStatus(503));
-        assert_eq!(
-            final_error(&none, None).map(|e| e.code),
-            Some("no_healthy_endpoint")
-        );
+        let too_big = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(final_error(&too_big, None).map(|e| e.status), Some(413));
     }
 }

@@ -6,34 +6,162 @@
 //! found; the bytes read so far are held in [`Held`] and handed to the upstream first, so the
 //! upstream receives the body exactly as it arrived.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora_error::Result;
 use pingora_proxy::Session;
 
 use crate::model::{ModelScanner, Scan, ScanError};
-use crate::respond::ProxyError;
+use crate::respond::{ErrorFormat, ProxyError};
+use crate::table::{KindMask, ModelKind, ProtoClass, Route, RoutingTable, TEI_KINDS};
 
-/// Which API a request belongs to; decides routing and the error format.
+/// Which API a request belongs to; decides routing, eligible endpoints and the error format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: routed by `model`.
     OpenAi,
     /// `GET /v1/models`: answered from the table.
     ModelsList,
+    /// TEI's HTTP API (`/embed`, `/rerank`, ...): routed by `x-model` / `x-instance`, or to the
+    /// only model of a matching kind.
+    TeiHttp(KindMask),
+    /// gRPC (`content-type: application/grpc`), e.g. `tei.v1.*`: routed like TEI HTTP, by
+    /// metadata. The mask is empty for services other than tei.v1 (a model must be named).
+    Grpc(KindMask),
     /// Anything else.
     Unknown,
 }
 
-/// Classifies a request by method and path.
-pub fn classify(method: &Method, path: &str) -> Family {
+impl Family {
+    /// How errors are written for this family.
+    pub fn format(self) -> ErrorFormat {
+        match self {
+            Family::TeiHttp(_) => ErrorFormat::Tei,
+            Family::Grpc(_) => ErrorFormat::Grpc,
+            Family::OpenAi | Family::ModelsList | Family::Unknown => ErrorFormat::OpenAi,
+        }
+    }
+
+    /// Which endpoints can serve it.
+    pub fn class(self) -> ProtoClass {
+        match self {
+            Family::Grpc(_) => ProtoClass::Grpc,
+            _ => ProtoClass::Http,
+        }
+    }
+}
+
+const EMBED: KindMask = ModelKind::Embedding.bit();
+const SPARSE: KindMask = ModelKind::SparseEmbedding.bit();
+
+/// Classifies a request by method, path and content type.
+pub fn classify(method: &Method, path: &str, content_type: Option<&[u8]>) -> Family {
+    if content_type.is_some_and(|ct| ct.starts_with(b"application/grpc")) {
+        return Family::Grpc(grpc_kinds(path));
+    }
     match (method, path) {
         (&Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
             Family::OpenAi
         }
         (&Method::GET, "/v1/models") => Family::ModelsList,
+        (&Method::POST, "/embed" | "/embed_all" | "/similarity") => Family::TeiHttp(EMBED),
+        (&Method::POST, "/embed_sparse") => Family::TeiHttp(SPARSE),
+        (&Method::POST, "/rerank") => Family::TeiHttp(ModelKind::Rerank.bit()),
+        (&Method::POST, "/predict") => Family::TeiHttp(ModelKind::Classify.bit()),
+        (&Method::POST, "/tokenize" | "/decode") | (&Method::GET, "/info") => {
+            Family::TeiHttp(TEI_KINDS)
+        }
         _ => Family::Unknown,
     }
+}
+
+/// Kinds a tei.v1 service path can reach (`/tei.v1.Embed/EmbedStream` → embeddings).
+fn grpc_kinds(path: &str) -> KindMask {
+    let service = path
+        .strip_prefix("/tei.v1.")
+        .and_then(|rest| rest.split('/').next());
+    match service {
+        Some("Embed") => EMBED | SPARSE,
+        Some("Rerank") => ModelKind::Rerank.bit(),
+        Some("Predict") => ModelKind::Classify.bit(),
+        Some("Tokenize" | "Info") => TEI_KINDS,
+        _ => 0,
+    }
+}
+
+/// Where a request goes: a route, and maybe one pinned endpoint of it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: Arc<Route>,
+    pub pinned: Option<usize>,
+}
+
+/// Resolves a TEI HTTP or gRPC request from its `x-instance` / `x-model` headers (metadata),
+/// falling back to the only model of the family's kinds.
+pub fn target_from_headers(
+    table: &RoutingTable,
+    session: &Session,
+    family: Family,
+) -> Result<Target, ProxyError> {
+    let (kinds, class) = match family {
+        Family::TeiHttp(k) | Family::Grpc(k) => (k, family.class()),
+        _ => (0, family.class()),
+    };
+    if let Some(id) = header(session, "x-instance") {
+        let by_model = model_from_header(session).map(|m| {
+            table
+                .route(m)
+                .ok_or_else(|| ProxyError::unknown_model(m))
+                .and_then(|r| {
+                    r.endpoints
+                        .iter()
+                        .position(|e| e.id == id)
+                        .map(|i| (r.clone(), i))
+                        .ok_or_else(|| ProxyError::unknown_instance(id))
+                })
+        });
+        let (route, index) = match by_model {
+            Some(found) => found?,
+            None => table
+                .pinned(id)
+                .cloned()
+                .ok_or_else(|| ProxyError::unknown_instance(id))?,
+        };
+        return Ok(Target {
+            route,
+            pinned: Some(index),
+        });
+    }
+    if let Some(model) = model_from_header(session) {
+        let route = table
+            .route(model)
+            .ok_or_else(|| ProxyError::unknown_model(model))?;
+        return Ok(Target {
+            route: route.clone(),
+            pinned: None,
+        });
+    }
+    if kinds == 0 {
+        return Err(ProxyError::model_required());
+    }
+    table
+        .sole(kinds, class)
+        .map(|route| Target {
+            route: route.clone(),
+            pinned: None,
+        })
+        .ok_or_else(ProxyError::model_required)
+}
+
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
 }
 
 /// Body bytes read for routing, to be sent upstream before the rest of the body.
@@ -45,6 +173,15 @@ pub struct Held {
 }
 
 impl Held {
+    /// How many bytes are held.
+    pub fn len(&self) -> usize {
+        self.bytes.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Arms the held bytes for a new upstream attempt.
     pub fn rearm(&mut self) {
         self.pending = self.bytes.is_some();
@@ -73,12 +210,7 @@ impl Held {
 
 /// The model named by the `x-model` header, if any.
 pub fn model_from_header(session: &Session) -> Option<&str> {
-    session
-        .req_header()
-        .headers
-        .get("x-model")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
+    header(session, "x-model")
 }
 
 /// The request's declared body length, if any.
@@ -152,18 +284,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_openai_routes() {
+    fn classifies_every_route_family() {
+        let c = |m: &Method, p: &str| classify(m, p, None);
+        assert_eq!(c(&Method::POST, "/v1/chat/completions"), Family::OpenAi);
+        assert_eq!(c(&Method::POST, "/v1/embeddings"), Family::OpenAi);
+        assert_eq!(c(&Method::GET, "/v1/models"), Family::ModelsList);
+        assert_eq!(c(&Method::GET, "/v1/chat/completions"), Family::Unknown);
+        assert_eq!(c(&Method::POST, "/nope"), Family::Unknown);
+        assert_eq!(c(&Method::POST, "/embed"), Family::TeiHttp(EMBED));
+        assert_eq!(c(&Method::POST, "/embed_sparse"), Family::TeiHttp(SPARSE));
         assert_eq!(
-            classify(&Method::POST, "/v1/chat/completions"),
-            Family::OpenAi
+            c(&Method::POST, "/rerank"),
+            Family::TeiHttp(ModelKind::Rerank.bit())
         );
-        assert_eq!(classify(&Method::POST, "/v1/embeddings"), Family::OpenAi);
-        assert_eq!(classify(&Method::GET, "/v1/models"), Family::ModelsList);
+        assert_eq!(c(&Method::GET, "/info"), Family::TeiHttp(TEI_KINDS));
+        let grpc = Some(&b"application/grpc+proto"[..]);
         assert_eq!(
-            classify(&Method::GET, "/v1/chat/completions"),
-            Family::Unknown
+            classify(&Method::POST, "/tei.v1.Embed/EmbedStream", grpc),
+            Family::Grpc(EMBED | SPARSE)
         );
-        assert_eq!(classify(&Method::POST, "/nope"), Family::Unknown);
+        assert_eq!(
+            classify(&Method::POST, "/grpc.health.v1.Health/Check", grpc),
+            Family::Grpc(0)
+        );
+        assert_eq!(Family::Grpc(0).format(), ErrorFormat::Grpc);
     }
 
     #[test]

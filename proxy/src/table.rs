@@ -18,6 +18,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use multiverse_proto::discovery::v1 as pb;
 
+use crate::outlier::OutlierState;
+
 /// Retries after the first attempt when the control plane leaves it unset.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
@@ -65,6 +67,38 @@ pub enum Protocol {
     Grpc,
 }
 
+impl Protocol {
+    /// Which client traffic the endpoint can take.
+    pub fn class(self) -> ProtoClass {
+        match self {
+            Protocol::Http1 | Protocol::H2c => ProtoClass::Http,
+            Protocol::Grpc => ProtoClass::Grpc,
+        }
+    }
+}
+
+/// Client traffic classes: HTTP APIs (OpenAI, TEI HTTP) or gRPC (tei.v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtoClass {
+    Http,
+    Grpc,
+}
+
+/// A set of model kinds, as a bit mask of [`ModelKind::bit`].
+pub type KindMask = u8;
+
+impl ModelKind {
+    pub const fn bit(self) -> KindMask {
+        1 << self as u8
+    }
+}
+
+/// Kinds a TEI process serves.
+pub const TEI_KINDS: KindMask = ModelKind::Embedding.bit()
+    | ModelKind::SparseEmbedding.bit()
+    | ModelKind::Rerank.bit()
+    | ModelKind::Classify.bit();
+
 /// Endpoint health as pushed by the control plane (Envoy's statuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,10 +141,12 @@ mod millis {
     }
 }
 
-/// Requests in flight to one endpoint, shared across table versions.
+/// Runtime state of one endpoint, shared across table versions: requests in flight and
+/// outlier-detection state.
 #[derive(Debug, Default)]
 pub struct EndpointLoad {
     pub in_flight: AtomicU64,
+    pub outlier: OutlierState,
 }
 
 /// One place a model's requests can go.
@@ -171,7 +207,23 @@ pub struct RoutingTable {
     models: BTreeMap<String, Arc<Route>>,
     #[serde(skip)]
     index: HashMap<String, Arc<Route>>,
+    /// Endpoint id → a route holding it and its index there (for `x-instance`).
+    #[serde(skip)]
+    pins: HashMap<String, (Arc<Route>, usize)>,
+    /// The only route matching a kind set and traffic class, where exactly one does.
+    #[serde(skip)]
+    sole: HashMap<(KindMask, ProtoClass), Arc<Route>>,
 }
+
+/// Kind sets that client routes select by when no model is named.
+pub const SELECTORS: [KindMask; 6] = [
+    ModelKind::Embedding.bit(),
+    ModelKind::SparseEmbedding.bit(),
+    ModelKind::Embedding.bit() | ModelKind::SparseEmbedding.bit(),
+    ModelKind::Rerank.bit(),
+    ModelKind::Classify.bit(),
+    TEI_KINDS,
+];
 
 impl RoutingTable {
     /// The table before any snapshot arrived: routes nothing.
@@ -187,6 +239,19 @@ impl RoutingTable {
     #[inline]
     pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
         self.index.get(model)
+    }
+
+    /// The route holding endpoint `id`, and its index there.
+    #[inline]
+    pub fn pinned(&self, id: &str) -> Option<&(Arc<Route>, usize)> {
+        self.pins.get(id)
+    }
+
+    /// The only model whose kind is in `kinds` with endpoints of `class`, if exactly one is.
+    /// `kinds` must be one of [`SELECTORS`].
+    #[inline]
+    pub fn sole(&self, kinds: KindMask, class: ProtoClass) -> Option<&Arc<Route>> {
+        self.sole.get(&(kinds, class))
     }
 
     /// All routes, by name.
@@ -242,11 +307,32 @@ impl RoutingTable {
             })
             .collect();
         let index = models.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut pins = HashMap::new();
+        for route in models.values() {
+            for (i, e) in route.endpoints.iter().enumerate() {
+                pins.entry(e.id.clone())
+                    .or_insert_with(|| (route.clone(), i));
+            }
+        }
+        let mut sole = HashMap::new();
+        for kinds in SELECTORS {
+            for class in [ProtoClass::Http, ProtoClass::Grpc] {
+                let mut matching = models.values().filter(|r| {
+                    r.kind.bit() & kinds != 0
+                        && r.endpoints.iter().any(|e| e.protocol.class() == class)
+                });
+                if let (Some(only), None) = (matching.next(), matching.next()) {
+                    sole.insert((kinds, class), only.clone());
+                }
+            }
+        }
         RoutingTable {
             version,
             source: source.to_string(),
             models,
             index,
+            pins,
+            sole,
         }
     }
 }
@@ -531,9 +617,56 @@ pub fn resolve_socket_addr(address: &str) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    /// A one-model table's route with endpoints e0, e1, ... of the given health and weight.
+    pub(crate) fn route_of(
+        lb: pb::LbStrategy,
+        healths: &[pb::HealthStatus],
+        weights: &[u32],
+    ) -> Arc<Route> {
+        let endpoints = healths
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (h, w))| pb::Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 1000 + i),
+                health: *h as i32,
+                weight: *w,
+                ..Default::default()
+            })
+            .collect();
+        let snap = pb::RouteSnapshot {
+            models: vec![pb::Model {
+                name: "m".into(),
+                policy: Some(pb::RoutingPolicy {
+                    lb: lb as i32,
+                    ..Default::default()
+                }),
+                endpoints,
+                ..Default::default()
+            }],
+        };
+        let mut planes = BTreeMap::new();
+        planes.insert(
+            "cp".to_string(),
+            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+        );
+        let table = RoutingTable::merge(&planes, "test", &mut HashMap::new());
+        table.route("m").expect("route").clone()
+    }
+
+    /// Like [`route_of`] with least-request balancing and weight 1.
+    pub(crate) fn route_with(healths: &[pb::HealthStatus]) -> Arc<Route> {
+        route_of(
+            pb::LbStrategy::Unspecified,
+            healths,
+            &vec![1; healths.len()],
+        )
+    }
 
     fn ep(id: &str, addr: &str) -> pb::Endpoint {
         pb::Endpoint {
@@ -622,5 +755,53 @@ mod tests {
         assert_eq!(a1.load.in_flight.load(Ordering::Relaxed), 5);
         assert!(t2.route("other").is_some());
         assert!(t2.route("missing").is_none());
+        assert_eq!(
+            t2.pinned("b1").map(|(r, i)| (r.name.as_str(), *i)),
+            Some(("demo", 1))
+        );
+    }
+
+    #[test]
+    fn sole_model_per_kind_and_class() {
+        let mut embed = pb::Model {
+            name: "emb".into(),
+            kind: pb::ModelKind::Embedding as i32,
+            endpoints: vec![ep("h", "127.0.0.1:1")],
+            ..Default::default()
+        };
+        let mut grpc = ep("g", "127.0.0.1:2");
+        grpc.protocol = pb::Protocol::Grpc as i32;
+        embed.endpoints.push(grpc);
+        let rerank = pb::Model {
+            name: "rr".into(),
+            kind: pb::ModelKind::Rerank as i32,
+            endpoints: vec![ep("r", "127.0.0.1:3")],
+            ..Default::default()
+        };
+        let snap = pb::RouteSnapshot {
+            models: vec![embed, rerank],
+        };
+        let mut planes = BTreeMap::new();
+        planes.insert(
+            "cp".to_string(),
+            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+        );
+        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new());
+        let name = |k, c| t.sole(k, c).map(|r| r.name.clone());
+        assert_eq!(
+            name(ModelKind::Embedding.bit(), ProtoClass::Http).as_deref(),
+            Some("emb")
+        );
+        assert_eq!(
+            name(ModelKind::Embedding.bit(), ProtoClass::Grpc).as_deref(),
+            Some("emb")
+        );
+        assert_eq!(name(ModelKind::Rerank.bit(), ProtoClass::Grpc), None);
+        assert_eq!(
+            name(TEI_KINDS, ProtoClass::Http),
+            None,
+            "two TEI models: ambiguous"
+        );
+        assert_eq!(name(TEI_KINDS, ProtoClass::Grpc).as_deref(), Some("emb"));
     }
 }
