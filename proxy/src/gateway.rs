@@ -321,6 +321,9 @@ impl ProxyHttp for Gateway {
             None => 0,
             Some(_) if session.response_written().is_some() => 0,
             Some(err) => {
+                // pingora closes the client connection after a proxy failure: say so, so an
+                // HTTP/1.1 client does not reuse it.
+                session.set_keepalive(None);
                 if let Err(write_err) =
                     respond::send_error(session, ctx.family.format(), &err).await
                 {

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use http::header;
+use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -197,7 +198,12 @@ pub async fn send_error(
             let message =
                 percent_encoding::utf8_percent_encode(&err.message, GRPC_MESSAGE).to_string();
             resp.insert_header("grpc-message", message)?;
-            session.write_response_header(Box::new(resp), true).await
+            // pingora 0.9's generic writer never sets END_STREAM on h2 headers, which gRPC
+            // clients need to read a trailers-only response; write to the h2 stream directly.
+            match &mut *session.downstream_session {
+                HttpSession::H2(h2) => h2.write_response_header(Box::new(resp), true),
+                _ => session.write_response_header(Box::new(resp), true).await,
+            }
         }
     }
 }

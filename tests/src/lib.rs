@@ -259,6 +259,55 @@ impl MockOpenAi {
     }
 }
 
+/// A running mock-tei (HTTP, or gRPC with `--grpc` in `extra`).
+pub struct MockTei {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl MockTei {
+    pub fn start(dir: &Path, name: &str, extra: &[&str]) -> MockTei {
+        let mut args = vec![
+            "--hostname".to_string(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            "0".into(),
+            "--name".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut proc = Proc::spawn(name, &bin("mock-tei"), &args, dir, true);
+        let addr = proc.wait_listening();
+        MockTei {
+            proc,
+            addr,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// One `[[models]]` entry of a standalone routes file: `endpoints` are
+/// `(id, address, protocol, health)`.
+pub fn model_toml(
+    name: &str,
+    kind: &str,
+    extra: &str,
+    endpoints: &[(&str, String, &str, &str)],
+) -> String {
+    let mut s = format!("[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\n{extra}\n");
+    for (id, address, protocol, health) in endpoints {
+        s.push_str(&format!(
+            "[[models.endpoints]]\nid = \"{id}\"\naddress = \"{address}\"\nprotocol = \"{protocol}\"\nhealth = \"{health}\"\n"
+        ));
+    }
+    s
+}
+
 /// A running control plane.
 pub struct Control {
     pub proc: Proc,
@@ -354,7 +403,7 @@ impl Proxy {
         let config = dir.join(format!("{node_id}.toml"));
         let mut text = format!(
             "node_id = \"{node_id}\"\n[listen]\nclients = \"{listen}\"\nadmin = \"{admin}\"\n\
-             [server]\nthreads = 2\ndrain_grace_seconds = 1\n\
+             [server]\nthreads = 2\ndrain_grace_seconds = 5\n\
              [discovery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nkeepalive_interval_ms = 1000\n"
         );
         text.push_str(extra_toml);

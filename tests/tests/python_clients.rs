@@ -1,0 +1,187 @@
+//! Real clients through the proxy: the unmodified `openai` Python SDK (models list, chat
+//! stream and non-stream, embeddings) and a `grpcio` client generated from our `tei.v1` protos
+//! (unary Embed, bidi EmbedStream, NOT_FOUND for an unknown model). The Python side lives in
+//! tests/python/ (its requirements.txt is installed by scripts/test); each test starts the
+//! backend mock and a standalone proxy, runs one script against the proxy and asserts it exits 0.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use multiverse_tests::*;
+
+/// How long one Python client run may take before it is killed.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The workspace root (tests/python/ and proto/ hang off it).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// `python3` with loopback-safe environment: no HTTP(S)/gRPC proxy variables, so the clients
+/// talk to 127.0.0.1 directly whatever the CI machine sets.
+fn python3() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("python3");
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "grpc_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "GRPC_PROXY",
+        "OPENAI_BASE_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Fails (never skips) when the Python packages are missing, naming the fix.
+async fn require_python_packages() {
+    let out = python3()
+        .args(["-c", "import openai, grpc, grpc_tools"])
+        .output()
+        .await
+        .expect("run python3 (is Python 3 installed?)");
+    assert!(
+        out.status.success(),
+        "the Python clients are not installed: run \
+         `python3 -m pip install -r tests/python/requirements.txt` (scripts/test does)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `python3 tests/python/<script> <args>` with a timeout; panics with its output and the
+/// tails of the given processes' logs unless it exits 0. Returns its stdout.
+async fn run_script(script: &str, args: &[&str], logs: &[&Proc]) -> String {
+    let path = workspace_root().join("tests/python").join(script);
+    let child = python3()
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", path.display()));
+    let logs = || {
+        logs.iter()
+            .map(|p| format!("--- {} log:\n{}", p.name, p.tail_log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // On timeout the future (and with it the child, kill_on_drop) is dropped: killed.
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{script} {args:?} did not finish within {SCRIPT_TIMEOUT:?}\n{}",
+                logs()
+            )
+        })
+        .expect("wait for python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed ({})\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}\n{}",
+        out.status,
+        logs()
+    );
+    eprintln!("{script}: {}", stdout.trim());
+    stdout
+}
+
+#[tokio::test]
+async fn openai_python_sdk_through_the_proxy() {
+    require_python_packages().await;
+    let dir = temp_dir("py-openai");
+    let mock = MockOpenAi::start(
+        &dir,
+        "mock-chat",
+        &[
+            "--model",
+            "demo",
+            "--model",
+            "embed-demo",
+            "--tokens",
+            "6",
+            "--chunk-interval-ms",
+            "10",
+        ],
+    );
+    let routes = format!(
+        r#"version = "py-openai"
+
+[[models]]
+name = "demo"
+kind = "chat"
+[[models.endpoints]]
+id = "mock-chat"
+address = "{addr}"
+protocol = "http1"
+
+[[models]]
+name = "embed-demo"
+kind = "embedding"
+[[models.endpoints]]
+id = "mock-chat"
+address = "{addr}"
+protocol = "http1"
+"#,
+        addr = mock.addr
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-py", &routes, "").await;
+    let out = run_script(
+        "openai_client.py",
+        &[&proxy.url()],
+        &[&proxy.proc, &mock.proc],
+    )
+    .await;
+    assert!(out.contains("endpoint=mock-chat"), "{out}");
+}
+
+#[tokio::test]
+async fn grpcio_client_through_the_proxy() {
+    require_python_packages().await;
+    let dir = temp_dir("py-grpc");
+    let args: Vec<String> = [
+        "--grpc",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model-id",
+        "BAAI/bge-small-en-v1.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut tei = Proc::spawn("mock-tei-grpc", &bin("mock-tei"), &args, &dir, true);
+    let tei_addr = tei.wait_listening();
+    let routes = format!(
+        r#"version = "py-grpc"
+
+[[models]]
+name = "embed-grpc"
+kind = "embedding"
+[[models.endpoints]]
+id = "tei-grpc-1"
+address = "{tei_addr}"
+protocol = "grpc"
+"#
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-py-grpc", &routes, "").await;
+    let out = run_script(
+        "grpc_client.py",
+        &[&proxy.listen.to_string(), "embed-grpc"],
+        &[&proxy.proc, &tei],
+    )
+    .await;
+    assert!(out.contains("endpoint=tei-grpc-1"), "{out}");
+}
