@@ -41,10 +41,12 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
     }
     peer.options.connection_timeout =
         Some(policy.connect_timeout.unwrap_or(defaults.connect_timeout));
-    let read = policy
-        .idle_timeout
-        .or(policy.first_byte_timeout)
-        .unwrap_or(defaults.read_timeout);
+    // pingora applies one timeout to every upstream read (the response header and each body
+    // read), so the larger of the model's two bounds both.
+    let read = match (policy.first_byte_timeout, policy.idle_timeout) {
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b).unwrap_or(defaults.read_timeout),
+    };
     peer.options.read_timeout = Some(read);
     peer
 }
