@@ -11,6 +11,7 @@
 //! Both produce deterministic outputs ([`embedding`]) and expose what they received
 //! ([`fnv1a64`] of each request body) so tests can prove a proxy forwarded bytes unchanged.
 
+pub mod load;
 pub mod mock;
 
 pub use mock::deterministic::{embedding, fnv1a64};

@@ -1,0 +1,559 @@
+//! `latency-check`: what the proxy adds to a request's latency, measured against a direct
+//! connection to the same backend in the same run.
+//!
+//! It starts its own `mock-openai` (`--tokens 4 --latency-ms 0`) and a standalone
+//! `multiverse-proxy` routing model `demo` to it, both on free loopback ports, then sends
+//! `POST /v1/chat/completions` at a constant open-loop rate, alternating arrivals between the
+//! mock directly (even arrivals) and the proxy (odd arrivals), so both targets share the same
+//! machine noise. Each request's latency runs from its intended send time to the last byte of
+//! the response (coordinated omission corrected) and goes into an hdrhistogram per target.
+//!
+//! Output: a table (count, errors, throughput, p50/p90/p99/p99.9/max in µs per target, and the
+//! proxy − direct difference per percentile), then one JSON line with the same numbers, the
+//! exact command line and the machine. `--json` prints only the JSON line. The exit status is
+//! 0 when every request succeeded and both targets have samples, 1 otherwise, and 2 when the
+//! check could not run (a binary missing, a child failing to start).
+//!
+//! The children are found next to this executable (`cargo build --workspace --bins`, with
+//! `--release` for numbers worth quoting) unless `--mock-bin` / `--proxy-bin` say otherwise,
+//! and are killed when it exits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http::header::CONTENT_TYPE;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use multiverse_benches::load::http::Http1Pool;
+use multiverse_benches::load::machine::{command_line, Machine};
+use multiverse_benches::load::process::{free_port, sibling_binary, ChildProcess, ScratchDir};
+use multiverse_benches::load::report::{self, latency_histogram, Added, Summary};
+use multiverse_benches::load::schedule::{self, Phase, Plan};
+use multiverse_benches::mock::common::termination_signal;
+
+/// The request every arrival sends (to model `demo`).
+const PATH: &str = "/v1/chat/completions";
+const BODY: &[u8] =
+    br#"{"model":"demo","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
+/// The mock's settings: four tokens, no artificial latency.
+const MOCK_ARGS: [&str; 4] = ["--tokens", "4", "--latency-ms", "0"];
+/// Target names, in interleaving order (arrival `i` goes to `TARGETS[i % 2]`).
+const TARGETS: [&str; 2] = ["direct", "proxy"];
+const ADDED_LABEL: &str = "added (proxy − direct)";
+/// How long the children get to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Proxy vs direct latency in one open-loop run (hdrhistogram, p50/p99 and more).
+#[derive(Debug, Parser)]
+#[command(
+    name = "latency-check",
+    version,
+    long_about = "Starts mock-openai and a standalone multiverse-proxy in front of it, sends \
+                  POST /v1/chat/completions at a constant open-loop rate alternating between \
+                  the mock (direct) and the proxy, and reports latency percentiles per target \
+                  and what the proxy adds. Latency is measured from each request's intended \
+                  send time. Exit status: 0 all requests succeeded, 1 errors or no samples, 2 \
+                  the check could not run."
+)]
+struct Args {
+    /// Arrivals per second, both targets together (each gets half) [default: 1000; 200 with
+    /// --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    rate: Option<f64>,
+    /// Measured seconds [default: 10; 2 with --quick].
+    #[arg(long, value_name = "SECS", value_parser = parse_positive)]
+    duration: Option<f64>,
+    /// Seconds of load before measuring (sent, not recorded) [default: 2; 0.5 with --quick].
+    #[arg(long, value_name = "SECS", value_parser = parse_non_negative)]
+    warmup: Option<f64>,
+    /// Keep-alive connections per target (also the most requests in flight per target).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    connections: u32,
+    /// A short smoke run for CI: --rate 200 --duration 2 --warmup 0.5 (explicit flags win).
+    #[arg(long)]
+    quick: bool,
+    /// Print only the JSON record.
+    #[arg(long)]
+    json: bool,
+    /// Seconds after its intended send time a request counts as failed.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_positive)]
+    timeout: f64,
+    /// Tokio worker threads of the load generator (the pacer is one more thread).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
+    /// The mock-openai binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    mock_bin: Option<PathBuf>,
+    /// The multiverse-proxy binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    proxy_bin: Option<PathBuf>,
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number greater than 0".into())
+    }
+}
+
+fn parse_non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of at least 0".into())
+    }
+}
+
+/// The settings in force, as recorded in the JSON.
+#[derive(Debug, Clone, Serialize)]
+struct Settings {
+    rate: f64,
+    rate_per_target: f64,
+    duration_s: f64,
+    warmup_s: f64,
+    connections_per_target: u32,
+    timeout_s: f64,
+    generator_threads: u32,
+    quick: bool,
+    request: String,
+    mock: String,
+}
+
+impl Settings {
+    fn from_args(args: &Args) -> Self {
+        let (rate, duration, warmup) = if args.quick {
+            (200.0, 2.0, 0.5)
+        } else {
+            (1000.0, 10.0, 2.0)
+        };
+        let rate = args.rate.unwrap_or(rate);
+        Self {
+            rate,
+            rate_per_target: rate / TARGETS.len() as f64,
+            duration_s: args.duration.unwrap_or(duration),
+            warmup_s: args.warmup.unwrap_or(warmup),
+            connections_per_target: args.connections,
+            timeout_s: args.timeout,
+            generator_threads: args.threads,
+            quick: args.quick,
+            request: format!("POST {PATH} {}", String::from_utf8_lossy(BODY)),
+            mock: format!("mock-openai {}", MOCK_ARGS.join(" ")),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            rate: self.rate,
+            warmup: Duration::from_secs_f64(self.warmup_s),
+            duration: Duration::from_secs_f64(self.duration_s),
+        }
+    }
+}
+
+/// The machine-readable record (one JSON line).
+#[derive(Debug, Serialize)]
+struct Record {
+    benchmark: &'static str,
+    command: String,
+    machine: Machine,
+    settings: Settings,
+    /// Measured-window results, one per target (`direct`, `proxy`).
+    targets: Vec<Summary>,
+    /// Proxy minus direct, per percentile, µs.
+    added_proxy_minus_direct: Added,
+    /// Failed requests during the warm-up (not in `targets[].errors`), per target.
+    warmup_errors: BTreeMap<String, u64>,
+    pacer: PacerRecord,
+    /// True when every request succeeded, both targets have samples and neither child died.
+    ok: bool,
+}
+
+/// How well the load generator kept to its schedule.
+#[derive(Debug, Serialize)]
+struct PacerRecord {
+    arrivals: u64,
+    measured_arrivals: u64,
+    late_p99_us: u64,
+    late_max_us: u64,
+}
+
+/// One finished request.
+struct Outcome {
+    target: usize,
+    phase: Phase,
+    result: Result<Duration, String>,
+}
+
+/// What the collector gathered for one target.
+struct TargetResults {
+    hist: Histogram<u64>,
+    errors: u64,
+    warmup_errors: u64,
+    first_error: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("latency-check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<bool> {
+    let settings = Settings::from_args(args);
+    let plan = settings.plan();
+    plan.validate().map_err(anyhow::Error::msg)?;
+    let mock_bin = match &args.mock_bin {
+        Some(path) => path.clone(),
+        None => sibling_binary("mock-openai")?,
+    };
+    let proxy_bin = match &args.proxy_bin {
+        Some(path) => path.clone(),
+        None => sibling_binary("multiverse-proxy")?,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads as usize)
+        .thread_name("latency-check")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+
+    // Children are spawned from this (the main) thread, which their PR_SET_PDEATHSIG is tied
+    // to, and are dropped — killed — before `scratch` is removed. On SIGINT/SIGTERM the process
+    // exits at once: the kernel kills the children, and the scratch directory is removed here.
+    let scratch = ScratchDir::new("latency-check")?;
+    let signal = {
+        let _context = runtime.enter();
+        termination_signal()
+    };
+    let scratch_path = scratch.path().to_path_buf();
+    runtime.spawn(async move {
+        signal.await;
+        eprintln!("latency-check: interrupted");
+        let _ = std::fs::remove_dir_all(&scratch_path);
+        std::process::exit(130);
+    });
+    let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+    let mut mock_args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--name".into(),
+        "mock".into(),
+    ];
+    mock_args.extend(MOCK_ARGS.iter().map(|s| s.to_string()));
+    let mut mock = ChildProcess::spawn(
+        "mock-openai",
+        &mock_bin,
+        &mock_args,
+        &env,
+        scratch.path(),
+        true,
+    )?;
+    let mock_addr = mock.wait_listening(READY_TIMEOUT)?;
+
+    let routes = scratch.path().join("routes.toml");
+    std::fs::write(&routes, routes_toml(mock_addr))
+        .with_context(|| format!("cannot write {}", routes.display()))?;
+    let proxy_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let proxy_args = vec![
+        "--routes".to_string(),
+        routes.display().to_string(),
+        "--listen".into(),
+        proxy_addr.to_string(),
+        "--admin-listen".into(),
+        admin_addr.to_string(),
+    ];
+    let mut proxy = ChildProcess::spawn(
+        "multiverse-proxy",
+        &proxy_bin,
+        &proxy_args,
+        &env,
+        scratch.path(),
+        false,
+    )?;
+
+    let connections = args.connections as usize;
+    let pools: Arc<[Http1Pool; 2]> = Arc::new([
+        Http1Pool::new(mock_addr, connections),
+        Http1Pool::new(proxy_addr, connections),
+    ]);
+    runtime.block_on(async {
+        wait_ready(admin_addr, &mut proxy).await?;
+        for (name, pool) in TARGETS.iter().zip(pools.iter()) {
+            pool.warm()
+                .await
+                .with_context(|| format!("cannot open connections to {name}"))?;
+            check_once(name, pool, *name == "proxy")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}{}", proxy.log_excerpt()))?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    // The measurement: the pacer runs on this thread and spawns one task per arrival.
+    let timeout = Duration::from_secs_f64(settings.timeout_s);
+    let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
+    let collector = runtime.spawn(collect(rx));
+    let pacer = schedule::run(&plan, |tick| {
+        let target = (tick.index % TARGETS.len() as u64) as usize;
+        let pools = Arc::clone(&pools);
+        let tx = tx.clone();
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::from_std(tick.intended + timeout);
+            let result =
+                match tokio::time::timeout_at(deadline, pools[target].send(request())).await {
+                    Ok(Ok(response)) if response.status() == StatusCode::OK => {
+                        Ok(tick.intended.elapsed())
+                    }
+                    Ok(Ok(response)) => Err(format!(
+                        "HTTP {}: {}",
+                        response.status(),
+                        snippet(response.body())
+                    )),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err(format!("no response within {timeout:?} of the send time")),
+                };
+            let _ = tx.send(Outcome {
+                target,
+                phase: tick.phase,
+                result,
+            });
+        });
+    });
+    drop(tx);
+    let results = runtime
+        .block_on(async { tokio::time::timeout(timeout + Duration::from_secs(5), collector).await })
+        .context("requests still running long after their timeout")?
+        .context("the result collector failed")?;
+    drop(runtime);
+    // A child that died during the run fails it, after the report of what was measured.
+    let died: Vec<String> = [&mut proxy, &mut mock]
+        .into_iter()
+        .filter_map(|child| child.ensure_running().err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+
+    // The report.
+    let window = plan.duration;
+    let targets: Vec<Summary> = TARGETS
+        .iter()
+        .zip(&results)
+        .map(|(name, r)| Summary::new(name, &r.hist, r.errors, window))
+        .collect();
+    let added = Added::between(&targets[1], &targets[0]);
+    let ok = died.is_empty()
+        && results
+            .iter()
+            .all(|r| r.errors == 0 && r.warmup_errors == 0 && !r.hist.is_empty());
+    let record = Record {
+        benchmark: "latency-check",
+        command: command_line(),
+        machine: Machine::detect(),
+        settings: settings.clone(),
+        targets: targets.clone(),
+        added_proxy_minus_direct: added,
+        warmup_errors: TARGETS
+            .iter()
+            .zip(&results)
+            .map(|(name, r)| (name.to_string(), r.warmup_errors))
+            .collect(),
+        pacer: PacerRecord {
+            arrivals: pacer.ticks,
+            measured_arrivals: pacer.measured_ticks,
+            late_p99_us: pacer.lag_us.value_at_quantile(0.99),
+            late_max_us: pacer.lag_us.max(),
+        },
+        ok,
+    };
+
+    if !args.json {
+        print_human(&record);
+    }
+    println!("{}", serde_json::to_string(&record)?);
+    for (name, r) in TARGETS.iter().zip(&results) {
+        if let Some(e) = &r.first_error {
+            eprintln!(
+                "latency-check: {name}: {} failed request(s) ({} in warm-up); first: {e}",
+                r.errors + r.warmup_errors,
+                r.warmup_errors
+            );
+        }
+        if r.hist.is_empty() {
+            eprintln!("latency-check: {name}: no successful request was measured");
+        }
+    }
+    for e in died {
+        eprintln!("latency-check: {e}");
+    }
+    Ok(ok)
+}
+
+fn print_human(record: &Record) {
+    let s = &record.settings;
+    println!("latency-check: proxy vs direct to mock-openai, one open-loop run");
+    println!("command:  {}", record.command);
+    println!("machine:  {}", record.machine.line());
+    println!(
+        "load:     {} req/s open loop, arrivals alternating direct/proxy ({} req/s each), {} s \
+         warm-up + {} s measured, {} keep-alive connections per target, {} generator thread(s)",
+        s.rate,
+        s.rate_per_target,
+        s.warmup_s,
+        s.duration_s,
+        s.connections_per_target,
+        s.generator_threads
+    );
+    println!("request:  {}", s.request);
+    println!(
+        "backend:  {} (proxy: standalone, one endpoint, http1)",
+        s.mock
+    );
+    println!("latency:  from each request's intended send time to its last response byte, µs");
+    println!();
+    print!(
+        "{}",
+        report::table(
+            &record.targets,
+            &[(ADDED_LABEL.to_string(), record.added_proxy_minus_direct)]
+        )
+    );
+    println!();
+    println!(
+        "pacer:    {} arrivals ({} measured), fired late by p99 {} µs, max {} µs",
+        record.pacer.arrivals,
+        record.pacer.measured_arrivals,
+        record.pacer.late_p99_us,
+        record.pacer.late_max_us
+    );
+    for (name, n) in &record.warmup_errors {
+        if *n > 0 {
+            println!("warm-up:  {name}: {n} failed request(s)");
+        }
+    }
+    println!("result:   {}", if record.ok { "ok" } else { "FAILED" });
+}
+
+/// The standalone routes file: model `demo` on one endpoint, the mock.
+fn routes_toml(mock: SocketAddr) -> String {
+    format!(
+        "version = \"latency-check\"\n\n\
+         [[models]]\n\
+         name = \"demo\"\n\
+         kind = \"chat\"\n\n\
+         [[models.endpoints]]\n\
+         id = \"mock\"\n\
+         address = \"{mock}\"\n\
+         protocol = \"http1\"\n"
+    )
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post(PATH)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(BODY)))
+        .expect("a valid request")
+}
+
+/// The start of a response body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.trim().to_string()
+}
+
+/// Polls the proxy's admin `/ready` until it answers 200.
+async fn wait_ready(admin: SocketAddr, proxy: &mut ChildProcess) -> anyhow::Result<()> {
+    let pool = Http1Pool::new(admin, 1);
+    let started = Instant::now();
+    loop {
+        proxy.ensure_running()?;
+        let ready = Request::get("/ready")
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let last = match tokio::time::timeout(Duration::from_secs(1), pool.send(ready)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::OK => return Ok(()),
+            Ok(Ok(response)) => format!("{}: {}", response.status(), snippet(response.body())),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "no answer within 1 s".into(),
+        };
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "multiverse-proxy not ready within {READY_TIMEOUT:?} (GET http://{admin}/ready: \
+                 {last}){}",
+                proxy.log_excerpt()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request before the run, so a broken setup fails with its cause instead of as a wall of
+/// errors.
+/// Through the proxy, the response must name the mock endpoint in `x-multiverse-endpoint`.
+async fn check_once(name: &str, pool: &Http1Pool, via_proxy: bool) -> anyhow::Result<()> {
+    let response = pool
+        .send(request())
+        .await
+        .with_context(|| format!("{name}: the first request failed"))?;
+    if response.status() != StatusCode::OK {
+        bail!(
+            "{name}: the first request got HTTP {}: {}",
+            response.status(),
+            snippet(response.body())
+        );
+    }
+    let endpoint = response.headers().get("x-multiverse-endpoint");
+    if via_proxy && endpoint.is_none_or(|v| v != "mock") {
+        bail!("{name}: the response did not come from endpoint `mock` (x-multiverse-endpoint: {endpoint:?})");
+    }
+    Ok(())
+}
+
+/// Gathers outcomes until every request task has finished (all senders dropped).
+async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>) -> Vec<TargetResults> {
+    let mut results: Vec<TargetResults> = TARGETS
+        .iter()
+        .map(|_| TargetResults {
+            hist: latency_histogram(),
+            errors: 0,
+            warmup_errors: 0,
+            first_error: None,
+        })
+        .collect();
+    while let Some(outcome) = rx.recv().await {
+        let r = &mut results[outcome.target];
+        match (outcome.result, outcome.phase) {
+            (Ok(latency), Phase::Measure) => report::record(&mut r.hist, latency),
+            (Ok(_), Phase::Warmup) => {}
+            (Err(e), phase) => {
+                if phase == Phase::Measure {
+                    r.errors += 1;
+                } else {
+                    r.warmup_errors += 1;
+                }
+                r.first_error.get_or_insert(e);
+            }
+        }
+    }
+    results
+}

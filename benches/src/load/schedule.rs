@@ -1,0 +1,222 @@
+//! Open-loop arrivals at a constant rate.
+//!
+//! *Open loop* means the arrival times are fixed in advance — arrival `i` is due at
+//! `start + i / rate` — and do not depend on how quickly earlier requests finished. A closed
+//! loop (send, wait, send again) slows down exactly when the server does, so it records few
+//! samples from the slow periods and understates tail latency ("coordinated omission"). Here a
+//! request's latency is measured from its *intended* time ([`Tick::intended`]), so time spent
+//! waiting for the generator, for a free connection or for the server all counts.
+//!
+//! The pacer runs on the calling OS thread rather than on tokio's timer: tokio's timer wheel
+//! has millisecond granularity, which would add up to a millisecond of fake latency to
+//! requests that take a tenth of that. The thread asks the kernel for fine timer slack
+//! (`PR_SET_TIMERSLACK`, restored afterwards), sleeps until each arrival and hands the tick to a
+//! callback — typically one that spawns a task on a tokio runtime, so every request runs in its
+//! own task. When the pacer falls behind it fires the missed ticks at once (a burst) with their
+//! original intended times, so its lateness shows up as latency rather than disappearing. How
+//! late it woke is recorded in [`PacerStats`] so a report can show the generator kept up.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::report::latency_histogram;
+
+/// What to run: a constant arrival rate, a warm-up and a measured window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Arrivals per second (all targets together).
+    pub rate: f64,
+    /// Arrivals before the measured window (sent, not recorded).
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+}
+
+/// Whether a tick belongs to the warm-up or to the measured window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Sent to warm connections and caches; not recorded.
+    Warmup,
+    /// Recorded.
+    Measure,
+}
+
+/// One arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    /// 0, 1, 2, ... in arrival order (use it to interleave targets: `index % n`).
+    pub index: u64,
+    /// When the request should be sent; measure latency from here.
+    pub intended: Instant,
+    /// Warm-up or measured.
+    pub phase: Phase,
+}
+
+/// How well the pacer kept to the schedule.
+#[derive(Debug, Clone)]
+pub struct PacerStats {
+    /// Ticks fired.
+    pub ticks: u64,
+    /// Ticks in the measured window.
+    pub measured_ticks: u64,
+    /// How late each tick was handed to the callback, in µs.
+    pub lag_us: Histogram<u64>,
+}
+
+impl Plan {
+    /// The schedule's total length (warm-up plus measured window).
+    pub fn total(&self) -> Duration {
+        self.warmup + self.duration
+    }
+
+    /// Number of ticks in the whole schedule: those with `i / rate < warmup + duration`.
+    pub fn total_ticks(&self) -> u64 {
+        (self.total().as_secs_f64() * self.rate).ceil() as u64
+    }
+
+    /// Offset of tick `index` from the start of the schedule.
+    pub fn offset(&self, index: u64) -> Duration {
+        Duration::from_secs_f64(index as f64 / self.rate)
+    }
+
+    /// The phase of tick `index`.
+    pub fn phase(&self, index: u64) -> Phase {
+        if self.offset(index) < self.warmup {
+            Phase::Warmup
+        } else {
+            Phase::Measure
+        }
+    }
+
+    /// Checks the plan makes sense (a positive, finite rate and a non-empty measured window).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(format!("rate must be a positive number, got {}", self.rate));
+        }
+        if self.duration.is_zero() {
+            return Err("the measured duration must be longer than 0".into());
+        }
+        if self.total_ticks() == 0 {
+            return Err("the plan has no arrivals".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the schedule on the calling thread, calling `on_tick` at each arrival time; returns
+/// when the last tick has been handed over (not when the work it started has finished).
+///
+/// `on_tick` must be quick (spawn a task and return); time it takes delays later ticks.
+pub fn run(plan: &Plan, mut on_tick: impl FnMut(Tick)) -> PacerStats {
+    let _slack = FineTimerSlack::set();
+    let mut stats = PacerStats {
+        ticks: 0,
+        measured_ticks: 0,
+        lag_us: latency_histogram(),
+    };
+    let total = plan.total_ticks();
+    let start = Instant::now();
+    for index in 0..total {
+        let intended = start + plan.offset(index);
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        let fired = Instant::now();
+        let phase = plan.phase(index);
+        on_tick(Tick {
+            index,
+            intended,
+            phase,
+        });
+        stats.ticks += 1;
+        if phase == Phase::Measure {
+            stats.measured_ticks += 1;
+        }
+        stats
+            .lag_us
+            .saturating_record(fired.saturating_duration_since(intended).as_micros() as u64);
+    }
+    stats
+}
+
+/// Sets this thread's timer slack to 1 ns while alive (Linux's default, 50 µs, would make
+/// every sleep up to 50 µs late), restoring the previous value on drop.
+struct FineTimerSlack {
+    previous: Option<i32>,
+}
+
+impl FineTimerSlack {
+    fn set() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::prctl;
+            let previous = prctl::get_timerslack().ok();
+            if previous.is_some() && prctl::set_timerslack(1).is_ok() {
+                return Self { previous };
+            }
+        }
+        Self { previous: None }
+    }
+}
+
+impl Drop for FineTimerSlack {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(previous) = self.previous {
+            let _ = nix::sys::prctl::set_timerslack(previous as _);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rate: f64, warmup_ms: u64, duration_ms: u64) -> Plan {
+        Plan {
+            rate,
+            warmup: Duration::from_millis(warmup_ms),
+            duration: Duration::from_millis(duration_ms),
+        }
+    }
+
+    #[test]
+    fn tick_counts_and_phases() {
+        let p = plan(1000.0, 500, 2000);
+        assert_eq!(p.total_ticks(), 2500);
+        assert_eq!(p.phase(0), Phase::Warmup);
+        assert_eq!(p.phase(499), Phase::Warmup);
+        assert_eq!(p.phase(500), Phase::Measure);
+        assert_eq!(p.offset(1500), Duration::from_millis(1500));
+        // A fractional rate still covers the window: ticks at 0 s, 1/3 s, 2/3 s.
+        assert_eq!(plan(3.0, 0, 1000).total_ticks(), 3);
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        assert!(plan(0.0, 0, 1000).validate().is_err());
+        assert!(plan(f64::NAN, 0, 1000).validate().is_err());
+        assert!(plan(100.0, 100, 0).validate().is_err());
+        assert!(plan(100.0, 0, 1000).validate().is_ok());
+    }
+
+    #[test]
+    fn run_fires_every_tick_on_schedule() {
+        let p = plan(2000.0, 10, 40);
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        let stats = run(&p, |t| seen.push(t));
+        assert_eq!(stats.ticks, 100);
+        assert_eq!(stats.measured_ticks, 80);
+        assert_eq!(seen.len(), 100);
+        assert!(seen.windows(2).all(|w| w[0].index + 1 == w[1].index));
+        assert!(seen
+            .windows(2)
+            .all(|w| w[1].intended - w[0].intended == p.offset(w[1].index) - p.offset(w[0].index)));
+        // The schedule cannot finish before its last arrival is due.
+        assert!(started.elapsed() >= p.offset(99));
+        assert_eq!(stats.lag_us.len(), 100);
+    }
+}
