@@ -291,18 +291,41 @@ impl MockTei {
     }
 }
 
-/// One `[[models]]` entry of a standalone routes file: `endpoints` are
-/// `(id, address, protocol, health)`.
-pub fn model_toml(
-    name: &str,
-    kind: &str,
-    extra: &str,
-    endpoints: &[(&str, String, &str, &str)],
-) -> String {
+/// One endpoint of a standalone routes file.
+pub struct Ep {
+    pub id: String,
+    pub address: String,
+    pub protocol: &'static str,
+    pub health: &'static str,
+}
+
+impl Ep {
+    /// An HTTP/1.1 endpoint.
+    pub fn http(id: &str, addr: SocketAddr, health: &'static str) -> Ep {
+        Ep {
+            id: id.to_string(),
+            address: addr.to_string(),
+            protocol: "http1",
+            health,
+        }
+    }
+
+    /// A gRPC endpoint.
+    pub fn grpc(id: &str, addr: SocketAddr, health: &'static str) -> Ep {
+        Ep {
+            protocol: "grpc",
+            ..Ep::http(id, addr, health)
+        }
+    }
+}
+
+/// One `[[models]]` entry of a standalone routes file (`extra`: more model keys).
+pub fn model_toml(name: &str, kind: &str, extra: &str, endpoints: &[Ep]) -> String {
     let mut s = format!("[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\n{extra}\n");
-    for (id, address, protocol, health) in endpoints {
+    for e in endpoints {
         s.push_str(&format!(
-            "[[models.endpoints]]\nid = \"{id}\"\naddress = \"{address}\"\nprotocol = \"{protocol}\"\nhealth = \"{health}\"\n"
+            "[[models.endpoints]]\nid = \"{}\"\naddress = \"{}\"\nprotocol = \"{}\"\nhealth = \"{}\"\n",
+            e.id, e.address, e.protocol, e.health
         ));
     }
     s

@@ -16,16 +16,6 @@ fn chat() -> Value {
     json!({"messages": [{"role": "user", "content": "hi"}], "model": "demo"})
 }
 
-fn ep(
-    id: &str,
-    addr: std::net::SocketAddr,
-    health: &str,
-) -> (&'static str, String, &'static str, &'static str) {
-    let id: &'static str = Box::leak(id.to_string().into_boxed_str());
-    let health: &'static str = Box::leak(health.to_string().into_boxed_str());
-    (id, addr.to_string(), "http1", health)
-}
-
 async fn post_chat(client: &reqwest::Client, proxy: &Proxy) -> reqwest::Response {
     client
         .post(format!("{}/v1/chat/completions", proxy.url()))
@@ -54,14 +44,14 @@ async fn tei_http_routes_by_header_instance_and_sole_model() {
         "embedding",
         "",
         &[
-            ep("tei-embed-1", e1.addr, "healthy"),
-            ep("tei-embed-2", e2.addr, "healthy"),
+            Ep::http("tei-embed-1", e1.addr, "healthy"),
+            Ep::http("tei-embed-2", e2.addr, "healthy"),
         ],
     ) + &model_toml(
         "reranker",
         "rerank",
         "",
-        &[ep("tei-rerank", rr.addr, "healthy")],
+        &[Ep::http("tei-rerank", rr.addr, "healthy")],
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-tei", &routes, "").await;
     let client = reqwest::Client::new();
@@ -150,7 +140,12 @@ async fn tei_http_routes_by_header_instance_and_sole_model() {
 async fn h2c_and_http1_share_the_client_port() {
     let dir = temp_dir("h2c");
     let mock = MockOpenAi::start(&dir, "mock-h2c", &[]);
-    let routes = model_toml("demo", "chat", "", &[ep("mock-h2c", mock.addr, "healthy")]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-h2c", mock.addr, "healthy")],
+    );
     let proxy = Proxy::start_standalone(&dir, "proxy-h2c", &routes, "").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -179,8 +174,8 @@ async fn failover_when_a_backend_dies_mid_run() {
         "chat",
         "lb = \"round_robin\"",
         &[
-            ep("mock-a", a.addr, "healthy"),
-            ep("mock-b", b.addr, "healthy"),
+            Ep::http("mock-a", a.addr, "healthy"),
+            Ep::http("mock-b", b.addr, "healthy"),
         ],
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-failover", &routes, "").await;
@@ -215,12 +210,12 @@ async fn failing_endpoint_is_ejected_then_returns() {
         "chat",
         "lb = \"round_robin\"",
         &[
-            ep("mock-bad", bad.addr, "healthy"),
-            ep("mock-good", good.addr, "healthy"),
+            Ep::http("mock-bad", bad.addr, "healthy"),
+            Ep::http("mock-good", good.addr, "healthy"),
         ],
     );
-    let outlier = "[outlier]\nconsecutive_gateway_failures = 2\nbase_ejection_ms = 1500\n\
-                   max_ejection_ms = 5000\nmax_ejection_percent = 50\n";
+    let outlier = "[outlier]\nconsecutive_gateway_failures = 2\nbase_ejection_ms = 4000\n\
+                   max_ejection_ms = 8000\nmax_ejection_percent = 50\n";
     let proxy = Proxy::start_standalone(&dir, "proxy-outlier", &routes, outlier).await;
     let client = reqwest::Client::new();
 
@@ -251,7 +246,7 @@ async fn failing_endpoint_is_ejected_then_returns() {
     }
     assert_eq!(bad.stats(&client).await["requests"].as_u64(), Some(before));
     // After the ejection time it takes requests again.
-    let returned = eventually(Duration::from_secs(10), "mock-bad to return", || async {
+    let returned = eventually(Duration::from_secs(20), "mock-bad to return", || async {
         assert_eq!(post_chat(&client, &proxy).await.status(), 200);
         let n = bad.stats(&client).await["requests"].as_u64().unwrap_or(0);
         (n > before).then_some(n)
@@ -274,8 +269,8 @@ async fn draining_endpoints_get_no_new_requests_but_finish_open_ones() {
         "chat",
         "",
         &[
-            ep("mock-a", a.addr, "healthy"),
-            ep("mock-b", b.addr, "healthy"),
+            Ep::http("mock-a", a.addr, "healthy"),
+            Ep::http("mock-b", b.addr, "healthy"),
         ],
     );
     let a_draining = model_toml(
@@ -283,8 +278,8 @@ async fn draining_endpoints_get_no_new_requests_but_finish_open_ones() {
         "chat",
         "",
         &[
-            ep("mock-a", a.addr, "draining"),
-            ep("mock-b", b.addr, "healthy"),
+            Ep::http("mock-a", a.addr, "draining"),
+            Ep::http("mock-b", b.addr, "healthy"),
         ],
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-drain", &both_healthy, "").await;
@@ -338,17 +333,21 @@ async fn proxy_errors_have_their_status_and_format() {
         "timeout",
         "chat",
         "first_byte_timeout_ms = 300\nidle_timeout_ms = 300",
-        &[ep("mock-slow", slow.addr, "healthy")],
+        &[Ep::http("mock-slow", slow.addr, "healthy")],
     ) + &model_toml(
         "broken",
         "chat",
         "",
-        &[("dead-1", format!("127.0.0.1:{dead}"), "http1", "healthy")],
+        &[Ep::http(
+            "dead-1",
+            format!("127.0.0.1:{dead}").parse().expect("addr"),
+            "healthy",
+        )],
     ) + &model_toml(
         "down",
         "chat",
         "",
-        &[ep("mock-slow", slow.addr, "unhealthy")],
+        &[Ep::http("mock-slow", slow.addr, "unhealthy")],
     );
     let proxy = Proxy::start_standalone(
         &dir,
@@ -420,15 +419,15 @@ async fn table_swaps_under_load_fail_no_request() {
     let a = MockOpenAi::start(&dir, "mock-a", &["--tokens", "2"]);
     let b = MockOpenAi::start(&dir, "mock-b", &["--tokens", "2"]);
     let tables = [
-        model_toml("demo", "chat", "", &[ep("mock-a", a.addr, "healthy")]),
-        model_toml("demo", "chat", "", &[ep("mock-b", b.addr, "healthy")]),
+        model_toml("demo", "chat", "", &[Ep::http("mock-a", a.addr, "healthy")]),
+        model_toml("demo", "chat", "", &[Ep::http("mock-b", b.addr, "healthy")]),
         model_toml(
             "demo",
             "chat",
             "lb = \"round_robin\"",
             &[
-                ep("mock-a", a.addr, "healthy"),
-                ep("mock-b", b.addr, "healthy"),
+                Ep::http("mock-a", a.addr, "healthy"),
+                Ep::http("mock-b", b.addr, "healthy"),
             ],
         ),
     ];
@@ -492,7 +491,12 @@ async fn table_swaps_under_load_fail_no_request() {
 async fn bad_routes_file_is_rejected_and_the_table_keeps_serving() {
     let dir = temp_dir("bad-reload");
     let mock = MockOpenAi::start(&dir, "mock-a", &[]);
-    let routes = model_toml("demo", "chat", "", &[ep("mock-a", mock.addr, "healthy")]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-a", mock.addr, "healthy")],
+    );
     let proxy = Proxy::start_standalone(&dir, "proxy-badfile", &routes, "").await;
     let client = reqwest::Client::new();
     let v1 = proxy.version(&client).await;
@@ -530,7 +534,12 @@ async fn sigterm_drains_open_streams_then_exits() {
         "mock-a",
         &["--tokens", "12", "--chunk-interval-ms", "80"],
     );
-    let routes = model_toml("demo", "chat", "", &[ep("mock-a", mock.addr, "healthy")]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-a", mock.addr, "healthy")],
+    );
     let mut proxy = Proxy::start_standalone(&dir, "proxy-term", &routes, "").await;
     let client = reqwest::Client::new();
     let mut stream = client

@@ -14,19 +14,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-fn grpc_ep(
-    id: &str,
-    addr: std::net::SocketAddr,
-    health: &str,
-) -> (&'static str, String, &'static str, &'static str) {
-    (
-        Box::leak(id.to_string().into_boxed_str()),
-        addr.to_string(),
-        "grpc",
-        Box::leak(health.to_string().into_boxed_str()),
-    )
-}
-
 fn with_model<T>(msg: T, model: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()
@@ -61,19 +48,19 @@ async fn tei_grpc_through_the_proxy() {
         "embedding",
         "",
         &[
-            grpc_ep("tei-grpc-1", g1.addr, "healthy"),
-            grpc_ep("tei-grpc-2", g2.addr, "healthy"),
+            Ep::grpc("tei-grpc-1", g1.addr, "healthy"),
+            Ep::grpc("tei-grpc-2", g2.addr, "healthy"),
         ],
     ) + &model_toml(
         "reranker",
         "rerank",
         "",
-        &[grpc_ep("tei-grpc-1", g1.addr, "healthy")],
+        &[Ep::grpc("tei-grpc-1", g1.addr, "healthy")],
     ) + &model_toml(
         "locked",
         "embedding",
         "",
-        &[grpc_ep("tei-grpc-locked", locked.addr, "healthy")],
+        &[Ep::grpc("tei-grpc-locked", locked.addr, "healthy")],
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-grpc", &routes, "").await;
     let mut embed = EmbedClient::new(channel(&proxy).await);
@@ -159,12 +146,12 @@ async fn proxy_errors_are_grpc_statuses() {
         "down",
         "embedding",
         "",
-        &[grpc_ep("tei-ok", ok.addr, "unhealthy")],
+        &[Ep::grpc("tei-ok", ok.addr, "unhealthy")],
     ) + &model_toml(
         "slow",
         "embedding",
         "first_byte_timeout_ms = 400\nidle_timeout_ms = 400",
-        &[grpc_ep("tei-hung", hung.addr, "healthy")],
+        &[Ep::grpc("tei-hung", hung.addr, "healthy")],
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-grpc-errors", &routes, "").await;
     let mut embed = EmbedClient::new(channel(&proxy).await);
