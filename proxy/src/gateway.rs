@@ -187,6 +187,10 @@ impl ProxyHttp for Gateway {
         )))
     }
 
+    fn upstream_idle_timeout(&self, ctx: &RequestCtx) -> Option<std::time::Duration> {
+        ctx.route.as_ref()?.policy.idle_timeout
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,

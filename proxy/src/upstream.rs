@@ -13,7 +13,8 @@ use crate::table::{Endpoint, Policy, Protocol};
 #[derive(Debug, Clone)]
 pub struct UpstreamDefaults {
     pub connect_timeout: Duration,
-    /// Longest wait for any read from the upstream: the first byte and every gap after it.
+    /// Longest wait for the response header, and between body reads unless the model sets an
+    /// idle timeout.
     pub read_timeout: Duration,
     /// Concurrent streams per HTTP/2 upstream connection.
     pub max_h2_streams: usize,
@@ -41,12 +42,9 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
     }
     peer.options.connection_timeout =
         Some(policy.connect_timeout.unwrap_or(defaults.connect_timeout));
-    // pingora applies one timeout to every upstream read (the response header and each body
-    // read), so the larger of the model's two bounds both.
-    let read = match (policy.first_byte_timeout, policy.idle_timeout) {
-        (Some(a), Some(b)) => a.max(b),
-        (a, b) => a.or(b).unwrap_or(defaults.read_timeout),
-    };
+    // Until the response header arrives; body reads then wait at most the idle timeout
+    // (`Gateway::upstream_idle_timeout`).
+    let read = policy.first_byte_timeout.unwrap_or(defaults.read_timeout);
     peer.options.read_timeout = Some(read);
     peer
 }

@@ -414,6 +414,79 @@ async fn proxy_errors_have_their_status_and_format() {
 }
 
 #[tokio::test]
+async fn first_byte_and_idle_timeouts_are_separate() {
+    let dir = temp_dir("timeouts");
+    // Answers after 700 ms, then at once: within the first-byte bound, over the idle one.
+    let slow_start = MockOpenAi::start(
+        &dir,
+        "mock-slow-start",
+        &["--latency-ms", "700", "--model", "slow-start"],
+    );
+    // Starts at once, then 1.5 s between SSE chunks: over the idle bound.
+    let stalling = MockOpenAi::start(
+        &dir,
+        "mock-stalling",
+        &[
+            "--tokens",
+            "5",
+            "--chunk-interval-ms",
+            "1500",
+            "--model",
+            "stalling",
+        ],
+    );
+    let policy = "first_byte_timeout_ms = 3000\nidle_timeout_ms = 400";
+    let routes = model_toml(
+        "slow-start",
+        "chat",
+        policy,
+        &[Ep::http("mock-slow-start", slow_start.addr, "healthy")],
+    ) + &model_toml(
+        "stalling",
+        "chat",
+        policy,
+        &[Ep::http("mock-stalling", stalling.addr, "healthy")],
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-timeouts", &routes, "").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", proxy.url());
+
+    let resp = client
+        .post(&url)
+        .json(&json!({"model": "slow-start", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "700 ms to the first byte is within 3 s");
+
+    let started = std::time::Instant::now();
+    let mut stream = client
+        .post(&url)
+        .json(&json!({"model": "stalling", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    let cut = loop {
+        match stream.chunk().await {
+            Ok(Some(c)) => text.push_str(&String::from_utf8_lossy(&c)),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        cut || !text.contains("[DONE]"),
+        "the stalled stream was cut, not completed: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "cut by the 400 ms idle bound, not after the 1.5 s gap ({:?})",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn table_swaps_under_load_fail_no_request() {
     let dir = temp_dir("swap");
     let a = MockOpenAi::start(&dir, "mock-a", &["--tokens", "2"]);

@@ -42,6 +42,8 @@ where
     {
         client_session.read_timeout = peer.options.read_timeout;
         client_session.write_timeout = peer.options.write_timeout;
+        // MULTIVERSE PATCH: read timeout after the response header (see ProxyHttp).
+        let idle_timeout = self.inner.upstream_idle_timeout(ctx);
 
         // phase 2 send to upstream
 
@@ -159,7 +161,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                idle_timeout
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +259,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        idle_timeout: Option<Duration>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -269,6 +278,10 @@ where
                     match res {
                         Ok(task) => {
                             response_done = task.is_end();
+                            // MULTIVERSE PATCH: body reads wait at most the idle timeout.
+                            if let (HttpTask::Header(..), Some(idle)) = (&task, idle_timeout) {
+                                client_session.read_timeout = Some(idle);
+                            }
                             if !upgraded && client_session.was_upgraded() {
                                 // upgrade can only happen once
                                 upgraded = true;

@@ -269,6 +269,8 @@ where
         }
 
         client_session.read_timeout = peer.options.read_timeout;
+        // MULTIVERSE PATCH: read timeout after the response header (see ProxyHttp).
+        let idle_timeout = self.inner.upstream_idle_timeout(ctx);
 
         let mut downstream_custom_message_writer = session
             .downstream_session
@@ -313,7 +315,7 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            pipe_up_to_down_response(client_session, tx, pipe_state)
+            pipe_up_to_down_response(client_session, tx, pipe_state, idle_timeout)
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -1120,11 +1122,16 @@ pub(crate) async fn pipe_up_to_down_response(
     client: &mut Http2Session,
     tx: mpsc::Sender<HttpTask>,
     pipe_state: Arc<AtomicU8>,
+    idle_timeout: Option<Duration>,
 ) -> Result<()> {
     client
         .read_response_header()
         .await
         .map_err(|e| e.into_up())?; // should we send the error as an HttpTask?
+    // MULTIVERSE PATCH: body reads wait at most the idle timeout (see ProxyHttp).
+    if let Some(idle) = idle_timeout {
+        client.read_timeout = Some(idle);
+    }
 
     let resp_header = Box::new(client.response_header().expect("just read").clone());
 

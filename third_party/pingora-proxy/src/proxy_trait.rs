@@ -52,6 +52,13 @@ pub trait ProxyHttp {
     /// Define how the `ctx` should be created.
     fn new_ctx(&self) -> Self::CTX;
 
+    /// MULTIVERSE PATCH: the upstream read timeout once the response header has arrived
+    /// (between body reads: a stream's idle timeout). `None`, the default, keeps
+    /// `peer.options.read_timeout` for every read, header included.
+    fn upstream_idle_timeout(&self, _ctx: &Self::CTX) -> Option<Duration> {
+        None
+    }
+
     /// Define where the proxy should send the request to.
     ///
     /// The returned [HttpPeer] contains the information regarding where and how this request should
