@@ -165,6 +165,35 @@ async fn h2c_and_http1_share_the_client_port() {
 }
 
 #[tokio::test]
+async fn upstream_http1_connections_are_kept_alive_and_reused() {
+    let dir = temp_dir("keepalive");
+    let mock = MockOpenAi::start(&dir, "mock-ka", &["--tokens", "2"]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-ka", mock.addr, "healthy")],
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-ka", &routes, "").await;
+    // A fresh client connection per request: reuse can only come from the proxy's pool.
+    for _ in 0..30 {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        assert_eq!(post_chat(&client, &proxy).await.status(), 200);
+    }
+    let stats = mock.stats(&reqwest::Client::new()).await;
+    assert_eq!(stats["requests"], 30);
+    let connections = stats["connections"].as_u64().expect("connections");
+    // One for /mock/stats itself, a few for the proxy's pool at most.
+    assert!(
+        connections <= 4,
+        "30 requests used {connections} upstream connections"
+    );
+}
+
+#[tokio::test]
 async fn failover_when_a_backend_dies_mid_run() {
     let dir = temp_dir("failover");
     let a = MockOpenAi::start(&dir, "mock-a", &[]);

@@ -138,6 +138,48 @@ async fn tei_grpc_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn grpc_upstream_streams_share_http2_connections() {
+    let dir = temp_dir("grpc-mux");
+    let tei = MockTei::start(&dir, "tei-mux", &["--grpc", "--latency-ms", "300"]);
+    let routes = model_toml(
+        "bge",
+        "embedding",
+        "",
+        &[Ep::grpc("tei-mux", tei.addr, "healthy")],
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-mux", &routes, "").await;
+    let channel = channel(&proxy).await;
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = EmbedClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .embed(with_model(embed_req(&format!("call {i}")), "bge"))
+                    .await
+                    .map(|r| r.into_inner().embeddings.len())
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.expect("task").expect("Embed"), 384);
+    }
+    let stats: serde_json::Value = reqwest::get(format!("{}/mock/stats", tei.url()))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["requests"], 20);
+    let connections = stats["connections"].as_u64().expect("connections");
+    // 20 overlapping calls (300 ms each) multiplexed: the stats request plus very few h2
+    // connections, not one per call.
+    assert!(
+        connections <= 4,
+        "20 concurrent calls used {connections} upstream connections"
+    );
+}
+
+#[tokio::test]
 async fn proxy_errors_are_grpc_statuses() {
     let dir = temp_dir("grpc-errors");
     let ok = MockTei::start(&dir, "tei-ok", &["--grpc"]);

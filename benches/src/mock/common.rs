@@ -45,6 +45,7 @@ pub fn unix_now() -> u64 {
 /// Counters behind `GET /mock/stats`.
 #[derive(Debug, Default)]
 pub struct Stats {
+    connections: AtomicU64,
     requests: AtomicU64,
     streams_active: AtomicU64,
     streams_completed: AtomicU64,
@@ -57,6 +58,8 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// The instance name (`--name`).
     pub name: String,
+    /// TCP connections accepted so far (to see connection reuse by clients and proxies).
+    pub connections: u64,
     /// Requests handled on model routes.
     pub requests: u64,
     /// SSE streams currently being written.
@@ -91,12 +94,18 @@ impl Stats {
     pub fn snapshot(&self, name: &str) -> StatsSnapshot {
         StatsSnapshot {
             name: name.to_string(),
+            connections: self.connections.load(Ordering::SeqCst),
             requests: self.requests.load(Ordering::SeqCst),
             streams_active: self.streams_active.load(Ordering::SeqCst),
             streams_completed: self.streams_completed.load(Ordering::SeqCst),
             last_body_len: self.last_body_len.load(Ordering::SeqCst),
             last_body_fnv1a64: hex16(self.last_body_fnv.load(Ordering::SeqCst)),
         }
+    }
+
+    /// Counts an accepted connection.
+    pub fn connection_accepted(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Marks an SSE stream as started; the guard ends it when finished or dropped.
@@ -311,9 +320,11 @@ pub fn init_tracing(json: bool) {
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
+    stats: Arc<Stats>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    let listener = listener.tap_io(move |tcp| {
+        stats.connection_accepted();
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {err}");
         }

@@ -121,12 +121,21 @@ pub fn instance_name(args: &OpenAiArgs, addr: SocketAddr) -> String {
 
 /// The application for an already bound server at `addr`.
 pub fn router(args: OpenAiArgs, addr: SocketAddr) -> anyhow::Result<Router> {
+    router_with_stats(args, addr, Arc::new(Stats::default()))
+}
+
+/// [`router`], recording into `stats` (shared with the listener, which counts connections).
+pub fn router_with_stats(
+    args: OpenAiArgs,
+    addr: SocketAddr,
+    stats_sink: Arc<Stats>,
+) -> anyhow::Result<Router> {
     let name = instance_name(&args, addr);
     let header = instance_header_value(&name)?;
     let app = Arc::new(App {
         args,
         name,
-        stats: Arc::new(Stats::default()),
+        stats: stats_sink,
     });
     let model_routes = Router::new()
         .route("/v1/models", get(list_models))
@@ -169,9 +178,10 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let app = router(args, addr)?;
+    let stats = Arc::new(Stats::default());
+    let app = router_with_stats(args, addr, stats.clone())?;
     tracing::info!(%addr, "mock-openai listening");
-    common::serve_http(listener, app, shutdown).await
+    common::serve_http(listener, app, stats, shutdown).await
 }
 
 /// Binds and serves in a background task of the current runtime (for in-process tests).

@@ -405,8 +405,9 @@ pub async fn serve(args: TeiArgs, listener: TcpListener, shutdown: Shutdown) -> 
         tei_grpc::serve(core, listener, shutdown).await
     } else {
         tracing::info!(%addr, model_id = %core.args.model_id, "mock-tei serving HTTP");
+        let stats = core.stats.clone();
         let router = tei_http::router(core)?;
-        common::serve_http(listener, router, shutdown).await
+        common::serve_http(listener, router, stats, shutdown).await
     }
 }
 

@@ -402,6 +402,7 @@ pub async fn serve(
         .add_service(pb::rerank_server::RerankServer::new(services.clone()))
         .add_service(pb::tokenize_server::TokenizeServer::new(services));
     let header = instance_header_value(&core.name)?;
+    let counter = core.stats.clone();
     let stats_core = core.clone();
     let router = builder
         .routes()
@@ -416,8 +417,9 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(core, require_api_key))
         .layer(middleware::from_fn_with_state(header, add_instance_header));
 
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
+    let incoming = TcpListenerStream::new(listener).map(move |conn| {
         conn.inspect(|tcp| {
+            counter.connection_accepted();
             if let Err(err) = tcp.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY: {err}");
             }
