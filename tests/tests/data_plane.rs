@@ -226,6 +226,48 @@ async fn failover_when_a_backend_dies_mid_run() {
 }
 
 #[tokio::test]
+async fn reset_before_the_first_response_byte_is_retried_elsewhere() {
+    let dir = temp_dir("reset");
+    // An "upstream" that reads the request, then closes without answering.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let rude_addr = rude.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let rude_task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = rude.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            drop(sock);
+        }
+    });
+    let good = MockOpenAi::start(&dir, "mock-good", &[]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "lb = \"round_robin\"",
+        &[
+            Ep::http("rude", rude_addr, "healthy"),
+            Ep::http("mock-good", good.addr, "healthy"),
+        ],
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-reset", &routes, "").await;
+    let client = reqwest::Client::new();
+    for i in 0..6 {
+        let resp = post_chat(&client, &proxy).await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(served_by(&resp), "mock-good");
+    }
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 3,
+        "the rude upstream was tried"
+    );
+    rude_task.abort();
+}
+
+#[tokio::test]
 async fn failing_endpoint_is_ejected_then_returns() {
     let dir = temp_dir("outlier");
     let bad = MockOpenAi::start(
