@@ -140,7 +140,7 @@ async fn tei_grpc_through_the_proxy() {
 #[tokio::test]
 async fn grpc_upstream_streams_share_http2_connections() {
     let dir = temp_dir("grpc-mux");
-    let tei = MockTei::start(&dir, "tei-mux", &["--grpc", "--latency-ms", "300"]);
+    let tei = MockTei::start(&dir, "tei-mux", &["--grpc", "--latency-ms", "1000"]);
     let routes = model_toml(
         "bge",
         "embedding",
@@ -149,17 +149,20 @@ async fn grpc_upstream_streams_share_http2_connections() {
     );
     let proxy = Proxy::start_standalone(&dir, "proxy-mux", &routes, "").await;
     let channel = channel(&proxy).await;
-    let calls: Vec<_> = (0..20)
-        .map(|i| {
-            let mut client = EmbedClient::new(channel.clone());
-            tokio::spawn(async move {
-                client
-                    .embed(with_model(embed_req(&format!("call {i}")), "bge"))
-                    .await
-                    .map(|r| r.into_inner().embeddings.len())
-            })
-        })
-        .collect();
+    // Calls start 25 ms apart and each takes 1 s, so all 20 overlap. (Calls that arrive at the
+    // very same instant can each dial a connection: pingora's h2 pool hands a connection to one
+    // caller at a time while it opens a stream, by design.)
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut client = EmbedClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            client
+                .embed(with_model(embed_req(&format!("call {i}")), "bge"))
+                .await
+                .map(|r| r.into_inner().embeddings.len())
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     for call in calls {
         assert_eq!(call.await.expect("task").expect("Embed"), 384);
     }
@@ -171,8 +174,7 @@ async fn grpc_upstream_streams_share_http2_connections() {
         .expect("json");
     assert_eq!(stats["requests"], 20);
     let connections = stats["connections"].as_u64().expect("connections");
-    // 20 overlapping calls (300 ms each) multiplexed: the stats request plus very few h2
-    // connections, not one per call.
+    // 20 overlapping calls multiplexed: the stats request plus very few h2 connections.
     assert!(
         connections <= 4,
         "20 concurrent calls used {connections} upstream connections"
