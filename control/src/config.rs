@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::backends::BackendSpec;
+use crate::health::HealthSettings;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -19,10 +20,52 @@ pub const DEFAULT_DISCOVERY: &str = "127.0.0.1:9001";
 pub struct ControlConfig {
     /// This control plane's id, sent with every snapshot (default: `cp-<host name>`).
     pub id: Option<String>,
+    /// Where the desired state (`state.toml`) is kept. Default: `data`.
+    pub data_dir: Option<PathBuf>,
     pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub health: HealthSettings,
+    pub discovery: DiscoverySettings,
     /// External OpenAI-compatible backends declared up front.
     pub backends: Vec<BackendSpec>,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Keys accepted on /admin/* (`Authorization: Bearer <key>` or `X-API-Key: <key>`).
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line (blank lines and `#` comments ignored).
+    pub api_key_file: Option<PathBuf>,
+    /// Allow backends on loopback, private, link-local and metadata addresses.
+    pub allow_private_backends: bool,
+    /// Most backends that may be registered.
+    pub max_backends: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_key_file: None,
+            allow_private_backends: false,
+            max_backends: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySettings {
+    /// Changes within this many ms of the first become one snapshot version.
+    pub coalesce_ms: u64,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self { coalesce_ms: 20 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +148,35 @@ impl ControlConfig {
                 "must differ from listen.api".into(),
             ));
         }
+        for (key, v) in [
+            ("health.interval_ms", self.health.interval_ms),
+            ("health.timeout_ms", self.health.timeout_ms),
+            (
+                "health.unhealthy_threshold",
+                u64::from(self.health.unhealthy_threshold),
+            ),
+            (
+                "health.healthy_threshold",
+                u64::from(self.health.healthy_threshold),
+            ),
+            (
+                "health.max_concurrent_checks",
+                self.health.max_concurrent_checks as u64,
+            ),
+            ("admin.max_backends", self.admin.max_backends as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key.into(), "must be > 0".into()));
+            }
+        }
+        for (i, k) in self.admin.api_keys.iter().enumerate() {
+            if k.len() < 8 || k.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(invalid(
+                    format!("admin.api_keys[{i}]"),
+                    "must be at least 8 printable ASCII characters".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             b.validate()
@@ -117,6 +189,31 @@ impl ControlConfig {
             }
         }
         Ok(())
+    }
+
+    /// The admin API keys from `api_keys` and `api_key_file`.
+    pub fn admin_keys(&self, path: Option<&Path>) -> Result<Vec<String>, ConfigError> {
+        let mut keys = self.admin.api_keys.clone();
+        if let Some(file) = &self.admin.api_key_file {
+            let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+                path: path.map(Path::to_path_buf),
+                key: "admin.api_key_file".into(),
+                message: format!("cannot read {}: {e}", file.display()),
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        Ok(keys)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data"))
     }
 
     pub fn id(&self) -> String {

@@ -2,10 +2,13 @@
 //! instances) of this host, turns them into route snapshots, and pushes them to every proxy.
 //!
 //! Its nouns:
-//! - [`backends`] — external OpenAI-compatible servers;
+//! - [`backends`] — external OpenAI-compatible servers (validation, probes, registry, SSRF);
+//! - [`health`] — active checks, thresholds, history;
+//! - [`state`] — the durable desired state;
 //! - [`routes`] — desired state → the snapshot proxies receive;
 //! - [`discovery`] — the gRPC stream to proxies (publisher, per-proxy status);
 //! - [`api`] — the operator REST API;
+//! - [`metrics`] — Prometheus metrics;
 //! - [`config`] — TOML + flags.
 #![forbid(unsafe_code)]
 
@@ -13,4 +16,7 @@ pub mod api;
 pub mod backends;
 pub mod config;
 pub mod discovery;
+pub mod health;
+pub mod metrics;
 pub mod routes;
+pub mod state;

@@ -9,12 +9,17 @@ use anyhow::Context;
 use clap::Parser;
 use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServer;
 
+use multiverse_control::api::auth::Keys;
 use multiverse_control::api::{self, ApiState};
+use multiverse_control::backends::registry::Registry;
 use multiverse_control::config::ControlConfig;
 use multiverse_control::discovery::nodes::Nodes;
 use multiverse_control::discovery::publisher::Publisher;
 use multiverse_control::discovery::DiscoveryService;
+use multiverse_control::health;
+use multiverse_control::metrics::ControlMetrics;
 use multiverse_control::routes;
+use multiverse_control::state::StateFile;
 
 /// Multiverse control plane: backends, routes and discovery for proxies.
 #[derive(Debug, Parser)]
@@ -29,6 +34,9 @@ struct Cli {
     /// Discovery gRPC listener for proxies [default: 127.0.0.1:9001].
     #[arg(long, value_name = "ADDR")]
     discovery_listen: Option<String>,
+    /// Directory of the durable state (state.toml) [default: data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Control plane id sent to proxies [default: cp-<host name>].
     #[arg(long)]
     id: Option<String>,
@@ -60,13 +68,41 @@ async fn run() -> anyhow::Result<()> {
     if cli.id.is_some() {
         cfg.id = cli.id;
     }
+    if cli.data_dir.is_some() {
+        cfg.data_dir = cli.data_dir;
+    }
     cfg.log.json |= cli.log_json;
     cfg.validate(cli.config.as_deref())?;
     init_logging(cfg.log.json);
 
     let id = cfg.id();
-    let publisher = Publisher::new(routes::snapshot(&cfg.backends));
+    let keys = cfg.admin_keys(cli.config.as_deref())?;
+    if keys.is_empty() {
+        tracing::warn!("no [admin] api_keys configured: the /admin API refuses every request");
+    }
+    let state_file = StateFile::new(&cfg.data_dir());
+    let registry = Arc::new(Registry::open(
+        Some(state_file.clone()),
+        &cfg.backends,
+        cfg.admin.max_backends,
+    )?);
+    let publisher = Publisher::new(routes::snapshot(&registry.routable()));
     let nodes = Arc::new(Nodes::default());
+    let metrics = ControlMetrics::new();
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("multiverse-control/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    tokio::spawn(routes::republish(
+        registry.clone(),
+        publisher.clone(),
+        std::time::Duration::from_millis(cfg.discovery.coalesce_ms),
+    ));
+    tokio::spawn(health::run(
+        registry.clone(),
+        http.clone(),
+        cfg.health.clone(),
+        metrics.clone(),
+    ));
 
     let discovery_addr: SocketAddr = cfg.listen.discovery.parse()?;
     let api_addr: SocketAddr = cfg.listen.api.parse()?;
@@ -87,6 +123,7 @@ async fn run() -> anyhow::Result<()> {
             id.clone(),
             publisher.clone(),
             nodes.clone(),
+            metrics.clone(),
         )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(discovery_listener),
@@ -96,6 +133,12 @@ async fn run() -> anyhow::Result<()> {
         control_plane_id: id.clone(),
         publisher,
         nodes,
+        registry: registry.clone(),
+        metrics,
+        health: cfg.health.clone(),
+        http,
+        allow_private_backends: cfg.admin.allow_private_backends,
+        keys: Arc::new(Keys::new(keys)),
     });
     let http = axum::serve(api_listener, app).with_graceful_shutdown(wait_stop(stop_rx));
 
@@ -103,7 +146,8 @@ async fn run() -> anyhow::Result<()> {
         id = %id,
         api = %api_addr,
         discovery = %discovery_addr,
-        backends = cfg.backends.len(),
+        backends = registry.list().len(),
+        state = %state_file.path().display(),
         "multiverse-control started"
     );
     let grpc = tokio::spawn(grpc);

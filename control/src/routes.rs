@@ -1,27 +1,32 @@
-//! Turns the control plane's desired state into the route snapshot proxies receive.
+//! Turns the control plane's desired state into the route snapshot proxies receive, and
+//! republishes it when something changed.
 //!
-//! One place decides what proxies see: every model served by a backend becomes a model with
-//! that backend as an endpoint. Models are sorted by name and endpoints by id, so equal state
-//! always gives an equal snapshot (and no needless push).
+//! One place decides what proxies see: every model served by a routable backend becomes a
+//! model with that backend as an endpoint, carrying the backend's health. Models are sorted by
+//! name and endpoints by id, so equal state always gives an equal snapshot (and no push). A
+//! snapshot is always the whole state, so no snapshot ever routes a model to nothing while an
+//! endpoint for it exists.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use multiverse_proto::discovery::v1 as pb;
 
-use crate::backends::{parse_kind, BackendSpec};
+use crate::backends::registry::{BackendRecord, Registry};
+use crate::discovery::publisher::Publisher;
 
-/// Builds the snapshot for a set of backends.
-pub fn snapshot(backends: &[BackendSpec]) -> pb::RouteSnapshot {
+/// Builds the snapshot for a set of backends with their health.
+pub fn snapshot(backends: &[(BackendRecord, pb::HealthStatus)]) -> pb::RouteSnapshot {
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
-    for b in backends {
-        let Some(endpoint) = b.endpoint(pb::HealthStatus::Unknown) else {
+    for (b, health) in backends {
+        let Some(endpoint) = b.endpoint(*health) else {
             continue;
         };
-        let kind = parse_kind(b.kind.as_deref()).unwrap_or(pb::ModelKind::Chat);
         for name in &b.models {
             let model = models.entry(name.as_str()).or_insert_with(|| pb::Model {
                 name: name.clone(),
-                kind: kind as i32,
+                kind: b.kind() as i32,
                 policy: Some(pb::RoutingPolicy::default()),
                 endpoints: Vec::new(),
             });
@@ -35,19 +40,26 @@ pub fn snapshot(backends: &[BackendSpec]) -> pb::RouteSnapshot {
     pb::RouteSnapshot { models }
 }
 
+/// Publishes a new snapshot after every change, coalescing bursts: changes within `coalesce`
+/// of the first become one version.
+pub async fn republish(registry: Arc<Registry>, publisher: Publisher, coalesce: Duration) {
+    loop {
+        registry.changed.notified().await;
+        tokio::time::sleep(coalesce).await;
+        let version = publisher.publish(snapshot(&registry.routable()));
+        tracing::debug!(version, "snapshot published");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn backend(name: &str, port: u16, models: &[&str]) -> BackendSpec {
-        BackendSpec {
-            name: name.into(),
-            url: format!("http://127.0.0.1:{port}"),
-            models: models.iter().map(|m| m.to_string()).collect(),
-            weight: 1,
-            api_key: None,
-            kind: None,
-        }
+    fn backend(name: &str, port: u16, models: &[&str]) -> (BackendRecord, pb::HealthStatus) {
+        let mut r = BackendRecord::example(name);
+        r.url = format!("http://127.0.0.1:{port}");
+        r.models = models.iter().map(|m| m.to_string()).collect();
+        (r, pb::HealthStatus::Healthy)
     }
 
     #[test]
@@ -62,6 +74,7 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(s.models[0].endpoints[0].address, "127.0.0.1:1");
+        assert_eq!(s.models[0].endpoints[0].upstream_api_key, "sk-secret");
         let again = snapshot(&[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])]);
         assert_eq!(s, again);
     }

@@ -355,8 +355,14 @@ impl Control {
         discovery: SocketAddr,
     ) -> Control {
         let config = dir.join(format!("{id}.toml"));
+        // Keep the state inside the test's directory unless the body chooses a place.
+        let data_dir = if body.contains("data_dir") {
+            String::new()
+        } else {
+            format!("data_dir = \"{}\"\n", dir.join(format!("{id}-data")).display())
+        };
         let text = format!(
-            "id = \"{id}\"\n{body}\n[listen]\napi = \"{api}\"\ndiscovery = \"{discovery}\"\n"
+            "id = \"{id}\"\n{data_dir}{body}\n[listen]\napi = \"{api}\"\ndiscovery = \"{discovery}\"\n"
         );
         std::fs::write(&config, text).expect("write control config");
         let args = vec!["--config".to_string(), config.display().to_string()];

@@ -1,18 +1,26 @@
-//! The operator REST API: one axum router per resource, merged here.
+//! The operator REST API: one axum router per resource, merged here. `/admin/*` needs an API
+//! key ([`auth`]); the rest is open (health, metrics, OpenAPI, proxies, snapshot).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code`.
+
+pub mod auth;
+pub mod backends;
+pub mod openapi;
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::backends::registry::Registry;
 use crate::discovery::nodes::{now_rfc3339, Nodes};
 use crate::discovery::publisher::Publisher;
+use crate::health::HealthSettings;
+use crate::metrics::ControlMetrics;
 
 /// Everything handlers read.
 #[derive(Clone)]
@@ -20,6 +28,13 @@ pub struct ApiState {
     pub control_plane_id: String,
     pub publisher: Publisher,
     pub nodes: Arc<Nodes>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<ControlMetrics>,
+    pub health: HealthSettings,
+    /// Client for registration checks.
+    pub http: reqwest::Client,
+    pub allow_private_backends: bool,
+    pub keys: Arc<auth::Keys>,
 }
 
 /// An operator API error.
@@ -28,6 +43,16 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -39,16 +64,38 @@ impl IntoResponse for ApiError {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
+    let admin = backends::router().layer(axum::middleware::from_fn_with_state(
+        state.keys.clone(),
+        auth::require_key,
+    ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/proxies", get(proxies))
         .route("/snapshot", get(snapshot))
+        .merge(admin)
         .fallback(not_found)
         .with_state(state)
 }
 
 async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "control_plane_id": s.control_plane_id}))
+}
+
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    let nodes = s.nodes.list();
+    s.metrics
+        .proxies_connected
+        .set(nodes.iter().filter(|n| n.connected).count() as i64);
+    s.metrics
+        .snapshot_version
+        .set(s.publisher.current().version as i64);
+    s.metrics.backends.set(s.registry.list().len() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 /// Every proxy that connected: connected since, ACKed version, last NACK.
@@ -73,6 +120,7 @@ async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
                 "endpoints": m.endpoints.iter().map(|e| json!({
                     "id": e.id,
                     "address": e.address,
+                    "health": e.health,
                     "tls": e.tls,
                     "host": e.host,
                     "path_prefix": e.path_prefix,
@@ -86,9 +134,5 @@ async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "NOT_FOUND",
-        message: "no such route".into(),
-    }
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
 }

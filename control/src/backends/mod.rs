@@ -1,5 +1,10 @@
-//! External OpenAI-compatible backends (vLLM, llama.cpp, Ollama, ...) and how each becomes
-//! endpoints of its models.
+//! External OpenAI-compatible backends (vLLM, llama.cpp, Ollama, ...): how they are declared
+//! and validated ([`BackendSpec`]), checked ([`probe`]), kept ([`registry`]) and which
+//! addresses they may use ([`ssrf`]).
+
+pub mod probe;
+pub mod registry;
+pub mod ssrf;
 
 use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -132,27 +137,6 @@ impl BackendSpec {
         }
         parse_kind(self.kind.as_deref()).map_err(|m| err("kind", m))?;
         Ok(())
-    }
-
-    /// The endpoint this backend contributes to each of its models.
-    pub fn endpoint(&self, health: pb::HealthStatus) -> Option<pb::Endpoint> {
-        let target = parse_url(&self.url).ok()?;
-        Some(pb::Endpoint {
-            id: self.name.clone(),
-            address: target.address,
-            protocol: pb::Protocol::Http1 as i32,
-            weight: self.weight,
-            health: health as i32,
-            labels: Default::default(),
-            source: Some(pb::EndpointSource {
-                kind: pb::SourceKind::ExternalBackend as i32,
-                name: self.name.clone(),
-            }),
-            tls: target.tls,
-            host: target.host,
-            path_prefix: target.path_prefix,
-            upstream_api_key: self.api_key.clone().unwrap_or_default(),
-        })
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
 
@@ -26,14 +27,21 @@ pub struct DiscoveryService {
     control_plane_id: String,
     publisher: Publisher,
     nodes: Arc<Nodes>,
+    metrics: Arc<ControlMetrics>,
 }
 
 impl DiscoveryService {
-    pub fn new(control_plane_id: String, publisher: Publisher, nodes: Arc<Nodes>) -> Self {
+    pub fn new(
+        control_plane_id: String,
+        publisher: Publisher,
+        nodes: Arc<Nodes>,
+        metrics: Arc<ControlMetrics>,
+    ) -> Self {
         Self {
             control_plane_id,
             publisher,
             nodes,
+            metrics,
         }
     }
 }
@@ -63,6 +71,7 @@ impl RouteDiscovery for DiscoveryService {
             stream: self.nodes.connected(&node.id, &node.build_version),
             control_plane_id: self.control_plane_id.clone(),
             nodes: self.nodes.clone(),
+            metrics: self.metrics.clone(),
             nonce: 0,
             sent_version: 0,
             tx,
@@ -79,6 +88,7 @@ struct NodeStream {
     stream: u64,
     control_plane_id: String,
     nodes: Arc<Nodes>,
+    metrics: Arc<ControlMetrics>,
     /// Last nonce sent, and the version it carried.
     nonce: u64,
     sent_version: u64,
@@ -136,6 +146,7 @@ impl NodeStream {
         match req.error_detail {
             Some(err) => {
                 let rejected = self.sent_version.to_string();
+                self.metrics.nacks.with_label_values(&[&self.node_id]).inc();
                 tracing::warn!(node = %self.node_id, %rejected, running = %req.version_info, reason = %err.message, "proxy NACKed the snapshot");
                 self.nodes
                     .nacked(&self.node_id, self.stream, &rejected, &err.message);

@@ -1,0 +1,100 @@
+//! `GET /openapi.json`: an OpenAPI 3.0 description of every route of the operator API.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn backend_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Backend"}}}})
+}
+
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+/// The document.
+pub async fn document() -> Json<Value> {
+    let secured = json!([{"bearer": []}, {"apiKey": []}]);
+    let auth_errors = |mut responses: serde_json::Map<String, Value>| {
+        responses.insert("401".into(), error_response("No API key"));
+        responses.insert("403".into(), error_response("Wrong API key"));
+        Value::Object(responses)
+    };
+    let m = |pairs: Vec<(&str, Value)>| -> serde_json::Map<String, Value> {
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    };
+    let request_body = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BackendRequest"}}}});
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Multiverse control plane",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Operator API: backends, health, proxies and routes. Errors are {error, code, timestamp}."
+        },
+        "paths": {
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
+            "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
+            "/admin/backends": {
+                "get": {"summary": "List backends", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Backends"}))]))},
+                "post": {"summary": "Register a backend (checked before it is accepted)", "security": secured, "requestBody": request_body,
+                    "responses": auth_errors(m(vec![
+                        ("201", backend_response("Registered")),
+                        ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
+                        ("409", error_response("BACKEND_EXISTS")),
+                        ("422", error_response("MAX_BACKENDS_REACHED")),
+                        ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
+                    ]))}
+            },
+            "/admin/backends/{id}": {
+                "parameters": id_param(),
+                "get": {"summary": "A backend with its health and history", "security": secured, "responses": auth_errors(m(vec![("200", backend_response("Backend")), ("404", error_response("BACKEND_NOT_FOUND"))]))},
+                "put": {"summary": "Update a backend (checked again)", "security": secured, "requestBody": request_body, "responses": auth_errors(m(vec![("200", backend_response("Updated")), ("400", error_response("Invalid")), ("404", error_response("BACKEND_NOT_FOUND")), ("409", error_response("BACKEND_EXISTS or CONFIG_BACKEND")), ("503", error_response("BACKEND_UNAVAILABLE"))]))},
+                "delete": {"summary": "Deregister a backend", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Deregistered"})), ("404", error_response("BACKEND_NOT_FOUND")), ("409", error_response("CONFIG_BACKEND"))]))}
+            },
+            "/admin/backends/{id}/check": {
+                "parameters": id_param(),
+                "post": {"summary": "Run a health check now", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{result, health}"})), ("404", error_response("BACKEND_NOT_FOUND"))]))}
+            },
+            "/admin/backends/{id}/restore": {
+                "parameters": id_param(),
+                "post": {"summary": "Undo an automatic deregistration", "security": secured, "responses": auth_errors(m(vec![("200", backend_response("Restored")), ("404", error_response("BACKEND_NOT_FOUND"))]))}
+            }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "code", "timestamp"], "properties": {
+                    "error": {"type": "string"}, "code": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"}}},
+                "BackendRequest": {"type": "object", "required": ["name", "url"], "properties": {
+                    "name": {"type": "string"}, "url": {"type": "string"},
+                    "models": {"type": "array", "items": {"type": "string"}, "description": "Discovered from /v1/models when omitted"},
+                    "api_key": {"type": "string", "description": "Sent upstream; stored, never returned"},
+                    "owner": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "weight": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ["chat", "completion", "embedding", "sparse_embedding", "rerank", "classify"]}}},
+                "CheckResult": {"type": "object", "properties": {
+                    "at": {"type": "string"}, "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
+                    "status": {"type": "integer", "nullable": true}, "reason": {"type": "string", "nullable": true}}},
+                "Backend": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "url": {"type": "string"},
+                    "models": {"type": "array", "items": {"type": "string"}}, "kind": {"type": "string"}, "weight": {"type": "integer"},
+                    "owner": {"type": "string"}, "tags": {"type": "object"}, "has_api_key": {"type": "boolean"},
+                    "source": {"type": "string", "enum": ["config", "api"]}, "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+                    "deregistered": {"type": "boolean"},
+                    "health": {"type": "object", "properties": {
+                        "status": {"type": "string", "enum": ["unknown", "healthy", "unhealthy"]},
+                        "consecutive_failures": {"type": "integer"}, "consecutive_successes": {"type": "integer"},
+                        "last_check": {"$ref": "#/components/schemas/CheckResult"},
+                        "history": {"type": "array", "items": {"$ref": "#/components/schemas/CheckResult"}}}}}}
+            }
+        }
+    }))
+}

@@ -1,0 +1,147 @@
+//! One health check of a backend: `GET <base>/v1/models`, with its upstream key, within a
+//! timeout. Also discovers the models a backend serves when a registration names none.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::parse_url;
+
+/// The outcome of one check, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// RFC 3339.
+    pub at: String,
+    pub ok: bool,
+    pub latency_ms: u64,
+    /// The HTTP status, when one was received.
+    pub status: Option<u16>,
+    /// Why it failed (timeout, connection, status, invalid JSON).
+    pub reason: Option<String>,
+}
+
+/// The models URL of a backend base URL.
+pub fn models_url(base: &str) -> Result<String, String> {
+    let t = parse_url(base)?;
+    let scheme = if t.tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{}{}/v1/models", t.host, t.path_prefix))
+}
+
+/// Checks a backend; on success also returns the model ids it lists.
+pub async fn check(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> (CheckResult, Option<Vec<String>>) {
+    let started = Instant::now();
+    let at = crate::discovery::nodes::now_rfc3339();
+    let done = |status: Option<u16>, reason: Option<String>| CheckResult {
+        at: at.clone(),
+        ok: reason.is_none(),
+        latency_ms: started.elapsed().as_millis() as u64,
+        status,
+        reason,
+    };
+    let url = match models_url(base) {
+        Ok(u) => u,
+        Err(e) => return (done(None, Some(e)), None),
+    };
+    let mut req = client.get(&url).timeout(timeout);
+    if let Some(key) = api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return (
+                done(
+                    None,
+                    Some(format!("timed out after {} ms", timeout.as_millis())),
+                ),
+                None,
+            )
+        }
+        Err(e) => {
+            return (
+                done(None, Some(format!("connection failed: {}", root_cause(&e)))),
+                None,
+            )
+        }
+    };
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        return (done(Some(status), Some(format!("status {status}"))), None);
+    }
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if e.is_timeout() => {
+            return (
+                done(
+                    Some(status),
+                    Some(format!("timed out after {} ms", timeout.as_millis())),
+                ),
+                None,
+            )
+        }
+        Err(e) => {
+            return (
+                done(Some(status), Some(format!("reading the body failed: {e}"))),
+                None,
+            )
+        }
+    };
+    match parse_models(&body) {
+        Ok(models) => (done(Some(status), None), Some(models)),
+        Err(e) => (done(Some(status), Some(format!("invalid JSON: {e}"))), None),
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+}
+
+/// The ids of an OpenAI `/v1/models` list.
+pub fn parse_models(body: &[u8]) -> Result<Vec<String>, String> {
+    let list: ModelList = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(list.data.into_iter().map(|m| m.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_url_follows_the_base() {
+        assert_eq!(
+            models_url("http://127.0.0.1:8000").as_deref(),
+            Ok("http://127.0.0.1:8000/v1/models")
+        );
+        assert_eq!(
+            models_url("https://h.example/openai/v1/").as_deref(),
+            Ok("https://h.example/openai/v1/models")
+        );
+    }
+
+    #[test]
+    fn parses_openai_model_lists() {
+        let body = br#"{"object":"list","data":[{"id":"a","object":"model"},{"id":"b"}]}"#;
+        assert_eq!(parse_models(body), Ok(vec!["a".into(), "b".into()]));
+        assert!(parse_models(b"[1]").is_err());
+        assert!(parse_models(b"not json").is_err());
+    }
+}

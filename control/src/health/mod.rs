@@ -1,0 +1,213 @@
+//! Active health checking of every registered backend.
+//!
+//! Each interval, every backend is probed (`GET /v1/models`), concurrently up to a bound and
+//! each with a timeout. Thresholds turn results into a status: N consecutive failures make a
+//! backend UNHEALTHY (its endpoints are pushed as unhealthy, so proxies stop routing to it), M
+//! consecutive successes make it HEALTHY again; optionally K failures deregister it softly
+//! (restorable). The last 100 results of each backend are kept for the API.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::probe::{self, CheckResult};
+use crate::backends::registry::Registry;
+use crate::metrics::ControlMetrics;
+
+/// Results kept per backend.
+pub const HISTORY: usize = 100;
+
+/// Health-check settings (`[health]` in the config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// Time between two rounds of checks.
+    pub interval_ms: u64,
+    /// Time allowed for one check.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make a backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that make it healthy again.
+    pub healthy_threshold: u32,
+    /// Checks running at once.
+    pub max_concurrent_checks: usize,
+    /// Consecutive failures after which a backend is deregistered (softly: restorable through
+    /// `POST /admin/backends/{id}/restore`); 0 never deregisters.
+    pub deregister_after_failures: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 10_000,
+            timeout_ms: 2_000,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            max_concurrent_checks: 16,
+            deregister_after_failures: 0,
+        }
+    }
+}
+
+/// A backend's health as the thresholds judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Not checked since start: proxies treat it as healthy.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// Health of one backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthRecord {
+    pub status: Status,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    pub last_check: Option<CheckResult>,
+    pub history: VecDeque<CheckResult>,
+}
+
+/// A status change, for logs, metrics and pushes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Status,
+    pub to: Status,
+    /// Also deregistered (softly) by this result.
+    pub deregistered: bool,
+}
+
+impl Default for HealthRecord {
+    fn default() -> Self {
+        Self {
+            status: Status::Unknown,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            last_check: None,
+            history: VecDeque::with_capacity(HISTORY),
+        }
+    }
+}
+
+impl HealthRecord {
+    /// Counts a result; returns the transition it caused, if any.
+    pub fn record(&mut self, result: CheckResult, s: &HealthSettings) -> Option<Transition> {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(result.clone());
+        let ok = result.ok;
+        self.last_check = Some(result);
+        let from = self.status;
+        if ok {
+            self.consecutive_successes += 1;
+            self.consecutive_failures = 0;
+            if self.status != Status::Healthy
+                && (self.status == Status::Unknown
+                    || self.consecutive_successes >= s.healthy_threshold)
+            {
+                self.status = Status::Healthy;
+            }
+        } else {
+            self.consecutive_failures += 1;
+            self.consecutive_successes = 0;
+            if self.status != Status::Unhealthy
+                && self.consecutive_failures >= s.unhealthy_threshold
+            {
+                self.status = Status::Unhealthy;
+            }
+        }
+        let deregistered = !ok
+            && s.deregister_after_failures > 0
+            && self.consecutive_failures == s.deregister_after_failures;
+        (from != self.status || deregistered).then_some(Transition {
+            from,
+            to: self.status,
+            deregistered,
+        })
+    }
+}
+
+/// Checks every backend each interval, forever.
+pub async fn run(
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    settings: HealthSettings,
+    metrics: Arc<ControlMetrics>,
+) {
+    use futures::StreamExt;
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = Duration::from_millis(settings.timeout_ms);
+    loop {
+        tick.tick().await;
+        let targets = registry.check_targets();
+        let results: Vec<_> = futures::stream::iter(targets)
+            .map(|t| {
+                let client = client.clone();
+                async move {
+                    let (result, _) =
+                        probe::check(&client, &t.url, t.api_key.as_deref(), timeout).await;
+                    (t, result)
+                }
+            })
+            .buffer_unordered(settings.max_concurrent_checks.max(1))
+            .collect()
+            .await;
+        for (target, result) in results {
+            metrics.check(&target.name, result.ok);
+            let reason = result.reason.clone();
+            if let Some(t) = registry.record_check(&target.id, result, &settings) {
+                metrics.transition(&target.name, t.to);
+                if t.to == Status::Unhealthy || t.deregistered {
+                    tracing::warn!(backend = %target.name, from = ?t.from, to = ?t.to, deregistered = t.deregistered, reason = reason.as_deref().unwrap_or(""), "backend health changed");
+                } else {
+                    tracing::info!(backend = %target.name, from = ?t.from, to = ?t.to, "backend health changed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(ok: bool) -> CheckResult {
+        CheckResult {
+            at: "t".into(),
+            ok,
+            latency_ms: 1,
+            status: None,
+            reason: (!ok).then(|| "status 500".into()),
+        }
+    }
+
+    #[test]
+    fn thresholds_drive_transitions() {
+        let s = HealthSettings {
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            deregister_after_failures: 4,
+            ..Default::default()
+        };
+        let mut h = HealthRecord::default();
+        assert_eq!(h.record(res(true), &s).map(|t| t.to), Some(Status::Healthy));
+        assert_eq!(h.record(res(false), &s), None);
+        assert_eq!(
+            h.record(res(false), &s).map(|t| t.to),
+            Some(Status::Unhealthy)
+        );
+        assert_eq!(h.record(res(false), &s), None);
+        assert!(h.record(res(false), &s).is_some_and(|t| t.deregistered));
+        assert_eq!(h.record(res(true), &s), None, "one success is not enough");
+        assert_eq!(h.record(res(true), &s).map(|t| t.to), Some(Status::Healthy));
+        for _ in 0..150 {
+            h.record(res(true), &s);
+        }
+        assert_eq!(h.history.len(), HISTORY);
+    }
+}

@@ -1,0 +1,93 @@
+//! The control plane's Prometheus metrics (`GET /metrics`).
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::health::Status;
+
+/// Every metric the control plane exports.
+pub struct ControlMetrics {
+    registry: Registry,
+    checks: IntCounterVec,
+    transitions: IntCounterVec,
+    pub nacks: IntCounterVec,
+    pub proxies_connected: IntGauge,
+    pub snapshot_version: IntGauge,
+    pub backends: IntGauge,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl ControlMetrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("multiverse_control".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let checks = must(IntCounterVec::new(
+            Opts::new("health_checks_total", "Health checks by backend and result"),
+            &["backend", "result"],
+        ));
+        let transitions = must(IntCounterVec::new(
+            Opts::new("health_transitions_total", "Health status changes"),
+            &["backend", "to"],
+        ));
+        let nacks = must(IntCounterVec::new(
+            Opts::new("nacks_total", "Snapshots rejected by proxies"),
+            &["node"],
+        ));
+        let proxies_connected = must(IntGauge::new(
+            "proxies_connected",
+            "Proxies with an open discovery stream",
+        ));
+        let snapshot_version = must(IntGauge::new(
+            "snapshot_version",
+            "Version of the snapshot being pushed",
+        ));
+        let backends = must(IntGauge::new("backends", "Registered backends"));
+        for c in [
+            Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transitions.clone()),
+            Box::new(nacks.clone()),
+            Box::new(proxies_connected.clone()),
+            Box::new(snapshot_version.clone()),
+            Box::new(backends.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Self {
+            registry,
+            checks,
+            transitions,
+            nacks,
+            proxies_connected,
+            snapshot_version,
+            backends,
+        })
+    }
+
+    pub fn check(&self, backend: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.checks.with_label_values(&[backend, result]).inc();
+    }
+
+    pub fn transition(&self, backend: &str, to: Status) {
+        let to = match to {
+            Status::Unknown => "unknown",
+            Status::Healthy => "healthy",
+            Status::Unhealthy => "unhealthy",
+        };
+        self.transitions.with_label_values(&[backend, to]).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
