@@ -97,6 +97,9 @@ impl Default for OutlierSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryTuning {
+    /// Withdraw a control plane's routes once it has been unreachable this long; 0 keeps them
+    /// for as long as it is away.
+    pub withdraw_after_ms: u64,
     pub connect_timeout_ms: u64,
     pub keepalive_interval_ms: u64,
     pub backoff_initial_ms: u64,
@@ -149,6 +152,7 @@ impl Default for UpstreamConfig {
 impl Default for DiscoveryTuning {
     fn default() -> Self {
         Self {
+            withdraw_after_ms: 0,
             connect_timeout_ms: 2_000,
             keepalive_interval_ms: 5_000,
             backoff_initial_ms: 100,

@@ -3,8 +3,9 @@
 //! Per plane: connect, say hello (node id, build version, the version already held), then for
 //! every snapshot pushed validate it, apply it and ACK (version + nonce), or NACK it (the version
 //! still running + nonce + reason) and keep serving the last good table. When the stream breaks,
-//! the plane's routes stay in the table and the proxy reconnects with jittered exponential
-//! backoff. HTTP/2 keepalives detect a dead control plane within seconds.
+//! the plane's routes stay in the table (or, with `withdraw_after`, are withdrawn once the plane
+//! has been unreachable that long) and the proxy reconnects with jittered exponential backoff.
+//! HTTP/2 keepalives detect a dead control plane within seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct DiscoveryConfig {
     pub keepalive_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Withdraw a plane's routes after it has been unreachable this long (`None`: keep them).
+    pub withdraw_after: Option<Duration>,
 }
 
 /// The background service running one stream per control plane.
@@ -104,10 +107,17 @@ impl PlaneClient {
         let mut backoff = self.config.backoff_initial;
         // The plane's id is learned from its first response; until then the URL stands in.
         let mut plane = self.url.clone();
+        let mut down_since = Some(tokio::time::Instant::now());
         loop {
             let connected_at = tokio::time::Instant::now();
-            let result = self.stream(&mut plane).await;
+            let result = self.stream(&mut plane, &mut down_since).await;
             self.set_connected(false);
+            let down = *down_since.get_or_insert_with(tokio::time::Instant::now);
+            if let Some(grace) = self.config.withdraw_after {
+                if down.elapsed() >= grace && self.state.remove_plane(&plane) {
+                    tracing::warn!(url = %self.url, plane = %plane, ?grace, "control plane unreachable past the grace period: its routes are withdrawn");
+                }
+            }
             match result {
                 Err(StreamError::Url(e)) => {
                     tracing::error!(url = %self.url, error = %e, "giving up on this control plane");
@@ -135,7 +145,11 @@ impl PlaneClient {
             .set(i64::from(up));
     }
 
-    async fn stream(&self, plane: &mut String) -> Result<(), StreamError> {
+    async fn stream(
+        &self,
+        plane: &mut String,
+        down_since: &mut Option<tokio::time::Instant>,
+    ) -> Result<(), StreamError> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
             .map_err(|e| StreamError::Url(e.to_string()))?
             .connect_timeout(self.config.connect_timeout)
@@ -162,6 +176,7 @@ impl PlaneClient {
             .await?
             .into_inner();
         self.set_connected(true);
+        *down_since = None;
         tracing::info!(url = %self.url, "discovery stream open");
         while let Some(resp) = responses.message().await? {
             if !resp.control_plane_id.is_empty() && resp.control_plane_id != *plane {

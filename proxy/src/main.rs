@@ -180,6 +180,8 @@ fn run() -> anyhow::Result<()> {
                         keepalive_interval: ms(cfg.discovery.keepalive_interval_ms),
                         backoff_initial: ms(cfg.discovery.backoff_initial_ms),
                         backoff_max: ms(cfg.discovery.backoff_max_ms),
+                        withdraw_after: (cfg.discovery.withdraw_after_ms > 0)
+                            .then(|| ms(cfg.discovery.withdraw_after_ms)),
                     },
                     state,
                     metrics,

@@ -60,6 +60,16 @@ impl TableState {
         self.rebuild(&mut planes);
     }
 
+    /// Forgets a plane's routes (it has been unreachable too long); true if it had any.
+    pub fn remove_plane(&self, plane: &str) -> bool {
+        let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        if planes.routes.remove(plane).is_none() {
+            return false;
+        }
+        self.rebuild(&mut planes);
+        true
+    }
+
     /// The version this proxy runs for one plane ("" if none yet).
     pub fn plane_version(&self, plane: &str) -> String {
         let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());

@@ -359,7 +359,10 @@ impl Control {
         let data_dir = if body.contains("data_dir") {
             String::new()
         } else {
-            format!("data_dir = \"{}\"\n", dir.join(format!("{id}-data")).display())
+            format!(
+                "data_dir = \"{}\"\n",
+                dir.join(format!("{id}-data")).display()
+            )
         };
         let text = format!(
             "id = \"{id}\"\n{data_dir}{body}\n[listen]\napi = \"{api}\"\ndiscovery = \"{discovery}\"\n"
