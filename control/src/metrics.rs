@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::health::Status;
 
@@ -13,6 +13,10 @@ pub struct ControlMetrics {
     transitions: IntCounterVec,
     pub nacks: IntCounterVec,
     pub proxies_connected: IntGauge,
+    /// Per proxy: 1 while connected.
+    pub proxy_connected: IntGaugeVec,
+    /// Per proxy: the snapshot version it ACKed last.
+    pub proxy_acked_version: IntGaugeVec,
     pub snapshot_version: IntGauge,
     pub backends: IntGauge,
 }
@@ -42,6 +46,20 @@ impl ControlMetrics {
             "proxies_connected",
             "Proxies with an open discovery stream",
         ));
+        let proxy_connected = must(IntGaugeVec::new(
+            Opts::new(
+                "proxy_connected",
+                "1 while the proxy's discovery stream is open",
+            ),
+            &["node"],
+        ));
+        let proxy_acked_version = must(IntGaugeVec::new(
+            Opts::new(
+                "proxy_acked_version",
+                "The snapshot version the proxy ACKed last",
+            ),
+            &["node"],
+        ));
         let snapshot_version = must(IntGauge::new(
             "snapshot_version",
             "Version of the snapshot being pushed",
@@ -52,6 +70,8 @@ impl ControlMetrics {
             Box::new(transitions.clone()),
             Box::new(nacks.clone()),
             Box::new(proxies_connected.clone()),
+            Box::new(proxy_connected.clone()),
+            Box::new(proxy_acked_version.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(backends.clone()),
         ] {
@@ -63,6 +83,8 @@ impl ControlMetrics {
             transitions,
             nacks,
             proxies_connected,
+            proxy_connected,
+            proxy_acked_version,
             snapshot_version,
             backends,
         })

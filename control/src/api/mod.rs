@@ -88,6 +88,18 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     s.metrics
         .proxies_connected
         .set(nodes.iter().filter(|n| n.connected).count() as i64);
+    for n in &nodes {
+        s.metrics
+            .proxy_connected
+            .with_label_values(&[&n.node_id])
+            .set(i64::from(n.connected));
+        if let Some(v) = n.acked_version.as_deref().and_then(|v| v.parse().ok()) {
+            s.metrics
+                .proxy_acked_version
+                .with_label_values(&[&n.node_id])
+                .set(v);
+        }
+    }
     s.metrics
         .snapshot_version
         .set(s.publisher.current().version as i64);
