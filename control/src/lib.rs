@@ -4,6 +4,8 @@
 //! Its nouns:
 //! - [`backends`] — external OpenAI-compatible servers (validation, probes, registry, SSRF);
 //! - [`health`] — active checks, thresholds, history;
+//! - [`gpu`] — GPU stats through NVML (or why they are unavailable);
+//! - [`events`] — instance lifecycle events: log, SSE, webhooks;
 //! - [`state`] — the durable desired state;
 //! - [`routes`] — desired state → the snapshot proxies receive;
 //! - [`discovery`] — the gRPC stream to proxies (publisher, per-proxy status);
@@ -16,6 +18,8 @@ pub mod api;
 pub mod backends;
 pub mod config;
 pub mod discovery;
+pub mod events;
+pub mod gpu;
 pub mod health;
 pub mod metrics;
 pub mod routes;
