@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::backends::BackendSpec;
+use crate::events::webhooks::WebhookConfig;
+use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
+use crate::instances::spec::Template;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -28,7 +33,87 @@ pub struct ControlConfig {
     pub discovery: DiscoverySettings,
     /// External OpenAI-compatible backends declared up front.
     pub backends: Vec<BackendSpec>,
+    pub instances: InstancesConfig,
+    /// Instance templates by name (any instance field but `name`).
+    pub templates: BTreeMap<String, Template>,
+    pub gpu: GpuConfig,
+    /// Where instance events are POSTed.
+    pub webhooks: Vec<WebhookConfig>,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancesConfig {
+    /// The TEI binary for HTTP instances.
+    pub binary: String,
+    /// The TEI binary for gRPC instances (TEI's gRPC builds); default: `binary`.
+    pub grpc_binary: Option<String>,
+    /// Extra arguments for gRPC instances (`["--grpc"]` for mock-tei).
+    pub grpc_args: Vec<String>,
+    /// `--hostname` given to TEI.
+    pub hostname: String,
+    /// The host proxies use to reach instances.
+    pub advertise_host: String,
+    /// Ports assigned to instances (and their prometheus ports), inclusive.
+    pub port_range: [u16; 2],
+    pub max_instances: usize,
+    /// Per-instance logs. Default: `<data_dir>/logs`, or a temporary directory if not writable.
+    pub log_dir: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    /// Rotated log files kept per instance.
+    pub log_keep: usize,
+    pub startup_timeout_ms: u64,
+    pub startup_probe_interval_ms: u64,
+    pub liveness_interval_ms: u64,
+    pub liveness_failures: u32,
+    pub probe_timeout_ms: u64,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace_ms: u64,
+    /// Time a stopping instance is pushed as DRAINING before its process is stopped.
+    pub drain_ms: u64,
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// More than this many restarts within `crash_loop_window_ms` ends in `failed`.
+    pub crash_loop_restarts: u32,
+    pub crash_loop_window_ms: u64,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            binary: "text-embeddings-router".into(),
+            grpc_binary: None,
+            grpc_args: Vec::new(),
+            hostname: "127.0.0.1".into(),
+            advertise_host: "127.0.0.1".into(),
+            port_range: [18000, 18999],
+            max_instances: 32,
+            log_dir: None,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_keep: 3,
+            startup_timeout_ms: 600_000,
+            startup_probe_interval_ms: 1_000,
+            liveness_interval_ms: 5_000,
+            liveness_failures: 3,
+            probe_timeout_ms: 2_000,
+            stop_grace_ms: 10_000,
+            drain_ms: 2_000,
+            restart_backoff_initial_ms: 1_000,
+            restart_backoff_max_ms: 60_000,
+            crash_loop_restarts: 5,
+            crash_loop_window_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Placement on a GPU with less free VRAM than this fails (INSUFFICIENT_VRAM).
+    pub min_free_vram_mb: u64,
+    /// Simulated GPUs for hosts without NVIDIA GPUs (demos, tests). Empty: use NVML.
+    pub simulated: Vec<FakeGpu>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +253,58 @@ impl ControlConfig {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));
             }
+        }
+        let inst = &self.instances;
+        if inst.port_range[0] < 1024 || inst.port_range[0] >= inst.port_range[1] {
+            return Err(invalid(
+                "instances.port_range".into(),
+                "must be [low, high] with 1024 <= low < high".into(),
+            ));
+        }
+        for (key, v) in [
+            ("instances.max_instances", inst.max_instances as u64),
+            ("instances.startup_timeout_ms", inst.startup_timeout_ms),
+            (
+                "instances.startup_probe_interval_ms",
+                inst.startup_probe_interval_ms,
+            ),
+            ("instances.liveness_interval_ms", inst.liveness_interval_ms),
+            (
+                "instances.liveness_failures",
+                u64::from(inst.liveness_failures),
+            ),
+            ("instances.probe_timeout_ms", inst.probe_timeout_ms),
+            (
+                "instances.restart_backoff_initial_ms",
+                inst.restart_backoff_initial_ms,
+            ),
+            ("instances.log_max_bytes", inst.log_max_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key.into(), "must be > 0".into()));
+            }
+        }
+        if inst.binary.trim().is_empty() {
+            return Err(invalid(
+                "instances.binary".into(),
+                "must name a program".into(),
+            ));
+        }
+        for (name, t) in &self.templates {
+            if !t.name.is_empty() {
+                return Err(invalid(
+                    format!("templates.{name}.name"),
+                    "templates have no name; instances made from them do".into(),
+                ));
+            }
+        }
+        for (i, g) in self.gpu.simulated.iter().enumerate() {
+            g.validate()
+                .map_err(|m| invalid(format!("gpu.simulated[{i}]"), m))?;
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.validate()
+                .map_err(|e| invalid(format!("webhooks[{i}].{}", e.field), e.message))?;
         }
         for (i, k) in self.admin.api_keys.iter().enumerate() {
             if k.len() < 8 || k.bytes().any(|b| !b.is_ascii_graphic()) {

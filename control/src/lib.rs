@@ -4,6 +4,7 @@
 //! Its nouns:
 //! - [`backends`] — external OpenAI-compatible servers (validation, probes, registry, SSRF);
 //! - [`health`] — active checks, thresholds, history;
+//! - [`instances`] — TEI processes: specs, supervision, probes, logs;
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable);
 //! - [`events`] — instance lifecycle events: log, SSE, webhooks;
 //! - [`state`] — the durable desired state;
@@ -12,7 +13,7 @@
 //! - [`api`] — the operator REST API;
 //! - [`metrics`] — Prometheus metrics;
 //! - [`config`] — TOML + flags.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod backends;
@@ -21,6 +22,7 @@ pub mod discovery;
 pub mod events;
 pub mod gpu;
 pub mod health;
+pub mod instances;
 pub mod metrics;
 pub mod routes;
 pub mod state;

@@ -16,10 +16,16 @@ use multiverse_control::config::ControlConfig;
 use multiverse_control::discovery::nodes::Nodes;
 use multiverse_control::discovery::publisher::Publisher;
 use multiverse_control::discovery::DiscoveryService;
+use multiverse_control::events::EventBus;
+use multiverse_control::gpu;
 use multiverse_control::health;
+use multiverse_control::instances::logs;
+use multiverse_control::instances::process::RunDir;
+use multiverse_control::instances::supervisor::Settings;
+use multiverse_control::instances::{Deps, Manager, ManagerSettings};
 use multiverse_control::metrics::ControlMetrics;
 use multiverse_control::routes;
-use multiverse_control::state::StateFile;
+use multiverse_control::state::{StateFile, Store};
 
 /// Multiverse control plane: backends, routes and discovery for proxies.
 #[derive(Debug, Parser)]
@@ -81,19 +87,75 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!("no [admin] api_keys configured: the /admin API refuses every request");
     }
     let state_file = StateFile::new(&cfg.data_dir());
+    let (store, persisted) = Store::open(state_file.clone())?;
+    let store = Arc::new(store);
     let registry = Arc::new(Registry::open(
-        Some(state_file.clone()),
+        Some(store.clone()),
+        persisted.backends,
         &cfg.backends,
         cfg.admin.max_backends,
-    )?);
-    let publisher = Publisher::new(routes::snapshot(&registry.routable()));
+    ));
     let nodes = Arc::new(Nodes::default());
     let metrics = ControlMetrics::new();
     let http = reqwest::Client::builder()
         .user_agent(concat!("multiverse-control/", env!("CARGO_PKG_VERSION")))
         .build()?;
+    let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
+    let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+    let inst = &cfg.instances;
+    let ms = std::time::Duration::from_millis;
+    let manager = Manager::open(
+        ManagerSettings {
+            supervision: Settings {
+                program: inst.binary.clone(),
+                grpc_program: inst
+                    .grpc_binary
+                    .clone()
+                    .unwrap_or_else(|| inst.binary.clone()),
+                grpc_args: inst.grpc_args.clone(),
+                hostname: inst.hostname.clone(),
+                advertise_host: inst.advertise_host.clone(),
+                stop_grace: ms(inst.stop_grace_ms),
+                drain: ms(inst.drain_ms),
+                startup_timeout: ms(inst.startup_timeout_ms),
+                startup_interval: ms(inst.startup_probe_interval_ms),
+                liveness_interval: ms(inst.liveness_interval_ms),
+                liveness_failures: inst.liveness_failures,
+                probe_timeout: ms(inst.probe_timeout_ms),
+                backoff_initial: ms(inst.restart_backoff_initial_ms),
+                backoff_max: ms(inst.restart_backoff_max_ms),
+                crash_loop_restarts: inst.crash_loop_restarts,
+                crash_loop_window: ms(inst.crash_loop_window_ms),
+            },
+            port_range: (inst.port_range[0], inst.port_range[1]),
+            max_instances: inst.max_instances,
+            min_free_vram_bytes: cfg.gpu.min_free_vram_mb * 1024 * 1024,
+            log_dir: logs::log_dir(Some(
+                &inst
+                    .log_dir
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir().join("logs")),
+            )),
+            log_max_bytes: inst.log_max_bytes,
+            log_keep: inst.log_keep,
+        },
+        cfg.templates.clone(),
+        persisted.instances,
+        Deps {
+            store: Some(store.clone()),
+            events: events.clone(),
+            changed: registry.changed.clone(),
+            gpus: gpus.clone(),
+            http: http.clone(),
+            run_dir: RunDir::new(cfg.data_dir().join("run")).with_context(|| {
+                format!("cannot create {}", cfg.data_dir().join("run").display())
+            })?,
+        },
+    );
+    let publisher = Publisher::new(routes::snapshot(&registry.routable(), &manager.routable()));
     tokio::spawn(routes::republish(
         registry.clone(),
+        manager.clone(),
         publisher.clone(),
         std::time::Duration::from_millis(cfg.discovery.coalesce_ms),
     ));
@@ -139,6 +201,9 @@ async fn run() -> anyhow::Result<()> {
         http,
         allow_private_backends: cfg.admin.allow_private_backends,
         keys: Arc::new(Keys::new(keys)),
+        instances: manager.clone(),
+        gpus,
+        events: events.clone(),
     });
     let http = axum::serve(api_listener, app).with_graceful_shutdown(wait_stop(stop_rx));
 
@@ -153,7 +218,10 @@ async fn run() -> anyhow::Result<()> {
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: stopping TEI instances");
+    manager.shutdown().await;
+    // Open SSE streams (events, log follows) would hold the HTTP server open: end them.
+    events.close();
     let _ = stop_tx.send(true);
     let (g, h) = tokio::join!(grpc, http);
     g??;

@@ -19,6 +19,8 @@ pub struct ControlMetrics {
     pub proxy_acked_version: IntGaugeVec,
     pub snapshot_version: IntGauge,
     pub backends: IntGauge,
+    pub gpus: crate::gpu::metrics::GpuGauges,
+    pub instances: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -65,6 +67,11 @@ impl ControlMetrics {
             "Version of the snapshot being pushed",
         ));
         let backends = must(IntGauge::new("backends", "Registered backends"));
+        let gpus = crate::gpu::metrics::GpuGauges::new();
+        let instances = must(IntGaugeVec::new(
+            Opts::new("instances", "TEI instances by status"),
+            &["status"],
+        ));
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(transitions.clone()),
@@ -74,7 +81,11 @@ impl ControlMetrics {
             Box::new(proxy_acked_version.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(backends.clone()),
-        ] {
+            Box::new(instances.clone()),
+        ]
+        .into_iter()
+        .chain(gpus.collectors())
+        {
             must(registry.register(c));
         }
         Arc::new(Self {
@@ -87,6 +98,8 @@ impl ControlMetrics {
             proxy_acked_version,
             snapshot_version,
             backends,
+            gpus,
+            instances,
         })
     }
 

@@ -15,10 +15,26 @@ use multiverse_proto::discovery::v1 as pb;
 
 use crate::backends::registry::{BackendRecord, Registry};
 use crate::discovery::publisher::Publisher;
+use crate::instances::{InstanceRoute, Manager};
 
-/// Builds the snapshot for a set of backends with their health.
-pub fn snapshot(backends: &[(BackendRecord, pb::HealthStatus)]) -> pb::RouteSnapshot {
+/// Builds the snapshot for backends (with their health) and serving TEI instances.
+pub fn snapshot(
+    backends: &[(BackendRecord, pb::HealthStatus)],
+    instances: &[InstanceRoute],
+) -> pb::RouteSnapshot {
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
+    for i in instances {
+        models
+            .entry(i.model.as_str())
+            .or_insert_with(|| pb::Model {
+                name: i.model.clone(),
+                kind: i.kind as i32,
+                policy: Some(pb::RoutingPolicy::default()),
+                endpoints: Vec::new(),
+            })
+            .endpoints
+            .push(i.endpoint.clone());
+    }
     for (b, health) in backends {
         let Some(endpoint) = b.endpoint(*health) else {
             continue;
@@ -42,11 +58,16 @@ pub fn snapshot(backends: &[(BackendRecord, pb::HealthStatus)]) -> pb::RouteSnap
 
 /// Publishes a new snapshot after every change, coalescing bursts: changes within `coalesce`
 /// of the first become one version.
-pub async fn republish(registry: Arc<Registry>, publisher: Publisher, coalesce: Duration) {
+pub async fn republish(
+    registry: Arc<Registry>,
+    instances: Arc<Manager>,
+    publisher: Publisher,
+    coalesce: Duration,
+) {
     loop {
         registry.changed.notified().await;
         tokio::time::sleep(coalesce).await;
-        let version = publisher.publish(snapshot(&registry.routable()));
+        let version = publisher.publish(snapshot(&registry.routable(), &instances.routable()));
         tracing::debug!(version, "snapshot published");
     }
 }
@@ -64,7 +85,10 @@ mod tests {
 
     #[test]
     fn models_gather_endpoints_in_stable_order() {
-        let s = snapshot(&[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])]);
+        let s = snapshot(
+            &[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])],
+            &[],
+        );
         let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["demo", "x"]);
         let ids: Vec<_> = s.models[0]
@@ -75,7 +99,10 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(s.models[0].endpoints[0].address, "127.0.0.1:1");
         assert_eq!(s.models[0].endpoints[0].upstream_api_key, "sk-secret");
-        let again = snapshot(&[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])]);
+        let again = snapshot(
+            &[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])],
+            &[],
+        );
         assert_eq!(s, again);
     }
 }

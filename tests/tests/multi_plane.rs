@@ -41,6 +41,7 @@ async fn one_planes_endpoints_are_kept_or_withdrawn_after_the_grace() {
     let client = reqwest::Client::new();
     let both: HashSet<String> = ["mock-a".to_string(), "mock-b".to_string()].into();
     for proxy in [&keeping, &withdrawing] {
+        proxy.wait_ready(&client).await;
         eventually(
             Duration::from_secs(10),
             "both planes' endpoints",

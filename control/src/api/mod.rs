@@ -1,10 +1,14 @@
-//! The operator REST API: one axum router per resource, merged here. `/admin/*` needs an API
-//! key ([`auth`]); the rest is open (health, metrics, OpenAPI, proxies, snapshot).
+//! The operator REST API: one axum router per resource, merged here. `/admin/*`,
+//! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
+//! (health, metrics, OpenAPI, proxies, snapshot, GPUs).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code`.
 
 pub mod auth;
 pub mod backends;
+pub mod events;
+pub mod gpus;
+pub mod instances;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -35,6 +39,9 @@ pub struct ApiState {
     pub http: reqwest::Client,
     pub allow_private_backends: bool,
     pub keys: Arc<auth::Keys>,
+    pub instances: Arc<crate::instances::Manager>,
+    pub gpus: Arc<dyn crate::gpu::GpuProbe>,
+    pub events: Arc<crate::events::EventBus>,
 }
 
 /// An operator API error.
@@ -64,16 +71,20 @@ impl IntoResponse for ApiError {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    let admin = backends::router().layer(axum::middleware::from_fn_with_state(
-        state.keys.clone(),
-        auth::require_key,
-    ));
+    let admin = backends::router()
+        .merge(instances::router())
+        .merge(events::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/proxies", get(proxies))
         .route("/snapshot", get(snapshot))
+        .merge(gpus::router())
         .merge(admin)
         .fallback(not_found)
         .with_state(state)
@@ -104,6 +115,16 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         .snapshot_version
         .set(s.publisher.current().version as i64);
     s.metrics.backends.set(s.registry.list().len() as i64);
+    s.metrics
+        .gpus
+        .update(&crate::gpu::read(s.gpus.clone()).await);
+    s.metrics.instances.reset();
+    for i in s.instances.list(None, None).await {
+        s.metrics
+            .instances
+            .with_label_values(&[i.status.name()])
+            .inc();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

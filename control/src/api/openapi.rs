@@ -32,7 +32,7 @@ pub async fn document() -> Json<Value> {
         "info": {
             "title": "Multiverse control plane",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Operator API: backends, health, proxies and routes. Errors are {error, code, timestamp}."
+            "description": "Operator API: backends, TEI instances, GPUs, events, health, proxies and routes. Errors are {error, code, timestamp}."
         },
         "paths": {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
@@ -40,6 +40,42 @@ pub async fn document() -> Json<Value> {
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
+            "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
+            "/events": {"get": {"summary": "Instance events as server-sent events (replays recent ones; ?since=, ?instance=, ?type=a,b)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
+            "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
+            "/instances": {
+                "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned)", "security": secured,
+                    "responses": auth_errors(m(vec![
+                        ("201", json!({"description": "Created"})),
+                        ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
+                        ("404", error_response("TEMPLATE_NOT_FOUND")),
+                        ("409", error_response("INSTANCE_EXISTS, PORT_CONFLICT, PORT_IN_USE")),
+                        ("422", error_response("MAX_INSTANCES_REACHED, INSUFFICIENT_VRAM, NO_FREE_PORT")),
+                    ]))}
+            },
+            "/instances/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
+                "delete": {"summary": "Stop (draining first) and delete", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+            },
+            "/instances/{name}/{action}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["start", "stop", "restart"]}}],
+                "post": {"summary": "Start, stop (draining first) or restart", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+            },
+            "/instances/{name}/logs": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end); ?follow=true streams new lines (SSE)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+            },
+            "/instances/bulk/{action}": {
+                "parameters": [{"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["start", "stop", "restart", "delete"]}}],
+                "post": {"summary": "Run an action on many instances: {names} to {succeeded, failed: [{name, error, code}]}", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Results"}))]))}
+            },
+            "/instances/from-template/{template}": {
+                "parameters": [{"name": "template", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "post": {"summary": "Create an instance from a template: {name, overrides...}", "security": secured, "responses": auth_errors(m(vec![("201", json!({"description": "Created"})), ("404", error_response("TEMPLATE_NOT_FOUND"))]))}
+            },
             "/admin/backends": {
                 "get": {"summary": "List backends", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Backends"}))]))},
                 "post": {"summary": "Register a backend (checked before it is accepted)", "security": secured, "requestBody": request_body,

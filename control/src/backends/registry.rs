@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use super::probe::CheckResult;
 use super::{parse_kind, parse_url, BackendSpec};
 use crate::health::{HealthRecord, HealthSettings, Status, Transition};
-use crate::state::{DesiredState, StateError, StateFile, FORMAT_VERSION};
+use crate::state::{StateError, Store};
 
 /// A backend as stored (the state file's `[[backends]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +171,7 @@ impl Entry {
 /// All backends, by id.
 pub struct Registry {
     entries: Mutex<BTreeMap<String, Entry>>,
-    state: Option<StateFile>,
+    state: Option<Arc<Store>>,
     max_backends: usize,
     /// Signalled on every change that affects routes.
     pub changed: Arc<Notify>,
@@ -186,14 +186,11 @@ pub fn new_id() -> String {
 impl Registry {
     /// Loads the persisted backends and adds the config-declared ones (id `cfg-<name>`).
     pub fn open(
-        state: Option<StateFile>,
+        state: Option<Arc<Store>>,
+        persisted: Vec<BackendRecord>,
         config: &[BackendSpec],
         max_backends: usize,
-    ) -> Result<Self, StateError> {
-        let persisted = match &state {
-            Some(f) => f.load()?.backends,
-            None => Vec::new(),
-        };
+    ) -> Self {
         let now = crate::discovery::nodes::now_rfc3339();
         let mut entries = BTreeMap::new();
         for spec in config {
@@ -221,12 +218,12 @@ impl Registry {
             }
             entries.insert(record.id.clone(), Entry::new(record, Source::Api));
         }
-        Ok(Self {
+        Self {
             entries: Mutex::new(entries),
             state,
             max_backends,
             changed: Arc::new(Notify::new()),
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -402,18 +399,15 @@ impl Registry {
     }
 
     fn persist(&self, entries: &BTreeMap<String, Entry>) -> Result<(), StateError> {
-        let Some(file) = &self.state else {
+        let Some(store) = &self.state else {
             return Ok(());
         };
-        let state = DesiredState {
-            format: FORMAT_VERSION,
-            backends: entries
-                .values()
-                .filter(|e| e.source == Source::Api)
-                .map(|e| e.record.clone())
-                .collect(),
-        };
-        file.save(&state)
+        let backends = entries
+            .values()
+            .filter(|e| e.source == Source::Api)
+            .map(|e| e.record.clone())
+            .collect();
+        store.update(|s| s.backends = backends)
     }
 }
 
@@ -430,6 +424,7 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateFile;
 
     fn ok() -> CheckResult {
         CheckResult {
@@ -446,7 +441,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mv-reg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let s = HealthSettings::default();
-        let reg = Registry::open(Some(StateFile::new(&dir)), &[], 2).expect("open");
+        let open = |dir: &std::path::Path| {
+            let (store, state) = Store::open(StateFile::new(dir)).expect("open");
+            Registry::open(Some(Arc::new(store)), state.backends, &[], 2)
+        };
+        let reg = open(&dir);
         let a = reg
             .insert(BackendRecord::example("a"), ok(), &s)
             .expect("insert a");
@@ -463,7 +462,7 @@ mod tests {
             Err(RegistryError::MaxReached(2))
         ));
         // Reopening restores both with their ids.
-        let again = Registry::open(Some(StateFile::new(&dir)), &[], 2).expect("reopen");
+        let again = open(&dir);
         let ids: Vec<_> = again.list().into_iter().map(|v| v.id).collect();
         assert_eq!(ids, vec!["bk-a".to_string(), "bk-b".to_string()]);
         again.remove("bk-a").expect("remove");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backends::registry::BackendRecord;
+use crate::instances::InstanceRecord;
 
 /// Current state file format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -24,6 +25,8 @@ pub struct DesiredState {
     pub format: u32,
     #[serde(default)]
     pub backends: Vec<BackendRecord>,
+    #[serde(default)]
+    pub instances: Vec<InstanceRecord>,
 }
 
 /// A state file problem, naming the file.
@@ -69,7 +72,7 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(DesiredState {
                     format: FORMAT_VERSION,
-                    backends: Vec::new(),
+                    ..Default::default()
                 })
             }
             Err(source) => {
@@ -126,6 +129,40 @@ impl StateFile {
     }
 }
 
+/// The state file plus what is in it, shared by everything that persists a part of it.
+pub struct Store {
+    file: StateFile,
+    current: std::sync::Mutex<DesiredState>,
+}
+
+impl Store {
+    /// Loads the file (an error leaves it untouched and stops the start).
+    pub fn open(file: StateFile) -> Result<(Self, DesiredState), StateError> {
+        let state = file.load()?;
+        Ok((
+            Self {
+                file,
+                current: std::sync::Mutex::new(state.clone()),
+            },
+            state,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Changes one part of the state and writes the whole file; on error nothing changes.
+    pub fn update(&self, change: impl FnOnce(&mut DesiredState)) -> Result<(), StateError> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = current.clone();
+        change(&mut next);
+        self.file.save(&next)?;
+        *current = next;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +181,7 @@ mod tests {
         let state = DesiredState {
             format: FORMAT_VERSION,
             backends: vec![BackendRecord::example("b1")],
+            instances: Vec::new(),
         };
         f.save(&state).expect("save");
         assert_eq!(f.load().expect("load"), state);

@@ -1,0 +1,233 @@
+//! `GET /events`: instance lifecycle events as server-sent events. The recent ones first
+//! (`?since=N` keeps those with `seq > N`; the `Last-Event-ID` header of a reconnecting
+//! `EventSource` does the same), then live ones. `?instance=NAME` and `?type=started,ready`
+//! filter. Each event is `id: <seq>`, `event: <type>`, `data: <event JSON>`; a client that fell
+//! behind gets a `: lagged …` comment and continues; `: keep-alive` comments every 15 s.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use super::{ApiError, ApiState};
+use crate::events::{sse_stream, EventBus, EventFilter, EventKind, SseItem};
+
+/// Interval of keep-alive comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The events route.
+pub fn router() -> Router<ApiState> {
+    Router::new().route("/events", get(events))
+}
+
+/// Query of `GET /events`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Replay only recent events with `seq` greater than this.
+    pub since: Option<u64>,
+    /// Only this instance's events.
+    pub instance: Option<String>,
+    /// Comma-separated event types.
+    #[serde(rename = "type")]
+    pub types: Option<String>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let (since, filter) = parse_query(q, last_event_id)?;
+    Ok((
+        // Tells nginx-style reverse proxies not to buffer the stream.
+        [(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        )],
+        sse_response(&s.events, since, filter),
+    ))
+}
+
+/// `since` (the query's, else `Last-Event-ID`'s) and the filter of a query.
+pub fn parse_query(
+    q: EventsQuery,
+    last_event_id: Option<u64>,
+) -> Result<(Option<u64>, EventFilter), ApiError> {
+    let mut types = Vec::new();
+    for t in q.types.iter().flat_map(|t| t.split(',')) {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if !EventKind::is_name(t) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                format!(
+                    "unknown event type `{t}` (one of {})",
+                    EventKind::NAMES.join(", ")
+                ),
+            ));
+        }
+        types.push(t.to_string());
+    }
+    let instance = q.instance.filter(|i| !i.is_empty());
+    Ok((q.since.or(last_event_id), EventFilter { instance, types }))
+}
+
+/// The SSE response for a bus (the handler minus the extractors).
+pub fn sse_response(
+    bus: &EventBus,
+    since: Option<u64>,
+    filter: EventFilter,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static> {
+    let stream = sse_stream(bus, since, filter).map(|item| Ok(to_sse(item)));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// One stream item on the wire.
+pub fn to_sse(item: SseItem) -> SseEvent {
+    match item {
+        SseItem::Event(e) => match serde_json::to_string(&e) {
+            Ok(json) => SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.kind.name())
+                .data(json),
+            Err(err) => {
+                SseEvent::default().comment(format!("event {} not serializable: {err}", e.seq))
+            }
+        },
+        SseItem::Lagged(n) => SseEvent::default().comment(format!("lagged: {n} events skipped")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventKind;
+
+    async fn next_chunk(
+        body: &mut (impl Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    ) -> String {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("a chunk within 5 s")
+            .expect("stream open")
+            .expect("no error");
+        String::from_utf8(chunk.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn wire_format_replay_then_live_filtered() {
+        let bus = EventBus::new();
+        bus.emit("a", EventKind::Created);
+        bus.emit("b", EventKind::Created);
+        bus.emit(
+            "a",
+            EventKind::Started {
+                pid: 42,
+                port: 8081,
+            },
+        );
+        let filter = EventFilter {
+            instance: Some("a".into()),
+            types: vec![],
+        };
+        let resp = sse_response(&bus, Some(1), filter).into_response();
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        let mut body = resp.into_body().into_data_stream();
+        let first = next_chunk(&mut body).await;
+        assert!(
+            first.starts_with("id: 3\nevent: started\ndata: {"),
+            "{first}"
+        );
+        assert!(first.ends_with("}\n\n"), "{first}");
+        let data: serde_json::Value = serde_json::from_str(
+            first
+                .lines()
+                .nth(2)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(data["type"], "started");
+        assert_eq!(data["pid"], 42);
+        assert_eq!(data["port"], 8081);
+        assert_eq!(data["instance"], "a");
+        assert_eq!(data["seq"], 3);
+
+        bus.emit("b", EventKind::Ready);
+        bus.emit(
+            "a",
+            EventKind::Failed {
+                error: "boom".into(),
+            },
+        );
+        let live = next_chunk(&mut body).await;
+        assert!(live.starts_with("id: 5\nevent: failed\ndata: {"), "{live}");
+        assert!(live.contains(r#""error":"boom""#), "{live}");
+
+        bus.close();
+        let end = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("ends after close");
+        assert!(end.is_none());
+    }
+
+    #[test]
+    fn lagged_is_a_comment() {
+        let bytes = format!("{:?}", to_sse(SseItem::Lagged(7)));
+        assert!(bytes.contains("lagged: 7 events skipped"), "{bytes}");
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = EventsQuery {
+            since: None,
+            instance: Some("x".into()),
+            types: Some("started, ready".into()),
+        };
+        let (since, f) = parse_query(q, Some(9)).unwrap();
+        assert_eq!(since, Some(9));
+        assert_eq!(f.instance.as_deref(), Some("x"));
+        assert_eq!(f.types, vec!["started", "ready"]);
+
+        let q = EventsQuery {
+            since: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(parse_query(q, Some(9)).unwrap().0, Some(3));
+
+        let q = EventsQuery {
+            types: Some("started,bogus".into()),
+            ..Default::default()
+        };
+        let e = parse_query(q, None).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("bogus"));
+    }
+}

@@ -1,0 +1,241 @@
+//! `/instances`: create (directly or from a template), list (filter by tag and status), show,
+//! delete, start/stop/restart one or many, and read logs of TEI instances.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState};
+use crate::instances::logs::{self, LogQuery};
+use crate::instances::spec::InstanceSpec;
+use crate::instances::{InstanceError, InstanceView, Manager};
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/instances", get(list).post(create))
+        .route("/instances/{name}", get(show).delete(delete))
+        .route("/instances/{name}/logs", get(log))
+        .route("/instances/{name}/{action}", post(act))
+        .route("/instances/bulk/{action}", post(bulk))
+        .route("/instances/from-template/{template}", post(from_template))
+        .route("/templates", get(templates))
+}
+
+fn status_of(code: &str) -> StatusCode {
+    match code {
+        "INSTANCE_NOT_FOUND" | "TEMPLATE_NOT_FOUND" => StatusCode::NOT_FOUND,
+        "INSTANCE_EXISTS" | "PORT_CONFLICT" | "PORT_IN_USE" => StatusCode::CONFLICT,
+        "MAX_INSTANCES_REACHED" | "INSUFFICIENT_VRAM" | "NO_FREE_PORT" => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        "STATE_WRITE_FAILED" | "INTERNAL" | "LOG_OPEN_FAILED" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<InstanceError> for ApiError {
+    fn from(e: InstanceError) -> Self {
+        ApiError::new(status_of(e.code), e.code, e.message)
+    }
+}
+
+fn manager(s: &ApiState) -> Result<&Arc<Manager>, ApiError> {
+    Ok(&s.instances)
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("invalid request body: {}", e.body_text()),
+        )
+    })
+}
+
+async fn create(
+    State(s): State<ApiState>,
+    payload: Result<Json<InstanceSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
+    let spec = body(payload)?;
+    let spec = match spec.template.clone() {
+        Some(t) => {
+            let template = s.instances.templates().get(&t).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "TEMPLATE_NOT_FOUND",
+                    format!("no template `{t}`"),
+                )
+            })?;
+            spec.with_template(template)
+        }
+        None => spec,
+    };
+    let view = manager(&s)?.create(spec).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `POST /instances/from-template/{template}`: the body gives the name and any overrides.
+async fn from_template(
+    State(s): State<ApiState>,
+    Path(template): Path<String>,
+    payload: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
+    let mut v = body(payload)?;
+    let t = s
+        .instances
+        .templates()
+        .get(&template)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "TEMPLATE_NOT_FOUND",
+                format!("no template `{template}`"),
+            )
+        })?;
+    if let Value::Object(m) = &mut v {
+        m.entry("model_id")
+            .or_insert_with(|| Value::String(String::new()));
+    }
+    let mut spec: InstanceSpec = serde_json::from_value(v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+    spec.template = Some(template);
+    let view = s.instances.create(spec.with_template(&t)).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    tag: Option<String>,
+    status: Option<String>,
+}
+
+async fn list(State(s): State<ApiState>, Query(f): Query<Filter>) -> Json<Value> {
+    let instances = s
+        .instances
+        .list(f.tag.as_deref(), f.status.as_deref())
+        .await;
+    Json(json!({"instances": instances}))
+}
+
+async fn show(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<InstanceView>, ApiError> {
+    Ok(Json(s.instances.get(&name).await?))
+}
+
+async fn delete(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.instances.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn run_action(
+    m: &Manager,
+    name: &str,
+    action: &str,
+) -> Result<Option<InstanceView>, ApiError> {
+    Ok(match action {
+        "start" => Some(m.start(name).await?),
+        "stop" => Some(m.stop(name).await?),
+        "restart" => Some(m.restart(name).await?),
+        "delete" => {
+            m.delete(name).await?;
+            None
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no action `{other}` (start, stop, restart)"),
+            ))
+        }
+    })
+}
+
+async fn act(
+    State(s): State<ApiState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<Option<InstanceView>>, ApiError> {
+    if action == "delete" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "use DELETE /instances/{name}",
+        ));
+    }
+    Ok(Json(run_action(&s.instances, &name, &action).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkRequest {
+    names: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct BulkFailure {
+    name: String,
+    error: String,
+    code: &'static str,
+}
+
+async fn bulk(
+    State(s): State<ApiState>,
+    Path(action): Path<String>,
+    payload: Result<Json<BulkRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    if !matches!(action.as_str(), "start" | "stop" | "restart" | "delete") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no bulk action `{action}` (start, stop, restart, delete)"),
+        ));
+    }
+    let req = body(payload)?;
+    let results = futures::future::join_all(req.names.iter().map(|n| {
+        let m = s.instances.clone();
+        let action = action.clone();
+        async move { (n.clone(), run_action(&m, n, &action).await) }
+    }))
+    .await;
+    let mut succeeded = Vec::new();
+    let mut failed = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(_) => succeeded.push(name),
+            Err(e) => failed.push(BulkFailure {
+                name,
+                error: e.message,
+                code: e.code,
+            }),
+        }
+    }
+    Ok(Json(json!({"succeeded": succeeded, "failed": failed})))
+}
+
+async fn log(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    match s.instances.log(&name) {
+        Ok(sink) => logs::respond(sink, q).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn templates(State(s): State<ApiState>) -> Json<Value> {
+    Json(json!({"templates": s.instances.templates()}))
+}

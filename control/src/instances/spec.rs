@@ -1,0 +1,349 @@
+//! What an instance is: its spec (as the API, templates and the state file give it), the
+//! checks a spec passes before anything is spawned, and the TEI command line it becomes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which TEI build serves the instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TEI's HTTP API (proxied on TEI HTTP routes and /v1/embeddings).
+    #[default]
+    Http,
+    /// TEI's gRPC API (tei.v1, proxied as gRPC).
+    Grpc,
+}
+
+/// An instance as requested (`POST /instances`) and stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub model_id: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Default: assigned from `[instances] port_range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
+    /// The model name routes use. Default: `model_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model_name: Option<String>,
+    /// embedding (default), sparse_embedding, rerank, classify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_client_batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_truncate: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// More TEI flags, passed as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    /// The template this spec was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A template: any spec fields but the name (`[templates.<name>]` in the config).
+pub type Template = InstanceSpec;
+
+/// A spec field that failed validation, with its stable error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn err(code: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Instance names: `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+}
+
+const POOLINGS: [&str; 4] = ["cls", "mean", "splade", "last-token"];
+const DTYPES: [&str; 3] = ["float16", "float32", "bfloat16"];
+const KINDS: [&str; 4] = ["embedding", "sparse_embedding", "rerank", "classify"];
+
+impl InstanceSpec {
+    /// Fills fields the spec leaves empty from a template.
+    pub fn with_template(mut self, t: &Template) -> Self {
+        macro_rules! inherit {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = t.$f.clone(); } )* };
+        }
+        inherit!(
+            port,
+            gpu_id,
+            served_model_name,
+            kind,
+            max_batch_tokens,
+            max_concurrent_requests,
+            max_client_batch_size,
+            pooling,
+            dtype,
+            auto_truncate,
+            revision
+        );
+        if self.model_id.is_empty() {
+            self.model_id = t.model_id.clone();
+        }
+        if self.extra_args.is_empty() {
+            self.extra_args = t.extra_args.clone();
+        }
+        if self.protocol == Protocol::default() {
+            self.protocol = t.protocol;
+        }
+        for (k, v) in &t.tags {
+            self.tags.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self
+    }
+
+    /// The checks that need nothing but the spec (ports and GPUs are checked by the manager).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !valid_name(&self.name) {
+            return Err(err(
+                "INVALID_NAME",
+                format!(
+                    "`{}`: names are 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit",
+                    self.name
+                ),
+            ));
+        }
+        if self.model_id.trim().is_empty() || self.model_id.contains("..") {
+            return Err(err(
+                "INVALID_MODEL_ID",
+                "`model_id` must be a hub id or a path",
+            ));
+        }
+        if let Some(p) = self.port {
+            if p < 1024 {
+                return Err(err(
+                    "INVALID_PORT",
+                    format!("port {p} is outside 1024-65535"),
+                ));
+            }
+        }
+        if let Some(n) = &self.served_model_name {
+            if n.trim().is_empty() || n.len() > 256 {
+                return Err(err(
+                    "VALIDATION_ERROR",
+                    "`served_model_name` must be 1-256 characters",
+                ));
+            }
+        }
+        let one_of = |field: &str, v: &Option<String>, allowed: &[&str]| match v {
+            Some(v) if !allowed.contains(&v.as_str()) => Err(err(
+                "VALIDATION_ERROR",
+                format!("`{field}`: `{v}` is not one of {}", allowed.join(", ")),
+            )),
+            _ => Ok(()),
+        };
+        one_of("pooling", &self.pooling, &POOLINGS)?;
+        one_of("dtype", &self.dtype, &DTYPES)?;
+        one_of("kind", &self.kind, &KINDS)?;
+        for (field, v) in [
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_client_batch_size", self.max_client_batch_size),
+        ] {
+            if v == Some(0) {
+                return Err(err("VALIDATION_ERROR", format!("`{field}` must be > 0")));
+            }
+        }
+        for a in &self.extra_args {
+            if a.contains('\0') || a.contains('\n') {
+                return Err(err("VALIDATION_ERROR", "`extra_args` must be printable"));
+            }
+        }
+        for k in self.tags.keys() {
+            if k.is_empty() || k.len() > 63 || k.contains(':') || k.contains(',') {
+                return Err(err(
+                    "VALIDATION_ERROR",
+                    format!("tag key `{k}` must be 1-63 characters without ':' or ','"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model name clients use.
+    pub fn model_name(&self) -> &str {
+        self.served_model_name.as_deref().unwrap_or(&self.model_id)
+    }
+
+    /// Whether `tag` (`key:value`) matches.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        match tag.split_once(':') {
+            Some((k, v)) => self.tags.get(k).is_some_and(|x| x == v),
+            None => self.tags.contains_key(tag),
+        }
+    }
+}
+
+/// Where and how the process is started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: String,
+    pub args: Vec<String>,
+    /// `CUDA_VISIBLE_DEVICES`, when a GPU is chosen.
+    pub cuda_visible_devices: Option<String>,
+}
+
+/// The TEI command line for a spec on `port` (with its own prometheus port and socket).
+pub fn command_line(
+    spec: &InstanceSpec,
+    program: &str,
+    protocol_args: &[String],
+    hostname: &str,
+    port: u16,
+    prometheus_port: u16,
+    uds_path: &str,
+) -> Launch {
+    let mut args: Vec<String> = vec![
+        "--model-id".into(),
+        spec.model_id.clone(),
+        "--hostname".into(),
+        hostname.into(),
+        "--port".into(),
+        port.to_string(),
+        "--uds-path".into(),
+        uds_path.into(),
+        "--prometheus-port".into(),
+        prometheus_port.to_string(),
+    ];
+    let mut opt = |flag: &str, v: Option<String>| {
+        if let Some(v) = v {
+            args.push(flag.into());
+            args.push(v);
+        }
+    };
+    opt("--revision", spec.revision.clone());
+    opt("--served-model-name", spec.served_model_name.clone());
+    opt(
+        "--max-batch-tokens",
+        spec.max_batch_tokens.map(|v| v.to_string()),
+    );
+    opt(
+        "--max-concurrent-requests",
+        spec.max_concurrent_requests.map(|v| v.to_string()),
+    );
+    opt(
+        "--max-client-batch-size",
+        spec.max_client_batch_size.map(|v| v.to_string()),
+    );
+    opt("--pooling", spec.pooling.clone());
+    opt("--dtype", spec.dtype.clone());
+    if spec.auto_truncate == Some(true) {
+        args.push("--auto-truncate".into());
+    }
+    args.extend(protocol_args.iter().cloned());
+    args.extend(spec.extra_args.iter().cloned());
+    Launch {
+        program: program.to_string(),
+        args,
+        cuda_visible_devices: spec.gpu_id.map(|g| g.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> InstanceSpec {
+        InstanceSpec {
+            name: name.into(),
+            model_id: "BAAI/bge-small-en-v1.5".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_and_fields_are_validated_with_codes() {
+        assert!(valid_name("bge-1") && valid_name("0a_b") && !valid_name("-a"));
+        assert!(!valid_name("A") && !valid_name("a/b") && !valid_name(&"a".repeat(64)));
+        assert_eq!(spec("Bad").validate().unwrap_err().code, "INVALID_NAME");
+        let mut s = spec("ok");
+        s.port = Some(80);
+        assert_eq!(s.validate().unwrap_err().code, "INVALID_PORT");
+        let mut s = spec("ok");
+        s.pooling = Some("max".into());
+        assert_eq!(s.validate().unwrap_err().code, "VALIDATION_ERROR");
+        spec("ok").validate().expect("valid");
+    }
+
+    #[test]
+    fn templates_fill_only_missing_fields() {
+        let t = InstanceSpec {
+            model_id: "m/t".into(),
+            pooling: Some("mean".into()),
+            max_batch_tokens: Some(1024),
+            tags: BTreeMap::from([("team".into(), "a".into()), ("env".into(), "t".into())]),
+            ..Default::default()
+        };
+        let mut s = InstanceSpec {
+            name: "x".into(),
+            max_batch_tokens: Some(2048),
+            ..Default::default()
+        };
+        s.tags.insert("env".into(), "prod".into());
+        let s = s.with_template(&t);
+        assert_eq!(s.model_id, "m/t");
+        assert_eq!(s.pooling.as_deref(), Some("mean"));
+        assert_eq!(s.max_batch_tokens, Some(2048));
+        assert_eq!(s.tags["env"], "prod");
+        assert!(s.has_tag("team:a") && !s.has_tag("team:b") && s.has_tag("env"));
+    }
+
+    #[test]
+    fn command_line_uses_teis_flags() {
+        let mut s = spec("x");
+        s.gpu_id = Some(1);
+        s.pooling = Some("cls".into());
+        s.auto_truncate = Some(true);
+        let l = command_line(
+            &s,
+            "tei",
+            &["--grpc".into()],
+            "127.0.0.1",
+            8100,
+            9100,
+            "/run/x.sock",
+        );
+        let line = l.args.join(" ");
+        assert!(line.starts_with("--model-id BAAI/bge-small-en-v1.5 --hostname 127.0.0.1 --port 8100 --uds-path /run/x.sock --prometheus-port 9100"), "{line}");
+        assert!(
+            line.contains("--pooling cls")
+                && line.contains("--auto-truncate")
+                && line.ends_with("--grpc")
+        );
+        assert_eq!(l.cuda_visible_devices.as_deref(), Some("1"));
+    }
+}
