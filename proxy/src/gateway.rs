@@ -275,15 +275,7 @@ impl ProxyHttp for Gateway {
             self.metrics.connect_error(&endpoint.id);
         }
         self.count_failure(ctx);
-        let retry = retry::can_retry(
-            session,
-            &ctx.want,
-            ctx.route.as_deref(),
-            ctx.tried,
-            ctx.attempts,
-        );
-        self.note_retry(ctx, retry);
-        e.set_retry(retry);
+        self.decide_retry(session, ctx, &mut e, true);
         e
     }
 
@@ -300,16 +292,7 @@ impl ProxyHttp for Gateway {
         if upstream_fault {
             self.count_failure(ctx);
         }
-        let retry = upstream_fault
-            && retry::can_retry(
-                session,
-                &ctx.want,
-                ctx.route.as_deref(),
-                ctx.tried,
-                ctx.attempts,
-            );
-        self.note_retry(ctx, retry);
-        e.set_retry(retry);
+        self.decide_retry(session, ctx, &mut e, upstream_fault);
         e
     }
 
@@ -413,11 +396,21 @@ impl Gateway {
         }
     }
 
-    fn note_retry(&self, ctx: &RequestCtx, retry: bool) {
+    /// Marks `e` retryable when the failure allows it and the request can still be retried.
+    fn decide_retry(&self, session: &Session, ctx: &RequestCtx, e: &mut Error, allowed: bool) {
+        let retry = allowed
+            && retry::can_retry(
+                session,
+                &ctx.want,
+                ctx.route.as_deref(),
+                ctx.tried,
+                ctx.attempts,
+            );
         if retry {
             if let Some(route) = ctx.route.as_ref() {
                 self.metrics.retry(&route.name);
             }
         }
+        e.set_retry(retry);
     }
 }

@@ -3,50 +3,30 @@
 //! 127.0.0.1, waits for their readiness signals, and kills them when dropped.
 //!
 //! No orphans: every child is killed (SIGKILL) and reaped when its [`Proc`] drops, and as a
-//! safety net gets `PR_SET_PDEATHSIG` so it also dies if the test process does.
+//! safety net gets `PR_SET_PDEATHSIG` so it also dies if the test process does (the process
+//! handling is the benches' `load::process`, shared with the load generator).
 //!
 //! The binaries are taken from the target directory of the running test, so run
 //! `cargo build --workspace --bins` before `cargo test` (the README's test command does).
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use multiverse_benches::load::process::{sibling_binary, ChildProcess};
 
 /// How long any process gets to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The target directory holding the workspace binaries (next to this test's `deps/`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary has a parent dir");
-    if deps.ends_with("deps") {
-        deps.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        deps.to_path_buf()
-    }
-}
-
 /// Path to a workspace binary; panics with the fix if it was not built.
 pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build --workspace --bins` before the tests",
-        path.display()
-    );
-    path
+    sibling_binary(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A free loopback port (bound then released; the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    multiverse_benches::load::process::free_port().expect("bind 127.0.0.1:0")
 }
 
 /// A fresh directory for one test's files and child logs.
@@ -61,83 +41,38 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A child process that is killed and reaped on drop.
+/// A child process that is killed and reaped on drop (and gets a parent-death SIGKILL, so it
+/// also dies with the test process): the benches' [`ChildProcess`] with test-friendly panics.
 pub struct Proc {
     pub name: String,
-    child: Option<Child>,
+    /// The child's stderr.
     pub log: PathBuf,
+    inner: ChildProcess,
 }
 
 impl Proc {
     /// Spawns `bin` with `args`; stderr goes to `<dir>/<name>.log`, stdout is piped when
     /// `pipe_stdout` (for readiness lines) and discarded otherwise.
     pub fn spawn(name: &str, bin: &Path, args: &[String], dir: &Path, pipe_stdout: bool) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).expect("create log file");
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(if pipe_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(stderr)
-            .env(
-                "RUST_LOG",
-                std::env::var("MULTIVERSE_TEST_LOG").unwrap_or("info".into()),
-            );
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let level = std::env::var("MULTIVERSE_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let inner = ChildProcess::spawn(name, bin, args, &[("RUST_LOG", &level)], dir, pipe_stdout)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Proc {
             name: name.to_string(),
-            child: Some(child),
-            log,
+            log: inner.log_path().to_path_buf(),
+            inner,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+        self.inner.pid() as i32
     }
 
     /// Waits for a `LISTENING <addr>` line on stdout (the mocks' readiness signal).
     pub fn wait_listening(&mut self) -> SocketAddr {
-        let stdout = self
-            .child
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .expect("stdout was piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if let Some(addr) = line.trim().strip_prefix("LISTENING ") {
-                    let _ = tx.send(addr.to_string());
-                    break;
-                }
-                line.clear();
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
-        });
-        let addr = rx.recv_timeout(READY_TIMEOUT).unwrap_or_else(|_| {
-            panic!(
-                "{} never printed LISTENING; log: {}",
-                self.name,
-                self.tail_log()
-            )
-        });
-        addr.parse().expect("LISTENING address parses")
+        self.inner
+            .wait_listening(READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Sends a signal (e.g. SIGTERM) without reaping.
@@ -147,21 +82,15 @@ impl Proc {
 
     /// Kills (SIGKILL) and reaps now.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill();
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return status.code();
-                }
+            if let Some(status) = self.inner.exited() {
+                return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -170,15 +99,7 @@ impl Proc {
 
     /// The last lines of the child's log, for failure messages.
     pub fn tail_log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.inner.tail_log(30)
     }
 }
 
