@@ -270,7 +270,7 @@ impl Manager {
                 .flat_map(|h| [h.record.port, h.record.prometheus_port])
                 .collect()
         };
-        if let Some(p) = spec.port {
+        if let Some(p) = spec.requested_port() {
             if taken.contains(&p) {
                 return Err(InstanceError::new(
                     "PORT_CONFLICT",
@@ -283,7 +283,7 @@ impl Manager {
         }
         // Bind checks touch the system: outside any lock.
         let host = self.supervision.hostname.clone();
-        let wanted = spec.port;
+        let wanted = spec.requested_port();
         let (port, prometheus_port) = tokio::task::spawn_blocking(move || {
             let port = match wanted {
                 Some(p) => {

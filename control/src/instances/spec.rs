@@ -26,9 +26,10 @@ pub struct InstanceSpec {
     pub model_id: String,
     #[serde(default)]
     pub protocol: Protocol,
-    /// Default: assigned from `[instances] port_range`.
+    /// Default: assigned from `[instances] port_range`. Wider than a port so that an
+    /// out-of-range value gets INVALID_PORT rather than a parse error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
+    pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_id: Option<u32>,
     /// The model name routes use. Default: `model_id`.
@@ -144,7 +145,7 @@ impl InstanceSpec {
             ));
         }
         if let Some(p) = self.port {
-            if p < 1024 {
+            if !(1024..=65535).contains(&p) {
                 return Err(err(
                     "INVALID_PORT",
                     format!("port {p} is outside 1024-65535"),
@@ -192,6 +193,11 @@ impl InstanceSpec {
             }
         }
         Ok(())
+    }
+
+    /// The requested port, once validated.
+    pub fn requested_port(&self) -> Option<u16> {
+        self.port.and_then(|p| u16::try_from(p).ok())
     }
 
     /// The model name clients use.
@@ -292,6 +298,8 @@ mod tests {
         assert_eq!(spec("Bad").validate().unwrap_err().code, "INVALID_NAME");
         let mut s = spec("ok");
         s.port = Some(80);
+        assert_eq!(s.validate().unwrap_err().code, "INVALID_PORT");
+        s.port = Some(65536);
         assert_eq!(s.validate().unwrap_err().code, "INVALID_PORT");
         let mut s = spec("ok");
         s.pooling = Some("max".into());
