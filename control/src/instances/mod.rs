@@ -138,6 +138,8 @@ pub struct Manager {
     supervision: Arc<Settings>,
     templates: BTreeMap<String, Template>,
     instances: Mutex<BTreeMap<String, Handle>>,
+    /// Ports handed to creates that are still being checked (so concurrent creates differ).
+    reserved: Mutex<std::collections::BTreeSet<u16>>,
     store: Option<Arc<Store>>,
     events: Arc<EventBus>,
     changed: Arc<Notify>,
@@ -173,6 +175,7 @@ impl Manager {
             settings,
             templates,
             instances: Mutex::new(BTreeMap::new()),
+            reserved: Mutex::new(Default::default()),
             store: deps.store,
             events: deps.events,
             changed: deps.changed,
@@ -248,8 +251,7 @@ impl Manager {
     pub async fn create(&self, spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
         spec.validate()
             .map_err(|e| InstanceError::new(e.code, e.message))?;
-        let (lo, hi) = self.settings.port_range;
-        let taken: Vec<u16> = {
+        {
             let map = self.lock();
             if map.contains_key(&spec.name) {
                 return Err(InstanceError::new(
@@ -266,43 +268,92 @@ impl Manager {
                     ),
                 ));
             }
-            map.values()
-                .flat_map(|h| [h.record.port, h.record.prometheus_port])
-                .collect()
-        };
-        if let Some(p) = spec.requested_port() {
-            if taken.contains(&p) {
-                return Err(InstanceError::new(
-                    "PORT_CONFLICT",
-                    format!("port {p} is used by another instance"),
-                ));
-            }
         }
         if let Some(gpu) = spec.gpu_id {
             self.check_gpu(gpu).await?;
         }
-        // Bind checks touch the system: outside any lock.
-        let host = self.supervision.hostname.clone();
-        let wanted = spec.requested_port();
-        let (port, prometheus_port) = tokio::task::spawn_blocking(move || {
-            let port = match wanted {
-                Some(p) => {
-                    if !port_free(&host, p) {
-                        return Err(InstanceError::new(
-                            "PORT_IN_USE",
-                            format!("port {p} is already in use on this host"),
-                        ));
-                    }
-                    p
-                }
-                None => pick_port(&host, lo, hi, &taken, None)?,
-            };
-            let prom = pick_port(&host, lo, hi, &taken, Some(port))?;
-            Ok((port, prom))
-        })
-        .await
-        .map_err(|e| InstanceError::new("INTERNAL", e.to_string()))??;
+        let (port, prometheus_port) = self.reserve_ports(spec.requested_port()).await?;
+        let result = self.insert(spec, port, prometheus_port);
+        self.release_ports(&[port, prometheus_port]);
+        result
+    }
 
+    fn release_ports(&self, ports: &[u16]) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        for p in ports {
+            reserved.remove(p);
+        }
+    }
+
+    /// Reserves the instance port (`wanted`, or the first free one in the range) and a
+    /// prometheus port. Reservation happens under the lock, so concurrent creates never pick
+    /// the same port; whether a port is free on the host is checked outside any lock.
+    async fn reserve_ports(&self, wanted: Option<u16>) -> Result<(u16, u16), InstanceError> {
+        let (lo, hi) = self.settings.port_range;
+        let mut busy = std::collections::BTreeSet::new();
+        let mut chosen: Vec<u16> = Vec::with_capacity(2);
+        while chosen.len() < 2 {
+            let candidate = {
+                // Choosing and reserving are one step under the reservation lock (taken before
+                // the instances lock, everywhere).
+                let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+                let mut taken: std::collections::BTreeSet<u16> = self
+                    .lock()
+                    .values()
+                    .flat_map(|h| [h.record.port, h.record.prometheus_port])
+                    .collect();
+                taken.extend(reserved.iter());
+                let pick = match (chosen.is_empty(), wanted) {
+                    (true, Some(p)) => {
+                        if taken.contains(&p) {
+                            drop(reserved);
+                            return Err(InstanceError::new(
+                                "PORT_CONFLICT",
+                                format!("port {p} is used by another instance"),
+                            ));
+                        }
+                        Some(p)
+                    }
+                    _ => (lo..=hi).find(|p| !taken.contains(p) && !busy.contains(p)),
+                };
+                let Some(p) = pick else {
+                    drop(reserved);
+                    self.release_ports(&chosen);
+                    return Err(InstanceError::new(
+                        "NO_FREE_PORT",
+                        format!("no free port left in the range {lo}-{hi}"),
+                    ));
+                };
+                reserved.insert(p);
+                p
+            };
+            let host = self.supervision.hostname.clone();
+            let free = tokio::task::spawn_blocking(move || port_free(&host, candidate))
+                .await
+                .unwrap_or(false);
+            if free {
+                chosen.push(candidate);
+                continue;
+            }
+            self.release_ports(&[candidate]);
+            if chosen.is_empty() && wanted.is_some() {
+                return Err(InstanceError::new(
+                    "PORT_IN_USE",
+                    format!("port {candidate} is already in use on this host"),
+                ));
+            }
+            busy.insert(candidate);
+        }
+        Ok((chosen[0], chosen[1]))
+    }
+
+    /// Persists and starts a checked instance on reserved ports.
+    fn insert(
+        &self,
+        spec: InstanceSpec,
+        port: u16,
+        prometheus_port: u16,
+    ) -> Result<InstanceView, InstanceError> {
         let record = InstanceRecord {
             spec,
             port,
@@ -312,20 +363,20 @@ impl Manager {
         };
         let name = record.spec.name.clone();
         let mut map = self.lock();
-        // Someone may have taken the name or a port while we checked.
+        // Someone may have taken the name or the last slot while we checked.
         if map.contains_key(&name) {
             return Err(InstanceError::new(
                 "INSTANCE_EXISTS",
                 format!("an instance named `{name}` already exists"),
             ));
         }
-        if map
-            .values()
-            .any(|h| [h.record.port, h.record.prometheus_port].contains(&port))
-        {
+        if map.len() >= self.settings.max_instances {
             return Err(InstanceError::new(
-                "PORT_CONFLICT",
-                format!("port {port} was just taken by another instance"),
+                "MAX_INSTANCES_REACHED",
+                format!(
+                    "at most {} instances may exist",
+                    self.settings.max_instances
+                ),
             ));
         }
         // Persist first: nothing runs that is not in the state.
@@ -521,22 +572,4 @@ fn not_found(name: &str) -> InstanceError {
 /// Whether `port` can be bound on `host` right now.
 fn port_free(host: &str, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
-}
-
-/// A free port in `lo..=hi` not in `taken` (nor `also`).
-fn pick_port(
-    host: &str,
-    lo: u16,
-    hi: u16,
-    taken: &[u16],
-    also: Option<u16>,
-) -> Result<u16, InstanceError> {
-    (lo..=hi)
-        .find(|p| !taken.contains(p) && Some(*p) != also && port_free(host, *p))
-        .ok_or_else(|| {
-            InstanceError::new(
-                "NO_FREE_PORT",
-                format!("no free port left in the range {lo}-{hi}"),
-            )
-        })
 }

@@ -326,16 +326,17 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or(0);
         self.run_dir.record(&self.name, pid);
+        // The note goes first: the child's output waits in its pipes until captured.
+        self.shared.log.note(&format!(
+            "[multiverse] started pid {pid}: {program} {}",
+            launch.args.join(" ")
+        ));
         if let Some(out) = child.stdout.take() {
             logs::capture(out, logs::Stream::Stdout, self.shared.log.clone());
         }
         if let Some(err) = child.stderr.take() {
             logs::capture(err, logs::Stream::Stderr, self.shared.log.clone());
         }
-        self.shared.log.note(&format!(
-            "[multiverse] started pid {pid}: {program} {}",
-            launch.args.join(" ")
-        ));
         self.shared.update(|st| {
             st.pid = Some(pid);
             st.started = Some(Instant::now());
@@ -470,6 +471,7 @@ impl Supervisor {
             }
             Interrupt::Delete(ack) => {
                 self.end(child, serving).await;
+                self.events.emit(&self.name, EventKind::Stopped);
                 Outcome::Deleted(ack)
             }
             Interrupt::Restart => {
