@@ -24,9 +24,18 @@ pub fn bin(name: &str) -> PathBuf {
     sibling_binary(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// A free loopback port (bound then released; the kernel does not hand it out again at once).
+/// A free loopback port (bound, then released for a child to bind). The kernel may hand the
+/// same port out again right away, so each port is given out at most once per test process.
 pub fn free_port() -> u16 {
-    multiverse_benches::load::process::free_port().expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = multiverse_benches::load::process::free_port().expect("bind 127.0.0.1:0");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh directory for one test's files and child logs.
