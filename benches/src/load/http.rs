@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -81,7 +81,17 @@ impl Http1Pool {
 
     /// Sends `request` on a pooled connection (waiting for one if all are busy) and reads the
     /// whole response body. `Host` is set to the target's address unless the request has one.
-    pub async fn send(&self, mut request: Request<Full<Bytes>>) -> anyhow::Result<Response<Bytes>> {
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> anyhow::Result<Response<Bytes>> {
+        self.send_observed(request, |_| {}).await
+    }
+
+    /// Like [`Http1Pool::send`], calling `on_data` with each body frame as it arrives (before
+    /// the body is complete), e.g. to time the events of a server-sent event stream.
+    pub async fn send_observed(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        mut on_data: impl FnMut(&Bytes),
+    ) -> anyhow::Result<Response<Bytes>> {
         if !request.headers().contains_key(HOST) {
             request.headers_mut().insert(HOST, self.host.clone());
         }
@@ -98,12 +108,17 @@ impl Http1Pool {
             .send_request(request)
             .await
             .with_context(|| format!("request to {} failed", self.addr))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .with_context(|| format!("reading the response from {} failed", self.addr))?
-            .to_bytes();
+        let (parts, mut body) = response.into_parts();
+        let mut collected = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.with_context(|| format!("reading the response from {} failed", self.addr))?;
+            if let Ok(data) = frame.into_data() {
+                on_data(&data);
+                collected.extend_from_slice(&data);
+            }
+        }
+        let body = collected.freeze();
         // Only a connection that completed an exchange goes back for reuse; on any error above
         // the lease returns an empty slot and the connection is dropped.
         lease.conn = Some(sender);

@@ -2,19 +2,39 @@
 //!
 //! The project's rule is that speed is shown by benchmarks run under open-loop load, recorded
 //! in hdrhistograms and compared side by side with a direct connection in the same run. These
-//! modules are the reusable parts of that; `latency-check` (src/bin/latency-check.rs) is the
-//! first program built from them, and the full benchmark suite (gRPC, SSE, comparison with
-//! nginx) will reuse them:
+//! modules are the parts of that; `latency-check` (src/bin/latency-check.rs) is a single quick
+//! check built from them and `bench` (src/bin/bench.rs) the full suite (HTTP/1.1, h2c, SSE and
+//! gRPC scenarios against the mocks directly, through the proxy and through nginx; route
+//! propagation; memory):
 //!
 //! - [`schedule`]: open-loop, constant-rate arrivals; latency is measured from each request's
 //!   *intended* send time, so coordinated omission is corrected.
+//! - [`engine`]: open-loop and closed-loop (max throughput) runs over any protocol, targets
+//!   interleaved, results in hdrhistograms.
 //! - [`http`]: a bounded pool of HTTP/1.1 keep-alive connections to one target (hyper).
+//! - [`h2`]: an h2c (HTTP/2 prior knowledge) client.
+//! - [`grpc`]: TEI gRPC clients: unary `Embed`, and per-message round trips on `EmbedStream`.
+//! - [`sse`]: timing server-sent events (first event, gaps).
+//! - [`scenario`]: the latency scenarios and their requests.
+//! - [`stack`]: the mocks, the proxy and nginx a run measures.
+//! - [`nginx`]: finding, configuring and running nginx as the comparison proxy.
+//! - [`propagation`]: a control plane, its admin API, and waiting for proxies to route a change.
+//! - [`rss`]: resident memory of a process.
 //! - [`report`]: hdrhistogram summaries, the side-by-side table and the "added" row.
 //! - [`machine`]: the command line and machine description recorded with every result.
 //! - [`process`]: child processes (mocks, the proxy) that are killed with the benchmark.
 
+pub mod engine;
+pub mod grpc;
+pub mod h2;
 pub mod http;
 pub mod machine;
+pub mod nginx;
 pub mod process;
+pub mod propagation;
 pub mod report;
+pub mod rss;
+pub mod scenario;
 pub mod schedule;
+pub mod sse;
+pub mod stack;

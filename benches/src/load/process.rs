@@ -22,6 +22,39 @@ pub struct ChildProcess {
     name: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Started in its own process group (see [`ChildProcess::spawn_group`]), which is killed
+    /// as a whole.
+    group: bool,
+}
+
+/// Process groups started by [`ChildProcess::spawn_group`] and not killed yet, for
+/// [`kill_process_groups`].
+static GROUPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn groups() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SIGKILLs every process group started by [`ChildProcess::spawn_group`] that is still
+/// registered. For a signal handler that is about to `exit`: drops do not run then, and the
+/// parent-death signal reaches only the group leader, not the processes it forked.
+pub fn kill_process_groups() {
+    for pgid in groups().drain(..) {
+        kill_group(pgid);
+    }
+}
+
+fn kill_group(pgid: u32) {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        if let Ok(pgid) = i32::try_from(pgid) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = pgid;
 }
 
 impl ChildProcess {
@@ -34,6 +67,31 @@ impl ChildProcess {
         env: &[(&str, &str)],
         log_dir: &Path,
         pipe_stdout: bool,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_inner(name, bin, args, env, log_dir, pipe_stdout, false)
+    }
+
+    /// Like [`ChildProcess::spawn`], for a program that forks workers of its own (nginx): the
+    /// child leads a new process group, and killing it (on drop, by [`ChildProcess::kill`] or
+    /// by [`kill_process_groups`]) SIGKILLs the whole group, so no worker outlives it.
+    pub fn spawn_group(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_inner(name, bin, args, env, log_dir, false, true)
+    }
+
+    fn spawn_inner(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        pipe_stdout: bool,
+        group: bool,
     ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log)
@@ -50,6 +108,11 @@ impl ChildProcess {
         for (key, value) in env {
             cmd.env(key, value);
         }
+        #[cfg(unix)]
+        if group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::process::CommandExt;
@@ -64,10 +127,14 @@ impl ChildProcess {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name} ({})", bin.display()))?;
+        if group {
+            groups().push(child.id());
+        }
         Ok(Self {
             name: name.to_string(),
             child: Some(child),
             log,
+            group,
         })
     }
 
@@ -115,7 +182,14 @@ impl ChildProcess {
 
     /// The exit status if the process has exited (it is then reaped).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok().flatten()?;
+        if self.group {
+            // The leader is gone; whatever it forked must not outlive it.
+            let pgid = child.id();
+            groups().retain(|&g| g != pgid);
+            kill_group(pgid);
+        }
         self.child = None;
         Some(status)
     }
@@ -128,9 +202,14 @@ impl ChildProcess {
         }
     }
 
-    /// Kills (SIGKILL) and reaps the process now.
+    /// Kills (SIGKILL) and reaps the process now (with its whole group when started by
+    /// [`ChildProcess::spawn_group`]).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.group {
+                groups().retain(|&g| g != child.id());
+                kill_group(child.id());
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -258,6 +337,50 @@ mod tests {
         let path = dir.path().to_path_buf();
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn group_is_killed_with_its_forks() {
+        let dir = ScratchDir::new("process-test").unwrap();
+        let pidfile = dir.path().join("fork.pid");
+        let mut leader = ChildProcess::spawn_group(
+            "forker",
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
+            ],
+            &[],
+            dir.path(),
+        )
+        .unwrap();
+        let mut fork = None;
+        for _ in 0..500 {
+            fork = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            if fork.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let fork = fork.expect("the forked sleep's pid");
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
+        };
+        assert!(alive(fork));
+        leader.kill();
+        let mut gone = false;
+        for _ in 0..500 {
+            if !alive(fork) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone, "the leader's fork {fork} survived the group kill");
     }
 
     #[test]

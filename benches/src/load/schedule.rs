@@ -16,6 +16,7 @@
 //! original intended times, so its lateness shows up as latency rather than disappearing. How
 //! late it woke is recorded in [`PacerStats`] so a report can show the generator kept up.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -108,7 +109,13 @@ impl Plan {
 /// when the last tick has been handed over (not when the work it started has finished).
 ///
 /// `on_tick` must be quick (spawn a task and return); time it takes delays later ticks.
-pub fn run(plan: &Plan, mut on_tick: impl FnMut(Tick)) -> PacerStats {
+pub fn run(plan: &Plan, on_tick: impl FnMut(Tick)) -> PacerStats {
+    run_until(plan, &AtomicBool::new(false), on_tick)
+}
+
+/// Like [`run`], ending early (before the next tick) once `stop` is set. For a load that lasts
+/// as long as something else takes: give the plan a generous duration and set `stop` when done.
+pub fn run_until(plan: &Plan, stop: &AtomicBool, mut on_tick: impl FnMut(Tick)) -> PacerStats {
     let _slack = FineTimerSlack::set();
     let mut stats = PacerStats {
         ticks: 0,
@@ -118,6 +125,9 @@ pub fn run(plan: &Plan, mut on_tick: impl FnMut(Tick)) -> PacerStats {
     let total = plan.total_ticks();
     let start = Instant::now();
     for index in 0..total {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
         let intended = start + plan.offset(index);
         let now = Instant::now();
         if intended > now {
@@ -218,5 +228,19 @@ mod tests {
         // The schedule cannot finish before its last arrival is due.
         assert!(started.elapsed() >= p.offset(99));
         assert_eq!(stats.lag_us.len(), 100);
+    }
+
+    #[test]
+    fn run_until_stops_early() {
+        let p = plan(1000.0, 0, 60_000);
+        let stop = AtomicBool::new(false);
+        let started = Instant::now();
+        let stats = run_until(&p, &stop, |t| {
+            if t.index == 49 {
+                stop.store(true, Ordering::Release);
+            }
+        });
+        assert_eq!(stats.ticks, 50);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
