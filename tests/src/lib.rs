@@ -438,6 +438,29 @@ impl Proxy {
         .await;
     }
 
+    /// The health `/config_dump` shows for endpoint `id` of `model` (None if absent).
+    pub async fn endpoint_health(
+        &self,
+        client: &reqwest::Client,
+        model: &str,
+        id: &str,
+    ) -> Option<String> {
+        let dump: serde_json::Value = client
+            .get(format!("{}/config_dump", self.admin_url()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        dump["table"]["models"][model]["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"] == id)
+            .and_then(|e| e["health"].as_str())
+            .map(str::to_string)
+    }
+
     /// The version in `/ready` (empty when not ready).
     pub async fn version(&self, client: &reqwest::Client) -> String {
         let Ok(r) = client

@@ -289,29 +289,6 @@ async fn wait_converged(api: &Api, nodes: &[&str]) -> Value {
     found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last GET /proxies: {last}"))
 }
 
-/// The proxy's `/config_dump` health of endpoint `id` of `model` (None if absent).
-async fn dumped_health(
-    client: &reqwest::Client,
-    proxy: &Proxy,
-    model: &str,
-    id: &str,
-) -> Option<String> {
-    let dump: Value = client
-        .get(format!("{}/config_dump", proxy.admin_url()))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    dump["table"]["models"][model]["endpoints"]
-        .as_array()?
-        .iter()
-        .find(|e| e["id"] == id)
-        .and_then(|e| e["health"].as_str())
-        .map(str::to_string)
-}
-
 /// The proxy's `multiverse_proxy_control_plane_connected` gauge for `url`.
 async fn plane_connected(client: &reqwest::Client, proxy: &Proxy, url: &str) -> Option<i64> {
     let text = client
@@ -1200,7 +1177,8 @@ async fn unhealthy_backend_is_withdrawn_and_restored() {
         Duration::from_secs(3),
         "the proxy to hold flaky as unhealthy",
         || async {
-            (dumped_health(&client, &proxy, "demo", "flaky")
+            (proxy
+                .endpoint_health(&client, "demo", "flaky")
                 .await
                 .as_deref()
                 == Some("unhealthy"))
@@ -1233,7 +1211,8 @@ async fn unhealthy_backend_is_withdrawn_and_restored() {
         Duration::from_secs(3),
         "the proxy to hold flaky as healthy",
         || async {
-            (dumped_health(&client, &proxy, "demo", "flaky")
+            (proxy
+                .endpoint_health(&client, "demo", "flaky")
                 .await
                 .as_deref()
                 == Some("healthy"))

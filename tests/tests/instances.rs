@@ -734,29 +734,6 @@ async fn wait_proxy_withdrawn(client: &reqwest::Client, proxy: &Proxy, model: &s
     .await
 }
 
-/// The proxy's `/config_dump` health of endpoint `id` of `model` (None if absent).
-async fn dumped_health(
-    client: &reqwest::Client,
-    proxy: &Proxy,
-    model: &str,
-    id: &str,
-) -> Option<String> {
-    let dump: Value = client
-        .get(format!("{}/config_dump", proxy.admin_url()))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    dump["table"]["models"][model]["endpoints"]
-        .as_array()?
-        .iter()
-        .find(|e| e["id"] == id)
-        .and_then(|e| e["health"].as_str())
-        .map(str::to_string)
-}
-
 fn with_model<T>(msg: T, model: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut()
@@ -2168,7 +2145,8 @@ async fn instances_serve_embeddings_through_a_proxy_over_http_and_grpc() {
     let api = plane.api.clone();
     let stopping = tokio::spawn(async move { api.act("/instances/bge-http/stop").await });
     eventually(WAIT, "bge-http pushed as draining", || async {
-        (dumped_health(&client, &proxy, "bge", "bge-http")
+        (proxy
+            .endpoint_health(&client, "bge", "bge-http")
             .await
             .as_deref()
             == Some("draining"))
@@ -2186,7 +2164,8 @@ async fn instances_serve_embeddings_through_a_proxy_over_http_and_grpc() {
     let status = wait_proxy_withdrawn(&client, &proxy, "bge").await;
     assert!(matches!(status, 503 | 404), "bge withdrawn: {status}");
     eventually(WAIT, "bge-http removed from the proxy's table", || async {
-        dumped_health(&client, &proxy, "bge", "bge-http")
+        proxy
+            .endpoint_health(&client, "bge", "bge-http")
             .await
             .is_none()
             .then_some(())
