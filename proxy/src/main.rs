@@ -49,6 +49,9 @@ struct Cli {
     /// Id this proxy reports to control planes [default: host name].
     #[arg(long)]
     node_id: Option<String>,
+    /// Worker threads (replaces the file's `server.threads`) [default: the number of CPUs].
+    #[arg(long, value_name = "N", env = "MULTIVERSE_PROXY_THREADS")]
+    threads: Option<usize>,
     /// Log JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
@@ -86,6 +89,9 @@ fn run() -> anyhow::Result<()> {
     }
     if cli.node_id.is_some() {
         cfg.node_id = cli.node_id;
+    }
+    if cli.threads.is_some() {
+        cfg.server.threads = cli.threads;
     }
     cfg.log.json |= cli.log_json;
     cfg.validate(cli.config.as_deref())?;
