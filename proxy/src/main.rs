@@ -106,18 +106,24 @@ fn run() -> anyhow::Result<()> {
     let active = Arc::new(Active::default());
     let node_id = cfg.node_id();
 
-    let mut conf = ServerConf {
-        threads: cfg
-            .server
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    let threads = cfg
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        // Thread per core, as nginx and Envoy workers: each thread accepts its own connections
+        // and runs all of their tasks (vendored pingora-runtime patch), and upstream connections
+        // are pooled per thread (`upstream::peer`). Work stealing cost ~20% more CPU per request
+        // in cross-thread wake-ups (issue 6).
+        work_stealing: false,
+        listener_tasks_per_fd: threads,
         // pingora serves open requests for the grace period after SIGTERM; `Drain` exits
         // earlier once none is left.
         grace_period_seconds: Some(cfg.server.drain_grace_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    conf.work_stealing = true;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

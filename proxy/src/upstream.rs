@@ -33,6 +33,9 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
         String::new()
     };
     let mut peer = HttpPeer::new(endpoint.addr, endpoint.tls, sni);
+    // Pool upstream connections per worker thread: a connection is driven by the reactor of the
+    // thread that opened it, so lending it to another thread would bounce every read across.
+    peer.group_key = worker_key();
     match endpoint.protocol {
         Protocol::Http1 => peer.options.set_http_version(1, 1),
         Protocol::H2c | Protocol::Grpc => {
@@ -47,6 +50,16 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
     let read = policy.first_byte_timeout.unwrap_or(defaults.read_timeout);
     peer.options.read_timeout = Some(read);
     peer
+}
+
+/// A key unique to the calling thread (stable for its life).
+fn worker_key() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    KEY.with(|k| *k)
 }
 
 /// Rewrites the request for the endpoint.

@@ -306,6 +306,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
 
+                // MULTIVERSE PATCH: under a `NoSteal` runtime, accept loop i runs on thread i
+                // (set `listener_tasks_per_fd` to the thread count), so each thread accepts,
+                // registers and serves its own connections.
+                let runtime = pingora_runtime::handle_at(handlers.len()).unwrap_or(runtime.clone());
                 let jh = runtime.spawn(async move {
                     Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
                 });
