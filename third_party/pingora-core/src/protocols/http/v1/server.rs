@@ -654,12 +654,27 @@ impl HttpSession {
 
     /// Write the response header to the client.
     /// This function can be called more than once to send 1xx informational headers excluding 101.
-    pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {
+    pub async fn write_response_header(&mut self, header: Box<ResponseHeader>) -> Result<()> {
+        self.write_response_header_before(header, false).await
+    }
+
+    /// MULTIVERSE PATCH: `write_response_header`, told whether body bytes are written right
+    /// after it (in the same batch of proxy tasks). A final header without Content-Length is
+    /// flushed on its own so a client sees it before a slow body; when the first body bytes are
+    /// already here, the body's flush sends both, in one write instead of two (an SSE stream's
+    /// header and first event).
+    async fn write_response_header_before(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+        body_follows: bool,
+    ) -> Result<()> {
+        let informational = header.status.is_informational();
         // Prepare header (handle upgrades, set headers, initialize body writer, serialize to bytes)
         let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
             // Header already sent or should be ignored
             return Ok(());
         };
+        let flush = flush && (informational || !body_follows);
 
         match self.underlying_stream.write_all(&write_buf).await {
             Ok(()) => {
@@ -1557,11 +1572,16 @@ impl HttpSession {
             return self.response_duplex(tasks.pop().unwrap()).await;
         }
 
+        // MULTIVERSE PATCH: a header followed by body bytes in this batch is flushed with them.
+        let first_body = tasks.iter().position(
+            |t| matches!(t, HttpTask::Body(Some(d), _) | HttpTask::UpgradedBody(Some(d), _) if !d.is_empty()),
+        );
         let mut end_stream = false;
-        for task in tasks.into_iter() {
+        for (index, task) in tasks.into_iter().enumerate() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
-                    self.write_response_header(header)
+                    let body_follows = first_body.is_some_and(|b| b > index);
+                    self.write_response_header_before(header, body_follows)
                         .await
                         .map_err(|e| e.into_down())?;
                     end_stream
