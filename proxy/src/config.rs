@@ -109,7 +109,7 @@ pub struct DiscoveryTuning {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Worker threads (default: the number of CPUs).
+    /// Worker threads, one event loop each (default: the number of CPUs).
     pub threads: Option<usize>,
     /// On SIGTERM: seconds to let in-flight requests finish before exiting.
     pub drain_grace_seconds: u64,
