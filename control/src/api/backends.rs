@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiState};
+use super::{body, ApiError, ApiState};
 use crate::backends::probe::{self, CheckResult};
 use crate::backends::registry::{new_id, BackendRecord, BackendView, RegistryError};
 use crate::backends::{parse_url, ssrf, BackendSpec};
@@ -67,16 +67,6 @@ fn registry_error(e: RegistryError) -> ApiError {
         tracing::error!(error = %err, "could not save the state; the change was not applied");
     }
     ApiError::new(status, code, e.to_string())
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            format!("invalid request body: {}", e.body_text()),
-        )
-    })
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -46,13 +46,7 @@ async fn events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            format!("invalid query: {}", e.body_text()),
-        )
-    })?;
+    let q = super::query(query)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

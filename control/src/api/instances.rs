@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiState};
+use super::{body, query, ApiError, ApiState};
 use crate::instances::logs::{self, LogQuery};
 use crate::instances::spec::InstanceSpec;
 use crate::instances::{InstanceError, InstanceView, Manager};
@@ -48,16 +48,6 @@ impl From<InstanceError> for ApiError {
 
 fn manager(s: &ApiState) -> Result<&Arc<Manager>, ApiError> {
     Ok(&s.instances)
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            format!("invalid request body: {}", e.body_text()),
-        )
-    })
 }
 
 async fn create(
@@ -118,12 +108,16 @@ struct Filter {
     status: Option<String>,
 }
 
-async fn list(State(s): State<ApiState>, Query(f): Query<Filter>) -> Json<Value> {
+async fn list(
+    State(s): State<ApiState>,
+    filter: Result<Query<Filter>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let f = query(filter)?;
     let instances = s
         .instances
         .list(f.tag.as_deref(), f.status.as_deref())
         .await;
-    Json(json!({"instances": instances}))
+    Ok(Json(json!({"instances": instances})))
 }
 
 async fn show(
@@ -228,11 +222,15 @@ async fn bulk(
 async fn log(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Response {
-    match s.instances.log(&name) {
-        Ok(sink) => logs::respond(sink, q).await,
-        Err(e) => ApiError::from(e).into_response(),
+    let sink = match s.instances.log(&name) {
+        Ok(sink) => sink,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match query(q) {
+        Ok(q) => logs::respond(sink, q).await,
+        Err(e) => e.into_response(),
     }
 }
 

@@ -13,7 +13,8 @@ pub mod openapi;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -60,6 +61,29 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// The body of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it.
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("invalid request body: {}", e.body_text()),
+        )
+    })
+}
+
+/// The query string of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it
+/// (axum's own rejection is plain text).
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("invalid query: {}", e.body_text()),
+        )
+    })
 }
 
 impl IntoResponse for ApiError {

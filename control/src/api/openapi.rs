@@ -66,7 +66,7 @@ pub async fn document() -> Json<Value> {
             },
             "/instances/{name}/logs": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end); ?follow=true streams new lines (SSE)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end); ?follow=true streams new lines (SSE)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("400", error_response("VALIDATION_ERROR or INVALID_LOG_QUERY")), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/bulk/{action}": {
                 "parameters": [{"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["start", "stop", "restart", "delete"]}}],
