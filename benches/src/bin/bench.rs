@@ -39,7 +39,9 @@ use serde::Serialize;
 
 use multiverse_benches::load::engine::{self, ClosedPlan, Target, TargetStats};
 use multiverse_benches::load::http::Http1Pool;
-use multiverse_benches::load::machine::{command_line, Machine};
+use multiverse_benches::load::machine::{
+    command_line, parse_non_negative, parse_positive, Machine,
+};
 use multiverse_benches::load::process::{self, sibling_binary, ScratchDir};
 use multiverse_benches::load::propagation::{self, AdminApi, BackendSpec, ControlPlane};
 use multiverse_benches::load::report::{self, Added, Summary};
@@ -209,24 +211,6 @@ struct Args {
     /// to this executable].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
-}
-
-fn parse_positive(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err("must be a number greater than 0".into())
-    }
-}
-
-fn parse_non_negative(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err("must be a number of at least 0".into())
-    }
 }
 
 /// The settings in force, as recorded in the JSON.

@@ -36,7 +36,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use multiverse_benches::load::http::Http1Pool;
-use multiverse_benches::load::machine::{command_line, Machine};
+use multiverse_benches::load::machine::{
+    command_line, parse_non_negative, parse_positive, Machine,
+};
 use multiverse_benches::load::process::{free_port, sibling_binary, ChildProcess, ScratchDir};
 use multiverse_benches::load::report::{self, latency_histogram, Added, Summary};
 use multiverse_benches::load::schedule::{self, Phase, Plan};
@@ -98,24 +100,6 @@ struct Args {
     /// The multiverse-proxy binary [default: next to this executable].
     #[arg(long, value_name = "PATH")]
     proxy_bin: Option<PathBuf>,
-}
-
-fn parse_positive(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err("must be a number greater than 0".into())
-    }
-}
-
-fn parse_non_negative(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err("must be a number of at least 0".into())
-    }
 }
 
 /// The settings in force, as recorded in the JSON.

@@ -73,6 +73,26 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// clap value parser: a finite number greater than 0 (rates, durations).
+pub fn parse_positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number greater than 0".into())
+    }
+}
+
+/// clap value parser: a finite number of at least 0 (warm-up, pauses).
+pub fn parse_non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of at least 0".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
