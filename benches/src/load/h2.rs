@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -88,16 +88,9 @@ impl H2Client {
             .send_request(request)
             .await
             .with_context(|| format!("h2c request to {} failed", self.addr))?;
-        let (parts, mut body) = response.into_parts();
-        let mut collected = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.with_context(|| format!("reading the response from {} failed", self.addr))?;
-            if let Ok(data) = frame.into_data() {
-                collected.extend_from_slice(&data);
-            }
-        }
-        Ok(Response::from_parts(parts, collected.freeze()))
+        let (parts, body) = response.into_parts();
+        let body = super::http::collect(body, self.addr, |_| {}).await?;
+        Ok(Response::from_parts(parts, body))
     }
 }
 

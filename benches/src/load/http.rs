@@ -108,17 +108,8 @@ impl Http1Pool {
             .send_request(request)
             .await
             .with_context(|| format!("request to {} failed", self.addr))?;
-        let (parts, mut body) = response.into_parts();
-        let mut collected = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.with_context(|| format!("reading the response from {} failed", self.addr))?;
-            if let Ok(data) = frame.into_data() {
-                on_data(&data);
-                collected.extend_from_slice(&data);
-            }
-        }
-        let body = collected.freeze();
+        let (parts, body) = response.into_parts();
+        let body = collect(body, self.addr, &mut on_data).await?;
         // Only a connection that completed an exchange goes back for reuse; on any error above
         // the lease returns an empty slot and the connection is dropped.
         lease.conn = Some(sender);
@@ -171,6 +162,23 @@ impl Drop for Lease<'_> {
         // Runs before `_permit` is released, so a waiter always finds this slot.
         self.pool.lock().push(self.conn.take());
     }
+}
+
+/// Reads a response body to its end, calling `on_data` with each data frame as it arrives.
+pub(crate) async fn collect(
+    mut body: hyper::body::Incoming,
+    addr: SocketAddr,
+    mut on_data: impl FnMut(&Bytes),
+) -> anyhow::Result<Bytes> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.with_context(|| format!("reading the response from {addr} failed"))?;
+        if let Ok(data) = frame.into_data() {
+            on_data(&data);
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
 }
 
 #[cfg(test)]
