@@ -128,31 +128,21 @@ mod tests {
         failure(&r, 1, &c);
         r.endpoints[1].load.outlier.success(&c);
         assert_eq!(failure(&r, 1, &c), Verdict::Counted);
-        // Ejected again later: base × 2, then capped.
-        r.endpoints[0]
-            .load
-            .outlier
-            .ejected_until
-            .store(1, Ordering::Relaxed);
-        for _ in 0..2 {
-            failure(&r, 0, &c);
+        // Ejected again later (the last ejection over): base × 2, then capped.
+        for expected_ms in [200, 250] {
+            r.endpoints[0]
+                .load
+                .outlier
+                .ejected_until
+                .store(1, Ordering::Relaxed);
+            for _ in 0..2 {
+                failure(&r, 0, &c);
+            }
+            assert_eq!(
+                failure(&r, 0, &c),
+                Verdict::Ejected(Duration::from_millis(expected_ms))
+            );
         }
-        assert_eq!(
-            failure(&r, 0, &c),
-            Verdict::Ejected(Duration::from_millis(200))
-        );
-        r.endpoints[0]
-            .load
-            .outlier
-            .ejected_until
-            .store(1, Ordering::Relaxed);
-        for _ in 0..2 {
-            failure(&r, 0, &c);
-        }
-        assert_eq!(
-            failure(&r, 0, &c),
-            Verdict::Ejected(Duration::from_millis(250))
-        );
     }
 
     #[test]
