@@ -1,0 +1,29 @@
+//! `multiverse-common`: what the proxy, the control plane and their tools share, so that each
+//! exists once. No HTTP framework and no domain logic live here; everything is small, pure
+//! where it can be, and unit-tested.
+//!
+//! - [`config`] — read a TOML file into any config struct; [`config::ConfigError`] names the
+//!   file and the key; the host-name default for ids.
+//! - [`telemetry`] — `tracing` to stderr: human by default, JSON with a flag, `RUST_LOG` level.
+//! - [`signals`] — SIGTERM/SIGINT as one future, SIGHUP as a stream of reload requests.
+//! - [`backoff`] — exponential backoff with jitter, as a pure value.
+//! - [`clock`] — an injectable monotonic time source (system, tokio's paused time, or manual).
+//! - [`vocab`] — the shared enums (`ModelKind`, `Protocol`, `Health`, `LbStrategy`), each with
+//!   one string table for `FromStr`, `Display` and serde, and their proto conversions.
+//! - [`time`] — RFC 3339 timestamps.
+//! - [`sse`] — Server-Sent Events encoding (bytes only; no HTTP framework).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod signals;
+pub mod sse;
+pub mod telemetry;
+pub mod time;
+pub mod vocab;
+
+pub use backoff::Backoff;
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use config::ConfigError;
+pub use vocab::{Health, LbStrategy, ModelKind, ProtoClass, Protocol, UnknownName};
