@@ -4,7 +4,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("PROTOC", protoc);
+    }
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .build_server(true)

@@ -64,6 +64,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// freed pages are returned only after a delay, and only by a thread that allocates again, which
 /// the idle table-building thread never does. Returning them at once costs ~0.2 `madvise` per
 /// proxied request and brings that case to ~30 MiB (`bench --only memory,models-10k`).
+#[allow(unsafe_code)]
 fn tune_allocator() {
     // SAFETY: `mi_option_set` only stores a value in mimalloc's option table; it may be called at
     // any time from any thread, and the number is mimalloc v3's enum value.

@@ -117,6 +117,7 @@ impl ChildProcess {
         {
             use std::os::unix::process::CommandExt;
             // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec.
+            #[allow(unsafe_code)]
             unsafe {
                 cmd.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
