@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use multiverse_common::config::ConfigError;
+
 /// Default client listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
@@ -170,35 +172,10 @@ impl Default for ServerConfig {
     }
 }
 
-/// A configuration problem, naming the file and key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid config{}: `{key}`: {message}", .path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
-    Invalid {
-        path: Option<PathBuf>,
-        key: String,
-        message: String,
-    },
-}
-
 impl ProxyConfig {
     /// Reads and parses a TOML file (not yet validated: flags may still override fields).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        multiverse_common::config::load(path)
     }
 
     /// Checks every field; `path` is named in errors.
@@ -288,11 +265,7 @@ impl ProxyConfig {
 
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "multiverse-proxy".into())
+            multiverse_common::config::hostname().unwrap_or_else(|| "multiverse-proxy".into())
         })
     }
 }

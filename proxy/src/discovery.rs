@@ -11,17 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use multiverse_common::Backoff;
 use multiverse_proto::discovery::v1 as pb;
 use pb::route_discovery_client::RouteDiscoveryClient;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::observe::Metrics;
 use crate::table::{resolve_socket_addr, PlaneRoutes};
 use crate::TableState;
+
+/// Reconnect delays are drawn from `[d / 2, d)`, so proxies that lost a plane together do not
+/// all reconnect at once.
+const RECONNECT_JITTER: f64 = 0.5;
 
 /// Discovery client settings.
 #[derive(Debug, Clone)]
@@ -104,7 +108,8 @@ enum StreamError {
 
 impl PlaneClient {
     async fn run(self) {
-        let mut backoff = self.config.backoff_initial;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+            .with_jitter(RECONNECT_JITTER);
         // The plane's id is learned from its first response; until then the URL stands in.
         let mut plane = self.url.clone();
         let mut down_since = Some(tokio::time::Instant::now());
@@ -130,11 +135,9 @@ impl PlaneClient {
             }
             // A stream that lived a while resets the backoff.
             if connected_at.elapsed() > self.config.backoff_max {
-                backoff = self.config.backoff_initial;
+                backoff.reset();
             }
-            let jitter = rand::rng().random_range(0.5..1.0);
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(self.config.backoff_max);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 

@@ -110,7 +110,7 @@ fn run() -> anyhow::Result<()> {
     }
     cfg.log.json |= cli.log_json;
     cfg.validate(cli.config.as_deref())?;
-    init_logging(cfg.log.json);
+    multiverse_common::telemetry::init(cfg.log.json)?;
 
     let metrics = Metrics::new();
     let source = match &cfg.standalone.routes_file {
@@ -228,18 +228,4 @@ fn run() -> anyhow::Result<()> {
         "multiverse-proxy starting"
     );
     server.run_forever()
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

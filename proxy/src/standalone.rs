@@ -4,9 +4,11 @@
 //! force keeps serving. Format: `config/routes.toml`.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use multiverse_common::vocab::{Health, LbStrategy, ModelKind, Protocol, UnknownName};
 use multiverse_proto::discovery::v1 as pb;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -70,30 +72,21 @@ struct EndpointEntry {
 }
 
 fn default_kind() -> String {
-    "chat".into()
+    ModelKind::Chat.to_string()
 }
 fn default_protocol() -> String {
-    "http1".into()
+    Protocol::Http1.to_string()
 }
 fn default_weight() -> u32 {
     1
 }
 fn default_health() -> String {
-    "healthy".into()
+    Health::Healthy.to_string()
 }
 
-fn pick<T: Copy>(key: &str, value: &str, options: &[(&str, T)]) -> Result<T, String> {
-    options
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|(_, v)| *v)
-        .ok_or_else(|| {
-            let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
-            format!(
-                "`{key}`: unknown value `{value}` (one of: {})",
-                names.join(", ")
-            )
-        })
+/// `value` as one of `T`'s names; the error names the key.
+fn pick<T: FromStr<Err = UnknownName>>(key: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|e| format!("`{key}`: {e}"))
 }
 
 /// Reads a routes file into a snapshot and its version.
@@ -106,58 +99,19 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
     let mut models = Vec::with_capacity(file.models.len());
     for (i, m) in file.models.into_iter().enumerate() {
         let key = |k: &str| format!("models[{i}].{k}");
-        let kind = pick(
-            &key("kind"),
-            &m.kind,
-            &[
-                ("chat", pb::ModelKind::Chat),
-                ("completion", pb::ModelKind::Completion),
-                ("embedding", pb::ModelKind::Embedding),
-                ("sparse_embedding", pb::ModelKind::SparseEmbedding),
-                ("rerank", pb::ModelKind::Rerank),
-                ("classify", pb::ModelKind::Classify),
-            ],
-        )
-        .map_err(in_file)?;
+        let kind = pb::ModelKind::from(pick::<ModelKind>(&key("kind"), &m.kind).map_err(in_file)?);
         let lb = match m.lb.as_deref() {
             None => pb::LbStrategy::Unspecified,
-            Some(v) => pick(
-                &key("lb"),
-                v,
-                &[
-                    ("least_request", pb::LbStrategy::LeastRequest),
-                    ("round_robin", pb::LbStrategy::RoundRobin),
-                    ("weighted", pb::LbStrategy::Weighted),
-                ],
-            )
-            .map_err(in_file)?,
+            Some(v) => pick::<LbStrategy>(&key("lb"), v).map_err(in_file)?.into(),
         };
         let mut endpoints = Vec::with_capacity(m.endpoints.len());
         for (j, e) in m.endpoints.into_iter().enumerate() {
             let key = |k: &str| format!("models[{i}].endpoints[{j}].{k}");
-            let protocol = pick(
-                &key("protocol"),
-                &e.protocol,
-                &[
-                    ("http1", pb::Protocol::Http1),
-                    ("h2c", pb::Protocol::H2c),
-                    ("grpc", pb::Protocol::Grpc),
-                ],
-            )
-            .map_err(in_file)?;
-            let health = pick(
-                &key("health"),
-                &e.health,
-                &[
-                    ("unknown", pb::HealthStatus::Unknown),
-                    ("healthy", pb::HealthStatus::Healthy),
-                    ("unhealthy", pb::HealthStatus::Unhealthy),
-                    ("draining", pb::HealthStatus::Draining),
-                    ("timeout", pb::HealthStatus::Timeout),
-                    ("degraded", pb::HealthStatus::Degraded),
-                ],
-            )
-            .map_err(in_file)?;
+            let protocol = pb::Protocol::from(
+                pick::<Protocol>(&key("protocol"), &e.protocol).map_err(in_file)?,
+            );
+            let health =
+                pb::HealthStatus::from(pick::<Health>(&key("health"), &e.health).map_err(in_file)?);
             endpoints.push(pb::Endpoint {
                 id: e.id.clone(),
                 address: e.address,
@@ -216,7 +170,7 @@ pub struct Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hup = match multiverse_common::signals::hangups() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch SIGHUP: routes will not reload");

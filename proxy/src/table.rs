@@ -23,100 +23,17 @@ use crate::outlier::OutlierState;
 /// Retries after the first attempt when the control plane leaves it unset.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
-/// What kind of work a model does; decides which client routes reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    Chat,
-    Completion,
-    Embedding,
-    SparseEmbedding,
-    Rerank,
-    Classify,
-}
-
-impl From<pb::ModelKind> for ModelKind {
-    fn from(k: pb::ModelKind) -> Self {
-        match k {
-            pb::ModelKind::Unspecified | pb::ModelKind::Chat => ModelKind::Chat,
-            pb::ModelKind::Completion => ModelKind::Completion,
-            pb::ModelKind::Embedding => ModelKind::Embedding,
-            pb::ModelKind::SparseEmbedding => ModelKind::SparseEmbedding,
-            pb::ModelKind::Rerank => ModelKind::Rerank,
-            pb::ModelKind::Classify => ModelKind::Classify,
-        }
-    }
-}
-
-/// How an endpoint is chosen among a model's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbStrategy {
-    RoundRobin,
-    Weighted,
-    /// Least outstanding requests by power of two choices.
-    LeastRequest,
-}
-
-/// Wire protocol spoken to an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Http1,
-    H2c,
-    Grpc,
-}
-
-impl Protocol {
-    /// Which client traffic the endpoint can take.
-    pub fn class(self) -> ProtoClass {
-        match self {
-            Protocol::Http1 | Protocol::H2c => ProtoClass::Http,
-            Protocol::Grpc => ProtoClass::Grpc,
-        }
-    }
-}
-
-/// Client traffic classes: HTTP APIs (OpenAI, TEI HTTP) or gRPC (tei.v1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProtoClass {
-    Http,
-    Grpc,
-}
+// The shared vocabulary, re-exported where the routing code has always named it.
+pub use multiverse_common::vocab::{Health, LbStrategy, ModelKind, ProtoClass, Protocol};
 
 /// A set of model kinds, as a bit mask of [`ModelKind::bit`].
 pub type KindMask = u8;
-
-impl ModelKind {
-    pub const fn bit(self) -> KindMask {
-        1 << self as u8
-    }
-}
 
 /// Kinds a TEI process serves.
 pub const TEI_KINDS: KindMask = ModelKind::Embedding.bit()
     | ModelKind::SparseEmbedding.bit()
     | ModelKind::Rerank.bit()
     | ModelKind::Classify.bit();
-
-/// Endpoint health as pushed by the control plane (Envoy's statuses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    Unknown,
-    Healthy,
-    Unhealthy,
-    Draining,
-    Timeout,
-    Degraded,
-}
-
-impl Health {
-    /// Whether the endpoint may take new requests at all.
-    pub fn accepts_new(self) -> bool {
-        matches!(self, Health::Unknown | Health::Healthy | Health::Degraded)
-    }
-}
 
 /// A model's routing policy with defaults applied.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -472,11 +389,7 @@ fn policy_from(p: Option<&pb::RoutingPolicy>) -> Policy {
     let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
     let p = p.cloned().unwrap_or_default();
     Policy {
-        lb: match pb::LbStrategy::try_from(p.lb) {
-            Ok(pb::LbStrategy::RoundRobin) => LbStrategy::RoundRobin,
-            Ok(pb::LbStrategy::Weighted) => LbStrategy::Weighted,
-            _ => LbStrategy::LeastRequest,
-        },
+        lb: pb::LbStrategy::try_from(p.lb).map_or(LbStrategy::LeastRequest, LbStrategy::from),
         max_retries: p.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
         connect_timeout: ms(p.connect_timeout_ms),
         first_byte_timeout: ms(p.first_byte_timeout_ms),
@@ -522,21 +435,12 @@ fn endpoint_from<'a>(
         field,
         value,
     };
-    let protocol = match pb::Protocol::try_from(e.protocol) {
-        Ok(pb::Protocol::Unspecified | pb::Protocol::Http1) => Protocol::Http1,
-        Ok(pb::Protocol::H2c) => Protocol::H2c,
-        Ok(pb::Protocol::Grpc) => Protocol::Grpc,
-        Err(_) => return Err(unknown("protocol", e.protocol)),
-    };
-    let health = match pb::HealthStatus::try_from(e.health) {
-        Ok(pb::HealthStatus::Unknown) => Health::Unknown,
-        Ok(pb::HealthStatus::Healthy) => Health::Healthy,
-        Ok(pb::HealthStatus::Unhealthy) => Health::Unhealthy,
-        Ok(pb::HealthStatus::Draining) => Health::Draining,
-        Ok(pb::HealthStatus::Timeout) => Health::Timeout,
-        Ok(pb::HealthStatus::Degraded) => Health::Degraded,
-        Err(_) => return Err(unknown("health", e.health)),
-    };
+    let protocol = pb::Protocol::try_from(e.protocol)
+        .map(Protocol::from)
+        .map_err(|_| unknown("protocol", e.protocol))?;
+    let health = pb::HealthStatus::try_from(e.health)
+        .map(Health::from)
+        .map_err(|_| unknown("health", e.health))?;
     if !e.path_prefix.is_empty() && !e.path_prefix.starts_with('/') {
         return Err(SnapshotError::BadPathPrefix(model_s()));
     }
