@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
+pub use multiverse_common::config::ConfigError;
+
 use crate::backends::BackendSpec;
 use crate::events::webhooks::WebhookConfig;
 use crate::gpu::fake::FakeGpu;
@@ -178,35 +180,10 @@ pub struct LogConfig {
     pub json: bool,
 }
 
-/// A configuration problem, naming the file and key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid config{}: `{key}`: {message}", .path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
-    Invalid {
-        path: Option<PathBuf>,
-        key: String,
-        message: String,
-    },
-}
-
 impl ControlConfig {
     /// Reads and parses a TOML file (validated separately, after flags are applied).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        multiverse_common::config::load(path)
     }
 
     /// Checks every field; `path` is named in errors.
@@ -355,14 +332,8 @@ impl ControlConfig {
 
     pub fn id(&self) -> String {
         self.id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
-            if host.is_empty() {
-                "cp-local".into()
-            } else {
-                format!("cp-{host}")
-            }
+            multiverse_common::config::hostname()
+                .map_or_else(|| "cp-local".into(), |host| format!("cp-{host}"))
         })
     }
 }

@@ -79,7 +79,7 @@ async fn run() -> anyhow::Result<()> {
     }
     cfg.log.json |= cli.log_json;
     cfg.validate(cli.config.as_deref())?;
-    init_logging(cfg.log.json);
+    multiverse_common::telemetry::init(cfg.log.json)?;
 
     let id = cfg.id();
     let keys = cfg.admin_keys(cli.config.as_deref())?;
@@ -175,7 +175,7 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {discovery_addr} (listen.discovery)"))?;
 
-    let shutdown = shutdown_signal();
+    let shutdown = multiverse_common::signals::termination();
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -231,35 +231,4 @@ async fn run() -> anyhow::Result<()> {
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

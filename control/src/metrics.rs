@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use multiverse_common::Health;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::health::Status;
@@ -109,11 +110,7 @@ impl ControlMetrics {
     }
 
     pub fn transition(&self, backend: &str, to: Status) {
-        let to = match to {
-            Status::Unknown => "unknown",
-            Status::Healthy => "healthy",
-            Status::Unhealthy => "unhealthy",
-        };
+        let to = Health::from(to).as_str();
         self.transitions.with_label_values(&[backend, to]).inc();
     }
 

@@ -13,6 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use multiverse_common::time::now_rfc3339;
+use multiverse_common::ModelKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -20,7 +22,6 @@ use super::{body, ApiError, ApiState};
 use crate::backends::probe::{self, CheckResult};
 use crate::backends::registry::{new_id, BackendRecord, BackendView, RegistryError};
 use crate::backends::{parse_url, ssrf, BackendSpec};
-use crate::discovery::nodes::now_rfc3339;
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -254,7 +255,7 @@ async fn admit(
         name: spec.name,
         url: spec.url,
         models: spec.models,
-        kind: spec.kind.unwrap_or_else(|| "chat".into()),
+        kind: spec.kind.unwrap_or_else(|| ModelKind::Chat.to_string()),
         weight: spec.weight,
         owner: req.owner,
         tags: req.tags,

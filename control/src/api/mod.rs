@@ -19,10 +19,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use multiverse_common::time::now_rfc3339;
 use serde_json::json;
 
 use crate::backends::registry::Registry;
-use crate::discovery::nodes::{now_rfc3339, Nodes};
+use crate::discovery::nodes::Nodes;
 use crate::discovery::publisher::Publisher;
 use crate::health::HealthSettings;
 use crate::metrics::ControlMetrics;

@@ -1,6 +1,7 @@
 //! `GET /openapi.json`: an OpenAPI 3.0 description of every route of the operator API.
 
 use axum::Json;
+use multiverse_common::ModelKind;
 use serde_json::{json, Value};
 
 fn error_response(description: &str) -> Value {
@@ -115,7 +116,7 @@ pub async fn document() -> Json<Value> {
                     "models": {"type": "array", "items": {"type": "string"}, "description": "Discovered from /v1/models when omitted"},
                     "api_key": {"type": "string", "description": "Sent upstream; stored, never returned"},
                     "owner": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "weight": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ["chat", "completion", "embedding", "sparse_embedding", "rerank", "classify"]}}},
+                    "weight": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ModelKind::NAMES}}},
                 "CheckResult": {"type": "object", "properties": {
                     "at": {"type": "string"}, "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
                     "status": {"type": "integer", "nullable": true}, "reason": {"type": "string", "nullable": true}}},

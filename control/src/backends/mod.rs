@@ -6,6 +6,7 @@ pub mod probe;
 pub mod registry;
 pub mod ssrf;
 
+use multiverse_common::ModelKind;
 use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -88,17 +89,11 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// Parses a model kind name.
+/// Parses a model kind name (none: chat).
 pub fn parse_kind(kind: Option<&str>) -> Result<pb::ModelKind, String> {
-    Ok(match kind.unwrap_or("chat") {
-        "chat" => pb::ModelKind::Chat,
-        "completion" => pb::ModelKind::Completion,
-        "embedding" => pb::ModelKind::Embedding,
-        "sparse_embedding" => pb::ModelKind::SparseEmbedding,
-        "rerank" => pb::ModelKind::Rerank,
-        "classify" => pb::ModelKind::Classify,
-        other => return Err(format!("unknown kind `{other}` (chat, completion, embedding, sparse_embedding, rerank, classify)")),
-    })
+    kind.map_or(Ok(ModelKind::Chat), str::parse::<ModelKind>)
+        .map(pb::ModelKind::from)
+        .map_err(|e| e.to_string())
 }
 
 impl BackendSpec {

@@ -35,7 +35,7 @@ pub async fn check(
     timeout: Duration,
 ) -> (CheckResult, Option<Vec<String>>) {
     let started = Instant::now();
-    let at = crate::discovery::nodes::now_rfc3339();
+    let at = multiverse_common::time::now_rfc3339();
     let done = |status: Option<u16>, reason: Option<String>| CheckResult {
         at: at.clone(),
         ok: reason.is_none(),

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use multiverse_common::{Health, ModelKind};
 use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::probe::CheckResult;
 use super::{parse_kind, parse_url, BackendSpec};
-use crate::health::{HealthRecord, HealthSettings, Status, Transition};
+use crate::health::{HealthRecord, HealthSettings, Transition};
 use crate::state::{StateError, Store};
 
 /// A backend as stored (the state file's `[[backends]]`).
@@ -191,7 +192,7 @@ impl Registry {
         config: &[BackendSpec],
         max_backends: usize,
     ) -> Self {
-        let now = crate::discovery::nodes::now_rfc3339();
+        let now = multiverse_common::time::now_rfc3339();
         let mut entries = BTreeMap::new();
         for spec in config {
             let record = BackendRecord {
@@ -199,7 +200,10 @@ impl Registry {
                 name: spec.name.clone(),
                 url: spec.url.clone(),
                 models: spec.models.clone(),
-                kind: spec.kind.clone().unwrap_or_else(|| "chat".into()),
+                kind: spec
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| ModelKind::Chat.to_string()),
                 weight: spec.weight,
                 owner: String::new(),
                 tags: BTreeMap::new(),
@@ -388,12 +392,8 @@ impl Registry {
             .values()
             .filter(|e| !e.record.deregistered)
             .map(|e| {
-                let health = match e.health.status {
-                    Status::Unknown => pb::HealthStatus::Unknown,
-                    Status::Healthy => pb::HealthStatus::Healthy,
-                    Status::Unhealthy => pb::HealthStatus::Unhealthy,
-                };
-                (e.record.clone(), health)
+                let health = Health::from(e.health.status);
+                (e.record.clone(), health.into())
             })
             .collect()
     }
@@ -424,6 +424,7 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::Status;
     use crate::state::StateFile;
 
     fn ok() -> CheckResult {

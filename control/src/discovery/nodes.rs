@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
+use multiverse_common::time::now_rfc3339;
 use serde::Serialize;
 
 /// One proxy as seen from here.
@@ -34,11 +34,6 @@ pub struct Nack {
 #[derive(Default)]
 pub struct Nodes {
     inner: Mutex<(u64, BTreeMap<String, NodeStatus>)>,
-}
-
-/// The current time, RFC 3339 in UTC, to the second.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl Nodes {

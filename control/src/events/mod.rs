@@ -167,7 +167,7 @@ impl EventBus {
             inner.seq += 1;
             let event = Event {
                 seq: inner.seq,
-                at: crate::discovery::nodes::now_rfc3339(),
+                at: multiverse_common::time::now_rfc3339(),
                 instance: instance.to_string(),
                 kind,
             };

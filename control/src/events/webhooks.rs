@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiverse_common::Backoff;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -27,6 +28,8 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 /// The wait before retry n (0-based) is `BACKOFF_BASE × 2^n`, at most [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The retry delays ([`BACKOFF_BASE`] doubling up to [`BACKOFF_MAX`]).
+const RETRY_BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
 
 /// Headers the delivery sets itself.
 const RESERVED_HEADERS: &[&str] = &[
@@ -318,9 +321,7 @@ async fn run(
 
 /// The wait before retry `n` (0-based).
 pub fn backoff(n: u32) -> Duration {
-    BACKOFF_BASE
-        .checked_mul(1u32.checked_shl(n).unwrap_or(u32::MAX))
-        .map_or(BACKOFF_MAX, |d| d.min(BACKOFF_MAX))
+    RETRY_BACKOFF.delay(n)
 }
 
 /// POSTs one event, with retries; the error says why the last attempt failed.

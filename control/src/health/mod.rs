@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiverse_common::Health;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::probe::{self, CheckResult};
@@ -59,6 +60,16 @@ pub enum Status {
     Unknown,
     Healthy,
     Unhealthy,
+}
+
+impl From<Status> for Health {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Unknown => Health::Unknown,
+            Status::Healthy => Health::Healthy,
+            Status::Unhealthy => Health::Unhealthy,
+        }
+    }
 }
 
 /// Health of one backend.

@@ -756,32 +756,22 @@ fn sse(lines: impl futures::Stream<Item = String> + Send + 'static) -> Response 
                 biased;
                 line = lines.next() => {
                     tick.reset();
-                    Bytes::from(sse_event(&line?))
+                    Bytes::from(multiverse_common::sse::data_line(&line?))
                 }
-                _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                _ = tick.tick() => Bytes::from_static(multiverse_common::sse::KEEP_ALIVE),
             };
             Some((Ok::<_, Infallible>(chunk), (lines, tick)))
         },
     );
     (
         [
-            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CONTENT_TYPE, multiverse_common::sse::CONTENT_TYPE),
             (header::CACHE_CONTROL, "no-cache"),
             (header::HeaderName::from_static("x-accel-buffering"), "no"),
         ],
         Body::from_stream(body),
     )
         .into_response()
-}
-
-/// `data: <line>\n\n`; a line holds no `\n`, and a stray `\r` (which SSE would read as a line
-/// end) is dropped.
-fn sse_event(line: &str) -> String {
-    let mut event = String::with_capacity(line.len() + 8);
-    event.push_str("data: ");
-    event.extend(line.chars().filter(|&c| c != '\r' && c != '\n'));
-    event.push_str("\n\n");
-    event
 }
 
 #[cfg(test)]
@@ -1209,11 +1199,5 @@ mod tests {
             .await
             .unwrap();
         assert!(end.is_none(), "the response ends when the sink is closed");
-    }
-
-    #[test]
-    fn sse_events_never_carry_line_breaks() {
-        assert_eq!(sse_event("a\rb"), "data: ab\n\n");
-        assert_eq!(sse_event(""), "data: \n\n");
     }
 }

@@ -359,7 +359,7 @@ impl Manager {
             port,
             prometheus_port,
             desired: Desired::Running,
-            created_at: crate::discovery::nodes::now_rfc3339(),
+            created_at: multiverse_common::time::now_rfc3339(),
         };
         let name = record.spec.name.clone();
         let mut map = self.lock();
@@ -512,12 +512,7 @@ impl Manager {
                 let spec = &h.record.spec;
                 Some(InstanceRoute {
                     model: spec.model_name().to_string(),
-                    kind: match spec.kind.as_deref() {
-                        Some("rerank") => pb::ModelKind::Rerank,
-                        Some("classify") => pb::ModelKind::Classify,
-                        Some("sparse_embedding") => pb::ModelKind::SparseEmbedding,
-                        _ => pb::ModelKind::Embedding,
-                    },
+                    kind: spec.model_kind().into(),
                     endpoint: pb::Endpoint {
                         id: spec.name.clone(),
                         address: format!("{host}:{}", h.record.port),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use multiverse_common::ModelKind;
 use serde::{Deserialize, Serialize};
 
 /// Which TEI build serves the instance.
@@ -91,7 +92,6 @@ pub fn valid_name(name: &str) -> bool {
 
 const POOLINGS: [&str; 4] = ["cls", "mean", "splade", "last-token"];
 const DTYPES: [&str; 3] = ["float16", "float32", "bfloat16"];
-const KINDS: [&str; 4] = ["embedding", "sparse_embedding", "rerank", "classify"];
 
 impl InstanceSpec {
     /// Fills fields the spec leaves empty from a template.
@@ -169,7 +169,7 @@ impl InstanceSpec {
         };
         one_of("pooling", &self.pooling, &POOLINGS)?;
         one_of("dtype", &self.dtype, &DTYPES)?;
-        one_of("kind", &self.kind, &KINDS)?;
+        one_of("kind", &self.kind, &ModelKind::TEI.map(ModelKind::as_str))?;
         for (field, v) in [
             ("max_batch_tokens", self.max_batch_tokens),
             ("max_concurrent_requests", self.max_concurrent_requests),
@@ -203,6 +203,15 @@ impl InstanceSpec {
     /// The model name clients use.
     pub fn model_name(&self) -> &str {
         self.served_model_name.as_deref().unwrap_or(&self.model_id)
+    }
+
+    /// What the model does (a TEI kind; default: embedding).
+    pub fn model_kind(&self) -> ModelKind {
+        self.kind
+            .as_deref()
+            .and_then(|k| k.parse::<ModelKind>().ok())
+            .filter(|k| k.is_tei())
+            .unwrap_or(ModelKind::Embedding)
     }
 
     /// Whether `tag` (`key:value`) matches.

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use multiverse_common::Backoff;
 use serde::Serialize;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -184,14 +185,14 @@ impl Supervisor {
 
     /// Runs until the instance is deleted.
     pub async fn run(self, mut rx: mpsc::Receiver<Command>, mut running: bool) {
-        let mut backoff = self.settings.backoff_initial;
+        let mut backoff = Backoff::new(self.settings.backoff_initial, self.settings.backoff_max);
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         loop {
             if !running {
                 match rx.recv().await {
                     Some(Command::Start | Command::Restart) => {
                         running = true;
-                        backoff = self.settings.backoff_initial;
+                        backoff.reset();
                         restarts.clear();
                     }
                     Some(Command::Stop(ack)) => {
@@ -248,14 +249,15 @@ impl Supervisor {
                 continue;
             }
             self.set_state(State::Restarting);
+            let delay = backoff.next_delay();
             self.shared
                 .log
-                .note(&format!("[multiverse] {reason}; restarting in {backoff:?}"));
+                .note(&format!("[multiverse] {reason}; restarting in {delay:?}"));
             self.events
                 .emit(&self.name, EventKind::Restarted { reason });
             self.shared.update(|s| s.restarts += 1);
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop(ack)) => {
                         self.stopped();
@@ -267,7 +269,6 @@ impl Supervisor {
                     None => return,
                 },
             }
-            backoff = (backoff * 2).min(self.settings.backoff_max);
         }
     }
 
@@ -340,7 +341,7 @@ impl Supervisor {
         self.shared.update(|st| {
             st.pid = Some(pid);
             st.started = Some(Instant::now());
-            st.started_at = Some(crate::discovery::nodes::now_rfc3339());
+            st.started_at = Some(multiverse_common::time::now_rfc3339());
         });
         self.events.emit(
             &self.name,
