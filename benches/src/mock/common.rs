@@ -254,36 +254,7 @@ impl Shutdown {
 }
 
 /// Installs SIGTERM and SIGINT handlers now; the returned future resolves on either.
-pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        async move {
-            match handlers {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => {
-                    tracing::warn!("cannot install SIGTERM/SIGINT handlers; using Ctrl-C");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+pub use multiverse_common::signals::termination as termination_signal;
 
 /// Sleeps `ms` milliseconds (nothing for 0).
 pub async fn delay_ms(ms: u64) {
@@ -302,18 +273,8 @@ pub fn announce(addr: SocketAddr) {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when `json`.
 pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // `try_init` fails only if a subscriber is already installed, which is fine.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    // Fails only if a subscriber is already installed, which is fine.
+    let _ = multiverse_common::telemetry::init(json);
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests for a
