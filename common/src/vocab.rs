@@ -2,6 +2,8 @@
 //! is spoken to ([`Protocol`]), its health ([`Health`]) and how a model's endpoints are chosen
 //! ([`LbStrategy`]). Each enum has one string table, from which `as_str`, `FromStr`, `Display`
 //! and serde all come, and conversions to and from its `multiverse.discovery.v1` wire enum.
+//! The small predicates the request path calls (`bit`, `class`, `accepts_new`) are `#[inline]`
+//! so that moving them here from the proxy costs nothing per request.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +42,7 @@ macro_rules! vocabulary {
             pub const NAMES: &'static [&'static str] = &[$($text),+];
 
             /// The name used in config files, the API, metrics labels and `config_dump`.
+            #[inline]
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $( $name::$variant => $text, )+
@@ -109,11 +112,13 @@ impl ModelKind {
     ];
 
     /// This kind as one bit of a `u8` set of kinds.
+    #[inline]
     pub const fn bit(self) -> u8 {
         1 << self as u8
     }
 
     /// Whether a TEI process serves this kind.
+    #[inline]
     pub const fn is_tei(self) -> bool {
         !matches!(self, ModelKind::Chat | ModelKind::Completion)
     }
@@ -140,6 +145,7 @@ pub enum ProtoClass {
 
 impl Protocol {
     /// Which client traffic the endpoint can take.
+    #[inline]
     pub const fn class(self) -> ProtoClass {
         match self {
             Protocol::Http1 | Protocol::H2c => ProtoClass::Http,
@@ -165,6 +171,7 @@ vocabulary! {
 
 impl Health {
     /// Whether the endpoint may take new requests at all.
+    #[inline]
     pub const fn accepts_new(self) -> bool {
         matches!(self, Health::Unknown | Health::Healthy | Health::Degraded)
     }
