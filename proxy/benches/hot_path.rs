@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use multiverse_proto::discovery::v1 as pb;
-use multiverse_proxy::model::{ModelScanner, Scan};
-use multiverse_proxy::observe::Metrics;
-use multiverse_proxy::pick::{self, Tried, Want};
-use multiverse_proxy::table::{parse_socket_addr, PlaneRoutes, ProtoClass, Route, RoutingTable};
+use multiverse_proxy::ops::metrics::Metrics;
+use multiverse_proxy::request::model_scan::{ModelScanner, Scan};
+use multiverse_proxy::routing::pick::{self, Tried, Want};
+use multiverse_proxy::routing::table::{
+    parse_socket_addr, PlaneRoutes, ProtoClass, Route, RoutingTable,
+};
 use multiverse_proxy::TableState;
 
 /// Body bytes per `feed` call, as the proxy receives them.
@@ -265,7 +267,11 @@ fn snapshot_apply(c: &mut Criterion) {
 
         // The full apply of already validated routes: merge with the stored planes, ArcSwap
         // store, and dropping the replaced table and routes.
-        let state = TableState::new("bench".into(), Metrics::new());
+        let metrics = Metrics::new();
+        let state = TableState::new(
+            "bench".into(),
+            Box::new(move |table| metrics.table_applied(&table.version)),
+        );
         let routes = PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("ok");
         state.apply_plane("cp", routes.clone());
         group.bench_with_input(

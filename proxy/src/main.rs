@@ -11,15 +11,15 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use multiverse_proxy::admin::Admin;
 use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
-use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
-use multiverse_proxy::gateway::{Gateway, GatewayConfig};
-use multiverse_proxy::lifecycle::{Active, Drain};
-use multiverse_proxy::observe::Metrics;
-use multiverse_proxy::outlier::OutlierConfig;
-use multiverse_proxy::standalone::{self, Reloader};
-use multiverse_proxy::upstream::UpstreamDefaults;
+use multiverse_proxy::ops::admin::Admin;
+use multiverse_proxy::ops::drain::{Active, Drain};
+use multiverse_proxy::ops::metrics::Metrics;
+use multiverse_proxy::request::gateway::{Gateway, GatewayConfig};
+use multiverse_proxy::request::upstream::UpstreamDefaults;
+use multiverse_proxy::routing::outlier::OutlierConfig;
+use multiverse_proxy::sources::discovery::{Discovery, DiscoveryConfig};
+use multiverse_proxy::sources::standalone::{self, Reloader};
 use multiverse_proxy::TableState;
 
 /// glibc malloc was ~10% of the proxy's CPU under load (perf, issue 6); mimalloc's per-thread
@@ -117,7 +117,11 @@ fn run() -> anyhow::Result<()> {
         Some(path) => format!("static:{}", path.display()),
         None => "control-plane".to_string(),
     };
-    let state = Arc::new(TableState::new(source, metrics.clone()));
+    let on_swap = metrics.clone();
+    let state = Arc::new(TableState::new(
+        source,
+        Box::new(move |table| on_swap.table_applied(&table.version)),
+    ));
     let active = Arc::new(Active::default());
     let node_id = cfg.node_id();
 

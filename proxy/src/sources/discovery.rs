@@ -19,9 +19,9 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::observe::Metrics;
-use crate::table::{resolve_socket_addr, PlaneRoutes};
-use crate::TableState;
+use crate::ops::metrics::Metrics;
+use crate::routing::table::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::TableState;
 
 /// Reconnect delays are drawn from `[d / 2, d)`, so proxies that lost a plane together do not
 /// all reconnect at once.

@@ -14,7 +14,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::json;
 
-use crate::table::RoutingTable;
+use crate::routing::table::RoutingTable;
 
 /// An error the proxy answers with, independent of the wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]

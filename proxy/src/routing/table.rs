@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use multiverse_proto::discovery::v1 as pb;
 
-use crate::outlier::OutlierState;
+use crate::routing::outlier::OutlierState;
 
 /// Retries after the first attempt when the control plane leaves it unset.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;

@@ -14,8 +14,8 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::observe::Metrics;
-use crate::TableState;
+use crate::ops::metrics::Metrics;
+use crate::routing::TableState;
 
 /// The admin HTTP app.
 pub struct Admin {

@@ -1,7 +1,6 @@
 //! What the proxy tells operators about itself: Prometheus metrics, rendered on the admin
 //! listener's `/metrics`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +8,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::table::{Endpoint, EndpointLoad};
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -141,6 +138,11 @@ impl Metrics {
         self.ejections.with_label_values(&[endpoint]).inc();
     }
 
+    /// The gauge of requests in flight (moved by the request path's in-flight guard).
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
     /// Records a new table version (the gauge carries the version as a label).
     pub fn table_applied(&self, version: &str) {
         self.table_version.reset();
@@ -171,31 +173,6 @@ fn fmt_status(status: u16, buf: &mut [u8; 3]) -> &str {
     buf[1] = b'0' + (status / 10 % 10) as u8;
     buf[2] = b'0' + (status % 10) as u8;
     std::str::from_utf8(buf).unwrap_or("0")
-}
-
-/// Counts a request against an endpoint while it is in flight (dropped at the end, or replaced
-/// when a retry moves to another endpoint).
-pub struct InFlight {
-    load: Arc<EndpointLoad>,
-    gauge: IntGauge,
-}
-
-impl InFlight {
-    pub fn start(endpoint: &Endpoint, metrics: &Metrics) -> Self {
-        endpoint.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        metrics.in_flight.inc();
-        Self {
-            load: endpoint.load.clone(),
-            gauge: metrics.in_flight.clone(),
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
-    }
 }
 
 #[cfg(test)]

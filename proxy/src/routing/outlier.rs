@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::table::Route;
+use crate::routing::table::Route;
 
 /// Outlier detection settings.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub fn failure(route: &Route, index: usize, cfg: &OutlierConfig) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::tests::route_with;
+    use crate::routing::table::tests::route_with;
     use multiverse_proto::discovery::v1::HealthStatus as H;
 
     fn cfg(percent: u32) -> OutlierConfig {

@@ -25,15 +25,17 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::lifecycle::{Active, ActiveGuard};
-use crate::observe::{InFlight, Metrics};
-use crate::outlier::{self, OutlierConfig, Verdict};
-use crate::pick::{any_eligible, pick, Tried, Want};
-use crate::respond::{self, ProxyError};
-use crate::route::{self, Family, Held, Target};
-use crate::table::{Endpoint, ProtoClass, Route, RoutingTable};
-use crate::upstream::{self, UpstreamDefaults};
-use crate::{retry, TableState};
+use crate::ops::drain::{Active, ActiveGuard};
+use crate::ops::metrics::Metrics;
+use crate::request::observe::InFlight;
+use crate::request::respond::{self, ProxyError};
+use crate::request::retry;
+use crate::request::route::{self, Family, Held, Target};
+use crate::request::upstream::{self, UpstreamDefaults};
+use crate::routing::outlier::{self, OutlierConfig, Verdict};
+use crate::routing::pick::{any_eligible, pick, Tried, Want};
+use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
+use crate::routing::TableState;
 
 /// Proxy-wide settings of the request path.
 #[derive(Debug, Clone)]

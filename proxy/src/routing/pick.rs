@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-use crate::outlier::now_ms;
-use crate::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
+use crate::routing::outlier::now_ms;
+use crate::routing::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
 
 /// Endpoints a request already tried, by index in the route (first 64 tracked).
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,7 +131,7 @@ fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::tests::route_of;
+    use crate::routing::table::tests::route_of;
     use multiverse_proto::discovery::v1 as pb;
 
     fn route(lb: pb::LbStrategy, healths: &[pb::HealthStatus], weights: &[u32]) -> Arc<Route> {
@@ -160,14 +160,14 @@ mod tests {
             pinned: None,
         };
         assert_eq!(pick(&r, Tried::default(), &grpc), None, "no gRPC endpoint");
-        let cfg = crate::outlier::OutlierConfig {
+        let cfg = crate::routing::outlier::OutlierConfig {
             consecutive_failures: 1,
             base_ejection: std::time::Duration::from_secs(60),
             max_ejection: std::time::Duration::from_secs(60),
             max_ejection_percent: 100,
         };
-        crate::outlier::failure(&r, 0, &cfg);
-        crate::outlier::failure(&r, 1, &cfg);
+        crate::routing::outlier::failure(&r, 0, &cfg);
+        crate::routing::outlier::failure(&r, 1, &cfg);
         for _ in 0..5 {
             assert_eq!(
                 pick(&r, Tried::default(), &HTTP),

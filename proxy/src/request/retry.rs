@@ -7,9 +7,9 @@
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
-use crate::pick::{any_eligible, Tried, Want};
-use crate::respond::ProxyError;
-use crate::table::Route;
+use crate::request::respond::ProxyError;
+use crate::routing::pick::{any_eligible, Tried, Want};
+use crate::routing::table::Route;
 
 /// Whether a failed attempt may be tried again: nothing has reached the client yet, the body
 /// can be sent again, the model's retry budget is not spent, and an untried endpoint is left.

@@ -13,9 +13,9 @@ use http::Method;
 use pingora_error::Result;
 use pingora_proxy::Session;
 
-use crate::model::{ModelScanner, Scan, ScanError};
-use crate::respond::{ErrorFormat, ProxyError};
-use crate::table::{KindMask, ModelKind, ProtoClass, Route, RoutingTable, TEI_KINDS};
+use crate::request::model_scan::{ModelScanner, Scan, ScanError};
+use crate::request::respond::{ErrorFormat, ProxyError};
+use crate::routing::table::{KindMask, ModelKind, ProtoClass, Route, RoutingTable, TEI_KINDS};
 
 /// Which API a request belongs to; decides routing, eligible endpoints and the error format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
