@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -32,7 +33,7 @@ use crate::request::respond::{self, ProxyError};
 use crate::request::retry;
 use crate::request::route::{self, Family, Held, Target};
 use crate::request::upstream::{self, UpstreamDefaults};
-use crate::routing::outlier::{self, OutlierConfig, Verdict};
+use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::{any_eligible, pick, Tried, Want};
 use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
 use crate::routing::TableState;
@@ -51,6 +52,8 @@ pub struct Gateway {
     active: Arc<Active>,
     metrics: Arc<Metrics>,
     config: GatewayConfig,
+    /// Time for outlier ejection (milliseconds since the gateway was built).
+    clock: Millis<Arc<dyn Clock>>,
 }
 
 impl Gateway {
@@ -65,7 +68,14 @@ impl Gateway {
             active,
             metrics,
             config,
+            clock: Millis::new(Arc::new(SystemClock)),
         }
+    }
+
+    /// The same gateway on another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Millis::new(clock);
+        self
     }
 }
 
@@ -144,7 +154,12 @@ impl ProxyHttp for Gateway {
         };
         let outcome = outcome.and_then(|target| {
             ctx.want.pinned = target.pinned;
-            if any_eligible(&target.route, Tried::default(), &ctx.want) {
+            if any_eligible(
+                &target.route,
+                Tried::default(),
+                &ctx.want,
+                self.clock.now_ms(),
+            ) {
                 Ok(target.route)
             } else {
                 Err(ProxyError::no_endpoint(&target.route.name))
@@ -170,7 +185,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let Some(index) = pick(&route, ctx.tried, &ctx.want) else {
+        let Some(index) = pick(&route, ctx.tried, &ctx.want, self.clock.now_ms()) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint");
         };
         ctx.attempts += 1;
@@ -228,8 +243,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         if !matches!(status, 502..=504) {
-            if let Some(endpoint) = ctx.endpoint() {
-                endpoint.load.outlier.success(&self.config.outlier);
+            if let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) {
+                route.record_success(index, &self.config.outlier, self.clock.now_ms());
             }
             return Ok(());
         }
@@ -241,6 +256,7 @@ impl ProxyHttp for Gateway {
                 ctx.route.as_deref(),
                 ctx.tried,
                 ctx.attempts,
+                self.clock.now_ms(),
             )
         {
             let mut e = Error::explain(
@@ -385,7 +401,7 @@ impl Gateway {
         let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) else {
             return;
         };
-        match outlier::failure(route, index, &self.config.outlier) {
+        match route.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
             Verdict::Ejected(duration) => {
                 let id = &route.endpoints[index].id;
                 self.metrics.ejection(id);
@@ -407,6 +423,7 @@ impl Gateway {
                 ctx.route.as_deref(),
                 ctx.tried,
                 ctx.attempts,
+                self.clock.now_ms(),
             );
         if retry {
             if let Some(route) = ctx.route.as_ref() {

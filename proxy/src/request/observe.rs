@@ -9,22 +9,23 @@ use std::sync::Arc;
 use prometheus::IntGauge;
 
 use crate::ops::metrics::Metrics;
-use crate::routing::table::{Endpoint, EndpointLoad};
+use crate::routing::endpoint::EndpointState;
+use crate::routing::table::Endpoint;
 
 /// Counts a request against an endpoint while it is in flight (dropped at the end, or replaced
 /// when a retry moves to another endpoint).
 pub struct InFlight {
-    load: Arc<EndpointLoad>,
+    state: Arc<EndpointState>,
     gauge: IntGauge,
 }
 
 impl InFlight {
     pub fn start(endpoint: &Endpoint, metrics: &Metrics) -> Self {
-        endpoint.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.state.in_flight.fetch_add(1, Ordering::Relaxed);
         let gauge = metrics.in_flight().clone();
         gauge.inc();
         Self {
-            load: endpoint.load.clone(),
+            state: endpoint.state.clone(),
             gauge,
         }
     }
@@ -32,7 +33,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
     }
 }

@@ -19,6 +19,7 @@ pub fn can_retry(
     route: Option<&Route>,
     tried: Tried,
     attempts: u32,
+    now: u64,
 ) -> bool {
     let Some(route) = route else {
         return false;
@@ -26,7 +27,7 @@ pub fn can_retry(
     session.response_written().is_none()
         && !session.as_ref().retry_buffer_truncated()
         && attempts <= route.policy.max_retries
-        && any_eligible(route, tried, want)
+        && any_eligible(route, tried, want, now)
 }
 
 /// The error a failed request answers with; `None` when the client is gone.

@@ -1,13 +1,18 @@
 //! Passive outlier detection, as in Envoy: consecutive gateway failures (connect errors, resets,
-//! timeouts, 502/503/504) eject an endpoint for `base × times ejected` (capped); it returns by
-//! itself when that time is up. Never more than `max_percent` of a model's endpoints are ejected
-//! at once (but at least one may be). State is per endpoint and survives table swaps.
+//! timeouts, 502/503/504) eject an endpoint for `base × times ejected` (capped at `max`); it
+//! returns by itself when that time is up. Never more than `max_percent` of a model's endpoints
+//! are ejected at once (but at least one may be). An endpoint healthy for a whole `max` period
+//! after its last ejection starts over at `base`.
+//!
+//! [`OutlierState`] is a small state machine kept in atomics (the request path feeds it without
+//! a lock). Time is an input: every transition takes `now` in milliseconds from the caller's
+//! clock ([`multiverse_common::Millis`]), so the machine is unit-tested with a manual clock and
+//! never reads a global one. Cost on the request path: one relaxed store per success, an atomic
+//! add per failure, and a scan of the model's endpoints only when a failure reaches the
+//! threshold.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-use crate::routing::table::Route;
+use std::time::Duration;
 
 /// Outlier detection settings.
 #[derive(Debug, Clone)]
@@ -17,39 +22,6 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejection_percent: u32,
-}
-
-/// Per-endpoint outlier state.
-#[derive(Debug, Default)]
-pub struct OutlierState {
-    consecutive: AtomicU32,
-    times_ejected: AtomicU32,
-    /// Milliseconds since process start until which the endpoint is ejected (0: not ejected).
-    ejected_until: AtomicU64,
-}
-
-/// Milliseconds since the process started (monotonic).
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-impl OutlierState {
-    #[inline]
-    pub fn is_ejected(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
-    }
-
-    /// A response that is not a gateway failure.
-    pub fn success(&self, cfg: &OutlierConfig) {
-        self.consecutive.store(0, Ordering::Relaxed);
-        // Healthy for a full max-ejection period since returning: forget past ejections.
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        if until != 0 && now_ms() > until + cfg.max_ejection.as_millis() as u64 {
-            self.times_ejected.store(0, Ordering::Relaxed);
-            self.ejected_until.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 /// What a failure led to.
@@ -62,101 +34,231 @@ pub enum Verdict {
     CappedByMaxPercent,
 }
 
-/// Records a gateway failure of `route.endpoints[index]`.
-pub fn failure(route: &Route, index: usize, cfg: &OutlierConfig) -> Verdict {
-    if cfg.consecutive_failures == 0 {
-        return Verdict::Counted;
+/// Per-endpoint outlier state; times are milliseconds of one clock (never 0, so 0 is "none").
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    consecutive: AtomicU32,
+    times_ejected: AtomicU32,
+    /// Until when the endpoint is ejected (0: never ejected since the last reset).
+    ejected_until: AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl OutlierState {
+    /// Whether the endpoint is ejected at `now`.
+    #[inline]
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
     }
-    let Some(endpoint) = route.endpoints.get(index) else {
-        return Verdict::Counted;
-    };
-    let state = &endpoint.load.outlier;
-    let n = state.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = now_ms();
-    if n < cfg.consecutive_failures || state.is_ejected(now) {
-        return Verdict::Counted;
+
+    /// A response that is not a gateway failure: the failure count starts over, and an endpoint
+    /// healthy for a full max-ejection period since it returned forgets its past ejections.
+    pub fn success(&self, cfg: &OutlierConfig, now: u64) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0 && now > until.saturating_add(millis(cfg.max_ejection)) {
+            self.times_ejected.store(0, Ordering::Relaxed);
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
     }
-    let total = route.endpoints.len();
-    let ejected = route
-        .endpoints
-        .iter()
-        .filter(|e| e.load.outlier.is_ejected(now))
-        .count();
-    let allowed = (total * cfg.max_ejection_percent as usize / 100).max(1);
-    if ejected >= allowed {
-        return Verdict::CappedByMaxPercent;
+
+    /// A gateway failure at `now`. `peers` is asked, only when this failure reaches the
+    /// threshold, for (endpoints of the model ejected now, endpoints of the model).
+    pub fn failure(
+        &self,
+        cfg: &OutlierConfig,
+        now: u64,
+        peers: impl FnOnce() -> (usize, usize),
+    ) -> Verdict {
+        if cfg.consecutive_failures == 0 {
+            return Verdict::Counted;
+        }
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < cfg.consecutive_failures || self.is_ejected(now) {
+            return Verdict::Counted;
+        }
+        let (ejected, total) = peers();
+        let allowed = (total * cfg.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return Verdict::CappedByMaxPercent;
+        }
+        let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = cfg
+            .base_ejection
+            .saturating_mul(times)
+            .min(cfg.max_ejection);
+        self.ejected_until
+            .store(now.saturating_add(millis(duration)), Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        Verdict::Ejected(duration)
     }
-    let times = state.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
-    let duration = cfg
-        .base_ejection
-        .saturating_mul(times)
-        .min(cfg.max_ejection);
-    state
-        .ejected_until
-        .store(now + duration.as_millis() as u64, Ordering::Relaxed);
-    state.consecutive.store(0, Ordering::Relaxed);
-    Verdict::Ejected(duration)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::table::tests::route_with;
-    use multiverse_proto::discovery::v1::HealthStatus as H;
+    use multiverse_common::{ManualClock, Millis};
 
-    fn cfg(percent: u32) -> OutlierConfig {
+    const MS: Duration = Duration::from_millis(1);
+
+    fn cfg(failures: u32, percent: u32) -> OutlierConfig {
         OutlierConfig {
-            consecutive_failures: 3,
-            base_ejection: Duration::from_millis(100),
-            max_ejection: Duration::from_millis(250),
+            consecutive_failures: failures,
+            base_ejection: 100 * MS,
+            max_ejection: 250 * MS,
             max_ejection_percent: percent,
         }
     }
 
+    /// One endpoint among `total`, none of the others ejected.
+    fn alone(total: usize) -> impl FnOnce() -> (usize, usize) {
+        move || (0, total)
+    }
+
+    /// Fails `n` times at the clock's now; the last verdict.
+    fn fail(s: &OutlierState, c: &OutlierConfig, clock: &Millis<ManualClock>, n: u32) -> Verdict {
+        let mut last = Verdict::Counted;
+        for _ in 0..n {
+            last = s.failure(c, clock.now_ms(), alone(4));
+        }
+        last
+    }
+
+    fn clock() -> Millis<ManualClock> {
+        Millis::new(ManualClock::new())
+    }
+
     #[test]
-    fn ejects_after_consecutive_failures_with_growing_time() {
-        let r = route_with(&[H::Healthy; 4]);
-        let c = cfg(50);
-        assert_eq!(failure(&r, 0, &c), Verdict::Counted);
-        assert_eq!(failure(&r, 0, &c), Verdict::Counted);
-        assert_eq!(
-            failure(&r, 0, &c),
-            Verdict::Ejected(Duration::from_millis(100))
+    fn ejected_after_n_consecutive_failures_not_before() {
+        let (s, c, t) = (OutlierState::default(), cfg(3, 100), clock());
+        assert_eq!(fail(&s, &c, &t, 2), Verdict::Counted);
+        assert!(
+            !s.is_ejected(t.now_ms()),
+            "two failures of three eject nothing"
         );
-        assert!(r.endpoints[0].load.outlier.is_ejected(now_ms()));
-        // A success in between resets the count.
-        failure(&r, 1, &c);
-        r.endpoints[1].load.outlier.success(&c);
-        assert_eq!(failure(&r, 1, &c), Verdict::Counted);
-        // Ejected again later (the last ejection over): base × 2, then capped.
-        for expected_ms in [200, 250] {
-            r.endpoints[0]
-                .load
-                .outlier
-                .ejected_until
-                .store(1, Ordering::Relaxed);
-            for _ in 0..2 {
-                failure(&r, 0, &c);
-            }
-            assert_eq!(
-                failure(&r, 0, &c),
-                Verdict::Ejected(Duration::from_millis(expected_ms))
-            );
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(100 * MS));
+        assert!(s.is_ejected(t.now_ms()));
+    }
+
+    #[test]
+    fn a_success_in_between_starts_the_count_over() {
+        let (s, c, t) = (OutlierState::default(), cfg(3, 100), clock());
+        fail(&s, &c, &t, 2);
+        s.success(&c, t.now_ms());
+        assert_eq!(fail(&s, &c, &t, 2), Verdict::Counted);
+        assert!(!s.is_ejected(t.now_ms()));
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(100 * MS));
+    }
+
+    #[test]
+    fn zero_failures_disables_detection() {
+        let (s, c, t) = (OutlierState::default(), cfg(0, 100), clock());
+        assert_eq!(fail(&s, &c, &t, 50), Verdict::Counted);
+        assert!(!s.is_ejected(t.now_ms()));
+    }
+
+    #[test]
+    fn returns_when_the_ejection_time_is_up() {
+        let (s, c, t) = (OutlierState::default(), cfg(1, 100), clock());
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(100 * MS));
+        t.clock().advance(99 * MS);
+        assert!(s.is_ejected(t.now_ms()), "still out 1 ms before the end");
+        // Failures while ejected (requests already under way) do not extend the ejection.
+        assert_eq!(fail(&s, &c, &t, 3), Verdict::Counted);
+        t.clock().advance(MS);
+        assert!(!s.is_ejected(t.now_ms()), "back once the time is up");
+    }
+
+    #[test]
+    fn ejection_time_grows_with_times_ejected_and_is_capped() {
+        let (s, c, t) = (OutlierState::default(), cfg(2, 100), clock());
+        // base × 1, × 2, then capped at max (250 ms, not 300).
+        for expected in [100 * MS, 200 * MS, 250 * MS, 250 * MS] {
+            assert_eq!(fail(&s, &c, &t, 2), Verdict::Ejected(expected));
+            t.clock().advance(expected);
+            assert!(!s.is_ejected(t.now_ms()));
         }
     }
 
     #[test]
-    fn max_percent_caps_ejections_but_allows_one() {
-        let r = route_with(&[H::Healthy; 3]);
-        let c = cfg(10); // 10% of 3 rounds to 0: one may still be ejected
-        for _ in 0..3 {
-            failure(&r, 0, &c);
-        }
-        assert!(r.endpoints[0].load.outlier.is_ejected(now_ms()));
+    fn healthy_for_a_max_period_after_returning_starts_over_at_base() {
+        let (s, c, t) = (OutlierState::default(), cfg(1, 100), clock());
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(100 * MS));
+        t.clock().advance(100 * MS);
+        // Back, and healthy for less than max_ejection (250 ms): the history stays.
+        t.clock().advance(250 * MS);
+        s.success(&c, t.now_ms());
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(200 * MS));
+        // Back, then successes for longer than max_ejection: the next ejection is base again.
+        t.clock().advance(200 * MS);
+        s.success(&c, t.now_ms());
+        t.clock().advance(251 * MS);
+        s.success(&c, t.now_ms());
+        assert_eq!(fail(&s, &c, &t, 1), Verdict::Ejected(100 * MS));
+    }
+
+    #[test]
+    fn max_percent_caps_ejections_but_always_allows_one() {
+        let (s, t) = (OutlierState::default(), clock());
+        let now = t.now_ms();
+        // 50% of 4: a third ejection is refused, a second is not.
+        let half = cfg(1, 50);
+        assert_eq!(
+            s.failure(&half, now, || (2, 4)),
+            Verdict::CappedByMaxPercent
+        );
+        assert!(!s.is_ejected(now));
+        assert_eq!(s.failure(&half, now, || (1, 4)), Verdict::Ejected(100 * MS));
+        // 10% of 3 rounds to 0, yet one endpoint may still go.
+        let (s, tenth) = (OutlierState::default(), cfg(1, 10));
+        assert_eq!(
+            s.failure(&tenth, now, || (0, 3)),
+            Verdict::Ejected(100 * MS)
+        );
+        let other = OutlierState::default();
+        assert_eq!(
+            other.failure(&tenth, now, || (1, 3)),
+            Verdict::CappedByMaxPercent
+        );
+    }
+
+    #[test]
+    fn peers_are_counted_only_when_the_threshold_is_reached() {
+        let (s, c, t) = (OutlierState::default(), cfg(3, 100), clock());
+        let asked = std::cell::Cell::new(0);
         for _ in 0..2 {
-            failure(&r, 1, &c);
+            s.failure(&c, t.now_ms(), || {
+                asked.set(asked.get() + 1);
+                (0, 1)
+            });
         }
-        assert_eq!(failure(&r, 1, &c), Verdict::CappedByMaxPercent);
-        assert!(!r.endpoints[1].load.outlier.is_ejected(now_ms()));
+        assert_eq!(
+            asked.get(),
+            0,
+            "below the threshold the model is not scanned"
+        );
+        s.failure(&c, t.now_ms(), || {
+            asked.set(asked.get() + 1);
+            (0, 1)
+        });
+        assert_eq!(asked.get(), 1);
+    }
+
+    /// The same machine on tokio's paused time, read through the system clock.
+    #[tokio::test(start_paused = true)]
+    async fn follows_tokio_paused_time() {
+        let t = Millis::default();
+        let (s, c) = (OutlierState::default(), cfg(1, 100));
+        assert_eq!(
+            s.failure(&c, t.now_ms(), alone(2)),
+            Verdict::Ejected(100 * MS)
+        );
+        tokio::time::advance(60 * MS).await;
+        assert!(s.is_ejected(t.now_ms()));
+        tokio::time::sleep(40 * MS).await;
+        assert!(!s.is_ejected(t.now_ms()));
     }
 }

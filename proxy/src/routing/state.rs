@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::routing::table::{EndpointLoad, PlaneRoutes, RoutingTable};
+use crate::routing::endpoint::EndpointState;
+use crate::routing::snapshot::PlaneRoutes;
+use crate::routing::table::RoutingTable;
 
 /// Called with every table swapped in (under the writers' mutex, never on the request path).
 pub type SwapHook = Box<dyn Fn(&RoutingTable) + Send + Sync>;
@@ -30,7 +32,8 @@ pub struct TableState {
 struct Planes {
     /// Last good routes of each control plane, by plane id.
     routes: BTreeMap<String, PlaneRoutes>,
-    loads: HashMap<String, Arc<EndpointLoad>>,
+    /// Runtime state of every endpoint in the table, by id (kept across versions).
+    states: HashMap<String, Arc<EndpointState>>,
 }
 
 impl TableState {
@@ -85,8 +88,8 @@ impl TableState {
     }
 
     fn rebuild(&self, planes: &mut Planes) {
-        let Planes { routes, loads } = planes;
-        let table = RoutingTable::merge(routes, &self.source, loads);
+        let Planes { routes, states } = planes;
+        let table = RoutingTable::merge(routes, &self.source, states);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),

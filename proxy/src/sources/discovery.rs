@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ops::metrics::Metrics;
-use crate::routing::table::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::snapshot::{resolve_socket_addr, PlaneRoutes};
 use crate::routing::TableState;
 
 /// Reconnect delays are drawn from `[d / 2, d)`, so proxies that lost a plane together do not

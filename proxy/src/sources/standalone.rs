@@ -14,7 +14,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::Deserialize;
 
-use crate::routing::table::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::snapshot::{resolve_socket_addr, PlaneRoutes};
 use crate::routing::TableState;
 
 /// The plane id static routes are stored under.
