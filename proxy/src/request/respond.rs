@@ -1,7 +1,6 @@
-//! Responses the proxy writes itself: errors in the format of the route family that failed, and
-//! the few answers it gives from its own table (`GET /v1/models`).
+//! Responses the proxy writes itself: a [`ProxyError`] in the format of the route family that
+//! failed, and the few answers it gives from its own table (`GET /v1/models`).
 //!
-//! Every error is a [`ProxyError`] value, written by [`send_error`] in the family's format:
 //! - OpenAI routes: `{"error":{"message","type","param","code"}}`, as the openai SDKs parse it;
 //! - TEI HTTP routes: TEI's `{"error","error_type"}`;
 //! - gRPC: a trailers-only response with `grpc-status` / `grpc-message`.
@@ -14,138 +13,8 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::json;
 
+use crate::request::error::ProxyError;
 use crate::routing::table::RoutingTable;
-
-/// An error the proxy answers with, independent of the wire format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyError {
-    pub status: u16,
-    /// OpenAI `type`.
-    pub kind: &'static str,
-    /// Stable machine-readable `code`.
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ProxyError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self {
-            status,
-            kind,
-            code,
-            message,
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: String) -> Self {
-        Self::new(400, "invalid_request_error", code, message)
-    }
-
-    pub fn unknown_model(model: &str) -> Self {
-        Self::new(
-            404,
-            "invalid_request_error",
-            "model_not_found",
-            format!("The model `{model}` does not exist or is not served by this gateway"),
-        )
-    }
-
-    pub fn unknown_route(method: &str, path: &str) -> Self {
-        Self::new(
-            404,
-            "invalid_request_error",
-            "unknown_route",
-            format!("No route for {method} {path}"),
-        )
-    }
-
-    pub fn too_large(limit: usize) -> Self {
-        Self::new(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            format!("Request body exceeds the limit of {limit} bytes"),
-        )
-    }
-
-    pub fn unknown_instance(id: &str) -> Self {
-        Self::new(
-            404,
-            "invalid_request_error",
-            "instance_not_found",
-            format!("No endpoint `{id}` (x-instance) is in the routing table"),
-        )
-    }
-
-    pub fn model_required() -> Self {
-        Self::new(
-            400,
-            "invalid_request_error",
-            "model_required",
-            "Name the model with the x-model header (or metadata): more or fewer than one model \
-             of this kind is served"
-                .into(),
-        )
-    }
-
-    pub fn too_large_streamed() -> Self {
-        Self::new(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            "Request body exceeds the gateway's limit".into(),
-        )
-    }
-
-    pub fn no_endpoint(model: &str) -> Self {
-        Self::new(
-            503,
-            "server_error",
-            "no_healthy_endpoint",
-            format!("No healthy endpoint is available for model `{model}`"),
-        )
-    }
-
-    pub fn not_ready() -> Self {
-        Self::new(
-            503,
-            "server_error",
-            "not_ready",
-            "The gateway has not received its routing table yet".into(),
-        )
-    }
-
-    pub fn upstream_timeout(detail: &str) -> Self {
-        Self::new(
-            504,
-            "server_error",
-            "upstream_timeout",
-            format!("The model server did not answer in time: {detail}"),
-        )
-    }
-
-    pub fn upstream_failed(detail: &str) -> Self {
-        Self::new(
-            502,
-            "server_error",
-            "upstream_error",
-            format!("The model server failed: {detail}"),
-        )
-    }
-
-    /// The OpenAI error body.
-    pub fn openai_body(&self) -> Bytes {
-        let v = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": null,
-                "code": self.code,
-            }
-        });
-        Bytes::from(v.to_string())
-    }
-}
 
 /// The error formats of the route families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,27 +24,22 @@ pub enum ErrorFormat {
     Grpc,
 }
 
-impl ProxyError {
-    /// TEI's error body.
-    pub fn tei_body(&self) -> Bytes {
-        Bytes::from(json!({"error": self.message, "error_type": self.code}).to_string())
-    }
-
-    /// The gRPC status code for this error (as Envoy maps HTTP statuses).
-    pub fn grpc_code(&self) -> tonic::Code {
-        use tonic::Code;
-        match self.status {
-            400 => Code::InvalidArgument,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::NotFound,
-            413 | 429 => Code::ResourceExhausted,
-            502 | 503 => Code::Unavailable,
-            504 => Code::DeadlineExceeded,
-            501 => Code::Unimplemented,
-            _ => Code::Internal,
+/// The OpenAI error body.
+pub fn openai_body(err: &ProxyError) -> Bytes {
+    let v = json!({
+        "error": {
+            "message": err.to_string(),
+            "type": err.kind(),
+            "param": null,
+            "code": err.code(),
         }
-    }
+    });
+    Bytes::from(v.to_string())
+}
+
+/// TEI's error body.
+pub fn tei_body(err: &ProxyError) -> Bytes {
+    Bytes::from(json!({"error": err.to_string(), "error_type": err.code()}).to_string())
 }
 
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
@@ -188,15 +52,15 @@ pub async fn send_error(
     err: &ProxyError,
 ) -> Result<()> {
     match format {
-        ErrorFormat::OpenAi => send_json(session, err.status, err.openai_body()).await,
-        ErrorFormat::Tei => send_json(session, err.status, err.tei_body()).await,
+        ErrorFormat::OpenAi => send_json(session, err.status(), openai_body(err)).await,
+        ErrorFormat::Tei => send_json(session, err.status(), tei_body(err)).await,
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
             let mut resp = ResponseHeader::build(200, Some(4))?;
             resp.insert_header(header::CONTENT_TYPE, "application/grpc")?;
             resp.insert_header("grpc-status", (err.grpc_code() as i32).to_string())?;
             let message =
-                percent_encoding::utf8_percent_encode(&err.message, GRPC_MESSAGE).to_string();
+                percent_encoding::utf8_percent_encode(&err.to_string(), GRPC_MESSAGE).to_string();
             resp.insert_header("grpc-message", message)?;
             // pingora 0.9's generic writer never sets END_STREAM on h2 headers, which gRPC
             // clients need to read a trailers-only response; write to the h2 stream directly.
@@ -246,26 +110,28 @@ mod tests {
 
     #[test]
     fn tei_and_grpc_shapes() {
-        let e = ProxyError::unknown_model("x");
-        let v: serde_json::Value = serde_json::from_slice(&e.tei_body()).expect("json");
+        let e = ProxyError::UnknownModel("x".into());
+        let v: serde_json::Value = serde_json::from_slice(&tei_body(&e)).expect("json");
         assert_eq!(v["error_type"], "model_not_found");
+        assert!(v["error"].as_str().is_some_and(|m| m.contains("`x`")));
         assert_eq!(e.grpc_code(), tonic::Code::NotFound);
         assert_eq!(
-            ProxyError::no_endpoint("m").grpc_code(),
+            ProxyError::NoHealthyEndpoint("m".into()).grpc_code(),
             tonic::Code::Unavailable
         );
         assert_eq!(
-            ProxyError::upstream_timeout("t").grpc_code(),
+            ProxyError::UpstreamTimeout("t").grpc_code(),
             tonic::Code::DeadlineExceeded
         );
     }
 
     #[test]
     fn openai_error_shape() {
-        let body = ProxyError::unknown_model("x").openai_body();
+        let body = openai_body(&ProxyError::UnknownModel("x".into()));
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["param"].is_null());
         assert!(v["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("`x`")));

@@ -1,97 +1,162 @@
-//! Whether a failed attempt is tried again on another endpoint, and which error ends a request.
+//! Whether a failed attempt is tried again on another endpoint.
 //!
-//! A request is retried only before any response byte reached the client, on an endpoint it has
-//! not tried, within its model's retry budget. Everything else ends in one error, mapped here from
-//! pingora's error to the status and message the client sees.
+//! A request is retried only before any response byte reached the client, while its body can
+//! still be replayed, within its model's retry budget, and only on an endpoint it has not
+//! tried. An upstream answer of 502 or 503 counts as a failure that may be retried; 504 is a
+//! failure that is passed on (the model server already spent the client's time). Everything
+//! else ends the request with one [`crate::request::error::ProxyError`].
 
-use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
-use crate::request::respond::ProxyError;
 use crate::routing::pick::{any_eligible, Tried, Want};
 use crate::routing::table::Route;
 
-/// Whether a failed attempt may be tried again: nothing has reached the client yet, the body
-/// can be sent again, the model's retry budget is not spent, and an untried endpoint is left.
-pub fn can_retry(
-    session: &Session,
-    want: &Want,
-    route: Option<&Route>,
-    tried: Tried,
-    attempts: u32,
-    now: u64,
-) -> bool {
-    let Some(route) = route else {
-        return false;
-    };
-    session.response_written().is_none()
-        && !session.as_ref().retry_buffer_truncated()
-        && attempts <= route.policy.max_retries
-        && any_eligible(route, tried, want, now)
+/// What an upstream's response status means for the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// Not a gateway failure (the endpoint is fine, whatever the status).
+    Served,
+    /// A gateway failure (counted for outlier detection); `retryable` if another endpoint
+    /// may be tried instead of passing it on.
+    GatewayFailure { retryable: bool },
 }
 
-/// The error a failed request answers with; `None` when the client is gone.
-pub fn final_error(e: &Error, route: Option<&Route>) -> Option<ProxyError> {
-    let model = route.map(|r| r.name.as_str()).unwrap_or("");
-    let detail = e.etype().as_str();
-    Some(match e.etype() {
-        ErrorType::HTTPStatus(503) if route.is_some_and(|r| r.available() == 0) => {
-            ProxyError::no_endpoint(model)
+/// Judges an upstream response status.
+pub fn judge(status: u16) -> Answered {
+    match status {
+        502 | 503 => Answered::GatewayFailure { retryable: true },
+        504 => Answered::GatewayFailure { retryable: false },
+        _ => Answered::Served,
+    }
+}
+
+/// Where a request stands when an attempt failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempted<'a> {
+    /// Some response byte has reached the client.
+    pub response_started: bool,
+    /// The body is longer than pingora's replay buffer, so it cannot be sent again.
+    pub body_truncated: bool,
+    pub route: Option<&'a Route>,
+    pub want: &'a Want,
+    pub tried: Tried,
+    /// Attempts made so far (the first included).
+    pub attempts: u32,
+}
+
+impl<'a> Attempted<'a> {
+    /// The facts of `session`'s request.
+    pub fn of(
+        session: &Session,
+        route: Option<&'a Route>,
+        want: &'a Want,
+        tried: Tried,
+        attempts: u32,
+    ) -> Self {
+        Attempted {
+            response_started: session.response_written().is_some(),
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            route,
+            want,
+            tried,
+            attempts,
         }
-        ErrorType::HTTPStatus(413) => ProxyError::too_large_streamed(),
-        ErrorType::HTTPStatus(code @ (502 | 503)) => ProxyError::new(
-            *code,
-            "server_error",
-            "upstream_error",
-            format!("Every endpoint tried for `{model}` failed (last answered {code})"),
-        ),
-        ErrorType::HTTPStatus(code) if *code >= 400 => ProxyError::new(
-            *code,
-            if *code >= 500 {
-                "server_error"
-            } else {
-                "invalid_request_error"
-            },
-            "proxy_error",
-            e.to_string(),
-        ),
-        ErrorType::ConnectTimedout
-        | ErrorType::ReadTimedout
-        | ErrorType::WriteTimedout
-        | ErrorType::TLSHandshakeTimedout => ProxyError::upstream_timeout(detail),
-        _ => match e.esource() {
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
-                    return None
-                }
-                _ => ProxyError::bad_request("bad_request", e.to_string()),
-            },
-            ErrorSource::Upstream => ProxyError::upstream_failed(detail),
-            ErrorSource::Internal | ErrorSource::Unset => ProxyError::new(
-                500,
-                "server_error",
-                "internal_error",
-                format!("Internal proxy error: {detail}"),
-            ),
-        },
-    })
+    }
+
+    /// Whether another attempt may be made at `now`: nothing has reached the client, the body
+    /// can be sent again, the model's retry budget is not spent, and an untried endpoint is left.
+    pub fn may_retry(&self, now: u64) -> bool {
+        let Some(route) = self.route else {
+            return false;
+        };
+        !self.response_started
+            && !self.body_truncated
+            && self.attempts <= route.policy.max_retries
+            && any_eligible(route, self.tried, self.want, now)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::fixtures::route_with;
+    use crate::routing::table::ProtoClass;
+    use multiverse_proto::discovery::v1::HealthStatus as H;
+
+    const HTTP: Want = Want {
+        class: ProtoClass::Http,
+        pinned: None,
+    };
 
     #[test]
-    fn maps_errors_to_statuses() {
-        let timeout = Error::new(ErrorType::ConnectTimedout);
-        assert_eq!(final_error(&timeout, None).map(|e| e.status), Some(504));
-        let mut refused = Error::new(ErrorType::ConnectRefused);
-        refused.esource = ErrorSource::Upstream;
-        assert_eq!(final_error(&refused, None).map(|e| e.status), Some(502));
-        let mut gone = Error::new(ErrorType::ConnectionClosed);
-        gone.esource = ErrorSource::Downstream;
-        assert_eq!(final_error(&gone, None), None);
-        let too_big = Error::new(ErrorType::HTTPStatus(413));
-        assert_eq!(final_error(&too_big, None).map(|e| e.status), Some(413));
+    fn only_502_and_503_are_retried_504_is_a_failure_passed_on() {
+        assert_eq!(judge(502), Answered::GatewayFailure { retryable: true });
+        assert_eq!(judge(503), Answered::GatewayFailure { retryable: true });
+        assert_eq!(judge(504), Answered::GatewayFailure { retryable: false });
+        for served in [200, 400, 404, 429, 500, 501] {
+            assert_eq!(judge(served), Answered::Served, "{served}");
+        }
+    }
+
+    #[test]
+    fn retries_need_an_untried_endpoint_budget_and_an_unstarted_replayable_request() {
+        // Three endpoints, default budget (2 retries after the first attempt).
+        let r = route_with(&[H::Healthy; 3]);
+        let mut tried = Tried::default();
+        tried.mark(0);
+        let first = Attempted {
+            response_started: false,
+            body_truncated: false,
+            route: Some(&r),
+            want: &HTTP,
+            tried,
+            attempts: 1,
+        };
+        assert!(first.may_retry(1));
+        assert!(!Attempted {
+            response_started: true,
+            ..first
+        }
+        .may_retry(1));
+        assert!(!Attempted {
+            body_truncated: true,
+            ..first
+        }
+        .may_retry(1));
+        assert!(!Attempted {
+            route: None,
+            ..first
+        }
+        .may_retry(1));
+        // Attempt 3 of a budget of 2 retries is the last.
+        assert!(Attempted {
+            attempts: 2,
+            ..first
+        }
+        .may_retry(1));
+        assert!(!Attempted {
+            attempts: 3,
+            ..first
+        }
+        .may_retry(1));
+        // Every endpoint tried: nothing left.
+        tried.mark(1);
+        tried.mark(2);
+        assert!(!Attempted {
+            tried,
+            attempts: 2,
+            ..first
+        }
+        .may_retry(1));
+        // Only unavailable endpoints left: nothing either.
+        let r = route_with(&[H::Healthy, H::Unhealthy, H::Draining]);
+        let mut tried = Tried::default();
+        tried.mark(0);
+        let left = Attempted {
+            route: Some(&r),
+            tried,
+            ..first
+        };
+        assert!(!left.may_retry(1));
     }
 }

@@ -54,3 +54,14 @@ pub(crate) fn route_with(healths: &[pb::HealthStatus]) -> Arc<Route> {
         &vec![1; healths.len()],
     )
 }
+
+/// A one-plane table of these models (literal addresses).
+pub(crate) fn table_of(models: Vec<pb::Model>) -> RoutingTable {
+    let snap = pb::RouteSnapshot { models };
+    let mut planes = BTreeMap::new();
+    planes.insert(
+        "cp".to_string(),
+        PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+    );
+    RoutingTable::merge(&planes, "test", &mut HashMap::new())
+}

@@ -259,6 +259,10 @@ mod tests {
         assert_eq!(r.record_failure(1, &c, 101), Verdict::Counted);
         assert_eq!(r.record_failure(1, &c, 101), Verdict::Ejected(100 * MS));
         assert!(r.endpoints[1].state.outlier.is_ejected(101));
-        assert_eq!(r.record_failure(7, &c, 1), Verdict::Counted, "no such endpoint");
+        assert_eq!(
+            r.record_failure(7, &c, 1),
+            Verdict::Counted,
+            "no such endpoint"
+        );
     }
 }
