@@ -2,6 +2,9 @@
 //! `model`, TEI HTTP by model and TEI gRPC by metadata, holding its routing table in an
 //! `ArcSwap` that control planes (or a static routes file) update.
 //!
+//! [`server::Proxy`] builds a proxy from a [`config::ProxyConfig`], starts it (in-process:
+//! tests run as many as they like) and stops it; [`cli`] is the binary around it.
+//!
 //! The modules, as a request's life and what surrounds it:
 //! - [`request`] — one request: the pingora phases ([`request::gateway`]) and the steps they
 //!   delegate to (route family and model, endpoint, upstream rewrite, retry, error responses).
@@ -13,12 +16,15 @@
 //! - [`config`] — the TOML configuration and its validation.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod ops;
 pub mod request;
 pub mod routing;
+pub mod server;
 pub mod sources;
 
 pub use routing::TableState;
+pub use server::{Proxy, StartError, Stop};
 /// The routes file and its loader, at the path tools have always imported them from.
 pub use sources::standalone;
