@@ -77,16 +77,6 @@ impl TableState {
         true
     }
 
-    /// The version this proxy runs for one plane ("" if none yet).
-    pub fn plane_version(&self, plane: &str) -> String {
-        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        planes
-            .routes
-            .get(plane)
-            .map(|r| r.version.clone())
-            .unwrap_or_default()
-    }
-
     fn rebuild(&self, planes: &mut Planes) {
         let Planes { routes, states } = planes;
         let table = RoutingTable::merge(routes, &self.source, states);
