@@ -139,8 +139,12 @@ impl PlaneClient {
                     tracing::error!(url = %self.url, error = %e, "giving up on this control plane");
                     return;
                 }
+                Err(e) if next.report => {
+                    let down_for = reconnect.down_for(Instant::now());
+                    tracing::warn!(url = %self.url, error = %e, ?down_for, "control plane unreachable; serving the last good table")
+                }
                 Err(e) => {
-                    tracing::warn!(url = %self.url, error = %e, "control plane unreachable; serving the last good table")
+                    tracing::debug!(url = %self.url, error = %e, retry_in = ?next.delay, "control plane still unreachable")
                 }
                 Ok(()) => {}
             }

@@ -6,6 +6,8 @@
 //!   lived longer than `backoff_max` starts over at `backoff_initial`.
 //! - With `withdraw_after`, the plane's routes are withdrawn once it has been unreachable that
 //!   long (once per outage); without it they stay for as long as the plane is away.
+//! - A long outage stays cheap in the log too: the first failed attempt of an outage is
+//!   reported, then one every [`REPORT_EVERY`]; the others are debug lines.
 
 use std::time::Duration;
 
@@ -14,6 +16,9 @@ use multiverse_common::Backoff;
 
 /// Reconnect delays are drawn from `[d × (1 - JITTER), d)`.
 pub const JITTER: f64 = 0.5;
+
+/// How often a continuing outage is reported (at warn level).
+pub const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// The reconnect policy's settings.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +36,8 @@ pub struct Next {
     pub delay: Duration,
     /// Withdraw the plane's routes now.
     pub withdraw: bool,
+    /// Report this failure (the outage's first, or the first for a while).
+    pub report: bool,
 }
 
 /// One plane's reconnect state.
@@ -42,6 +49,8 @@ pub struct Reconnect {
     down_since: Option<Instant>,
     /// Its routes were withdrawn during this outage.
     withdrawn: bool,
+    /// When this outage was last reported.
+    reported: Option<Instant>,
 }
 
 impl Reconnect {
@@ -52,6 +61,7 @@ impl Reconnect {
             backoff: Backoff::new(config.backoff_initial, config.backoff_max).with_jitter(JITTER),
             down_since: Some(now),
             withdrawn: false,
+            reported: None,
         }
     }
 
@@ -59,6 +69,7 @@ impl Reconnect {
     pub fn connected(&mut self) {
         self.down_since = None;
         self.withdrawn = false;
+        self.reported = None;
     }
 
     /// Whether a stream is open.
@@ -81,6 +92,12 @@ impl Reconnect {
                 .withdraw_after
                 .is_some_and(|grace| now.saturating_duration_since(since) >= grace);
         self.withdrawn |= withdraw;
+        let report = self
+            .reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPORT_EVERY);
+        if report {
+            self.reported = Some(now);
+        }
         // A stream that lived a while starts the backoff over.
         if now.saturating_duration_since(began) > self.config.backoff_max {
             self.backoff.reset();
@@ -88,6 +105,7 @@ impl Reconnect {
         Next {
             delay: self.backoff.next_delay_with(sample),
             withdraw,
+            report,
         }
     }
 }
@@ -176,6 +194,28 @@ mod tests {
         clock.advance(600 * MS);
         let now = clock.now();
         assert!(r.ended(now, now, 0.0).withdraw);
+    }
+
+    #[test]
+    fn a_long_outage_is_reported_once_a_minute_not_once_an_attempt() {
+        let clock = ManualClock::new();
+        let mut r = Reconnect::new(config(None), clock.now());
+        let mut reported = Vec::new();
+        // Ten minutes of attempts about once a second.
+        for _ in 0..600 {
+            let now = clock.now();
+            let next = r.ended(now, now, 0.999_999);
+            if next.report {
+                reported.push(r.down_for(now).as_secs());
+            }
+            clock.advance(next.delay.max(Duration::from_secs(1)));
+        }
+        assert_eq!(reported.len(), 10, "{reported:?}");
+        assert_eq!(reported[0], 0, "the first failure is reported at once");
+        // After the plane was back, the next outage's first failure is reported again.
+        r.connected();
+        let now = clock.now();
+        assert!(r.ended(now, now, 0.0).report);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! - The plane's id is learned from its responses (`control_plane_id`); until then its URL
 //!   stands in.
-//! - The hello names the node and carries the version it runs for this plane, so a control
-//!   plane that already sent it needs to send nothing new.
+//! - The hello names the node and carries the version last ACKed from this plane — kept across
+//!   reconnects and even after the plane's routes were withdrawn — so a restarted control plane
+//!   can number its next snapshot above it (versions only grow).
 //! - An ACK echoes the snapshot's version and nonce; a NACK echoes the nonce with the version
 //!   still running for this plane ("" when none is) and the reason.
 
@@ -60,7 +61,7 @@ impl PlaneSession {
                 build_version: env!("CARGO_PKG_VERSION").to_string(),
                 labels: Default::default(),
             }),
-            version_info: self.running.clone(),
+            version_info: self.acked.clone(),
             response_nonce: String::new(),
             error_detail: None,
         }
@@ -180,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hello_after_a_reconnect_carries_the_running_version() {
+    fn the_hello_after_a_reconnect_carries_the_last_acked_version_even_when_withdrawn() {
         let mut s = PlaneSession::new("u");
         for (v, n) in [("3", "a"), ("4", "b")] {
             let p = s.received(response("cp", v, n));
@@ -188,7 +189,11 @@ mod tests {
         }
         assert_eq!(s.hello("p").version_info, "4");
         s.withdrawn();
-        assert_eq!(s.hello("p").version_info, "");
+        assert_eq!(
+            s.hello("p").version_info,
+            "4",
+            "versions must keep growing after a restart"
+        );
         assert_eq!(
             s.nack("n".into(), "r".into()).version_info,
             "",
