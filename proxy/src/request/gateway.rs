@@ -4,11 +4,11 @@
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
 //! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the model
-//!    and its route ([`target`](crate::request::target), reading the body through
-//!    [`body`](crate::request::body) when it names the model); errors and `GET /v1/models` are
+//!    and its route ([`target`], reading the body through
+//!    [`body`] when it names the model); errors and `GET /v1/models` are
 //!    answered here ([`respond`]), and the connection stays open.
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
-//!    ([`upstream`](crate::request::upstream)).
+//!    ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
 //! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
 //!    streamed bodies.
