@@ -14,9 +14,13 @@
 //! 8. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy` — retry on another endpoint or
 //!    answer with an error in the route family's format ([`respond`]).
 //! 9. `logging` — metrics ([`observe`]).
+//!
+//! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
+//! within the header timeout (408) and CONNECT (405) with the bodies of
+//! `request_header_error_body`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +45,8 @@ pub struct GatewayConfig {
     pub upstream: UpstreamDefaults,
     pub max_body_bytes: usize,
     pub outlier: OutlierConfig,
+    /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
+    pub header_timeout: Duration,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -49,6 +55,9 @@ pub struct Gateway {
     active: Arc<Active>,
     metrics: Arc<Metrics>,
     config: GatewayConfig,
+    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
+    /// is known yet), built once.
+    header_errors: [(u16, Bytes); 3],
 }
 
 impl Gateway {
@@ -58,11 +67,20 @@ impl Gateway {
         metrics: Arc<Metrics>,
         config: GatewayConfig,
     ) -> Self {
+        let header_errors = [
+            (400, ProxyError::malformed_header().openai_body()),
+            (405, ProxyError::connect_not_allowed().openai_body()),
+            (
+                408,
+                ProxyError::header_timeout(config.header_timeout).openai_body(),
+            ),
+        ];
         Self {
             state,
             active,
             metrics,
             config,
+            header_errors,
         }
     }
 }
@@ -323,6 +341,13 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn request_header_error_body(&self, status: u16) -> Option<(&'static str, Bytes)> {
+        self.header_errors
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, body)| ("application/json", body.clone()))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

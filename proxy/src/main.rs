@@ -158,13 +158,14 @@ fn run() -> anyhow::Result<()> {
                 max_ejection: ms(cfg.outlier.max_ejection_ms),
                 max_ejection_percent: cfg.outlier.max_ejection_percent,
             },
+            header_timeout: ms(cfg.clients.header_timeout_ms),
         },
     );
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "clients");
     proxy.add_tcp(&cfg.listen.clients);
     if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
+        let mut options = client_options(&cfg);
         options.h2c = true;
         app.server_options = Some(options);
     }
@@ -178,6 +179,9 @@ fn run() -> anyhow::Result<()> {
         }),
     );
     admin.add_tcp(&cfg.listen.admin);
+    if let Some(app) = admin.app_logic_mut() {
+        app.server_options = Some(client_options(&cfg));
+    }
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -227,6 +231,15 @@ fn run() -> anyhow::Result<()> {
         "multiverse-proxy starting"
     );
     server.run_forever()
+}
+
+/// Header and keep-alive timeouts of client connections (`[clients]`).
+fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
+    options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options
 }
 
 fn init_logging(json: bool) {
