@@ -15,7 +15,7 @@ use multiverse_proxy::admin::Admin;
 use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
 use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
 use multiverse_proxy::gateway::{Gateway, GatewayConfig};
-use multiverse_proxy::lifecycle::{Active, Drain};
+use multiverse_proxy::lifecycle::{Active, Drain, Listening};
 use multiverse_proxy::observe::Metrics;
 use multiverse_proxy::outlier::OutlierConfig;
 use multiverse_proxy::standalone::{self, Reloader};
@@ -169,6 +169,12 @@ fn run() -> anyhow::Result<()> {
         options.h2c = true;
         app.server_options = Some(options);
     }
+    let listening = Arc::new(Listening::default());
+    let flag = listening.clone();
+    proxy.on_listening(move |bound| match bound {
+        Ok(()) => flag.set(),
+        Err(e) => exit_unbound("listen.clients", &e),
+    });
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -176,12 +182,18 @@ fn run() -> anyhow::Result<()> {
             state: state.clone(),
             metrics: metrics.clone(),
             node_id: node_id.clone(),
+            listening,
         }),
     );
     admin.add_tcp(&cfg.listen.admin);
     if let Some(app) = admin.app_logic_mut() {
         app.server_options = Some(client_options(&cfg));
     }
+    admin.on_listening(|bound| {
+        if let Err(e) = bound {
+            exit_unbound("listen.admin", &e);
+        }
+    });
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -240,6 +252,13 @@ fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
     options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
     options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
     options
+}
+
+/// A listener that cannot be bound ends the process: running on without it would be a proxy
+/// that is alive but never ready.
+fn exit_unbound(key: &str, e: &pingora_error::Error) -> ! {
+    tracing::error!(key, error = %e, "cannot listen; exiting");
+    std::process::exit(2);
 }
 
 fn init_logging(json: bool) {
