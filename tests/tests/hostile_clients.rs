@@ -250,6 +250,14 @@ async fn silent_connections_are_closed_at_the_header_timeout() {
         }
     }
 
+    // The admin listener has the same header deadline.
+    let reply = exchange(s.proxy.admin, b"GET /rea").await;
+    assert!(reply.closed, "admin: still open after {CAP:?}");
+    assert!(
+        reply.elapsed >= Duration::from_millis(500),
+        "admin: closed before the header timeout: {reply:?}"
+    );
+
     // The preface in two segments, then an empty SETTINGS frame: the proxy answers with
     // HTTP/2 frames (its SETTINGS), not an HTTP/1 error.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -413,7 +421,7 @@ async fn client_faults(client: &reqwest::Client, proxy: &Proxy, reason: &str) ->
 }
 
 /// Bullet 4: client mistakes (bad chunks, an oversize streamed body, a client gone mid-body,
-/// garbage, a slow header) log no ERROR or WARN line, neither ours nor pingora's; the body
+/// garbage, a slow header on either listener) log no ERROR or WARN line, neither ours nor pingora's; the body
 /// faults are logged at info and counted, and a flood of them is rate-limited in the log while
 /// the metric counts every one.
 #[tokio::test]
@@ -461,6 +469,8 @@ async fn client_faults_log_at_info_with_a_rate_limit() {
             .status(),
         Some(408)
     );
+    // A late header on the admin listener (closed without a 408).
+    assert!(exchange(s.proxy.admin, b"GET /rea").await.closed);
 
     eventually(CAP, "the body faults counted", || async {
         let malformed = client_faults(&client, &s.proxy, "malformed_body").await;
