@@ -21,6 +21,7 @@ pub struct ProxyConfig {
     /// This proxy's id towards control planes (default: the host name).
     pub node_id: Option<String>,
     pub listen: ListenConfig,
+    pub clients: ClientsConfig,
     pub control_planes: Vec<ControlPlaneConfig>,
     pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
@@ -38,6 +39,30 @@ pub struct ListenConfig {
     pub clients: String,
     /// Admin endpoints.
     pub admin: String,
+}
+
+/// Timeouts of client connections (the client listener; the admin listener uses them too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// The whole request header must arrive within this time (from the accept on a new
+    /// connection, from its first byte on a reused one); then 408 and close, or just close if
+    /// nothing was sent.
+    pub header_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this time without a new request.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            // nginx's `keepalive_timeout` default; longer than the 60 s idle timeout of common
+            // load balancers in front (AWS ALB, GCP), so they, not the proxy, close idle
+            // connections and never send a request on one the proxy is closing.
+            keepalive_timeout_ms: 75_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +244,11 @@ impl ProxyConfig {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
         }
         for (key, v) in [
+            ("clients.header_timeout_ms", self.clients.header_timeout_ms),
+            (
+                "clients.keepalive_timeout_ms",
+                self.clients.keepalive_timeout_ms,
+            ),
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
@@ -286,6 +316,23 @@ mod tests {
         assert_eq!(c.listen.clients, "127.0.0.1:8080");
         assert_eq!(c.listen.admin, "127.0.0.1:9901");
         assert_eq!(c.limits.max_body_bytes, 8 << 20);
+        assert_eq!(c.clients.header_timeout_ms, 10_000);
+        assert_eq!(c.clients.keepalive_timeout_ms, 75_000);
+    }
+
+    #[test]
+    fn zero_client_timeouts_name_the_key() {
+        for key in ["header_timeout_ms", "keepalive_timeout_ms"] {
+            let c: ProxyConfig = toml::from_str(&format!("[clients]\n{key} = 0")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("clients.{key}")) && msg.contains("/etc/p.toml"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
