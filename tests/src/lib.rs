@@ -477,7 +477,7 @@ impl Proxy {
 
 /// FNV-1a 64 of `bytes`, formatted as the mocks report it.
 pub fn fnv1a64_hex(bytes: &[u8]) -> String {
-    multiverse_benches::mock::deterministic::hex16(multiverse_benches::fnv1a64(bytes))
+    multiverse_mocks::deterministic::hex16(multiverse_mocks::fnv1a64(bytes))
 }
 
 /// Splits an SSE body into its `data:` payloads.

@@ -51,7 +51,7 @@ use multiverse_benches::load::schedule::{PacerStats, Plan};
 use multiverse_benches::load::stack::{
     self, routes_toml, start_mock_openai, Addrs, Binaries, ProxyProcess, Stack, READY_TIMEOUT,
 };
-use multiverse_benches::mock::common::termination_signal;
+use multiverse_mocks::common::termination_signal;
 
 /// A scenario `--only` can pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize)]

@@ -42,7 +42,7 @@ use multiverse_benches::load::machine::{
 use multiverse_benches::load::process::{free_port, sibling_binary, ChildProcess, ScratchDir};
 use multiverse_benches::load::report::{self, latency_histogram, Added, Summary};
 use multiverse_benches::load::schedule::{self, Phase, Plan};
-use multiverse_benches::mock::common::termination_signal;
+use multiverse_mocks::common::termination_signal;
 
 /// The request every arrival sends (to model `demo`).
 const PATH: &str = "/v1/chat/completions";

@@ -277,8 +277,8 @@ pub async fn grpc_bidi(addr: SocketAddr, streams: usize) -> anyhow::Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::openai::OpenAiArgs;
-    use crate::mock::tei::TeiArgs;
+    use multiverse_mocks::openai::OpenAiArgs;
+    use multiverse_mocks::tei::TeiArgs;
     use clap::Parser;
 
     fn concurrency() -> Concurrency {
@@ -293,7 +293,7 @@ mod tests {
     /// Every scenario against in-process mocks (the "direct" target).
     #[tokio::test]
     async fn every_scenario_works_against_the_mocks() {
-        let openai = crate::mock::openai::spawn(OpenAiArgs::parse_from([
+        let openai = multiverse_mocks::openai::spawn(OpenAiArgs::parse_from([
             "mock-openai",
             "--listen",
             "127.0.0.1:0",
@@ -302,7 +302,7 @@ mod tests {
         ]))
         .await
         .unwrap();
-        let tei_http = crate::mock::tei::spawn(TeiArgs::parse_from([
+        let tei_http = multiverse_mocks::tei::spawn(TeiArgs::parse_from([
             "mock-tei",
             "--hostname",
             "127.0.0.1",
@@ -311,7 +311,7 @@ mod tests {
         ]))
         .await
         .unwrap();
-        let tei_grpc = crate::mock::tei::spawn(TeiArgs::parse_from([
+        let tei_grpc = multiverse_mocks::tei::spawn(TeiArgs::parse_from([
             "mock-tei",
             "--hostname",
             "127.0.0.1",
