@@ -109,7 +109,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let err = Binaries::in_dir(&dir).path("no-such-binary").unwrap_err();
         assert!(err.to_string().contains("no-such-binary"), "{err}");
-        let sh = Binaries::in_dir(&dir).with("sh", "/bin/sh").path("sh").unwrap();
+        let sh = Binaries::in_dir(&dir)
+            .with("sh", "/bin/sh")
+            .path("sh")
+            .unwrap();
         assert_eq!(sh, Path::new("/bin/sh"));
         assert!(Binaries::beside_exe().check(&["no-such-binary"]).is_err());
     }

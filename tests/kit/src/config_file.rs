@@ -53,7 +53,8 @@ impl ConfigFile for RoutesFile {
         // Entries have no `Default`: what the reader fills in is what it makes of an entry
         // with only the required keys.
         let model = entry_defaults::<ModelEntry>("name = \"\"", &["name"]);
-        let endpoint = entry_defaults::<EndpointEntry>("id = \"\"\naddress = \"\"", &["id", "address"]);
+        let endpoint =
+            entry_defaults::<EndpointEntry>("id = \"\"\naddress = \"\"", &["id", "address"]);
         for m in tables_in(table, "models") {
             for e in tables_in(m, "endpoints") {
                 prune(e, &endpoint);
@@ -215,7 +216,10 @@ mod tests {
     fn example_files_read_back_the_same() {
         for name in ["proxy.toml", "quickstart-proxy.toml"] {
             let c: ProxyConfig = parse(name);
-            assert_eq!(toml::from_str::<ProxyConfig>(&to_toml(&c).unwrap()).unwrap(), c);
+            assert_eq!(
+                toml::from_str::<ProxyConfig>(&to_toml(&c).unwrap()).unwrap(),
+                c
+            );
         }
         for name in ["control.toml", "quickstart-control.toml"] {
             let c: ControlConfig = parse(name);
@@ -230,13 +234,19 @@ mod tests {
 
     #[test]
     fn only_chosen_keys_are_written() {
-        let mut c = ProxyConfig::default();
-        c.node_id = Some("p1".into());
+        let mut c = ProxyConfig {
+            node_id: Some("p1".into()),
+            ..Default::default()
+        };
         c.discovery.backoff_max_ms = 500;
         let text = to_toml(&c).unwrap();
         let table: Table = text.parse().unwrap();
         assert_eq!(table["node_id"].as_str(), Some("p1"), "{text}");
-        assert_eq!(table["discovery"].as_table().map(Table::len), Some(1), "{text}");
+        assert_eq!(
+            table["discovery"].as_table().map(Table::len),
+            Some(1),
+            "{text}"
+        );
         assert_eq!(table.len(), 2, "{text}");
 
         let routes: RoutesFile = toml::from_str(
@@ -244,7 +254,10 @@ mod tests {
         )
         .unwrap();
         let text = to_toml(&routes).unwrap();
-        assert!(!text.contains("kind") && !text.contains("protocol"), "{text}");
+        assert!(
+            !text.contains("kind") && !text.contains("protocol"),
+            "{text}"
+        );
         assert!(text.contains("weight = 3"), "{text}");
     }
 
@@ -273,7 +286,10 @@ mod tests {
         let c = overlay(&base, "[discovery]\nwithdraw_after_ms = 600\n").unwrap();
         assert_eq!(c.discovery.withdraw_after_ms, 600);
         assert_eq!(c.discovery.backoff_initial_ms, 50, "kept from the base");
-        let err = format!("{:#}", overlay(&base, "[discovery]\nwithdraw_after = 1").unwrap_err());
+        let err = format!(
+            "{:#}",
+            overlay(&base, "[discovery]\nwithdraw_after = 1").unwrap_err()
+        );
         assert!(err.contains("withdraw_after"), "{err}");
         let err = format!("{:#}", overlay(&base, "[discovery\n").unwrap_err());
         assert!(err.contains("invalid TOML"), "{err}");

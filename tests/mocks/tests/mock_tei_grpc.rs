@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use clap::Parser;
-use multiverse_mocks::embedding;
 use multiverse_mocks::common::Running;
+use multiverse_mocks::embedding;
 use multiverse_mocks::tei::{self, TeiArgs};
 use multiverse_proto::tei::v1 as pb;
 use pb::embed_client::EmbedClient;

@@ -29,7 +29,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts multiverse-proxy `node_id` with `config` (its `node_id`, unless chosen, and its
     /// listeners set here, on free ports); does not wait for it.
-    pub fn try_spawn(launch: &Launch, node_id: &str, mut config: ProxyConfig) -> anyhow::Result<Proxy> {
+    pub fn try_spawn(
+        launch: &Launch,
+        node_id: &str,
+        mut config: ProxyConfig,
+    ) -> anyhow::Result<Proxy> {
         let listen = try_free_addr()?;
         let admin = try_free_addr()?;
         config.node_id.get_or_insert_with(|| node_id.to_string());
@@ -200,7 +204,7 @@ impl Proxy {
     }
 
     /// The routing-table version `/ready` reports (empty when not ready or not answering; the
-/// client's timeout bounds the wait).
+    /// client's timeout bounds the wait).
     pub async fn version(&self, client: &reqwest::Client) -> String {
         let Ok(r) = client
             .get(format!("{}/ready", self.admin_url()))
