@@ -26,9 +26,10 @@ use serde::Serialize;
 use super::engine::{Caller, Timing};
 use super::grpc::{BidiPool, UnaryClient};
 use super::h2::H2Client;
+use super::http::snippet;
 use super::http::Http1Pool;
 use super::sse::{ends_with_done, SseTimer};
-use super::stack::{snippet, Addrs, EMBED_MODEL, GRPC_MODEL};
+use super::stack::{Addrs, EMBED_MODEL, GRPC_MODEL};
 
 /// `POST /v1/chat/completions`.
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -277,9 +278,9 @@ pub async fn grpc_bidi(addr: SocketAddr, streams: usize) -> anyhow::Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use multiverse_mocks::openai::OpenAiArgs;
     use multiverse_mocks::tei::TeiArgs;
-    use clap::Parser;
 
     fn concurrency() -> Concurrency {
         Concurrency {
