@@ -97,7 +97,7 @@ pub fn overlay<T: ConfigFile>(base: &T, toml: &str) -> anyhow::Result<T> {
 }
 
 /// [`overlay`] for any serde type (`what` names it in errors).
-pub fn overlay_as<T: Serialize + DeserializeOwned>(
+pub(crate) fn overlay_as<T: Serialize + DeserializeOwned>(
     base: &T,
     toml: &str,
     what: &str,
@@ -113,7 +113,7 @@ pub fn overlay_as<T: Serialize + DeserializeOwned>(
 }
 
 /// Merges `over` into `base`: tables key by key (recursively), other values replaced.
-pub fn merge(base: &mut Table, over: Table) {
+fn merge(base: &mut Table, over: Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
             (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
@@ -125,7 +125,7 @@ pub fn merge(base: &mut Table, over: Table) {
 }
 
 /// `value` serialised as a TOML table.
-pub fn table_of<T: Serialize>(value: &T) -> anyhow::Result<Table> {
+fn table_of<T: Serialize>(value: &T) -> anyhow::Result<Table> {
     match Value::try_from(value)? {
         Value::Table(t) => Ok(t),
         other => bail!("serialised as a {}, not a table", other.type_str()),

@@ -101,7 +101,7 @@ where
 }
 
 /// The start of a response body, for error messages.
-pub fn snippet(body: &str) -> String {
+fn snippet(body: &str) -> String {
     let end = body.char_indices().nth(200).map_or(body.len(), |(i, _)| i);
     body[..end].trim().to_string()
 }
