@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use multiverse_common::config::ConfigError;
 
@@ -15,7 +15,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// This proxy's id towards control planes (default: the host name).
@@ -32,7 +32,7 @@ pub struct ProxyConfig {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// HTTP/1.1 and h2c (gRPC) clients.
@@ -42,7 +42,7 @@ pub struct ListenConfig {
 }
 
 /// Timeouts of client connections (the client listener; the admin listener uses them too).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientsConfig {
     /// The whole request header must arrive within this time (from the accept on a new
@@ -65,14 +65,14 @@ impl Default for ClientsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// `http://host:port` of a control plane's discovery listener.
     pub url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StandaloneConfig {
     /// Static routes file (format: config/routes.toml), reloaded on SIGHUP. When set, the proxy
@@ -80,14 +80,14 @@ pub struct StandaloneConfig {
     pub routes_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
@@ -97,7 +97,7 @@ pub struct UpstreamConfig {
     pub max_h2_streams: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierSettings {
     /// Consecutive gateway failures (connect errors, resets, timeouts, 502/503/504) that eject
@@ -121,7 +121,7 @@ impl Default for OutlierSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryTuning {
     /// Withdraw a control plane's routes once it has been unreachable this long; 0 keeps them
@@ -133,7 +133,7 @@ pub struct DiscoveryTuning {
     pub backoff_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Worker threads, one event loop each (default: the number of CPUs).
@@ -142,7 +142,7 @@ pub struct ServerConfig {
     pub drain_grace_seconds: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// JSON log lines instead of human-readable ones.

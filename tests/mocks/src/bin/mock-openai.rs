@@ -1,7 +1,7 @@
-//! `mock-openai`: an OpenAI-compatible mock model server (see `multiverse_benches::mock::openai`).
+//! `mock-openai`: an OpenAI-compatible mock model server (see `multiverse_mocks::openai`).
 
 use clap::Parser;
-use multiverse_benches::mock::{common, openai};
+use multiverse_mocks::{common, openai};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

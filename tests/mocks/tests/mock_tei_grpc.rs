@@ -6,9 +6,9 @@ mod support;
 use std::time::Duration;
 
 use clap::Parser;
-use multiverse_benches::embedding;
-use multiverse_benches::mock::common::Running;
-use multiverse_benches::mock::tei::{self, TeiArgs};
+use multiverse_mocks::common::Running;
+use multiverse_mocks::embedding;
+use multiverse_mocks::tei::{self, TeiArgs};
 use multiverse_proto::tei::v1 as pb;
 use pb::embed_client::EmbedClient;
 use tokio::sync::mpsc;

@@ -6,10 +6,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use multiverse_benches::mock::common::Running;
-use multiverse_benches::mock::deterministic::hex16;
-use multiverse_benches::mock::tei::{self, TeiArgs};
-use multiverse_benches::{embedding, fnv1a64};
+use multiverse_mocks::common::Running;
+use multiverse_mocks::deterministic::hex16;
+use multiverse_mocks::tei::{self, TeiArgs};
+use multiverse_mocks::{embedding, fnv1a64};
 use serde_json::{json, Value};
 
 async fn start(extra: &[&str]) -> Running {

@@ -1,8 +1,8 @@
 //! `mock-tei`: a stand-in for TEI's `text-embeddings-router` (see
-//! `multiverse_benches::mock::tei`).
+//! `multiverse_mocks::tei`).
 
 use clap::Parser;
-use multiverse_benches::mock::{common, tei};
+use multiverse_mocks::{common, tei};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
