@@ -6,6 +6,7 @@
 //! `index.html`, whose script loads the page. `/instances`, `/instances/{name}`, `/gpus` and
 //! `/proxies` are API routes too: [`browser_pages`] answers the page only to a browser's
 //! navigation (`GET` with `Accept: text/html`), every other request reaches the API unchanged.
+//! A navigation to an unknown URL gets the shell with status 404, which shows "page not found".
 //!
 //! Cost: nothing on the proxy's request path; on the control plane one header check per request.
 
@@ -84,9 +85,11 @@ static ASSETS: &[Asset] = assets![
     "vendor/uplot/LICENSE" => TEXT,
     "vendor/pico/pico.min.css" => CSS,
     "vendor/pico/LICENSE.md" => TEXT,
-    "vendor/redoc/redoc.standalone.js" => JS,
-    "vendor/redoc/redoc.standalone.js.LICENSE.txt" => TEXT,
-    "vendor/redoc/LICENSE" => TEXT,
+    "vendor/swagger-ui/swagger-ui-bundle.js" => JS,
+    "vendor/swagger-ui/swagger-ui.css" => CSS,
+    "vendor/swagger-ui/swagger-ui-bundle.js.LICENSE.txt" => TEXT,
+    "vendor/swagger-ui/LICENSE" => TEXT,
+    "vendor/swagger-ui/NOTICE" => TEXT,
     "vendor/VENDOR.tsv" => TEXT,
 ];
 
@@ -105,11 +108,11 @@ const PAGE_ROUTES: &[&str] = &[
 ];
 
 /// Where the page shell may load code and data from. Alpine evaluates its directives with
-/// `new Function` (`'unsafe-eval'`); Redoc and Alpine set inline styles; the playground talks to
-/// a proxy on another origin (`connect-src http: https:`); Redoc's search runs in a blob worker.
+/// `new Function` (`'unsafe-eval'`); Swagger UI and Alpine set inline styles; the playground talks to
+/// a proxy on another origin (`connect-src http: https:`).
 const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-eval'; \
     style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; \
-    connect-src 'self' http: https:; worker-src 'self' blob:; object-src 'none'; \
+    connect-src 'self' http: https:; object-src 'none'; \
     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The UI's routes, merged into the API router.
@@ -126,13 +129,22 @@ pub fn router() -> Router<ApiState> {
 /// never hands the JSON to a browser or the page to a client).
 pub async fn browser_pages(req: Request, next: Next) -> Response {
     let shared = is_shared_page(req.uri().path());
-    if shared && wants_page(req.method(), req.headers()) {
+    let page = wants_page(req.method(), req.headers());
+    if shared && page {
         let mut resp = index(req.headers().clone()).await;
         resp.headers_mut()
             .insert(header::VARY, HeaderValue::from_static("Accept"));
         return resp;
     }
+    let asset = req.uri().path().starts_with("/ui/");
+    let headers = page.then(|| req.headers().clone());
     let mut resp = next.run(req).await;
+    // A browser that navigates to no page gets the UI's "page not found" (still a 404).
+    if let Some(h) = headers.filter(|_| resp.status() == StatusCode::NOT_FOUND && !asset) {
+        let mut shell = index(h).await;
+        *shell.status_mut() = StatusCode::NOT_FOUND;
+        return shell;
+    }
     if shared {
         resp.headers_mut()
             .append(header::VARY, HeaderValue::from_static("Accept"));

@@ -212,7 +212,8 @@ document.addEventListener('alpine:init', () => {
     rejected(reason) {
       sessionStorage.removeItem(MV.KEY);
       this.ok = false;
-      this.prompt(reason);
+      // The first refusal says why; calls failing after it (no key left) would only say "none".
+      if (!this.prompting) this.prompt(reason);
     },
     signOut() {
       sessionStorage.removeItem(MV.KEY);

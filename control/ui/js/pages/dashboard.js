@@ -69,7 +69,8 @@ document.addEventListener('alpine:init', () => {
         this.instances = [];
         return;
       }
-      await Promise.all([this.loadBackends(), this.loadInstances()]);
+      await this.loadBackends();
+      if (this.$store.auth.ok) await this.loadInstances();
     },
     async loadBackends() {
       try {

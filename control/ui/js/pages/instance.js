@@ -33,7 +33,7 @@ document.addEventListener('alpine:init', () => {
       this.stopAll();
       if (!this.$store.auth.require()) return (this.loading = false);
       await this.load();
-      if (!this.i) return;
+      if (!this.i || !this.$store.auth.ok) return;
       this.events = new AbortController();
       MV.followEvents('instance=' + encodeURIComponent(this.name), {
         signal: this.events.signal,

@@ -40,6 +40,7 @@ document.addEventListener('alpine:init', () => {
       if (this.abort) this.abort.abort();
       if (!this.$store.auth.require()) return (this.loading = false);
       await this.load();
+      if (!this.$store.auth.ok) return; // the key was refused: the prompt is open
       try {
         this.templates = (await MV.get('/templates')).templates;
         this.form.template ||= Object.keys(this.templates)[0] || '';

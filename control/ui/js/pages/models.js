@@ -26,9 +26,8 @@ document.addEventListener('alpine:init', () => {
         this.snapshot = snap;
         this.plane = health.control_plane_id;
         if (this.$store.auth.ok) {
-          const [b, i] = await Promise.all([MV.get('/admin/backends'), MV.get('/instances')]);
-          this.backends = b.backends;
-          this.instances = i.instances;
+          this.backends = (await MV.get('/admin/backends')).backends;
+          this.instances = (await MV.get('/instances')).instances;
         }
       } catch (e) {
         if (e.status !== 401 && e.status !== 403) MV.fail('Loading models', e);

@@ -17,6 +17,7 @@ document.addEventListener('alpine:init', () => {
     proxy: '',
     proxyInput: '',
     proxySource: '',
+    guessed: false,
     models: [],
     modelsError: '',
     model: '',
@@ -35,7 +36,8 @@ document.addEventListener('alpine:init', () => {
 
     async init() {
       await this.resolveProxy();
-      await this.loadModels();
+      // A guessed URL is only offered: asking it unasked would log a failed request.
+      if (!this.guessed) await this.loadModels();
     },
     async resolveProxy() {
       const fromUrl = MV.param('proxy');
@@ -53,7 +55,8 @@ document.addEventListener('alpine:init', () => {
           /* fall through to the guess */
         }
       }
-      this.setProxy(location.protocol + '//' + location.hostname + ':8080', 'a guess: this host, port 8080');
+      this.setProxy(location.protocol + '//' + location.hostname + ':8080', 'a guess (this host, port 8080): press Use to load its models');
+      this.guessed = true;
     },
     setProxy(url, source) {
       this.proxy = url.replace(/\/+$/, '');
@@ -68,6 +71,7 @@ document.addEventListener('alpine:init', () => {
       }
       localStorage.setItem(MV.PROXY_KEY, this.proxyInput);
       this.setProxy(this.proxyInput, 'saved in this browser');
+      this.guessed = false;
       await this.loadModels();
     },
     /** A failed fetch to the proxy, explained. */
