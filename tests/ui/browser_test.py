@@ -146,6 +146,13 @@ def open_page(d, path, name, ready=None, allowed=()):
     check(name, "loads with zero console errors", not errs, str(errs))
 
 
+def shot(d, name):
+    """A screenshot without transient toasts."""
+    js(d, "document.querySelectorAll('.toast .close').forEach(b => b.click())")
+    WebDriverWait(d, 5, poll_frequency=0.05).until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".toast"))
+    d.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
 def screenshots(d, path, name, ready=None):
     """Both widths: screenshot, and no horizontal scroll at 390 px."""
     for size, tag in ((WIDE, "1280"), (NARROW, "390")):
@@ -155,7 +162,7 @@ def screenshots(d, path, name, ready=None):
         if ready:
             wait(d, ready, f"{name} to show its data at {tag} px")
         js(d, "window.scrollTo(0, 0)")
-        d.save_screenshot(str(SHOTS / f"{name}-{tag}.png"))
+        shot(d, f"{name}-{tag}")
         if tag == "390":
             over, culprits = overflow(d)
             check(name, "no horizontal scroll at 390 px", over <= 0, f"scrolls {over} px: {culprits}")
@@ -288,6 +295,7 @@ def test_register_edit_delete(dash, d):
     weight.send_keys("0")
     wait(d, lambda d: field_error(d, "weight"), "the weight rule")
     check("register", "validation as you type (weight)", True)
+    shot(d, "register-errors-1280")
 
     # An API error lands next to the field it names: the name is taken.
     name.clear()
@@ -323,6 +331,7 @@ def test_register_edit_delete(dash, d):
          "its health to turn green", 20)
     colour = js(dash, "return getComputedStyle(document.querySelector(arguments[0] + ' .pill')).color", row)
     check("dashboard", "its health turns green", colour == "rgb(26, 127, 55)", colour)
+    shot(dash, "dashboard-live-1280")
 
     # Filters and sorting, client-side.
     sel = dash.find_element(By.CSS_SELECTOR, "[data-testid=filter-owner]")
@@ -359,7 +368,7 @@ def test_register_edit_delete(dash, d):
     diff = {r.get_attribute("data-field"): r.text for r in d.find_elements(By.CSS_SELECTOR, "[data-testid=diff-dialog] tr[data-field]")}
     check("edit", "the diff shows exactly the changes", set(diff) == {"owner", "weight"}
           and "team-ui-2" in diff["owner"] and "3" in diff["weight"], str(diff))
-    d.save_screenshot(str(SHOTS / "edit-diff-1280.png"))
+    shot(d, "edit-diff-1280")
     d.find_element(By.CSS_SELECTOR, "[data-testid=confirm-save]").click()
     wait(d, lambda d: f"/backends/{bid}" in d.current_url and "/edit" not in d.current_url, "back on the detail page")
     stored = api("GET", f"/admin/backends/{bid}")
@@ -417,7 +426,7 @@ def test_playground(p):
     for size, tag in ((WIDE, "1280"), (NARROW, "390")):
         viewport(p, size)
         js(p, "window.scrollTo(0, 0)")
-        p.save_screenshot(str(SHOTS / f"playground-{tag}.png"))
+        shot(p, f"playground-{tag}")
         if tag == "390":
             over, culprits = overflow(p)
             check("playground", "no horizontal scroll at 390 px", over <= 0, f"scrolls {over} px: {culprits}")
@@ -432,7 +441,7 @@ def test_playground(p):
     first = p.find_element(By.CSS_SELECTOR, "[data-testid=first]").text.split(", ")
     check("playground", "embeddings: dimensions, norm, first values", dims > 0 and norm > 0 and len(first) == min(8, dims),
           f"{dims} {norm} {first}")
-    p.save_screenshot(str(SHOTS / "playground-embeddings-1280.png"))
+    shot(p, "playground-embeddings-1280")
     check("playground", "no console errors (embeddings)", not console_errors(p))
 
 
@@ -475,10 +484,23 @@ def test_keyboard(d):
     d.switch_to.active_element.send_keys(Keys.ENTER)
     wait(d, lambda d: d.current_url.endswith("/register"), "Enter on a nav link")
     check("register", "keyboard: nav links reachable and followed with Tab and Enter", True)
+    # Narrow screens fold the links behind a Menu button.
+    viewport(d, NARROW)
+    d.get(BASE + "/")
+    wait(d, settled, "dashboard at 390 px")
+    links = d.find_element(By.ID, "nav-links")
+    check("dashboard", "390 px: the links fold behind Menu", not links.is_displayed())
+    d.find_element(By.CSS_SELECTOR, ".menu-toggle").click()
+    wait(d, lambda d: links.is_displayed(), "the menu to open")
+    check("dashboard", "390 px: Menu opens the links", True)
+    shot(d, "nav-menu-390")
+    viewport(d, WIDE)
 
 
 def main():
     SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SHOTS.glob("*.png"):
+        old.unlink()
     failed = None
     d = browser("main")
     dash = p = None

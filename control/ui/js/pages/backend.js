@@ -47,7 +47,9 @@ document.addEventListener('alpine:init', () => {
       const el = this.$refs.chart;
       if (!el || !this.b || typeof uPlot === 'undefined') return;
       const h = this.history;
-      const xs = h.map((c) => Date.parse(c.at) / 1000);
+      // Check times have one-second resolution and several checks can share one, so the x
+      // axis is the check's position (oldest first); its time shows in the legend.
+      const xs = h.map((_, n) => n + 1);
       const ok = h.map((c) => (c.ok ? c.latency_ms : null));
       const bad = h.map((c) => (c.ok ? null : c.latency_ms));
       const width = Math.max(280, el.clientWidth);
@@ -58,10 +60,10 @@ document.addEventListener('alpine:init', () => {
         {
           width,
           height: 220,
-          scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(10, hi * 1.2)] } },
-          axes: [{}, { label: 'ms', size: 50 }],
+          scales: { x: { time: false }, y: { range: (u, lo, hi) => [0, Math.max(10, hi * 1.2)] } },
+          axes: [{ label: 'check (oldest → newest)' }, { label: 'latency, ms', size: 50 }],
           series: [
-            {},
+            { label: 'check', value: (u, n) => (n == null || !h[n - 1] ? '—' : '#' + n + ' at ' + h[n - 1].at) },
             { label: 'latency (ok)', stroke: '#1f6feb', width: 2, points: { show: true, size: 5 } },
             { label: 'failed', stroke: '#cf222e', width: 0, paths: () => null, points: { show: true, size: 8, fill: '#cf222e' } },
           ],
