@@ -181,6 +181,15 @@ MV.tone = (status) =>
 MV.HEALTH = ['unknown', 'healthy', 'unhealthy', 'draining', 'timeout', 'degraded'];
 MV.healthName = (h) => (typeof h === 'number' ? MV.HEALTH[h] || 'unknown' : String(h || 'unknown'));
 
+/**
+ * Shows or hides a <dialog> as a modal (focus moves into it, the page behind is inert, Escape
+ * closes it: bind its @close to the state).
+ */
+MV.modal = (el, open) => {
+  if (open && !el.open) el.showModal();
+  else if (!open && el.open) el.close();
+};
+
 /** A value of a query-string parameter of this page. */
 MV.param = (name) => new URLSearchParams(location.search).get(name);
 

@@ -30,6 +30,17 @@ document.addEventListener('alpine:init', () => {
       this.stats.backends = healthy + '/' + list.length + ' backends healthy';
     },
     async refresh() {
+      // Phase 2: one call for the counts, readable without a key (see API-NEEDS.md).
+      if ((await MV.caps()).has('/stats')) {
+        try {
+          const s = await MV.get('/stats');
+          this.stats.backends = s.backends.healthy + '/' + s.backends.total + ' backends healthy';
+          this.stats.proxies = s.proxies.connected + ' ' + (s.proxies.connected === 1 ? 'proxy' : 'proxies');
+          return;
+        } catch (_) {
+          /* fall back to the lists */
+        }
+      }
       try {
         const p = await MV.get('/proxies');
         const up = p.proxies.filter((x) => x.connected).length;
@@ -37,7 +48,7 @@ document.addEventListener('alpine:init', () => {
       } catch (_) {
         this.stats.proxies = '';
       }
-      if (!this.$store.auth.ok) return;
+      if (!this.$store.auth.ok) return (this.stats.backends = '');
       try {
         this.showBackends((await MV.get('/admin/backends')).backends);
       } catch (_) {
