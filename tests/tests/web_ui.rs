@@ -77,7 +77,11 @@ async fn the_control_plane_serves_the_ui() {
     ] {
         let r = get(&c, &format!("{api}{page}"), "*/*").await;
         assert_eq!(r.status(), 200, "{page}");
-        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8", "{page}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/html; charset=utf-8",
+            "{page}"
+        );
         assert!(r.headers()["content-security-policy"]
             .to_str()
             .unwrap()
@@ -87,7 +91,12 @@ async fn the_control_plane_serves_the_ui() {
 
     // Shared URLs: the page for a browser's navigation, the JSON for API clients.
     for path in ["/instances", "/gpus", "/proxies", "/instances/emb-1"] {
-        let page = get(&c, &format!("{api}{path}"), "text/html,application/xhtml+xml,*/*;q=0.8").await;
+        let page = get(
+            &c,
+            &format!("{api}{path}"),
+            "text/html,application/xhtml+xml,*/*;q=0.8",
+        )
+        .await;
         assert_eq!(page.status(), 200, "{path} as a page");
         assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
         assert_eq!(page.headers()["vary"], "Accept");
@@ -115,8 +124,14 @@ async fn the_control_plane_serves_the_ui() {
         ("/ui/js/app.js", "text/javascript; charset=utf-8"),
         ("/ui/app.css", "text/css; charset=utf-8"),
         ("/ui/pages/dashboard.html", "text/html; charset=utf-8"),
-        ("/ui/vendor/alpine/alpine.min.js", "text/javascript; charset=utf-8"),
-        ("/ui/vendor/swagger-ui/swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+        (
+            "/ui/vendor/alpine/alpine.min.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/ui/vendor/swagger-ui/swagger-ui-bundle.js",
+            "text/javascript; charset=utf-8",
+        ),
         ("/ui/favicon.svg", "image/svg+xml"),
     ] {
         let r = get(&c, &format!("{api}{path}"), "*/*").await;
@@ -173,7 +188,14 @@ async fn a_real_browser_drives_every_page() {
     let chat = MockOpenAi::start(
         &dir,
         "mock-chat",
-        &["--model", "demo", "--tokens", "12", "--chunk-interval-ms", "60"],
+        &[
+            "--model",
+            "demo",
+            "--tokens",
+            "12",
+            "--chunk-interval-ms",
+            "60",
+        ],
     );
     // The backend the test registers through the form.
     let extra = MockOpenAi::start(&dir, "mock-extra", &["--model", "extra-model"]);
@@ -197,15 +219,23 @@ async fn a_real_browser_drives_every_page() {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v: Value = get(&c, &format!("{}/instances/emb-1", cp.api_url()), "application/json")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get(
+            &c,
+            &format!("{}/instances/emb-1", cp.api_url()),
+            "application/json",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         if v["status"] == "ready" {
             break;
         }
-        assert!(Instant::now() < deadline, "emb-1 not ready: {v}\n{}", cp.proc.tail_log());
+        assert!(
+            Instant::now() < deadline,
+            "emb-1 not ready: {v}\n{}",
+            cp.proc.tail_log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // …and routed by the proxy, so the playground can embed through it.

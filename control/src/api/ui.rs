@@ -226,7 +226,10 @@ fn serve(path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(a.content_type),
+            )],
             a.bytes,
         )
             .into_response()
@@ -273,7 +276,13 @@ mod tests {
         assert!(!wants_page(&Method::GET, &accept("text/event-stream")));
         assert!(!wants_page(&Method::GET, &HeaderMap::new()));
 
-        for p in ["/instances", "/instances/", "/instances/emb-1", "/gpus", "/proxies"] {
+        for p in [
+            "/instances",
+            "/instances/",
+            "/instances/emb-1",
+            "/gpus",
+            "/proxies",
+        ] {
             assert!(is_shared_page(p), "{p}");
         }
         for p in [
@@ -304,7 +313,11 @@ mod tests {
         let tags = etags();
         for (i, t) in tags.iter().enumerate() {
             assert!(t.to_str().expect("ascii").starts_with('"'));
-            assert!(!tags[i + 1..].contains(t), "{} shares its ETag", ASSETS[i].path);
+            assert!(
+                !tags[i + 1..].contains(t),
+                "{} shares its ETag",
+                ASSETS[i].path
+            );
         }
     }
 
@@ -329,7 +342,11 @@ mod tests {
         for f in &files {
             assert!(find(f).is_some(), "control/ui/{f} is not in ASSETS");
         }
-        assert_eq!(files.len(), ASSETS.len(), "ASSETS lists a file that does not exist");
+        assert_eq!(
+            files.len(),
+            ASSETS.len(),
+            "ASSETS lists a file that does not exist"
+        );
     }
 
     #[test]
