@@ -10,7 +10,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiverse_tests::*;
 use serde_json::{json, Value};
@@ -217,37 +217,23 @@ async fn a_real_browser_drives_every_page() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = get(
-            &c,
-            &format!("{}/instances/emb-1", cp.api_url()),
-            "application/json",
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-        if v["status"] == "ready" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "emb-1 not ready: {v}\n{}",
-            cp.proc.tail_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let api = cp.api_url();
+    eventually(Duration::from_secs(30), "emb-1 ready", || async {
+        let v: Value = get(&c, &format!("{api}/instances/emb-1"), "application/json")
+            .await
+            .json()
+            .await
+            .ok()?;
+        (v["status"] == "ready").then_some(())
+    })
+    .await;
     // …and routed by the proxy, so the playground can embed through it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy
-        .endpoint_health(&c, "BAAI/bge-small-en-v1.5", "emb-1")
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "emb-1 never reached the proxy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "emb-1 on the proxy", || async {
+        proxy
+            .endpoint_health(&c, "BAAI/bge-small-en-v1.5", "emb-1")
+            .await
+    })
+    .await;
 
     let shots = std::env::var_os("MULTIVERSE_UI_SCREENSHOTS")
         .map(PathBuf::from)
