@@ -181,6 +181,19 @@ async fn require_browser() {
     );
 }
 
+/// Kills the browser test's whole process group (python, chromedriver, Chromium) when dropped:
+/// on a timeout or a panic nothing is left running. After a normal exit the group is empty.
+struct BrowserGroup(i32);
+
+impl Drop for BrowserGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_real_browser_drives_every_page() {
     require_browser().await;
@@ -265,8 +278,11 @@ async fn a_real_browser_drives_every_page() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so chromedriver and Chromium die with it (see BrowserGroup).
+        .process_group(0)
         .spawn()
         .expect("spawn python3 tests/ui/browser_test.py");
+    let _group = BrowserGroup(child.id().expect("a pid") as i32);
     let out = tokio::time::timeout(BROWSER_TIMEOUT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("the browser test did not finish within {BROWSER_TIMEOUT:?}"))

@@ -65,6 +65,8 @@ def browser(tag, extra_args=()):
         "--no-default-browser-check",
         "--disable-extensions",
         "--hide-scrollbars",
+        "--disable-crash-reporter",
+        "--disable-breakpad",
         f"--user-data-dir={Path(CFG['work_dir']) / tag}",
         f"--window-size={WIDE[0]},{WIDE[1]}",
         *extra_args,
