@@ -37,6 +37,7 @@ fn control_body(backends: &str, ports: (u16, u16)) -> String {
     format!(
         "[admin]\napi_keys = [\"{KEY}\"]\nallow_private_backends = true\n\
          [health]\ninterval_ms = 300\ntimeout_ms = 1000\nunhealthy_threshold = 2\nhealthy_threshold = 1\n\
+         deregister_after_failures = 4\n\
          [instances]\nbinary = \"{}\"\nport_range = [{}, {}]\nstartup_probe_interval_ms = 100\n\
          liveness_interval_ms = 500\nprobe_timeout_ms = 1000\ndrain_ms = 50\nstop_grace_ms = 1000\n\
          [templates.small]\nmodel_id = \"BAAI/bge-small-en-v1.5\"\npooling = \"cls\"\n\
@@ -212,6 +213,8 @@ async fn a_real_browser_drives_every_page() {
     );
     // The backend the test registers through the form.
     let extra = MockOpenAi::start(&dir, "mock-extra", &["--model", "extra-model"]);
+    // A backend the browser test kills, so health checking deregisters it and Restore shows.
+    let flaky = MockOpenAi::start(&dir, "mock-flaky", &["--model", "flaky-model"]);
     let backends = format!(
         "[[backends]]\nname = \"mock-chat\"\nurl = \"{}\"\nmodels = [\"demo\"]\n",
         chat.url()
@@ -231,6 +234,18 @@ async fn a_real_browser_drives_every_page() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     let api = cp.api_url();
+    let r = c
+        .post(format!("{api}/admin/backends"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "flaky", "url": flaky.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let flaky_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     eventually(Duration::from_secs(30), "emb-1 ready", || async {
         let v: Value = get(&c, &format!("{api}/instances/emb-1"), "application/json")
             .await
@@ -259,6 +274,8 @@ async fn a_real_browser_drives_every_page() {
         "extra_backend_url": extra.url(),
         "chat_backend": "mock-chat",
         "instance": "emb-1",
+        "flaky_id": flaky_id,
+        "flaky_pid": flaky.proc.pid(),
         "screenshots": shots,
         "work_dir": dir.join("chromium"),
     });

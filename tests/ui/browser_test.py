@@ -480,6 +480,59 @@ def test_instance_logs(d):
     check("instance", "no console errors", not console_errors(d))
 
 
+def row_status(d, name):
+    rows = d.find_elements(By.CSS_SELECTOR, f"tr[data-row='{name}']")
+    return rows[0].get_attribute("data-status") if rows else None
+
+
+def test_instance_actions(d):
+    d.get(BASE + "/instances")
+    wait(d, settled, "instances")
+    name = d.find_element(By.CSS_SELECTOR, "[data-testid=create-form] [name=name]")
+    name.send_keys("Bad Name")
+    wait(d, lambda d: any(e.is_displayed() and "lowercase" in e.text
+                          for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=create-form] .field-error")),
+         "the instance name rule")
+    check("instances", "create form: name rules as you type", True)
+    name.clear()
+    name.send_keys("emb-ui", Keys.ENTER)
+    wait(d, lambda d: row_status(d, "emb-ui") is not None, "the created instance in the list")
+    check("instances", "create from a template through the form", api("GET", "/instances/emb-ui")["spec"]["template"] == "small")
+    wait(d, lambda d: row_status(d, "emb-ui") == "ready", "emb-ui ready (live, from events)", 30)
+    check("instances", "status turns ready live", True)
+    row = lambda: d.find_element(By.CSS_SELECTOR, "tr[data-row='emb-ui']")
+    row().find_element(By.XPATH, ".//button[text()='Stop']").click()
+    wait(d, lambda d: row_status(d, "emb-ui") == "stopped", "emb-ui stopped", 30)
+    check("instances", "Stop", api("GET", "/instances/emb-ui")["desired"] == "stopped")
+    row().find_element(By.XPATH, ".//button[text()='Start']").click()
+    wait(d, lambda d: row_status(d, "emb-ui") == "ready", "emb-ui ready again", 30)
+    check("instances", "Start", True)
+    row().find_element(By.XPATH, ".//button[text()='Delete']").click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "dialog[open]"), "the delete confirmation")
+    d.find_element(By.XPATH, "//dialog[@open]//button[text()='Delete']").click()
+    wait(d, lambda d: row_status(d, "emb-ui") is None, "emb-ui gone", 30)
+    check("instances", "Delete (confirmed): gone from the list and the API",
+          all(i["name"] != "emb-ui" for i in api("GET", "/instances")["instances"]))
+    check("instances", "no console errors", not console_errors(d))
+
+
+def test_restore(d):
+    """A backend that stops answering is deregistered softly; Restore brings it back."""
+    os.kill(CFG["flaky_pid"], 9)
+    bid = CFG["flaky_id"]
+    d.get(BASE + "/backends/" + bid)
+    wait(d, settled, "the flaky backend")
+    # The page reloads itself every 10 s; health checks deregister after 4 failures (~1.2 s).
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=health]").text == "deregistered",
+         "the backend to be deregistered", 30)
+    check("backend", "a failing backend shows deregistered, failures in the chart",
+          "failed" in d.find_element(By.CSS_SELECTOR, "[data-testid=health-chart]").get_attribute("aria-label"))
+    d.find_element(By.XPATH, "//button[text()='Restore']").click()
+    wait(d, lambda d: any("Restored" in t.text for t in d.find_elements(By.CSS_SELECTOR, ".toast.ok")), "the Restore toast")
+    check("backend", "Restore undoes the soft deregistration (toast from the API's answer)", True)
+    console_errors(d)
+
+
 def test_keyboard(d):
     d.get(BASE + "/")
     wait(d, settled, "dashboard")
@@ -526,6 +579,8 @@ def main():
         js(dash, "sessionStorage.setItem('multiverse-admin-key', arguments[0])", KEY)
         test_register_edit_delete(dash, d)
         test_instance_logs(d)
+        test_instance_actions(d)
+        test_restore(d)
         p = browser("playground", ("--disable-web-security",))
         test_playground(p)
     except Exception as e:  # report every check so far, then fail
