@@ -527,6 +527,7 @@ def test_restore(d):
          "the backend to be deregistered", 30)
     check("backend", "a failing backend shows deregistered, failures in the chart",
           "failed" in d.find_element(By.CSS_SELECTOR, "[data-testid=health-chart]").get_attribute("aria-label"))
+    shot(d, "backend-deregistered-1280")
     d.find_element(By.XPATH, "//button[text()='Restore']").click()
     wait(d, lambda d: any("Restored" in t.text for t in d.find_elements(By.CSS_SELECTOR, ".toast.ok")), "the Restore toast")
     check("backend", "Restore undoes the soft deregistration (toast from the API's answer)", True)
