@@ -19,6 +19,7 @@ Checks (each failure names the page and the check):
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -598,6 +599,8 @@ def main():
         for drv in (d, dash, p):
             if drv:
                 drv.quit()
+        # Chromium profiles are tens of MB each and worth nothing afterwards.
+        shutil.rmtree(CFG["work_dir"], ignore_errors=True)
     pages = {}
     for page, what, ok in RESULTS:
         pages.setdefault(page.split(" ")[0], []).append(what)
