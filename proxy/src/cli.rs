@@ -1,6 +1,7 @@
 //! The `multiverse-proxy` command line: flags over the TOML configuration, logging, and the
 //! process's signals around a [`Proxy`] — SIGTERM (and SIGQUIT) stop it gracefully, draining
-//! open requests for up to `server.drain_grace_seconds`; SIGINT stops it at once.
+//! open requests for up to `server.drain_grace_seconds`; SIGINT stops it at once. A listener
+//! that cannot be bound ends the process with exit code 2.
 
 use std::path::PathBuf;
 
@@ -90,14 +91,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let mut quit = signal(SignalKind::quit())?;
         let mut int = signal(SignalKind::interrupt())?;
         let proxy = Proxy::start(&cfg)?;
-        let how = tokio::select! {
-            _ = term.recv() => Stop::Graceful,
-            _ = quit.recv() => Stop::Graceful,
-            _ = int.recv() => Stop::Fast,
+        let ended = tokio::select! {
+            _ = term.recv() => Ok(Stop::Graceful),
+            _ = quit.recv() => Ok(Stop::Graceful),
+            _ = int.recv() => Ok(Stop::Fast),
+            reason = proxy.failed() => Err(reason),
         };
-        tracing::info!(?how, "signal received: stopping");
-        proxy.stop(how).await;
-        tracing::info!("stopped");
-        Ok(())
+        match ended {
+            Ok(how) => {
+                tracing::info!(?how, "signal received: stopping");
+                proxy.stop(how).await;
+                tracing::info!("stopped");
+                Ok(())
+            }
+            // A proxy that is alive but never ready helps nobody: exit with the reason.
+            Err(reason) => {
+                proxy.stop(Stop::Fast).await;
+                Err(anyhow::anyhow!(reason))
+            }
+        }
     })
 }

@@ -1,7 +1,7 @@
 //! The library entry point: a proxy built from a [`ProxyConfig`], started, and stopped.
 //!
-//! [`Proxy::start`] binds both listeners first (so an address in use is an error here, port 0
-//! works, and both accept connections when it returns), loads a standalone routes file if one is
+//! [`Proxy::start`] binds both listeners first (so a bad address is an error here, port 0 works,
+//! and both accept connections when it returns), loads a standalone routes file if one is
 //! configured, then runs pingora's services on runtimes of its own: the client listener on
 //! `server.threads` threads (thread per core: each thread accepts and serves its own
 //! connections), the admin listener and the route source on one more. It owns no signals and
@@ -12,7 +12,9 @@
 //! Pingora's `Server` is not used: its `run` sleeps the whole grace period on shutdown, owns the
 //! process's signals and binds listeners inside its services, where their addresses cannot be
 //! learned. Its services are started here exactly as `Server::run` starts them, with the
-//! pre-bound sockets handed over as inherited listening fds.
+//! pre-bound sockets handed over as inherited listening fds. An address still in use (a previous
+//! process draining) is left to pingora, which retries the bind every second for 30 s; until
+//! then `/ready` says 503, and if it never binds, [`Proxy::failed`] says why.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
@@ -30,7 +32,7 @@ use pingora_runtime::Runtime;
 use tokio::sync::watch;
 
 use crate::config::{ms, ConfigError, ProxyConfig};
-use crate::ops::admin::Admin;
+use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
 use crate::ops::metrics::Metrics;
 use crate::request::gateway::{Gateway, GatewayConfig};
@@ -80,6 +82,22 @@ pub struct Proxy {
     grace: Duration,
     shutdown: watch::Sender<bool>,
     runtimes: Vec<(&'static str, Runtime)>,
+    /// Why a listener left to pingora could not be bound (set at most once).
+    failure: watch::Receiver<Option<String>>,
+}
+
+/// A listener's socket: bound here, or (its address in use) left to pingora's bind retries.
+enum Bound {
+    Socket(TcpListener, SocketAddr),
+    Later(SocketAddr),
+}
+
+impl Bound {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Bound::Socket(_, addr) | Bound::Later(addr) => *addr,
+        }
+    }
 }
 
 impl Proxy {
@@ -90,7 +108,9 @@ impl Proxy {
         cfg.validate(None)?;
         let clients_listener = bind("listen.clients", &cfg.listen.clients)?;
         let admin_listener = bind("listen.admin", &cfg.listen.admin)?;
-        let (clients, admin) = (clients_listener.1, admin_listener.1);
+        let (clients, admin) = (clients_listener.addr(), admin_listener.addr());
+        let (failed, failure) = watch::channel(None);
+        let failed = Arc::new(failed);
 
         let metrics = Metrics::new();
         let source = match &cfg.standalone.routes_file {
@@ -133,19 +153,38 @@ impl Proxy {
         let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
         proxy.add_tcp(&clients.to_string());
         if let Some(app) = proxy.app_logic_mut() {
-            let mut options = HttpServerOptions::default();
+            let mut options = client_options(cfg);
             options.h2c = true;
             app.server_options = Some(options);
         }
+        // `/ready` waits until the client listener's accept loops run (its socket accepts
+        // connections from here on already: it is bound above).
+        let listening = Arc::new(Listening::default());
+        let flag = listening.clone();
+        let report = failed.clone();
+        proxy.on_listening(move |taken| match taken {
+            Ok(()) => flag.set(),
+            Err(e) => unbound(&report, "listen.clients", clients, &e),
+        });
         let mut admin_service = Service::new(
             "admin".to_string(),
             HttpServer::new_app(Admin {
                 state: state.clone(),
                 metrics: metrics.clone(),
                 node_id: node_id.clone(),
+                listening,
             }),
         );
         admin_service.add_tcp(&admin.to_string());
+        if let Some(app) = admin_service.app_logic_mut() {
+            app.server_options = Some(client_options(cfg));
+        }
+        let report = failed.clone();
+        admin_service.on_listening(move |taken| {
+            if let Err(e) = taken {
+                unbound(&report, "listen.admin", admin, &e);
+            }
+        });
         let source: Box<dyn ServiceWithDependents> = match &cfg.standalone.routes_file {
             Some(path) => Box::new(background_service(
                 "routes-reloader",
@@ -161,9 +200,11 @@ impl Proxy {
         };
 
         let mut fds = Fds::new();
-        for (listener, addr) in [clients_listener, admin_listener] {
-            // pingora takes the socket over as an inherited listener of this address.
-            fds.add(addr.to_string(), listener.into_raw_fd());
+        for bound in [clients_listener, admin_listener] {
+            if let Bound::Socket(listener, addr) = bound {
+                // pingora takes the socket over as an inherited listener of this address.
+                fds.add(addr.to_string(), listener.into_raw_fd());
+            }
         }
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
         let (shutdown, watch) = watch::channel(false);
@@ -182,6 +223,7 @@ impl Proxy {
             grace: Duration::from_secs(cfg.server.drain_grace_seconds),
             shutdown,
             runtimes: vec![("clients", serve), ("ops", ops)],
+            failure,
         })
     }
 
@@ -203,6 +245,20 @@ impl Proxy {
     /// Whether a routing table has been received (what `/ready` answers).
     pub fn is_ready(&self) -> bool {
         self.state.is_ready()
+    }
+
+    /// Resolves if a listener whose address was in use at start could not be bound in the end
+    /// (the message names the key); pends forever otherwise.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        let reason = match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// The routing state (the current table, its version).
@@ -244,18 +300,47 @@ impl Drop for Proxy {
     }
 }
 
-/// Binds `addr` for the listener named by the config `key`.
-fn bind(key: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+/// Binds `addr` for the listener named by the config `key`. A fixed address in use is left to
+/// pingora, which retries it (a previous process may still be draining on it).
+fn bind(key: &'static str, addr: &str) -> Result<Bound, StartError> {
     let err = |source| StartError::Bind {
         key,
         addr: addr.to_string(),
         source,
     };
-    let listener = TcpListener::bind(addr).map_err(err)?;
+    let listener = match TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match addr.parse::<SocketAddr>() {
+            Ok(fixed) if fixed.port() != 0 => {
+                tracing::warn!(key, addr, "address in use: retrying every second for 30 s");
+                return Ok(Bound::Later(fixed));
+            }
+            _ => return Err(err(e)),
+        },
+        Err(e) => return Err(err(e)),
+    };
     // pingora's accept loops need a non-blocking socket.
     listener.set_nonblocking(true).map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
-    Ok((listener, bound))
+    Ok(Bound::Socket(listener, bound))
+}
+
+/// A listener left to pingora could not be bound: reported once through [`Proxy::failed`].
+fn unbound(
+    report: &watch::Sender<Option<String>>,
+    key: &str,
+    addr: SocketAddr,
+    e: &pingora_error::Error,
+) {
+    let reason = format!("cannot listen on {key} = {addr}: {e}");
+    tracing::error!(%reason, "a listener could not be bound");
+    report.send_if_modified(|failure| {
+        let first = failure.is_none();
+        if first {
+            *failure = Some(reason);
+        }
+        first
+    });
 }
 
 /// A no-steal (thread per core) runtime, as pingora builds them.
@@ -308,6 +393,16 @@ fn stop_runtimes(runtimes: Vec<(&'static str, Runtime)>, timeout: Duration) {
     }
 }
 
+/// Header and keep-alive timeouts of client connections (`[clients]`; the admin listener's
+/// too).
+fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
+    options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options
+}
+
 fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
     GatewayConfig {
         upstream: UpstreamDefaults {
@@ -322,6 +417,7 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_ejection: ms(cfg.outlier.max_ejection_ms),
             max_ejection_percent: cfg.outlier.max_ejection_percent,
         },
+        header_timeout: ms(cfg.clients.header_timeout_ms),
     }
 }
 

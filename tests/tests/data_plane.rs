@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use multiverse_benches::embedding;
+use multiverse_mocks::embedding;
 use multiverse_tests::*;
 use serde_json::{json, Value};
 

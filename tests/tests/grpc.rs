@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use multiverse_benches::embedding;
+use multiverse_mocks::embedding;
 use multiverse_proto::tei::v1 as tei;
 use multiverse_tests::*;
 use tei::embed_client::EmbedClient;

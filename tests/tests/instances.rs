@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use multiverse_benches::embedding;
+use multiverse_mocks::embedding;
 use multiverse_proto::tei::v1 as tei;
 use multiverse_tests::*;
 use nix::sys::signal::Signal;

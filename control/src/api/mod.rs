@@ -10,6 +10,7 @@ pub mod events;
 pub mod gpus;
 pub mod instances;
 pub mod openapi;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -111,8 +112,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/snapshot", get(snapshot))
         .merge(gpus::router())
         .merge(admin)
+        .merge(ui::router())
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn(ui::browser_pages))
 }
 
 async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {

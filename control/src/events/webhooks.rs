@@ -40,7 +40,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// One webhook, as configured.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL the events are POSTed to.

@@ -21,7 +21,7 @@ use crate::metrics::ControlMetrics;
 pub const HISTORY: usize = 100;
 
 /// Health-check settings (`[health]` in the config).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {
     /// Time between two rounds of checks.

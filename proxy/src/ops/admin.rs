@@ -2,10 +2,12 @@
 //! a dump of the routing table the proxy runs.
 //!
 //! - `GET /healthz` — 200 while the process serves.
-//! - `GET /ready` — 200 once a routing table has been received, 503 before.
+//! - `GET /ready` — 200 once a routing table has been received and the client listener
+//!   accepts, 503 before.
 //! - `GET /metrics` — Prometheus text.
 //! - `GET /config_dump` — the table (version, source, models, endpoints; never secrets).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,11 +19,29 @@ use serde_json::json;
 use crate::ops::metrics::Metrics;
 use crate::routing::TableState;
 
+/// Set once the client listener's accept loops run (its socket, bound before, accepts from the
+/// start): the admin `/ready` answers 200 only after it. The admin listener needs no flag of its
+/// own, since it is the one answering.
+#[derive(Debug, Default)]
+pub struct Listening(AtomicBool);
+
+impl Listening {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The admin HTTP app.
 pub struct Admin {
     pub state: Arc<TableState>,
     pub metrics: Arc<Metrics>,
     pub node_id: String,
+    /// Whether the client listener is bound.
+    pub listening: Arc<Listening>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -45,7 +65,12 @@ impl ServeHttp for Admin {
             "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
             "/ready" => {
                 let table = self.state.table();
-                if self.state.is_ready() {
+                if !self.listening.is_set() {
+                    json_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "not_ready", "reason": "client listener not bound yet"}),
+                    )
+                } else if self.state.is_ready() {
                     json_reply(
                         StatusCode::OK,
                         json!({"status": "ready", "version": table.version}),

@@ -58,7 +58,7 @@ impl Held {
 
 /// Reads the body until its top-level `model` is known. A body that cannot be routed (no
 /// `model`, not JSON, over `limit`) fails with its [`ProxyError`] as the cause; a failed read
-/// from the client fails with pingora's error.
+/// from the client fails with pingora's error, marked as the client's (downstream).
 pub async fn model_from_body(
     session: &mut Session,
     limit: usize,
@@ -69,7 +69,9 @@ pub async fn model_from_body(
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;
     loop {
-        let Some(chunk) = session.read_request_body().await? else {
+        // A failed read is the client's (malformed chunked encoding, timeout, gone).
+        let read = session.read_request_body().await.map_err(|e| e.into_down());
+        let Some(chunk) = read? else {
             return Err(ProxyError::InvalidBody(scanner.finish()).into_pingora());
         };
         total += chunk.len();

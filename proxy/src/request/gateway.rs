@@ -17,9 +17,15 @@
 //! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
-//! 9. `logging` — metrics ([`Metrics`]).
+//! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//!    rate-limited.
+//!
+//! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
+//! within the header timeout (408) and CONNECT (405) with the bodies of
+//! `request_header_error_body`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,11 +36,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::ops::drain::Active;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{LogLimit, Metrics};
 use crate::request::body;
 use crate::request::classify::classify_request;
 use crate::request::ctx::RequestCtx;
-use crate::request::error::ProxyError;
+use crate::request::error::{ClientFault, ProxyError};
 use crate::request::observe::InFlight;
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
@@ -45,12 +51,18 @@ use crate::routing::pick::pick;
 use crate::routing::table::Route;
 use crate::routing::TableState;
 
+/// Client-fault log lines per second at most (the rest are counted in
+/// `client_faults_total` and summarised in the next line).
+const CLIENT_FAULT_LOGS_PER_SECOND: u32 = 10;
+
 /// Proxy-wide settings of the request path.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub upstream: UpstreamDefaults,
     pub max_body_bytes: usize,
     pub outlier: OutlierConfig,
+    /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
+    pub header_timeout: Duration,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -61,6 +73,10 @@ pub struct Gateway {
     config: GatewayConfig,
     /// Time for outlier ejection (milliseconds since the gateway was built).
     clock: Millis<Arc<dyn Clock>>,
+    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
+    /// is known yet), built once.
+    header_errors: [(u16, Bytes); 3],
+    fault_log: LogLimit,
 }
 
 impl Gateway {
@@ -70,12 +86,20 @@ impl Gateway {
         metrics: Arc<Metrics>,
         config: GatewayConfig,
     ) -> Self {
+        let header_errors = [
+            ProxyError::MalformedHeader,
+            ProxyError::ConnectNotAllowed,
+            ProxyError::HeaderTimeout(config.header_timeout),
+        ]
+        .map(|e| (e.status(), respond::openai_body(&e)));
         Self {
             state,
             active,
             metrics,
             config,
             clock: Millis::new(Arc::new(SystemClock)),
+            header_errors,
+            fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
         }
     }
 
@@ -163,7 +187,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
         if ctx.body_bytes > self.config.max_body_bytes {
-            return Err(ProxyError::TooLargeStreamed.into_pingora());
+            // the client's fault: answered 413 and logged as a client fault
+            return Err(ProxyError::TooLargeStreamed.into_pingora().into_down());
         }
         ctx.held.prepend_to(body);
         Ok(())
@@ -272,6 +297,19 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn request_header_error_body(&self, status: u16) -> Option<(&'static str, Bytes)> {
+        self.header_errors
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// pingora's "Fail to proxy" ERROR line is for the gateway's own failures; client faults
+    /// are logged by `logging` at info, rate-limited.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        ClientFault::of(e).is_some()
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
@@ -282,7 +320,24 @@ impl ProxyHttp for Gateway {
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
         if let Some(e) = e {
-            tracing::debug!(model, endpoint, status, error = %e, "request failed");
+            match ClientFault::of(e) {
+                Some(fault) => {
+                    if let Some(held_back) = self.fault_log.allow() {
+                        let path = session.req_header().uri.path();
+                        tracing::info!(
+                            fault = fault.label(),
+                            status,
+                            model,
+                            path,
+                            error = %e,
+                            held_back,
+                            "request failed by the client's doing"
+                        );
+                    }
+                    self.metrics.client_fault(fault.label());
+                }
+                None => tracing::debug!(model, endpoint, status, error = %e, "request failed"),
+            }
         }
         ctx.in_flight = None;
     }
