@@ -316,7 +316,7 @@ async fn python_examples_against_a_running_stack() {
     assert!(
         text.contains("proxy ready: yes")
             && text.contains(&format!("backend {name}: healthy"))
-            && text.contains(&format!("subscribed proxy proxy-expy: connected"))
+            && text.contains("subscribed proxy proxy-expy: connected")
             && text.ends_with("all healthy\n"),
         "{text}"
     );
