@@ -1,10 +1,11 @@
 //! The deploy artefacts in `deploy/` and the profiles in `config/`, checked with the tools their
 //! users run, offline: hadolint on the Containerfiles, podman building and running the images,
-//! `systemd-analyze verify` / `security` on the units, `kubectl kustomize` + kubernetes-validate
-//! (bundled schemas) + deploy/kubernetes/check_manifests.py on the manifests, promtool on the
-//! Prometheus config and rules, and a real Prometheus scraping both planes with the shipped
-//! scrape config. scripts/test installs the tools (scripts/ensure-deploy-tools.sh); a missing
-//! tool fails its test with the fix.
+//! shellcheck on the shell scripts, `systemd-analyze verify` / `security` on the units,
+//! `kubectl kustomize` + kubernetes-validate (bundled schemas) +
+//! deploy/kubernetes/check_manifests.py on the manifests, promtool on the Prometheus config and
+//! rules, and a real Prometheus scraping both planes with the shipped scrape config.
+//! scripts/test installs the tools (scripts/ensure-deploy-tools.sh); a missing tool fails its
+//! test with the fix.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -66,6 +67,28 @@ fn containerfiles_pass_hadolint() {
         "deploy/container/Containerfile.tei",
     ]));
     assert!(out.trim().is_empty(), "hadolint findings:\n{out}");
+}
+
+#[test]
+fn shell_scripts_pass_shellcheck() {
+    let shellcheck = require("shellcheck");
+    let mut scripts = vec![
+        "deploy/container/control-entrypoint.sh".to_string(),
+        "scripts/ensure-deploy-tools.sh".to_string(),
+    ];
+    for entry in std::fs::read_dir(root().join("examples")).expect("examples") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".sh") {
+            scripts.push(format!("examples/{name}"));
+        }
+    }
+    assert!(scripts.len() >= 6, "{scripts:?}");
+    let out = ok(Command::new(shellcheck).current_dir(root()).args(&scripts));
+    assert!(out.trim().is_empty(), "shellcheck findings:\n{out}");
 }
 
 #[test]
