@@ -724,13 +724,20 @@ async fn container_images_build_and_run() {
         ),
     )
     .expect("write config");
+    // As on Kubernetes (readOnlyRootFilesystem, no /tmp): a read-only root, the control plane's
+    // data directory a volume owned by the image's user.
     let run_args = [
         "run",
         "--detach",
         "--network=host",
         "--ulimit=nofile=4096:4096",
         "--ulimit=nproc=4096:4096",
+        "--read-only",
+        "--read-only-tmpfs=false",
     ];
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::os::unix::fs::chown(&data, Some(65532), Some(65532)).expect("chown data dir");
     ok(podman
         .cmd()
         .args(run_args)
@@ -739,6 +746,7 @@ async fn container_images_build_and_run() {
             "--volume={}:/etc/multiverse/control.toml:ro",
             dir.join("control.toml").display()
         ))
+        .arg(format!("--volume={}:/home/nonroot/data", data.display()))
         .args([
             "localhost/multiverse-control:test",
             "--config",
@@ -792,9 +800,12 @@ async fn container_images_build_and_run() {
         .await
         .expect("json");
     assert_eq!(health["control_plane_id"], "cp-image");
-    // The processes run as nonroot inside.
+    // The processes run as nonroot inside, and that user wrote the control plane's run
+    // directory into the volume.
     let top = ok(podman.cmd().args(["top", "mv-control", "user"]));
     assert!(top.contains("nonroot"), "{top}");
+    let run_dir = std::fs::metadata(data.join("run")).expect("the control plane's run dir");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&run_dir), 65532);
     drop(mock);
     drop(podman);
 }
