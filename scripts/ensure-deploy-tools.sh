@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the deploy tests (tests/tests/deploy.rs) need, only what is missing (sourced by
+# Installs what the deploy tests (tests/tests/deploy/) need, only what is missing (sourced by
 # scripts/test): Debian's podman + runc (container images), prometheus (promtool and a real
 # server) and systemd (systemd-analyze), through apt-get when root; the PyPI validators of
 # deploy/test-requirements.txt through pip. kubectl (kustomize) is used when installed.
