@@ -352,7 +352,15 @@ mod tests {
 
     #[test]
     fn example_files_parse_and_validate() {
-        for name in ["control.toml", "quickstart-control.toml"] {
+        for name in [
+            "control.toml",
+            "quickstart-control.toml",
+            "production-control.toml",
+            "development-control.toml",
+            "../deploy/kubernetes/base/config/control-gpu.toml",
+            "../deploy/kubernetes/base/config/control-backends.toml",
+            "../deploy/kubernetes/overlays/development/config/control-gpu.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);

@@ -343,7 +343,13 @@ mod tests {
 
     #[test]
     fn example_files_parse_and_validate() {
-        for name in ["proxy.toml", "quickstart-proxy.toml"] {
+        for name in [
+            "proxy.toml",
+            "quickstart-proxy.toml",
+            "production-proxy.toml",
+            "development-proxy.toml",
+            "../deploy/kubernetes/base/config/proxy.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);
