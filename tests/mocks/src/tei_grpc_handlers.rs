@@ -38,7 +38,8 @@ pub(crate) fn embed_one(
 ) -> Result<pb::EmbedResponse, TeiError> {
     let text = model::prepare(&req.inputs, req.truncate, left(req.truncation_direction))?;
     Ok(pb::EmbedResponse {
-        embeddings: model_embedding(core, &text, req.normalize),
+        // Absent means TEI's default (normalised), as on HTTP.
+        embeddings: model_embedding(core, &text, req.normalize.unwrap_or(true)),
         metadata: metadata([text.as_ref()], start),
     })
 }
