@@ -72,9 +72,17 @@ fn facts(file: &FileDescriptorProto) -> BTreeMap<String, String> {
                 .unwrap_or("IDEMPOTENCY_UNKNOWN");
             let value = format!(
                 "({}{}) returns ({}{}) {idempotency}",
-                if rpc.client_streaming() { "stream " } else { "" },
+                if rpc.client_streaming() {
+                    "stream "
+                } else {
+                    ""
+                },
                 rpc.input_type(),
-                if rpc.server_streaming() { "stream " } else { "" },
+                if rpc.server_streaming() {
+                    "stream "
+                } else {
+                    ""
+                },
                 rpc.output_type(),
             );
             facts.insert(format!("rpc {name}.{}", rpc.name()), value);
@@ -266,10 +274,8 @@ fn a_changed_number_label_type_or_rpc_is_reported() {
         ),
     ];
     let upstream = upstream();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "upstream_tei_mutated_{}",
-        std::process::id()
-    ));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("upstream_tei_mutated_{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     for (i, (from, to, expected)) in mutations.iter().enumerate() {
         assert!(text.contains(from), "upstream file has no {from:?}");

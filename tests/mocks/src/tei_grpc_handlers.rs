@@ -36,16 +36,15 @@ pub(crate) fn embed_one(
     req: pb::EmbedRequest,
     start: Instant,
 ) -> Result<pb::EmbedResponse, TeiError> {
+    let dimensions = req.dimensions.map(|d| d as usize);
+    model::check_dimensions_positive(dimensions)?;
     let text = model::prepare(&req.inputs, req.truncate, left(req.truncation_direction))?;
+    // `normalize` absent means TEI's default (normalised), as on HTTP.
+    let normalize = req.normalize.unwrap_or(true);
     Ok(pb::EmbedResponse {
-        // Absent means TEI's default (normalised), as on HTTP.
-        embeddings: model_embedding(core, &text, req.normalize.unwrap_or(true)),
+        embeddings: model::pooled_embedding(&text, core.args.dims, normalize, dimensions)?,
         metadata: metadata([text.as_ref()], start),
     })
-}
-
-pub(crate) fn model_embedding(core: &TeiCore, text: &str, normalize: bool) -> Vec<f32> {
-    super::deterministic::embedding(text, core.args.dims, normalize)
 }
 
 pub(crate) fn embed_sparse_one(

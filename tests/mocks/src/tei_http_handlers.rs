@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::deterministic::{embedding, embedding_base64};
+use super::deterministic::embedding_base64;
 use super::tei::TeiCore;
 use super::tei_model::{self as model, TeiError};
 
@@ -80,6 +80,9 @@ struct EmbedRequest {
     truncation_direction: Direction,
     #[serde(default = "yes")]
     normalize: bool,
+    /// Matryoshka truncation (`/embed` only; TEI's sparse and all-token routes ignore it).
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +143,8 @@ struct OpenAiRequest {
     input: Inputs,
     #[serde(default)]
     encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TeiError> {
@@ -178,16 +183,17 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
     let (body, (chars, tokens)) = match route {
         Route::Embed => {
             let req: EmbedRequest = parse(bytes)?;
+            model::check_dimensions_positive(req.dimensions)?;
             let texts = prepare_all(
                 core,
                 req.inputs.into_vec(),
                 req.truncate,
                 req.truncation_direction,
             )?;
-            let vectors: Vec<Vec<f32>> = texts
+            let vectors = texts
                 .iter()
-                .map(|t| embedding(t, dims, req.normalize))
-                .collect();
+                .map(|t| model::pooled_embedding(t, dims, req.normalize, req.dimensions))
+                .collect::<Result<Vec<_>, _>>()?;
             (json!(vectors), sizes(&texts))
         }
         Route::EmbedSparse | Route::EmbedAll => {
@@ -322,20 +328,21 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     )))
                 }
             };
+            model::check_dimensions_positive(req.dimensions)?;
             let texts = prepare_all(core, req.input.into_vec(), None, Direction::Right)?;
-            let data: Vec<Value> = texts
+            let data = texts
                 .iter()
                 .enumerate()
                 .map(|(index, t)| {
-                    let vector = embedding(t, dims, true);
+                    let vector = model::pooled_embedding(t, dims, true, req.dimensions)?;
                     let embedding = if base64 {
                         json!(embedding_base64(&vector))
                     } else {
                         json!(vector)
                     };
-                    json!({"object": "embedding", "embedding": embedding, "index": index})
+                    Ok(json!({"object": "embedding", "embedding": embedding, "index": index}))
                 })
-                .collect();
+                .collect::<Result<Vec<Value>, TeiError>>()?;
             let (chars, tokens) = sizes(&texts);
             let body = json!({
                 "object": "list",

@@ -242,6 +242,44 @@ pub fn prepare(text: &str, truncate: bool, left: bool) -> Result<Cow<'_, str>, T
     ))
 }
 
+/// The first of TEI's Matryoshka checks (`embed_pooled` in TEI's `core/src/infer.rs`), made
+/// before the input is tokenised: `dimensions` must be positive.
+pub fn check_dimensions_positive(dimensions: Option<usize>) -> Result<(), TeiError> {
+    if dimensions == Some(0) {
+        return Err(TeiError::unprocessable(
+            "Input validation error: `dimensions` should be positive",
+        ));
+    }
+    Ok(())
+}
+
+/// The pooled embedding TEI returns for `text`: the model's `model_dims` components, cut to
+/// the first `dimensions` when asked (Matryoshka), *then* normalised when `normalize` — TEI's
+/// order, so a truncated vector has unit length again. More `dimensions` than the model has is
+/// TEI's validation error (checked after the input, as TEI does).
+///
+/// The deterministic components are a stream, so the first `k` of the full vector are exactly
+/// the `k`-dimensional embedding's: truncating then normalising gives `embedding(text, k, ..)`.
+pub fn pooled_embedding(
+    text: &str,
+    model_dims: usize,
+    normalize: bool,
+    dimensions: Option<usize>,
+) -> Result<Vec<f32>, TeiError> {
+    check_dimensions_positive(dimensions)?;
+    let dims = match dimensions {
+        Some(d) if d > model_dims => {
+            return Err(TeiError::unprocessable(
+                "Input validation error: `dimensions` should be smaller than the maximum \
+                 embedding dimension.",
+            ))
+        }
+        Some(d) => d,
+        None => model_dims,
+    };
+    Ok(embedding(text, dims, normalize))
+}
+
 /// A sparse embedding: one `(token id, weight)` per distinct word, sorted by id.
 pub fn sparse(text: &str) -> Vec<(u32, f32)> {
     let mut entries: Vec<(u32, f32)> = word_spans(text)
@@ -424,6 +462,43 @@ mod tests {
         );
         let cut = prepare(&long, true, false).expect("truncated");
         assert_eq!(count_tokens(&cut), MAX_INPUT_LENGTH);
+    }
+
+    #[test]
+    fn matryoshka_truncates_then_normalises() {
+        let full_raw = embedding("some text", 16, false);
+        let cut = pooled_embedding("some text", 16, true, Some(4)).expect("4 of 16");
+        // TEI's order: the first 4 raw components, scaled to unit length.
+        let norm = full_raw[..4]
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let expected: Vec<f32> = full_raw[..4]
+            .iter()
+            .map(|x| (f64::from(*x) / norm) as f32)
+            .collect();
+        assert_eq!(cut, expected);
+        assert_ne!(cut[..], embedding("some text", 16, true)[..4]);
+        let raw = pooled_embedding("some text", 16, false, Some(4)).expect("raw");
+        assert_eq!(raw, full_raw[..4]);
+        assert_eq!(
+            pooled_embedding("some text", 16, true, Some(16)).expect("all"),
+            embedding("some text", 16, true)
+        );
+        assert_eq!(
+            pooled_embedding("some text", 16, true, None).expect("none"),
+            embedding("some text", 16, true)
+        );
+        for bad in [0, 17] {
+            let e = pooled_embedding("x", 16, true, Some(bad)).expect_err("refused");
+            assert_eq!(
+                (e.kind, e.error_type()),
+                (ErrorKind::Unprocessable, "validation")
+            );
+            assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(e.message.contains("`dimensions`"), "{}", e.message);
+        }
     }
 
     #[test]
