@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::deterministic::embedding_base64;
 use super::tei::TeiCore;
+use super::tei_batching::Load;
 use super::tei_model::{self as model, TeiError};
 
 /// The model routes.
@@ -40,6 +41,8 @@ pub(crate) struct Answer {
     pub chars: usize,
     /// Tokens processed.
     pub tokens: usize,
+    /// What the model is asked for (`None`: tokenizer only).
+    pub load: Option<Load>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +183,8 @@ fn sizes<'a>(texts: impl IntoIterator<Item = &'a String>) -> (usize, usize) {
 /// Answers one model request body for `route`.
 pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answer, TeiError> {
     let dims = core.args.dims;
-    let (body, (chars, tokens)) = match route {
+    // Each arm: the body, (chars, tokens), and how many inputs go to the model.
+    let (body, (chars, tokens), inputs) = match route {
         Route::Embed => {
             let req: EmbedRequest = parse(bytes)?;
             model::check_dimensions_positive(req.dimensions)?;
@@ -194,7 +198,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                 .iter()
                 .map(|t| model::pooled_embedding(t, dims, req.normalize, req.dimensions))
                 .collect::<Result<Vec<_>, _>>()?;
-            (json!(vectors), sizes(&texts))
+            (json!(vectors), sizes(&texts), Some(texts.len()))
         }
         Route::EmbedSparse | Route::EmbedAll => {
             let req: EmbedRequest = parse(bytes)?;
@@ -223,7 +227,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     .collect();
                 Value::Array(sparse)
             };
-            (body, sizes(&texts))
+            (body, sizes(&texts), Some(texts.len()))
         }
         Route::Rerank => {
             let req: RerankRequest = parse(bytes)?;
@@ -245,7 +249,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     rank
                 })
                 .collect();
-            (Value::Array(ranks), sizes(&all))
+            (Value::Array(ranks), sizes(&all), Some(all.len() - 1))
         }
         Route::Predict => {
             let req: PredictRequest = parse(bytes)?;
@@ -268,7 +272,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
             } else {
                 results.into_iter().next().unwrap_or_else(|| json!([]))
             };
-            (body, sizes(seqs.iter().flatten()))
+            (body, sizes(seqs.iter().flatten()), Some(seqs.len()))
         }
         Route::Similarity => {
             let req: SimilarityRequest = parse(bytes)?;
@@ -280,7 +284,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
             }
             let scores = model::similarity(&input.source_sentence, &input.sentences, dims);
             let counted = sizes(std::iter::once(&input.source_sentence).chain(&input.sentences));
-            (json!(scores), counted)
+            (json!(scores), counted, Some(input.sentences.len() + 1))
         }
         Route::Tokenize => {
             let req: TokenizeRequest = parse(bytes)?;
@@ -301,7 +305,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     Value::Array(tokens)
                 })
                 .collect();
-            (Value::Array(all), sizes(&texts))
+            (Value::Array(all), sizes(&texts), None)
         }
         Route::Decode => {
             let req: DecodeRequest = parse(bytes)?;
@@ -315,7 +319,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                 .map(|ids| core.vocab.decode(ids, req.skip_special_tokens))
                 .collect();
             let tokens = batch.iter().map(Vec::len).sum();
-            (json!(texts), (0, tokens))
+            (json!(texts), (0, tokens), None)
         }
         Route::OpenAi => {
             let req: OpenAiRequest = parse(bytes)?;
@@ -350,13 +354,18 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                 "model": core.served_model_name(),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             });
-            (body, (chars, tokens))
+            (body, (chars, tokens), Some(texts.len()))
         }
     };
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Ok(Answer {
         body,
         chars,
         tokens,
+        load: inputs.map(|n| Load {
+            inputs: to_u32(n),
+            tokens: to_u32(tokens),
+        }),
     })
 }
 

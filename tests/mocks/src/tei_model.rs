@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Unhealthy,
     /// Missing or wrong API key: 401 `unauthorized`.
     Unauthorized,
+    /// More inputs in flight than `--max-concurrent-requests`: 429 `overloaded`.
+    Overloaded,
 }
 
 /// An error as TEI reports it.
@@ -87,6 +89,11 @@ impl TeiError {
         Self::new(ErrorKind::Unauthorized, "No valid auth token")
     }
 
+    /// TEI's refusal beyond `--max-concurrent-requests` (429), with its message.
+    pub fn overloaded() -> Self {
+        Self::new(ErrorKind::Overloaded, "Model is overloaded")
+    }
+
     /// The HTTP status TEI uses for this error.
     pub fn status(&self) -> StatusCode {
         match self.kind {
@@ -96,6 +103,7 @@ impl TeiError {
             ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -107,6 +115,7 @@ impl TeiError {
             ErrorKind::Failed => "backend",
             ErrorKind::Unhealthy => "unhealthy",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -118,6 +127,7 @@ impl TeiError {
             }
             ErrorKind::Failed | ErrorKind::Unhealthy => tonic::Code::Unavailable,
             ErrorKind::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorKind::Overloaded => tonic::Code::ResourceExhausted,
         };
         tonic::Status::new(code, self.message.clone())
     }
