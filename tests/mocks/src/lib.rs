@@ -7,7 +7,8 @@
 //!   TEI's command line ([`tei_args`]) and serving either TEI's HTTP API ([`tei_http`]) or its
 //!   `tei.v1` gRPC API ([`tei_grpc`]) from a deterministic "model" ([`tei_model`]), with TEI's
 //!   Prometheus metrics ([`tei_metrics`]), an optional simulation of TEI's batching queue
-//!   ([`tei_batching`]).
+//!   ([`tei_batching`]) and process resources for supervisor tests ([`tei_resources`]: RSS
+//!   ballast, simulated per-process VRAM).
 //!
 //! Both share plumbing ([`common`]), produce deterministic outputs ([`deterministic`],
 //! [`embedding`]) and expose what they received ([`fnv1a64`] of each request body) so tests can
@@ -28,5 +29,6 @@ pub mod tei_http;
 mod tei_http_handlers;
 pub mod tei_metrics;
 pub mod tei_model;
+pub mod tei_resources;
 
 pub use deterministic::{embedding, fnv1a64};

@@ -2,11 +2,12 @@
 //!
 //! It accepts TEI's command line ([`TeiArgs`], in [`super::tei_args`]), so a supervisor can
 //! launch it exactly as it would launch TEI, plus test knobs (failure injection, latency,
-//! simulated batching, a Prometheus listener). This module holds
+//! simulated batching, RSS ballast, simulated VRAM, a Prometheus listener). This module holds
 //! the state shared by both front ends ([`TeiCore`]: admission, failure/hang injection,
 //! metrics, health) and the process entry point; the HTTP API lives in [`super::tei_http`], the
 //! gRPC API in [`super::tei_grpc`], the deterministic model in [`super::tei_model`], the
-//! inference step in [`super::tei_batching`], the metrics in [`super::tei_metrics`].
+//! inference step in [`super::tei_batching`], the metrics in [`super::tei_metrics`], the
+//! process resources in [`super::tei_resources`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use super::common::{self, Running, Shutdown, Stats};
 use super::tei_batching::{Batching, Load, Timing};
 use super::tei_metrics::{self, TeiMetrics};
 use super::tei_model::{TeiError, Vocab};
-use super::{tei_grpc, tei_http};
+use super::{tei_grpc, tei_http, tei_resources};
 
 pub use super::tei_args::{DType, Pooling, TeiArgs};
 
@@ -236,7 +237,8 @@ pub async fn serve(
     served
 }
 
-/// Binds and serves in a background task of the current runtime (for in-process tests).
+/// Binds and serves in a background task of the current runtime (for in-process tests; the
+/// process resources of [`run`] — ballast, simulated VRAM — are not acquired).
 pub async fn spawn(args: TeiArgs) -> anyhow::Result<Running> {
     let (listener, addr) = bind(&args).await?;
     let prometheus = bind_prometheus(&args).await?.map(|(l, _)| l);
@@ -245,11 +247,14 @@ pub async fn spawn(args: TeiArgs) -> anyhow::Result<Running> {
     Ok(Running::new(addr, shutdown, handle))
 }
 
-/// The whole process: wait `--startup-delay-ms`, bind, announce `LISTENING <addr>` (and
-/// `PROMETHEUS <addr>`), serve until SIGTERM/SIGINT.
+/// The whole process: take the process resources (RSS ballast, simulated VRAM record), wait
+/// `--startup-delay-ms`, bind, announce `LISTENING <addr>` (and `PROMETHEUS <addr>`), serve
+/// until SIGTERM/SIGINT, then give the resources back (the VRAM record is removed).
 pub async fn run(args: TeiArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    let resources = tei_resources::Resources::acquire(&args)?;
+    resources.grow_in_background(&args, shutdown.clone());
     if args.startup_delay_ms > 0 {
         tracing::info!(ms = args.startup_delay_ms, "simulating model loading");
         tokio::select! {
@@ -264,5 +269,7 @@ pub async fn run(args: TeiArgs) -> anyhow::Result<()> {
         common::announce_as("PROMETHEUS", addr);
         listener
     });
-    serve(args, listener, prometheus, shutdown).await
+    let result = serve(args, listener, prometheus, shutdown).await;
+    drop(resources);
+    result
 }

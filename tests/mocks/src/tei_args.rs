@@ -1,6 +1,6 @@
 //! The command line of `mock-tei`: TEI's `text-embeddings-router` flags (each also readable
 //! from its environment variable, as TEI's are), then the mock's own knobs (failure injection,
-//! simulated batching, a Prometheus listener).
+//! simulated batching, RSS ballast, simulated VRAM, a Prometheus listener).
 
 use clap::{Parser, ValueEnum};
 
@@ -244,4 +244,50 @@ pub struct TeiArgs {
     /// picks a free one). Without it that port is not bound.
     #[arg(long, help_heading = "Mock knobs")]
     pub serve_prometheus: bool,
+
+    /// Allocate and touch this many MiB at start (before binding), so the process's RSS
+    /// includes them, like a loaded model.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 0,
+        help_heading = "Mock knobs"
+    )]
+    pub ballast_mb: u64,
+
+    /// Then grow the ballast by this many MiB per second (in ten steps a second), to exceed a
+    /// memory limit on purpose.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 0,
+        help_heading = "Mock knobs"
+    )]
+    pub ballast_grow_mb_per_sec: u64,
+
+    /// Stop growing once the ballast holds this many MiB [default: no limit].
+    #[arg(long, value_name = "MIB", help_heading = "Mock knobs")]
+    pub ballast_max_mb: Option<u64>,
+
+    /// Report this many MiB of VRAM used by this process to simulated GPUs: write
+    /// `<--simulated-gpu-dir>/<pid>.json` = {"pid", "start_time_ticks", "gpu",
+    /// "cuda_visible_devices", "device_id", "used_memory_bytes"} at start (atomically), remove
+    /// it on exit. `gpu` is the `CUDA_VISIBLE_DEVICES` entry at --device-id (or --device-id
+    /// itself when that variable is unset).
+    #[arg(
+        long,
+        value_name = "MIB",
+        requires = "simulated_gpu_dir",
+        help_heading = "Mock knobs"
+    )]
+    pub simulated_vram_mb: Option<u64>,
+
+    /// The directory the simulated GPUs read per-process VRAM from (created if missing).
+    #[arg(
+        long,
+        env = "MULTIVERSE_SIMULATED_GPU_DIR",
+        value_name = "DIR",
+        help_heading = "Mock knobs"
+    )]
+    pub simulated_gpu_dir: Option<std::path::PathBuf>,
 }
