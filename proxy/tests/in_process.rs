@@ -191,21 +191,58 @@ async fn a_graceful_stop_lets_the_open_request_finish_and_refuses_new_ones() {
 }
 
 #[tokio::test]
-async fn a_listener_address_in_use_is_an_error_that_names_the_key() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+async fn an_unbindable_address_is_an_error_that_names_the_key() {
     let up = upstream(Duration::ZERO).await;
-    let (mut cfg, dir) = config("taken", up);
-    cfg.listen.admin = taken.local_addr().expect("addr").to_string();
+    let (mut cfg, dir) = config("unbindable", up);
+    // 192.0.2.1 is TEST-NET-1, on no interface here: the bind fails at once.
+    cfg.listen.admin = "192.0.2.1:9".into();
     match Proxy::start(&cfg) {
         Err(e @ StartError::Bind { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("listen.admin"), "{msg}");
         }
         Err(e) => panic!("unexpected error: {e}"),
-        Ok(_) => panic!("started on an address in use"),
+        Ok(_) => panic!("started on an address of no interface"),
     }
     // An invalid config is refused before anything binds.
     cfg.listen.admin = "nope".into();
     assert!(matches!(Proxy::start(&cfg), Err(StartError::Config(_))));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A port still held (a previous process draining on it) is retried, as pingora does: the
+/// proxy starts, is not ready until the port is free, then serves on it.
+#[tokio::test]
+async fn a_client_port_still_in_use_is_taken_once_free() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held = holder.local_addr().expect("addr");
+    let up = upstream(Duration::ZERO).await;
+    let (mut cfg, dir) = config("held", up);
+    cfg.listen.clients = held.to_string();
+    let proxy = Proxy::start(&cfg).expect("starts while the port is held");
+    assert_eq!(proxy.clients_addr(), held);
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, admin: SocketAddr| async move {
+        client
+            .get(format!("http://{admin}/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+    };
+    assert_eq!(
+        ready(client.clone(), proxy.admin_addr()).await,
+        Some(503),
+        "not ready while another socket holds the client port"
+    );
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready(client.clone(), proxy.admin_addr()).await != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = chat(&client, held).await.expect("served on the freed port");
+    assert_eq!(resp.status(), 200);
+    proxy.stop(Stop::Fast).await;
     let _ = std::fs::remove_dir_all(dir);
 }
