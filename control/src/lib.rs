@@ -7,7 +7,7 @@
 //! - [`instances`] — TEI processes: specs, supervision, probes, logs;
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable);
 //! - [`events`] — instance lifecycle events: log, SSE, webhooks;
-//! - [`state`] — the durable desired state;
+//! - [`store`] — the durable desired state: its records, its file and its one writer;
 //! - [`routes`] — desired state → the snapshot proxies receive;
 //! - [`discovery`] — the gRPC stream to proxies (publisher, per-proxy status);
 //! - [`api`] — the operator REST API;
@@ -27,4 +27,4 @@ pub mod health;
 pub mod instances;
 pub mod metrics;
 pub mod routes;
-pub mod state;
+pub mod store;

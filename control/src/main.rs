@@ -25,7 +25,7 @@ use multiverse_control::instances::supervisor::Settings;
 use multiverse_control::instances::{Deps, Manager, ManagerSettings};
 use multiverse_control::metrics::ControlMetrics;
 use multiverse_control::routes;
-use multiverse_control::state::{StateFile, Store};
+use multiverse_control::store::{StateFile, Store};
 
 /// Multiverse control plane: backends, routes and discovery for proxies.
 #[derive(Debug, Parser)]
@@ -88,9 +88,8 @@ async fn run() -> anyhow::Result<()> {
     }
     let state_file = StateFile::new(&cfg.data_dir());
     let (store, persisted) = Store::open(state_file.clone())?;
-    let store = Arc::new(store);
     let registry = Arc::new(Registry::open(
-        Some(store.clone()),
+        store.clone(),
         persisted.backends,
         &cfg.backends,
         cfg.admin.max_backends,
@@ -142,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
         cfg.templates.clone(),
         persisted.instances,
         Deps {
-            store: Some(store.clone()),
+            store,
             events: events.clone(),
             changed: registry.changed.clone(),
             gpus: gpus.clone(),

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use multiverse_proto::discovery::v1 as pb;
 
-use crate::backends::registry::{BackendRecord, Registry};
+use crate::backends::registry::Registry;
 use crate::discovery::publisher::Publisher;
 use crate::instances::{InstanceRoute, Manager};
+use crate::store::BackendRecord;
 
 /// Builds the snapshot for backends (with their health) and serving TEI instances.
 pub fn snapshot(
@@ -42,7 +43,7 @@ pub fn snapshot(
         for name in &b.models {
             let model = models.entry(name.as_str()).or_insert_with(|| pb::Model {
                 name: name.clone(),
-                kind: b.kind() as i32,
+                kind: b.model_kind() as i32,
                 policy: Some(pb::RoutingPolicy::default()),
                 endpoints: Vec::new(),
             });

@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 
 use super::{body, ApiError, ApiState};
 use crate::backends::probe::{self, CheckResult};
-use crate::backends::registry::{new_id, BackendRecord, BackendView, RegistryError};
+use crate::backends::registry::{new_id, BackendView, RegistryError};
 use crate::backends::{parse_url, ssrf, BackendSpec};
+use crate::store::BackendRecord;
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -95,6 +96,7 @@ async fn register(
     let view = s
         .registry
         .insert(record, check, &s.health)
+        .await
         .map_err(registry_error)?;
     tracing::info!(backend = %view.name, id = %view.id, models = ?view.models, "backend registered");
     Ok((StatusCode::CREATED, Json(view)))
@@ -119,6 +121,7 @@ async fn update(
     let view = s
         .registry
         .update(record, check, &s.health)
+        .await
         .map_err(registry_error)?;
     tracing::info!(backend = %view.name, id = %view.id, "backend updated");
     Ok(Json(view))
@@ -128,7 +131,7 @@ async fn deregister(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.registry.remove(&id).map_err(registry_error)?;
+    s.registry.remove(&id).await.map_err(registry_error)?;
     tracing::info!(id = %id, "backend deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -151,7 +154,11 @@ async fn restore(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<BackendView>, ApiError> {
-    s.registry.restore(&id).map(Json).map_err(registry_error)
+    s.registry
+        .restore(&id)
+        .await
+        .map(Json)
+        .map_err(registry_error)
 }
 
 fn validation(field: &str, message: String) -> ApiError {

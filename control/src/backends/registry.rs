@@ -1,94 +1,24 @@
 //! The registry of backends: those declared in config and those registered through the API
-//! (persisted), each with its health. Every change is saved (API backends) and signalled, so a
-//! new snapshot reaches the proxies.
+//! (persisted), each with its health. Every change is signalled, so a new snapshot reaches the
+//! proxies.
+//!
+//! API backends are persisted through the [`Store`]'s writer: a mutation changes the map and
+//! sends the record to the writer under the registry's lock (so the file sees changes in the same
+//! order), then awaits the save with the lock released — the fsync never happens under it. A
+//! failed save puts back what the file holds and answers `STATE_WRITE_FAILED`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use multiverse_common::{Health, ModelKind};
 use multiverse_proto::discovery::v1 as pb;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::probe::CheckResult;
-use super::{parse_kind, parse_url, BackendSpec};
+use super::BackendSpec;
 use crate::health::{HealthRecord, HealthSettings, Transition};
-use crate::state::{StateError, Store};
-
-/// A backend as stored (the state file's `[[backends]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendRecord {
-    /// Stable id, assigned at registration.
-    pub id: String,
-    pub name: String,
-    pub url: String,
-    pub models: Vec<String>,
-    pub kind: String,
-    pub weight: u32,
-    #[serde(default)]
-    pub owner: String,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    /// Secret: kept in the 0600 state file, never returned by the API or logged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<String>,
-    /// The address proxies connect to when it was pinned at registration (public-only mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned_address: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    /// Softly deregistered by health checking; restorable.
-    #[serde(default)]
-    pub deregistered: bool,
-}
-
-impl BackendRecord {
-    /// The endpoint this backend contributes to each of its models.
-    pub fn endpoint(&self, health: pb::HealthStatus) -> Option<pb::Endpoint> {
-        let target = parse_url(&self.url).ok()?;
-        Some(pb::Endpoint {
-            id: self.name.clone(),
-            address: self.pinned_address.clone().unwrap_or(target.address),
-            protocol: pb::Protocol::Http1 as i32,
-            weight: self.weight,
-            health: health as i32,
-            labels: self.tags.clone().into_iter().collect(),
-            source: Some(pb::EndpointSource {
-                kind: pb::SourceKind::ExternalBackend as i32,
-                name: self.name.clone(),
-            }),
-            tls: target.tls,
-            host: target.host,
-            path_prefix: target.path_prefix,
-            upstream_api_key: self.api_key.clone().unwrap_or_default(),
-        })
-    }
-
-    /// The model kind, defaulting to chat.
-    pub fn kind(&self) -> pb::ModelKind {
-        parse_kind(Some(&self.kind)).unwrap_or(pb::ModelKind::Chat)
-    }
-
-    #[cfg(test)]
-    pub fn example(name: &str) -> Self {
-        BackendRecord {
-            id: format!("bk-{name}"),
-            name: name.into(),
-            url: "http://127.0.0.1:8000".into(),
-            models: vec!["demo".into()],
-            kind: "chat".into(),
-            weight: 1,
-            owner: "ops".into(),
-            tags: BTreeMap::from([("team".into(), "a".into())]),
-            api_key: Some("sk-secret".into()),
-            pinned_address: None,
-            created_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            deregistered: false,
-        }
-    }
-}
+use crate::store::{BackendRecord, Revisions, SaveFailed, Saving, StateError, Store};
 
 /// Where a backend was declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,10 +99,17 @@ impl Entry {
     }
 }
 
+/// The map and its bookkeeping, behind one lock.
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    revisions: Revisions,
+}
+
 /// All backends, by id.
 pub struct Registry {
-    entries: Mutex<BTreeMap<String, Entry>>,
-    state: Option<Arc<Store>>,
+    inner: Mutex<Inner>,
+    store: Store,
     max_backends: usize,
     /// Signalled on every change that affects routes.
     pub changed: Arc<Notify>,
@@ -184,10 +121,17 @@ pub fn new_id() -> String {
     format!("bk-{n:016x}")
 }
 
+/// A change sent to the writer: which key, which revision, the save to await.
+struct Pending {
+    id: String,
+    rev: u64,
+    saving: Saving<Option<BackendRecord>>,
+}
+
 impl Registry {
     /// Loads the persisted backends and adds the config-declared ones (id `cfg-<name>`).
     pub fn open(
-        state: Option<Arc<Store>>,
+        store: Store,
         persisted: Vec<BackendRecord>,
         config: &[BackendSpec],
         max_backends: usize,
@@ -223,135 +167,182 @@ impl Registry {
             entries.insert(record.id.clone(), Entry::new(record, Source::Api));
         }
         Self {
-            entries: Mutex::new(entries),
-            state,
+            inner: Mutex::new(Inner {
+                entries,
+                revisions: Revisions::default(),
+            }),
+            store,
             max_backends,
             changed: Arc::new(Notify::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn list(&self) -> Vec<BackendView> {
-        self.lock().values().map(Entry::view).collect()
+        self.lock().entries.values().map(Entry::view).collect()
     }
 
     pub fn get(&self, id: &str) -> Option<BackendView> {
-        self.lock().get(id).map(Entry::view)
+        self.lock().entries.get(id).map(Entry::view)
     }
 
     /// The persisted record (with its key), for updates that keep unchanged fields.
     pub fn record(&self, id: &str) -> Option<BackendRecord> {
-        self.lock().get(id).map(|e| e.record.clone())
+        self.lock().entries.get(id).map(|e| e.record.clone())
+    }
+
+    /// Sends the persisted form of `id` (its record, or its removal) to the writer; under the
+    /// lock, so the writer sees the changes in the map's order.
+    fn send(&self, inner: &mut Inner, id: &str) -> Pending {
+        let rev = inner.revisions.begin(id);
+        let saving = match inner.entries.get(id) {
+            Some(e) => self.store.put_backend(e.record.clone()),
+            None => self.store.remove_backend(id),
+        };
+        Pending {
+            id: id.to_string(),
+            rev,
+            saving,
+        }
+    }
+
+    /// Awaits a save (no lock held); on failure puts the file's record back into the map, unless
+    /// a later change of the same backend was sent meanwhile (its outcome decides).
+    async fn settle(&self, pending: Pending) -> Result<(), StateError> {
+        let result = pending.saving.done().await;
+        let mut inner = self.lock();
+        let latest = inner.revisions.finish(&pending.id, pending.rev);
+        let Err(SaveFailed { error, durable }) = result else {
+            drop(inner);
+            self.changed.notify_one();
+            return Ok(());
+        };
+        tracing::error!(error = %error, backend = %pending.id, "could not save the state; the change was undone");
+        if let (true, Some(durable)) = (latest, durable) {
+            match durable {
+                Some(record) => match inner.entries.get_mut(&pending.id) {
+                    Some(e) => e.record = record,
+                    None => {
+                        inner
+                            .entries
+                            .insert(pending.id.clone(), Entry::new(record, Source::Api));
+                    }
+                },
+                None => {
+                    inner.entries.remove(&pending.id);
+                }
+            }
+        }
+        drop(inner);
+        self.changed.notify_one();
+        Err(error)
     }
 
     /// Adds a checked backend; `initial` is the check that admitted it.
-    pub fn insert(
+    pub async fn insert(
         &self,
         record: BackendRecord,
         initial: CheckResult,
         settings: &HealthSettings,
     ) -> Result<BackendView, RegistryError> {
-        let mut entries = self.lock();
-        if entries.values().any(|e| e.record.name == record.name) {
-            return Err(RegistryError::Exists(record.name));
-        }
-        if entries.len() >= self.max_backends {
-            return Err(RegistryError::MaxReached(self.max_backends));
-        }
-        let mut entry = Entry::new(record, Source::Api);
-        entry.health.record(initial, settings);
-        let view = entry.view();
-        let id = entry.record.id.clone();
-        entries.insert(id.clone(), entry);
-        if let Err(e) = self.persist(&entries) {
-            entries.remove(&id);
-            return Err(e.into());
-        }
-        drop(entries);
-        self.changed.notify_one();
+        let (view, pending) = {
+            let mut inner = self.lock();
+            if inner.entries.values().any(|e| e.record.name == record.name) {
+                return Err(RegistryError::Exists(record.name));
+            }
+            if inner.entries.len() >= self.max_backends {
+                return Err(RegistryError::MaxReached(self.max_backends));
+            }
+            let mut entry = Entry::new(record, Source::Api);
+            entry.health.record(initial, settings);
+            let view = entry.view();
+            let id = entry.record.id.clone();
+            inner.entries.insert(id.clone(), entry);
+            (view, self.send(&mut inner, &id))
+        };
+        self.settle(pending).await?;
         Ok(view)
     }
 
     /// Replaces a backend's record (same id), after a successful check.
-    pub fn update(
+    pub async fn update(
         &self,
         record: BackendRecord,
         check: CheckResult,
         settings: &HealthSettings,
     ) -> Result<BackendView, RegistryError> {
-        let mut entries = self.lock();
-        let id = record.id.clone();
-        if entries
-            .values()
-            .any(|e| e.record.name == record.name && e.record.id != id)
-        {
-            return Err(RegistryError::Exists(record.name));
-        }
-        let entry = entries
-            .get_mut(&id)
-            .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
-        if entry.source == Source::Config {
-            return Err(RegistryError::ConfigOwned(entry.record.name.clone()));
-        }
-        let previous = std::mem::replace(&mut entry.record, record);
-        entry.health.record(check, settings);
-        let view = entry.view();
-        if let Err(e) = self.persist(&entries) {
-            if let Some(entry) = entries.get_mut(&id) {
-                entry.record = previous;
+        let (view, pending) = {
+            let mut inner = self.lock();
+            let id = record.id.clone();
+            if inner
+                .entries
+                .values()
+                .any(|e| e.record.name == record.name && e.record.id != id)
+            {
+                return Err(RegistryError::Exists(record.name));
             }
-            return Err(e.into());
-        }
-        drop(entries);
-        self.changed.notify_one();
+            let entry = inner
+                .entries
+                .get_mut(&id)
+                .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+            if entry.source == Source::Config {
+                return Err(RegistryError::ConfigOwned(entry.record.name.clone()));
+            }
+            entry.record = record;
+            entry.health.record(check, settings);
+            let view = entry.view();
+            (view, self.send(&mut inner, &id))
+        };
+        self.settle(pending).await?;
         Ok(view)
     }
 
     /// Removes a backend.
-    pub fn remove(&self, id: &str) -> Result<(), RegistryError> {
-        let mut entries = self.lock();
-        match entries.get(id) {
-            None => return Err(RegistryError::NotFound(id.to_string())),
-            Some(e) if e.source == Source::Config => {
-                return Err(RegistryError::ConfigOwned(e.record.name.clone()))
+    pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
+        let pending = {
+            let mut inner = self.lock();
+            match inner.entries.get(id) {
+                None => return Err(RegistryError::NotFound(id.to_string())),
+                Some(e) if e.source == Source::Config => {
+                    return Err(RegistryError::ConfigOwned(e.record.name.clone()))
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        }
-        let removed = entries.remove(id);
-        if let Err(e) = self.persist(&entries) {
-            if let Some(entry) = removed {
-                entries.insert(id.to_string(), entry);
-            }
-            return Err(e.into());
-        }
-        drop(entries);
-        self.changed.notify_one();
+            inner.entries.remove(id);
+            self.send(&mut inner, id)
+        };
+        self.settle(pending).await?;
         Ok(())
     }
 
     /// Undoes a soft deregistration.
-    pub fn restore(&self, id: &str) -> Result<BackendView, RegistryError> {
-        let mut entries = self.lock();
-        let entry = entries
-            .get_mut(id)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        entry.record.deregistered = false;
-        entry.health = HealthRecord::default();
-        let view = entry.view();
-        if entry.source == Source::Api {
-            self.persist(&entries)?;
+    pub async fn restore(&self, id: &str) -> Result<BackendView, RegistryError> {
+        let (view, pending) = {
+            let mut inner = self.lock();
+            let entry = inner
+                .entries
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+            entry.record.deregistered = false;
+            entry.health = HealthRecord::default();
+            let view = entry.view();
+            let pending = (entry.source == Source::Api).then(|| self.send(&mut inner, id));
+            (view, pending)
+        };
+        match pending {
+            Some(p) => self.settle(p).await?,
+            None => self.changed.notify_one(),
         }
-        drop(entries);
-        self.changed.notify_one();
         Ok(view)
     }
 
     /// Backends to check this round (not deregistered).
     pub fn check_targets(&self) -> Vec<CheckTarget> {
         self.lock()
+            .entries
             .values()
             .filter(|e| !e.record.deregistered)
             .map(|e| CheckTarget {
@@ -363,25 +354,31 @@ impl Registry {
             .collect()
     }
 
-    /// Counts a check result; a status change (or deregistration) is signalled for a push.
+    /// Counts a check result; a status change (or deregistration) is signalled for a push. A
+    /// deregistration is saved in the background: a failed save is logged and the backend stays
+    /// deregistered here (it is checked no more either way).
     pub fn record_check(
         &self,
         id: &str,
         result: CheckResult,
         settings: &HealthSettings,
     ) -> Option<Transition> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(id)?;
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(id)?;
         let t = entry.health.record(result, settings)?;
         if t.deregistered {
             entry.record.deregistered = true;
             if entry.source == Source::Api {
-                if let Err(e) = self.persist(&entries) {
-                    tracing::error!(error = %e, "could not save the deregistration");
-                }
+                let saving = self.store.put_backend(entry.record.clone());
+                let id = id.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = saving.done().await {
+                        tracing::error!(error = %e.error, backend = %id, "could not save the deregistration");
+                    }
+                });
             }
         }
-        drop(entries);
+        drop(inner);
         self.changed.notify_one();
         Some(t)
     }
@@ -389,6 +386,7 @@ impl Registry {
     /// What the snapshot is built from: every routable backend with its pushed health.
     pub fn routable(&self) -> Vec<(BackendRecord, pb::HealthStatus)> {
         self.lock()
+            .entries
             .values()
             .filter(|e| !e.record.deregistered)
             .map(|e| {
@@ -396,18 +394,6 @@ impl Registry {
                 (e.record.clone(), health.into())
             })
             .collect()
-    }
-
-    fn persist(&self, entries: &BTreeMap<String, Entry>) -> Result<(), StateError> {
-        let Some(store) = &self.state else {
-            return Ok(());
-        };
-        let backends = entries
-            .values()
-            .filter(|e| e.source == Source::Api)
-            .map(|e| e.record.clone())
-            .collect();
-        store.update(|s| s.backends = backends)
     }
 }
 
@@ -425,7 +411,7 @@ impl Entry {
 mod tests {
     use super::*;
     use crate::health::Status;
-    use crate::state::StateFile;
+    use crate::store::StateFile;
 
     fn ok() -> CheckResult {
         CheckResult {
@@ -437,36 +423,115 @@ mod tests {
         }
     }
 
-    #[test]
-    fn insert_conflicts_limits_and_persistence() {
-        let dir = std::env::temp_dir().join(format!("mv-reg-{}", std::process::id()));
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mv-reg-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&dir);
+        dir
+    }
+
+    fn open(dir: &std::path::Path, max: usize) -> Registry {
+        let (store, state) = Store::open(StateFile::new(dir)).expect("open");
+        Registry::open(store, state.backends, &[], max)
+    }
+
+    #[tokio::test]
+    async fn insert_conflicts_limits_and_persistence() {
+        let dir = dir("insert");
         let s = HealthSettings::default();
-        let open = |dir: &std::path::Path| {
-            let (store, state) = Store::open(StateFile::new(dir)).expect("open");
-            Registry::open(Some(Arc::new(store)), state.backends, &[], 2)
-        };
-        let reg = open(&dir);
+        let reg = open(&dir, 2);
         let a = reg
             .insert(BackendRecord::example("a"), ok(), &s)
+            .await
             .expect("insert a");
         assert_eq!(a.health.status, Status::Healthy);
         assert!(a.has_api_key);
         assert!(matches!(
-            reg.insert(BackendRecord::example("a"), ok(), &s),
+            reg.insert(BackendRecord::example("a"), ok(), &s).await,
             Err(RegistryError::Exists(_))
         ));
         reg.insert(BackendRecord::example("b"), ok(), &s)
+            .await
             .expect("insert b");
         assert!(matches!(
-            reg.insert(BackendRecord::example("c"), ok(), &s),
+            reg.insert(BackendRecord::example("c"), ok(), &s).await,
             Err(RegistryError::MaxReached(2))
         ));
         // Reopening restores both with their ids.
-        let again = open(&dir);
+        let again = open(&dir, 2);
         let ids: Vec<_> = again.list().into_iter().map(|v| v.id).collect();
         assert_eq!(ids, vec!["bk-a".to_string(), "bk-b".to_string()]);
-        again.remove("bk-a").expect("remove");
+        again.remove("bk-a").await.expect("remove");
         assert_eq!(again.routable().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn failed_saves_roll_back_every_mutation() {
+        let dir = dir("rollback");
+        let s = HealthSettings::default();
+        let reg = open(&dir, 8);
+        reg.insert(BackendRecord::example("a"), ok(), &s)
+            .await
+            .expect("insert a");
+        // From now on the state file cannot be written: its directory is a regular file.
+        std::fs::remove_dir_all(&dir).expect("rm");
+        std::fs::write(&dir, "not a directory").expect("file");
+
+        let err = reg.insert(BackendRecord::example("b"), ok(), &s).await;
+        assert!(matches!(err, Err(RegistryError::State(_))), "{err:?}");
+        assert!(reg.get("bk-b").is_none(), "the insert was undone");
+
+        let mut changed = BackendRecord::example("a");
+        changed.weight = 9;
+        let err = reg.update(changed, ok(), &s).await;
+        assert!(matches!(err, Err(RegistryError::State(_))), "{err:?}");
+        assert_eq!(
+            reg.record("bk-a").expect("kept").weight,
+            1,
+            "the update was undone"
+        );
+
+        let err = reg.remove("bk-a").await;
+        assert!(matches!(err, Err(RegistryError::State(_))), "{err:?}");
+        assert!(reg.get("bk-a").is_some(), "the removal was undone");
+        assert_eq!(reg.routable().len(), 1);
+
+        // Writable again: what is in memory is what a restart finds.
+        std::fs::remove_file(&dir).expect("rm");
+        reg.insert(BackendRecord::example("c"), ok(), &s)
+            .await
+            .expect("insert c");
+        let again = open(&dir, 8);
+        let ids: Vec<_> = again.list().into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["bk-a", "bk-c"]);
+        assert_eq!(again.record("bk-a").expect("a").weight, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_reach_the_file_in_the_order_of_the_map() {
+        let dir = dir("order");
+        let s = HealthSettings::default();
+        let reg = Arc::new(open(&dir, 8));
+        reg.insert(BackendRecord::example("a"), ok(), &s)
+            .await
+            .expect("insert a");
+        let updates = (1..=20).map(|w| {
+            let reg = reg.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut r = BackendRecord::example("a");
+                r.weight = w;
+                reg.update(r, ok(), &s).await.expect("update");
+            })
+        });
+        for u in futures::future::join_all(updates).await {
+            u.expect("task");
+        }
+        let in_memory = reg.record("bk-a").expect("a").weight;
+        let again = open(&dir, 8);
+        assert_eq!(again.record("bk-a").expect("a").weight, in_memory);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,70 +1,9 @@
 //! What an instance is: its spec (as the API, templates and the state file give it), the
 //! checks a spec passes before anything is spawned, and the TEI command line it becomes.
 
-use std::collections::BTreeMap;
-
 use multiverse_common::ModelKind;
-use serde::{Deserialize, Serialize};
 
-/// Which TEI build serves the instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// TEI's HTTP API (proxied on TEI HTTP routes and /v1/embeddings).
-    #[default]
-    Http,
-    /// TEI's gRPC API (tei.v1, proxied as gRPC).
-    Grpc,
-}
-
-/// An instance as requested (`POST /instances`) and stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceSpec {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub model_id: String,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Default: assigned from `[instances] port_range`. Wider than a port so that an
-    /// out-of-range value gets INVALID_PORT rather than a parse error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_id: Option<u32>,
-    /// The model name routes use. Default: `model_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_model_name: Option<String>,
-    /// embedding (default), sparse_embedding, rerank, classify.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_batch_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_client_batch_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pooling: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_truncate: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// More TEI flags, passed as they are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_args: Vec<String>,
-    /// The template this spec was made from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-}
-
-/// A template: any spec fields but the name (`[templates.<name>]` in the config).
-pub type Template = InstanceSpec;
+pub use crate::store::{InstanceSpec, Protocol, Template};
 
 /// A spec field that failed validation, with its stable error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +230,7 @@ pub fn command_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn spec(name: &str) -> InstanceSpec {
         InstanceSpec {
