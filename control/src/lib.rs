@@ -8,7 +8,7 @@
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable);
 //! - [`events`] — instance lifecycle events: log, SSE, webhooks;
 //! - [`store`] — the durable desired state: its records, its file and its one writer;
-//! - [`routes`] — desired state → the snapshot proxies receive;
+//! - [`routes`] — desired state → the snapshot proxies receive, republished on [`changes`];
 //! - [`discovery`] — the gRPC stream to proxies (publisher, per-proxy status);
 //! - [`api`] — the operator REST API;
 //! - [`metrics`] — Prometheus metrics;
@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod changes;
 pub mod config;
 pub mod discovery;
 pub mod events;

@@ -12,6 +12,7 @@ use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServe
 use multiverse_control::api::auth::Keys;
 use multiverse_control::api::{self, ApiState};
 use multiverse_control::backends::registry::Registry;
+use multiverse_control::changes::Changes;
 use multiverse_control::config::ControlConfig;
 use multiverse_control::discovery::nodes::Nodes;
 use multiverse_control::discovery::publisher::Publisher;
@@ -88,8 +89,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let state_file = StateFile::new(&cfg.data_dir());
     let (store, persisted) = Store::open(state_file.clone())?;
+    let changes = Changes::new();
     let registry = Arc::new(Registry::open(
         store.clone(),
+        changes.clone(),
         persisted.backends,
         &cfg.backends,
         cfg.admin.max_backends,
@@ -143,7 +146,7 @@ async fn run() -> anyhow::Result<()> {
         Deps {
             store,
             events: events.clone(),
-            changed: registry.changed.clone(),
+            changes: changes.clone(),
             gpus: gpus.clone(),
             http: http.clone(),
             run_dir: RunDir::new(cfg.data_dir().join("run")).with_context(|| {
@@ -153,6 +156,7 @@ async fn run() -> anyhow::Result<()> {
     );
     let publisher = Publisher::new(routes::snapshot(&registry.routable(), &manager.routable()));
     tokio::spawn(routes::republish(
+        changes,
         registry.clone(),
         manager.clone(),
         publisher.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use multiverse_proto::discovery::v1 as pb;
 
 use crate::backends::registry::Registry;
+use crate::changes::Changes;
 use crate::discovery::publisher::Publisher;
 use crate::instances::{InstanceRoute, Manager};
 use crate::store::BackendRecord;
@@ -60,13 +61,14 @@ pub fn snapshot(
 /// Publishes a new snapshot after every change, coalescing bursts: changes within `coalesce`
 /// of the first become one version.
 pub async fn republish(
+    changes: Changes,
     registry: Arc<Registry>,
     instances: Arc<Manager>,
     publisher: Publisher,
     coalesce: Duration,
 ) {
     loop {
-        registry.changed.notified().await;
+        changes.changed().await;
         tokio::time::sleep(coalesce).await;
         let version = publisher.publish(snapshot(&registry.routable(), &instances.routable()));
         tracing::debug!(version, "snapshot published");

@@ -8,15 +8,15 @@
 //! failed save puts back what the file holds and answers `STATE_WRITE_FAILED`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use multiverse_common::{Health, ModelKind};
 use multiverse_proto::discovery::v1 as pb;
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use super::probe::CheckResult;
 use super::BackendSpec;
+use crate::changes::Changes;
 use crate::health::{HealthRecord, HealthSettings, Transition};
 use crate::store::{BackendRecord, Revisions, SaveFailed, Saving, StateError, Store};
 
@@ -112,7 +112,7 @@ pub struct Registry {
     store: Store,
     max_backends: usize,
     /// Signalled on every change that affects routes.
-    pub changed: Arc<Notify>,
+    changes: Changes,
 }
 
 /// A new backend id.
@@ -132,6 +132,7 @@ impl Registry {
     /// Loads the persisted backends and adds the config-declared ones (id `cfg-<name>`).
     pub fn open(
         store: Store,
+        changes: Changes,
         persisted: Vec<BackendRecord>,
         config: &[BackendSpec],
         max_backends: usize,
@@ -173,7 +174,7 @@ impl Registry {
             }),
             store,
             max_backends,
-            changed: Arc::new(Notify::new()),
+            changes,
         }
     }
 
@@ -217,7 +218,7 @@ impl Registry {
         let latest = inner.revisions.finish(&pending.id, pending.rev);
         let Err(SaveFailed { error, durable }) = result else {
             drop(inner);
-            self.changed.notify_one();
+            self.changes.signal();
             return Ok(());
         };
         tracing::error!(error = %error, backend = %pending.id, "could not save the state; the change was undone");
@@ -237,7 +238,7 @@ impl Registry {
             }
         }
         drop(inner);
-        self.changed.notify_one();
+        self.changes.signal();
         Err(error)
     }
 
@@ -334,7 +335,7 @@ impl Registry {
         };
         match pending {
             Some(p) => self.settle(p).await?,
-            None => self.changed.notify_one(),
+            None => self.changes.signal(),
         }
         Ok(view)
     }
@@ -379,7 +380,7 @@ impl Registry {
             }
         }
         drop(inner);
-        self.changed.notify_one();
+        self.changes.signal();
         Some(t)
     }
 
@@ -410,8 +411,10 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::changes::Changes;
     use crate::health::Status;
     use crate::store::StateFile;
+    use std::sync::Arc;
 
     fn ok() -> CheckResult {
         CheckResult {
@@ -432,7 +435,7 @@ mod tests {
 
     fn open(dir: &std::path::Path, max: usize) -> Registry {
         let (store, state) = Store::open(StateFile::new(dir)).expect("open");
-        Registry::open(store, state.backends, &[], max)
+        Registry::open(store, Changes::new(), state.backends, &[], max)
     }
 
     #[tokio::test]

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 
 use multiverse_proto::discovery::v1 as pb;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
 use super::spec::{InstanceSpec, Protocol, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
+use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
 use crate::gpu::GpuProbe;
 use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, StateError, Store};
@@ -145,7 +146,7 @@ pub struct Manager {
     inner: Mutex<Inner>,
     store: Store,
     events: Arc<EventBus>,
-    changed: Arc<Notify>,
+    changes: Changes,
     gpus: Arc<dyn GpuProbe>,
     http: reqwest::Client,
     run_dir: RunDir,
@@ -155,7 +156,7 @@ pub struct Manager {
 pub struct Deps {
     pub store: Store,
     pub events: Arc<EventBus>,
-    pub changed: Arc<Notify>,
+    pub changes: Changes,
     pub gpus: Arc<dyn GpuProbe>,
     pub http: reqwest::Client,
     pub run_dir: RunDir,
@@ -180,7 +181,7 @@ impl Manager {
             inner: Mutex::new(Inner::default()),
             store: deps.store,
             events: deps.events,
-            changed: deps.changed,
+            changes: deps.changes,
             gpus: deps.gpus,
             http: deps.http,
             run_dir: deps.run_dir,
@@ -230,7 +231,7 @@ impl Manager {
             settings: self.supervision.clone(),
             shared: shared.clone(),
             events: self.events.clone(),
-            changed: self.changed.clone(),
+            changes: self.changes.clone(),
             http: self.http.clone(),
             run_dir: self.run_dir.clone(),
         };
@@ -500,7 +501,7 @@ impl Manager {
         }
         drop(removed);
         self.events.emit(name, EventKind::Deleted);
-        self.changed.notify_one();
+        self.changes.signal();
         Ok(())
     }
 

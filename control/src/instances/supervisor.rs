@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use multiverse_common::Backoff;
 use serde::Serialize;
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::probe::probe;
 use super::process::{self, ExitInfo, RunDir};
 use super::spec::{command_line, InstanceSpec, Protocol};
+use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
 
 /// Supervision settings (`[instances]` in the config).
@@ -169,7 +170,7 @@ pub struct Supervisor {
     pub settings: Arc<Settings>,
     pub shared: Arc<Shared>,
     pub events: Arc<EventBus>,
-    pub changed: Arc<Notify>,
+    pub changes: Changes,
     pub http: reqwest::Client,
     pub run_dir: RunDir,
 }
@@ -179,7 +180,7 @@ impl Supervisor {
         let before = self.shared.snapshot().state;
         self.shared.update(|s| s.state = state);
         if before != state {
-            self.changed.notify_one();
+            self.changes.signal();
         }
     }
 
