@@ -3,7 +3,7 @@
 //!
 //! Its nouns:
 //! - [`backends`] — external OpenAI-compatible servers (validation, probes, registry, SSRF);
-//! - [`health`] — active checks, thresholds, history;
+//! - [`health`] — check results, thresholds, history (pure; the checks run in [`backends`]);
 //! - [`instances`] — TEI processes: specs, supervision, probes, logs;
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable);
 //! - [`events`] — instance lifecycle events: log, SSE, webhooks;
@@ -29,3 +29,5 @@ pub mod instances;
 pub mod metrics;
 pub mod routes;
 pub mod store;
+#[cfg(test)]
+mod testing;

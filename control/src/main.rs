@@ -11,7 +11,10 @@ use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServe
 
 use multiverse_control::api::auth::Keys;
 use multiverse_control::api::{self, ApiState};
+use multiverse_control::backends::checker::Checker;
+use multiverse_control::backends::clients::Clients;
 use multiverse_control::backends::registry::Registry;
+use multiverse_control::backends::resolve::SystemResolver;
 use multiverse_control::changes::Changes;
 use multiverse_control::config::ControlConfig;
 use multiverse_control::discovery::nodes::Nodes;
@@ -19,7 +22,6 @@ use multiverse_control::discovery::publisher::Publisher;
 use multiverse_control::discovery::DiscoveryService;
 use multiverse_control::events::EventBus;
 use multiverse_control::gpu;
-use multiverse_control::health;
 use multiverse_control::instances::logs;
 use multiverse_control::instances::process::RunDir;
 use multiverse_control::instances::supervisor::Settings;
@@ -162,12 +164,14 @@ async fn run() -> anyhow::Result<()> {
         publisher.clone(),
         std::time::Duration::from_millis(cfg.discovery.coalesce_ms),
     ));
-    tokio::spawn(health::run(
+    let clients = Arc::new(Clients::new(Arc::new(SystemResolver))?);
+    let checker = Arc::new(Checker::new(
         registry.clone(),
-        http.clone(),
+        clients.clone(),
         cfg.health.clone(),
         metrics.clone(),
     ));
+    tokio::spawn(checker.clone().run());
 
     let discovery_addr: SocketAddr = cfg.listen.discovery.parse()?;
     let api_addr: SocketAddr = cfg.listen.api.parse()?;
@@ -201,7 +205,8 @@ async fn run() -> anyhow::Result<()> {
         registry: registry.clone(),
         metrics,
         health: cfg.health.clone(),
-        http,
+        clients,
+        checker,
         allow_private_backends: cfg.admin.allow_private_backends,
         keys: Arc::new(Keys::new(keys)),
         instances: manager.clone(),

@@ -137,17 +137,12 @@ async fn deregister(
 }
 
 async fn check(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let record = s.registry.record(&id).ok_or_else(|| not_found(&id))?;
-    let (result, _) = probe::check(
-        &s.http,
-        &record.url,
-        record.api_key.as_deref(),
-        Duration::from_millis(s.health.timeout_ms),
-    )
-    .await;
-    s.registry.record_check(&id, result.clone(), &s.health);
-    let view = s.registry.get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(json!({"result": result, "health": view.health})))
+    let (result, health) = s
+        .checker
+        .check_now(&id)
+        .await
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(json!({"result": result, "health": health})))
 }
 
 async fn restore(
@@ -207,25 +202,19 @@ async fn admit(
     let target = parse_url(&spec.url).map_err(|m| validation("url", m))?;
 
     // Refuse non-public addresses unless allowed; pin the address that was checked.
-    let mut http = s.http.clone();
     let mut pinned_address = None;
     if !s.allow_private_backends {
-        let (host, port) = target
-            .address
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| validation("url", "has no usable host and port".into()))?;
-        let addr = ssrf::check_public(&host, port).await.map_err(|m| {
-            ApiError::new(StatusCode::BAD_REQUEST, "PRIVATE_ADDRESS_NOT_ALLOWED", m)
-        })?;
-        pinned_address = Some(addr.to_string());
-        http = reqwest::Client::builder()
-            .resolve(host.trim_start_matches('[').trim_end_matches(']'), addr)
-            .build()
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+        let addr = ssrf::check_public(&target.hostname, target.port, s.clients.resolver())
+            .await
+            .map_err(|m| {
+                ApiError::new(StatusCode::BAD_REQUEST, "PRIVATE_ADDRESS_NOT_ALLOWED", m)
             })?;
+        pinned_address = Some(addr.to_string());
     }
+    let http = s
+        .clients
+        .for_backend(&spec.url, pinned_address.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e))?;
 
     let (check, discovered) = probe::check(
         &http,

@@ -22,6 +22,8 @@ use axum::{Json, Router};
 use multiverse_common::time::now_rfc3339;
 use serde_json::json;
 
+use crate::backends::checker::Checker;
+use crate::backends::clients::Clients;
 use crate::backends::registry::Registry;
 use crate::discovery::nodes::Nodes;
 use crate::discovery::publisher::Publisher;
@@ -37,8 +39,10 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<ControlMetrics>,
     pub health: HealthSettings,
-    /// Client for registration checks.
-    pub http: reqwest::Client,
+    /// Clients for registration checks (and the resolver names are checked with).
+    pub clients: Arc<Clients>,
+    /// Forced health checks.
+    pub checker: Arc<Checker>,
     pub allow_private_backends: bool,
     pub keys: Arc<auth::Keys>,
     pub instances: Arc<crate::instances::Manager>,

@@ -1,9 +1,14 @@
 //! External OpenAI-compatible backends (vLLM, llama.cpp, Ollama, ...): how they are declared
-//! and validated ([`BackendSpec`]), checked ([`probe`]), kept ([`registry`]) and which
-//! addresses they may use ([`ssrf`]).
+//! and validated ([`BackendSpec`]), kept ([`registry`]), which addresses they may use
+//! ([`ssrf`], names looked up through [`resolve`]), how they are reached ([`clients`]: at the
+//! pinned address when there is one), checked once ([`probe`]) and checked again and again
+//! ([`checker`]).
 
+pub mod checker;
+pub mod clients;
 pub mod probe;
 pub mod registry;
+pub mod resolve;
 pub mod ssrf;
 
 use multiverse_common::ModelKind;
@@ -51,6 +56,9 @@ pub struct Target {
     pub tls: bool,
     /// host:port, port defaulted from the scheme.
     pub address: String,
+    /// The host alone: a name or an IP literal, without brackets or port.
+    pub hostname: String,
+    pub port: u16,
     /// Host header value (as written in the URL).
     pub host: String,
     pub path_prefix: String,
@@ -81,11 +89,17 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         return Err(format!("`{url}` has port 0"));
     }
     let address = format!("{host}:{port}");
+    let hostname = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let path = uri.path().trim_end_matches('/');
     let path = path.strip_suffix("/v1").unwrap_or(path);
     Ok(Target {
         tls,
         address,
+        hostname,
+        port,
         host: authority.as_str().to_string(),
         path_prefix: path.to_string(),
     })
@@ -173,6 +187,12 @@ mod tests {
     fn urls_become_targets() {
         let t = parse_url("http://127.0.0.1:8000").expect("ok");
         assert_eq!(t.address, "127.0.0.1:8000");
+        assert_eq!((t.hostname.as_str(), t.port), ("127.0.0.1", 8000));
+        let t = parse_url("http://[::1]:81").expect("ok");
+        assert_eq!(
+            (t.address.as_str(), t.hostname.as_str()),
+            ("[::1]:81", "::1")
+        );
         assert_eq!(t.path_prefix, "");
         let t = parse_url("https://api.example.com/openai/v1/").expect("ok");
         assert!(t.tls);

@@ -47,15 +47,6 @@ pub struct BackendView {
     pub health: HealthRecord,
 }
 
-/// What the health checker needs of a backend.
-#[derive(Debug, Clone)]
-pub struct CheckTarget {
-    pub id: String,
-    pub name: String,
-    pub url: String,
-    pub api_key: Option<String>,
-}
-
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -341,17 +332,12 @@ impl Registry {
     }
 
     /// Backends to check this round (not deregistered).
-    pub fn check_targets(&self) -> Vec<CheckTarget> {
+    pub fn check_targets(&self) -> Vec<BackendRecord> {
         self.lock()
             .entries
             .values()
             .filter(|e| !e.record.deregistered)
-            .map(|e| CheckTarget {
-                id: e.record.id.clone(),
-                name: e.record.name.clone(),
-                url: e.record.url.clone(),
-                api_key: e.record.api_key.clone(),
-            })
+            .map(|e| e.record.clone())
             .collect()
     }
 
