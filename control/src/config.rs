@@ -294,7 +294,7 @@ impl ControlConfig {
         let mut names = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             b.validate()
-                .map_err(|e| invalid(format!("backends[{i}].{}", e.field), e.message))?;
+                .map_err(|e| invalid(format!("backends[{i}].{}", e.field()), e.message().into()))?;
             if !names.insert(b.name.as_str()) {
                 return Err(invalid(
                     format!("backends[{i}].name"),

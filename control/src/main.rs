@@ -11,6 +11,7 @@ use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServe
 
 use multiverse_control::api::auth::Keys;
 use multiverse_control::api::{self, ApiState};
+use multiverse_control::backends::admission::Admission;
 use multiverse_control::backends::checker::Checker;
 use multiverse_control::backends::clients::Clients;
 use multiverse_control::backends::registry::Registry;
@@ -204,10 +205,13 @@ async fn run() -> anyhow::Result<()> {
         nodes,
         registry: registry.clone(),
         metrics,
-        health: cfg.health.clone(),
-        clients,
+        admission: Arc::new(Admission::new(
+            registry.clone(),
+            clients,
+            cfg.health.clone(),
+            cfg.admin.allow_private_backends,
+        )),
         checker,
-        allow_private_backends: cfg.admin.allow_private_backends,
         keys: Arc::new(Keys::new(keys)),
         instances: manager.clone(),
         gpus,

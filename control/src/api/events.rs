@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -17,7 +17,7 @@ use axum::Router;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorCode};
 use crate::events::{sse_stream, EventBus, EventFilter, EventKind, SseItem};
 
 /// Interval of keep-alive comments.
@@ -75,8 +75,7 @@ pub fn parse_query(
         }
         if !EventKind::is_name(t) {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 format!(
                     "unknown event type `{t}` (one of {})",
                     EventKind::NAMES.join(", ")
@@ -221,7 +220,7 @@ mod tests {
             ..Default::default()
         };
         let e = parse_query(q, None).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
         assert!(e.message.contains("bogus"));
     }
 }

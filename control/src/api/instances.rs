@@ -1,8 +1,6 @@
 //! `/instances`: create (directly or from a template), list (filter by tag and status), show,
 //! delete, start/stop/restart one or many, and read logs of TEI instances.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,10 +10,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{body, query, ApiError, ApiState};
+use super::{body, query, ApiError, ApiState, ErrorCode};
 use crate::instances::logs::{self, LogQuery};
 use crate::instances::spec::InstanceSpec;
-use crate::instances::{InstanceError, InstanceView, Manager};
+use crate::instances::{InstanceView, Manager};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -28,47 +26,16 @@ pub fn router() -> Router<ApiState> {
         .route("/templates", get(templates))
 }
 
-fn status_of(code: &str) -> StatusCode {
-    match code {
-        "INSTANCE_NOT_FOUND" | "TEMPLATE_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "INSTANCE_EXISTS" | "PORT_CONFLICT" | "PORT_IN_USE" => StatusCode::CONFLICT,
-        "MAX_INSTANCES_REACHED" | "INSUFFICIENT_VRAM" | "NO_FREE_PORT" => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        "STATE_WRITE_FAILED" | "INTERNAL" | "LOG_OPEN_FAILED" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-impl From<InstanceError> for ApiError {
-    fn from(e: InstanceError) -> Self {
-        ApiError::new(status_of(e.code), e.code, e.message)
-    }
-}
-
-fn manager(s: &ApiState) -> Result<&Arc<Manager>, ApiError> {
-    Ok(&s.instances)
-}
-
 async fn create(
     State(s): State<ApiState>,
     payload: Result<Json<InstanceSpec>, JsonRejection>,
 ) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
     let spec = body(payload)?;
     let spec = match spec.template.clone() {
-        Some(t) => {
-            let template = s.instances.templates().get(&t).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "TEMPLATE_NOT_FOUND",
-                    format!("no template `{t}`"),
-                )
-            })?;
-            spec.with_template(template)
-        }
+        Some(t) => spec.with_template(s.instances.template(&t)?),
         None => spec,
     };
-    let view = manager(&s)?.create(spec).await?;
+    let view = s.instances.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -79,24 +46,13 @@ async fn from_template(
     payload: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
     let mut v = body(payload)?;
-    let t = s
-        .instances
-        .templates()
-        .get(&template)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "TEMPLATE_NOT_FOUND",
-                format!("no template `{template}`"),
-            )
-        })?;
+    let t = s.instances.template(&template)?.clone();
     if let Value::Object(m) = &mut v {
         m.entry("model_id")
             .or_insert_with(|| Value::String(String::new()));
     }
     let mut spec: InstanceSpec = serde_json::from_value(v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::ValidationError, e.to_string()))?;
     spec.template = Some(template);
     let view = s.instances.create(spec.with_template(&t)).await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -150,8 +106,7 @@ async fn run_action(
         }
         other => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 format!("no action `{other}` (start, stop, restart)"),
             ))
         }
@@ -164,8 +119,7 @@ async fn act(
 ) -> Result<Json<Option<InstanceView>>, ApiError> {
     if action == "delete" {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             "use DELETE /instances/{name}",
         ));
     }
@@ -182,7 +136,7 @@ struct BulkRequest {
 struct BulkFailure {
     name: String,
     error: String,
-    code: &'static str,
+    code: ErrorCode,
 }
 
 async fn bulk(
@@ -192,8 +146,7 @@ async fn bulk(
 ) -> Result<Json<Value>, ApiError> {
     if !matches!(action.as_str(), "start" | "stop" | "restart" | "delete") {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             format!("no bulk action `{action}` (start, stop, restart, delete)"),
         ));
     }

@@ -2,10 +2,11 @@
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
 //! (health, metrics, OpenAPI, proxies, snapshot, GPUs).
 //!
-//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code`.
+//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
 pub mod auth;
 pub mod backends;
+pub mod error;
 pub mod events;
 pub mod gpus;
 pub mod instances;
@@ -13,21 +14,21 @@ pub mod openapi;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use multiverse_common::time::now_rfc3339;
 use serde_json::json;
 
+pub(crate) use error::{body, query};
+pub use error::{ApiError, ErrorCode};
+
+use crate::backends::admission::Admission;
 use crate::backends::checker::Checker;
-use crate::backends::clients::Clients;
 use crate::backends::registry::Registry;
 use crate::discovery::nodes::Nodes;
 use crate::discovery::publisher::Publisher;
-use crate::health::HealthSettings;
 use crate::metrics::ControlMetrics;
 
 /// Everything handlers read.
@@ -37,65 +38,15 @@ pub struct ApiState {
     pub publisher: Publisher,
     pub nodes: Arc<Nodes>,
     pub registry: Arc<Registry>,
-    pub metrics: Arc<ControlMetrics>,
-    pub health: HealthSettings,
-    /// Clients for registration checks (and the resolver names are checked with).
-    pub clients: Arc<Clients>,
+    /// Registrations and updates of backends.
+    pub admission: Arc<Admission>,
     /// Forced health checks.
     pub checker: Arc<Checker>,
-    pub allow_private_backends: bool,
+    pub metrics: Arc<ControlMetrics>,
     pub keys: Arc<auth::Keys>,
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
-}
-
-/// An operator API error.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The body of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it.
-pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            format!("invalid request body: {}", e.body_text()),
-        )
-    })
-}
-
-/// The query string of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it
-/// (axum's own rejection is plain text).
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            format!("invalid query: {}", e.body_text()),
-        )
-    })
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.message, "code": self.code, "timestamp": now_rfc3339()});
-        (self.status, Json(body)).into_response()
-    }
 }
 
 /// The whole API.
@@ -196,5 +147,5 @@ async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }

@@ -4,6 +4,7 @@
 //! pinned address when there is one), checked once ([`probe`]) and checked again and again
 //! ([`checker`]).
 
+pub mod admission;
 pub mod checker;
 pub mod clients;
 pub mod probe;
@@ -43,11 +44,47 @@ fn default_weight() -> u32 {
     1
 }
 
-/// A field that failed validation.
-#[derive(Debug)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
+/// Why a backend spec is invalid, by field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("`name`: {0}")]
+    Name(String),
+    #[error("`url`: {0}")]
+    Url(String),
+    #[error("`models`: {0}")]
+    Models(String),
+    #[error("`weight`: {0}")]
+    Weight(String),
+    #[error("`api_key`: {0}")]
+    ApiKey(String),
+    #[error("`kind`: {0}")]
+    Kind(String),
+}
+
+impl SpecError {
+    /// The offending field's name (as the config and the API spell it).
+    pub fn field(&self) -> &'static str {
+        match self {
+            SpecError::Name(_) => "name",
+            SpecError::Url(_) => "url",
+            SpecError::Models(_) => "models",
+            SpecError::Weight(_) => "weight",
+            SpecError::ApiKey(_) => "api_key",
+            SpecError::Kind(_) => "kind",
+        }
+    }
+
+    /// What is wrong with it.
+    pub fn message(&self) -> &str {
+        match self {
+            SpecError::Name(m)
+            | SpecError::Url(m)
+            | SpecError::Models(m)
+            | SpecError::Weight(m)
+            | SpecError::ApiKey(m)
+            | SpecError::Kind(m) => m,
+        }
+    }
 }
 
 /// Where a backend URL points.
@@ -114,8 +151,7 @@ pub fn parse_kind(kind: Option<&str>) -> Result<pb::ModelKind, String> {
 
 impl BackendSpec {
     /// Checks the spec; the error names the offending field.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        let err = |field, message: String| FieldError { field, message };
+    pub fn validate(&self) -> Result<(), SpecError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 63
             && self
@@ -123,30 +159,28 @@ impl BackendSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !name_ok {
-            return Err(err(
-                "name",
-                format!(
-                    "`{}` must be 1-63 characters of letters, digits, '-', '_' or '.'",
-                    self.name
-                ),
-            ));
+            return Err(SpecError::Name(format!(
+                "`{}` must be 1-63 characters of letters, digits, '-', '_' or '.'",
+                self.name
+            )));
         }
-        parse_url(&self.url).map_err(|m| err("url", m))?;
+        parse_url(&self.url).map_err(SpecError::Url)?;
         if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
-            return Err(err(
-                "models",
+            return Err(SpecError::Models(
                 "must list at least one non-empty model name".into(),
             ));
         }
         if self.weight == 0 {
-            return Err(err("weight", "must be >= 1".into()));
+            return Err(SpecError::Weight("must be >= 1".into()));
         }
         if let Some(key) = &self.api_key {
             if key.is_empty() || key.bytes().any(|b| !b.is_ascii_graphic()) {
-                return Err(err("api_key", "must be non-empty printable ASCII".into()));
+                return Err(SpecError::ApiKey(
+                    "must be non-empty printable ASCII".into(),
+                ));
             }
         }
-        parse_kind(self.kind.as_deref()).map_err(|m| err("kind", m))?;
+        parse_kind(self.kind.as_deref()).map_err(SpecError::Kind)?;
         Ok(())
     }
 }
@@ -217,12 +251,13 @@ mod tests {
         ok.validate().expect("valid");
         let mut bad = ok.clone();
         bad.name = "a/b".into();
-        assert_eq!(bad.validate().unwrap_err().field, "name");
+        assert!(matches!(bad.validate(), Err(SpecError::Name(_))));
+        assert_eq!(bad.validate().unwrap_err().field(), "name");
         let mut bad = ok.clone();
         bad.models.clear();
-        assert_eq!(bad.validate().unwrap_err().field, "models");
+        assert!(matches!(bad.validate(), Err(SpecError::Models(_))));
         let mut bad = ok;
         bad.kind = Some("video".into());
-        assert_eq!(bad.validate().unwrap_err().field, "kind");
+        assert!(matches!(bad.validate(), Err(SpecError::Kind(_))));
     }
 }

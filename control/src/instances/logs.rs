@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -40,7 +40,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorCode};
 
 /// Prefix of the supervisor's own lines ([`LogSink::note`]).
 pub const NOTE_PREFIX: &str = "[multiverse] ";
@@ -709,8 +709,7 @@ pub async fn respond(sink: Arc<LogSink>, q: LogQuery) -> Response {
     let instance = sink.instance().to_string();
     let read_failed = |e: io::Error| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "LOG_READ_FAILED",
+            ErrorCode::LogReadFailed,
             format!("cannot read the log of instance {instance}: {e}"),
         )
         .into_response()
@@ -718,8 +717,7 @@ pub async fn respond(sink: Arc<LogSink>, q: LogQuery) -> Response {
     if q.follow.unwrap_or(false) {
         if q.end.is_some() {
             return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_LOG_QUERY",
+                ErrorCode::InvalidLogQuery,
                 "end cannot be combined with follow=true",
             )
             .into_response();
@@ -777,6 +775,7 @@ fn sse(lines: impl futures::Stream<Item = String> + Send + 'static) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncWriteExt;
 

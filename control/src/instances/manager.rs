@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Protocol, Template};
+use super::spec::{InstanceSpec, Protocol, SpecError, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
-use crate::gpu::GpuProbe;
+use crate::gpu::{GpuProbe, PlacementError};
 use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, StateError, Store};
 
 /// Manager settings beyond supervision (`[instances]` in the config).
@@ -37,26 +37,33 @@ pub struct ManagerSettings {
     pub log_keep: usize,
 }
 
-/// Why an instance operation failed, with its stable code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl InstanceError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<StateError> for InstanceError {
-    fn from(e: StateError) -> Self {
-        Self::new("STATE_WRITE_FAILED", e.to_string())
-    }
+/// Why an instance operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("an instance named `{0}` already exists")]
+    Exists(String),
+    #[error("at most {0} instances may exist")]
+    MaxReached(usize),
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    #[error("no template `{0}`")]
+    TemplateNotFound(String),
+    /// Another instance has the port.
+    #[error("port {0} is used by another instance")]
+    PortConflict(u16),
+    /// Something else on the host has the port.
+    #[error("port {0} is already in use on this host")]
+    PortInUse(u16),
+    #[error("no free port left in the range {lo}-{hi}")]
+    NoFreePort { lo: u16, hi: u16 },
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error("cannot open the log: {0}")]
+    LogOpen(std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// One instance as the API shows it.
@@ -194,7 +201,7 @@ impl Manager {
                     manager.lock().handles.insert(name, handle);
                 }
                 Err(e) => {
-                    tracing::error!(instance = %name, error = %e.message, "cannot restore instance")
+                    tracing::error!(instance = %name, error = %e, "cannot restore instance")
                 }
             }
         }
@@ -209,6 +216,13 @@ impl Manager {
         &self.templates
     }
 
+    /// The template named `name`.
+    pub fn template(&self, name: &str) -> Result<&Template, InstanceError> {
+        self.templates
+            .get(name)
+            .ok_or_else(|| InstanceError::TemplateNotFound(name.to_string()))
+    }
+
     fn open_log(&self, name: &str) -> Result<Arc<LogSink>, InstanceError> {
         LogSink::open(
             &self.settings.log_dir,
@@ -216,7 +230,7 @@ impl Manager {
             self.settings.log_max_bytes,
             self.settings.log_keep,
         )
-        .map_err(|e| InstanceError::new("LOG_OPEN_FAILED", format!("cannot open the log: {e}")))
+        .map_err(InstanceError::LogOpen)
     }
 
     /// Starts the supervisor task of a record (which spawns the process if it should run).
@@ -248,22 +262,15 @@ impl Manager {
 
     /// Validates, places and starts a new instance.
     pub async fn create(&self, spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
-        spec.validate()
-            .map_err(|e| InstanceError::new(e.code, e.message))?;
+        spec.validate()?;
         let name = spec.name.clone();
         {
             let mut inner = self.lock();
             if inner.handles.contains_key(&name) || inner.names.contains(&name) {
-                return Err(exists(&name));
+                return Err(InstanceError::Exists(name));
             }
             if inner.handles.len() + inner.names.len() >= self.settings.max_instances {
-                return Err(InstanceError::new(
-                    "MAX_INSTANCES_REACHED",
-                    format!(
-                        "at most {} instances may exist",
-                        self.settings.max_instances
-                    ),
-                ));
+                return Err(InstanceError::MaxReached(self.settings.max_instances));
             }
             inner.names.insert(name.clone());
         }
@@ -304,10 +311,7 @@ impl Manager {
                 let pick = match (chosen.is_empty(), wanted) {
                     (true, Some(p)) => {
                         if taken.contains(&p) {
-                            return Err(InstanceError::new(
-                                "PORT_CONFLICT",
-                                format!("port {p} is used by another instance"),
-                            ));
+                            return Err(InstanceError::PortConflict(p));
                         }
                         Some(p)
                     }
@@ -316,10 +320,7 @@ impl Manager {
                 let Some(p) = pick else {
                     drop(inner);
                     self.release_ports(&chosen);
-                    return Err(InstanceError::new(
-                        "NO_FREE_PORT",
-                        format!("no free port left in the range {lo}-{hi}"),
-                    ));
+                    return Err(InstanceError::NoFreePort { lo, hi });
                 };
                 inner.ports.insert(p);
                 p
@@ -334,10 +335,7 @@ impl Manager {
             }
             self.release_ports(&[candidate]);
             if chosen.is_empty() && wanted.is_some() {
-                return Err(InstanceError::new(
-                    "PORT_IN_USE",
-                    format!("port {candidate} is already in use on this host"),
-                ));
+                return Err(InstanceError::PortInUse(candidate));
             }
             busy.insert(candidate);
         }
@@ -366,7 +364,7 @@ impl Manager {
             .put_instance(record.clone())
             .done()
             .await
-            .map_err(|e| InstanceError::from(e.error))?;
+            .map_err(|e| InstanceError::State(e.error))?;
         self.events.emit(&name, EventKind::Created);
         let handle = self.start_supervisor(record, log);
         let view = handle.view(None);
@@ -376,8 +374,8 @@ impl Manager {
 
     async fn check_gpu(&self, gpu: u32) -> Result<(), InstanceError> {
         let status = crate::gpu::read(self.gpus.clone()).await;
-        crate::gpu::placement::check_placement(&status, gpu, self.settings.min_free_vram_bytes)
-            .map_err(|e| InstanceError::new(e.code(), e.to_string()))
+        crate::gpu::placement::check_placement(&status, gpu, self.settings.min_free_vram_bytes)?;
+        Ok(())
     }
 
     /// Every instance, optionally filtered by tag (`key:value`) and status name.
@@ -566,14 +564,7 @@ impl Manager {
 }
 
 fn not_found(name: &str) -> InstanceError {
-    InstanceError::new("INSTANCE_NOT_FOUND", format!("no instance `{name}`"))
-}
-
-fn exists(name: &str) -> InstanceError {
-    InstanceError::new(
-        "INSTANCE_EXISTS",
-        format!("an instance named `{name}` already exists"),
-    )
+    InstanceError::NotFound(name.to_string())
 }
 
 /// Whether `port` can be bound on `host` right now.
