@@ -1,17 +1,16 @@
 //! `/instances`: create (directly or from a template), list (filter by tag and status), show,
-//! delete, start/stop/restart one or many, and read logs of TEI instances.
+//! delete, start/stop/restart one or many TEI instances (their logs: [`super::logs`]), and the
+//! templates.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{body, query, ApiError, ApiState, ErrorCode};
-use crate::instances::logs::{self, LogQuery};
 use crate::instances::spec::InstanceSpec;
 use crate::instances::{InstanceView, Manager};
 
@@ -19,7 +18,7 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/instances", get(list).post(create))
         .route("/instances/{name}", get(show).delete(delete))
-        .route("/instances/{name}/logs", get(log))
+        .route("/instances/{name}/logs", get(super::logs::log))
         .route("/instances/{name}/{action}", post(act))
         .route("/instances/bulk/{action}", post(bulk))
         .route("/instances/from-template/{template}", post(from_template))
@@ -170,21 +169,6 @@ async fn bulk(
         }
     }
     Ok(Json(json!({"succeeded": succeeded, "failed": failed})))
-}
-
-async fn log(
-    State(s): State<ApiState>,
-    Path(name): Path<String>,
-    q: Result<Query<LogQuery>, QueryRejection>,
-) -> Response {
-    let sink = match s.instances.log(&name) {
-        Ok(sink) => sink,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    match query(q) {
-        Ok(q) => logs::respond(sink, q).await,
-        Err(e) => e.into_response(),
-    }
 }
 
 async fn templates(State(s): State<ApiState>) -> Json<Value> {

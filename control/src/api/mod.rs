@@ -10,7 +10,9 @@ pub mod error;
 pub mod events;
 pub mod gpus;
 pub mod instances;
+pub mod logs;
 pub mod openapi;
+pub mod sse;
 
 use std::sync::Arc;
 
