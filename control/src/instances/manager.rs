@@ -235,7 +235,11 @@ impl Manager {
 
     /// Starts the supervisor task of a record (which spawns the process if it should run).
     fn start_supervisor(&self, record: InstanceRecord, log: Arc<LogSink>) -> Handle {
-        let shared = Shared::new(log);
+        let state = match record.desired {
+            Desired::Running => State::Pending,
+            Desired::Stopped => State::Stopped,
+        };
+        let shared = Shared::new(log, state);
         let (tx, rx) = mpsc::channel(16);
         let sup = Supervisor {
             name: record.spec.name.clone(),
@@ -249,13 +253,6 @@ impl Manager {
             http: self.http.clone(),
             run_dir: self.run_dir.clone(),
         };
-        if record.desired == Desired::Stopped {
-            shared
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .state = State::Stopped;
-        }
         tokio::spawn(sup.run(rx, record.desired == Desired::Running));
         Handle { record, shared, tx }
     }
