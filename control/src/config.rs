@@ -204,7 +204,8 @@ impl ControlConfig {
                 )
             })?;
         }
-        if self.listen.api == self.listen.discovery {
+        // Two listeners on one address cannot both bind (port 0 picks two free ports).
+        if self.listen.api == self.listen.discovery && !self.listen.api.ends_with(":0") {
             return Err(invalid(
                 "listen.discovery".into(),
                 "must differ from listen.api".into(),

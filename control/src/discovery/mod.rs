@@ -3,7 +3,8 @@
 //! Per stream (xDS state-of-the-world semantics, see `proto/.../discovery.proto`): the first
 //! request must name the node; the current snapshot is sent at once and then again on every
 //! change, each response with a fresh nonce. ACKs and NACKs are recorded in [`nodes::Nodes`];
-//! a request whose nonce is not the latest one sent is stale and ignored.
+//! a request whose nonce is not the latest one sent is stale and ignored (see
+//! `control/tests/discovery_nonces.rs`).
 
 pub mod nodes;
 pub mod publisher;
