@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use multiverse_proto::discovery::v1::route_discovery_server::RouteDiscoveryServer;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Keys;
@@ -25,7 +24,7 @@ use crate::changes::Changes;
 use crate::config::ControlConfig;
 use crate::discovery::nodes::Nodes;
 use crate::discovery::publisher::Publisher;
-use crate::discovery::DiscoveryService;
+use crate::discovery::{self, DiscoveryService};
 use crate::events::EventBus;
 use crate::gpu;
 use crate::instances::logs;
@@ -158,21 +157,15 @@ impl App {
     /// streams, and lets both servers finish their requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let grpc = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(RouteDiscoveryServer::new(DiscoveryService::new(
-                self.id.clone(),
-                self.api.publisher.clone(),
-                self.api.nodes.clone(),
-                self.api.metrics.clone(),
-            )))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.discovery_listener),
-                wait_stop(stop_rx.clone()),
-            );
+        let service = DiscoveryService::new(
+            self.id.clone(),
+            self.api.publisher.clone(),
+            self.api.nodes.clone(),
+            self.api.metrics.clone(),
+        );
+        let grpc = discovery::serve(self.discovery_listener, service, wait_stop(stop_rx.clone()));
         let backends = self.api.registry.list().len();
-        let http = axum::serve(self.api_listener, api::router(self.api))
-            .with_graceful_shutdown(wait_stop(stop_rx));
+        let http = api::serve(self.api_listener, self.api, wait_stop(stop_rx));
         tracing::info!(
             id = %self.id,
             api = %self.addrs.api,
@@ -182,7 +175,7 @@ impl App {
             "multiverse-control started"
         );
         let grpc = tokio::spawn(grpc);
-        let http = tokio::spawn(async move { http.await });
+        let http = tokio::spawn(http);
         shutdown.await;
         tracing::info!("shutting down: stopping TEI instances");
         self.manager.shutdown().await;

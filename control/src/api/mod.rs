@@ -51,6 +51,17 @@ pub struct ApiState {
     pub events: Arc<crate::events::EventBus>,
 }
 
+/// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     let admin = backends::router()

@@ -23,6 +23,25 @@ use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
 
+/// Serves route discovery on `listener` until `shutdown` resolves (HTTP/2 keep-alive pings
+/// every 10 s, so a vanished proxy is noticed).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: DiscoveryService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(pb::route_discovery_server::RouteDiscoveryServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
 /// The tonic service.
 pub struct DiscoveryService {
     control_plane_id: String,
