@@ -95,7 +95,7 @@ impl App {
                     .with_context(|| format!("cannot create {}", run_dir.display()))?,
             },
         );
-        let publisher = Publisher::new(routes::snapshot(&registry.routable(), &manager.routable()));
+        let publisher = Publisher::new(routes::current(&registry, &manager));
         tokio::spawn(routes::republish(
             changes,
             registry.clone(),

@@ -186,27 +186,6 @@ impl BackendSpec {
 }
 
 impl BackendRecord {
-    /// The endpoint this backend contributes to each of its models.
-    pub fn endpoint(&self, health: pb::HealthStatus) -> Option<pb::Endpoint> {
-        let target = parse_url(&self.url).ok()?;
-        Some(pb::Endpoint {
-            id: self.name.clone(),
-            address: self.pinned_address.clone().unwrap_or(target.address),
-            protocol: pb::Protocol::Http1 as i32,
-            weight: self.weight,
-            health: health as i32,
-            labels: self.tags.clone().into_iter().collect(),
-            source: Some(pb::EndpointSource {
-                kind: pb::SourceKind::ExternalBackend as i32,
-                name: self.name.clone(),
-            }),
-            tls: target.tls,
-            host: target.host,
-            path_prefix: target.path_prefix,
-            upstream_api_key: self.api_key.clone().unwrap_or_default(),
-        })
-    }
-
     /// The model kind, defaulting to chat.
     pub fn model_kind(&self) -> pb::ModelKind {
         parse_kind(Some(&self.kind)).unwrap_or(pb::ModelKind::Chat)

@@ -8,22 +8,21 @@
 //! instance and drops the reservations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use multiverse_proto::discovery::v1 as pb;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Protocol, SpecError, Template};
+use super::spec::{InstanceSpec, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
+pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
-use crate::gpu::{GpuProbe, PlacementError};
-use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, StateError, Store};
+use crate::gpu::GpuProbe;
+use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, Store};
 
 /// Manager settings beyond supervision (`[instances]` in the config).
 #[derive(Debug, Clone)]
@@ -35,35 +34,6 @@ pub struct ManagerSettings {
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
     pub log_keep: usize,
-}
-
-/// Why an instance operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error("an instance named `{0}` already exists")]
-    Exists(String),
-    #[error("at most {0} instances may exist")]
-    MaxReached(usize),
-    #[error("no instance `{0}`")]
-    NotFound(String),
-    #[error("no template `{0}`")]
-    TemplateNotFound(String),
-    /// Another instance has the port.
-    #[error("port {0} is used by another instance")]
-    PortConflict(u16),
-    /// Something else on the host has the port.
-    #[error("port {0} is already in use on this host")]
-    PortInUse(u16),
-    #[error("no free port left in the range {lo}-{hi}")]
-    NoFreePort { lo: u16, hi: u16 },
-    #[error(transparent)]
-    Placement(#[from] PlacementError),
-    #[error("cannot open the log: {0}")]
-    LogOpen(std::io::Error),
-    #[error(transparent)]
-    State(#[from] StateError),
 }
 
 /// One instance as the API shows it.
@@ -85,14 +55,6 @@ pub struct InstanceView {
     pub uptime_s: Option<u64>,
     /// VRAM used by the process, when NVML can tell.
     pub gpu_memory_bytes: Option<u64>,
-}
-
-/// An instance's contribution to the snapshot.
-#[derive(Debug, Clone)]
-pub struct InstanceRoute {
-    pub model: String,
-    pub kind: pb::ModelKind,
-    pub endpoint: pb::Endpoint,
 }
 
 struct Handle {
@@ -126,17 +88,17 @@ impl Handle {
 
 /// The instances and the reservations of creates in progress, behind one lock.
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     handles: BTreeMap<String, Handle>,
     /// Names of creates in progress (a second create of the same name is INSTANCE_EXISTS).
-    names: BTreeSet<String>,
+    pub(super) names: BTreeSet<String>,
     /// Ports handed to creates in progress (so concurrent creates get different ones).
-    ports: BTreeSet<u16>,
-    revisions: Revisions,
+    pub(super) ports: BTreeSet<u16>,
+    pub(super) revisions: Revisions,
 }
 
 impl Inner {
-    fn taken_ports(&self) -> BTreeSet<u16> {
+    pub(super) fn taken_ports(&self) -> BTreeSet<u16> {
         self.handles
             .values()
             .flat_map(|h| [h.record.port, h.record.prometheus_port])
@@ -147,8 +109,8 @@ impl Inner {
 
 /// All instances of this host.
 pub struct Manager {
-    settings: ManagerSettings,
-    supervision: Arc<Settings>,
+    pub(super) settings: ManagerSettings,
+    pub(super) supervision: Arc<Settings>,
     templates: BTreeMap<String, Template>,
     inner: Mutex<Inner>,
     store: Store,
@@ -208,7 +170,7 @@ impl Manager {
         manager
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -285,58 +247,6 @@ impl Manager {
         let result = self.insert(spec, port, prometheus_port).await;
         self.release_ports(&[port, prometheus_port]);
         result
-    }
-
-    fn release_ports(&self, ports: &[u16]) {
-        let mut inner = self.lock();
-        for p in ports {
-            inner.ports.remove(p);
-        }
-    }
-
-    /// Reserves the instance port (`wanted`, or the first free one in the range) and a
-    /// prometheus port. Choosing and reserving are one step under the lock, so concurrent
-    /// creates never pick the same port; whether a port is free on the host is checked outside.
-    async fn reserve_ports(&self, wanted: Option<u16>) -> Result<(u16, u16), InstanceError> {
-        let (lo, hi) = self.settings.port_range;
-        let mut busy = BTreeSet::new();
-        let mut chosen: Vec<u16> = Vec::with_capacity(2);
-        while chosen.len() < 2 {
-            let candidate = {
-                let mut inner = self.lock();
-                let taken = inner.taken_ports();
-                let pick = match (chosen.is_empty(), wanted) {
-                    (true, Some(p)) => {
-                        if taken.contains(&p) {
-                            return Err(InstanceError::PortConflict(p));
-                        }
-                        Some(p)
-                    }
-                    _ => (lo..=hi).find(|p| !taken.contains(p) && !busy.contains(p)),
-                };
-                let Some(p) = pick else {
-                    drop(inner);
-                    self.release_ports(&chosen);
-                    return Err(InstanceError::NoFreePort { lo, hi });
-                };
-                inner.ports.insert(p);
-                p
-            };
-            let host = self.supervision.hostname.clone();
-            let free = tokio::task::spawn_blocking(move || port_free(&host, candidate))
-                .await
-                .unwrap_or(false);
-            if free {
-                chosen.push(candidate);
-                continue;
-            }
-            self.release_ports(&[candidate]);
-            if chosen.is_empty() && wanted.is_some() {
-                return Err(InstanceError::PortInUse(candidate));
-            }
-            busy.insert(candidate);
-        }
-        Ok((chosen[0], chosen[1]))
     }
 
     /// Opens the log, persists and starts a checked instance on reserved ports (no lock held
@@ -500,42 +410,18 @@ impl Manager {
         Ok(())
     }
 
-    /// Endpoints of ready (or draining/unhealthy) instances, by model.
-    pub fn routable(&self) -> Vec<InstanceRoute> {
-        let host = &self.supervision.advertise_host;
+    /// Every instance with its state, for the routes.
+    pub fn routable(&self) -> Vec<(InstanceRecord, State)> {
         self.lock()
             .handles
             .values()
-            .filter_map(|h| {
-                let health = match h.shared.snapshot().state {
-                    State::Ready => pb::HealthStatus::Healthy,
-                    State::Unhealthy => pb::HealthStatus::Unhealthy,
-                    State::Stopping => pb::HealthStatus::Draining,
-                    _ => return None,
-                };
-                let spec = &h.record.spec;
-                Some(InstanceRoute {
-                    model: spec.model_name().to_string(),
-                    kind: spec.model_kind().into(),
-                    endpoint: pb::Endpoint {
-                        id: spec.name.clone(),
-                        address: format!("{host}:{}", h.record.port),
-                        protocol: match spec.protocol {
-                            Protocol::Http => pb::Protocol::Http1,
-                            Protocol::Grpc => pb::Protocol::Grpc,
-                        } as i32,
-                        weight: 1,
-                        health: health as i32,
-                        labels: spec.tags.clone().into_iter().collect(),
-                        source: Some(pb::EndpointSource {
-                            kind: pb::SourceKind::TeiInstance as i32,
-                            name: spec.name.clone(),
-                        }),
-                        ..Default::default()
-                    },
-                })
-            })
+            .map(|h| (h.record.clone(), h.shared.snapshot().state))
             .collect()
+    }
+
+    /// The host proxies reach the instances on.
+    pub fn advertise_host(&self) -> &str {
+        &self.supervision.advertise_host
     }
 
     /// Stops every process (control-plane shutdown; the desired state is kept) and ends log
@@ -562,9 +448,4 @@ impl Manager {
 
 fn not_found(name: &str) -> InstanceError {
     InstanceError::NotFound(name.to_string())
-}
-
-/// Whether `port` can be bound on `host` right now.
-fn port_free(host: &str, port: u16) -> bool {
-    TcpListener::bind((host, port)).is_ok()
 }

@@ -6,12 +6,15 @@
 //! another instance, port free on the system — checked outside any lock —, GPU id, free VRAM,
 //! instance count), keeps the desired state durable, and turns ready instances into endpoints.
 
+mod error;
 pub mod logs;
 pub mod manager;
+mod ports;
 pub mod probe;
 pub mod process;
 pub mod spec;
 pub mod supervisor;
 
 pub use crate::store::{Desired, InstanceRecord};
-pub use manager::{Deps, InstanceError, InstanceRoute, InstanceView, Manager, ManagerSettings};
+pub use error::InstanceError;
+pub use manager::{Deps, InstanceView, Manager, ManagerSettings};
