@@ -86,7 +86,7 @@ impl App {
             cfg.templates.clone(),
             persisted.instances,
             Deps {
-                store,
+                store: store.clone(),
                 events: events.clone(),
                 changes: changes.clone(),
                 gpus: gpus.clone(),
@@ -95,7 +95,13 @@ impl App {
                     .with_context(|| format!("cannot create {}", run_dir.display()))?,
             },
         );
-        let publisher = Publisher::new(routes::current(&registry, &manager));
+        let publisher = Publisher::start(
+            routes::current(&registry, &manager),
+            persisted.version_floor,
+            Some(store.clone()),
+            changes.clone(),
+        )
+        .await;
         tokio::spawn(routes::republish(
             changes,
             registry.clone(),

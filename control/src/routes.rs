@@ -143,7 +143,7 @@ pub async fn republish(
     loop {
         changes.changed().await;
         tokio::time::sleep(coalesce).await;
-        let version = publisher.publish(current(&registry, &instances));
+        let version = publisher.publish(current(&registry, &instances)).await;
         tracing::debug!(version, "snapshot published");
     }
 }

@@ -97,7 +97,12 @@ impl RouteDiscovery for DiscoveryService {
             tx,
         };
         tracing::info!(node = %node.id, has_version = %hello.version_info, "proxy connected");
-        tokio::spawn(stream.run(inbound, self.publisher.clone()));
+        // Never a smaller version than the one the proxy holds from this plane.
+        let first = hello
+            .version_info
+            .parse::<u64>()
+            .map_or(0, |held| self.publisher.require_above(held));
+        tokio::spawn(stream.run(inbound, self.publisher.clone(), first));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -116,10 +121,27 @@ struct NodeStream {
 }
 
 impl NodeStream {
-    async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>, publisher: Publisher) {
+    /// Sends the current snapshot once its version is at least `first`, then every new one, and
+    /// records the answers; until either side ends the stream.
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::DiscoveryRequest>,
+        publisher: Publisher,
+        first: u64,
+    ) {
         let mut updates = publisher.subscribe();
+        let ready = loop {
+            tokio::select! {
+                ready = updates.wait_for(|v| v.version >= first) => break ready.is_ok(),
+                // Nothing is expected from the proxy before its first snapshot (a request
+                // would be stale); the end of the stream ends it.
+                msg = inbound.message() => if !matches!(msg, Ok(Some(_))) {
+                    break false;
+                },
+            }
+        };
         let current = updates.borrow_and_update().clone();
-        if self.send(&current).await {
+        if ready && self.send(&current).await {
             loop {
                 tokio::select! {
                     changed = updates.changed() => {

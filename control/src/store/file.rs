@@ -130,6 +130,7 @@ mod tests {
         assert!(f.load().expect("missing is fine").backends.is_empty());
         let state = DesiredState {
             format: FORMAT_VERSION,
+            version_floor: 100,
             backends: vec![BackendRecord::example("b1")],
             instances: Vec::new(),
         };

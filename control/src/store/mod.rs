@@ -41,6 +41,8 @@ pub enum Change {
     PutInstance(InstanceRecord),
     /// Removes the instance with this name.
     RemoveInstance(String),
+    /// Raises the snapshot version floor to this (never lowers it).
+    RaiseVersionFloor(u64),
 }
 
 /// The records as the writer holds them, keyed so that a change replaces exactly one.
@@ -50,6 +52,7 @@ pub struct Records {
     pub backends: BTreeMap<String, BackendRecord>,
     /// By name.
     pub instances: BTreeMap<String, InstanceRecord>,
+    pub version_floor: u64,
 }
 
 impl Records {
@@ -65,12 +68,14 @@ impl Records {
                 .into_iter()
                 .map(|i| (i.spec.name.clone(), i))
                 .collect(),
+            version_floor: state.version_floor,
         }
     }
 
     fn to_state(&self) -> DesiredState {
         DesiredState {
             format: FORMAT_VERSION,
+            version_floor: self.version_floor,
             backends: self.backends.values().cloned().collect(),
             instances: self.instances.values().cloned().collect(),
         }
@@ -90,6 +95,7 @@ impl Records {
             Change::RemoveInstance(name) => {
                 self.instances.remove(&name);
             }
+            Change::RaiseVersionFloor(v) => self.version_floor = self.version_floor.max(v),
         }
     }
 }
@@ -208,6 +214,11 @@ impl Store {
         self.submit(Change::RemoveInstance(name.to_string()), move |r| {
             r.instances.get(&key).cloned()
         })
+    }
+
+    /// Raises the snapshot version floor to `version`.
+    pub fn raise_version_floor(&self, version: u64) -> Saving<u64> {
+        self.submit(Change::RaiseVersionFloor(version), |r| r.version_floor)
     }
 
     /// Queues `change`; `durable` extracts, on failure, what the file holds instead.

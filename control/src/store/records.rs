@@ -15,6 +15,10 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
     pub format: u32,
+    /// Route snapshot versions up to this one may have been sent to proxies: the next start
+    /// publishes above it, so versions only grow across restarts.
+    #[serde(default)]
+    pub version_floor: u64,
     #[serde(default)]
     pub backends: Vec<BackendRecord>,
     #[serde(default)]
