@@ -113,3 +113,43 @@ async fn snapshot_versions_only_grow_across_restarts() {
     );
     drop(proxy);
 }
+
+#[tokio::test]
+async fn a_10_mb_body_is_413_payload_too_large() {
+    let dir = temp_dir("big-body");
+    let control = Control::start(&dir, "cp-big", &body(&dir.join("data"))).await;
+    let client = reqwest::Client::new();
+    let huge = format!(
+        "{{\"name\": \"big\", \"url\": \"http://127.0.0.1:1\", \"owner\": \"{}\"}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
+    for path in ["/admin/backends", "/instances"] {
+        let resp = client
+            .post(format!("{}{path}", control.api_url()))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(huge.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(resp.status(), 413, "POST {path}");
+        let v: Value = resp.json().await.expect("JSON error body");
+        assert_eq!(v["code"], "PAYLOAD_TOO_LARGE", "POST {path}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("bytes")),
+            "POST {path}: the error names the limit: {v}"
+        );
+        assert!(v["timestamp"].as_str().is_some(), "POST {path}: {v}");
+    }
+    // Nothing was registered, and the API still answers.
+    let list: Value = client
+        .get(format!("{}/admin/backends", control.api_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["backends"], json!([]));
+}

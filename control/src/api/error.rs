@@ -3,8 +3,6 @@
 //! only here, through exhaustive `From` impls: a new domain error variant does not compile until
 //! it is given a code (there is no fallback that would turn it into a 400).
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -45,6 +43,8 @@ pub enum ErrorCode {
     InstanceExists,
     PortConflict,
     PortInUse,
+    // 413
+    PayloadTooLarge,
     // 422
     MaxBackendsReached,
     MaxInstancesReached,
@@ -61,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -81,6 +81,7 @@ impl ErrorCode {
         ErrorCode::InstanceExists,
         ErrorCode::PortConflict,
         ErrorCode::PortInUse,
+        ErrorCode::PayloadTooLarge,
         ErrorCode::MaxBackendsReached,
         ErrorCode::MaxInstancesReached,
         ErrorCode::InsufficientVram,
@@ -114,6 +115,7 @@ impl ErrorCode {
             ErrorCode::InstanceExists => "INSTANCE_EXISTS",
             ErrorCode::PortConflict => "PORT_CONFLICT",
             ErrorCode::PortInUse => "PORT_IN_USE",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MaxBackendsReached => "MAX_BACKENDS_REACHED",
             ErrorCode::MaxInstancesReached => "MAX_INSTANCES_REACHED",
             ErrorCode::InsufficientVram => "INSUFFICIENT_VRAM",
@@ -148,6 +150,7 @@ impl ErrorCode {
             | ErrorCode::InstanceExists
             | ErrorCode::PortConflict
             | ErrorCode::PortInUse => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MaxBackendsReached
             | ErrorCode::MaxInstancesReached
             | ErrorCode::InsufficientVram
@@ -198,27 +201,6 @@ impl IntoResponse for ApiError {
         let body = json!({"error": self.message, "code": self.code, "timestamp": now_rfc3339()});
         (self.status(), Json(body)).into_response()
     }
-}
-
-/// The body of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it.
-pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| {
-        ApiError::new(
-            ErrorCode::ValidationError,
-            format!("invalid request body: {}", e.body_text()),
-        )
-    })
-}
-
-/// The query string of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it
-/// (axum's own rejection is plain text).
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| {
-        ApiError::new(
-            ErrorCode::ValidationError,
-            format!("invalid query: {}", e.body_text()),
-        )
-    })
 }
 
 impl From<StateError> for ApiError {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backends;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod gpus;
 pub mod instances;
 pub mod logs;
@@ -23,8 +24,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub(crate) use error::{body, query};
 pub use error::{ApiError, ErrorCode};
+pub(crate) use extract::{body, query};
 
 use crate::backends::admission::Admission;
 use crate::backends::checker::Checker;
@@ -80,6 +81,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(gpus::router())
         .merge(admin)
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_BODY_BYTES,
+        ))
+        .layer(axum::middleware::from_fn(extract::linger))
         .with_state(state)
 }
 
