@@ -153,3 +153,32 @@ async fn a_10_mb_body_is_413_payload_too_large() {
         .expect("json");
     assert_eq!(list["backends"], json!([]));
 }
+
+#[tokio::test]
+async fn backend_names_dot_and_dotdot_are_refused() {
+    let dir = temp_dir("dot-names");
+    let mock = MockOpenAi::start(&dir, "mock-dots", &[]);
+    let control = Control::start(&dir, "cp-dots", &body(&dir.join("data"))).await;
+    let client = reqwest::Client::new();
+    for name in [".", ".."] {
+        let resp = client
+            .post(format!("{}/admin/backends", control.api_url()))
+            .bearer_auth(KEY)
+            .json(&json!({"name": name, "url": mock.url(), "models": ["demo"]}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(resp.status(), 400, "name {name:?}");
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["code"], "VALIDATION_ERROR", "name {name:?}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("`name`")),
+            "name {name:?}: {v}"
+        );
+    }
+    // Dots inside a name stay allowed.
+    assert_eq!(
+        register(&client, &control, "vllm.a", &mock.url()).await,
+        201
+    );
+}

@@ -164,6 +164,13 @@ impl BackendSpec {
                 self.name
             )));
         }
+        // The name is also an endpoint id and a path segment: `.` and `..` would be paths.
+        if self.name.bytes().all(|b| b == b'.') {
+            return Err(SpecError::Name(format!(
+                "`{}` is path-like: a name needs a letter, a digit, '-' or '_'",
+                self.name
+            )));
+        }
         parse_url(&self.url).map_err(SpecError::Url)?;
         if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
             return Err(SpecError::Models(
@@ -232,6 +239,14 @@ mod tests {
         bad.name = "a/b".into();
         assert!(matches!(bad.validate(), Err(SpecError::Name(_))));
         assert_eq!(bad.validate().unwrap_err().field(), "name");
+        for dots in [".", "..", "..."] {
+            let mut bad = ok.clone();
+            bad.name = dots.into();
+            assert!(matches!(bad.validate(), Err(SpecError::Name(_))), "{dots}");
+        }
+        let mut dotted = ok.clone();
+        dotted.name = "vllm.a".into();
+        dotted.validate().expect("dots inside a name are fine");
         let mut bad = ok.clone();
         bad.models.clear();
         assert!(matches!(bad.validate(), Err(SpecError::Models(_))));
