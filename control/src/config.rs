@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
@@ -22,7 +22,7 @@ pub const DEFAULT_API: &str = "127.0.0.1:9000";
 /// Default discovery (gRPC) listener.
 pub const DEFAULT_DISCOVERY: &str = "127.0.0.1:9001";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// This control plane's id, sent with every snapshot (default: `cp-<host name>`).
@@ -44,7 +44,7 @@ pub struct ControlConfig {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstancesConfig {
     /// The TEI binary for HTTP instances.
@@ -109,7 +109,7 @@ impl Default for InstancesConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuConfig {
     /// Placement on a GPU with less free VRAM than this fails (INSUFFICIENT_VRAM).
@@ -118,7 +118,7 @@ pub struct GpuConfig {
     pub simulated: Vec<FakeGpu>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Keys accepted on /admin/* (`Authorization: Bearer <key>` or `X-API-Key: <key>`).
@@ -142,7 +142,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySettings {
     /// Changes within this many ms of the first become one snapshot version.
@@ -155,7 +155,7 @@ impl Default for DiscoverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Operator REST API.
@@ -173,7 +173,7 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// JSON log lines instead of human-readable text.
@@ -353,7 +353,15 @@ mod tests {
 
     #[test]
     fn example_files_parse_and_validate() {
-        for name in ["control.toml", "quickstart-control.toml"] {
+        for name in [
+            "control.toml",
+            "quickstart-control.toml",
+            "production-control.toml",
+            "development-control.toml",
+            "../deploy/kubernetes/base/config/control-gpu.toml",
+            "../deploy/kubernetes/base/config/control-backends.toml",
+            "../deploy/kubernetes/overlays/development/config/control-gpu.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);

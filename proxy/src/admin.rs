@@ -2,7 +2,8 @@
 //! a dump of the routing table the proxy runs.
 //!
 //! - `GET /healthz` — 200 while the process serves.
-//! - `GET /ready` — 200 once a routing table has been received, 503 before.
+//! - `GET /ready` — 200 once a routing table has been received and the client listener
+//!   accepts, 503 before.
 //! - `GET /metrics` — Prometheus text.
 //! - `GET /config_dump` — the table (version, source, models, endpoints; never secrets).
 
@@ -14,6 +15,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::lifecycle::Listening;
 use crate::observe::Metrics;
 use crate::TableState;
 
@@ -22,6 +24,8 @@ pub struct Admin {
     pub state: Arc<TableState>,
     pub metrics: Arc<Metrics>,
     pub node_id: String,
+    /// Whether the client listener is bound.
+    pub listening: Arc<Listening>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -45,7 +49,12 @@ impl ServeHttp for Admin {
             "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
             "/ready" => {
                 let table = self.state.table();
-                if self.state.is_ready() {
+                if !self.listening.is_set() {
+                    json_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "not_ready", "reason": "client listener not bound yet"}),
+                    )
+                } else if self.state.is_ready() {
                     json_reply(
                         StatusCode::OK,
                         json!({"status": "ready", "version": table.version}),

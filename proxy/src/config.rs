@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use multiverse_common::config::ConfigError;
 
@@ -15,12 +15,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// This proxy's id towards control planes (default: the host name).
     pub node_id: Option<String>,
     pub listen: ListenConfig,
+    pub clients: ClientsConfig,
     pub control_planes: Vec<ControlPlaneConfig>,
     pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
@@ -31,7 +32,7 @@ pub struct ProxyConfig {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// HTTP/1.1 and h2c (gRPC) clients.
@@ -40,14 +41,38 @@ pub struct ListenConfig {
     pub admin: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Timeouts of client connections (the client listener; the admin listener uses them too).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// The whole request header must arrive within this time (from the accept on a new
+    /// connection, from its first byte on a reused one); then 408 and close, or just close if
+    /// nothing was sent.
+    pub header_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this time without a new request.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            // nginx's `keepalive_timeout` default; longer than the 60 s idle timeout of common
+            // load balancers in front (AWS ALB, GCP), so they, not the proxy, close idle
+            // connections and never send a request on one the proxy is closing.
+            keepalive_timeout_ms: 75_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// `http://host:port` of a control plane's discovery listener.
     pub url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StandaloneConfig {
     /// Static routes file (format: config/routes.toml), reloaded on SIGHUP. When set, the proxy
@@ -55,14 +80,14 @@ pub struct StandaloneConfig {
     pub routes_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
@@ -72,7 +97,7 @@ pub struct UpstreamConfig {
     pub max_h2_streams: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierSettings {
     /// Consecutive gateway failures (connect errors, resets, timeouts, 502/503/504) that eject
@@ -96,7 +121,7 @@ impl Default for OutlierSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryTuning {
     /// Withdraw a control plane's routes once it has been unreachable this long; 0 keeps them
@@ -108,7 +133,7 @@ pub struct DiscoveryTuning {
     pub backoff_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Worker threads, one event loop each (default: the number of CPUs).
@@ -117,7 +142,7 @@ pub struct ServerConfig {
     pub drain_grace_seconds: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// JSON log lines instead of human-readable ones.
@@ -219,6 +244,11 @@ impl ProxyConfig {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
         }
         for (key, v) in [
+            ("clients.header_timeout_ms", self.clients.header_timeout_ms),
+            (
+                "clients.keepalive_timeout_ms",
+                self.clients.keepalive_timeout_ms,
+            ),
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
@@ -286,11 +316,34 @@ mod tests {
         assert_eq!(c.listen.clients, "127.0.0.1:8080");
         assert_eq!(c.listen.admin, "127.0.0.1:9901");
         assert_eq!(c.limits.max_body_bytes, 8 << 20);
+        assert_eq!(c.clients.header_timeout_ms, 10_000);
+        assert_eq!(c.clients.keepalive_timeout_ms, 75_000);
+    }
+
+    #[test]
+    fn zero_client_timeouts_name_the_key() {
+        for key in ["header_timeout_ms", "keepalive_timeout_ms"] {
+            let c: ProxyConfig = toml::from_str(&format!("[clients]\n{key} = 0")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("clients.{key}")) && msg.contains("/etc/p.toml"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
     fn example_files_parse_and_validate() {
-        for name in ["proxy.toml", "quickstart-proxy.toml"] {
+        for name in [
+            "proxy.toml",
+            "quickstart-proxy.toml",
+            "production-proxy.toml",
+            "development-proxy.toml",
+            "../deploy/kubernetes/base/config/proxy.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);

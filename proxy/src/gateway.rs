@@ -13,10 +13,14 @@
 //! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
 //! 8. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy` — retry on another endpoint or
 //!    answer with an error in the route family's format ([`respond`]).
-//! 9. `logging` — metrics ([`observe`]).
+//! 9. `logging` — metrics ([`observe`]); client faults logged at info, rate-limited.
+//!
+//! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
+//! within the header timeout (408) and CONNECT (405) with the bodies of
+//! `request_header_error_body`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,14 +30,19 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::lifecycle::{Active, ActiveGuard};
-use crate::observe::{InFlight, Metrics};
+use crate::observe::{InFlight, LogLimit, Metrics};
 use crate::outlier::{self, OutlierConfig, Verdict};
 use crate::pick::{any_eligible, pick, Tried, Want};
 use crate::respond::{self, ProxyError};
+use crate::retry::ClientFault;
 use crate::route::{self, Family, Held, Target};
 use crate::table::{Endpoint, ProtoClass, Route, RoutingTable};
 use crate::upstream::{self, UpstreamDefaults};
 use crate::{retry, TableState};
+
+/// Client-fault log lines per second at most (the rest are counted in
+/// `client_faults_total` and summarised in the next line).
+const CLIENT_FAULT_LOGS_PER_SECOND: u32 = 10;
 
 /// Proxy-wide settings of the request path.
 #[derive(Debug, Clone)]
@@ -41,6 +50,8 @@ pub struct GatewayConfig {
     pub upstream: UpstreamDefaults,
     pub max_body_bytes: usize,
     pub outlier: OutlierConfig,
+    /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
+    pub header_timeout: Duration,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -49,6 +60,10 @@ pub struct Gateway {
     active: Arc<Active>,
     metrics: Arc<Metrics>,
     config: GatewayConfig,
+    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
+    /// is known yet), built once.
+    header_errors: [(u16, Bytes); 3],
+    fault_log: LogLimit,
 }
 
 impl Gateway {
@@ -58,11 +73,21 @@ impl Gateway {
         metrics: Arc<Metrics>,
         config: GatewayConfig,
     ) -> Self {
+        let header_errors = [
+            (400, ProxyError::malformed_header().openai_body()),
+            (405, ProxyError::connect_not_allowed().openai_body()),
+            (
+                408,
+                ProxyError::header_timeout(config.header_timeout).openai_body(),
+            ),
+        ];
         Self {
             state,
             active,
             metrics,
             config,
+            header_errors,
+            fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
         }
     }
 }
@@ -212,7 +237,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
         if ctx.body_bytes > self.config.max_body_bytes {
-            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            let mut e = Error::explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            // the client's fault: answered 413 and logged as a client fault
+            e.esource = ErrorSource::Downstream;
+            return Err(e);
         }
         ctx.held.prepend_to(body);
         Ok(())
@@ -325,6 +353,19 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn request_header_error_body(&self, status: u16) -> Option<(&'static str, Bytes)> {
+        self.header_errors
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// pingora's "Fail to proxy" ERROR line is for the gateway's own failures; client faults
+    /// are logged by `logging` at info, rate-limited.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        ClientFault::of(e).is_some()
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
@@ -335,7 +376,24 @@ impl ProxyHttp for Gateway {
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
         if let Some(e) = e {
-            tracing::debug!(model, endpoint, status, error = %e, "request failed");
+            match ClientFault::of(e) {
+                Some(fault) => {
+                    if let Some(held_back) = self.fault_log.allow() {
+                        let path = session.req_header().uri.path();
+                        tracing::info!(
+                            fault = fault.label(),
+                            status,
+                            model,
+                            path,
+                            error = %e,
+                            held_back,
+                            "request failed by the client's doing"
+                        );
+                    }
+                    self.metrics.client_fault(fault.label());
+                }
+                None => tracing::debug!(model, endpoint, status, error = %e, "request failed"),
+            }
         }
         ctx.in_flight = None;
     }

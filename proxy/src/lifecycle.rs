@@ -1,16 +1,33 @@
-//! Process lifecycle: how many requests are active, and draining on SIGTERM.
+//! Process lifecycle: whether the client listener accepts, how many requests are active, and
+//! draining on SIGTERM.
 //!
 //! pingora stops accepting on SIGTERM and keeps serving open requests for the configured grace
 //! period before it stops its runtimes. [`Drain`] ends the process as soon as the last active
 //! request has finished, so an idle proxy exits at once and a busy one waits at most the grace.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+
+/// Set once the client listener is bound and listening (connects succeed from then on): the
+/// admin `/ready` answers 200 only after it. The admin listener needs no flag of its own, since
+/// it is the one answering.
+#[derive(Debug, Default)]
+pub struct Listening(AtomicBool);
+
+impl Listening {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// Requests between their first phase and their last.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@ use multiverse_proxy::admin::Admin;
 use multiverse_proxy::config::{ms, ControlPlaneConfig, ProxyConfig};
 use multiverse_proxy::discovery::{Discovery, DiscoveryConfig};
 use multiverse_proxy::gateway::{Gateway, GatewayConfig};
-use multiverse_proxy::lifecycle::{Active, Drain};
+use multiverse_proxy::lifecycle::{Active, Drain, Listening};
 use multiverse_proxy::observe::Metrics;
 use multiverse_proxy::outlier::OutlierConfig;
 use multiverse_proxy::standalone::{self, Reloader};
@@ -159,16 +159,23 @@ fn run() -> anyhow::Result<()> {
                 max_ejection: ms(cfg.outlier.max_ejection_ms),
                 max_ejection_percent: cfg.outlier.max_ejection_percent,
             },
+            header_timeout: ms(cfg.clients.header_timeout_ms),
         },
     );
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "clients");
     proxy.add_tcp(&cfg.listen.clients);
     if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
+        let mut options = client_options(&cfg);
         options.h2c = true;
         app.server_options = Some(options);
     }
+    let listening = Arc::new(Listening::default());
+    let flag = listening.clone();
+    proxy.on_listening(move |bound| match bound {
+        Ok(()) => flag.set(),
+        Err(e) => exit_unbound("listen.clients", &e),
+    });
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -176,9 +183,18 @@ fn run() -> anyhow::Result<()> {
             state: state.clone(),
             metrics: metrics.clone(),
             node_id: node_id.clone(),
+            listening,
         }),
     );
     admin.add_tcp(&cfg.listen.admin);
+    if let Some(app) = admin.app_logic_mut() {
+        app.server_options = Some(client_options(&cfg));
+    }
+    admin.on_listening(|bound| {
+        if let Err(e) = bound {
+            exit_unbound("listen.admin", &e);
+        }
+    });
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -228,4 +244,20 @@ fn run() -> anyhow::Result<()> {
         "multiverse-proxy starting"
     );
     server.run_forever()
+}
+
+/// Header and keep-alive timeouts of client connections (`[clients]`).
+fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
+    options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options
+}
+
+/// A listener that cannot be bound ends the process: running on without it would be a proxy
+/// that is alive but never ready.
+fn exit_unbound(key: &str, e: &pingora_error::Error) -> ! {
+    tracing::error!(key, error = %e, "cannot listen; exiting");
+    std::process::exit(2);
 }

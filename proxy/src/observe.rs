@@ -1,9 +1,9 @@
 //! What the proxy tells operators about itself: Prometheus metrics, rendered on the admin
-//! listener's `/metrics`.
+//! listener's `/metrics`, and a rate limit for log lines any client can cause.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -20,6 +20,7 @@ pub struct Metrics {
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
     ejections: IntCounterVec,
+    client_faults: IntCounterVec,
     in_flight: IntGauge,
     pub table_version: IntGaugeVec,
     pub table_updates: IntCounter,
@@ -66,6 +67,14 @@ impl Metrics {
             ),
             &["endpoint"],
         ));
+        let client_faults = must(IntCounterVec::new(
+            Opts::new(
+                "client_faults_total",
+                "Requests that failed by the client's doing (malformed or oversized body, \
+                 timeout, gone), by reason",
+            ),
+            &["reason"],
+        ));
         let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
         let table_version = must(IntGaugeVec::new(
             Opts::new(
@@ -95,6 +104,7 @@ impl Metrics {
             Box::new(connect_errors.clone()),
             Box::new(retries.clone()),
             Box::new(ejections.clone()),
+            Box::new(client_faults.clone()),
             Box::new(in_flight.clone()),
             Box::new(table_version.clone()),
             Box::new(table_updates.clone()),
@@ -110,6 +120,7 @@ impl Metrics {
             connect_errors,
             retries,
             ejections,
+            client_faults,
             in_flight,
             table_version,
             table_updates,
@@ -139,6 +150,11 @@ impl Metrics {
 
     pub fn ejection(&self, endpoint: &str) {
         self.ejections.with_label_values(&[endpoint]).inc();
+    }
+
+    /// Counts a request that failed by the client's doing (`reason`: a static label).
+    pub fn client_fault(&self, reason: &str) {
+        self.client_faults.with_label_values(&[reason]).inc();
     }
 
     /// Records a new table version (the gauge carries the version as a label).
@@ -171,6 +187,53 @@ fn fmt_status(status: u16, buf: &mut [u8; 3]) -> &str {
     buf[1] = b'0' + (status / 10 % 10) as u8;
     buf[2] = b'0' + (status % 10) as u8;
     std::str::from_utf8(buf).unwrap_or("0")
+}
+
+/// At most `per_second` log lines a second (lock-free, approximate under races): for lines any
+/// client can cause, so that none can flood the log. Lines held back are counted and reported
+/// with the next line let through.
+#[derive(Debug)]
+pub struct LogLimit {
+    per_second: u32,
+    start: Instant,
+    second: AtomicU64,
+    used: AtomicU32,
+    held_back: AtomicU64,
+}
+
+impl LogLimit {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            start: Instant::now(),
+            second: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one let through)` if this line may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(self.start.elapsed().as_secs())
+    }
+
+    fn allow_at(&self, now_second: u64) -> Option<u64> {
+        let second = self.second.load(Ordering::Relaxed);
+        if now_second > second
+            && self
+                .second
+                .compare_exchange(second, now_second, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Counts a request against an endpoint while it is in flight (dropped at the end, or replaced
@@ -212,6 +275,19 @@ mod tests {
             "multiverse_proxy_requests_total{endpoint=\"e1\",model=\"demo\",status=\"200\"} 1"
         ));
         assert!(text.contains("multiverse_proxy_table_info{version=\"7\"} 1"));
+    }
+
+    #[test]
+    fn log_limit_lets_a_burst_through_per_second() {
+        let limit = LogLimit::new(3);
+        let first: Vec<_> = (0..5).map(|_| limit.allow_at(0)).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+        // the next second lets three more through; the first reports the two held back
+        assert_eq!(limit.allow_at(1), Some(2));
+        assert_eq!(limit.allow_at(1), Some(0));
+        assert_eq!(limit.allow_at(1), Some(0));
+        assert_eq!(limit.allow_at(1), None);
+        assert_eq!(limit.allow_at(5), Some(1));
     }
 
     #[test]

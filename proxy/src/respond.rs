@@ -97,6 +97,46 @@ impl ProxyError {
         )
     }
 
+    /// The client stopped sending its body (a read from it timed out).
+    pub fn client_timeout() -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            "The client stopped sending the request".into(),
+        )
+    }
+
+    /// The request header could not be parsed (before any route is known).
+    pub fn malformed_header() -> Self {
+        Self::bad_request(
+            "invalid_request",
+            "The request is not valid HTTP: malformed request line or header".into(),
+        )
+    }
+
+    /// The request header did not arrive within `clients.header_timeout_ms`.
+    pub fn header_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "The request header did not arrive within {} ms",
+                limit.as_millis()
+            ),
+        )
+    }
+
+    pub fn connect_not_allowed() -> Self {
+        Self::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            "CONNECT is not supported".into(),
+        )
+    }
+
     pub fn no_endpoint(model: &str) -> Self {
         Self::new(
             503,

@@ -238,7 +238,9 @@ pub async fn model_from_body(
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;
     loop {
-        let Some(chunk) = session.read_request_body().await? else {
+        // A failed read is the client's (malformed chunked encoding, timeout, gone).
+        let read = session.read_request_body().await.map_err(|e| e.into_down());
+        let Some(chunk) = read? else {
             return Ok(Err(scan_error(scanner.finish())));
         };
         total += chunk.len();

@@ -12,7 +12,7 @@ use multiverse_common::vocab::{Health, LbStrategy, ModelKind, Protocol, UnknownN
 use multiverse_proto::discovery::v1 as pb;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::table::{resolve_socket_addr, PlaneRoutes};
 use crate::TableState;
@@ -20,55 +20,59 @@ use crate::TableState;
 /// The plane id static routes are stored under.
 pub const STATIC_PLANE: &str = "static";
 
-#[derive(Debug, Deserialize)]
+/// A routes file as written (format: `config/routes.toml`); serialisable so tools (the test kit,
+/// the benchmarks) write the same type the proxy reads.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RoutesFile {
+pub struct RoutesFile {
     /// Reported as the table version (default: a hash of the file).
-    version: Option<String>,
+    pub version: Option<String>,
     #[serde(default)]
-    models: Vec<ModelEntry>,
+    pub models: Vec<ModelEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ModelEntry {
-    name: String,
+pub struct ModelEntry {
+    pub name: String,
     #[serde(default = "default_kind")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    lb: Option<String>,
-    max_retries: Option<u32>,
+    pub lb: Option<String>,
+    pub max_retries: Option<u32>,
     #[serde(default)]
-    connect_timeout_ms: u32,
+    pub connect_timeout_ms: u32,
     #[serde(default)]
-    first_byte_timeout_ms: u32,
+    pub first_byte_timeout_ms: u32,
     #[serde(default)]
-    idle_timeout_ms: u32,
+    pub idle_timeout_ms: u32,
     #[serde(default)]
-    endpoints: Vec<EndpointEntry>,
+    pub endpoints: Vec<EndpointEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[models.endpoints]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct EndpointEntry {
-    id: String,
-    address: String,
+pub struct EndpointEntry {
+    pub id: String,
+    pub address: String,
     #[serde(default = "default_protocol")]
-    protocol: String,
+    pub protocol: String,
     #[serde(default = "default_weight")]
-    weight: u32,
+    pub weight: u32,
     #[serde(default = "default_health")]
-    health: String,
+    pub health: String,
     #[serde(default)]
-    tls: bool,
+    pub tls: bool,
     #[serde(default)]
-    host: String,
+    pub host: String,
     #[serde(default)]
-    path_prefix: String,
+    pub path_prefix: String,
     #[serde(default)]
-    api_key: String,
+    pub api_key: String,
     #[serde(default)]
-    labels: std::collections::HashMap<String, String>,
+    pub labels: std::collections::HashMap<String, String>,
 }
 
 fn default_kind() -> String {

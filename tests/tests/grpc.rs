@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use multiverse_benches::embedding;
+use multiverse_mocks::embedding;
 use multiverse_proto::tei::v1 as tei;
 use multiverse_tests::*;
 use tei::embed_client::EmbedClient;
@@ -24,7 +24,7 @@ fn with_model<T>(msg: T, model: &str) -> Request<T> {
 fn embed_req(text: &str) -> tei::EmbedRequest {
     tei::EmbedRequest {
         inputs: text.into(),
-        normalize: true,
+        normalize: Some(true),
         ..Default::default()
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use multiverse_benches::embedding;
+use multiverse_mocks::embedding;
 use multiverse_proto::tei::v1 as tei;
 use multiverse_tests::*;
 use nix::sys::signal::Signal;
@@ -744,7 +744,7 @@ fn with_model<T>(msg: T, model: &str) -> tonic::Request<T> {
 fn embed_req(text: &str) -> tei::EmbedRequest {
     tei::EmbedRequest {
         inputs: text.into(),
-        normalize: true,
+        normalize: Some(true),
         ..Default::default()
     }
 }

@@ -34,10 +34,14 @@ async fn one_planes_endpoints_are_kept_or_withdrawn_after_the_grace() {
     let mut cp_b = Control::start(&dir, "cp-b", &backends_toml(&[&b], "demo")).await;
     let planes = [cp_a.discovery_url(), cp_b.discovery_url()];
     let keeping = Proxy::start(&dir, "proxy-keep", &planes).await;
-    // This one withdraws a plane's routes 600 ms after losing it (the harness puts extra keys
-    // in the proxy's [discovery] table).
-    let withdrawing =
-        Proxy::start_with(&dir, "proxy-withdraw", &planes, "withdraw_after_ms = 600\n").await;
+    // This one withdraws a plane's routes 600 ms after losing it.
+    let withdrawing = Proxy::start_with(
+        &dir,
+        "proxy-withdraw",
+        &planes,
+        "[discovery]\nwithdraw_after_ms = 600\n",
+    )
+    .await;
     let client = reqwest::Client::new();
     let both: HashSet<String> = ["mock-a".to_string(), "mock-b".to_string()].into();
     for proxy in [&keeping, &withdrawing] {

@@ -16,14 +16,14 @@
 //!
 //! The children are found next to this executable (`cargo build --workspace --bins`, with
 //! `--release` for numbers worth quoting) unless `--mock-bin` / `--proxy-bin` say otherwise,
-//! and are killed when it exits.
+//! are started by the test kit's stack launcher (the proxy's config and routes files written
+//! from its own config types) and are killed when it exits.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -35,14 +35,18 @@ use http_body_util::Full;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use multiverse_benches::load::http::Http1Pool;
+use multiverse_benches::load::http::{snippet, Http1Pool};
 use multiverse_benches::load::machine::{
     command_line, parse_non_negative, parse_positive, Machine,
 };
-use multiverse_benches::load::process::{free_port, sibling_binary, ChildProcess, ScratchDir};
 use multiverse_benches::load::report::{self, latency_histogram, Added, Summary};
 use multiverse_benches::load::schedule::{self, Phase, Plan};
-use multiverse_benches::mock::common::termination_signal;
+use multiverse_benches::load::stack::{admin_client, standalone_proxy};
+use multiverse_mocks::common::termination_signal;
+use multiverse_proxy::standalone::RoutesFile;
+use multiverse_testkit::binaries::{MOCK_OPENAI, PROXY};
+use multiverse_testkit::routes::{endpoint, model};
+use multiverse_testkit::{Binaries, Launch, MockOpenAi, ScratchDir};
 
 /// The request every arrival sends (to model `demo`).
 const PATH: &str = "/v1/chat/completions";
@@ -53,8 +57,6 @@ const MOCK_ARGS: [&str; 4] = ["--tokens", "4", "--latency-ms", "0"];
 /// Target names, in interleaving order (arrival `i` goes to `TARGETS[i % 2]`).
 const TARGETS: [&str; 2] = ["direct", "proxy"];
 const ADDED_LABEL: &str = "added (proxy − direct)";
-/// How long the children get to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Proxy vs direct latency in one open-loop run (hdrhistogram, p50/p99 and more).
 #[derive(Debug, Parser)]
@@ -206,14 +208,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let settings = Settings::from_args(args);
     let plan = settings.plan();
     plan.validate().map_err(anyhow::Error::msg)?;
-    let mock_bin = match &args.mock_bin {
-        Some(path) => path.clone(),
-        None => sibling_binary("mock-openai")?,
-    };
-    let proxy_bin = match &args.proxy_bin {
-        Some(path) => path.clone(),
-        None => sibling_binary("multiverse-proxy")?,
-    };
+    let mut bins = Binaries::beside_exe();
+    if let Some(path) = &args.mock_bin {
+        bins = bins.with(MOCK_OPENAI, path);
+    }
+    if let Some(path) = &args.proxy_bin {
+        bins = bins.with(PROXY, path);
+    }
+    bins.check(&[MOCK_OPENAI, PROXY])?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads as usize)
@@ -237,60 +239,25 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let _ = std::fs::remove_dir_all(&scratch_path);
         std::process::exit(130);
     });
-    let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
-    let mut mock_args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--name".into(),
-        "mock".into(),
-    ];
-    mock_args.extend(MOCK_ARGS.iter().map(|s| s.to_string()));
-    let mut mock = ChildProcess::spawn(
-        "mock-openai",
-        &mock_bin,
-        &mock_args,
-        &env,
-        scratch.path(),
-        true,
-    )?;
-    let mock_addr = mock.wait_listening(READY_TIMEOUT)?;
-
-    let routes = scratch.path().join("routes.toml");
-    std::fs::write(&routes, routes_toml(mock_addr))
-        .with_context(|| format!("cannot write {}", routes.display()))?;
-    let proxy_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let proxy_args = vec![
-        "--routes".to_string(),
-        routes.display().to_string(),
-        "--listen".into(),
-        proxy_addr.to_string(),
-        "--admin-listen".into(),
-        admin_addr.to_string(),
-    ];
-    let mut proxy = ChildProcess::spawn(
-        "multiverse-proxy",
-        &proxy_bin,
-        &proxy_args,
-        &env,
-        scratch.path(),
-        false,
-    )?;
+    let launch = Launch::new(bins, scratch.path());
+    let mock = MockOpenAi::try_start(&launch, "mock", &MOCK_ARGS)?;
+    let proxy = standalone_proxy(&launch, "multiverse-proxy", &routes(mock.addr))?;
 
     let connections = args.connections as usize;
     let pools: Arc<[Http1Pool; 2]> = Arc::new([
-        Http1Pool::new(mock_addr, connections),
-        Http1Pool::new(proxy_addr, connections),
+        Http1Pool::new(mock.addr, connections),
+        Http1Pool::new(proxy.listen, connections),
     ]);
+    let client = admin_client()?;
     runtime.block_on(async {
-        wait_ready(admin_addr, &mut proxy).await?;
+        proxy.try_wait_ready(&client).await?;
         for (name, pool) in TARGETS.iter().zip(pools.iter()) {
             pool.warm()
                 .await
                 .with_context(|| format!("cannot open connections to {name}"))?;
             check_once(name, pool, *name == "proxy")
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}{}", proxy.log_excerpt()))?;
+                .map_err(|e| anyhow::anyhow!("{e}{}", proxy.proc.log_excerpt()))?;
         }
         anyhow::Ok(())
     })?;
@@ -332,7 +299,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .context("the result collector failed")?;
     drop(runtime);
     // A child that died during the run fails it, after the report of what was measured.
-    let died: Vec<String> = [&mut proxy, &mut mock]
+    let died: Vec<String> = [&proxy.proc, &mock.proc]
         .into_iter()
         .filter_map(|child| child.ensure_running().err())
         .map(|e| format!("{e:#}"))
@@ -439,17 +406,15 @@ fn print_human(record: &Record) {
 }
 
 /// The standalone routes file: model `demo` on one endpoint, the mock.
-fn routes_toml(mock: SocketAddr) -> String {
-    format!(
-        "version = \"latency-check\"\n\n\
-         [[models]]\n\
-         name = \"demo\"\n\
-         kind = \"chat\"\n\n\
-         [[models.endpoints]]\n\
-         id = \"mock\"\n\
-         address = \"{mock}\"\n\
-         protocol = \"http1\"\n"
-    )
+fn routes(mock: std::net::SocketAddr) -> RoutesFile {
+    RoutesFile {
+        version: Some("latency-check".into()),
+        models: vec![model(
+            "demo",
+            "chat",
+            vec![endpoint("mock", mock, "http1", "healthy")],
+        )],
+    }
 }
 
 fn request() -> Request<Full<Bytes>> {
@@ -457,38 +422,6 @@ fn request() -> Request<Full<Bytes>> {
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from_static(BODY)))
         .expect("a valid request")
-}
-
-/// The start of a response body, for error messages.
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.trim().to_string()
-}
-
-/// Polls the proxy's admin `/ready` until it answers 200.
-async fn wait_ready(admin: SocketAddr, proxy: &mut ChildProcess) -> anyhow::Result<()> {
-    let pool = Http1Pool::new(admin, 1);
-    let started = Instant::now();
-    loop {
-        proxy.ensure_running()?;
-        let ready = Request::get("/ready")
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        let last = match tokio::time::timeout(Duration::from_secs(1), pool.send(ready)).await {
-            Ok(Ok(response)) if response.status() == StatusCode::OK => return Ok(()),
-            Ok(Ok(response)) => format!("{}: {}", response.status(), snippet(response.body())),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "no answer within 1 s".into(),
-        };
-        if started.elapsed() > READY_TIMEOUT {
-            bail!(
-                "multiverse-proxy not ready within {READY_TIMEOUT:?} (GET http://{admin}/ready: \
-                 {last}){}",
-                proxy.log_excerpt()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One request before the run, so a broken setup fails with its cause instead of as a wall of

@@ -181,6 +181,19 @@ pub(crate) async fn collect(
     Ok(collected.freeze())
 }
 
+/// A GET request for `path`.
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+/// The start of a response body, for error messages.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

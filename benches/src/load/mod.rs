@@ -3,7 +3,7 @@
 //! The project's rule is that speed is shown by benchmarks run under open-loop load, recorded
 //! in hdrhistograms and compared side by side with a direct connection in the same run. These
 //! modules are the parts of that; `latency-check` (src/bin/latency-check.rs) is a single quick
-//! check built from them and `bench` (src/bin/bench.rs) the full suite (HTTP/1.1, h2c, SSE and
+//! check built from them and `bench` (src/bin/bench/) the full suite (HTTP/1.1, h2c, SSE and
 //! gRPC scenarios against the mocks directly, through the proxy and through nginx; route
 //! propagation; memory):
 //!
@@ -16,13 +16,15 @@
 //! - [`grpc`]: TEI gRPC clients: unary `Embed`, and per-message round trips on `EmbedStream`.
 //! - [`sse`]: timing server-sent events (first event, gaps).
 //! - [`scenario`]: the latency scenarios and their requests.
-//! - [`stack`]: the mocks, the proxy and nginx a run measures.
+//! - [`stack`]: the mocks, the proxy and nginx a run measures, and the routes file they share.
 //! - [`nginx`]: finding, configuring and running nginx as the comparison proxy.
-//! - [`propagation`]: a control plane, its admin API, and waiting for proxies to route a change.
+//! - [`propagation`]: the control plane's config, its admin API, and waiting for proxies to
+//!   route a change.
 //! - [`rss`]: resident memory of a process.
 //! - [`report`]: hdrhistogram summaries, the side-by-side table and the "added" row.
 //! - [`machine`]: the command line and machine description recorded with every result.
-//! - [`process`]: child processes (mocks, the proxy) that are killed with the benchmark.
+//!
+//! The processes a run measures are started, waited for and killed by `multiverse-testkit`.
 
 pub mod engine;
 pub mod grpc;
@@ -30,7 +32,6 @@ pub mod h2;
 pub mod http;
 pub mod machine;
 pub mod nginx;
-pub mod process;
 pub mod propagation;
 pub mod report;
 pub mod rss;

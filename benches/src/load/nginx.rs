@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::process::{free_port, ChildProcess};
+use multiverse_testkit::{try_free_addr, Proc, READY_TIMEOUT};
 
 /// The nginx binary, if one is installed.
 pub fn find() -> Option<PathBuf> {
@@ -155,7 +155,7 @@ http {{
 #[derive(Debug)]
 pub struct Nginx {
     /// The master process (its workers share its process group).
-    pub process: ChildProcess,
+    pub proc: Proc,
     /// The HTTP/1.1 listener.
     pub http1: SocketAddr,
     /// The HTTP/2 cleartext listener.
@@ -176,8 +176,8 @@ impl Nginx {
         let dir = scratch.join("nginx");
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let http1: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let http2: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let http1 = try_free_addr()?;
+        let http2 = try_free_addr()?;
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config(upstreams, http1, http2, workers, &dir))
             .with_context(|| format!("cannot write {}", conf.display()))?;
@@ -194,24 +194,24 @@ impl Nginx {
                 dir.join("nginx.pid").display()
             ),
         ];
-        let mut process = ChildProcess::spawn_group("nginx", bin, &args, &[], scratch)?;
+        let proc = Proc::try_spawn_group("nginx", bin, &args, &[], scratch)?;
         let started = Instant::now();
         loop {
-            process.ensure_running()?;
+            proc.ensure_running()?;
             let up = |addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
             if up(http1).is_ok() && up(http2).is_ok() {
                 break;
             }
-            if started.elapsed() > Duration::from_secs(15) {
+            if started.elapsed() > READY_TIMEOUT {
                 bail!(
-                    "nginx did not listen on {http1} and {http2} within 15 s{}",
-                    process.log_excerpt()
+                    "nginx did not listen on {http1} and {http2} within {READY_TIMEOUT:?}{}",
+                    proc.log_excerpt()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self {
-            process,
+            proc,
             http1,
             http2,
             version: version(bin),

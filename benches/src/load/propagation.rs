@@ -1,15 +1,15 @@
 //! Route propagation: a control plane, N proxies fed by it, and the operator API that changes
 //! what they route.
 //!
-//! - [`ControlPlane`] starts `multiverse-control` with an admin key, private backends allowed
-//!   (everything is on loopback) and the default `[discovery] coalesce_ms`.
+//! - [`control_config`] is the benchmark's `multiverse-control` (started by the test kit's
+//!   launcher): an admin key, private backends allowed (everything is on loopback), room for
+//!   many backends, the default `[discovery] coalesce_ms`.
 //! - [`AdminApi`] registers, updates and deregisters backends (`/admin/backends`).
 //! - [`wait_visible`] polls each proxy's `GET /v1/models` (answered from its routing table)
 //!   until a model is routable there (listed with a healthy endpoint) or gone, and says when
 //!   that happened on each.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -17,84 +17,26 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
+use multiverse_control::config::ControlConfig;
+use multiverse_testkit::stack::control::backend;
 use serde_json::{json, Value};
 
-use super::http::Http1Pool;
-use super::process::{free_port, ChildProcess};
-use super::stack::{get, snippet, Binaries, CHILD_ENV, READY_TIMEOUT};
+use super::http::{get, snippet, Http1Pool};
 
 /// The admin key the benchmark's control plane accepts.
 pub const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 
-/// A running multiverse-control.
-#[derive(Debug)]
-pub struct ControlPlane {
-    /// The process.
-    pub process: ChildProcess,
-    /// The operator API.
-    pub api: SocketAddr,
-    /// The discovery (gRPC) listener proxies connect to.
-    pub discovery: SocketAddr,
-}
-
-impl ControlPlane {
-    /// Starts a control plane whose state lives under `scratch`, with `backends_toml` (a
-    /// `[[backends]]` list, possibly empty) declared in its config.
-    pub fn start(bins: &Binaries, scratch: &Path, backends_toml: &str) -> anyhow::Result<Self> {
-        let api: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let discovery: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let config = scratch.join("control.toml");
-        let text = format!(
-            "id = \"bench-cp\"\ndata_dir = \"{}\"\n\n[listen]\napi = \"{api}\"\n\
-             discovery = \"{discovery}\"\n\n[admin]\napi_keys = [\"{ADMIN_KEY}\"]\n\
-             allow_private_backends = true\nmax_backends = 1024\n\n{backends_toml}",
-            scratch.join("control-data").display()
-        );
-        std::fs::write(&config, text)
-            .with_context(|| format!("cannot write {}", config.display()))?;
-        let args = vec!["--config".to_string(), config.display().to_string()];
-        let process = ChildProcess::spawn(
-            "multiverse-control",
-            &bins.control,
-            &args,
-            &CHILD_ENV,
-            scratch,
-            false,
-        )?;
-        Ok(Self {
-            process,
-            api,
-            discovery,
-        })
-    }
-
-    /// The URL proxies connect to.
-    pub fn discovery_url(&self) -> String {
-        format!("http://{}", self.discovery)
-    }
-
-    /// Polls `/health` until it answers 200.
-    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let pool = Http1Pool::new(self.api, 1);
-        let started = Instant::now();
-        loop {
-            self.process.ensure_running()?;
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(Duration::from_secs(1), pool.send(get("/health"))).await
-            {
-                if r.status() == StatusCode::OK {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "multiverse-control not ready within {READY_TIMEOUT:?}{}",
-                    self.process.log_excerpt()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// The benchmark control plane's config, with `backends` (name, base URL, model) declared.
+pub fn control_config(backends: &[(&str, &str, &str)]) -> ControlConfig {
+    let mut config = ControlConfig::default();
+    config.admin.api_keys = vec![ADMIN_KEY.to_string()];
+    config.admin.allow_private_backends = true;
+    config.admin.max_backends = 1024;
+    config.backends = backends
+        .iter()
+        .map(|(name, url, model)| backend(name, url, &[model]))
+        .collect();
+    config
 }
 
 /// A backend as the admin API takes it.

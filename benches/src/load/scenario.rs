@@ -26,9 +26,10 @@ use serde::Serialize;
 use super::engine::{Caller, Timing};
 use super::grpc::{BidiPool, UnaryClient};
 use super::h2::H2Client;
+use super::http::snippet;
 use super::http::Http1Pool;
 use super::sse::{ends_with_done, SseTimer};
-use super::stack::{snippet, Addrs, EMBED_MODEL, GRPC_MODEL};
+use super::stack::{Addrs, EMBED_MODEL, GRPC_MODEL};
 
 /// `POST /v1/chat/completions`.
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -277,9 +278,9 @@ pub async fn grpc_bidi(addr: SocketAddr, streams: usize) -> anyhow::Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::openai::OpenAiArgs;
-    use crate::mock::tei::TeiArgs;
     use clap::Parser;
+    use multiverse_mocks::openai::OpenAiArgs;
+    use multiverse_mocks::tei::TeiArgs;
 
     fn concurrency() -> Concurrency {
         Concurrency {
@@ -293,7 +294,7 @@ mod tests {
     /// Every scenario against in-process mocks (the "direct" target).
     #[tokio::test]
     async fn every_scenario_works_against_the_mocks() {
-        let openai = crate::mock::openai::spawn(OpenAiArgs::parse_from([
+        let openai = multiverse_mocks::openai::spawn(OpenAiArgs::parse_from([
             "mock-openai",
             "--listen",
             "127.0.0.1:0",
@@ -302,7 +303,7 @@ mod tests {
         ]))
         .await
         .unwrap();
-        let tei_http = crate::mock::tei::spawn(TeiArgs::parse_from([
+        let tei_http = multiverse_mocks::tei::spawn(TeiArgs::parse_from([
             "mock-tei",
             "--hostname",
             "127.0.0.1",
@@ -311,7 +312,7 @@ mod tests {
         ]))
         .await
         .unwrap();
-        let tei_grpc = crate::mock::tei::spawn(TeiArgs::parse_from([
+        let tei_grpc = multiverse_mocks::tei::spawn(TeiArgs::parse_from([
             "mock-tei",
             "--hostname",
             "127.0.0.1",

@@ -1,28 +1,24 @@
 //! The processes a benchmark run measures: the mock backends, `multiverse-proxy` in front of
 //! them (standalone, or fed by a control plane), nginx in front of the same mocks, and the
-//! addresses each target answers on.
+//! addresses each target answers on. Mocks, proxies and control planes are started by the test
+//! kit's stack launcher (`multiverse_testkit::stack`), configured through the binaries' own
+//! config types.
 //!
-//! Spawn from the main thread (see [`super::process`]): children get a parent-death signal
-//! tied to the spawning thread.
+//! Spawn from the main thread (see `multiverse_testkit::process`): children get a parent-death
+//! signal tied to the spawning thread.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use anyhow::Context;
+use multiverse_proxy::config::{ControlPlaneConfig, ProxyConfig};
+use multiverse_proxy::standalone::RoutesFile;
+use multiverse_testkit::routes::{endpoint, model};
+use multiverse_testkit::stack::Launch;
+use multiverse_testkit::{MockOpenAi, MockTei, Proxy};
 
-use super::http::Http1Pool;
 use super::nginx::{self, Nginx, Upstreams};
-use super::process::{free_port, ChildProcess};
-
-/// How long a child gets to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Children's environment: plain info-level logs.
-pub const CHILD_ENV: [(&str, &str); 2] = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
 
 /// The chat model every OpenAI scenario asks for.
 pub const CHAT_MODEL: &str = "demo";
@@ -56,38 +52,25 @@ impl Addrs {
     }
 }
 
-/// The binaries a run uses.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    /// mock-openai.
-    pub mock_openai: PathBuf,
-    /// mock-tei.
-    pub mock_tei: PathBuf,
-    /// multiverse-proxy.
-    pub proxy: PathBuf,
-    /// multiverse-control.
-    pub control: PathBuf,
-}
-
 /// The mock backends.
 #[derive(Debug)]
 pub struct Mocks {
     /// mock-openai.
-    pub openai: ChildProcess,
+    pub openai: MockOpenAi,
     /// mock-tei (HTTP).
-    pub tei_http: ChildProcess,
+    pub tei_http: MockTei,
     /// mock-tei --grpc.
-    pub tei_grpc: ChildProcess,
+    pub tei_grpc: MockTei,
     /// Their addresses: the "direct" target.
     pub addrs: Addrs,
 }
 
 impl Mocks {
     /// Starts the three mocks; SSE chunks are `chunk_interval_ms` apart.
-    pub fn start(bins: &Binaries, scratch: &Path, chunk_interval_ms: u64) -> anyhow::Result<Self> {
-        let mut openai = start_mock_openai(
-            bins,
-            scratch,
+    pub fn start(launch: &Launch, chunk_interval_ms: u64) -> anyhow::Result<Self> {
+        let interval = chunk_interval_ms.to_string();
+        let openai = MockOpenAi::try_start(
+            launch,
             "mock-openai",
             &[
                 "--tokens",
@@ -95,209 +78,99 @@ impl Mocks {
                 "--latency-ms",
                 "0",
                 "--chunk-interval-ms",
-                &chunk_interval_ms.to_string(),
+                &interval,
             ],
         )?;
-        let openai_addr = openai.wait_listening(READY_TIMEOUT)?;
-        let mut tei_http = start_mock_tei(bins, scratch, "mock-tei-http", false)?;
-        let tei_http_addr = tei_http.wait_listening(READY_TIMEOUT)?;
-        let mut tei_grpc = start_mock_tei(bins, scratch, "mock-tei-grpc", true)?;
-        let grpc_addr = tei_grpc.wait_listening(READY_TIMEOUT)?;
+        let tei_http = MockTei::try_start(launch, "mock-tei-http", &[])?;
+        let tei_grpc = MockTei::try_start(launch, "mock-tei-grpc", &["--grpc"])?;
+        let addrs = Addrs {
+            openai_h1: openai.addr,
+            openai_h2c: openai.addr,
+            tei_http: tei_http.addr,
+            grpc: tei_grpc.addr,
+        };
         Ok(Self {
             openai,
             tei_http,
             tei_grpc,
-            addrs: Addrs {
-                openai_h1: openai_addr,
-                openai_h2c: openai_addr,
-                tei_http: tei_http_addr,
-                grpc: grpc_addr,
-            },
+            addrs,
         })
     }
 
+    /// The mocks' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        vec![
+            self.openai.proc.pid(),
+            self.tei_http.proc.pid(),
+            self.tei_grpc.proc.pid(),
+        ]
+    }
+
     /// Fails if a mock has exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        self.openai.ensure_running()?;
-        self.tei_http.ensure_running()?;
-        self.tei_grpc.ensure_running()
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
+        self.openai.proc.ensure_running()?;
+        self.tei_http.proc.ensure_running()?;
+        self.tei_grpc.proc.ensure_running()
     }
-}
-
-/// Starts a mock-openai named `name` on a free port (wait for it with `wait_listening`).
-pub fn start_mock_openai(
-    bins: &Binaries,
-    scratch: &Path,
-    name: &str,
-    extra: &[&str],
-) -> anyhow::Result<ChildProcess> {
-    let mut args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--name".into(),
-        name.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    ChildProcess::spawn(name, &bins.mock_openai, &args, &CHILD_ENV, scratch, true)
-}
-
-fn start_mock_tei(
-    bins: &Binaries,
-    scratch: &Path,
-    name: &str,
-    grpc: bool,
-) -> anyhow::Result<ChildProcess> {
-    let mut args = vec![
-        "--hostname".to_string(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        "0".into(),
-        "--name".into(),
-        name.into(),
-    ];
-    if grpc {
-        args.push("--grpc".into());
-    }
-    ChildProcess::spawn(name, &bins.mock_tei, &args, &CHILD_ENV, scratch, true)
 }
 
 /// The standalone routes file for `mocks`: `demo` (chat), `bge` (TEI HTTP), `bge-grpc` (TEI
 /// gRPC), and `extra_models` more chat models on the OpenAI mock (a big routing table).
-pub fn routes_toml(mocks: &Addrs, extra_models: usize) -> String {
-    let mut s = String::from("version = \"bench\"\n\n");
-    let mut model = |name: &str, kind: &str, id: &str, addr: SocketAddr, protocol: &str| {
-        s.push_str(&format!(
-            "[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\n\n[[models.endpoints]]\n\
-             id = \"{id}\"\naddress = \"{addr}\"\nprotocol = \"{protocol}\"\n\n"
-        ));
+pub fn routes(mocks: &Addrs, extra_models: usize) -> RoutesFile {
+    let one = |name: &str, kind: &str, id: &str, addr: SocketAddr, protocol: &str| {
+        model(name, kind, vec![endpoint(id, addr, protocol, "healthy")])
     };
-    model(CHAT_MODEL, "chat", "mock-openai", mocks.openai_h1, "http1");
-    model(
-        EMBED_MODEL,
-        "embedding",
-        "mock-tei-http",
-        mocks.tei_http,
-        "http1",
-    );
-    model(GRPC_MODEL, "embedding", "mock-tei-grpc", mocks.grpc, "grpc");
-    for i in 0..extra_models {
-        model(
+    let mut models = vec![
+        one(CHAT_MODEL, "chat", "mock-openai", mocks.openai_h1, "http1"),
+        one(
+            EMBED_MODEL,
+            "embedding",
+            "mock-tei-http",
+            mocks.tei_http,
+            "http1",
+        ),
+        one(GRPC_MODEL, "embedding", "mock-tei-grpc", mocks.grpc, "grpc"),
+    ];
+    models.extend((0..extra_models).map(|i| {
+        one(
             &format!("model-{i:05}"),
             "chat",
             "mock-openai",
             mocks.openai_h1,
             "http1",
-        );
+        )
+    }));
+    RoutesFile {
+        version: Some("bench".into()),
+        models,
     }
-    s
 }
 
-/// A running multiverse-proxy.
-#[derive(Debug)]
-pub struct ProxyProcess {
-    /// The process.
-    pub process: ChildProcess,
-    /// The client listener (HTTP/1.1 and h2c).
-    pub listen: SocketAddr,
-    /// The admin listener.
-    pub admin: SocketAddr,
+/// Starts a standalone proxy named `name` routing by `routes` (written to
+/// `<dir>/<name>-routes.toml`), with the proxy's default settings. Wait for it with
+/// `Proxy::try_wait_ready`.
+pub fn standalone_proxy(launch: &Launch, name: &str, routes: &RoutesFile) -> anyhow::Result<Proxy> {
+    Proxy::try_spawn_standalone(launch, name, ProxyConfig::default(), routes)
 }
 
-impl ProxyProcess {
-    /// Starts a standalone proxy named `name` routing by `routes` (written to
-    /// `<scratch>/<name>-routes.toml`). Wait for it with [`ProxyProcess::wait_ready`].
-    pub fn standalone(
-        bins: &Binaries,
-        scratch: &Path,
-        name: &str,
-        routes: &str,
-    ) -> anyhow::Result<Self> {
-        let file = scratch.join(format!("{name}-routes.toml"));
-        std::fs::write(&file, routes)
-            .with_context(|| format!("cannot write {}", file.display()))?;
-        Self::start(
-            bins,
-            scratch,
-            name,
-            &format!("[standalone]\nroutes_file = \"{}\"\n", file.display()),
-        )
-    }
+/// Starts a proxy named `name` fed by the control plane at `control_url`, reconnecting fast.
+pub fn control_fed_proxy(launch: &Launch, name: &str, control_url: &str) -> anyhow::Result<Proxy> {
+    let mut config = ProxyConfig::default();
+    config.discovery.backoff_initial_ms = 50;
+    config.discovery.backoff_max_ms = 500;
+    config.control_planes = vec![ControlPlaneConfig {
+        url: control_url.to_string(),
+    }];
+    Proxy::try_spawn(launch, name, config)
+}
 
-    /// Starts a proxy named `name` fed by the control plane at `control_url`.
-    pub fn with_control(
-        bins: &Binaries,
-        scratch: &Path,
-        name: &str,
-        control_url: &str,
-    ) -> anyhow::Result<Self> {
-        Self::start(
-            bins,
-            scratch,
-            name,
-            &format!(
-                "[discovery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\n\
-                 [[control_planes]]\nurl = \"{control_url}\"\n"
-            ),
-        )
-    }
-
-    fn start(bins: &Binaries, scratch: &Path, name: &str, body: &str) -> anyhow::Result<Self> {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let config = scratch.join(format!("{name}.toml"));
-        let text = format!(
-            "node_id = \"{name}\"\n\n[listen]\nclients = \"{listen}\"\nadmin = \"{admin}\"\n\n{body}"
-        );
-        std::fs::write(&config, text)
-            .with_context(|| format!("cannot write {}", config.display()))?;
-        let args = vec!["--config".to_string(), config.display().to_string()];
-        let process = ChildProcess::spawn(name, &bins.proxy, &args, &CHILD_ENV, scratch, false)?;
-        Ok(Self {
-            process,
-            listen,
-            admin,
-        })
-    }
-
-    /// Polls the admin `/ready` until it answers 200.
-    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let pool = Http1Pool::new(self.admin, 1);
-        let started = Instant::now();
-        loop {
-            self.process.ensure_running()?;
-            let last = match tokio::time::timeout(Duration::from_secs(1), pool.send(get("/ready")))
-                .await
-            {
-                Ok(Ok(r)) if r.status() == StatusCode::OK => return Ok(()),
-                Ok(Ok(r)) => format!("{}: {}", r.status(), snippet(r.body())),
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => "no answer within 1 s".into(),
-            };
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready within {READY_TIMEOUT:?} (GET http://{}/ready: {last}){}",
-                    self.process.name(),
-                    self.admin,
-                    self.process.log_excerpt()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The routing table version `/ready` reports (empty when not ready).
-    pub async fn version(&self) -> String {
-        let pool = Http1Pool::new(self.admin, 1);
-        let Ok(Ok(r)) =
-            tokio::time::timeout(Duration::from_secs(2), pool.send(get("/ready"))).await
-        else {
-            return String::new();
-        };
-        serde_json::from_slice::<serde_json::Value>(r.body())
-            .ok()
-            .and_then(|v| v["version"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    }
+/// A client for the children's admin endpoints (readiness, versions): every request gets at
+/// most 2 s.
+pub fn admin_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("cannot build an HTTP client")
 }
 
 /// The stack of the latency scenarios: mocks, a standalone proxy and (when installed) nginx.
@@ -306,24 +179,22 @@ pub struct Stack {
     /// The mocks (the direct target).
     pub mocks: Mocks,
     /// multiverse-proxy.
-    pub proxy: ProxyProcess,
+    pub proxy: Proxy,
     /// nginx, or why there is none.
     pub nginx: Result<Nginx, String>,
 }
 
 impl Stack {
     /// Starts everything (nginx only when `nginx_bin` is given; a failure to start it is an
-    /// error, not a silent skip). The proxy is not waited for: see [`ProxyProcess::wait_ready`].
+    /// error, not a silent skip). The proxy is not waited for: see `Proxy::try_wait_ready`.
     pub fn start(
-        bins: &Binaries,
-        scratch: &Path,
+        launch: &Launch,
         chunk_interval_ms: u64,
         nginx_bin: Result<PathBuf, String>,
         nginx_workers: usize,
     ) -> anyhow::Result<Self> {
-        let mocks = Mocks::start(bins, scratch, chunk_interval_ms)?;
-        let proxy =
-            ProxyProcess::standalone(bins, scratch, "proxy", &routes_toml(&mocks.addrs, 0))?;
+        let mocks = Mocks::start(launch, chunk_interval_ms)?;
+        let proxy = standalone_proxy(launch, "proxy", &routes(&mocks.addrs, 0))?;
         let nginx = match nginx_bin {
             Ok(bin) => {
                 let upstreams = Upstreams {
@@ -331,7 +202,7 @@ impl Stack {
                     tei_http: mocks.addrs.tei_http,
                     tei_grpc: mocks.addrs.grpc,
                 };
-                Ok(Nginx::start(&bin, &upstreams, nginx_workers, scratch)
+                Ok(Nginx::start(&bin, &upstreams, nginx_workers, &launch.dir)
                     .context("cannot start nginx")?)
             }
             Err(why) => Err(why),
@@ -364,11 +235,11 @@ impl Stack {
     }
 
     /// Fails if any child has exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
         self.mocks.ensure_running()?;
-        self.proxy.process.ensure_running()?;
-        if let Ok(nginx) = &mut self.nginx {
-            nginx.process.ensure_running()?;
+        self.proxy.proc.ensure_running()?;
+        if let Ok(nginx) = &self.nginx {
+            nginx.proc.ensure_running()?;
         }
         Ok(())
     }
@@ -387,19 +258,6 @@ pub fn nginx_binary(explicit: Option<&Path>, disabled: bool) -> Result<PathBuf, 
     }
 }
 
-/// A GET request for `path`.
-pub fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .body(Full::new(Bytes::new()))
-        .expect("a valid request")
-}
-
-/// The start of a response body, for error messages.
-pub fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.trim().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,9 +265,13 @@ mod tests {
     #[test]
     fn routes_file_lists_models() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let text = routes_toml(&Addrs::single(a), 3);
+        let file = routes(&Addrs::single(a), 3);
+        assert_eq!(file.models.len(), 6);
+        let grpc = &file.models[2];
+        assert_eq!(grpc.name, "bge-grpc");
+        assert_eq!(grpc.endpoints[0].protocol, "grpc");
+        assert_eq!(file.models[5].name, "model-00002");
+        let text = multiverse_testkit::config_file::to_toml(&file).unwrap();
         assert_eq!(text.matches("[[models]]").count(), 6);
-        assert!(text.contains("name = \"bge-grpc\"") && text.contains("protocol = \"grpc\""));
-        assert!(text.contains("name = \"model-00002\""));
     }
 }

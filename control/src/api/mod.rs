@@ -14,6 +14,7 @@ pub mod instances;
 pub mod logs;
 pub mod openapi;
 pub mod sse;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -80,12 +81,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/snapshot", get(snapshot))
         .merge(gpus::router())
         .merge(admin)
+        .merge(ui::router())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))
         .layer(axum::middleware::from_fn(extract::linger))
         .with_state(state)
+        .layer(axum::middleware::from_fn(ui::browser_pages))
 }
 
 async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {

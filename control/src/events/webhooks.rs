@@ -47,7 +47,7 @@ pub struct FieldError {
 }
 
 /// One webhook, as configured.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL the events are POSTed to.

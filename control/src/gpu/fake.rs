@@ -11,14 +11,14 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{GpuProbe, GpuStat, GpuStatus, NvmlState};
 
 const MIB: u64 = 1024 * 1024;
 
 /// One simulated GPU, as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FakeGpu {
     pub name: String,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const HISTORY: usize = 100;
 
 /// Health-check settings (`[health]` in the config).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {
     /// Time between two rounds of checks.

@@ -347,23 +347,22 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
-                    debug!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
-                } else {
+                // MULTIVERSE PATCH: every failure to read a request header is the client's
+                // (malformed, too slow, gone): logged at debug, so no client can flood the error
+                // log. A header that did not arrive within the header timeout gets a 408.
+                debug!(
+                    "Fail to read request header: {e}, downstream session type: {}",
+                    downstream_session.session_type()
+                );
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    ReadTimedout => Some(408),
                     // otherwise the connection must be broken, no need to send anything
-                    error!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
+                    _ => None,
+                };
+                if let Some(status) = status {
+                    self.respond_header_error(&mut downstream_session, status)
+                        .await;
                 }
                 downstream_session.shutdown().await;
                 return None;
@@ -385,16 +384,36 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
-                .await
-                .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
-                });
+            // MULTIVERSE PATCH: with the application's error body.
+            self.respond_header_error(&mut downstream_session, 405)
+                .await;
             downstream_session.shutdown().await;
             return None;
         }
         Some(downstream_session)
+    }
+
+    /// MULTIVERSE PATCH: an error response before any phase ran, with the body of
+    /// [`ProxyHttp::request_header_error_body`].
+    async fn respond_header_error(&self, session: &mut HttpSession, status: u16)
+    where
+        SV: ProxyHttp + Send + Sync,
+    {
+        let result = match self.inner.request_header_error_body(status) {
+            Some((content_type, body)) => {
+                let mut resp = HttpSession::generate_error(status);
+                let headers = resp
+                    .insert_header(header::CONTENT_TYPE, content_type)
+                    .and_then(|_| resp.set_content_length(body.len()));
+                match headers {
+                    Ok(()) => session.write_error_response(resp, body).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => session.respond_error(status).await,
+        };
+        // the client may be gone already
+        result.unwrap_or_else(|e| debug!("failed to send error response to downstream: {e}"));
     }
 
     // return bool: server_session can be reused, and error if any

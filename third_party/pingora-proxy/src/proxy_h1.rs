@@ -859,7 +859,8 @@ where
                     debug!("finished sending body to downstream");
                 }
                 Err(e) => {
-                    error!("Error finish sending body to downstream: {}", e);
+                    // MULTIVERSE PATCH: the client went away; not the gateway's failure.
+                    debug!("Error finish sending body to downstream: {}", e);
                     reuse_downstream = false;
                 }
             }

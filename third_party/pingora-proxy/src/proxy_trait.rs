@@ -550,6 +550,14 @@ pub trait ProxyHttp {
     ) {
     }
 
+    /// MULTIVERSE PATCH: the body of an error response written before the request reaches any
+    /// phase: 400 for a header that cannot be parsed, 408 for one that did not arrive within the
+    /// header timeout, 405 for CONNECT. Returns `(content type, body)`; `None` (the default)
+    /// writes an empty body as before.
+    fn request_header_error_body(&self, _status: u16) -> Option<(&'static str, Bytes)> {
+        None
+    }
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].

@@ -63,7 +63,8 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // MULTIVERSE PATCH: a malformed, slow or vanished request is the client's doing.
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }
@@ -154,7 +155,8 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // MULTIVERSE PATCH: a malformed, slow or vanished request is the client's doing.
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }

@@ -19,7 +19,7 @@ pub mod http_app;
 use crate::server::ShutdownWatch;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use log::{debug, error};
+use log::debug;
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,20 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// MULTIVERSE PATCH: deadline for a whole request header. On a new connection it counts
+    /// from the accept (h2c detection and the HTTP/2 handshake included); on a reused HTTP/1
+    /// connection from the request's first byte. A connection that has sent nothing by then
+    /// is closed; a partial HTTP/1 header fails with `ReadTimedout` (the proxy answers 408).
+    ///
+    /// Default: `None` (only pingora's per-read timeouts)
+    pub header_read_timeout: Option<Duration>,
+
+    /// MULTIVERSE PATCH: how long a reused HTTP/1 connection may wait for the first byte of
+    /// its next request before it is closed.
+    ///
+    /// Default: `None` (the keepalive timeout, 60 s per read)
+    pub keepalive_idle_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -267,6 +281,10 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // MULTIVERSE PATCH: the header deadline counts from here for the first request.
+        let accepted = tokio::time::Instant::now();
+        let header_timeout = self.server_options().and_then(|o| o.header_read_timeout);
+        let idle_timeout = self.server_options().and_then(|o| o.keepalive_idle_timeout);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -280,21 +298,36 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
+            // MULTIVERSE PATCH: decide as soon as a byte differs from the preface (an 18-byte
+            // HTTP/1.0 request is answered), and within the header timeout (a connection that
+            // sends nothing is closed, instead of holding a task and a descriptor forever).
+            let peek = async {
+                match stream.peek_prefix(H2_PREFACE).await? {
+                    Some(is_h2) => Ok(is_h2),
+                    // not all streams support peeking
+                    None => {
+                        let mut buf = [0u8; H2_PREFACE.len()];
+                        Ok(!stream.try_peek(&mut buf).await? || buf == H2_PREFACE)
+                    }
+                }
+            };
+            let peeked: std::io::Result<bool> = match header_timeout {
+                Some(limit) => match tokio::time::timeout_at(accepted + limit, peek).await {
+                    Ok(peeked) => peeked,
+                    Err(_) => {
+                        debug!("no request within the header timeout {limit:?}, closing");
+                        return None;
+                    }
+                },
+                None => peek.await,
+            };
+            h2c = peeked
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
                     debug!("Read error while peeking h2c preface {e}");
                     e
                 })
                 .ok()?;
-            // not all streams support peeking
-            if peeked {
-                // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
-            }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // create a shared connection digest
@@ -307,9 +340,22 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // MULTIVERSE PATCH: the handshake within the header deadline; a failed one is the
+            // client's doing, logged at debug (any client could flood an ERROR log).
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match header_timeout {
+                Some(limit) => match tokio::time::timeout_at(accepted + limit, handshake).await {
+                    Ok(handshake) => handshake,
+                    Err(_) => {
+                        debug!("H2 handshake not done within the header timeout {limit:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
-                    error!("H2 handshake error {e}");
+                    debug!("H2 handshake error {e}");
                     return None;
                 }
                 Ok(c) => c,
@@ -345,6 +391,8 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            // MULTIVERSE PATCH: the first request's header deadline counts from the accept.
+            session.set_header_timeouts(header_timeout, Some(accepted), None);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -363,6 +411,8 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                // MULTIVERSE PATCH: idle wait for the next request, then its header deadline.
+                session.set_header_timeouts(header_timeout, None, idle_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -79,6 +79,18 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// MULTIVERSE PATCH: whether the stream starts with `expected`, decided as soon as possible.
+    ///
+    /// Returns `Some(false)` as soon as a received byte differs from `expected` or the peer
+    /// closes its side first, `Some(true)` once all of `expected` has arrived, and `None` if
+    /// peeking is not supported. What was read is put back either way. Unlike
+    /// [`Self::try_peek`], a peer that sends fewer bytes than `expected` (an 18-byte HTTP/1.0
+    /// request) is not waited for. Not cancel safe: bytes read when the future is dropped are
+    /// lost, so the caller drops the stream too (as on a timeout).
+    async fn peek_prefix(&mut self, _expected: &[u8]) -> std::io::Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 use std::any::Any;

@@ -43,6 +43,10 @@ use std::time::Duration;
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
+/// MULTIVERSE PATCH: told once whether the service's listeners are bound (see
+/// [`Service::on_listening`]).
+pub type OnListening = Box<dyn FnOnce(Result<()>) + Send + Sync>;
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -51,6 +55,7 @@ pub struct Service<A> {
     /// The number of preferred threads. `None` to follow global setting.
     pub threads: Option<usize>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
+    on_listening: Option<OnListening>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
 }
@@ -64,6 +69,7 @@ impl<A> Service<A> {
             app_logic: Some(app_logic),
             threads: None,
             runtime_opts_override: None,
+            on_listening: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -78,6 +84,7 @@ impl<A> Service<A> {
             app_logic: Some(app_logic),
             threads: None,
             runtime_opts_override: None,
+            on_listening: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -86,6 +93,14 @@ impl<A> Service<A> {
     /// Set a runtime options override for this service.
     ///
     /// Returning [`None`] from the override uses the global runtime options.
+    /// MULTIVERSE PATCH: `f` is called once the listeners are bound and listening (connects
+    /// to them succeed from then on, even before the first accept), or with the error when
+    /// they cannot be bound. Without it, a bind failure panics the service's task as before
+    /// (and the process carries on without these listeners).
+    pub fn on_listening(&mut self, f: impl FnOnce(Result<()>) + Send + Sync + 'static) {
+        self.on_listening = Some(Box::new(f));
+    }
+
     pub fn set_runtime_opts_override(&mut self, override_fn: RuntimeOptsOverride) {
         self.runtime_opts_override = Some(override_fn);
     }
@@ -289,8 +304,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 #[cfg(unix)]
                 fds,
             )
-            .await
-            .expect("Failed to build listeners");
+            .await;
+        // MULTIVERSE PATCH: report the bind result to `on_listening`.
+        let endpoints = match (endpoints, self.on_listening.take()) {
+            (Ok(endpoints), Some(on_listening)) => {
+                on_listening(Ok(()));
+                endpoints
+            }
+            (Err(e), Some(on_listening)) => {
+                on_listening(Err(e));
+                return;
+            }
+            (endpoints, None) => endpoints.expect("Failed to build listeners"),
+        };
 
         let app_logic = self
             .app_logic

@@ -322,6 +322,21 @@ impl Session {
         }
     }
 
+    /// MULTIVERSE PATCH: HTTP/1 request header deadline and idle timeout between requests
+    /// (see [`SessionV1::set_header_timeout`] and [`SessionV1::set_idle_timeout`]).
+    /// Not applicable for h2 (its connection has `h2_idle_timeout`) or subrequests.
+    pub fn set_header_timeouts(
+        &mut self,
+        header: Option<Duration>,
+        started: Option<tokio::time::Instant>,
+        idle: Option<Duration>,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(header, started);
+            s.set_idle_timeout(idle);
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

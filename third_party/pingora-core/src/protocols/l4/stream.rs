@@ -750,6 +750,39 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // MULTIVERSE PATCH: reads only until the answer is known (see `Peek::peek_prefix`).
+    async fn peek_prefix(&mut self, expected: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        if expected.len() > buf.len() {
+            return Ok(None);
+        }
+        let mut read = 0;
+        let matched = loop {
+            if read == expected.len() {
+                break true;
+            }
+            let result = self.read(&mut buf[read..expected.len()]).await;
+            let n = match result {
+                Ok(n) => n,
+                Err(e) => {
+                    self.rewind(&buf[..read]);
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                break false;
+            }
+            if buf[read..read + n] != expected[read..read + n] {
+                read += n;
+                break false;
+            }
+            read += n;
+        };
+        self.rewind(&buf[..read]);
+        Ok(Some(matched))
+    }
 }
 
 #[async_trait]

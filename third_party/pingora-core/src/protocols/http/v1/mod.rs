@@ -15,6 +15,9 @@
 //! HTTP/1.x implementation
 
 pub(crate) mod body;
+// MULTIVERSE PATCH: the body errors' types, so applications can tell a malformed request body
+// (the client's fault) from other failures.
+pub use body::{INVALID_CHUNK, INVALID_TRAILER_END, PREMATURE_BODY_END};
 pub mod client;
 pub mod common;
 pub(crate) mod header;

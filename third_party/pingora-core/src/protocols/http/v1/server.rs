@@ -158,6 +158,13 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// MULTIVERSE PATCH: the whole request header must arrive within this time, counted from
+    /// `header_started` (a new connection's accept) or else from the request's first byte.
+    header_timeout: Option<Duration>,
+    header_started: Option<tokio::time::Instant>,
+    /// MULTIVERSE PATCH: on a reused connection, how long to wait for the first byte of the
+    /// next request before closing it (instead of the keepalive timeout).
+    idle_timeout: Option<Duration>,
 }
 
 impl HttpSession {
@@ -206,17 +213,71 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            header_timeout: None,
+            header_started: None,
+            idle_timeout: None,
         }
     }
 
+    /// MULTIVERSE PATCH: a deadline for the whole request header. With `started` (the
+    /// connection's accept, for its first request) the wait for the first byte counts against
+    /// it; without, it starts with the first byte. A connection that sent nothing when it
+    /// passes is closed ([`Self::read_request`] returns `Ok(None)`); a partial header gets a
+    /// `ReadTimedout` error.
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+        started: Option<tokio::time::Instant>,
+    ) {
+        self.header_timeout = timeout;
+        self.header_started = started;
+    }
+
+    /// MULTIVERSE PATCH: how long a reused connection may stay idle before its next request's
+    /// first byte; then it is closed ([`Self::read_request`] returns `Ok(None)`).
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle_timeout = timeout;
+    }
+
+    // MULTIVERSE PATCH: `read_request_buf_per_read` bounded by the header deadline.
     async fn read_request_buf(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<usize>> {
+        let Some(deadline) = deadline else {
+            return self.read_request_buf_per_read(buf, already_read).await;
+        };
+        let limit = self.header_timeout.unwrap_or_default();
+        match tokio::time::timeout_at(deadline, self.read_request_buf_per_read(buf, already_read))
+            .await
+        {
+            Ok(res) => res,
+            Err(_) if already_read == 0 => {
+                debug!("no request within the header timeout {limit:?}, closing");
+                Ok(None)
+            }
+            Err(_) => Error::e_explain(
+                ReadTimedout,
+                format!("request header not complete within {limit:?}"),
+            ),
+        }
+    }
+
+    async fn read_request_buf_per_read(
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
     ) -> Result<Option<usize>> {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
-            match self.keepalive_timeout {
+            // MULTIVERSE PATCH: the idle timeout, when set, bounds the wait between requests.
+            let keepalive = match self.idle_timeout {
+                Some(d) if already_read == 0 => KeepaliveStatus::Timeout(d),
+                _ => self.keepalive_timeout.clone(),
+            };
+            match keepalive {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
                     Err(e) => {
@@ -304,6 +365,13 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // MULTIVERSE PATCH: the header deadline, from the accept or else from the first byte.
+        let header_started = self.header_started.take();
+        let mut deadline = self.header_timeout.and_then(|t| {
+            header_started
+                .or_else(|| (already_read > 0).then(tokio::time::Instant::now))
+                .map(|start| start + t)
+        });
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,7 +391,13 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_request_buf(&mut buf, already_read, deadline)
+                .await?
+            {
+                if already_read == 0 && deadline.is_none() {
+                    deadline = self.header_timeout.map(|t| tokio::time::Instant::now() + t);
+                }
                 already_read += n;
             } else {
                 return Ok(None);
