@@ -1,7 +1,8 @@
 //! The thin task around a [`Machine`]: it waits for whichever comes first — a command, the
 //! process's exit, the probe's answer, the machine's deadline —, feeds it to the machine, and
-//! performs the actions it returns through a [`Host`]; after each step it publishes the status
-//! (signalling a route change when the state changed). No decision is taken here.
+//! performs the actions it returns through a [`Host`]. After each step, before its actions, it
+//! publishes the status (signalling a route change when the state changed), so an event is
+//! never seen before the state it announces. No decision is taken here.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -74,7 +75,10 @@ pub async fn drive<H: Host>(
     }
     loop {
         while let Some(input) = pending.pop_front() {
-            for action in machine.step(input, Instant::now()) {
+            let actions = machine.step(input, Instant::now());
+            // The status first: whoever sees an event then finds the state it announces.
+            publish(&ctx, &machine);
+            for action in actions {
                 match action {
                     Action::Spawn => pending.push_back(match host.spawn() {
                         Ok(pid) => Input::Spawned {
@@ -101,7 +105,6 @@ pub async fn drive<H: Host>(
                     }
                     Action::Finished => {
                         host.finish();
-                        publish(&ctx, &machine);
                         for w in stop_waiters.drain(..).chain(delete_waiters.drain(..)) {
                             let _ = w.send(());
                         }
@@ -110,7 +113,6 @@ pub async fn drive<H: Host>(
                 }
             }
         }
-        publish(&ctx, &machine);
         if closed && machine.is_idle() {
             return;
         }
