@@ -1,6 +1,6 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, GPUs).
+//! (health, metrics, OpenAPI, proxies, snapshot, GPUs, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -13,17 +13,15 @@ pub mod gpus;
 pub mod instances;
 pub mod logs;
 pub mod openapi;
+pub mod proxies;
 pub mod sse;
+pub mod system;
 pub mod ui;
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 
 pub use error::{ApiError, ErrorCode};
 pub(crate) use extract::{body, query};
@@ -74,11 +72,9 @@ pub fn router(state: ApiState) -> Router {
             auth::require_key,
         ));
     Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .merge(system::router())
         .route("/openapi.json", get(openapi::document))
-        .route("/proxies", get(proxies))
-        .route("/snapshot", get(snapshot))
+        .merge(proxies::router())
         .merge(gpus::router())
         .merge(admin)
         .merge(ui::router())
@@ -89,82 +85,6 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn(extract::linger))
         .with_state(state)
         .layer(axum::middleware::from_fn(ui::browser_pages))
-}
-
-async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "control_plane_id": s.control_plane_id}))
-}
-
-async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
-    let nodes = s.nodes.list();
-    s.metrics
-        .proxies_connected
-        .set(nodes.iter().filter(|n| n.connected).count() as i64);
-    for n in &nodes {
-        s.metrics
-            .proxy_connected
-            .with_label_values(&[&n.node_id])
-            .set(i64::from(n.connected));
-        if let Some(v) = n.acked_version.as_deref().and_then(|v| v.parse().ok()) {
-            s.metrics
-                .proxy_acked_version
-                .with_label_values(&[&n.node_id])
-                .set(v);
-        }
-    }
-    s.metrics
-        .snapshot_version
-        .set(s.publisher.current().version as i64);
-    s.metrics.backends.set(s.registry.list().len() as i64);
-    s.metrics
-        .gpus
-        .update(&crate::gpu::read(s.gpus.clone()).await);
-    s.metrics.instances.reset();
-    for i in s.instances.list(None, None).await {
-        s.metrics
-            .instances
-            .with_label_values(&[i.status.name()])
-            .inc();
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-}
-
-/// Every proxy that connected: connected since, ACKed version, last NACK.
-async fn proxies(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let current = s.publisher.current();
-    Json(json!({
-        "current_version": current.version.to_string(),
-        "proxies": s.nodes.list(),
-    }))
-}
-
-/// The snapshot proxies are being sent (upstream API keys redacted).
-async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let current = s.publisher.current();
-    let models: Vec<_> = current
-        .snapshot
-        .models
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "endpoints": m.endpoints.iter().map(|e| json!({
-                    "id": e.id,
-                    "address": e.address,
-                    "health": e.health,
-                    "tls": e.tls,
-                    "host": e.host,
-                    "path_prefix": e.path_prefix,
-                    "weight": e.weight,
-                    "has_api_key": !e.upstream_api_key.is_empty(),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Json(json!({"version": current.version.to_string(), "models": models}))
 }
 
 async fn not_found() -> ApiError {
