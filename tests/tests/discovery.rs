@@ -1,6 +1,7 @@
 //! The discovery protocol as the real proxy speaks it, against a scripted control plane running
 //! in the test: hello, ACK of a good snapshot, NACK of a bad one with the previous version kept
-//! and still serving, and stale nonces.
+//! and still serving. (That the control plane ignores answers with a stale nonce is tested on
+//! its side: control/tests/discovery_nonces.rs.)
 
 use std::time::Duration;
 
