@@ -1,7 +1,8 @@
 //! The discovery protocol as the real proxy speaks it, against a scripted control plane running
 //! in the test: hello, ACK of a good snapshot, NACK of a bad one with the previous version kept
-//! and still serving, and stale nonces. And reconnecting: a real control plane killed and
-//! restarted on the same address, with the proxy's default discovery settings.
+//! and still serving. (That the control plane ignores answers with a stale nonce is tested on
+//! its side: control/tests/discovery_nonces.rs.) And reconnecting: a real control plane killed
+//! and restarted on the same address, with the proxy's default discovery settings.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

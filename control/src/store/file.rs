@@ -1,4 +1,4 @@
-//! Durable desired state: what operators registered, in `<data_dir>/state.toml`.
+//! The state file, `<data_dir>/state.toml`: loading and atomic saving.
 //!
 //! Writes are atomic: a temporary file in the same directory (mode 0600, since it holds
 //! upstream API keys), fsync, rename over the old file, fsync of the directory. A state file
@@ -10,24 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::backends::registry::BackendRecord;
-use crate::instances::InstanceRecord;
-
-/// Current state file format.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// Everything persisted.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DesiredState {
-    pub format: u32,
-    #[serde(default)]
-    pub backends: Vec<BackendRecord>,
-    #[serde(default)]
-    pub instances: Vec<InstanceRecord>,
-}
+use super::records::{DesiredState, FORMAT_VERSION};
 
 /// A state file problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -129,43 +112,10 @@ impl StateFile {
     }
 }
 
-/// The state file plus what is in it, shared by everything that persists a part of it.
-pub struct Store {
-    file: StateFile,
-    current: std::sync::Mutex<DesiredState>,
-}
-
-impl Store {
-    /// Loads the file (an error leaves it untouched and stops the start).
-    pub fn open(file: StateFile) -> Result<(Self, DesiredState), StateError> {
-        let state = file.load()?;
-        Ok((
-            Self {
-                file,
-                current: std::sync::Mutex::new(state.clone()),
-            },
-            state,
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    /// Changes one part of the state and writes the whole file; on error nothing changes.
-    pub fn update(&self, change: impl FnOnce(&mut DesiredState)) -> Result<(), StateError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = current.clone();
-        change(&mut next);
-        self.file.save(&next)?;
-        *current = next;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::BackendRecord;
     use std::os::unix::fs::PermissionsExt;
 
     fn dir(tag: &str) -> PathBuf {
@@ -180,6 +130,7 @@ mod tests {
         assert!(f.load().expect("missing is fine").backends.is_empty());
         let state = DesiredState {
             format: FORMAT_VERSION,
+            version_floor: 100,
             backends: vec![BackendRecord::example("b1")],
             instances: Vec::new(),
         };
