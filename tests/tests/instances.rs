@@ -1822,6 +1822,41 @@ async fn logs_slice_and_follow() {
     );
     assert_eq!(slice("?start=2&end=1").await.0, Vec::<String>::new());
     assert_eq!(slice("?start=1000").await.0, Vec::<String>::new());
+    // `tail=N`: the last N lines (0: none; more than there are: all).
+    assert_eq!(
+        slice("?tail=2").await,
+        (lines[total - 2..].to_vec(), total - 2, total, total)
+    );
+    assert_eq!(slice("?tail=0").await, (Vec::new(), total, total, total));
+    assert_eq!(slice("?tail=1000").await, (lines.clone(), 0, total, total));
+    for (q, what) in [
+        ("tail=1&start=0", "tail with start"),
+        ("tail=1&end=2", "tail with end"),
+        ("follow=true&end=2", "end with follow"),
+    ] {
+        assert_error(
+            &api.get(&format!("/instances/logged/logs?{q}")).await,
+            400,
+            "INVALID_LOG_QUERY",
+            what,
+        );
+    }
+    assert_error(
+        &api.get("/instances/logged/logs?tail=-1").await,
+        400,
+        "VALIDATION_ERROR",
+        "a negative tail",
+    );
+    // Unknown parameters are refused, every one of them named (a typo is not ignored).
+    let r = api
+        .get("/instances/logged/logs?tail=2&lines=5&sinse=1h&lines=6")
+        .await;
+    assert_error(&r, 400, "INVALID_LOG_QUERY", "unknown parameters");
+    let msg = r.body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("`lines`") && msg.contains("`sinse`") && !msg.contains("`tail`"),
+        "the unknown parameters are named: {msg}"
+    );
     assert_error(
         &api.get("/instances/logged/logs?start=abc").await,
         400,
@@ -1837,7 +1872,7 @@ async fn logs_slice_and_follow() {
 
     // follow: the tail first, then lines written after the request.
     let mut follow = SseReader::open(&format!(
-        "{}/instances/logged/logs?follow=true&start=-1",
+        "{}/instances/logged/logs?follow=true&tail=1",
         plane.cp.api_url()
     ))
     .await;
@@ -1872,6 +1907,126 @@ async fn logs_slice_and_follow() {
         "the followed note names the new process"
     );
 
+    plane.finish(1).await;
+}
+
+/// The files of `dir` whose names start with `<instance>.log`, sorted.
+fn log_files(dir: &Path, instance: &str) -> Vec<String> {
+    let prefix = format!("{instance}.log");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n == &prefix || n.starts_with(&format!("{prefix}.")))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn deleted_instances_lose_their_logs_unless_kept() {
+    let dir = temp_dir("inst-dellogs");
+    // Small log files, so that every instance has rotated ones too.
+    let plane = Plane::start(
+        &dir,
+        "cp-dellogs",
+        port_block(15),
+        &[("log_max_bytes", "200"), ("log_keep", "10")],
+        "",
+    )
+    .await;
+    let api = &plane.api;
+    let logs = plane.data_dir().join("logs");
+    for n in ["dropped", "kept", "bulk-a", "bulk-b"] {
+        api.create(json!({"name": n, "model_id": "bge"})).await;
+    }
+    let mut pids = BTreeMap::new();
+    for n in ["dropped", "kept", "bulk-a", "bulk-b"] {
+        let v = plane.wait_status(n, "ready").await;
+        pids.insert(n, pid_of(&v));
+        // A restart adds lines enough to rotate (start notes, LISTENING, the mock's log line).
+        let r = api.act(&format!("/instances/{n}/restart")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    for n in ["dropped", "kept", "bulk-a", "bulk-b"] {
+        let v = plane
+            .wait_for(n, "ready in a new process", WAIT, |v| {
+                v["status"] == "ready" && pid_of(v) != pids[n]
+            })
+            .await;
+        pids.insert(n, pid_of(&v));
+        let files = log_files(&logs, n);
+        assert!(
+            files.len() >= 2,
+            "{n} has its log and a rotated one in {}: {files:?}",
+            logs.display()
+        );
+    }
+
+    let r = api.delete("/instances/dropped").await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        log_files(&logs, "dropped"),
+        Vec::<String>::new(),
+        "the log files of a deleted instance are removed"
+    );
+    let kept_before = log_files(&logs, "kept");
+    let r = api.delete("/instances/kept?keep_logs=true").await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        log_files(&logs, "kept"),
+        kept_before,
+        "keep_logs=true keeps them"
+    );
+    let history: String = kept_before
+        .iter()
+        .map(|f| std::fs::read_to_string(logs.join(f)).expect("a kept log file"))
+        .collect();
+    assert!(
+        history.contains(&format!("started pid {}", pids["kept"])),
+        "the kept log is the instance's: {history}"
+    );
+    assert_error(
+        &api.delete("/instances/bulk-a?keep_logs=maybe").await,
+        400,
+        "VALIDATION_ERROR",
+        "keep_logs is a boolean",
+    );
+    assert_eq!(api.instance("bulk-a").await["status"], "ready");
+
+    // Bulk delete: the same, for all of them at once.
+    let r = api
+        .post(
+            "/instances/bulk/delete",
+            &json!({"names": ["bulk-a"], "keep_logs": true}),
+        )
+        .await;
+    assert_eq!(r.body["succeeded"], json!(["bulk-a"]), "{}", r.text);
+    let r = api
+        .post("/instances/bulk/delete", &json!({"names": ["bulk-b"]}))
+        .await;
+    assert_eq!(r.body["succeeded"], json!(["bulk-b"]), "{}", r.text);
+    assert!(!log_files(&logs, "bulk-a").is_empty(), "bulk keep_logs");
+    assert!(log_files(&logs, "bulk-b").is_empty(), "bulk delete removes");
+
+    // A new instance of a deleted name starts with an empty history.
+    api.create(json!({"name": "dropped", "model_id": "bge"}))
+        .await;
+    let v = plane.wait_status("dropped", "ready").await;
+    let r = api.get("/instances/dropped/logs").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        !r.text.contains(&format!("started pid {}", pids["dropped"])),
+        "no line of the deleted instance: {}",
+        r.text
+    );
+    assert!(
+        r.text.contains(&format!("started pid {}", pid_of(&v))),
+        "{}",
+        r.text
+    );
     plane.finish(1).await;
 }
 

@@ -59,7 +59,8 @@ pub async fn document() -> Json<Value> {
             "/instances/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
-                "delete": {"summary": "Stop (draining first) and delete", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+                "delete": {"summary": "Stop (draining first) and delete; its log files are deleted too unless ?keep_logs=true", "security": secured,
+                    "parameters": [{"name": "keep_logs", "in": "query", "schema": {"type": "boolean", "default": false}}], "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/{name}/{action}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -68,11 +69,16 @@ pub async fn document() -> Json<Value> {
             },
             "/instances/{name}/logs": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end); ?follow=true streams new lines (SSE)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("400", error_response("VALIDATION_ERROR or INVALID_LOG_QUERY")), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end) or the last N (?tail=N); ?follow=true streams new lines (SSE)", "security": secured,
+                    "parameters": [{"name": "start", "in": "query", "schema": {"type": "integer"}},
+                                   {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                                   {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The last N lines (not with start or end)"},
+                                   {"name": "follow", "in": "query", "schema": {"type": "boolean"}}],
+                    "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("400", error_response("VALIDATION_ERROR, or INVALID_LOG_QUERY: end with follow, tail with start/end, unknown parameters (named)")), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/bulk/{action}": {
                 "parameters": [{"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["start", "stop", "restart", "delete"]}}],
-                "post": {"summary": "Run an action on many instances: {names} to {succeeded, failed: [{name, error, code}]}", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Results"}))]))}
+                "post": {"summary": "Run an action on many instances: {names, keep_logs (delete only)} to {succeeded, failed: [{name, error, code}]}", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Results"}))]))}
             },
             "/instances/from-template/{template}": {
                 "parameters": [{"name": "template", "in": "path", "required": true, "schema": {"type": "string"}}],

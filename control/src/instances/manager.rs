@@ -382,20 +382,28 @@ impl Manager {
         self.get(name).await
     }
 
-    /// Stops and forgets an instance.
-    pub async fn delete(&self, name: &str) -> Result<(), InstanceError> {
-        let tx = {
+    /// Stops and forgets an instance; its log files are deleted too unless `keep_logs` (a
+    /// failure to delete them is logged: the instance is gone either way).
+    pub async fn delete(&self, name: &str, keep_logs: bool) -> Result<(), InstanceError> {
+        let (tx, log) = {
             let inner = self.lock();
-            inner
-                .handles
-                .get(name)
-                .ok_or_else(|| not_found(name))?
-                .tx
-                .clone()
+            let h = inner.handles.get(name).ok_or_else(|| not_found(name))?;
+            (h.tx.clone(), h.shared.log.clone())
         };
         let (ack, done) = oneshot::channel();
         if tx.send(Command::Delete(ack)).await.is_ok() {
             let _ = done.await;
+        }
+        // The process is gone. The files go while the name is still taken, so a create of the
+        // same name cannot open a log that is then deleted under it.
+        if !keep_logs {
+            match tokio::task::spawn_blocking(move || log.remove_files()).await {
+                Ok(Ok(n)) => tracing::debug!(instance = name, files = n, "log files removed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = name, error = %e, "deleting the instance, but its log files could not be removed")
+                }
+                Err(e) => tracing::warn!(instance = name, error = %e, "log removal did not finish"),
+            }
         }
         let (removed, saving) = {
             let mut inner = self.lock();
