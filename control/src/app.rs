@@ -54,6 +54,7 @@ pub struct App {
     manager: Arc<Manager>,
     events: Arc<EventBus>,
     state_file: StateFile,
+    store: Store,
 }
 
 impl App {
@@ -67,7 +68,14 @@ impl App {
             tracing::warn!("no [admin] api_keys configured: the /admin API refuses every request");
         }
         let state_file = StateFile::new(&cfg.data_dir());
-        let (store, persisted) = Store::open(state_file.clone())?;
+        let save_interval = Duration::from_millis(cfg.state.save_interval_ms);
+        let (store, persisted) = Store::open_batched(state_file.clone(), save_interval)?;
+        if !save_interval.is_zero() {
+            tracing::info!(
+                save_interval_ms = cfg.state.save_interval_ms,
+                "batched persistence: a crash loses at most the last interval of changes"
+            );
+        }
         let changes = Changes::new();
         let registry = Arc::new(Registry::open(
             store.clone(),
@@ -151,6 +159,7 @@ impl App {
             manager,
             events,
             state_file,
+            store,
         })
     }
 
@@ -185,6 +194,10 @@ impl App {
         shutdown.await;
         tracing::info!("shutting down: stopping TEI instances");
         self.manager.shutdown().await;
+        // Batched persistence: what is not saved yet is saved now.
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "shutting down: the last changes could not be saved");
+        }
         // Open SSE streams (events, log follows) would hold the HTTP server open: end them.
         self.events.close();
         let _ = stop_tx.send(true);

@@ -42,6 +42,17 @@ pub struct ControlConfig {
     /// Where instance events are POSTed.
     pub webhooks: Vec<WebhookConfig>,
     pub log: LogConfig,
+    pub state: StateConfig,
+}
+
+/// `[state]`: how the desired state is persisted.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// 0: the state file is saved after every change (before the change is answered). More:
+    /// changes are answered at once and saved together at most this often; a crash loses at
+    /// most this many milliseconds of changes; shutdown saves at once.
+    pub save_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
