@@ -2192,6 +2192,104 @@ async fn control_plane_death_leaves_no_tei_and_restart_restores() {
 }
 
 #[tokio::test]
+async fn metrics_json_counts_instances_their_traffic_failures_and_the_host() {
+    let dir = temp_dir("inst-mjson");
+    let plane = Plane::start(
+        &dir,
+        "cp-mjson",
+        port_block(16),
+        // Lenient: the stopped process below must not be restarted.
+        &[("liveness_failures", "20")],
+        "[gpu]\nsimulated = [{ name = \"Sim A\", memory_total_mb = 16384, memory_used_mb = 1024 }, \
+         { name = \"Sim B\", memory_total_mb = 8192 }]\n",
+    )
+    .await;
+    let api = &plane.api;
+    api.create(json!({"name": "busy", "model_id": "bge", "gpu_id": 1}))
+        .await;
+    api.create(json!({"name": "idle", "model_id": "bge"})).await;
+    let v = plane.wait_status("busy", "ready").await;
+    let (pid, port) = (pid_of(&v), port_of(&v, "port"));
+    plane.wait_status("idle", "ready").await;
+    let r = api.act("/instances/idle/stop").await;
+    assert_eq!(r.body["status"], "stopped", "{}", r.text);
+
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        let (status, _, _) = embed_http(&client, &format!("http://127.0.0.1:{port}"), "bge", "x")
+            .await
+            .expect("direct /embed answers");
+        assert_eq!(status, 200, "request {i}");
+    }
+    // A stopped process fails its liveness probes (timeouts) until it is continued.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+    let v = plane
+        .wait_for("busy", "a failed liveness probe", WAIT, |v| {
+            v["liveness_failures"].as_u64() >= Some(1)
+        })
+        .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+    let failures = v["liveness_failures"].as_u64().expect("a count");
+    plane
+        .wait_for("busy", "ready again, same process", WAIT, |v| {
+            v["status"] == "ready" && pid_of(v) == pid
+        })
+        .await;
+
+    // Open like /metrics (no key).
+    let r = api.send(Method::GET, "/metrics/json", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = &r.body;
+    assert_eq!(m["instances"]["total"], 2, "{m}");
+    assert_eq!(m["instances"]["ready"], 1, "{m}");
+    assert_eq!(m["instances"]["stopped"], 1, "{m}");
+    assert_eq!(m["instances"]["failed"], 0, "every status is listed: {m}");
+    let detail = |name: &str| {
+        m["instance_details"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == name))
+            .unwrap_or_else(|| panic!("{name} in instance_details: {m}"))
+            .clone()
+    };
+    let busy = detail("busy");
+    assert_eq!(busy["status"], "ready");
+    assert_eq!(busy["model"], "bge");
+    assert_eq!(busy["gpu_id"], 1);
+    assert_eq!(busy["restarts"], 0);
+    assert!(busy["uptime_secs"].as_u64().is_some(), "{busy}");
+    assert!(
+        busy["liveness_failures"].as_u64() >= Some(failures),
+        "{busy}"
+    );
+    assert_eq!(
+        busy["requests_total"], 3,
+        "its own count (te_request_count): {busy}"
+    );
+    assert_eq!(busy["requests_failed"], 0, "{busy}");
+    assert!(
+        busy["avg_latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{busy}"
+    );
+    let idle = detail("idle");
+    assert_eq!(idle["status"], "stopped");
+    assert!(
+        idle["requests_total"].is_null() && idle["uptime_secs"].is_null(),
+        "no process, no figures: {idle}"
+    );
+    let sys = &m["system"];
+    assert_eq!(sys["gpu_count"], 2, "{sys}");
+    assert_eq!(sys["nvml"], "simulated", "{sys}");
+    assert_eq!(sys["gpu_memory_total_mb"], 16384 + 8192, "{sys}");
+    assert!(sys["gpu_memory_used_mb"].as_u64() >= Some(1024), "{sys}");
+    let (total, used) = (
+        sys["total_memory_mb"].as_u64().expect("total memory"),
+        sys["used_memory_mb"].as_u64().expect("used memory"),
+    );
+    assert!(total > 0 && used > 0 && used <= total, "{sys}");
+    plane.finish(1).await;
+}
+
+#[tokio::test]
 async fn batched_state_loses_at_most_the_interval_to_sigkill_and_nothing_to_sigterm() {
     let dir = temp_dir("inst-batch");
     let interval = Duration::from_millis(1500);
@@ -2224,7 +2322,10 @@ async fn batched_state_loses_at_most_the_interval_to_sigkill_and_nothing_to_sigt
     let late_unsaved = !saved("late");
     let within = sent.elapsed() < interval;
     if within {
-        assert!(late_unsaved, "batched: not saved before the interval is over");
+        assert!(
+            late_unsaved,
+            "batched: not saved before the interval is over"
+        );
     }
     plane.cp.proc.kill();
     let killed_within = sent.elapsed() < interval;

@@ -38,6 +38,7 @@ pub async fn document() -> Json<Value> {
         "paths": {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
+            "/metrics/json": {"get": {"summary": "Metrics as JSON: instances by status; per instance status, uptime_secs, restarts, liveness_failures, requests_total / requests_failed / avg_latency_ms (from its own TEI metrics), gpu_id, gpu_memory_bytes; backends; system memory and GPU totals", "responses": {"200": {"description": "{control_plane_id, instances, instance_details, backends, system}", "content": {"application/json": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Template};
+use super::spec::{InstanceSpec, Protocol, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
+use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
@@ -55,6 +56,8 @@ pub struct InstanceView {
     pub uptime_s: Option<u64>,
     /// VRAM used by the process, when NVML can tell.
     pub gpu_memory_bytes: Option<u64>,
+    /// Liveness probes that failed since the control plane started.
+    pub liveness_failures: u64,
 }
 
 struct Handle {
@@ -82,6 +85,10 @@ impl Handle {
             started_at: st.started_at.clone(),
             uptime_s: st.uptime().map(|d| d.as_secs()),
             gpu_memory_bytes: vram,
+            liveness_failures: self
+                .shared
+                .liveness_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -310,6 +317,44 @@ impl Manager {
         let h = inner.handles.get(name).ok_or_else(|| not_found(name))?;
         let pid = h.shared.snapshot().pid;
         Ok(h.view(pid.and_then(|p| vram.as_ref().and_then(|v| v.vram_by_pid(p)))))
+    }
+
+    /// What each instance with a live process says of its traffic (its TEI metrics), read
+    /// concurrently, each within the probe timeout; an instance that cannot be read is left
+    /// out (and logged at debug).
+    pub async fn traffic(&self) -> BTreeMap<String, Traffic> {
+        let host = self.supervision.advertise_host.clone();
+        let targets: Vec<(String, String)> = self
+            .lock()
+            .handles
+            .values()
+            .filter(|h| matches!(h.shared.state(), State::Ready | State::Unhealthy))
+            .map(|h| {
+                let port = match h.record.spec.protocol {
+                    Protocol::Http => h.record.port,
+                    Protocol::Grpc => h.record.prometheus_port,
+                };
+                (
+                    h.record.spec.name.clone(),
+                    format!("http://{host}:{port}/metrics"),
+                )
+            })
+            .collect();
+        let timeout = self.supervision.probe_timeout;
+        let reads = targets.into_iter().map(|(name, url)| async move {
+            match traffic::scrape(&self.http, &url, timeout).await {
+                Ok(t) => Some((name, t)),
+                Err(e) => {
+                    tracing::debug!(instance = %name, error = %e, "no traffic figures");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The log of an instance.

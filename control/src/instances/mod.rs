@@ -1,6 +1,6 @@
 //! TEI instances on this host's GPUs: the set of them ([`manager`]), what each is ([`spec`]),
-//! its process ([`process`]), health probe ([`probe`]), supervisor ([`supervisor`]) and log
-//! ([`logs`]).
+//! its process ([`process`]), health probe ([`probe`]), supervisor ([`supervisor`]), log
+//! ([`logs`]) and its own traffic figures ([`traffic`]).
 //!
 //! The manager validates a spec before anything is spawned (name, port range, port used by
 //! another instance, port free on the system — checked outside any lock —, GPU id, free VRAM,
@@ -14,6 +14,7 @@ pub mod probe;
 pub mod process;
 pub mod spec;
 pub mod supervisor;
+pub mod traffic;
 
 pub use crate::store::{Desired, InstanceRecord};
 pub use error::InstanceError;

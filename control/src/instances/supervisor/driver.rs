@@ -13,7 +13,7 @@ use multiverse_common::clock::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::machine::{Action, Input, Machine, Request};
-use super::{Command, Shared};
+use super::{Command, Shared, State};
 use crate::changes::Changes;
 use crate::events::EventBus;
 use crate::instances::process::ExitInfo;
@@ -147,6 +147,12 @@ pub async fn drive<H: Host>(
             Woke::Exited(exit) => Input::Exited(exit),
             Woke::Probed(life, result) => {
                 probe = None;
+                if result.is_err() && matches!(ctx.shared.state(), State::Ready | State::Unhealthy)
+                {
+                    ctx.shared
+                        .liveness_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Input::Probed { life, result }
             }
             Woke::Timer => Input::Timer,

@@ -26,6 +26,7 @@ pub mod machine;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +141,10 @@ pub enum Command {
 pub struct Shared {
     status: Mutex<Status>,
     pub log: Arc<LogSink>,
+    /// Liveness probes that failed (probes of a ready or unhealthy instance; the startup
+    /// probe's failures while it loads are expected and not counted), since the control plane
+    /// started.
+    pub liveness_failures: AtomicU64,
 }
 
 impl Shared {
@@ -147,7 +152,13 @@ impl Shared {
         Arc::new(Self {
             status: Mutex::new(Status::new(state)),
             log,
+            liveness_failures: AtomicU64::new(0),
         })
+    }
+
+    /// The current state (without copying the rest of the status).
+    pub fn state(&self) -> State {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).state
     }
 
     pub fn snapshot(&self) -> Status {
