@@ -263,7 +263,10 @@ impl Store {
             }));
         });
         // A send error means the writer is gone: `done` reports it (the reply was dropped).
-        let _ = self.jobs.send(Job::Change { change, reply });
+        let _ = self.jobs.send(Job::Change {
+            change: Box::new(change),
+            reply,
+        });
         Saving {
             rx,
             path: self.path.clone(),
