@@ -86,11 +86,12 @@ impl App {
         ));
         let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
-        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
+        let simulated_dir = simulated_process_dir(&cfg)?;
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
-            manager_settings(&cfg),
+            manager_settings(&cfg, simulated_dir.as_deref()),
             cfg.templates.clone(),
             persisted.instances,
             Deps {
@@ -221,8 +222,22 @@ async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// With simulated GPUs, the directory their processes' VRAM records go to
+/// (`<data_dir>/simulated-gpus`, created and emptied of an earlier run's records).
+fn simulated_process_dir(cfg: &ControlConfig) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if cfg.gpu.simulated.is_empty() {
+        return Ok(None);
+    }
+    let dir = cfg.data_dir().join("simulated-gpus");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(Some(dir))
+}
+
 /// The instance manager's settings from `[instances]` and `[gpu]`.
-fn manager_settings(cfg: &ControlConfig) -> ManagerSettings {
+fn manager_settings(
+    cfg: &ControlConfig,
+    simulated_dir: Option<&std::path::Path>,
+) -> ManagerSettings {
     let inst = &cfg.instances;
     let ms = Duration::from_millis;
     ManagerSettings {
@@ -246,10 +261,19 @@ fn manager_settings(cfg: &ControlConfig) -> ManagerSettings {
             backoff_max: ms(inst.restart_backoff_max_ms),
             crash_loop_restarts: inst.crash_loop_restarts,
             crash_loop_window: ms(inst.crash_loop_window_ms),
+            env: simulated_dir
+                .map(|d| {
+                    vec![(
+                        gpu::fake::PROCESS_DIR_ENV.to_string(),
+                        d.display().to_string(),
+                    )]
+                })
+                .unwrap_or_default(),
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,
         min_free_vram_bytes: cfg.gpu.min_free_vram_mb * 1024 * 1024,
+        placement: cfg.gpu.placement,
         log_dir: logs::log_dir(Some(
             &inst
                 .log_dir

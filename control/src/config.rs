@@ -125,6 +125,9 @@ impl Default for InstancesConfig {
 pub struct GpuConfig {
     /// Placement on a GPU with less free VRAM than this fails (INSUFFICIENT_VRAM).
     pub min_free_vram_mb: u64,
+    /// What an instance that does not fit (its `vram_mb`, at least `min_free_vram_mb`) does:
+    /// `refuse` (INSUFFICIENT_VRAM, the default) or `warn` (placed anyway, with a warning).
+    pub placement: crate::gpu::PlacementMode,
     /// Simulated GPUs for hosts without NVIDIA GPUs (demos, tests). Empty: use NVML.
     pub simulated: Vec<FakeGpu>,
 }

@@ -19,6 +19,10 @@ pub fn router() -> Router<ApiState> {
         .route("/instances", get(list).post(create))
         .route("/instances/{name}", get(show).delete(delete))
         .route("/instances/{name}/logs", get(super::logs::log))
+        .route(
+            "/instances/{name}/gpu-stats",
+            get(super::gpus::instance_gpu_stats),
+        )
         .route("/instances/{name}/{action}", post(act))
         .route("/instances/bulk/{action}", post(bulk))
         .route("/instances/from-template/{template}", post(from_template))

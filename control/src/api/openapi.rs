@@ -47,7 +47,7 @@ pub async fn document() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
@@ -62,6 +62,10 @@ pub async fn document() -> Json<Value> {
                 "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
                 "delete": {"summary": "Stop (draining first) and delete; its log files are deleted too unless ?keep_logs=true", "security": secured,
                     "parameters": [{"name": "keep_logs", "in": "query", "schema": {"type": "boolean", "default": false}}], "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+            },
+            "/instances/{name}/gpu-stats": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "The instance's GPU (id, name, memory used/total, utilisation, temperature) and the VRAM of its process group (NVML per-process, matched by pid)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{instance, nvml, reason, gpu_id, pid, gpu_memory_bytes, gpu: {id, name, memory_used_bytes, memory_total_bytes, utilization_percent, temperature_c, process_pids, process_memory_bytes}}"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/{name}/{action}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},

@@ -18,4 +18,4 @@ pub mod traffic;
 
 pub use crate::store::{Desired, InstanceRecord};
 pub use error::InstanceError;
-pub use manager::{Deps, InstanceView, Manager, ManagerSettings};
+pub use manager::{Deps, GpuStats, InstanceGpu, InstanceView, Manager, ManagerSettings};

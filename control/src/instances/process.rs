@@ -7,6 +7,7 @@
 //! they started themselves is caught on the next start, which kills the recorded groups before
 //! starting what the desired state says should run.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -52,7 +53,10 @@ pub fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
     if let Some(devices) = &launch.cuda_visible_devices {
+        // CUDA's default order is "fastest first"; NVML's (and so `gpu_id`'s) is PCI bus order.
+        cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         cmd.env("CUDA_VISIBLE_DEVICES", devices);
     }
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
@@ -64,6 +68,50 @@ pub fn spawn(launch: &Launch) -> std::io::Result<Child> {
         });
     }
     cmd.spawn()
+}
+
+/// The processes of each group in `pgids`, from `/proc/<pid>/stat` (field 5, `pgrp`): TEI's
+/// own process and whatever it started (a Python backend holding the GPU memory, say). One scan
+/// of `/proc`; blocking I/O, for a blocking thread. A group with no process maps to nothing.
+pub fn group_members(pgids: &[u32]) -> HashMap<u32, Vec<u32>> {
+    let mut members: HashMap<u32, Vec<u32>> = HashMap::new();
+    if pgids.is_empty() {
+        return members;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return members;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(pgrp) = stat_pgrp(&stat) {
+            if pgids.contains(&pgrp) {
+                members.entry(pgrp).or_default().push(pid);
+            }
+        }
+    }
+    for pids in members.values_mut() {
+        pids.sort_unstable();
+    }
+    members
+}
+
+/// Field 5 (`pgrp`) of a `/proc/<pid>/stat` line (the command name, field 2, may hold spaces
+/// and parentheses: fields are counted after its last `)`).
+fn stat_pgrp(stat: &str) -> Option<u32> {
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// Signals the process group.
@@ -132,5 +180,50 @@ impl RunDir {
             let _ = std::fs::remove_file(&path);
         }
         killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn pgrp_is_read_after_the_command_name() {
+        assert_eq!(stat_pgrp("42 (a) b) c) S 1 77 77 0 -1"), Some(77));
+        assert_eq!(stat_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn group_members_lists_a_group_and_its_children() {
+        // `sh` in its own group, with a child `sleep` in the same group.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30; wait"])
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pgid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let members = loop {
+            let m = group_members(&[pgid]);
+            if m.get(&pgid).is_some_and(|p| p.len() >= 3) {
+                break m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "three processes: {m:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = child.wait();
+        let pids = &members[&pgid];
+        assert!(pids.contains(&pgid), "{pids:?}");
+        assert!(
+            !pids.contains(&std::process::id()),
+            "not this process's group"
+        );
+        assert!(group_members(&[]).is_empty());
     }
 }

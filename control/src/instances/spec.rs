@@ -45,6 +45,7 @@ impl InstanceSpec {
         inherit!(
             port,
             gpu_id,
+            vram_mb,
             served_model_name,
             kind,
             max_batch_tokens,
@@ -155,8 +156,11 @@ impl InstanceSpec {
 pub struct Launch {
     pub program: String,
     pub args: Vec<String>,
-    /// `CUDA_VISIBLE_DEVICES`, when a GPU is chosen.
+    /// `CUDA_VISIBLE_DEVICES`, when a GPU is chosen (always with `CUDA_DEVICE_ORDER=PCI_BUS_ID`,
+    /// so that CUDA numbers devices as NVML does).
     pub cuda_visible_devices: Option<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// The TEI command line for a spec on `port` (with its own prometheus port and socket).
@@ -212,6 +216,7 @@ pub fn command_line(
         program: program.to_string(),
         args,
         cuda_visible_devices: spec.gpu_id.map(|g| g.to_string()),
+        env: Vec::new(),
     }
 }
 

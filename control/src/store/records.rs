@@ -121,8 +121,13 @@ pub struct InstanceSpec {
     /// out-of-range value gets INVALID_PORT rather than a parse error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    /// Default: chosen by placement (the GPU with the most free VRAM after what is placed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_id: Option<u32>,
+    /// The VRAM the instance is expected to take (its model, batch buffers), in MiB: placement
+    /// reserves it on the GPU until the process uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<u64>,
     /// The model name routes use. Default: `model_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model_name: Option<String>,

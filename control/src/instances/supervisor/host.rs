@@ -69,7 +69,7 @@ impl TeiHost {
             Protocol::Http => (&settings.program, &[]),
             Protocol::Grpc => (&settings.grpc_program, &settings.grpc_args),
         };
-        command_line(
+        let mut launch = command_line(
             spec,
             program,
             proto_args,
@@ -77,7 +77,9 @@ impl TeiHost {
             port,
             prometheus_port,
             &run_dir.socket(name).display().to_string(),
-        )
+        );
+        launch.env.clone_from(&settings.env);
+        launch
     }
 
     fn signal(&self, signal: Signal) {
@@ -175,6 +177,7 @@ mod tests {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
             cuda_visible_devices: Some("0".into()),
+            env: Vec::new(),
         };
         let probe = ProbeTarget {
             http: reqwest::Client::new(),

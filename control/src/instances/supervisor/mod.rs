@@ -63,6 +63,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub crash_loop_restarts: u32,
     pub crash_loop_window: Duration,
+    /// More environment variables for every instance (e.g. the simulated GPUs' directory).
+    pub env: Vec<(String, String)>,
 }
 
 /// Where an instance is in its life.
