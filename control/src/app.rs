@@ -274,6 +274,7 @@ fn manager_settings(
         max_instances: inst.max_instances,
         min_free_vram_bytes: cfg.gpu.min_free_vram_mb * 1024 * 1024,
         placement: cfg.gpu.placement,
+        limits_interval: ms(inst.limits_interval_ms),
         log_dir: logs::log_dir(Some(
             &inst
                 .log_dir

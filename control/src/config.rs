@@ -90,6 +90,8 @@ pub struct InstancesConfig {
     /// More than this many restarts within `crash_loop_window_ms` ends in `failed`.
     pub crash_loop_restarts: u32,
     pub crash_loop_window_ms: u64,
+    /// How often instances' `[limits]` (memory, VRAM) are measured.
+    pub limits_interval_ms: u64,
 }
 
 impl Default for InstancesConfig {
@@ -116,6 +118,7 @@ impl Default for InstancesConfig {
             restart_backoff_max_ms: 60_000,
             crash_loop_restarts: 5,
             crash_loop_window_ms: 300_000,
+            limits_interval_ms: 1_000,
         }
     }
 }
@@ -271,6 +274,7 @@ impl ControlConfig {
                 inst.restart_backoff_initial_ms,
             ),
             ("instances.log_max_bytes", inst.log_max_bytes),
+            ("instances.limits_interval_ms", inst.limits_interval_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));

@@ -2337,6 +2337,119 @@ async fn gpu_placement_and_per_process_vram_on_simulated_gpus() {
     plane.finish(1).await;
 }
 
+#[tokio::test]
+async fn limits_restart_on_memory_and_warn_or_restart_on_vram() {
+    let dir = temp_dir("inst-limits");
+    let plane = Plane::start(
+        &dir,
+        "cp-limits",
+        port_block(21),
+        &[("limits_interval_ms", "200")],
+        "[gpu]\nsimulated = [{ name = \"Sim\", memory_total_mb = 16000 }]\n",
+    )
+    .await;
+    let api = &plane.api;
+    let mut events = SseReader::open(&format!("{}/events", plane.cp.api_url())).await;
+
+    // Memory: the mock's RSS grows 100 MiB/s past 150 MiB → limit_exceeded, then a restart.
+    api.create(json!({"name": "hog", "model_id": "bge",
+                      "limits": {"max_memory_mb": 150},
+                      "extra_args": ["--ballast-mb", "20", "--ballast-grow-mb-per-sec", "100",
+                                     "--ballast-max-mb", "400"]}))
+        .await;
+    let evs = events.events_until("hog", "restarted", WAIT).await;
+    let breach = evs
+        .iter()
+        .find(|e| e["type"] == "limit_exceeded")
+        .unwrap_or_else(|| panic!("limit_exceeded before restarted: {evs:?}"));
+    assert_eq!(breach["limit"], "max_memory_mb", "{breach}");
+    assert_eq!(breach["action"], "restart", "{breach}");
+    assert_eq!(breach["max_mb"], 150, "{breach}");
+    assert!(breach["used_mb"].as_u64() > Some(150), "{breach}");
+    let restarted = evs.last().expect("restarted");
+    assert!(
+        restarted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("max_memory_mb exceeded")),
+        "{restarted}"
+    );
+    let v = api.instance("hog").await;
+    assert!(v["restarts"].as_u64() >= Some(1), "{v}");
+    assert!(
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_memory_mb")),
+        "{v}"
+    );
+    assert_eq!(api.delete("/instances/hog").await.status, 204);
+
+    // VRAM without enforce: an event and a warning, the process keeps running.
+    api.create(json!({"name": "vram-warn", "model_id": "bge",
+                      "limits": {"max_vram_mb": 500},
+                      "extra_args": ["--simulated-vram-mb", "600"]}))
+        .await;
+    let evs = events
+        .events_until("vram-warn", "limit_exceeded", WAIT)
+        .await;
+    let warn = evs.last().expect("the event");
+    assert_eq!(
+        (
+            &warn["limit"],
+            &warn["action"],
+            &warn["used_mb"],
+            &warn["max_mb"]
+        ),
+        (
+            &json!("max_vram_mb"),
+            &json!("warn"),
+            &json!(600),
+            &json!(500)
+        ),
+        "{warn}"
+    );
+    let v = plane.wait_status("vram-warn", "ready").await;
+    let pid = pid_of(&v);
+    // Several more checks (200 ms apart) pass: no restart, no second event for this process.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let v = api.instance("vram-warn").await;
+    assert_eq!((pid_of(&v), &v["restarts"]), (pid, &json!(0)), "{v}");
+    let r = api.get("/instances/vram-warn/logs").await;
+    assert_eq!(
+        r.text.matches("warning: max_vram_mb exceeded").count(),
+        1,
+        "warned once: {}",
+        r.text
+    );
+
+    // With enforce: restarted.
+    api.create(json!({"name": "vram-hard", "model_id": "bge",
+                      "limits": {"max_vram_mb": 500, "enforce": true},
+                      "extra_args": ["--simulated-vram-mb", "600"]}))
+        .await;
+    let evs = events.events_until("vram-hard", "restarted", WAIT).await;
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "limit_exceeded" && e["action"] == "restart"),
+        "{evs:?}"
+    );
+    // Validation: a zero limit and an unknown one.
+    for (limits, what) in [
+        (json!({"max_memory_mb": 0}), "limits.max_memory_mb"),
+        (json!({"max_gpus": 1}), "max_gpus"),
+    ] {
+        let r = api
+            .post(
+                "/instances",
+                &json!({"name": "bad-limits", "model_id": "bge", "limits": limits}),
+            )
+            .await;
+        assert_error(&r, 400, "VALIDATION_ERROR", what);
+        assert!(r.text.contains(what), "{}", r.text);
+    }
+    assert_eq!(api.delete("/instances/vram-hard").await.status, 204);
+    plane.finish(1).await;
+}
+
 /// On a host with NVIDIA GPUs (NVML loads), the GPU figures come from NVML end to end; elsewhere
 /// the test says it is skipped and why.
 #[tokio::test]

@@ -47,7 +47,7 @@ pub async fn document() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce}, exceeded → limit_exceeded event and restart or warning)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),

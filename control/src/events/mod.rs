@@ -30,13 +30,30 @@ pub const LIVE_CAPACITY: usize = 1024;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Created,
-    Started { pid: u32, port: u16 },
+    Started {
+        pid: u32,
+        port: u16,
+    },
     Ready,
-    Unhealthy { reason: String },
-    Restarted { reason: String },
-    Failed { error: String },
+    Unhealthy {
+        reason: String,
+    },
+    Restarted {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
     Stopped,
     Deleted,
+    /// A `[limits]` value was exceeded: `limit` (`max_memory_mb`, `max_vram_mb`), what was used
+    /// and allowed (MiB), and `action`: `restart` or `warn`.
+    LimitExceeded {
+        limit: String,
+        used_mb: u64,
+        max_mb: u64,
+        action: String,
+    },
 }
 
 impl EventKind {
@@ -50,6 +67,7 @@ impl EventKind {
         "failed",
         "stopped",
         "deleted",
+        "limit_exceeded",
     ];
 
     /// The `type` name, e.g. `started`.
@@ -63,6 +81,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Stopped => "stopped",
             EventKind::Deleted => "deleted",
+            EventKind::LimitExceeded { .. } => "limit_exceeded",
         }
     }
 
@@ -190,6 +209,14 @@ impl EventBus {
             }
             EventKind::Unhealthy { reason } | EventKind::Restarted { reason } => {
                 tracing::warn!(instance, seq, event = event.kind.name(), %reason, "instance event")
+            }
+            EventKind::LimitExceeded {
+                limit,
+                used_mb,
+                max_mb,
+                action,
+            } => {
+                tracing::warn!(instance, seq, event = "limit_exceeded", %limit, used_mb, max_mb, %action, "instance event")
             }
             EventKind::Started { pid, port } => {
                 tracing::info!(

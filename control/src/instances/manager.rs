@@ -33,6 +33,8 @@ pub struct ManagerSettings {
     pub max_instances: usize,
     pub min_free_vram_bytes: u64,
     pub placement: crate::gpu::PlacementMode,
+    /// How often `[limits]` are checked.
+    pub limits_interval: std::time::Duration,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
     pub log_keep: usize,
@@ -92,7 +94,11 @@ pub(super) struct GpuUsage {
 
 impl GpuUsage {
     /// What the group of `pgid` uses: its VRAM over all GPUs, and its GPU's figures.
-    fn of(&self, gpu_id: Option<u32>, pgid: Option<u32>) -> (Option<u64>, Option<InstanceGpu>) {
+    pub(super) fn of(
+        &self,
+        gpu_id: Option<u32>,
+        pgid: Option<u32>,
+    ) -> (Option<u64>, Option<InstanceGpu>) {
         let members: &[u32] = pgid
             .and_then(|p| self.groups.get(&p))
             .map_or(&[], Vec::as_slice);
@@ -273,6 +279,10 @@ impl Manager {
             http: deps.http,
             run_dir: deps.run_dir,
         });
+        tokio::spawn(super::limits::watch(
+            Arc::downgrade(&manager),
+            manager.settings.limits_interval,
+        ));
         for record in persisted {
             let name = record.spec.name.clone();
             match manager.open_log(&name) {
@@ -539,6 +549,24 @@ impl Manager {
             .await
             .into_iter()
             .flatten()
+            .collect()
+    }
+
+    /// The instances with limits and a live process (for the limits watcher).
+    pub(super) fn limited(&self) -> Vec<super::limits::Limited> {
+        self.lock()
+            .handles
+            .values()
+            .filter_map(|h| {
+                let limits = h.record.spec.limits.clone()?;
+                let pid = h.shared.snapshot().pid?;
+                Some(super::limits::Limited {
+                    pid,
+                    gpu_id: h.record.spec.gpu_id,
+                    limits,
+                    tx: h.tx.clone(),
+                })
+            })
             .collect()
     }
 

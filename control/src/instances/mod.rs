@@ -1,12 +1,13 @@
 //! TEI instances on this host's GPUs: the set of them ([`manager`]), what each is ([`spec`]),
 //! its process ([`process`]), health probe ([`probe`]), supervisor ([`supervisor`]), log
-//! ([`logs`]) and its own traffic figures ([`traffic`]).
+//! ([`logs`]), its own traffic figures ([`traffic`]) and its resource limits ([`limits`]).
 //!
 //! The manager validates a spec before anything is spawned (name, port range, port used by
 //! another instance, port free on the system — checked outside any lock —, GPU id, free VRAM,
 //! instance count), keeps the desired state durable, and turns ready instances into endpoints.
 
 mod error;
+pub mod limits;
 pub mod logs;
 pub mod manager;
 mod ports;

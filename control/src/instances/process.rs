@@ -104,6 +104,24 @@ pub fn group_members(pgids: &[u32]) -> HashMap<u32, Vec<u32>> {
     members
 }
 
+/// The resident memory (VmRSS) of `pids`, summed, in bytes (pages shared between them are
+/// counted once per process, as `ps` does); a process that is gone counts 0. Blocking I/O.
+pub fn rss_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(kb * 1024)
+        })
+        .fold(0, u64::saturating_add)
+}
+
 /// Field 5 (`pgrp`) of a `/proc/<pid>/stat` line (the command name, field 2, may hold spaces
 /// and parentheses: fields are counted after its last `)`).
 fn stat_pgrp(stat: &str) -> Option<u32> {
@@ -225,5 +243,12 @@ mod tests {
             "not this process's group"
         );
         assert!(group_members(&[]).is_empty());
+    }
+
+    #[test]
+    fn rss_of_this_process() {
+        let mine = rss_bytes(&[std::process::id()]);
+        assert!(mine > 1024 * 1024, "{mine}");
+        assert_eq!(rss_bytes(&[u32::MAX - 1]), 0, "gone counts 0");
     }
 }

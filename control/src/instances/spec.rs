@@ -54,7 +54,8 @@ impl InstanceSpec {
             pooling,
             dtype,
             auto_truncate,
-            revision
+            revision,
+            limits
         );
         if self.model_id.is_empty() {
             self.model_id = t.model_id.clone();
@@ -96,6 +97,16 @@ impl InstanceSpec {
             ))),
             _ => Ok(()),
         };
+        if let Some(l) = &self.limits {
+            for (field, v) in [
+                ("limits.max_memory_mb", l.max_memory_mb),
+                ("limits.max_vram_mb", l.max_vram_mb),
+            ] {
+                if v == Some(0) {
+                    return Err(invalid(format!("`{field}` must be greater than 0")));
+                }
+            }
+        }
         one_of("pooling", &self.pooling, &POOLINGS)?;
         one_of("dtype", &self.dtype, &DTYPES)?;
         one_of("kind", &self.kind, &ModelKind::TEI.map(ModelKind::as_str))?;

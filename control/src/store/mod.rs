@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 
 pub use file::{StateError, StateFile};
 pub use records::{
-    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, Protocol, Template,
+    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, Limits, Protocol, Template,
     FORMAT_VERSION,
 };
 

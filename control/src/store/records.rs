@@ -156,6 +156,25 @@ pub struct InstanceSpec {
     pub template: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Resource limits (`[limits]`); a template's apply when the instance gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// An instance's resource limits, checked every `[instances] limits_interval_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The resident memory (VmRSS) of the instance's process group, summed, in MiB: exceeded →
+    /// a `limit_exceeded` event and a restart (with backoff, counted as a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Its processes' VRAM (NVML per-process), in MiB: exceeded → a `limit_exceeded` event and
+    /// a warning (once per process), or a restart with `enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vram_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce: bool,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).

@@ -144,6 +144,7 @@ pub async fn drive<H: Host>(
                 closed = true;
                 Input::Request(Request::Stop)
             }
+            Woke::Command(Some(Command::Limit(b))) => Input::LimitExceeded(b),
             Woke::Exited(exit) => Input::Exited(exit),
             Woke::Probed(life, result) => {
                 probe = None;

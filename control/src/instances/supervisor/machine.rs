@@ -74,6 +74,21 @@ pub enum Input {
     },
     /// The deadline the machine set has come.
     Timer,
+    /// The limits watcher found a `[limits]` value exceeded by process `pid`.
+    LimitExceeded(Breach),
+}
+
+/// A limit exceeded by one process (group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    /// The process (group leader) it was measured on; another one's breach is ignored.
+    pub pid: u32,
+    /// `max_memory_mb` or `max_vram_mb`.
+    pub limit: &'static str,
+    pub used_mb: u64,
+    pub max_mb: u64,
+    /// Restart the process (else: warn, once per process and limit).
+    pub restart: bool,
 }
 
 /// Something to do.
@@ -150,6 +165,8 @@ pub struct Machine {
     backoff: Backoff,
     /// When the recent unplanned restarts happened (within the crash-loop window).
     crashes: VecDeque<Instant>,
+    /// Limits already warned about for this process.
+    warned: Vec<&'static str>,
 }
 
 impl Machine {
@@ -166,6 +183,7 @@ impl Machine {
             probing: false,
             life: 0,
             crashes: VecDeque::new(),
+            warned: Vec::new(),
         }
     }
 
@@ -208,8 +226,39 @@ impl Machine {
                     self.timer_fired(now, &mut out);
                 }
             }
+            Input::LimitExceeded(b) => self.limit_exceeded(b, now, &mut out),
         }
         out
+    }
+
+    /// A limit exceeded by the current process (starting or serving): the event, then a
+    /// restart (with backoff, as a crash) or a warning once per process and limit.
+    fn limit_exceeded(&mut self, b: Breach, now: Instant, out: &mut Vec<Action>) {
+        let current = matches!(self.phase, Phase::Starting { .. } | Phase::Serving { .. });
+        if !current || self.status.pid != Some(b.pid) {
+            return;
+        }
+        if !b.restart && self.warned.contains(&b.limit) {
+            return;
+        }
+        let reason = format!(
+            "{} exceeded: {} MiB used, {} MiB allowed",
+            b.limit, b.used_mb, b.max_mb
+        );
+        out.push(Action::Emit(EventKind::LimitExceeded {
+            limit: b.limit.to_string(),
+            used_mb: b.used_mb,
+            max_mb: b.max_mb,
+            action: if b.restart { "restart" } else { "warn" }.to_string(),
+        }));
+        if b.restart {
+            self.status.last_error = Some(reason.clone());
+            let serving = matches!(self.phase, Phase::Serving { failures: 0 });
+            self.stop_process(Then::Crash(reason), serving, now, out);
+        } else {
+            self.warned.push(b.limit);
+            out.push(Action::Note(format!("warning: {reason}")));
+        }
     }
 
     fn set_state(&mut self, state: State) {
@@ -230,6 +279,7 @@ impl Machine {
     }
 
     fn start_life(&mut self, out: &mut Vec<Action>) {
+        self.warned.clear();
         self.set_state(State::Starting);
         self.phase = Phase::Spawning;
         self.timer = None;
@@ -489,5 +539,138 @@ impl Machine {
         self.phase = Phase::Done;
         self.timer = None;
         out.push(Action::Finished);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        let s = Duration::from_secs(1);
+        Timing {
+            startup_timeout: 60 * s,
+            startup_interval: s,
+            liveness_interval: 5 * s,
+            liveness_failures: 3,
+            drain: 2 * s,
+            stop_grace: 10 * s,
+            backoff_initial: s,
+            backoff_max: 60 * s,
+            crash_loop_restarts: 5,
+            crash_loop_window: 300 * s,
+        }
+    }
+
+    fn breach(pid: u32, limit: &'static str, restart: bool) -> Input {
+        Input::LimitExceeded(Breach {
+            pid,
+            limit,
+            used_mb: 300,
+            max_mb: 200,
+            restart,
+        })
+    }
+
+    fn events(actions: &[Action]) -> Vec<&EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A machine with process `pid` ready.
+    fn ready(pid: u32, now: Instant) -> Machine {
+        let mut m = Machine::new(timing(), 8080, State::Pending);
+        m.step(Input::Request(Request::Start), now);
+        m.step(
+            Input::Spawned {
+                pid,
+                at: "t".into(),
+            },
+            now,
+        );
+        let t = m.deadline().expect("a probe timer");
+        m.step(Input::Timer, t);
+        m.step(
+            Input::Probed {
+                life: 1,
+                result: Ok(()),
+            },
+            t,
+        );
+        assert_eq!(m.status().state, State::Ready);
+        m
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warning_limit_is_said_once_per_process() {
+        let now = Instant::now();
+        let mut m = ready(7, now);
+        let out = m.step(breach(7, "max_vram_mb", false), now);
+        assert_eq!(
+            events(&out),
+            [&EventKind::LimitExceeded {
+                limit: "max_vram_mb".into(),
+                used_mb: 300,
+                max_mb: 200,
+                action: "warn".into()
+            }]
+        );
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Note(n) if n.contains("max_vram_mb exceeded"))));
+        assert!(
+            m.step(breach(7, "max_vram_mb", false), now).is_empty(),
+            "once"
+        );
+        assert_eq!(m.status().state, State::Ready, "no restart");
+        assert!(
+            m.step(breach(8, "max_memory_mb", true), now).is_empty(),
+            "another process"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarting_limit_drains_stops_and_restarts_with_backoff() {
+        let now = Instant::now();
+        let mut m = ready(7, now);
+        let out = m.step(breach(7, "max_memory_mb", true), now);
+        assert!(matches!(
+            events(&out)[..],
+            [EventKind::LimitExceeded { action, .. }] if action == "restart"
+        ));
+        assert_eq!(m.status().state, State::Stopping);
+        assert!(m
+            .status()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("max_memory_mb exceeded: 300 MiB used, 200 MiB allowed")));
+        // Drained first (it was serving), then SIGTERM.
+        let drained = m.deadline().expect("drain timer");
+        assert_eq!(drained, now + Duration::from_secs(2));
+        assert_eq!(m.step(Input::Timer, drained), [Action::Terminate]);
+        let out = m.step(Input::Exited(None), drained);
+        let restarted = events(&out);
+        assert!(
+            matches!(restarted[..], [EventKind::Restarted { reason }] if reason.contains("max_memory_mb")),
+            "{out:?}"
+        );
+        assert_eq!(m.status().state, State::Restarting);
+        assert_eq!(m.status().restarts, 1);
+        // A new process may warn again.
+        let t = m.deadline().expect("backoff");
+        assert_eq!(m.step(Input::Timer, t), [Action::Spawn]);
+        m.step(
+            Input::Spawned {
+                pid: 9,
+                at: "t".into(),
+            },
+            t,
+        );
+        assert_eq!(events(&m.step(breach(9, "max_vram_mb", false), t)).len(), 1);
     }
 }

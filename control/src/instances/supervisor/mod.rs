@@ -137,6 +137,8 @@ pub enum Command {
     Restart,
     /// Answered once the process is gone and the supervisor has ended.
     Delete(oneshot::Sender<()>),
+    /// The limits watcher found a limit exceeded.
+    Limit(machine::Breach),
 }
 
 /// What the supervisor shares with the manager.
