@@ -95,6 +95,7 @@ impl App {
             cfg.templates.clone(),
             persisted.instances,
             Deps {
+                metrics: metrics.clone(),
                 store: store.clone(),
                 events: events.clone(),
                 changes: changes.clone(),

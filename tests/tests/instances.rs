@@ -2450,6 +2450,132 @@ async fn limits_restart_on_memory_and_warn_or_restart_on_vram() {
     plane.finish(1).await;
 }
 
+#[tokio::test]
+async fn custom_probes_readiness_withdraws_liveness_restarts_with_stats() {
+    let dir = temp_dir("inst-probes");
+    let plane = Plane::start(&dir, "cp-probes", port_block(22), &[], "").await;
+    let api = &plane.api;
+    let mut events = SseReader::open(&format!("{}/events", plane.cp.api_url())).await;
+    // Startup and liveness: GET /info with the model id; readiness: an embedding. The mock
+    // fails model requests (and /health) after 5 of them: readiness fails from then on, while
+    // the custom liveness probe (which does not look at /health) keeps passing.
+    let info = json!({"path": "/info", "json_pointer": "/model_id", "json_equals": "bge"});
+    api.create(
+        json!({"name": "picky", "model_id": "bge", "extra_args": ["--fail-after", "5"],
+                      "probes": {"startup": info, "liveness": info,
+                                 "readiness": {"path": "/embed", "method": "POST",
+                                               "body": "{\"inputs\":\"ping\"}",
+                                               "expected_status": 200}}}),
+    )
+    .await;
+    let evs = events.events_until("picky", "unhealthy", WAIT).await;
+    assert!(types(&evs).contains(&"ready"), "ready first: {evs:?}");
+    let reason = evs
+        .last()
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or_default();
+    assert!(reason.contains("readiness probe failed"), "{reason}");
+    assert!(reason.contains("POST /embed answered 500"), "{reason}");
+    let v = api.instance("picky").await;
+    let pid = pid_of(&v);
+    // Several liveness periods (200 ms) later: still withdrawn, same process, no restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let v = api.instance("picky").await;
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!((pid_of(&v), &v["restarts"]), (pid, &json!(0)), "{v}");
+    let p = &v["probes"];
+    assert!(p["startup"]["successes"].as_u64() >= Some(1), "{p}");
+    assert!(p["liveness"]["total"].as_u64() >= Some(3), "{p}");
+    assert_eq!(p["liveness"]["failures"], 0, "{p}");
+    assert_eq!(p["readiness"]["successes"].as_u64(), Some(5), "{p}");
+    assert!(
+        p["readiness"]["consecutive_failures"].as_u64() >= Some(2),
+        "{p}"
+    );
+    assert!(p["readiness"]["avg_ms"].as_f64().is_some(), "{p}");
+    assert!(p["readiness"]["p99_ms"].as_f64().is_some(), "{p}");
+    assert!(p["readiness"]["last_failure_at"].is_string(), "{p}");
+    assert!(
+        p["readiness"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{p}"
+    );
+    // Withdrawn from the routes: pushed as UNHEALTHY (HEALTH_STATUS_UNHEALTHY = 2).
+    let snap = api.send(Method::GET, "/snapshot", None, None).await.body;
+    let endpoint = snap["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["endpoints"].as_array().into_iter().flatten())
+        .find(|e| e["id"] == "picky")
+        .cloned();
+    assert!(
+        endpoint.as_ref().is_none_or(|e| e["health"] == 2),
+        "withdrawn: {snap}"
+    );
+
+    // A liveness check that fails restarts (3 failures).
+    api.create(json!({"name": "doomed", "model_id": "bge",
+                      "probes": {"liveness": {"path": "/info", "json_pointer": "/model_id",
+                                              "json_equals": "another-model"}}}))
+        .await;
+    let evs = events.events_until("doomed", "restarted", WAIT).await;
+    let reason = evs
+        .last()
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("liveness probe failed 3 times")
+            && reason.contains("/model_id is \"bge\", expected \"another-model\""),
+        "{reason}"
+    );
+
+    // Prometheus: a histogram and totals per instance and kind.
+    let m = api.send(Method::GET, "/metrics", None, None).await.text;
+    for needle in [
+        "multiverse_control_probe_duration_seconds_bucket{kind=\"readiness\",target=\"picky\",target_type=\"instance\"",
+        "multiverse_control_probes_total{kind=\"readiness\",result=\"failed\",target=\"picky\",target_type=\"instance\"}",
+        "multiverse_control_probes_total{kind=\"liveness\",result=\"failed\",target=\"doomed\",target_type=\"instance\"}",
+    ] {
+        assert!(m.contains(needle), "{needle} in /metrics:\n{m}");
+    }
+    // Validation.
+    for (probes, what) in [
+        (
+            json!({"liveness": {"path": "info"}}),
+            "probes.liveness.path",
+        ),
+        (
+            json!({"startup": {"path": "/x", "method": "DELETE"}}),
+            "probes.startup.method",
+        ),
+        (
+            json!({"readiness": {"path": "/x", "json_equals": "y"}}),
+            "probes.readiness.json_equals",
+        ),
+    ] {
+        let r = api
+            .post(
+                "/instances",
+                &json!({"name": "bad-probe", "model_id": "bge", "probes": probes}),
+            )
+            .await;
+        assert_error(&r, 400, "VALIDATION_ERROR", what);
+        assert!(r.text.contains(what), "{}", r.text);
+    }
+    let r = api
+        .post(
+            "/instances",
+            &json!({"name": "bad-probe", "model_id": "bge", "protocol": "grpc",
+                    "probes": {"liveness": {"path": "/info"}}}),
+        )
+        .await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "probes on gRPC");
+    assert_eq!(api.delete("/instances/doomed").await.status, 204);
+    plane.finish(1).await;
+}
+
 /// On a host with NVIDIA GPUs (NVML loads), the GPU figures come from NVML end to end; elsewhere
 /// the test says it is skipped and why.
 #[tokio::test]

@@ -47,7 +47,7 @@ pub async fn document() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce}, exceeded → limit_exceeded event and restart or warning)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce}, exceeded → limit_exceeded event and restart or warning; `probes`: {startup, liveness, readiness} custom HTTP checks)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
@@ -59,7 +59,7 @@ pub async fn document() -> Json<Value> {
             },
             "/instances/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
+                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM, gpu, probe statistics by kind (total, successes, failures, consecutive_failures, avg_ms, p99_ms, last_success_at, last_failure_at, last_error)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
                 "delete": {"summary": "Stop (draining first) and delete; its log files are deleted too unless ?keep_logs=true", "security": secured,
                     "parameters": [{"name": "keep_logs", "in": "query", "schema": {"type": "boolean", "default": false}}], "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },

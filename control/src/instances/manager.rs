@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
 use super::spec::{InstanceSpec, Protocol, Template};
+use super::supervisor::stats::{KindStats, ProbeStats};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
 use super::traffic::{self, Traffic};
 pub use super::InstanceError;
@@ -67,6 +68,9 @@ pub struct InstanceView {
     /// "warn"`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Probe statistics by kind (`startup`, `liveness`, `readiness`), since the control plane
+    /// started.
+    pub probes: BTreeMap<&'static str, KindStats>,
 }
 
 /// An instance's GPU: the device's figures and what the instance's processes use of it.
@@ -113,7 +117,7 @@ impl GpuUsage {
             .status
             .gpus
             .iter()
-            .flat_map(|g| mine(g))
+            .flat_map(&mine)
             .filter_map(|(_, b)| b)
             .reduce(u64::saturating_add);
         let id = gpu_id.or_else(|| {
@@ -199,6 +203,7 @@ impl Handle {
             gpu_memory_bytes: vram,
             gpu,
             warnings: Vec::new(),
+            probes: self.shared.probe_stats.snapshot(),
             liveness_failures: self
                 .shared
                 .liveness_failures
@@ -243,10 +248,12 @@ pub struct Manager {
     gpus: Arc<dyn GpuProbe>,
     http: reqwest::Client,
     run_dir: RunDir,
+    metrics: Arc<crate::metrics::ControlMetrics>,
 }
 
 /// Manager dependencies.
 pub struct Deps {
+    pub metrics: Arc<crate::metrics::ControlMetrics>,
     pub store: Store,
     pub events: Arc<EventBus>,
     pub changes: Changes,
@@ -278,6 +285,7 @@ impl Manager {
             gpus: deps.gpus,
             http: deps.http,
             run_dir: deps.run_dir,
+            metrics: deps.metrics,
         });
         tokio::spawn(super::limits::watch(
             Arc::downgrade(&manager),
@@ -329,7 +337,11 @@ impl Manager {
             Desired::Running => State::Pending,
             Desired::Stopped => State::Stopped,
         };
-        let shared = Shared::new(log, state);
+        let shared = Shared::with_stats(
+            log,
+            state,
+            ProbeStats::with_metrics(self.metrics.clone(), &record.spec.name),
+        );
         let (tx, rx) = mpsc::channel(16);
         let sup = Supervisor {
             name: record.spec.name.clone(),

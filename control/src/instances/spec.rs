@@ -55,7 +55,8 @@ impl InstanceSpec {
             dtype,
             auto_truncate,
             revision,
-            limits
+            limits,
+            probes
         );
         if self.model_id.is_empty() {
             self.model_id = t.model_id.clone();
@@ -97,6 +98,52 @@ impl InstanceSpec {
             ))),
             _ => Ok(()),
         };
+        if let Some(p) = &self.probes {
+            if self.protocol != Protocol::Http {
+                return Err(invalid("`probes` are HTTP checks: only for protocol http"));
+            }
+            for (kind, spec) in [
+                ("startup", &p.startup),
+                ("liveness", &p.liveness),
+                ("readiness", &p.readiness),
+            ] {
+                let Some(s) = spec else { continue };
+                let at = |f: &str| format!("`probes.{kind}.{f}`");
+                if !s.path.starts_with('/') || s.path.contains(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "{} must be a path starting with /",
+                        at("path")
+                    )));
+                }
+                if !["GET", "POST", "PUT", "HEAD"].contains(&s.method.as_str()) {
+                    return Err(invalid(format!(
+                        "{} must be GET, POST, PUT or HEAD",
+                        at("method")
+                    )));
+                }
+                if s.expected_status.is_some_and(|c| !(100..=599).contains(&c)) {
+                    return Err(invalid(format!(
+                        "{} must be 100-599",
+                        at("expected_status")
+                    )));
+                }
+                if s.timeout_ms == Some(0) {
+                    return Err(invalid(format!(
+                        "{} must be greater than 0",
+                        at("timeout_ms")
+                    )));
+                }
+                if s.json_pointer
+                    .as_deref()
+                    .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
+                {
+                    return Err(invalid(format!("{} must start with /", at("json_pointer"))));
+                }
+                if s.json_equals.is_some() && s.json_pointer.is_none() {
+                    return Err(invalid(format!("{} needs json_pointer", at("json_equals"))));
+                }
+            }
+        }
         if let Some(l) = &self.limits {
             for (field, v) in [
                 ("limits.max_memory_mb", l.max_memory_mb),

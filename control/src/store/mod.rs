@@ -37,8 +37,8 @@ use tokio::sync::oneshot;
 
 pub use file::{StateError, StateFile};
 pub use records::{
-    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, Limits, Protocol, Template,
-    FORMAT_VERSION,
+    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, Limits, ProbeSpec, Probes,
+    Protocol, Template, FORMAT_VERSION,
 };
 
 /// One change of the persisted records.

@@ -159,6 +159,54 @@ pub struct InstanceSpec {
     /// Resource limits (`[limits]`); a template's apply when the instance gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Custom health checks (HTTP instances); a template's apply when the instance gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+}
+
+/// Custom probes of an instance; an absent one is the default (`GET /health`, or the gRPC
+/// health check; no readiness probe).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    /// Until ready (within `startup_timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<ProbeSpec>,
+    /// Once ready, every `liveness_interval_ms`: `liveness_failures` in a row restart it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    /// Once ready, after each passing liveness probe: failing withdraws the route (status
+    /// `unhealthy`) without restarting; passing again restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+}
+
+/// One HTTP check: `method path` (with `headers` and `body`) must answer `expected_status`
+/// (default: any 2xx) within `timeout_ms` (default `[instances] probe_timeout_ms`), and, with
+/// `json_pointer`, a JSON body with a value there (equal to `json_equals` when given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub path: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// An RFC 6901 pointer into the JSON body, e.g. `/model_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_equals: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
 }
 
 /// An instance's resource limits, checked every `[instances] limits_interval_ms`.

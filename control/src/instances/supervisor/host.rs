@@ -9,9 +9,10 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::driver::{Host, ProbeFuture};
+use super::machine::ProbeKind;
 use super::Settings;
 use crate::instances::logs::{self, LogSink};
-use crate::instances::probe::probe;
+use crate::instances::probe::{probe, probe_custom};
 use crate::instances::process::{self, ExitInfo, RunDir};
 use crate::instances::spec::{command_line, InstanceSpec, Launch, Protocol};
 
@@ -23,6 +24,8 @@ pub struct ProbeTarget {
     pub host: String,
     pub port: u16,
     pub timeout: std::time::Duration,
+    /// The instance's own checks (an absent one is the default probe).
+    pub custom: crate::store::Probes,
 }
 
 /// One instance's processes, one at a time.
@@ -132,9 +135,19 @@ impl Host for TeiHost {
         status.ok().map(ExitInfo::from_status)
     }
 
-    fn probe(&self) -> ProbeFuture {
+    fn probe(&self, kind: ProbeKind) -> ProbeFuture {
         let t = self.probe.clone();
-        Box::pin(async move { probe(&t.http, t.protocol, &t.host, t.port, t.timeout).await })
+        let custom = match kind {
+            ProbeKind::Startup => t.custom.startup.clone(),
+            ProbeKind::Liveness => t.custom.liveness.clone(),
+            ProbeKind::Readiness => t.custom.readiness.clone(),
+        };
+        Box::pin(async move {
+            match custom {
+                Some(spec) => probe_custom(&t.http, &t.host, t.port, &spec, t.timeout).await,
+                None => probe(&t.http, t.protocol, &t.host, t.port, t.timeout).await,
+            }
+        })
     }
 
     fn note(&self, line: &str) {
@@ -185,6 +198,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 9,
             timeout: Duration::from_millis(100),
+            custom: Default::default(),
         };
         let host = TeiHost::new("proc", launch, probe, log.clone(), run_dir.clone());
         let hour = Duration::from_secs(3600);

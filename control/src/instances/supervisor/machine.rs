@@ -45,6 +45,29 @@ impl From<&Settings> for Timing {
     }
 }
 
+/// Which check a probe is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// Until ready.
+    Startup,
+    /// Once ready: failures restart.
+    Liveness,
+    /// Once ready, after a passing liveness probe (only when configured): failures withdraw
+    /// the route.
+    Readiness,
+}
+
+impl ProbeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startup",
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        }
+    }
+}
+
 /// What an operator (or the manager) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -70,6 +93,7 @@ pub enum Input {
     /// The result of the [`Action::Probe`] of process life `life`.
     Probed {
         life: u64,
+        kind: ProbeKind,
         result: Result<(), String>,
     },
     /// The deadline the machine set has come.
@@ -102,8 +126,8 @@ pub enum Action {
     Kill,
     /// SIGKILL to the group of a process that exited: whatever it left behind goes too.
     KillLeftovers,
-    /// Probe the instance; answer [`Input::Probed`] with this `life`.
-    Probe { life: u64 },
+    /// Probe the instance; answer [`Input::Probed`] with this `life` and `kind`.
+    Probe { life: u64, kind: ProbeKind },
     /// A lifecycle event.
     Emit(EventKind),
     /// A line of the supervisor's own in the instance log.
@@ -167,6 +191,10 @@ pub struct Machine {
     crashes: VecDeque<Instant>,
     /// Limits already warned about for this process.
     warned: Vec<&'static str>,
+    /// A readiness probe is configured.
+    readiness: bool,
+    /// The last readiness probe failed (the route is withdrawn until one passes).
+    not_ready: bool,
 }
 
 impl Machine {
@@ -184,7 +212,15 @@ impl Machine {
             life: 0,
             crashes: VecDeque::new(),
             warned: Vec::new(),
+            readiness: false,
+            not_ready: false,
         }
+    }
+
+    /// With a readiness probe after each passing liveness probe.
+    pub fn with_readiness(mut self, readiness: bool) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// The status to show.
@@ -214,10 +250,14 @@ impl Machine {
                 }
             }
             Input::Exited(exit) => self.exited(exit, now, &mut out),
-            Input::Probed { life, result } => {
+            Input::Probed { life, kind, result } => {
                 if life == self.life && self.probing {
                     self.probing = false;
-                    self.probed(result, now, &mut out);
+                    if kind == ProbeKind::Readiness {
+                        self.readied(result, now, &mut out);
+                    } else {
+                        self.probed(result, now, &mut out);
+                    }
                 }
             }
             Input::Timer => {
@@ -280,6 +320,7 @@ impl Machine {
 
     fn start_life(&mut self, out: &mut Vec<Action>) {
         self.warned.clear();
+        self.not_ready = false;
         self.set_state(State::Starting);
         self.phase = Phase::Spawning;
         self.timer = None;
@@ -392,9 +433,17 @@ impl Machine {
     fn timer_fired(&mut self, now: Instant, out: &mut Vec<Action>) {
         match std::mem::replace(&mut self.phase, Phase::Idle) {
             phase @ (Phase::Starting { .. } | Phase::Serving { .. }) => {
+                let kind = if matches!(phase, Phase::Starting { .. }) {
+                    ProbeKind::Startup
+                } else {
+                    ProbeKind::Liveness
+                };
                 self.phase = phase;
                 self.probing = true;
-                out.push(Action::Probe { life: self.life });
+                out.push(Action::Probe {
+                    life: self.life,
+                    kind,
+                });
             }
             Phase::Draining { then } => self.terminate(then, now, out),
             Phase::Stopping {
@@ -429,8 +478,18 @@ impl Machine {
                 }
             }
             (Phase::Serving { failures }, Ok(())) => {
-                if *failures > 0 {
-                    *failures = 0;
+                let recovered = *failures > 0;
+                *failures = 0;
+                if self.readiness {
+                    // Readiness decides whether it is ready; it is probed at once.
+                    self.probing = true;
+                    out.push(Action::Probe {
+                        life: self.life,
+                        kind: ProbeKind::Readiness,
+                    });
+                    return;
+                }
+                if recovered {
                     self.set_state(State::Ready);
                     out.push(Action::Emit(EventKind::Ready));
                 }
@@ -454,6 +513,33 @@ impl Machine {
             }
             _ => {}
         }
+    }
+
+    /// A readiness probe's answer (serving, liveness passing): ready or withdrawn, never a
+    /// restart.
+    fn readied(&mut self, result: Result<(), String>, now: Instant, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Serving { failures: 0 }) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if self.not_ready || self.status.state != State::Ready {
+                    self.not_ready = false;
+                    self.set_state(State::Ready);
+                    out.push(Action::Emit(EventKind::Ready));
+                }
+            }
+            Err(reason) => {
+                if !self.not_ready || self.status.state != State::Unhealthy {
+                    self.not_ready = true;
+                    self.set_state(State::Unhealthy);
+                    out.push(Action::Emit(EventKind::Unhealthy {
+                        reason: format!("readiness probe failed: {reason}"),
+                    }));
+                }
+            }
+        }
+        self.timer = Some(now + self.t.liveness_interval);
     }
 
     fn exited(&mut self, exit: Option<ExitInfo>, now: Instant, out: &mut Vec<Action>) {
@@ -598,12 +684,77 @@ mod limit_tests {
         m.step(
             Input::Probed {
                 life: 1,
+                kind: ProbeKind::Startup,
                 result: Ok(()),
             },
             t,
         );
         assert_eq!(m.status().state, State::Ready);
         m
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_withdraws_and_restores_without_a_restart() {
+        let now = Instant::now();
+        let mut m = ready(7, now).with_readiness(true);
+        let probe = |m: &mut Machine, kind, result, at| {
+            m.step(
+                Input::Probed {
+                    life: 1,
+                    kind,
+                    result,
+                },
+                at,
+            )
+        };
+        let t = m.deadline().expect("liveness timer");
+        assert_eq!(
+            m.step(Input::Timer, t),
+            [Action::Probe {
+                life: 1,
+                kind: ProbeKind::Liveness
+            }]
+        );
+        // Liveness passes: readiness is asked at once.
+        assert_eq!(
+            probe(&mut m, ProbeKind::Liveness, Ok(()), t),
+            [Action::Probe {
+                life: 1,
+                kind: ProbeKind::Readiness
+            }]
+        );
+        let out = probe(&mut m, ProbeKind::Readiness, Err("503".into()), t);
+        assert!(
+            matches!(&events(&out)[..], [EventKind::Unhealthy { reason }] if reason.contains("readiness probe failed: 503")),
+            "{out:?}"
+        );
+        assert_eq!(m.status().state, State::Unhealthy);
+        // Failing again and again: no restart, no repeated event.
+        for _ in 0..5 {
+            let t = m.deadline().expect("timer");
+            m.step(Input::Timer, t);
+            probe(&mut m, ProbeKind::Liveness, Ok(()), t);
+            assert!(events(&probe(&mut m, ProbeKind::Readiness, Err("503".into()), t)).is_empty());
+        }
+        assert_eq!(
+            (m.status().state, m.status().restarts),
+            (State::Unhealthy, 0)
+        );
+        let t = m.deadline().expect("timer");
+        m.step(Input::Timer, t);
+        probe(&mut m, ProbeKind::Liveness, Ok(()), t);
+        let out = probe(&mut m, ProbeKind::Readiness, Ok(()), t);
+        assert_eq!(events(&out), [&EventKind::Ready]);
+        assert_eq!(m.status().state, State::Ready);
+        // Liveness failing still restarts (after 3).
+        for i in 0..3 {
+            let t = m.deadline().expect("timer");
+            m.step(Input::Timer, t);
+            let out = probe(&mut m, ProbeKind::Liveness, Err("down".into()), t);
+            if i == 2 {
+                assert_eq!(m.status().state, State::Stopping, "{out:?}");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

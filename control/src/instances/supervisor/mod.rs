@@ -23,6 +23,7 @@
 pub mod driver;
 pub mod host;
 pub mod machine;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -149,14 +150,25 @@ pub struct Shared {
     /// probe's failures while it loads are expected and not counted), since the control plane
     /// started.
     pub liveness_failures: AtomicU64,
+    /// Per probe kind.
+    pub probe_stats: stats::ProbeStats,
 }
 
 impl Shared {
     pub fn new(log: Arc<LogSink>, state: State) -> Arc<Self> {
+        Self::with_stats(log, state, stats::ProbeStats::default())
+    }
+
+    pub fn with_stats(
+        log: Arc<LogSink>,
+        state: State,
+        probe_stats: stats::ProbeStats,
+    ) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(Status::new(state)),
             log,
             liveness_failures: AtomicU64::new(0),
+            probe_stats,
         })
     }
 
@@ -202,6 +214,12 @@ impl Supervisor {
             machine::Timing::from(self.settings.as_ref()),
             self.port,
             self.shared.snapshot().state,
+        )
+        .with_readiness(
+            self.spec
+                .probes
+                .as_ref()
+                .is_some_and(|p| p.readiness.is_some()),
         );
         let launch = host::TeiHost::launch(
             &self.name,
@@ -217,6 +235,7 @@ impl Supervisor {
             host: self.settings.advertise_host.clone(),
             port: self.port,
             timeout: self.settings.probe_timeout,
+            custom: self.spec.probes.clone().unwrap_or_default(),
         };
         let host = host::TeiHost::new(
             &self.name,
