@@ -45,11 +45,12 @@ pub use records::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Adds or replaces the backend with this record's id.
-    PutBackend(BackendRecord),
+    PutBackend(Box<BackendRecord>),
     /// Removes the backend with this id.
     RemoveBackend(String),
     /// Adds or replaces the instance with this spec's name.
-    PutInstance(InstanceRecord),
+    /// (Boxed: a spec with probes and limits is large.)
+    PutInstance(Box<InstanceRecord>),
     /// Removes the instance with this name.
     RemoveInstance(String),
     /// Raises the snapshot version floor to this (never lowers it).
@@ -95,13 +96,13 @@ impl Records {
     pub(crate) fn apply(&mut self, change: Change) {
         match change {
             Change::PutBackend(b) => {
-                self.backends.insert(b.id.clone(), b);
+                self.backends.insert(b.id.clone(), *b);
             }
             Change::RemoveBackend(id) => {
                 self.backends.remove(&id);
             }
             Change::PutInstance(i) => {
-                self.instances.insert(i.spec.name.clone(), i);
+                self.instances.insert(i.spec.name.clone(), *i);
             }
             Change::RemoveInstance(name) => {
                 self.instances.remove(&name);
@@ -205,7 +206,7 @@ impl Store {
     /// Adds or replaces a backend record.
     pub fn put_backend(&self, record: BackendRecord) -> Saving<Option<BackendRecord>> {
         let id = record.id.clone();
-        self.submit(Change::PutBackend(record), move |r| {
+        self.submit(Change::PutBackend(Box::new(record)), move |r| {
             r.backends.get(&id).cloned()
         })
     }
@@ -221,7 +222,7 @@ impl Store {
     /// Adds or replaces an instance record.
     pub fn put_instance(&self, record: InstanceRecord) -> Saving<Option<InstanceRecord>> {
         let name = record.spec.name.clone();
-        self.submit(Change::PutInstance(record), move |r| {
+        self.submit(Change::PutInstance(Box::new(record)), move |r| {
             r.instances.get(&name).cloned()
         })
     }
@@ -263,10 +264,7 @@ impl Store {
             }));
         });
         // A send error means the writer is gone: `done` reports it (the reply was dropped).
-        let _ = self.jobs.send(Job::Change {
-            change: Box::new(change),
-            reply,
-        });
+        let _ = self.jobs.send(Job::Change { change, reply });
         Saving {
             rx,
             path: self.path.clone(),

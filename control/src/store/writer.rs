@@ -13,8 +13,10 @@ pub(super) type Reply = Box<dyn FnOnce(Result<(), StateError>, &Records) + Send>
 
 /// What the writer is sent.
 pub(super) enum Job {
-    /// Boxed: a record is large, the other variant small.
-    Change { change: Box<Change>, reply: Reply },
+    Change {
+        change: Change,
+        reply: Reply,
+    },
     /// Save what is pending now (batched persistence); answered with the outcome.
     Flush(oneshot::Sender<Result<(), StateError>>),
 }
@@ -38,7 +40,7 @@ fn every_change(file: Option<&StateFile>, mut records: Records, jobs: &Receiver<
         match job {
             Job::Change { change, reply } => {
                 let mut next = records.clone();
-                next.apply(*change);
+                next.apply(change);
                 let result = match file {
                     Some(f) if next != records => f.save(&next.to_state()),
                     _ => Ok(()),
@@ -115,8 +117,8 @@ fn batched(file: &StateFile, records: Records, jobs: &Receiver<Job>, interval: D
         };
         match job {
             Ok(Job::Change { change, reply }) => {
-                let sync = matches!(*change, Change::RaiseVersionFloor(_));
-                b.records.apply(*change);
+                let sync = matches!(change, Change::RaiseVersionFloor(_));
+                b.records.apply(change);
                 if b.records != b.saved && b.dirty_since.is_none() {
                     b.dirty_since = Some(Instant::now());
                 }
