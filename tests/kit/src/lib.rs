@@ -25,7 +25,7 @@ pub mod wait;
 
 pub use binaries::{bin, try_bin, Binaries};
 pub use dirs::{temp_dir, ScratchDir};
-pub use ports::{free_port, try_free_addr, try_free_port};
+pub use ports::{free_port, try_free_addr, try_free_addr_on, try_free_port, try_free_port_on};
 pub use process::{kill_process_groups, Proc};
 pub use routes::{model_toml, Ep};
 pub use stack::control::{backends_toml, Control};
