@@ -461,8 +461,10 @@ mod tests {
             "dns+cp:9001",
             "dns+",
         ] {
-            let mut c = ProxyConfig::default();
-            c.control_planes = vec![ControlPlaneConfig { url: bad.into() }];
+            let c = ProxyConfig {
+                control_planes: vec![ControlPlaneConfig { url: bad.into() }],
+                ..Default::default()
+            };
             let msg = c
                 .validate(Some(Path::new("/etc/p.toml")))
                 .expect_err(bad)
