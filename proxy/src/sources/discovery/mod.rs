@@ -140,6 +140,7 @@ impl BackgroundService for Discovery {
                         source: url.clone(),
                         target,
                         shared: shared.clone(),
+                        resolver: resolve::configured(shared.config.dns_hosts_file.as_deref()),
                     };
                     tasks.push(Task(tokio::spawn(source.run())));
                 }

@@ -39,6 +39,16 @@ pub trait Resolve: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// The resolver the configuration chooses: the hosts file if one is set, else the system's.
+pub fn configured(hosts_file: Option<&std::path::Path>) -> std::sync::Arc<dyn Resolve> {
+    match hosts_file {
+        Some(path) => std::sync::Arc::new(HostsFile {
+            path: path.to_path_buf(),
+        }),
+        None => std::sync::Arc::new(SystemResolver),
+    }
+}
+
 /// The system resolver.
 #[derive(Debug, Default)]
 pub struct SystemResolver;
