@@ -1,191 +1,34 @@
-//! The routing table: every model the proxy can serve, with its policy and endpoints.
-//!
-//! A [`RoutingTable`] is immutable. The proxy holds the current one in an `ArcSwap`; each request
-//! pins one `Arc<RoutingTable>` for its whole life (retries included), and a new snapshot becomes
-//! a new table that is swapped in atomically. Pushed snapshots are turned into tables in exactly
-//! one place, [`PlaneRoutes::from_snapshot`] (validation: a snapshot that fails it is NACKed) and
-//! [`RoutingTable::merge`] (the union of several control planes' routes).
-//!
-//! Per-endpoint runtime state (requests in flight) lives in [`EndpointLoad`], shared by id across
-//! table versions so a swap never resets load-balancing state.
+//! The one conversion from pushed routes to a routing table: a control plane's snapshot (or a
+//! routes file, turned into the same snapshot) is validated into [`PlaneRoutes`] — a snapshot
+//! that fails is NACKed with the [`SnapshotError`] — and the planes' routes are merged into one
+//! [`RoutingTable`] ([`RoutingTable::merge`]), keeping each endpoint's runtime state by id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 use multiverse_proto::discovery::v1 as pb;
 
-use crate::outlier::OutlierState;
-
-/// Retries after the first attempt when the control plane leaves it unset.
-pub const DEFAULT_MAX_RETRIES: u32 = 2;
-
-// The shared vocabulary, re-exported where the routing code has always named it.
-pub use multiverse_common::vocab::{Health, LbStrategy, ModelKind, ProtoClass, Protocol};
-
-/// A set of model kinds, as a bit mask of [`ModelKind::bit`].
-pub type KindMask = u8;
-
-/// Kinds a TEI process serves.
-pub const TEI_KINDS: KindMask = ModelKind::Embedding.bit()
-    | ModelKind::SparseEmbedding.bit()
-    | ModelKind::Rerank.bit()
-    | ModelKind::Classify.bit();
-
-/// A model's routing policy with defaults applied.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Policy {
-    pub lb: LbStrategy,
-    pub max_retries: u32,
-    #[serde(with = "millis")]
-    pub connect_timeout: Option<Duration>,
-    #[serde(with = "millis")]
-    pub first_byte_timeout: Option<Duration>,
-    #[serde(with = "millis")]
-    pub idle_timeout: Option<Duration>,
-}
-
-mod millis {
-    use std::time::Duration;
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_u64(d.as_millis() as u64),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-/// Runtime state of one endpoint, shared across table versions: requests in flight and
-/// outlier-detection state.
-#[derive(Debug, Default)]
-pub struct EndpointLoad {
-    pub in_flight: AtomicU64,
-    pub outlier: OutlierState,
-}
-
-/// One place a model's requests can go.
-#[derive(Debug, serde::Serialize)]
-pub struct Endpoint {
-    pub id: String,
-    pub address: String,
-    #[serde(skip)]
-    pub addr: SocketAddr,
-    pub protocol: Protocol,
-    pub weight: u32,
-    pub health: Health,
-    pub tls: bool,
-    /// Host header / SNI sent upstream.
-    pub host: String,
-    pub path_prefix: String,
-    pub labels: BTreeMap<String, String>,
-    pub source: String,
-    /// `Bearer <key>` for upstream auth; never serialized.
-    #[serde(skip)]
-    pub authorization: Option<HeaderValue>,
-    /// `x-multiverse-endpoint` value, built once.
-    #[serde(skip)]
-    pub id_header: HeaderValue,
-    #[serde(skip)]
-    pub load: Arc<EndpointLoad>,
-}
-
-/// A model and where its requests go.
-#[derive(Debug, serde::Serialize)]
-pub struct Route {
-    pub name: String,
-    pub kind: ModelKind,
-    pub policy: Policy,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// Round-robin cursor.
-    #[serde(skip)]
-    pub cursor: AtomicUsize,
-}
-
-impl Route {
-    /// Endpoints that may take new requests.
-    pub fn available(&self) -> usize {
-        self.endpoints
-            .iter()
-            .filter(|e| e.health.accepts_new())
-            .count()
-    }
-}
-
-/// The immutable table the data plane routes by.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct RoutingTable {
-    /// Version of the table (per control plane when several feed it).
-    pub version: String,
-    /// Where it came from (`control-plane`, `static:<file>`, `empty`).
-    pub source: String,
-    models: BTreeMap<String, Arc<Route>>,
-    #[serde(skip)]
-    index: HashMap<String, Arc<Route>>,
-    /// Endpoint id → a route holding it and its index there (for `x-instance`).
-    #[serde(skip)]
-    pins: HashMap<String, (Arc<Route>, usize)>,
-    /// The only route matching a kind set and traffic class, where exactly one does.
-    #[serde(skip)]
-    sole: HashMap<(KindMask, ProtoClass), Arc<Route>>,
-}
-
-/// Kind sets that client routes select by when no model is named.
-pub const SELECTORS: [KindMask; 6] = [
-    ModelKind::Embedding.bit(),
-    ModelKind::SparseEmbedding.bit(),
-    ModelKind::Embedding.bit() | ModelKind::SparseEmbedding.bit(),
-    ModelKind::Rerank.bit(),
-    ModelKind::Classify.bit(),
-    TEI_KINDS,
-];
+use crate::routing::endpoint::EndpointState;
+use crate::routing::table::{
+    Endpoint, Health, LbStrategy, ModelKind, Policy, Protocol, Route, RoutingTable,
+    DEFAULT_MAX_RETRIES,
+};
 
 impl RoutingTable {
-    /// The table before any snapshot arrived: routes nothing.
-    pub fn empty() -> Self {
-        RoutingTable {
-            version: String::new(),
-            source: "empty".into(),
-            ..Default::default()
-        }
-    }
-
-    /// The route for a model name.
-    #[inline]
-    pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
-        self.index.get(model)
-    }
-
-    /// The route holding endpoint `id`, and its index there.
-    #[inline]
-    pub fn pinned(&self, id: &str) -> Option<&(Arc<Route>, usize)> {
-        self.pins.get(id)
-    }
-
-    /// The only model whose kind is in `kinds` with endpoints of `class`, if exactly one is.
-    /// `kinds` must be one of [`SELECTORS`].
-    #[inline]
-    pub fn sole(&self, kinds: KindMask, class: ProtoClass) -> Option<&Arc<Route>> {
-        self.sole.get(&(kinds, class))
-    }
-
-    /// All routes, by name.
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.models.values()
-    }
-
     /// Builds the union of several planes' routes: per model, the endpoints of every plane
-    /// (the first plane, by id, sets the policy and kind). `loads` keeps per-endpoint state
+    /// (the first plane, by id, sets the policy and kind). `states` keeps per-endpoint state
     /// across versions; entries for endpoints that are gone are dropped.
     pub fn merge(
         planes: &BTreeMap<String, PlaneRoutes>,
         source: &str,
-        loads: &mut HashMap<String, Arc<EndpointLoad>>,
+        states: &mut HashMap<String, Arc<EndpointState>>,
     ) -> RoutingTable {
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
-        let mut live_loads = HashMap::new();
+        let mut live = HashMap::new();
         for plane in planes.values() {
             for m in &plane.models {
                 let entry = merged
@@ -195,13 +38,13 @@ impl RoutingTable {
                     if entry.2.iter().any(|x| x.id == e.id) {
                         continue;
                     }
-                    let load = loads.get(&e.id).cloned().unwrap_or_default();
-                    live_loads.insert(e.id.clone(), load.clone());
-                    entry.2.push(Arc::new(e.instantiate(load)));
+                    let state = states.get(&e.id).cloned().unwrap_or_default();
+                    live.insert(e.id.clone(), state.clone());
+                    entry.2.push(Arc::new(e.instantiate(state)));
                 }
             }
         }
-        *loads = live_loads;
+        *states = live;
         let version = match planes.len() {
             1 => planes.values().map(|p| p.version.clone()).collect(),
             _ => planes
@@ -223,34 +66,7 @@ impl RoutingTable {
                 (name, route)
             })
             .collect();
-        let index = models.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut pins = HashMap::new();
-        for route in models.values() {
-            for (i, e) in route.endpoints.iter().enumerate() {
-                pins.entry(e.id.clone())
-                    .or_insert_with(|| (route.clone(), i));
-            }
-        }
-        let mut sole = HashMap::new();
-        for kinds in SELECTORS {
-            for class in [ProtoClass::Http, ProtoClass::Grpc] {
-                let mut matching = models.values().filter(|r| {
-                    r.kind.bit() & kinds != 0
-                        && r.endpoints.iter().any(|e| e.protocol.class() == class)
-                });
-                if let (Some(only), None) = (matching.next(), matching.next()) {
-                    sole.insert((kinds, class), only.clone());
-                }
-            }
-        }
-        RoutingTable {
-            version,
-            source: source.to_string(),
-            models,
-            index,
-            pins,
-            sole,
-        }
+        RoutingTable::from_routes(version, source.to_string(), models)
     }
 }
 
@@ -288,7 +104,7 @@ pub struct EndpointSpec {
 }
 
 impl EndpointSpec {
-    fn instantiate(&self, load: Arc<EndpointLoad>) -> Endpoint {
+    fn instantiate(&self, state: Arc<EndpointState>) -> Endpoint {
         Endpoint {
             id: self.id.clone(),
             address: self.address.clone(),
@@ -305,7 +121,7 @@ impl EndpointSpec {
             // Validated to be a visible-ASCII token in `from_snapshot`.
             id_header: HeaderValue::from_str(&self.id)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-            load,
+            state,
         }
     }
 }
@@ -521,56 +337,10 @@ pub fn resolve_socket_addr(address: &str) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::routing::table::{ProtoClass, TEI_KINDS};
     use std::sync::atomic::Ordering;
-
-    /// A one-model table's route with endpoints e0, e1, ... of the given health and weight.
-    pub(crate) fn route_of(
-        lb: pb::LbStrategy,
-        healths: &[pb::HealthStatus],
-        weights: &[u32],
-    ) -> Arc<Route> {
-        let endpoints = healths
-            .iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(i, (h, w))| pb::Endpoint {
-                id: format!("e{i}"),
-                address: format!("127.0.0.1:{}", 1000 + i),
-                health: *h as i32,
-                weight: *w,
-                ..Default::default()
-            })
-            .collect();
-        let snap = pb::RouteSnapshot {
-            models: vec![pb::Model {
-                name: "m".into(),
-                policy: Some(pb::RoutingPolicy {
-                    lb: lb as i32,
-                    ..Default::default()
-                }),
-                endpoints,
-                ..Default::default()
-            }],
-        };
-        let mut planes = BTreeMap::new();
-        planes.insert(
-            "cp".to_string(),
-            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
-        );
-        let table = RoutingTable::merge(&planes, "test", &mut HashMap::new());
-        table.route("m").expect("route").clone()
-    }
-
-    /// Like [`route_of`] with least-request balancing and weight 1.
-    pub(crate) fn route_with(healths: &[pb::HealthStatus]) -> Arc<Route> {
-        route_of(
-            pb::LbStrategy::Unspecified,
-            healths,
-            &vec![1; healths.len()],
-        )
-    }
 
     fn ep(id: &str, addr: &str) -> pb::Endpoint {
         pb::Endpoint {
@@ -648,15 +418,18 @@ pub(crate) mod tests {
             "cp-b".to_string(),
             PlaneRoutes::from_snapshot("9", Some(&b), &parse_socket_addr).expect("b"),
         );
-        let mut loads = HashMap::new();
-        let t1 = RoutingTable::merge(&planes, "control-plane", &mut loads);
+        let mut states = HashMap::new();
+        let t1 = RoutingTable::merge(&planes, "control-plane", &mut states);
         assert_eq!(t1.version, "cp-a=3,cp-b=9");
         let demo = t1.route("demo").expect("demo");
         assert_eq!(demo.endpoints.len(), 2);
-        demo.endpoints[0].load.in_flight.store(5, Ordering::Relaxed);
-        let t2 = RoutingTable::merge(&planes, "control-plane", &mut loads);
+        demo.endpoints[0]
+            .state
+            .in_flight
+            .store(5, Ordering::Relaxed);
+        let t2 = RoutingTable::merge(&planes, "control-plane", &mut states);
         let a1 = &t2.route("demo").expect("demo").endpoints[0];
-        assert_eq!(a1.load.in_flight.load(Ordering::Relaxed), 5);
+        assert_eq!(a1.state.in_flight.load(Ordering::Relaxed), 5);
         assert!(t2.route("other").is_some());
         assert!(t2.route("missing").is_none());
         assert_eq!(

@@ -14,8 +14,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
-use crate::table::{resolve_socket_addr, PlaneRoutes};
-use crate::TableState;
+use crate::routing::snapshot::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::TableState;
 
 /// The plane id static routes are stored under.
 pub const STATIC_PLANE: &str = "static";

@@ -10,8 +10,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::table::{Endpoint, EndpointLoad};
-
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -152,6 +150,11 @@ impl Metrics {
         self.ejections.with_label_values(&[endpoint]).inc();
     }
 
+    /// The gauge of requests in flight (moved by the request path's in-flight guard).
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
     /// Counts a request that failed by the client's doing (`reason`: a static label).
     pub fn client_fault(&self, reason: &str) {
         self.client_faults.with_label_values(&[reason]).inc();
@@ -233,31 +236,6 @@ impl LogLimit {
             self.held_back.fetch_add(1, Ordering::Relaxed);
             None
         }
-    }
-}
-
-/// Counts a request against an endpoint while it is in flight (dropped at the end, or replaced
-/// when a retry moves to another endpoint).
-pub struct InFlight {
-    load: Arc<EndpointLoad>,
-    gauge: IntGauge,
-}
-
-impl InFlight {
-    pub fn start(endpoint: &Endpoint, metrics: &Metrics) -> Self {
-        endpoint.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        metrics.in_flight.inc();
-        Self {
-            load: endpoint.load.clone(),
-            gauge: metrics.in_flight.clone(),
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `GET /metrics` — Prometheus text.
 //! - `GET /config_dump` — the table (version, source, models, endpoints; never secrets).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,9 +16,24 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::lifecycle::Listening;
-use crate::observe::Metrics;
-use crate::TableState;
+use crate::ops::metrics::Metrics;
+use crate::routing::TableState;
+
+/// Set once the client listener's accept loops run (its socket, bound before, accepts from the
+/// start): the admin `/ready` answers 200 only after it. The admin listener needs no flag of its
+/// own, since it is the one answering.
+#[derive(Debug, Default)]
+pub struct Listening(AtomicBool);
+
+impl Listening {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// The admin HTTP app.
 pub struct Admin {

@@ -7,7 +7,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 
-use crate::table::{Endpoint, Policy, Protocol};
+use crate::routing::table::{Endpoint, Policy, Protocol};
 
 /// Proxy-wide upstream settings, used where a model's policy sets none.
 #[derive(Debug, Clone)]

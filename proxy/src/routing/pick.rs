@@ -3,15 +3,15 @@
 //! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
 //! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
 //! robin, weighted random, and least outstanding requests by power of two choices (the default).
-//! Lock-free and allocation-free: it walks the route's endpoint slice.
+//! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
+//! the gateway's clock) decides which endpoints are ejected.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rand::Rng;
 
-use crate::outlier::now_ms;
-use crate::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
+use crate::routing::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
 
 /// Endpoints a request already tried, by index in the route (first 64 tracked).
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,13 +44,12 @@ impl Want {
             && self.pinned.is_none_or(|p| p == i)
             && e.protocol.class() == self.class
             && e.health.accepts_new()
-            && !e.load.outlier.is_ejected(now)
+            && !e.state.outlier.is_ejected(now)
     }
 }
 
-/// Whether any endpoint could take this attempt (no side effects, unlike [`pick`]).
-pub fn any_eligible(route: &Route, tried: Tried, want: &Want) -> bool {
-    let now = now_ms();
+/// Whether any endpoint could take this attempt at `now` (no side effects, unlike [`pick`]).
+pub fn any_eligible(route: &Route, tried: Tried, want: &Want, now: u64) -> bool {
     route
         .endpoints
         .iter()
@@ -58,9 +57,8 @@ pub fn any_eligible(route: &Route, tried: Tried, want: &Want) -> bool {
         .any(|(i, e)| want.allows(i, e, tried, now))
 }
 
-/// Picks an endpoint index for the next attempt, or `None` when nothing is eligible.
-pub fn pick(route: &Route, tried: Tried, want: &Want) -> Option<usize> {
-    let now = now_ms();
+/// Picks an endpoint index for the next attempt at `now`, or `None` when nothing is eligible.
+pub fn pick(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize> {
     let healthy =
         |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health != Health::Degraded;
     let degraded =
@@ -121,7 +119,7 @@ fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -
             let load = |i: usize| {
                 // Normalise by weight so a heavier endpoint takes proportionally more.
                 let e = &eps[i];
-                e.load.in_flight.load(Ordering::Relaxed) * 1024 / u64::from(e.weight.max(1))
+                e.state.in_flight.load(Ordering::Relaxed) * 1024 / u64::from(e.weight.max(1))
             };
             Some(if load(ib) < load(ia) { ib } else { ia })
         }
@@ -131,7 +129,7 @@ fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::tests::route_of;
+    use crate::routing::fixtures::route_of;
     use multiverse_proto::discovery::v1 as pb;
 
     fn route(lb: pb::LbStrategy, healths: &[pb::HealthStatus], weights: &[u32]) -> Arc<Route> {
@@ -139,6 +137,9 @@ mod tests {
     }
 
     use pb::HealthStatus as H;
+
+    /// Any time of the tests' clock.
+    const NOW: u64 = 1;
 
     const HTTP: Want = Want {
         class: ProtoClass::Http,
@@ -153,28 +154,39 @@ mod tests {
             pinned: Some(2),
         };
         for _ in 0..5 {
-            assert_eq!(pick(&r, Tried::default(), &pin), Some(2));
+            assert_eq!(pick(&r, Tried::default(), &pin, NOW), Some(2));
         }
         let grpc = Want {
             class: ProtoClass::Grpc,
             pinned: None,
         };
-        assert_eq!(pick(&r, Tried::default(), &grpc), None, "no gRPC endpoint");
-        let cfg = crate::outlier::OutlierConfig {
+        assert_eq!(
+            pick(&r, Tried::default(), &grpc, NOW),
+            None,
+            "no gRPC endpoint"
+        );
+        let cfg = crate::routing::outlier::OutlierConfig {
             consecutive_failures: 1,
             base_ejection: std::time::Duration::from_secs(60),
             max_ejection: std::time::Duration::from_secs(60),
             max_ejection_percent: 100,
         };
-        crate::outlier::failure(&r, 0, &cfg);
-        crate::outlier::failure(&r, 1, &cfg);
+        r.record_failure(0, &cfg, NOW);
+        r.record_failure(1, &cfg, NOW);
         for _ in 0..5 {
             assert_eq!(
-                pick(&r, Tried::default(), &HTTP),
+                pick(&r, Tried::default(), &HTTP, NOW),
                 Some(2),
                 "ejected ones skipped"
             );
         }
+        // A minute later both are back (round robin reaches all three again).
+        let later = NOW + 60_000;
+        let mut seen: Vec<_> = (0..3)
+            .filter_map(|_| pick(&r, Tried::default(), &HTTP, later))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2]);
     }
 
     #[test]
@@ -192,13 +204,13 @@ mod tests {
         );
         let mut tried = Tried::default();
         for _ in 0..200 {
-            let i = pick(&r, tried, &HTTP).expect("one eligible");
+            let i = pick(&r, tried, &HTTP, NOW).expect("one eligible");
             assert!(i == 1 || i == 4, "picked {i}");
         }
         tried.mark(1);
-        assert_eq!(pick(&r, tried, &HTTP), Some(4));
+        assert_eq!(pick(&r, tried, &HTTP, NOW), Some(4));
         tried.mark(4);
-        assert_eq!(pick(&r, tried, &HTTP), None);
+        assert_eq!(pick(&r, tried, &HTTP, NOW), None);
     }
 
     #[test]
@@ -209,18 +221,18 @@ mod tests {
             &[1, 1],
         );
         for _ in 0..10 {
-            assert_eq!(pick(&r, Tried::default(), &HTTP), Some(1));
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
         }
         let mut t = Tried::default();
         t.mark(1);
-        assert_eq!(pick(&r, t, &HTTP), Some(0));
+        assert_eq!(pick(&r, t, &HTTP, NOW), Some(0));
     }
 
     #[test]
     fn round_robin_alternates() {
         let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
         let got: Vec<_> = (0..6)
-            .filter_map(|_| pick(&r, Tried::default(), &HTTP))
+            .filter_map(|_| pick(&r, Tried::default(), &HTTP, NOW))
             .collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -228,9 +240,9 @@ mod tests {
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
         let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
-        r.endpoints[0].load.in_flight.store(10, Ordering::Relaxed);
+        r.endpoints[0].state.in_flight.store(10, Ordering::Relaxed);
         for _ in 0..50 {
-            assert_eq!(pick(&r, Tried::default(), &HTTP), Some(1));
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
         }
     }
 
@@ -238,7 +250,7 @@ mod tests {
     fn weighted_follows_weights() {
         let r = route(pb::LbStrategy::Weighted, &[H::Healthy; 2], &[1, 9]);
         let heavy = (0..2000)
-            .filter(|_| pick(&r, Tried::default(), &HTTP) == Some(1))
+            .filter(|_| pick(&r, Tried::default(), &HTTP, NOW) == Some(1))
             .count();
         assert!((1600..=1990).contains(&heavy), "heavy picked {heavy}/2000");
     }

@@ -26,7 +26,7 @@ pub enum Scan {
 }
 
 /// Why a body cannot be routed.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
     #[error("request body is not valid JSON: {0}")]
     Malformed(&'static str),

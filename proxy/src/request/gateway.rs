@@ -1,44 +1,55 @@
 //! One request's life, as pingora phases. Each phase is a short call into the module that owns
-//! the concern, in the order they run:
+//! the decision, in the order they run:
 //!
-//! 1. `new_ctx` — pin the current [`RoutingTable`] for the whole request (retries included).
-//! 2. `request_filter` — classify ([`route`]), find the model (body, header or metadata), look
-//!    up its route; answer errors and `GET /v1/models` locally.
-//! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer ([`upstream`]).
+//! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
+//!    ([`ctx`](crate::request::ctx)).
+//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the model
+//!    and its route ([`target`], reading the body through
+//!    [`body`] when it names the model); errors and `GET /v1/models` are
+//!    answered here ([`respond`]), and the connection stays open.
+//! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
+//!    ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
-//! 5. `request_body_filter` — send the bytes read for routing first ([`route::Held`]); enforce
-//!    the body limit on streamed bodies.
-//! 6. `upstream_response_filter` — outlier bookkeeping ([`outlier`]); a 502/503 before any
-//!    byte reached the client is retried elsewhere ([`retry`]).
+//! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
+//!    streamed bodies.
+//! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
+//!    client is retried elsewhere ([`retry`]).
 //! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
-//! 8. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy` — retry on another endpoint or
-//!    answer with an error in the route family's format ([`respond`]).
-//! 9. `logging` — metrics ([`observe`]); client faults logged at info, rate-limited.
+//! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
+//!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
+//! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//!    rate-limited.
 //!
 //! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
 //! within the header timeout (408) and CONNECT (405) with the bodies of
 //! `request_header_error_body`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::lifecycle::{Active, ActiveGuard};
-use crate::observe::{InFlight, LogLimit, Metrics};
-use crate::outlier::{self, OutlierConfig, Verdict};
-use crate::pick::{any_eligible, pick, Tried, Want};
-use crate::respond::{self, ProxyError};
-use crate::retry::ClientFault;
-use crate::route::{self, Family, Held, Target};
-use crate::table::{Endpoint, ProtoClass, Route, RoutingTable};
-use crate::upstream::{self, UpstreamDefaults};
-use crate::{retry, TableState};
+use crate::ops::drain::Active;
+use crate::ops::metrics::{LogLimit, Metrics};
+use crate::request::body;
+use crate::request::classify::classify_request;
+use crate::request::ctx::RequestCtx;
+use crate::request::error::{ClientFault, ProxyError};
+use crate::request::observe::InFlight;
+use crate::request::respond;
+use crate::request::retry::{self, Answered, Attempted};
+use crate::request::target::{self, Plan};
+use crate::request::upstream::{self, UpstreamDefaults};
+use crate::routing::outlier::{OutlierConfig, Verdict};
+use crate::routing::pick::pick;
+use crate::routing::table::Route;
+use crate::routing::TableState;
 
 /// Client-fault log lines per second at most (the rest are counted in
 /// `client_faults_total` and summarised in the next line).
@@ -60,6 +71,8 @@ pub struct Gateway {
     active: Arc<Active>,
     metrics: Arc<Metrics>,
     config: GatewayConfig,
+    /// Time for outlier ejection (milliseconds since the gateway was built).
+    clock: Millis<Arc<dyn Clock>>,
     /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
     /// is known yet), built once.
     header_errors: [(u16, Bytes); 3],
@@ -74,49 +87,26 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Self {
         let header_errors = [
-            (400, ProxyError::malformed_header().openai_body()),
-            (405, ProxyError::connect_not_allowed().openai_body()),
-            (
-                408,
-                ProxyError::header_timeout(config.header_timeout).openai_body(),
-            ),
-        ];
+            ProxyError::MalformedHeader,
+            ProxyError::ConnectNotAllowed,
+            ProxyError::HeaderTimeout(config.header_timeout),
+        ]
+        .map(|e| (e.status(), respond::openai_body(&e)));
         Self {
             state,
             active,
             metrics,
             config,
+            clock: Millis::new(Arc::new(SystemClock)),
             header_errors,
             fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
         }
     }
-}
 
-/// Everything one request carries through its phases.
-pub struct RequestCtx {
-    /// The table this request routes by, pinned at its start.
-    table: Arc<RoutingTable>,
-    family: Family,
-    route: Option<Arc<Route>>,
-    want: Want,
-    /// Body bytes read to find the model.
-    held: Held,
-    /// Body bytes sent upstream in this attempt (for the size limit).
-    body_bytes: usize,
-    tried: Tried,
-    attempts: u32,
-    /// Index in `route.endpoints` of the current attempt.
-    endpoint: Option<usize>,
-    /// The current attempt's failure was already counted for outlier detection.
-    failure_counted: bool,
-    in_flight: Option<InFlight>,
-    started: Instant,
-    _active: ActiveGuard,
-}
-
-impl RequestCtx {
-    fn endpoint(&self) -> Option<&Endpoint> {
-        Some(&self.route.as_ref()?.endpoints[self.endpoint?])
+    /// The same gateway on another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Millis::new(clock);
+        self
     }
 }
 
@@ -125,63 +115,28 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            table: self.state.table(),
-            family: Family::Unknown,
-            route: None,
-            want: Want {
-                class: ProtoClass::Http,
-                pinned: None,
-            },
-            held: Held::default(),
-            body_bytes: 0,
-            tried: Tried::default(),
-            attempts: 0,
-            endpoint: None,
-            failure_counted: false,
-            in_flight: None,
-            started: Instant::now(),
-            _active: self.active.enter(),
-        }
+        RequestCtx::new(self.state.table(), self.active.enter())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header();
-        let content_type = req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        ctx.family = route::classify(&req.method, req.uri.path(), content_type);
+        ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
-        let outcome = match ctx.family {
-            Family::ModelsList => {
-                let body = respond::models_list(&ctx.table);
-                respond::send_json(session, 200, body).await?;
-                return Ok(true);
-            }
-            Family::Unknown => Err(ProxyError::unknown_route(
-                req.method.as_str(),
-                req.uri.path(),
-            )),
-            _ => self.find_target(session, ctx).await?,
-        };
-        let outcome = outcome.and_then(|target| {
-            ctx.want.pinned = target.pinned;
-            if any_eligible(&target.route, Tried::default(), &ctx.want) {
-                Ok(target.route)
-            } else {
-                Err(ProxyError::no_endpoint(&target.route.name))
-            }
-        });
-        match outcome {
-            Ok(route) => {
+        match self.find_route(session, ctx).await {
+            Ok(Some(route)) => {
                 ctx.route = Some(route);
                 Ok(false)
             }
-            Err(err) => {
-                respond::send_error(session, ctx.family.format(), &err).await?;
-                Ok(true)
-            }
+            // Answered from the table.
+            Ok(None) => Ok(true),
+            Err(e) => match ProxyError::raised(&e) {
+                // The request's own fault or state: answered here, the connection stays open.
+                Some(err) => {
+                    respond::send_error(session, ctx.family.format(), err).await?;
+                    Ok(true)
+                }
+                // A failed read from the client: pingora's error handling.
+                None => Err(e),
+            },
         }
     }
 
@@ -191,17 +146,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
-            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+            return Err(ProxyError::Internal("upstream_peer without a route").into_pingora());
         };
-        let Some(index) = pick(&route, ctx.tried, &ctx.want) else {
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint");
+        let Some(index) = pick(&route, ctx.tried, &ctx.want, self.clock.now_ms()) else {
+            return Err(nothing_left(&route, 503).into_pingora());
         };
-        ctx.attempts += 1;
-        ctx.endpoint = Some(index);
-        ctx.tried.mark(index);
-        ctx.failure_counted = false;
-        ctx.held.rearm();
-        ctx.body_bytes = ctx.held.len();
+        ctx.begin_attempt(index);
         let endpoint = &route.endpoints[index];
         // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
         ctx.in_flight = Some(InFlight::start(endpoint, &self.metrics));
@@ -237,10 +187,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
         if ctx.body_bytes > self.config.max_body_bytes {
-            let mut e = Error::explain(ErrorType::HTTPStatus(413), "request body over the limit");
             // the client's fault: answered 413 and logged as a client fault
-            e.esource = ErrorSource::Downstream;
-            return Err(e);
+            return Err(ProxyError::TooLargeStreamed.into_pingora().into_down());
         }
         ctx.held.prepend_to(body);
         Ok(())
@@ -253,31 +201,28 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        if !matches!(status, 502..=504) {
-            if let Some(endpoint) = ctx.endpoint() {
-                endpoint.load.outlier.success(&self.config.outlier);
+        match retry::judge(status) {
+            Answered::Served => {
+                if let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) {
+                    route.record_success(index, &self.config.outlier, self.clock.now_ms());
+                }
+                Ok(())
             }
-            return Ok(());
+            Answered::GatewayFailure { retryable } => {
+                self.count_failure(ctx);
+                if !(retryable && self.may_retry(session, ctx)) {
+                    // Passed on to the client as the upstream sent it.
+                    return Ok(());
+                }
+                let Some(route) = ctx.route.as_ref() else {
+                    return Ok(());
+                };
+                let mut e = nothing_left(route, status).into_pingora();
+                e.esource = ErrorSource::Upstream;
+                e.set_retry(true);
+                Err(e)
+            }
         }
-        self.count_failure(ctx);
-        if status != 504
-            && retry::can_retry(
-                session,
-                &ctx.want,
-                ctx.route.as_deref(),
-                ctx.tried,
-                ctx.attempts,
-            )
-        {
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(status),
-                "upstream answered with a gateway error; retrying on another endpoint",
-            );
-            e.esource = ErrorSource::Upstream;
-            e.set_retry(true);
-            return Err(e);
-        }
-        Ok(())
     }
 
     async fn response_filter(
@@ -330,8 +275,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let err = retry::final_error(e, ctx.route.as_deref());
-        let code = match err {
+        let code = match ProxyError::from_pingora(e, ctx.route.as_deref()) {
             // The client is gone or the response already started: nothing can be written.
             None => 0,
             Some(_) if session.response_written().is_some() => 0,
@@ -344,7 +288,7 @@ impl ProxyHttp for Gateway {
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
-                err.status
+                err.status()
             }
         };
         FailToProxy {
@@ -371,7 +315,7 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let model = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+        let model = ctx.model();
         let endpoint = ctx.endpoint().map(|e| e.id.as_str()).unwrap_or("");
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
@@ -399,49 +343,60 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Why no endpoint is left for `route`: none could take requests at all, or every one tried
+/// failed (the last with `status`).
+fn nothing_left(route: &Route, status: u16) -> ProxyError {
+    if route.available() == 0 {
+        ProxyError::NoHealthyEndpoint(route.name.clone())
+    } else {
+        ProxyError::AllEndpointsFailed {
+            model: route.name.clone(),
+            status,
+        }
+    }
+}
+
 impl Gateway {
-    /// Finds the route: OpenAI by `x-model` or the body's `model`, TEI and gRPC by headers.
-    async fn find_target(
+    /// The request's route (`None`: answered from the table), or why it has none.
+    async fn find_route(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<std::result::Result<Target, ProxyError>> {
-        if !self.state.is_ready() {
-            return Ok(Err(ProxyError::not_ready()));
-        }
+    ) -> Result<Option<Arc<Route>>> {
         let limit = self.config.max_body_bytes;
-        if route::content_length(session).is_some_and(|len| len > limit) {
-            return Ok(Err(ProxyError::too_large(limit)));
-        }
-        if ctx.family != Family::OpenAi {
-            return Ok(route::target_from_headers(&ctx.table, session, ctx.family));
-        }
-        let model = match route::model_from_header(session) {
-            Some(m) => m.to_owned(),
-            None => match route::model_from_body(session, limit, &mut ctx.held).await? {
-                Ok(m) => m,
-                Err(err) => return Ok(Err(err)),
-            },
+        let ready = self.state.is_ready();
+        let plan = target::plan(&ctx.table, ready, ctx.family, session.req_header(), limit);
+        let target = match plan.map_err(ProxyError::into_pingora)? {
+            Plan::ModelsList => {
+                respond::send_json(session, 200, respond::models_list(&ctx.table)).await?;
+                return Ok(None);
+            }
+            Plan::Route(target) => target,
+            Plan::ReadBody => {
+                let model = body::model_from_body(session, limit, &mut ctx.held).await?;
+                target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
+            }
         };
-        Ok(ctx
-            .table
-            .route(&model)
-            .map(|route| Target {
-                route: route.clone(),
-                pinned: None,
-            })
-            .ok_or_else(|| ProxyError::unknown_model(&model)))
+        target::admit(target, &mut ctx.want, self.clock.now_ms())
+            .map(Some)
+            .map_err(ProxyError::into_pingora)
+    }
+
+    fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let route = ctx.route.as_deref();
+        Attempted::of(session, route, &ctx.want, ctx.tried, ctx.attempts)
+            .may_retry(self.clock.now_ms())
     }
 
     /// Counts a gateway failure of the current attempt's endpoint, once per attempt.
     fn count_failure(&self, ctx: &mut RequestCtx) {
-        if std::mem::replace(&mut ctx.failure_counted, true) {
+        if !ctx.take_failure() {
             return;
         }
         let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) else {
             return;
         };
-        match outlier::failure(route, index, &self.config.outlier) {
+        match route.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
             Verdict::Ejected(duration) => {
                 let id = &route.endpoints[index].id;
                 self.metrics.ejection(id);
@@ -456,18 +411,9 @@ impl Gateway {
 
     /// Marks `e` retryable when the failure allows it and the request can still be retried.
     fn decide_retry(&self, session: &Session, ctx: &RequestCtx, e: &mut Error, allowed: bool) {
-        let retry = allowed
-            && retry::can_retry(
-                session,
-                &ctx.want,
-                ctx.route.as_deref(),
-                ctx.tried,
-                ctx.attempts,
-            );
+        let retry = allowed && self.may_retry(session, ctx);
         if retry {
-            if let Some(route) = ctx.route.as_ref() {
-                self.metrics.retry(&route.name);
-            }
+            self.metrics.retry(ctx.model());
         }
         e.set_retry(retry);
     }

@@ -6,12 +6,19 @@
 //! the plane's routes stay in the table (or, with `withdraw_after`, are withdrawn once the plane
 //! has been unreachable that long) and the proxy reconnects with jittered exponential backoff.
 //! HTTP/2 keepalives detect a dead control plane within seconds.
+//!
+//! The decisions live apart from the I/O, each unit-tested: [`session`] (what to send: hello,
+//! ACK, NACK; the plane's id and versions) and [`reconnect`] (when to try again, when to withdraw).
+//! This module is the driver: the gRPC stream, validation off the runtime's workers, the table.
+
+pub mod reconnect;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use multiverse_common::Backoff;
+use multiverse_common::clock::Instant;
 use multiverse_proto::discovery::v1 as pb;
 use pb::route_discovery_client::RouteDiscoveryClient;
 use pingora_core::server::ShutdownWatch;
@@ -19,13 +26,11 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::observe::Metrics;
-use crate::table::{resolve_socket_addr, PlaneRoutes};
-use crate::TableState;
-
-/// Reconnect delays are drawn from `[d / 2, d)`, so proxies that lost a plane together do not
-/// all reconnect at once.
-const RECONNECT_JITTER: f64 = 0.5;
+use crate::ops::metrics::Metrics;
+use crate::routing::snapshot::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::TableState;
+use reconnect::{Reconnect, ReconnectConfig};
+use session::{PlaneSession, Pushed};
 
 /// Discovery client settings.
 #[derive(Debug, Clone)]
@@ -39,6 +44,16 @@ pub struct DiscoveryConfig {
     pub backoff_max: Duration,
     /// Withdraw a plane's routes after it has been unreachable this long (`None`: keep them).
     pub withdraw_after: Option<Duration>,
+}
+
+impl DiscoveryConfig {
+    fn reconnect(&self) -> ReconnectConfig {
+        ReconnectConfig {
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            withdraw_after: self.withdraw_after,
+        }
+    }
 }
 
 /// The background service running one stream per control plane.
@@ -108,36 +123,32 @@ enum StreamError {
 
 impl PlaneClient {
     async fn run(self) {
-        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max)
-            .with_jitter(RECONNECT_JITTER);
-        // The plane's id is learned from its first response; until then the URL stands in.
-        let mut plane = self.url.clone();
-        let mut down_since = Some(tokio::time::Instant::now());
+        let mut session = PlaneSession::new(&self.url);
+        let mut reconnect = Reconnect::new(self.config.reconnect(), Instant::now());
         loop {
-            let connected_at = tokio::time::Instant::now();
-            let result = self.stream(&mut plane, &mut down_since).await;
+            let began = Instant::now();
+            let result = self.stream(&mut session, &mut reconnect).await;
             self.set_connected(false);
-            let down = *down_since.get_or_insert_with(tokio::time::Instant::now);
-            if let Some(grace) = self.config.withdraw_after {
-                if down.elapsed() >= grace && self.state.remove_plane(&plane) {
-                    tracing::warn!(url = %self.url, plane = %plane, ?grace, "control plane unreachable past the grace period: its routes are withdrawn");
-                }
+            let next = reconnect.ended(began, Instant::now(), rand::random());
+            if next.withdraw && self.state.remove_plane(session.plane()) {
+                session.withdrawn();
+                tracing::warn!(url = %self.url, plane = %session.plane(), grace = ?self.config.withdraw_after, "control plane unreachable past the grace period: its routes are withdrawn");
             }
             match result {
                 Err(StreamError::Url(e)) => {
                     tracing::error!(url = %self.url, error = %e, "giving up on this control plane");
                     return;
                 }
+                Err(e) if next.report => {
+                    let down_for = reconnect.down_for(Instant::now());
+                    tracing::warn!(url = %self.url, error = %e, ?down_for, "control plane unreachable; serving the last good table")
+                }
                 Err(e) => {
-                    tracing::warn!(url = %self.url, error = %e, "control plane unreachable; serving the last good table")
+                    tracing::debug!(url = %self.url, error = %e, retry_in = ?next.delay, "control plane still unreachable")
                 }
                 Ok(()) => {}
             }
-            // A stream that lived a while resets the backoff.
-            if connected_at.elapsed() > self.config.backoff_max {
-                backoff.reset();
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::time::sleep(next.delay).await;
         }
     }
 
@@ -150,8 +161,8 @@ impl PlaneClient {
 
     async fn stream(
         &self,
-        plane: &mut String,
-        down_since: &mut Option<tokio::time::Instant>,
+        session: &mut PlaneSession,
+        reconnect: &mut Reconnect,
     ) -> Result<(), StreamError> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
             .map_err(|e| StreamError::Url(e.to_string()))?
@@ -162,30 +173,18 @@ impl PlaneClient {
         let channel = endpoint.connect().await?;
         let mut client = RouteDiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::DiscoveryRequest>(4);
-        let hello = pb::DiscoveryRequest {
-            node: Some(pb::Node {
-                id: self.config.node_id.clone(),
-                build_version: env!("CARGO_PKG_VERSION").to_string(),
-                labels: Default::default(),
-            }),
-            version_info: self.state.plane_version(plane),
-            response_nonce: String::new(),
-            error_detail: None,
-        };
         // The receiver is alive (held below), so this cannot fail.
-        let _ = tx.send(hello).await;
+        let _ = tx.send(session.hello(&self.config.node_id)).await;
         let mut responses = client
             .stream_routes(ReceiverStream::new(rx))
             .await?
             .into_inner();
         self.set_connected(true);
-        *down_since = None;
+        reconnect.connected();
         tracing::info!(url = %self.url, "discovery stream open");
         while let Some(resp) = responses.message().await? {
-            if !resp.control_plane_id.is_empty() && resp.control_plane_id != *plane {
-                *plane = resp.control_plane_id.clone();
-            }
-            let reply = self.handle(plane, resp).await;
+            let pushed = session.received(resp);
+            let reply = self.handle(session, pushed).await;
             if tx.send(reply).await.is_err() {
                 break;
             }
@@ -194,42 +193,33 @@ impl PlaneClient {
     }
 
     /// Validates and applies one snapshot; returns the ACK or NACK for it.
-    async fn handle(&self, plane: &str, resp: pb::DiscoveryResponse) -> pb::DiscoveryRequest {
-        let pb::DiscoveryResponse {
-            version_info,
+    async fn handle(&self, session: &mut PlaneSession, pushed: Pushed) -> pb::DiscoveryRequest {
+        let Pushed {
+            plane,
+            version,
             nonce,
             snapshot,
-            ..
-        } = resp;
-        let version = version_info.clone();
+        } = pushed;
+        let checked_version = version.clone();
         // Name resolution may block: keep it off the runtime's workers.
         let checked = tokio::task::spawn_blocking(move || {
-            PlaneRoutes::from_snapshot(&version, snapshot.as_ref(), &resolve_socket_addr)
+            PlaneRoutes::from_snapshot(&checked_version, snapshot.as_ref(), &resolve_socket_addr)
                 .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(format!("validation task failed: {e}")));
         match checked {
             Ok(routes) => {
-                self.state.apply_plane(plane, routes);
-                tracing::debug!(plane, version = %version_info, "ACK");
-                pb::DiscoveryRequest {
-                    node: None,
-                    version_info,
-                    response_nonce: nonce,
-                    error_detail: None,
-                }
+                self.state.apply_plane(&plane, routes);
+                tracing::debug!(plane, %version, "ACK");
+                session.ack(version, nonce)
             }
             Err(message) => {
                 self.metrics.snapshots_rejected.inc();
-                let running = self.state.plane_version(plane);
-                tracing::warn!(plane, rejected = %version_info, running = %running, reason = %message, "NACK: keeping the last good table");
-                pb::DiscoveryRequest {
-                    node: None,
-                    version_info: running,
-                    response_nonce: nonce,
-                    error_detail: Some(pb::ErrorDetail { message }),
-                }
+                let nack = session.nack(nonce, message);
+                let reason = nack.error_detail.as_ref().map(|d| d.message.as_str());
+                tracing::warn!(plane, rejected = %version, running = %nack.version_info, reason, "NACK: keeping the last good table");
+                nack
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Reads are a lock-free `ArcSwap` load. Writes (a control plane pushed a snapshot) are rare and
 //! serialised by a mutex that no request ever touches: the new table is built completely, then
-//! swapped in, so a request sees either the old table or the new one, never a mix.
+//! swapped in, so a request sees either the old table or the new one, never a mix. Whoever
+//! wires the proxy learns of every swap through one hook (the server counts them in metrics).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::observe::Metrics;
-use crate::table::{EndpointLoad, PlaneRoutes, RoutingTable};
+use crate::routing::endpoint::EndpointState;
+use crate::routing::snapshot::PlaneRoutes;
+use crate::routing::table::RoutingTable;
+
+/// Called with every table swapped in (under the writers' mutex, never on the request path).
+pub type SwapHook = Box<dyn Fn(&RoutingTable) + Send + Sync>;
 
 /// Shared routing state of one proxy process.
 pub struct TableState {
@@ -20,24 +25,26 @@ pub struct TableState {
     table: ArcSwap<RoutingTable>,
     ready: AtomicBool,
     planes: Mutex<Planes>,
-    metrics: Arc<Metrics>,
+    on_swap: SwapHook,
 }
 
 #[derive(Default)]
 struct Planes {
     /// Last good routes of each control plane, by plane id.
     routes: BTreeMap<String, PlaneRoutes>,
-    loads: HashMap<String, Arc<EndpointLoad>>,
+    /// Runtime state of every endpoint in the table, by id (kept across versions).
+    states: HashMap<String, Arc<EndpointState>>,
 }
 
 impl TableState {
-    pub fn new(source: String, metrics: Arc<Metrics>) -> Self {
+    /// An empty, not-ready state; `on_swap` sees every table swapped in.
+    pub fn new(source: String, on_swap: SwapHook) -> Self {
         Self {
             source,
             table: ArcSwap::from_pointee(RoutingTable::empty()),
             ready: AtomicBool::new(false),
             planes: Mutex::new(Planes::default()),
-            metrics,
+            on_swap,
         }
     }
 
@@ -70,25 +77,15 @@ impl TableState {
         true
     }
 
-    /// The version this proxy runs for one plane ("" if none yet).
-    pub fn plane_version(&self, plane: &str) -> String {
-        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        planes
-            .routes
-            .get(plane)
-            .map(|r| r.version.clone())
-            .unwrap_or_default()
-    }
-
     fn rebuild(&self, planes: &mut Planes) {
-        let Planes { routes, loads } = planes;
-        let table = RoutingTable::merge(routes, &self.source, loads);
+        let Planes { routes, states } = planes;
+        let table = RoutingTable::merge(routes, &self.source, states);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),
             "routing table applied"
         );
-        self.metrics.table_applied(&table.version);
+        (self.on_swap)(&table);
         self.table.store(Arc::new(table));
         self.ready.store(true, Ordering::Release);
     }
