@@ -692,7 +692,7 @@ async fn three_hosts_two_proxies_one_dns_name() {
 /// so it reports the resolution error and is not ready, instead of refusing the URL.
 #[tokio::test]
 async fn the_kubernetes_manifests_control_plane_url_is_accepted_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let manifest =
         std::fs::read_to_string(root.join("deploy/kubernetes/base/proxy-deployment.yaml"))
             .expect("the proxy Deployment");
