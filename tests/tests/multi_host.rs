@@ -16,10 +16,9 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use multiverse_tests::steady::{errors, served_by, Ask, SteadyLoad};
 use multiverse_tests::*;
 use serde_json::{json, Value};
 
@@ -151,33 +150,6 @@ fn instance_ports(host: u8, len: u16) -> (u16, u16) {
         .expect("a free block of instance ports")
 }
 
-async fn config_dump(client: &reqwest::Client, proxy: &Proxy) -> Option<Value> {
-    client
-        .get(format!("{}/config_dump", proxy.admin_url()))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-/// Every endpoint id in the proxy's table.
-async fn table_endpoints(client: &reqwest::Client, proxy: &Proxy) -> BTreeSet<String> {
-    let Some(dump) = config_dump(client, proxy).await else {
-        return BTreeSet::new();
-    };
-    dump["table"]["models"]
-        .as_object()
-        .into_iter()
-        .flat_map(|models| models.values())
-        .filter_map(|m| m["endpoints"].as_array())
-        .flatten()
-        .filter_map(|e| e["id"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// Polls every 20 ms until `done(endpoints)` holds on every proxy; the time each took from
 /// `since` (panics after `timeout`).
 async fn until_tables<F>(
@@ -194,7 +166,7 @@ where
     let mut took = vec![None; proxies.len()];
     while took.iter().any(Option::is_none) {
         for (i, p) in proxies.iter().enumerate() {
-            if took[i].is_none() && done(&table_endpoints(client, p).await) {
+            if took[i].is_none() && done(&p.endpoint_ids(client).await) {
                 took[i] = Some(since.elapsed());
             }
         }
@@ -220,7 +192,7 @@ where
     let mut took = vec![None; proxies.len()];
     while took.iter().any(Option::is_none) {
         for (i, p) in proxies.iter().enumerate() {
-            if took[i].is_none() && config_dump(client, p).await.is_some_and(|d| done(&d)) {
+            if took[i].is_none() && p.config_dump(client).await.is_some_and(|d| done(&d)) {
                 took[i] = Some(since.elapsed());
             }
         }
@@ -231,129 +203,6 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     took.into_iter().flatten().collect()
-}
-
-/// One client request's outcome.
-#[derive(Debug, Clone)]
-struct Outcome {
-    at: Instant,
-    proxy: usize,
-    /// The endpoint that served it (200), or the error.
-    result: Result<String, String>,
-}
-
-/// Steady client load: [`CLIENTS`] loops per proxy, each alternating a chat completion and an
-/// embedding, recording every outcome.
-struct Load {
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-    /// One stop switch per proxy.
-    stops: Vec<Arc<AtomicBool>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(urls: &[String]) -> Load {
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
-        let mut stops = Vec::new();
-        let mut tasks = Vec::new();
-        for (proxy, url) in urls.iter().enumerate() {
-            let stop = Arc::new(AtomicBool::new(false));
-            stops.push(stop.clone());
-            for c in 0..CLIENTS {
-                let (client, url, stop, outcomes) =
-                    (client.clone(), url.clone(), stop.clone(), outcomes.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut i = c;
-                    while !stop.load(Ordering::Relaxed) {
-                        let result = request(&client, &url, i % 2 == 0).await;
-                        let at = Instant::now();
-                        outcomes
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Outcome { at, proxy, result });
-                        i += 1;
-                    }
-                }));
-            }
-        }
-        Load {
-            outcomes,
-            stops,
-            tasks,
-        }
-    }
-
-    /// Outcomes of `proxy` that completed in `[from, to)`.
-    fn between(&self, proxy: usize, from: Instant, to: Instant) -> Vec<Outcome> {
-        self.outcomes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|o| o.proxy == proxy && o.at >= from && o.at < to)
-            .cloned()
-            .collect()
-    }
-
-    fn stop(&self, proxy: usize) {
-        self.stops[proxy].store(true, Ordering::Relaxed);
-    }
-
-    async fn finish(self) {
-        for s in &self.stops {
-            s.store(true, Ordering::Relaxed);
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-async fn request(client: &reqwest::Client, base: &str, chat: bool) -> Result<String, String> {
-    let req = if chat {
-        client
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
-    } else {
-        client
-            .post(format!("{base}/embed"))
-            .header("x-model", "bge")
-            .json(&json!({"inputs": ["hello"]}))
-    };
-    let resp = req.send().await.map_err(|e| format!("transport: {e}"))?;
-    let status = resp.status().as_u16();
-    let endpoint = resp
-        .headers()
-        .get("x-multiverse-endpoint")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    // Read the whole body: a response cut short is an error too.
-    let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
-    if status != 200 {
-        return Err(format!(
-            "{status} from {endpoint}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    Ok(endpoint)
-}
-
-fn errors(outcomes: &[Outcome]) -> Vec<String> {
-    outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().err().cloned())
-        .collect()
-}
-
-fn served_by(outcomes: &[Outcome]) -> BTreeSet<String> {
-    outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().ok().cloned())
-        .collect()
 }
 
 fn ms(d: &[Duration]) -> Vec<u128> {
@@ -410,7 +259,7 @@ async fn three_hosts_two_proxies_one_dns_name() {
     )
     .await;
     for p in proxies {
-        let dump = config_dump(&client, p).await.expect("config_dump");
+        let dump = p.config_dump(&client).await.expect("config_dump");
         let source = &dump["control_planes"][&url];
         assert_eq!(source["kind"], "dns", "{source}");
         assert_eq!(
@@ -437,7 +286,9 @@ async fn three_hosts_two_proxies_one_dns_name() {
         let line = format!("multiverse_proxy_control_plane_addresses{{source=\"{url}\"}} 3");
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
-    let load = Load::start(&[p1.url(), p2.url()]);
+    // Chat completions and embeddings in turn.
+    let asks = [Ask::Chat("chat".into()), Ask::Embed("bge".into())];
+    let load = SteadyLoad::start(&[p1.url(), p2.url()], CLIENTS, &asks);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..2 {
@@ -571,7 +422,7 @@ async fn three_hosts_two_proxies_one_dns_name() {
         "host-5 withdrawn {out:?} after leaving the name (refresh {REFRESH:?}, grace {GRACE:?})"
     );
     for p in proxies {
-        let dump = config_dump(&client, p).await.expect("config_dump");
+        let dump = p.config_dump(&client).await.expect("config_dump");
         let streams = dump["control_planes"][&url]["streams"]
             .as_object()
             .cloned()
@@ -610,7 +461,7 @@ async fn three_hosts_two_proxies_one_dns_name() {
     let watch_until = moved_at + REFRESH + GRACE + Duration::from_millis(500);
     while Instant::now() < watch_until {
         for p in proxies {
-            let e = table_endpoints(&client, p).await;
+            let e = p.endpoint_ids(&client).await;
             assert!(
                 e.contains(&backend4),
                 "host-4's backend left the table while it moved: {e:?}"
@@ -619,7 +470,7 @@ async fn three_hosts_two_proxies_one_dns_name() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for p in proxies {
-        let dump = config_dump(&client, p).await.expect("config_dump");
+        let dump = p.config_dump(&client).await.expect("config_dump");
         let planes: Vec<&String> = dump["planes"].as_object().expect("planes").keys().collect();
         assert_eq!(
             planes,
@@ -683,90 +534,4 @@ async fn three_hosts_two_proxies_one_dns_name() {
         ms(&takeover),
         after.len(),
     );
-}
-
-/// The proxy Deployment's control-plane URL (deploy/kubernetes/base/proxy-deployment.yaml),
-/// as the kubelet expands it, with the ConfigMap's proxy.toml: the real proxy starts with
-/// exactly those arguments (listeners moved to free ports), takes the URL as a `dns+` source
-/// and asks the system resolver for the headless Service's name — which nothing answers here,
-/// so it reports the resolution error and is not ready, instead of refusing the URL.
-#[tokio::test]
-async fn the_kubernetes_manifests_control_plane_url_is_accepted_as_written() {
-    let root = repo_root();
-    let manifest =
-        std::fs::read_to_string(root.join("deploy/kubernetes/base/proxy-deployment.yaml"))
-            .expect("the proxy Deployment");
-    let url = manifest
-        .lines()
-        .map(str::trim)
-        .find_map(|l| {
-            l.strip_prefix("- ")
-                .filter(|a| a.starts_with("dns+http://"))
-        })
-        .expect("a dns+http:// argument in the proxy Deployment")
-        .replace("$(POD_NAMESPACE)", "multiverse");
-    assert_eq!(url, "dns+http://multiverse-control.multiverse.svc:9001");
-    let dir = temp_dir("k8s-url");
-    let (listen, admin) = (
-        try_free_addr().expect("port"),
-        try_free_addr().expect("port"),
-    );
-    let config = root.join("deploy/kubernetes/base/config/proxy.toml");
-    let args: Vec<String> = [
-        "--config",
-        &config.display().to_string(),
-        "--control-plane",
-        &url,
-        "--listen",
-        &listen.to_string(),
-        "--admin-listen",
-        &admin.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let proc = Launch::for_tests(&dir)
-        .spawn("k8s-proxy", multiverse_tests::binaries::PROXY, &args, false)
-        .expect("spawn the proxy");
-    let client = reqwest::Client::new();
-    let admin_url = format!("http://{admin}");
-    try_wait_ok(
-        &client,
-        &format!("{admin_url}/healthz"),
-        READY_TIMEOUT,
-        &proc,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let source = eventually(
-        Duration::from_secs(30),
-        "the name resolved (or not)",
-        || async {
-            let dump: Value = client
-                .get(format!("{admin_url}/config_dump"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let source = dump["control_planes"][&url].clone();
-            source["resolve_error"].is_string().then_some(source)
-        },
-    )
-    .await;
-    assert_eq!(source["kind"], "dns", "{source}");
-    assert_eq!(source["resolver"], "system", "{source}");
-    assert!(
-        source["resolve_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("multiverse-control.multiverse.svc")),
-        "{source}"
-    );
-    let ready = client
-        .get(format!("{admin_url}/ready"))
-        .send()
-        .await
-        .expect("ready");
-    assert_eq!(ready.status(), 503, "no control plane answered: not ready");
 }
