@@ -161,7 +161,7 @@ pub fn reload(path: &Path, state: &TableState) -> Result<String, String> {
     let (version, snapshot) = load(path)?;
     let routes = PlaneRoutes::from_snapshot(&version, Some(&snapshot), &resolve_socket_addr)
         .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
-    state.apply_plane(STATIC_PLANE, routes);
+    state.apply_plane(STATIC_PLANE, STATIC_PLANE, routes);
     Ok(version)
 }
 
