@@ -24,8 +24,17 @@ use multiverse_proxy::TableState;
 
 /// glibc malloc was ~10% of the proxy's CPU under load (perf, issue 6); mimalloc's per-thread
 /// free lists take most of that away.
+#[cfg(not(any(debug_assertions, feature = "alloc-count")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Debug builds (the ones the tests start) and the `alloc-count` feature count allocations and
+/// serve the counts on `MULTIVERSE_PROXY_ALLOC_COUNT` (an address): the per-request allocation
+/// budget (issue 18, benches/tests/request_budget.rs) is read from there.
+#[cfg(any(debug_assertions, feature = "alloc-count"))]
+#[global_allocator]
+static GLOBAL: multiverse_alloc_count::Counting<mimalloc::MiMalloc> =
+    multiverse_alloc_count::Counting(mimalloc::MiMalloc);
 
 /// Multiverse data plane: routes OpenAI-compatible traffic to model servers by `model`.
 #[derive(Debug, Parser)]
@@ -80,6 +89,8 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     tune_allocator();
+    #[cfg(any(debug_assertions, feature = "alloc-count"))]
+    multiverse_alloc_count::serve_from_env("MULTIVERSE_PROXY_ALLOC_COUNT")?;
     let cli = Cli::parse();
     let mut cfg = match &cli.config {
         Some(path) => ProxyConfig::from_file(path)?,
