@@ -161,6 +161,8 @@ pub struct HttpSession {
     /// MULTIVERSE PATCH: the whole request header must arrive within this time, counted from
     /// `header_started` (a new connection's accept) or else from the request's first byte.
     header_timeout: Option<Duration>,
+    /// MULTIVERSE PATCH: read the request header without a case map (`HttpServerOptions`).
+    drop_header_case: bool,
     header_started: Option<tokio::time::Instant>,
     /// MULTIVERSE PATCH: on a reused connection, how long to wait for the first byte of the
     /// next request before closing it (instead of the keepalive timeout).
@@ -216,6 +218,7 @@ impl HttpSession {
             header_timeout: None,
             header_started: None,
             idle_timeout: None,
+            drop_header_case: false,
         }
     }
 
@@ -231,6 +234,12 @@ impl HttpSession {
     ) {
         self.header_timeout = timeout;
         self.header_started = started;
+    }
+
+    /// MULTIVERSE PATCH: read the request header without keeping the case of its names (see
+    /// `HttpServerOptions::drop_header_case`).
+    pub fn set_drop_header_case(&mut self, drop: bool) {
+        self.drop_header_case = drop;
     }
 
     /// MULTIVERSE PATCH: how long a reused connection may stay idle before its next request's
@@ -423,12 +432,17 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        // MULTIVERSE PATCH: room for the headers a proxy adds (no regrowth of
+                        // the map on the first insert), and no case map when asked.
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let size_hint = Some(req.headers.len() + HEADER_HEADROOM);
+                        let mut request_header = Box::new(if self.drop_header_case {
+                            RequestHeader::build_no_case(method, path, size_hint)?
+                        } else {
+                            RequestHeader::build(method, path, size_hint)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
