@@ -114,8 +114,9 @@ pub struct HttpSession {
     /// Whether this session is an upgraded session. This flag is calculated when sending the
     /// response header to the client.
     upgraded: bool,
-    /// Digest to track underlying connection metrics
-    digest: Box<Digest>,
+    /// Digest to track underlying connection metrics. MULTIVERSE PATCH: built on first use (a
+    /// session is made per request, and a proxy that never asks saves its two allocations).
+    digest: once_cell::sync::OnceCell<Box<Digest>>,
     /// Minimum send rate to the client
     min_send_rate: Option<usize>,
     /// When this is enabled informational response headers will not be proxied downstream
@@ -175,12 +176,8 @@ impl HttpSession {
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
         // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
-        });
+        // MULTIVERSE PATCH: the digest is built on first use (`Self::digest`).
+        let digest = once_cell::sync::OnceCell::new();
 
         HttpSession {
             underlying_stream,
@@ -1517,12 +1514,27 @@ impl HttpSession {
 
     /// Return the [Digest] of the connection.
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest
+            .get_or_init(|| Self::stream_digest(&self.underlying_stream))
     }
 
     /// Return a mutable [Digest] reference for the connection.
     pub fn digest_mut(&mut self) -> &mut Digest {
-        &mut self.digest
+        if self.digest.get().is_none() {
+            let digest = Self::stream_digest(&self.underlying_stream);
+            let _ = self.digest.set(digest);
+        }
+        self.digest.get_mut().expect("digest set just above")
+    }
+
+    /// MULTIVERSE PATCH: the digest of `stream` (as `new` built it before).
+    fn stream_digest(stream: &Stream) -> Box<Digest> {
+        Box::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        })
     }
 
     /// Return the client (peer) address of the underlying connection.
