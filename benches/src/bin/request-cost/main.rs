@@ -18,10 +18,13 @@
 //! requests are those of `bench`'s latency scenarios (`multiverse_benches::load::scenario`),
 //! against the same mocks.
 //!
-//! Output: a table per target and family, and with `--json FILE` every number. `--keep DIR`
+//! Output: a table per target and family, and with `--json FILE` every number. `--check` also
+//! compares the proxy's allocations and syscalls per request with the budgets of
+//! `multiverse_benches::load::budget` and exits with status 1 when one is exceeded. `--keep DIR`
 //! keeps the callgrind dumps (one per target and family, function-level, a few hundred KiB
 //! each) for `callgrind_annotate --inclusive=yes`. Needs valgrind, strace and (for the nginx
-//! rows) nginx; exit status 0 when every measurement ran, 2 otherwise.
+//! rows) nginx; exit status 0 when every measurement ran (and, with `--check`, every budget
+//! held), 1 when a budget was exceeded, 2 when a measurement could not run.
 
 mod callgrind;
 mod strace;
@@ -36,6 +39,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+use multiverse_benches::load::budget;
 use multiverse_benches::load::engine::Caller;
 use multiverse_benches::load::machine::{command_line, Machine};
 use multiverse_benches::load::scenario::{self, Concurrency, Latency};
@@ -90,6 +94,10 @@ struct Args {
     /// Every number as JSON too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Fail (exit status 1) when the proxy exceeds a budget of
+    /// `multiverse_benches::load::budget` (allocations from callgrind, syscalls from strace).
+    #[arg(long)]
+    check: bool,
     /// With `strace`: also log every syscall (with fds and sizes) of a few more requests per
     /// family into DIR (`<target>-<family>.syscalls`), to see which reads and writes a request
     /// makes.
@@ -155,7 +163,8 @@ struct Report {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("request-cost: {e:#}");
             ExitCode::from(2)
@@ -175,7 +184,8 @@ fn families(names: &[String]) -> anyhow::Result<Vec<Latency>> {
         .collect()
 }
 
-fn run(args: &Args) -> anyhow::Result<()> {
+/// Runs the measurements; `Ok(false)` when `--check` found a budget exceeded.
+fn run(args: &Args) -> anyhow::Result<bool> {
     let families = families(&args.only)?;
     let bins = match &args.bin_dir {
         Some(dir) => Binaries::in_dir(dir),
@@ -339,7 +349,38 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(())
+    let over = over_budget(&report.rows);
+    for line in &over {
+        println!("  OVER BUDGET: {line}");
+    }
+    Ok(!args.check || over.is_empty())
+}
+
+/// The proxy's rows that exceed their family's budget, described.
+fn over_budget(rows: &[Row]) -> Vec<String> {
+    let mut over = Vec::new();
+    for r in rows.iter().filter(|r| r.target == Kind::Proxy.name()) {
+        let Some(b) = Latency::ALL
+            .into_iter()
+            .find(|l| l.name() == r.family)
+            .and_then(budget::of)
+        else {
+            continue;
+        };
+        if let Some(a) = r.rust_allocs.filter(|&a| a > b.allocations_release) {
+            over.push(format!(
+                "{}: {a:.2} allocations/request, budget {}",
+                r.family, b.allocations_release
+            ));
+        }
+        if let Some(s) = r.syscalls.filter(|&s| s > b.syscalls) {
+            over.push(format!(
+                "{}: {s:.2} syscalls/request, budget {}",
+                r.family, b.syscalls
+            ));
+        }
+    }
+    over
 }
 
 fn row<'a>(
