@@ -9,14 +9,17 @@
 //! its own, then the body was written through. That is every HTTP/1 response or request
 //! whose body exceeds the 1460-byte buffer (a TEI `/embed` answer, a long prompt): two
 //! `sendto`s and two wake-ups of the peer where nginx makes one `writev`. Here the
-//! buffered bytes and the new ones go in one `writev`; everything else (what is buffered,
-//! when flushes happen, vectored writes from callers such as h2) is as with `BufWriter`.
+//! buffered bytes and the new ones go in one `writev` (for plain and vectored writes alike);
+//! everything else (what is buffered, when flushes happen) is as with `BufWriter`.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most slices (the buffer's and the caller's) one vectored write combines.
+const MAX_SLICES: usize = 8;
 
 /// Buffers small writes up to `capacity` bytes (0: no buffering).
 #[derive(Debug)]
@@ -123,11 +126,33 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<W> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // As `BufWriter`: flush what does not fit, write large batches through, buffer the rest.
+        // As `poll_write`: what is buffered goes out with `bufs` in one vectored write while
+        // they do not fit together (a header and a body chunk written as size line, data and
+        // CRLF); then large batches are written through and the rest buffered.
         let this = &mut *self;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.buf.len() + total > this.capacity {
-            ready!(this.poll_flush_buf(cx))?;
+        while !this.buf.is_empty() && this.buf.len() + total > this.capacity {
+            if !this.inner.is_write_vectored() || bufs.len() >= MAX_SLICES {
+                ready!(this.poll_flush_buf(cx))?;
+                break;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(&this.buf);
+            slices[1..=bufs.len()].copy_from_slice(bufs);
+            let n = ready!(Pin::new(&mut this.inner)
+                .poll_write_vectored(cx, &slices[..=bufs.len()]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write the buffered data",
+                )));
+            }
+            let buffered = this.buf.len();
+            if n > buffered {
+                this.buf.clear();
+                return Poll::Ready(Ok(n - buffered));
+            }
+            this.buf.drain(..n);
         }
         if total >= this.capacity {
             Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
