@@ -204,7 +204,8 @@ impl ControlConfig {
                 )
             })?;
         }
-        if self.listen.api == self.listen.discovery {
+        // Two listeners on one address cannot both bind (port 0 picks two free ports).
+        if self.listen.api == self.listen.discovery && !self.listen.api.ends_with(":0") {
             return Err(invalid(
                 "listen.discovery".into(),
                 "must differ from listen.api".into(),
@@ -294,7 +295,7 @@ impl ControlConfig {
         let mut names = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             b.validate()
-                .map_err(|e| invalid(format!("backends[{i}].{}", e.field), e.message))?;
+                .map_err(|e| invalid(format!("backends[{i}].{}", e.field()), e.message().into()))?;
             if !names.insert(b.name.as_str()) {
                 return Err(invalid(
                     format!("backends[{i}].name"),

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use multiverse_common::Health;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::health::Status;
-
 /// Every metric the control plane exports.
 pub struct ControlMetrics {
     registry: Registry,
@@ -109,8 +107,8 @@ impl ControlMetrics {
         self.checks.with_label_values(&[backend, result]).inc();
     }
 
-    pub fn transition(&self, backend: &str, to: Status) {
-        let to = Health::from(to).as_str();
+    pub fn transition(&self, backend: &str, to: Health) {
+        let to = to.as_str();
         self.transitions.with_label_values(&[backend, to]).inc();
     }
 

@@ -1,11 +1,12 @@
 //! Turns the control plane's desired state into the route snapshot proxies receive, and
 //! republishes it when something changed.
 //!
-//! One place decides what proxies see: every model served by a routable backend becomes a
-//! model with that backend as an endpoint, carrying the backend's health. Models are sorted by
-//! name and endpoints by id, so equal state always gives an equal snapshot (and no push). A
-//! snapshot is always the whole state, so no snapshot ever routes a model to nothing while an
-//! endpoint for it exists.
+//! One place decides what proxies see: every model served by a routable backend or TEI instance
+//! becomes a model with that backend or instance as an endpoint, carrying its health (a
+//! backend's checked health; an instance is HEALTHY when ready, UNHEALTHY when unhealthy,
+//! DRAINING while stopping, and absent otherwise). Models are sorted by name and endpoints by
+//! id, so equal state always gives an equal snapshot (and no push). A snapshot is always the
+//! whole state, so no snapshot ever routes a model to nothing while an endpoint for it exists.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,36 +14,51 @@ use std::time::Duration;
 
 use multiverse_proto::discovery::v1 as pb;
 
-use crate::backends::registry::{BackendRecord, Registry};
+use crate::backends::parse_url;
+use crate::backends::registry::Registry;
+use crate::changes::Changes;
 use crate::discovery::publisher::Publisher;
-use crate::instances::{InstanceRoute, Manager};
+use crate::instances::supervisor::State;
+use crate::instances::Manager;
+use crate::store::{BackendRecord, InstanceRecord, Protocol};
 
-/// Builds the snapshot for backends (with their health) and serving TEI instances.
+/// The TEI instances as routes see them: each record with its state, and the host proxies
+/// reach them on.
+pub struct Instances<'a> {
+    pub advertise_host: &'a str,
+    pub instances: &'a [(InstanceRecord, State)],
+}
+
+/// Builds the snapshot for backends (with their health) and TEI instances.
 pub fn snapshot(
     backends: &[(BackendRecord, pb::HealthStatus)],
-    instances: &[InstanceRoute],
+    instances: Instances<'_>,
 ) -> pb::RouteSnapshot {
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
-    for i in instances {
+    for (record, state) in instances.instances {
+        let Some(endpoint) = instance_endpoint(record, *state, instances.advertise_host) else {
+            continue;
+        };
+        let spec = &record.spec;
         models
-            .entry(i.model.as_str())
+            .entry(spec.model_name())
             .or_insert_with(|| pb::Model {
-                name: i.model.clone(),
-                kind: i.kind as i32,
+                name: spec.model_name().to_string(),
+                kind: pb::ModelKind::from(spec.model_kind()) as i32,
                 policy: Some(pb::RoutingPolicy::default()),
                 endpoints: Vec::new(),
             })
             .endpoints
-            .push(i.endpoint.clone());
+            .push(endpoint);
     }
     for (b, health) in backends {
-        let Some(endpoint) = b.endpoint(*health) else {
+        let Some(endpoint) = backend_endpoint(b, *health) else {
             continue;
         };
         for name in &b.models {
             let model = models.entry(name.as_str()).or_insert_with(|| pb::Model {
                 name: name.clone(),
-                kind: b.kind() as i32,
+                kind: b.model_kind() as i32,
                 policy: Some(pb::RoutingPolicy::default()),
                 endpoints: Vec::new(),
             });
@@ -56,18 +72,78 @@ pub fn snapshot(
     pb::RouteSnapshot { models }
 }
 
+/// The endpoint a backend contributes to each of its models (at its pinned address, if any).
+fn backend_endpoint(b: &BackendRecord, health: pb::HealthStatus) -> Option<pb::Endpoint> {
+    let target = parse_url(&b.url).ok()?;
+    Some(pb::Endpoint {
+        id: b.name.clone(),
+        address: b.pinned_address.clone().unwrap_or(target.address),
+        protocol: pb::Protocol::Http1 as i32,
+        weight: b.weight,
+        health: health as i32,
+        labels: b.tags.clone().into_iter().collect(),
+        source: Some(pb::EndpointSource {
+            kind: pb::SourceKind::ExternalBackend as i32,
+            name: b.name.clone(),
+        }),
+        tls: target.tls,
+        host: target.host,
+        path_prefix: target.path_prefix,
+        upstream_api_key: b.api_key.clone().unwrap_or_default(),
+    })
+}
+
+/// The endpoint of an instance in `state`, if it is routed at all.
+fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb::Endpoint> {
+    let health = match state {
+        State::Ready => pb::HealthStatus::Healthy,
+        State::Unhealthy => pb::HealthStatus::Unhealthy,
+        State::Stopping => pb::HealthStatus::Draining,
+        _ => return None,
+    };
+    let spec = &r.spec;
+    Some(pb::Endpoint {
+        id: spec.name.clone(),
+        address: format!("{host}:{}", r.port),
+        protocol: match spec.protocol {
+            Protocol::Http => pb::Protocol::Http1,
+            Protocol::Grpc => pb::Protocol::Grpc,
+        } as i32,
+        weight: 1,
+        health: health as i32,
+        labels: spec.tags.clone().into_iter().collect(),
+        source: Some(pb::EndpointSource {
+            kind: pb::SourceKind::TeiInstance as i32,
+            name: spec.name.clone(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// The snapshot of the current state.
+pub fn current(registry: &Registry, instances: &Manager) -> pb::RouteSnapshot {
+    snapshot(
+        &registry.routable(),
+        Instances {
+            advertise_host: instances.advertise_host(),
+            instances: &instances.routable(),
+        },
+    )
+}
+
 /// Publishes a new snapshot after every change, coalescing bursts: changes within `coalesce`
 /// of the first become one version.
 pub async fn republish(
+    changes: Changes,
     registry: Arc<Registry>,
     instances: Arc<Manager>,
     publisher: Publisher,
     coalesce: Duration,
 ) {
     loop {
-        registry.changed.notified().await;
+        changes.changed().await;
         tokio::time::sleep(coalesce).await;
-        let version = publisher.publish(snapshot(&registry.routable(), &instances.routable()));
+        let version = publisher.publish(current(&registry, &instances)).await;
         tracing::debug!(version, "snapshot published");
     }
 }
@@ -85,9 +161,13 @@ mod tests {
 
     #[test]
     fn models_gather_endpoints_in_stable_order() {
+        let none = Instances {
+            advertise_host: "h",
+            instances: &[],
+        };
         let s = snapshot(
             &[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])],
-            &[],
+            none,
         );
         let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["demo", "x"]);
@@ -99,10 +179,62 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(s.models[0].endpoints[0].address, "127.0.0.1:1");
         assert_eq!(s.models[0].endpoints[0].upstream_api_key, "sk-secret");
+        let none = Instances {
+            advertise_host: "h",
+            instances: &[],
+        };
         let again = snapshot(
             &[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])],
-            &[],
+            none,
         );
         assert_eq!(s, again);
+    }
+
+    #[test]
+    fn instances_are_routed_by_state_on_the_advertised_host() {
+        let record = |name: &str, port: u16| InstanceRecord {
+            spec: crate::store::InstanceSpec {
+                name: name.into(),
+                model_id: "bge".into(),
+                ..Default::default()
+            },
+            port,
+            prometheus_port: port + 1,
+            desired: crate::store::Desired::Running,
+            created_at: "t".into(),
+        };
+        let instances = [
+            (record("ready", 1000), State::Ready),
+            (record("sick", 1002), State::Unhealthy),
+            (record("leaving", 1004), State::Stopping),
+            (record("booting", 1006), State::Starting),
+            (record("off", 1008), State::Stopped),
+        ];
+        let s = snapshot(
+            &[],
+            Instances {
+                advertise_host: "10.0.0.7",
+                instances: &instances,
+            },
+        );
+        assert_eq!(s.models.len(), 1);
+        assert_eq!(s.models[0].kind, pb::ModelKind::Embedding as i32);
+        let got: Vec<_> = s.models[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.id.as_str(), e.address.as_str(), e.health))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "leaving",
+                    "10.0.0.7:1004",
+                    pb::HealthStatus::Draining as i32
+                ),
+                ("ready", "10.0.0.7:1000", pb::HealthStatus::Healthy as i32),
+                ("sick", "10.0.0.7:1002", pb::HealthStatus::Unhealthy as i32),
+            ]
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!   on Envoy's state-of-the-world xDS (versioned snapshots, nonces, ACK/NACK).
 //! - [`tei::v1`]: Hugging Face Text Embeddings Inference's gRPC API, wire-compatible with TEI's
 //!   public `proto/tei.proto` (same packages, services and field numbers), so unmodified TEI
-//!   clients work through the proxy.
+//!   clients work through the proxy. `tests/upstream_tei.rs` compares it, field by field, with
+//!   the verbatim copy of TEI's file in `upstream/` (its commit in `upstream/README.md`).
 
 /// The route-discovery protocol (`multiverse.discovery.v1`).
 pub mod discovery {

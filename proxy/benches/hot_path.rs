@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use multiverse_proto::discovery::v1 as pb;
-use multiverse_proxy::model::{ModelScanner, Scan};
-use multiverse_proxy::observe::Metrics;
-use multiverse_proxy::pick::{self, Tried, Want};
-use multiverse_proxy::table::{parse_socket_addr, PlaneRoutes, ProtoClass, Route, RoutingTable};
+use multiverse_proxy::ops::metrics::Metrics;
+use multiverse_proxy::request::model_scan::{ModelScanner, Scan};
+use multiverse_proxy::routing::pick::{self, Tried, Want};
+use multiverse_proxy::routing::snapshot::{parse_socket_addr, PlaneRoutes};
+use multiverse_proxy::routing::table::{ProtoClass, Route, RoutingTable};
 use multiverse_proxy::TableState;
 
 /// Body bytes per `feed` call, as the proxy receives them.
@@ -213,6 +214,7 @@ fn endpoint_pick(c: &mut Criterion) {
         class: ProtoClass::Http,
         pinned: None,
     };
+    let clock = multiverse_common::Millis::default();
     let mut group = c.benchmark_group("endpoint_pick");
     for (name, lb) in [
         ("least_request", pb::LbStrategy::Unspecified),
@@ -224,11 +226,19 @@ fn endpoint_pick(c: &mut Criterion) {
             let route: Arc<Route> = table.route(MODEL).expect("route").clone();
             // Some load in flight, so least-request compares real numbers.
             for (i, e) in route.endpoints.iter().enumerate() {
-                e.load.in_flight.store((i % 5) as u64, Ordering::Relaxed);
+                e.state.in_flight.store((i % 5) as u64, Ordering::Relaxed);
             }
-            assert!(pick::pick(&route, Tried::default(), &want).is_some());
+            assert!(pick::pick(&route, Tried::default(), &want, clock.now_ms()).is_some());
             group.bench_with_input(BenchmarkId::new(name, n), &route, |b, route| {
-                b.iter(|| pick::pick(black_box(route), Tried::default(), black_box(&want)))
+                b.iter(|| {
+                    // The clock read is part of every pick on the request path.
+                    pick::pick(
+                        black_box(route),
+                        Tried::default(),
+                        black_box(&want),
+                        clock.now_ms(),
+                    )
+                })
             });
         }
     }
@@ -265,7 +275,11 @@ fn snapshot_apply(c: &mut Criterion) {
 
         // The full apply of already validated routes: merge with the stored planes, ArcSwap
         // store, and dropping the replaced table and routes.
-        let state = TableState::new("bench".into(), Metrics::new());
+        let metrics = Metrics::new();
+        let state = TableState::new(
+            "bench".into(),
+            Box::new(move |table| metrics.table_applied(&table.version)),
+        );
         let routes = PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("ok");
         state.apply_plane("cp", routes.clone());
         group.bench_with_input(

@@ -1,37 +1,30 @@
 //! `multiverse-proxy`: the data plane. A pingora proxy that routes OpenAI traffic by the body's
-//! `model`, holding its routing table in an `ArcSwap` that control planes update over a
-//! discovery stream.
+//! `model`, TEI HTTP by model and TEI gRPC by metadata, holding its routing table in an
+//! `ArcSwap` that control planes (or a static routes file) update.
 //!
-//! Modules in the order a request meets them:
-//! - [`state`] — the current [`table::RoutingTable`], pinned by each request.
-//! - [`gateway`] — the pingora phases of one request, each delegating to:
-//!   - [`route`] — route family, the model (header or body via [`model`]), the model's route;
-//!   - [`pick`] — the endpoint for this attempt;
-//!   - [`upstream`] — the peer and the request rewrite for that endpoint;
-//!   - [`retry`] — another endpoint or a final error;
-//!   - [`respond`] — responses the proxy writes itself;
-//!   - [`observe`] — metrics.
+//! [`server::Proxy`] builds a proxy from a [`config::ProxyConfig`], starts it (in-process:
+//! tests run as many as they like) and stops it; [`cli`] is the binary around it.
 //!
-//! Around the request path: [`discovery`] (snapshots in, ACK/NACK out) or [`standalone`]
-//! (a static routes file, reloaded on SIGHUP), [`admin`] (operator endpoints), [`lifecycle`]
-//! (drain on SIGTERM), [`config`] (TOML + flags).
+//! The modules, as a request's life and what surrounds it:
+//! - [`request`] — one request: the pingora phases ([`request::gateway`]) and the steps they
+//!   delegate to (route family and model, endpoint, upstream rewrite, retry, error responses).
+//! - [`routing`] — where requests can go: the table, snapshot → table, endpoint choice, endpoint
+//!   state (load + outlier ejection), the `ArcSwap`.
+//! - [`sources`] — where routes come from: [`sources::discovery`] (control planes) or
+//!   [`sources::standalone`] (a routes file, reloaded on SIGHUP).
+//! - [`ops`] — admin listener, metrics, drain.
+//! - [`config`] — the TOML configuration and its validation.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub mod cli;
 pub mod config;
-pub mod discovery;
-pub mod gateway;
-pub mod lifecycle;
-pub mod model;
-pub mod observe;
-pub mod outlier;
-pub mod pick;
-pub mod respond;
-pub mod retry;
-pub mod route;
-pub mod standalone;
-pub mod state;
-pub mod table;
-pub mod upstream;
+pub mod ops;
+pub mod request;
+pub mod routing;
+pub mod server;
+pub mod sources;
 
-pub use state::TableState;
+pub use routing::TableState;
+pub use server::{Proxy, StartError, Stop};
+/// The routes file and its loader, at the path tools have always imported them from.
+pub use sources::standalone;

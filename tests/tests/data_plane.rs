@@ -603,24 +603,28 @@ async fn table_swaps_under_load_fail_no_request() {
     }
     let file = Proxy::routes_file(&dir, "proxy-swap");
     let mut versions = std::collections::HashSet::new();
-    let mut last = proxy.version(&client).await;
+    let mut applied: Vec<String> = Vec::new();
+    let mut current = proxy.version(&client).await;
     for i in 0..30 {
         std::fs::write(&file, &tables[i % 3]).expect("write");
         proxy.reload();
-        // Each of the first three reloads is waited for (it replaces the table in force, so
-        // the version changes); later ones are not, and every version seen is recorded.
-        let v = if i < 3 {
-            let before = last.clone();
-            eventually(Duration::from_secs(10), "reload", || async {
-                let v = proxy.version(&client).await;
-                (!v.is_empty() && v != before).then_some(v)
-            })
-            .await
-        } else {
-            proxy.version(&client).await
-        };
-        versions.insert(v.clone());
-        last = v;
+        // Consecutive files differ, so every reload shows as a new version (waiting for one
+        // not seen yet raced with a slow first reload).
+        let before = current.clone();
+        current = eventually(Duration::from_secs(10), "reload", || async {
+            let v = proxy.version(&client).await;
+            (!v.is_empty() && v != before).then_some(v)
+        })
+        .await;
+        if i >= 3 {
+            assert_eq!(
+                current,
+                applied[i - 3],
+                "the same file gives the same version"
+            );
+        }
+        applied.push(current.clone());
+        versions.insert(current.clone());
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     stop.store(true, Ordering::Relaxed);

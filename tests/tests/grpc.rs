@@ -24,7 +24,7 @@ fn with_model<T>(msg: T, model: &str) -> Request<T> {
 fn embed_req(text: &str) -> tei::EmbedRequest {
     tei::EmbedRequest {
         inputs: text.into(),
-        normalize: true,
+        normalize: Some(true),
         ..Default::default()
     }
 }

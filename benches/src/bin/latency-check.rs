@@ -14,6 +14,11 @@
 //! 0 when every request succeeded and both targets have samples, 1 otherwise, and 2 when the
 //! check could not run (a binary missing, a child failing to start).
 //!
+//! With `--baseline-bin <PATH>` a second proxy (another build, e.g. the one before a change)
+//! runs in front of the same mock, and arrivals rotate over three targets — direct, proxy,
+//! baseline — so an A/B of two builds shares the same machine noise request by request; the
+//! report adds `baseline − direct` and `proxy − baseline`.
+//!
 //! The children are found next to this executable (`cargo build --workspace --bins`, with
 //! `--release` for numbers worth quoting) unless `--mock-bin` / `--proxy-bin` say otherwise,
 //! are started by the test kit's stack launcher (the proxy's config and routes files written
@@ -54,9 +59,12 @@ const BODY: &[u8] =
     br#"{"model":"demo","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
 /// The mock's settings: four tokens, no artificial latency.
 const MOCK_ARGS: [&str; 4] = ["--tokens", "4", "--latency-ms", "0"];
-/// Target names, in interleaving order (arrival `i` goes to `TARGETS[i % 2]`).
-const TARGETS: [&str; 2] = ["direct", "proxy"];
+/// Target names, in interleaving order (arrival `i` goes to target `i % n`); the third only
+/// with `--baseline-bin`.
+const TARGETS: [&str; 3] = ["direct", "proxy", "baseline"];
 const ADDED_LABEL: &str = "added (proxy − direct)";
+const BASELINE_LABEL: &str = "added (baseline − direct)";
+const AB_LABEL: &str = "proxy − baseline";
 
 /// Proxy vs direct latency in one open-loop run (hdrhistogram, p50/p99 and more).
 #[derive(Debug, Parser)]
@@ -102,6 +110,10 @@ struct Args {
     /// The multiverse-proxy binary [default: next to this executable].
     #[arg(long, value_name = "PATH")]
     proxy_bin: Option<PathBuf>,
+    /// A second multiverse-proxy binary to compare with (A/B): arrivals rotate over direct,
+    /// proxy and this baseline.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
 }
 
 /// The settings in force, as recorded in the JSON.
@@ -121,6 +133,7 @@ struct Settings {
 
 impl Settings {
     fn from_args(args: &Args) -> Self {
+        let targets = if args.baseline_bin.is_some() { 3 } else { 2 };
         let (rate, duration, warmup) = if args.quick {
             (200.0, 2.0, 0.5)
         } else {
@@ -129,7 +142,7 @@ impl Settings {
         let rate = args.rate.unwrap_or(rate);
         Self {
             rate,
-            rate_per_target: rate / TARGETS.len() as f64,
+            rate_per_target: rate / targets as f64,
             duration_s: args.duration.unwrap_or(duration),
             warmup_s: args.warmup.unwrap_or(warmup),
             connections_per_target: args.connections,
@@ -157,10 +170,16 @@ struct Record {
     command: String,
     machine: Machine,
     settings: Settings,
-    /// Measured-window results, one per target (`direct`, `proxy`).
+    /// Measured-window results, one per target (`direct`, `proxy`, and `baseline` with
+    /// `--baseline-bin`).
     targets: Vec<Summary>,
     /// Proxy minus direct, per percentile, µs.
     added_proxy_minus_direct: Added,
+    /// With `--baseline-bin`: baseline minus direct, and proxy minus baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added_baseline_minus_direct: Option<Added>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_minus_baseline: Option<Added>,
     /// Failed requests during the warm-up (not in `targets[].errors`), per target.
     warmup_errors: BTreeMap<String, u64>,
     pacer: PacerRecord,
@@ -216,6 +235,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         bins = bins.with(PROXY, path);
     }
     bins.check(&[MOCK_OPENAI, PROXY])?;
+    let baseline_bins = match &args.baseline_bin {
+        Some(path) => {
+            let bins = bins.clone().with(PROXY, path);
+            bins.check(&[PROXY])?;
+            Some(bins)
+        }
+        None => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads as usize)
@@ -241,23 +268,44 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     });
     let launch = Launch::new(bins, scratch.path());
     let mock = MockOpenAi::try_start(&launch, "mock", &MOCK_ARGS)?;
-    let proxy = standalone_proxy(&launch, "multiverse-proxy", &routes(mock.addr))?;
+    let mut proxies = vec![standalone_proxy(
+        &launch,
+        "multiverse-proxy",
+        &routes(mock.addr),
+    )?];
+    if let Some(bins) = baseline_bins {
+        let launch = Launch::new(bins, scratch.path());
+        proxies.push(standalone_proxy(
+            &launch,
+            "baseline-proxy",
+            &routes(mock.addr),
+        )?);
+    }
+    let targets = &TARGETS[..1 + proxies.len()];
 
     let connections = args.connections as usize;
-    let pools: Arc<[Http1Pool; 2]> = Arc::new([
-        Http1Pool::new(mock.addr, connections),
-        Http1Pool::new(proxy.listen, connections),
-    ]);
+    let pools: Arc<Vec<Http1Pool>> = Arc::new(
+        std::iter::once(mock.addr)
+            .chain(proxies.iter().map(|p| p.listen))
+            .map(|addr| Http1Pool::new(addr, connections))
+            .collect(),
+    );
     let client = admin_client()?;
     runtime.block_on(async {
-        proxy.try_wait_ready(&client).await?;
-        for (name, pool) in TARGETS.iter().zip(pools.iter()) {
+        for proxy in &proxies {
+            proxy.try_wait_ready(&client).await?;
+        }
+        for (i, (name, pool)) in targets.iter().zip(pools.iter()).enumerate() {
             pool.warm()
                 .await
                 .with_context(|| format!("cannot open connections to {name}"))?;
-            check_once(name, pool, *name == "proxy")
+            let excerpt = i
+                .checked_sub(1)
+                .map(|p| proxies[p].proc.log_excerpt())
+                .unwrap_or_default();
+            check_once(name, pool, i > 0)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}{}", proxy.proc.log_excerpt()))?;
+                .map_err(|e| anyhow::anyhow!("{e}{excerpt}"))?;
         }
         anyhow::Ok(())
     })?;
@@ -265,9 +313,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     // The measurement: the pacer runs on this thread and spawns one task per arrival.
     let timeout = Duration::from_secs_f64(settings.timeout_s);
     let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
-    let collector = runtime.spawn(collect(rx));
+    let collector = runtime.spawn(collect(rx, targets.len()));
     let pacer = schedule::run(&plan, |tick| {
-        let target = (tick.index % TARGETS.len() as u64) as usize;
+        let target = (tick.index % targets.len() as u64) as usize;
         let pools = Arc::clone(&pools);
         let tx = tx.clone();
         runtime.spawn(async move {
@@ -299,20 +347,29 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .context("the result collector failed")?;
     drop(runtime);
     // A child that died during the run fails it, after the report of what was measured.
-    let died: Vec<String> = [&proxy.proc, &mock.proc]
-        .into_iter()
+    let died: Vec<String> = proxies
+        .iter()
+        .map(|p| &p.proc)
+        .chain([&mock.proc])
         .filter_map(|child| child.ensure_running().err())
         .map(|e| format!("{e:#}"))
         .collect();
 
     // The report.
     let window = plan.duration;
-    let targets: Vec<Summary> = TARGETS
+    let names = targets;
+    let targets: Vec<Summary> = names
         .iter()
         .zip(&results)
         .map(|(name, r)| Summary::new(name, &r.hist, r.errors, window))
         .collect();
     let added = Added::between(&targets[1], &targets[0]);
+    let baseline = targets.get(2).map(|b| {
+        (
+            Added::between(b, &targets[0]),
+            Added::between(&targets[1], b),
+        )
+    });
     let ok = died.is_empty()
         && results
             .iter()
@@ -324,7 +381,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         settings: settings.clone(),
         targets: targets.clone(),
         added_proxy_minus_direct: added,
-        warmup_errors: TARGETS
+        added_baseline_minus_direct: baseline.map(|b| b.0),
+        proxy_minus_baseline: baseline.map(|b| b.1),
+        warmup_errors: names
             .iter()
             .zip(&results)
             .map(|(name, r)| (name.to_string(), r.warmup_errors))
@@ -342,7 +401,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         print_human(&record);
     }
     println!("{}", serde_json::to_string(&record)?);
-    for (name, r) in TARGETS.iter().zip(&results) {
+    for (name, r) in names.iter().zip(&results) {
         if let Some(e) = &r.first_error {
             eprintln!(
                 "latency-check: {name}: {} failed request(s) ({} in warm-up); first: {e}",
@@ -362,13 +421,22 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 
 fn print_human(record: &Record) {
     let s = &record.settings;
-    println!("latency-check: proxy vs direct to mock-openai, one open-loop run");
+    let ab = record.proxy_minus_baseline.is_some();
+    println!(
+        "latency-check: proxy {}vs direct to mock-openai, one open-loop run",
+        if ab { "and baseline proxy " } else { "" }
+    );
     println!("command:  {}", record.command);
     println!("machine:  {}", record.machine.line());
     println!(
-        "load:     {} req/s open loop, arrivals alternating direct/proxy ({} req/s each), {} s \
+        "load:     {} req/s open loop, arrivals rotating over {} ({} req/s each), {} s \
          warm-up + {} s measured, {} keep-alive connections per target, {} generator thread(s)",
         s.rate,
+        if ab {
+            "direct/proxy/baseline"
+        } else {
+            "direct/proxy"
+        },
         s.rate_per_target,
         s.warmup_s,
         s.duration_s,
@@ -382,13 +450,15 @@ fn print_human(record: &Record) {
     );
     println!("latency:  from each request's intended send time to its last response byte, µs");
     println!();
-    print!(
-        "{}",
-        report::table(
-            &record.targets,
-            &[(ADDED_LABEL.to_string(), record.added_proxy_minus_direct)]
-        )
-    );
+    let mut rows = vec![(ADDED_LABEL.to_string(), record.added_proxy_minus_direct)];
+    if let (Some(b), Some(ab)) = (
+        record.added_baseline_minus_direct,
+        record.proxy_minus_baseline,
+    ) {
+        rows.push((BASELINE_LABEL.to_string(), b));
+        rows.push((AB_LABEL.to_string(), ab));
+    }
+    print!("{}", report::table(&record.targets, &rows));
     println!();
     println!(
         "pacer:    {} arrivals ({} measured), fired late by p99 {} µs, max {} µs",
@@ -447,9 +517,8 @@ async fn check_once(name: &str, pool: &Http1Pool, via_proxy: bool) -> anyhow::Re
 }
 
 /// Gathers outcomes until every request task has finished (all senders dropped).
-async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>) -> Vec<TargetResults> {
-    let mut results: Vec<TargetResults> = TARGETS
-        .iter()
+async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>, targets: usize) -> Vec<TargetResults> {
+    let mut results: Vec<TargetResults> = (0..targets)
         .map(|_| TargetResults {
             hist: latency_histogram(),
             errors: 0,

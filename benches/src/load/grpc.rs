@@ -53,7 +53,7 @@ fn model_value(
 pub fn embed_request(text: &str) -> tei::EmbedRequest {
     tei::EmbedRequest {
         inputs: text.to_string(),
-        normalize: true,
+        normalize: Some(true),
         ..Default::default()
     }
 }

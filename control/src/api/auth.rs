@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::ApiError;
+use super::{ApiError, ErrorCode};
 
 /// The accepted keys.
 pub struct Keys(Vec<Vec<u8>>);
@@ -45,25 +45,20 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
 pub async fn require_key(State(keys): State<Arc<Keys>>, req: Request, next: Next) -> Response {
     if keys.is_empty() {
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "the admin API is disabled: configure [admin] api_keys or api_key_file",
         )
         .into_response();
     }
     match presented(req.headers()) {
         None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "an API key is required (Authorization: Bearer <key> or X-API-Key: <key>)",
         )
         .into_response(),
-        Some(k) if !keys.accepts(k) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            "the API key is not valid",
-        )
-        .into_response(),
+        Some(k) if !keys.accepts(k) => {
+            { ApiError::new(ErrorCode::Forbidden, "the API key is not valid") }.into_response()
+        }
         Some(_) => next.run(req).await,
     }
 }

@@ -4,24 +4,17 @@
 //! filter. Each event is `id: <seq>`, `event: <type>`, `data: <event JSON>`; a client that fell
 //! behind gets a `: lagged …` comment and continues; `: keep-alive` comments every 15 s.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState};
+use super::{sse, ApiError, ApiState, ErrorCode};
 use crate::events::{sse_stream, EventBus, EventFilter, EventKind, SseItem};
-
-/// Interval of keep-alive comments.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The events route.
 pub fn router() -> Router<ApiState> {
@@ -45,21 +38,14 @@ async fn events(
     State(s): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let q = super::query(query)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     let (since, filter) = parse_query(q, last_event_id)?;
-    Ok((
-        // Tells nginx-style reverse proxies not to buffer the stream.
-        [(
-            HeaderName::from_static("x-accel-buffering"),
-            HeaderValue::from_static("no"),
-        )],
-        sse_response(&s.events, since, filter),
-    ))
+    Ok(sse_response(&s.events, since, filter))
 }
 
 /// `since` (the query's, else `Last-Event-ID`'s) and the filter of a query.
@@ -75,8 +61,7 @@ pub fn parse_query(
         }
         if !EventKind::is_name(t) {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 format!(
                     "unknown event type `{t}` (one of {})",
                     EventKind::NAMES.join(", ")
@@ -90,33 +75,28 @@ pub fn parse_query(
 }
 
 /// The SSE response for a bus (the handler minus the extractors).
-pub fn sse_response(
-    bus: &EventBus,
-    since: Option<u64>,
-    filter: EventFilter,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static> {
-    let stream = sse_stream(bus, since, filter).map(|item| Ok(to_sse(item)));
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+pub fn sse_response(bus: &EventBus, since: Option<u64>, filter: EventFilter) -> Response {
+    sse::response(sse_stream(bus, since, filter).map(to_sse))
 }
 
 /// One stream item on the wire.
-pub fn to_sse(item: SseItem) -> SseEvent {
+pub fn to_sse(item: SseItem) -> String {
+    use multiverse_common::sse::{comment, event};
     match item {
         SseItem::Event(e) => match serde_json::to_string(&e) {
-            Ok(json) => SseEvent::default()
-                .id(e.seq.to_string())
-                .event(e.kind.name())
-                .data(json),
-            Err(err) => {
-                SseEvent::default().comment(format!("event {} not serializable: {err}", e.seq))
-            }
+            Ok(json) => event(Some(&e.seq.to_string()), Some(e.kind.name()), &json),
+            Err(err) => comment(&format!("event {} not serializable: {err}", e.seq)),
         },
-        SseItem::Lagged(n) => SseEvent::default().comment(format!("lagged: {n} events skipped")),
+        SseItem::Lagged(n) => comment(&format!("lagged: {n} events skipped")),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use futures::Stream;
+
     use super::*;
     use crate::events::EventKind;
 
@@ -147,7 +127,7 @@ mod tests {
             instance: Some("a".into()),
             types: vec![],
         };
-        let resp = sse_response(&bus, Some(1), filter).into_response();
+        let resp = sse_response(&bus, Some(1), filter);
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),
             "text/event-stream"
@@ -194,8 +174,7 @@ mod tests {
 
     #[test]
     fn lagged_is_a_comment() {
-        let bytes = format!("{:?}", to_sse(SseItem::Lagged(7)));
-        assert!(bytes.contains("lagged: 7 events skipped"), "{bytes}");
+        assert_eq!(to_sse(SseItem::Lagged(7)), ": lagged: 7 events skipped\n\n");
     }
 
     #[test]
@@ -221,7 +200,7 @@ mod tests {
             ..Default::default()
         };
         let e = parse_query(q, None).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
         assert!(e.message.contains("bogus"));
     }
 }

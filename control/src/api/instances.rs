@@ -1,53 +1,28 @@
 //! `/instances`: create (directly or from a template), list (filter by tag and status), show,
-//! delete, start/stop/restart one or many, and read logs of TEI instances.
-
-use std::sync::Arc;
+//! delete, start/stop/restart one or many TEI instances (their logs: [`super::logs`]), and the
+//! templates.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{body, query, ApiError, ApiState};
-use crate::instances::logs::{self, LogQuery};
+use super::{body, query, ApiError, ApiState, ErrorCode};
 use crate::instances::spec::InstanceSpec;
-use crate::instances::{InstanceError, InstanceView, Manager};
+use crate::instances::{InstanceView, Manager};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/instances", get(list).post(create))
         .route("/instances/{name}", get(show).delete(delete))
-        .route("/instances/{name}/logs", get(log))
+        .route("/instances/{name}/logs", get(super::logs::log))
         .route("/instances/{name}/{action}", post(act))
         .route("/instances/bulk/{action}", post(bulk))
         .route("/instances/from-template/{template}", post(from_template))
         .route("/templates", get(templates))
-}
-
-fn status_of(code: &str) -> StatusCode {
-    match code {
-        "INSTANCE_NOT_FOUND" | "TEMPLATE_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "INSTANCE_EXISTS" | "PORT_CONFLICT" | "PORT_IN_USE" => StatusCode::CONFLICT,
-        "MAX_INSTANCES_REACHED" | "INSUFFICIENT_VRAM" | "NO_FREE_PORT" => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        "STATE_WRITE_FAILED" | "INTERNAL" | "LOG_OPEN_FAILED" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-impl From<InstanceError> for ApiError {
-    fn from(e: InstanceError) -> Self {
-        ApiError::new(status_of(e.code), e.code, e.message)
-    }
-}
-
-fn manager(s: &ApiState) -> Result<&Arc<Manager>, ApiError> {
-    Ok(&s.instances)
 }
 
 async fn create(
@@ -56,19 +31,10 @@ async fn create(
 ) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
     let spec = body(payload)?;
     let spec = match spec.template.clone() {
-        Some(t) => {
-            let template = s.instances.templates().get(&t).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "TEMPLATE_NOT_FOUND",
-                    format!("no template `{t}`"),
-                )
-            })?;
-            spec.with_template(template)
-        }
+        Some(t) => spec.with_template(s.instances.template(&t)?),
         None => spec,
     };
-    let view = manager(&s)?.create(spec).await?;
+    let view = s.instances.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -79,24 +45,13 @@ async fn from_template(
     payload: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<InstanceView>), ApiError> {
     let mut v = body(payload)?;
-    let t = s
-        .instances
-        .templates()
-        .get(&template)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "TEMPLATE_NOT_FOUND",
-                format!("no template `{template}`"),
-            )
-        })?;
+    let t = s.instances.template(&template)?.clone();
     if let Value::Object(m) = &mut v {
         m.entry("model_id")
             .or_insert_with(|| Value::String(String::new()));
     }
     let mut spec: InstanceSpec = serde_json::from_value(v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::ValidationError, e.to_string()))?;
     spec.template = Some(template);
     let view = s.instances.create(spec.with_template(&t)).await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -150,8 +105,7 @@ async fn run_action(
         }
         other => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 format!("no action `{other}` (start, stop, restart)"),
             ))
         }
@@ -164,8 +118,7 @@ async fn act(
 ) -> Result<Json<Option<InstanceView>>, ApiError> {
     if action == "delete" {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             "use DELETE /instances/{name}",
         ));
     }
@@ -182,7 +135,7 @@ struct BulkRequest {
 struct BulkFailure {
     name: String,
     error: String,
-    code: &'static str,
+    code: ErrorCode,
 }
 
 async fn bulk(
@@ -192,8 +145,7 @@ async fn bulk(
 ) -> Result<Json<Value>, ApiError> {
     if !matches!(action.as_str(), "start" | "stop" | "restart" | "delete") {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             format!("no bulk action `{action}` (start, stop, restart, delete)"),
         ));
     }
@@ -217,21 +169,6 @@ async fn bulk(
         }
     }
     Ok(Json(json!({"succeeded": succeeded, "failed": failed})))
-}
-
-async fn log(
-    State(s): State<ApiState>,
-    Path(name): Path<String>,
-    q: Result<Query<LogQuery>, QueryRejection>,
-) -> Response {
-    let sink = match s.instances.log(&name) {
-        Ok(sink) => sink,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    match query(q) {
-        Ok(q) => logs::respond(sink, q).await,
-        Err(e) => e.into_response(),
-    }
 }
 
 async fn templates(State(s): State<ApiState>) -> Json<Value> {

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorCode};
 
 /// One embedded file.
 struct Asset {
@@ -208,13 +208,8 @@ fn etags() -> &'static [HeaderValue] {
 
 /// An asset with its headers, or `304` when the browser's copy is current.
 fn serve(path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let (i, a) = find(path).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("no UI file `{path}`"),
-        )
-    })?;
+    let (i, a) = find(path)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no UI file `{path}`")))?;
     let etag = etags()[i].clone();
     let fresh = headers
         .get_all(header::IF_NONE_MATCH)
@@ -370,7 +365,7 @@ mod tests {
         let page = serve(INDEX, &HeaderMap::new()).expect("served");
         assert!(page.headers().contains_key(header::CONTENT_SECURITY_POLICY));
         let missing = serve("nope.js", &HeaderMap::new()).expect_err("not found");
-        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         assert!(serve("../Cargo.toml", &HeaderMap::new()).is_err());
     }
 }

@@ -1,14 +1,22 @@
 //! External OpenAI-compatible backends (vLLM, llama.cpp, Ollama, ...): how they are declared
-//! and validated ([`BackendSpec`]), checked ([`probe`]), kept ([`registry`]) and which
-//! addresses they may use ([`ssrf`]).
+//! and validated ([`BackendSpec`]), kept ([`registry`]), which addresses they may use
+//! ([`ssrf`], names looked up through [`resolve`]), how they are reached ([`clients`]: at the
+//! pinned address when there is one), checked once ([`probe`]) and checked again and again
+//! ([`checker`]).
 
+pub mod admission;
+pub mod checker;
+pub mod clients;
 pub mod probe;
 pub mod registry;
+pub mod resolve;
 pub mod ssrf;
 
 use multiverse_common::ModelKind;
 use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
+
+use crate::store::BackendRecord;
 
 /// A backend as declared in config (and later registered through the API).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,11 +44,47 @@ fn default_weight() -> u32 {
     1
 }
 
-/// A field that failed validation.
-#[derive(Debug)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
+/// Why a backend spec is invalid, by field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("`name`: {0}")]
+    Name(String),
+    #[error("`url`: {0}")]
+    Url(String),
+    #[error("`models`: {0}")]
+    Models(String),
+    #[error("`weight`: {0}")]
+    Weight(String),
+    #[error("`api_key`: {0}")]
+    ApiKey(String),
+    #[error("`kind`: {0}")]
+    Kind(String),
+}
+
+impl SpecError {
+    /// The offending field's name (as the config and the API spell it).
+    pub fn field(&self) -> &'static str {
+        match self {
+            SpecError::Name(_) => "name",
+            SpecError::Url(_) => "url",
+            SpecError::Models(_) => "models",
+            SpecError::Weight(_) => "weight",
+            SpecError::ApiKey(_) => "api_key",
+            SpecError::Kind(_) => "kind",
+        }
+    }
+
+    /// What is wrong with it.
+    pub fn message(&self) -> &str {
+        match self {
+            SpecError::Name(m)
+            | SpecError::Url(m)
+            | SpecError::Models(m)
+            | SpecError::Weight(m)
+            | SpecError::ApiKey(m)
+            | SpecError::Kind(m) => m,
+        }
+    }
 }
 
 /// Where a backend URL points.
@@ -49,6 +93,9 @@ pub struct Target {
     pub tls: bool,
     /// host:port, port defaulted from the scheme.
     pub address: String,
+    /// The host alone: a name or an IP literal, without brackets or port.
+    pub hostname: String,
+    pub port: u16,
     /// Host header value (as written in the URL).
     pub host: String,
     pub path_prefix: String,
@@ -79,11 +126,17 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         return Err(format!("`{url}` has port 0"));
     }
     let address = format!("{host}:{port}");
+    let hostname = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let path = uri.path().trim_end_matches('/');
     let path = path.strip_suffix("/v1").unwrap_or(path);
     Ok(Target {
         tls,
         address,
+        hostname,
+        port,
         host: authority.as_str().to_string(),
         path_prefix: path.to_string(),
     })
@@ -98,8 +151,7 @@ pub fn parse_kind(kind: Option<&str>) -> Result<pb::ModelKind, String> {
 
 impl BackendSpec {
     /// Checks the spec; the error names the offending field.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        let err = |field, message: String| FieldError { field, message };
+    pub fn validate(&self) -> Result<(), SpecError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 63
             && self
@@ -107,31 +159,43 @@ impl BackendSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !name_ok {
-            return Err(err(
-                "name",
-                format!(
-                    "`{}` must be 1-63 characters of letters, digits, '-', '_' or '.'",
-                    self.name
-                ),
-            ));
+            return Err(SpecError::Name(format!(
+                "`{}` must be 1-63 characters of letters, digits, '-', '_' or '.'",
+                self.name
+            )));
         }
-        parse_url(&self.url).map_err(|m| err("url", m))?;
+        // The name is also an endpoint id and a path segment: `.` and `..` would be paths.
+        if self.name.bytes().all(|b| b == b'.') {
+            return Err(SpecError::Name(format!(
+                "`{}` is path-like: a name needs a letter, a digit, '-' or '_'",
+                self.name
+            )));
+        }
+        parse_url(&self.url).map_err(SpecError::Url)?;
         if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
-            return Err(err(
-                "models",
+            return Err(SpecError::Models(
                 "must list at least one non-empty model name".into(),
             ));
         }
         if self.weight == 0 {
-            return Err(err("weight", "must be >= 1".into()));
+            return Err(SpecError::Weight("must be >= 1".into()));
         }
         if let Some(key) = &self.api_key {
             if key.is_empty() || key.bytes().any(|b| !b.is_ascii_graphic()) {
-                return Err(err("api_key", "must be non-empty printable ASCII".into()));
+                return Err(SpecError::ApiKey(
+                    "must be non-empty printable ASCII".into(),
+                ));
             }
         }
-        parse_kind(self.kind.as_deref()).map_err(|m| err("kind", m))?;
+        parse_kind(self.kind.as_deref()).map_err(SpecError::Kind)?;
         Ok(())
+    }
+}
+
+impl BackendRecord {
+    /// The model kind, defaulting to chat.
+    pub fn model_kind(&self) -> pb::ModelKind {
+        parse_kind(Some(&self.kind)).unwrap_or(pb::ModelKind::Chat)
     }
 }
 
@@ -143,6 +207,12 @@ mod tests {
     fn urls_become_targets() {
         let t = parse_url("http://127.0.0.1:8000").expect("ok");
         assert_eq!(t.address, "127.0.0.1:8000");
+        assert_eq!((t.hostname.as_str(), t.port), ("127.0.0.1", 8000));
+        let t = parse_url("http://[::1]:81").expect("ok");
+        assert_eq!(
+            (t.address.as_str(), t.hostname.as_str()),
+            ("[::1]:81", "::1")
+        );
         assert_eq!(t.path_prefix, "");
         let t = parse_url("https://api.example.com/openai/v1/").expect("ok");
         assert!(t.tls);
@@ -167,12 +237,21 @@ mod tests {
         ok.validate().expect("valid");
         let mut bad = ok.clone();
         bad.name = "a/b".into();
-        assert_eq!(bad.validate().unwrap_err().field, "name");
+        assert!(matches!(bad.validate(), Err(SpecError::Name(_))));
+        assert_eq!(bad.validate().unwrap_err().field(), "name");
+        for dots in [".", "..", "..."] {
+            let mut bad = ok.clone();
+            bad.name = dots.into();
+            assert!(matches!(bad.validate(), Err(SpecError::Name(_))), "{dots}");
+        }
+        let mut dotted = ok.clone();
+        dotted.name = "vllm.a".into();
+        dotted.validate().expect("dots inside a name are fine");
         let mut bad = ok.clone();
         bad.models.clear();
-        assert_eq!(bad.validate().unwrap_err().field, "models");
+        assert!(matches!(bad.validate(), Err(SpecError::Models(_))));
         let mut bad = ok;
         bad.kind = Some("video".into());
-        assert_eq!(bad.validate().unwrap_err().field, "kind");
+        assert!(matches!(bad.validate(), Err(SpecError::Kind(_))));
     }
 }

@@ -3,22 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::parse_url;
-
-/// The outcome of one check, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckResult {
-    /// RFC 3339.
-    pub at: String,
-    pub ok: bool,
-    pub latency_ms: u64,
-    /// The HTTP status, when one was received.
-    pub status: Option<u16>,
-    /// Why it failed (timeout, connection, status, invalid JSON).
-    pub reason: Option<String>,
-}
+pub use crate::health::CheckResult;
 
 /// The models URL of a backend base URL.
 pub fn models_url(base: &str) -> Result<String, String> {

@@ -7,6 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::resolve::Resolve;
+
 /// Why an address is refused, or `None` when it is public.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -57,14 +59,21 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
-/// Resolves `host:port` once and checks every address; returns the address to pin.
-pub async fn check_public(host: &str, port: u16) -> Result<SocketAddr, String> {
+/// Resolves `host` once and checks every address; returns the address to pin (`host:port`).
+pub async fn check_public(
+    host: &str,
+    port: u16,
+    resolver: &dyn Resolve,
+) -> Result<SocketAddr, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
+        Err(_) => resolver
+            .lookup(host)
             .await
             .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect(),
     };
     if addrs.is_empty() {
@@ -85,6 +94,7 @@ pub async fn check_public(host: &str, port: u16) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::resolve::StaticResolver;
 
     #[test]
     fn classifies_addresses() {
@@ -110,11 +120,28 @@ mod tests {
 
     #[tokio::test]
     async fn literal_hosts_are_checked_without_dns() {
-        assert!(check_public("127.0.0.1", 80).await.is_err());
-        assert!(check_public("[::1]", 80).await.is_err());
+        let none = StaticResolver::default();
+        assert!(check_public("127.0.0.1", 80, &none).await.is_err());
+        assert!(check_public("[::1]", 80, &none).await.is_err());
         assert_eq!(
-            check_public("8.8.8.8", 443).await,
+            check_public("8.8.8.8", 443, &none).await,
             Ok("8.8.8.8:443".parse().expect("addr"))
         );
+    }
+
+    #[tokio::test]
+    async fn every_address_of_a_name_must_be_public_and_the_first_is_pinned() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let r = StaticResolver::default()
+            .with("public.test", &[ip("8.8.8.8"), ip("1.1.1.1")])
+            .with("rebind.test", &[ip("8.8.8.8"), ip("169.254.169.254")]);
+        assert_eq!(
+            check_public("public.test", 8000, &r).await,
+            Ok("8.8.8.8:8000".parse().expect("addr"))
+        );
+        let e = check_public("rebind.test", 80, &r).await.unwrap_err();
+        assert!(e.contains("169.254.169.254"), "{e}");
+        let e = check_public("nowhere.test", 80, &r).await.unwrap_err();
+        assert!(e.contains("cannot resolve"), "{e}");
     }
 }

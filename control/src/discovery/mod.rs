@@ -3,7 +3,8 @@
 //! Per stream (xDS state-of-the-world semantics, see `proto/.../discovery.proto`): the first
 //! request must name the node; the current snapshot is sent at once and then again on every
 //! change, each response with a fresh nonce. ACKs and NACKs are recorded in [`nodes::Nodes`];
-//! a request whose nonce is not the latest one sent is stale and ignored.
+//! a request whose nonce is not the latest one sent is stale and ignored (see
+//! `control/tests/discovery_nonces.rs`).
 
 pub mod nodes;
 pub mod publisher;
@@ -21,6 +22,25 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
+
+/// Serves route discovery on `listener` until `shutdown` resolves (HTTP/2 keep-alive pings
+/// every 10 s, so a vanished proxy is noticed).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: DiscoveryService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(pb::route_discovery_server::RouteDiscoveryServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
 
 /// The tonic service.
 pub struct DiscoveryService {
@@ -77,7 +97,12 @@ impl RouteDiscovery for DiscoveryService {
             tx,
         };
         tracing::info!(node = %node.id, has_version = %hello.version_info, "proxy connected");
-        tokio::spawn(stream.run(inbound, self.publisher.clone()));
+        // Never a smaller version than the one the proxy holds from this plane.
+        let first = hello
+            .version_info
+            .parse::<u64>()
+            .map_or(0, |held| self.publisher.require_above(held));
+        tokio::spawn(stream.run(inbound, self.publisher.clone(), first));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -96,10 +121,27 @@ struct NodeStream {
 }
 
 impl NodeStream {
-    async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>, publisher: Publisher) {
+    /// Sends the current snapshot once its version is at least `first`, then every new one, and
+    /// records the answers; until either side ends the stream.
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::DiscoveryRequest>,
+        publisher: Publisher,
+        first: u64,
+    ) {
         let mut updates = publisher.subscribe();
+        let ready = loop {
+            tokio::select! {
+                ready = updates.wait_for(|v| v.version >= first) => break ready.is_ok(),
+                // Nothing is expected from the proxy before its first snapshot (a request
+                // would be stale); the end of the stream ends it.
+                msg = inbound.message() => if !matches!(msg, Ok(Some(_))) {
+                    break false;
+                },
+            }
+        };
         let current = updates.borrow_and_update().clone();
-        if self.send(&current).await {
+        if ready && self.send(&current).await {
             loop {
                 tokio::select! {
                     changed = updates.changed() => {

@@ -4,18 +4,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
 use futures::StreamExt;
+use http::HeaderMap;
 use serde_json::Value;
 
 use super::webhooks::{backoff, QUEUE_CAPACITY};
 use super::*;
+use crate::testing;
 
-/// A test webhook receiver on 127.0.0.1.
+/// A test webhook receiver on 127.0.0.1 (`POST /hook/secret-token`).
 struct Hook {
     url: String,
     hits: Arc<AtomicUsize>,
@@ -23,51 +20,36 @@ struct Hook {
     received: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
 }
 
-#[derive(Clone)]
-struct HookState {
-    /// Status of the n-th request; 200 past the end.
-    script: Arc<Vec<u16>>,
-    /// Never answer.
-    hang: bool,
-    hits: Arc<AtomicUsize>,
-    received: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-}
-
-async fn hook_handler(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let n = s.hits.fetch_add(1, Ordering::SeqCst);
-    if s.hang {
-        futures::future::pending::<()>().await;
-    }
-    let status = s.script.get(n).copied().unwrap_or(200);
-    if status == 200 {
-        let json = serde_json::from_slice(&body).expect("JSON body");
-        s.received.lock().unwrap().push((headers, json));
-    }
-    StatusCode::from_u16(status).unwrap()
-}
-
 impl Hook {
+    /// `script`: the status of the n-th request (200 past the end); `hang`: never answer.
     async fn start(script: Vec<u16>, hang: bool) -> Self {
-        let state = HookState {
-            script: Arc::new(script),
-            hang,
-            hits: Arc::default(),
-            received: Arc::default(),
-        };
-        let hook = Hook {
-            url: String::new(),
-            hits: state.hits.clone(),
-            received: state.received.clone(),
-        };
-        let app = Router::new()
-            .route("/hook/secret-token", post(hook_handler))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hits = Arc::new(AtomicUsize::new(0));
+        let received: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
+        let (h, r) = (hits.clone(), received.clone());
+        let script = Arc::new(script);
+        let addr = testing::serve("127.0.0.1:0".parse().unwrap(), move |req| {
+            let (hits, received, script) = (h.clone(), r.clone(), script.clone());
+            async move {
+                if req.method != "POST" || req.path != "/hook/secret-token" {
+                    return (404, String::new());
+                }
+                let n = hits.fetch_add(1, Ordering::SeqCst);
+                if hang {
+                    futures::future::pending::<()>().await;
+                }
+                let status = script.get(n).copied().unwrap_or(200);
+                if status == 200 {
+                    let json = serde_json::from_slice(&req.body).expect("JSON body");
+                    received.lock().unwrap().push((req.headers, json));
+                }
+                (status, String::new())
+            }
+        })
+        .await;
         Hook {
             url: format!("http://{addr}/hook/secret-token"),
-            ..hook
+            hits,
+            received,
         }
     }
 

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Event, EventKind};
-use crate::backends::FieldError;
 
 /// Events waiting for one webhook before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -38,6 +37,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "transfer-encoding",
 ];
+
+/// A webhook setting that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
 
 /// One webhook, as configured.
 #[derive(Deserialize, Serialize, Clone, PartialEq)]

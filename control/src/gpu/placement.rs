@@ -26,16 +26,6 @@ pub enum PlacementError {
     },
 }
 
-impl PlacementError {
-    /// The API error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::UnknownGpu { .. } => "INVALID_GPU_ID",
-            Self::InsufficientVram { .. } => "INSUFFICIENT_VRAM",
-        }
-    }
-}
-
 fn host_gpus(known: usize) -> String {
     match known {
         0 => "this host has no GPUs".into(),
@@ -98,7 +88,6 @@ mod tests {
                 known: 2
             }
         );
-        assert_eq!(e.code(), "INVALID_GPU_ID");
         assert_eq!(
             e.to_string(),
             "GPU 2 does not exist: this host has 2 GPUs (ids 0-1)"
@@ -133,7 +122,6 @@ mod tests {
                 required_bytes: required
             }
         );
-        assert_eq!(e.code(), "INSUFFICIENT_VRAM");
         assert_eq!(
             e.to_string(),
             "GPU 1 has 512 MiB of VRAM free (536870912 bytes), less than the 1024 MiB \

@@ -1,21 +1,15 @@
-//! Active health checking of every registered backend.
+//! A backend's health as its check results judge it: the settings, the thresholds and the
+//! history — pure state, no I/O (the checks themselves run in `backends::checker`).
 //!
-//! Each interval, every backend is probed (`GET /v1/models`), concurrently up to a bound and
-//! each with a timeout. Thresholds turn results into a status: N consecutive failures make a
-//! backend UNHEALTHY (its endpoints are pushed as unhealthy, so proxies stop routing to it), M
-//! consecutive successes make it HEALTHY again; optionally K failures deregister it softly
-//! (restorable). The last 100 results of each backend are kept for the API.
+//! Thresholds turn results into a status: N consecutive failures make a backend UNHEALTHY (its
+//! endpoints are pushed as unhealthy, so proxies stop routing to it), M consecutive successes
+//! make it HEALTHY again; optionally K failures deregister it softly (restorable). The last 100
+//! results of each backend are kept for the API.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
 
 use multiverse_common::Health;
 use serde::{Deserialize, Serialize};
-
-use crate::backends::probe::{self, CheckResult};
-use crate::backends::registry::Registry;
-use crate::metrics::ControlMetrics;
 
 /// Results kept per backend.
 pub const HISTORY: usize = 100;
@@ -50,6 +44,19 @@ impl Default for HealthSettings {
             deregister_after_failures: 0,
         }
     }
+}
+
+/// The outcome of one check, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// RFC 3339.
+    pub at: String,
+    pub ok: bool,
+    pub latency_ms: u64,
+    /// The HTTP status, when one was received.
+    pub status: Option<u16>,
+    /// Why it failed (timeout, connection, status, invalid JSON).
+    pub reason: Option<String>,
 }
 
 /// A backend's health as the thresholds judge it.
@@ -139,47 +146,6 @@ impl HealthRecord {
             to: self.status,
             deregistered,
         })
-    }
-}
-
-/// Checks every backend each interval, forever.
-pub async fn run(
-    registry: Arc<Registry>,
-    client: reqwest::Client,
-    settings: HealthSettings,
-    metrics: Arc<ControlMetrics>,
-) {
-    use futures::StreamExt;
-    let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = Duration::from_millis(settings.timeout_ms);
-    loop {
-        tick.tick().await;
-        let targets = registry.check_targets();
-        let results: Vec<_> = futures::stream::iter(targets)
-            .map(|t| {
-                let client = client.clone();
-                async move {
-                    let (result, _) =
-                        probe::check(&client, &t.url, t.api_key.as_deref(), timeout).await;
-                    (t, result)
-                }
-            })
-            .buffer_unordered(settings.max_concurrent_checks.max(1))
-            .collect()
-            .await;
-        for (target, result) in results {
-            metrics.check(&target.name, result.ok);
-            let reason = result.reason.clone();
-            if let Some(t) = registry.record_check(&target.id, result, &settings) {
-                metrics.transition(&target.name, t.to);
-                if t.to == Status::Unhealthy || t.deregistered {
-                    tracing::warn!(backend = %target.name, from = ?t.from, to = ?t.to, deregistered = t.deregistered, reason = reason.as_deref().unwrap_or(""), "backend health changed");
-                } else {
-                    tracing::info!(backend = %target.name, from = ?t.from, to = ?t.to, "backend health changed");
-                }
-            }
-        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! TEI processes: spawned in their own process group with a parent-death signal, stopped with
-//! SIGTERM to the group, a grace period, then SIGKILL, and always reaped.
+//! TEI processes: spawned in their own process group with a parent-death signal, and signalled
+//! as a group (the supervisor stops them with SIGTERM, a grace period, then SIGKILL, and always
+//! reaps them).
 //!
 //! Each running process's group id is kept in `<run_dir>/<name>.pid`. If the control plane is
 //! killed outright, its children get SIGKILL from the kernel (parent-death signal); anything
@@ -8,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -74,26 +74,6 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
-/// SIGTERM to the group, up to `grace` for it to exit, then SIGKILL; always reaps.
-pub async fn stop(child: &mut Child, grace: Duration) -> Option<ExitInfo> {
-    let Some(pid) = child.id() else {
-        // Already reaped.
-        return None;
-    };
-    signal_group(pid, Signal::SIGTERM);
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s.ok(),
-        Err(_) => {
-            tracing::warn!(pid, ?grace, "did not stop after SIGTERM: SIGKILL");
-            signal_group(pid, Signal::SIGKILL);
-            child.wait().await.ok()
-        }
-    };
-    // Whatever the process left in its group goes too.
-    signal_group(pid, Signal::SIGKILL);
-    status.map(ExitInfo::from_status)
-}
-
 /// Where pid files live.
 #[derive(Debug, Clone)]
 pub struct RunDir(PathBuf);
@@ -152,47 +132,5 @@ impl RunDir {
             let _ = std::fs::remove_file(&path);
         }
         killed
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn stop_escalates_to_sigkill_and_reaps() {
-        let launch = Launch {
-            program: "sh".into(),
-            // Ignores SIGTERM: only SIGKILL ends it.
-            args: vec![
-                "-c".into(),
-                "trap '' TERM; echo ready; while :; do sleep 0.1; done".into(),
-            ],
-            cuda_visible_devices: None,
-        };
-        let mut child = spawn(&launch).expect("spawn sh");
-        // Only once the trap is set does SIGTERM go unanswered.
-        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
-            .await
-            .expect("read");
-        assert_eq!(line.trim(), "ready");
-        let started = std::time::Instant::now();
-        let exit = stop(&mut child, Duration::from_millis(300)).await;
-        assert_eq!(exit.and_then(|e| e.signal), Some(9));
-        assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
-    #[tokio::test]
-    async fn sigterm_is_enough_for_a_polite_process() {
-        let launch = Launch {
-            program: "sleep".into(),
-            args: vec!["30".into()],
-            cuda_visible_devices: Some("0".into()),
-        };
-        let mut child = spawn(&launch).expect("spawn sleep");
-        let exit = stop(&mut child, Duration::from_secs(5)).await;
-        assert_eq!(exit.and_then(|e| e.signal), Some(15));
     }
 }

@@ -1,83 +1,26 @@
 //! What an instance is: its spec (as the API, templates and the state file give it), the
 //! checks a spec passes before anything is spawned, and the TEI command line it becomes.
 
-use std::collections::BTreeMap;
-
 use multiverse_common::ModelKind;
-use serde::{Deserialize, Serialize};
 
-/// Which TEI build serves the instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// TEI's HTTP API (proxied on TEI HTTP routes and /v1/embeddings).
-    #[default]
-    Http,
-    /// TEI's gRPC API (tei.v1, proxied as gRPC).
-    Grpc,
+pub use crate::store::{InstanceSpec, Protocol, Template};
+
+/// Why a spec is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("`{0}`: names are 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit")]
+    InvalidName(String),
+    #[error("`model_id` must be a hub id or a path")]
+    InvalidModelId,
+    #[error("port {0} is outside 1024-65535")]
+    InvalidPort(u32),
+    /// Any other field.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// An instance as requested (`POST /instances`) and stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceSpec {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub model_id: String,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Default: assigned from `[instances] port_range`. Wider than a port so that an
-    /// out-of-range value gets INVALID_PORT rather than a parse error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_id: Option<u32>,
-    /// The model name routes use. Default: `model_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_model_name: Option<String>,
-    /// embedding (default), sparse_embedding, rerank, classify.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_batch_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_client_batch_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pooling: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_truncate: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// More TEI flags, passed as they are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_args: Vec<String>,
-    /// The template this spec was made from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-}
-
-/// A template: any spec fields but the name (`[templates.<name>]` in the config).
-pub type Template = InstanceSpec;
-
-/// A spec field that failed validation, with its stable error code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn err(code: &'static str, message: impl Into<String>) -> SpecError {
-    SpecError {
-        code,
-        message: message.into(),
-    }
+fn invalid(message: impl Into<String>) -> SpecError {
+    SpecError::Invalid(message.into())
 }
 
 /// Instance names: `[a-z0-9][a-z0-9_-]{0,62}`.
@@ -130,41 +73,26 @@ impl InstanceSpec {
     /// The checks that need nothing but the spec (ports and GPUs are checked by the manager).
     pub fn validate(&self) -> Result<(), SpecError> {
         if !valid_name(&self.name) {
-            return Err(err(
-                "INVALID_NAME",
-                format!(
-                    "`{}`: names are 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit",
-                    self.name
-                ),
-            ));
+            return Err(SpecError::InvalidName(self.name.clone()));
         }
         if self.model_id.trim().is_empty() || self.model_id.contains("..") {
-            return Err(err(
-                "INVALID_MODEL_ID",
-                "`model_id` must be a hub id or a path",
-            ));
+            return Err(SpecError::InvalidModelId);
         }
         if let Some(p) = self.port {
             if !(1024..=65535).contains(&p) {
-                return Err(err(
-                    "INVALID_PORT",
-                    format!("port {p} is outside 1024-65535"),
-                ));
+                return Err(SpecError::InvalidPort(p));
             }
         }
         if let Some(n) = &self.served_model_name {
             if n.trim().is_empty() || n.len() > 256 {
-                return Err(err(
-                    "VALIDATION_ERROR",
-                    "`served_model_name` must be 1-256 characters",
-                ));
+                return Err(invalid("`served_model_name` must be 1-256 characters"));
             }
         }
         let one_of = |field: &str, v: &Option<String>, allowed: &[&str]| match v {
-            Some(v) if !allowed.contains(&v.as_str()) => Err(err(
-                "VALIDATION_ERROR",
-                format!("`{field}`: `{v}` is not one of {}", allowed.join(", ")),
-            )),
+            Some(v) if !allowed.contains(&v.as_str()) => Err(invalid(format!(
+                "`{field}`: `{v}` is not one of {}",
+                allowed.join(", ")
+            ))),
             _ => Ok(()),
         };
         one_of("pooling", &self.pooling, &POOLINGS)?;
@@ -176,20 +104,19 @@ impl InstanceSpec {
             ("max_client_batch_size", self.max_client_batch_size),
         ] {
             if v == Some(0) {
-                return Err(err("VALIDATION_ERROR", format!("`{field}` must be > 0")));
+                return Err(invalid(format!("`{field}` must be > 0")));
             }
         }
         for a in &self.extra_args {
             if a.contains('\0') || a.contains('\n') {
-                return Err(err("VALIDATION_ERROR", "`extra_args` must be printable"));
+                return Err(invalid("`extra_args` must be printable"));
             }
         }
         for k in self.tags.keys() {
             if k.is_empty() || k.len() > 63 || k.contains(':') || k.contains(',') {
-                return Err(err(
-                    "VALIDATION_ERROR",
-                    format!("tag key `{k}` must be 1-63 characters without ':' or ','"),
-                ));
+                return Err(invalid(format!(
+                    "tag key `{k}` must be 1-63 characters without ':' or ','"
+                )));
             }
         }
         Ok(())
@@ -291,6 +218,7 @@ pub fn command_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn spec(name: &str) -> InstanceSpec {
         InstanceSpec {
@@ -304,15 +232,21 @@ mod tests {
     fn names_and_fields_are_validated_with_codes() {
         assert!(valid_name("bge-1") && valid_name("0a_b") && !valid_name("-a"));
         assert!(!valid_name("A") && !valid_name("a/b") && !valid_name(&"a".repeat(64)));
-        assert_eq!(spec("Bad").validate().unwrap_err().code, "INVALID_NAME");
+        assert_eq!(
+            spec("Bad").validate(),
+            Err(SpecError::InvalidName("Bad".into()))
+        );
         let mut s = spec("ok");
         s.port = Some(80);
-        assert_eq!(s.validate().unwrap_err().code, "INVALID_PORT");
+        assert_eq!(s.validate(), Err(SpecError::InvalidPort(80)));
         s.port = Some(65536);
-        assert_eq!(s.validate().unwrap_err().code, "INVALID_PORT");
+        assert_eq!(s.validate(), Err(SpecError::InvalidPort(65536)));
+        let mut s = spec("ok");
+        s.model_id = "../etc".into();
+        assert_eq!(s.validate(), Err(SpecError::InvalidModelId));
         let mut s = spec("ok");
         s.pooling = Some("max".into());
-        assert_eq!(s.validate().unwrap_err().code, "VALIDATION_ERROR");
+        assert!(matches!(s.validate(), Err(SpecError::Invalid(m)) if m.contains("pooling")));
         spec("ok").validate().expect("valid");
     }
 

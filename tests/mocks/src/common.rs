@@ -265,9 +265,14 @@ pub async fn delay_ms(ms: u64) {
 
 /// Prints the readiness line `LISTENING <addr>` to stdout and flushes it.
 pub fn announce(addr: SocketAddr) {
+    announce_as("LISTENING", addr);
+}
+
+/// Prints `<what> <addr>` to stdout and flushes it (after `LISTENING`, further listeners).
+pub fn announce_as(what: &str, addr: SocketAddr) {
     let mut stdout = std::io::stdout().lock();
     // A closed stdout must not kill the server; the line is only a convenience for callers.
-    let _ = writeln!(stdout, "LISTENING {addr}");
+    let _ = writeln!(stdout, "{what} {addr}");
     let _ = stdout.flush();
 }
 

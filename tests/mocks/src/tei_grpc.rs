@@ -34,7 +34,7 @@ use super::common::{add_instance_header, grace_expired, instance_header_value, S
 use super::tei::TeiCore;
 use super::tei_grpc_handlers::{
     decode_one, embed_all_one, embed_one, embed_sparse_one, metadata, predict_one,
-    predict_pair_one, ranks, rerank_one, tokenize_one,
+    predict_pair_one, ranks, rerank_one, tokenize_one, Reply,
 };
 use super::tei_model::TeiError;
 
@@ -58,19 +58,29 @@ pub struct TeiGrpc {
     core: Arc<TeiCore>,
 }
 
-/// Runs one model request: counts it, admits it, answers it.
-async fn call<Resp>(
+/// Runs one model request (started at `start`): counts it, admits it, answers it, infers it.
+async fn call<Resp: Reply>(
     core: &TeiCore,
     encoded: &[u8],
+    start: Instant,
     answer: impl FnOnce() -> Result<Resp, TeiError>,
 ) -> Result<Resp, Status> {
     core.stats.record_request(encoded);
     if let Err(refusal) = core.admit().await {
         return Err(core.refusal_error(refusal).to_status());
     }
-    match answer() {
-        Ok(response) => {
-            core.record_success().await;
+    let answered = match answer() {
+        Ok(mut response) => core.infer(response.load()).await.map(|timing| {
+            if let Some(timing) = timing {
+                response.set_timing(timing);
+            }
+            (response, timing)
+        }),
+        Err(error) => Err(error),
+    };
+    match answered {
+        Ok((response, timing)) => {
+            core.record_success(start, timing).await;
             Ok(response)
         }
         Err(error) => {
@@ -81,7 +91,7 @@ async fn call<Resp>(
 }
 
 impl TeiGrpc {
-    async fn unary<Req: Message, Resp>(
+    async fn unary<Req: Message, Resp: Reply>(
         &self,
         request: tonic::Request<Req>,
         handler: Handler<Req, Resp>,
@@ -90,7 +100,7 @@ impl TeiGrpc {
         let req = request.into_inner();
         let encoded = req.encode_to_vec();
         let core = &self.core;
-        call(core, &encoded, || handler(core, req, start))
+        call(core, &encoded, start, || handler(core, req, start))
             .await
             .map(tonic::Response::new)
     }
@@ -103,7 +113,7 @@ impl TeiGrpc {
     ) -> GrpcResult<BoxStream<Resp>>
     where
         Req: Message + Default + Send + 'static,
-        Resp: Send + 'static,
+        Resp: Reply + Send + 'static,
     {
         let core = self.core.clone();
         let responses = request.into_inner().then(move |message| {
@@ -112,7 +122,7 @@ impl TeiGrpc {
                 let start = Instant::now();
                 let req = message?;
                 let encoded = req.encode_to_vec();
-                call(&core, &encoded, || handler(&core, req, start)).await
+                call(&core, &encoded, start, || handler(&core, req, start)).await
             }
         });
         Ok(tonic::Response::new(Box::pin(responses)))
@@ -280,7 +290,9 @@ impl pb::rerank_server::Rerank for TeiGrpc {
                 metadata: metadata(texts, start),
             })
         };
-        call(core, &encoded, answer).await.map(tonic::Response::new)
+        call(core, &encoded, start, answer)
+            .await
+            .map(tonic::Response::new)
     }
 }
 

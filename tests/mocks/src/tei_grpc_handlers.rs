@@ -7,7 +7,71 @@ use std::time::Instant;
 use multiverse_proto::tei::v1 as pb;
 
 use super::tei::TeiCore;
+use super::tei_batching::{Load, Timing};
 use super::tei_model::{self as model, TeiError};
+
+/// What the inference step needs of an answer: the load it puts on the model (`None` for the
+/// tokenizer's answers) and where its timings go once the queue and latency are known.
+pub(crate) trait Reply {
+    fn load(&self) -> Option<Load>;
+    fn set_timing(&mut self, _timing: Timing) {}
+}
+
+fn load_of(metadata: Option<&pb::Metadata>, inputs: usize) -> Option<Load> {
+    Some(Load {
+        inputs: u32::try_from(inputs).unwrap_or(u32::MAX),
+        tokens: metadata.map_or(0, |m| m.compute_tokens),
+    })
+}
+
+/// TEI's `Metadata` of a simulated batch: the queue and inference times, the total grown by
+/// both (it was measured before them).
+fn add_timing(metadata: Option<&mut pb::Metadata>, timing: Timing) {
+    if let Some(m) = metadata {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        m.queue_time_ns = ns(timing.queue);
+        m.inference_time_ns = ns(timing.inference);
+        m.total_time_ns = m
+            .total_time_ns
+            .saturating_add(m.queue_time_ns)
+            .saturating_add(m.inference_time_ns);
+    }
+}
+
+macro_rules! model_reply {
+    ($($ty:ty => |$r:ident| $inputs:expr),* $(,)?) => {$(
+        impl Reply for $ty {
+            fn load(&self) -> Option<Load> {
+                let $r = self;
+                load_of(self.metadata.as_ref(), $inputs)
+            }
+            fn set_timing(&mut self, timing: Timing) {
+                add_timing(self.metadata.as_mut(), timing);
+            }
+        }
+    )*};
+}
+
+model_reply! {
+    pb::EmbedResponse => |_r| 1,
+    pb::EmbedSparseResponse => |_r| 1,
+    pb::EmbedAllResponse => |_r| 1,
+    pb::PredictResponse => |_r| 1,
+    // TEI queues each (query, text) pair of a rerank.
+    pb::RerankResponse => |r| r.ranks.len(),
+}
+
+impl Reply for pb::EncodeResponse {
+    fn load(&self) -> Option<Load> {
+        None
+    }
+}
+
+impl Reply for pb::DecodeResponse {
+    fn load(&self) -> Option<Load> {
+        None
+    }
+}
 
 pub(crate) fn metadata<'a>(
     texts: impl IntoIterator<Item = &'a str>,
@@ -36,15 +100,15 @@ pub(crate) fn embed_one(
     req: pb::EmbedRequest,
     start: Instant,
 ) -> Result<pb::EmbedResponse, TeiError> {
+    let dimensions = req.dimensions.map(|d| d as usize);
+    model::check_dimensions_positive(dimensions)?;
     let text = model::prepare(&req.inputs, req.truncate, left(req.truncation_direction))?;
+    // `normalize` absent means TEI's default (normalised), as on HTTP.
+    let normalize = req.normalize.unwrap_or(true);
     Ok(pb::EmbedResponse {
-        embeddings: model_embedding(core, &text, req.normalize),
+        embeddings: model::pooled_embedding(&text, core.args.dims, normalize, dimensions)?,
         metadata: metadata([text.as_ref()], start),
     })
-}
-
-pub(crate) fn model_embedding(core: &TeiCore, text: &str, normalize: bool) -> Vec<f32> {
-    super::deterministic::embedding(text, core.args.dims, normalize)
 }
 
 pub(crate) fn embed_sparse_one(

@@ -3,7 +3,6 @@
 //! `/tokenize`, `/decode`, `/v1/embeddings`), TEI's timing headers and error bodies, plus
 //! `GET /mock/stats`. Request bodies are parsed and answered in `tei_http_handlers`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +113,7 @@ async fn info(State(core): State<Arc<TeiCore>>) -> Response {
     Json(json!({
         "model_id": args.model_id,
         "model_sha": null,
+        "served_model_name": core.served_model_name(),
         "model_dtype": args.dtype.map_or("float32", |d| d.as_str()),
         "model_type": {"embedding": {"pooling": args.pooling.unwrap_or(Pooling::Cls).as_str()}},
         "max_concurrent_requests": args.max_concurrent_requests,
@@ -131,21 +131,7 @@ async fn info(State(core): State<Arc<TeiCore>>) -> Response {
 }
 
 async fn metrics(State(core): State<Arc<TeiCore>>) -> Response {
-    let c = &core.counters;
-    let mut text = String::new();
-    for (name, help, value) in [
-        ("te_request_count", "Model requests received", &c.count),
-        ("te_request_success", "Model requests answered", &c.success),
-        ("te_request_failure", "Model requests failed", &c.failure),
-    ] {
-        let value = value.load(Ordering::SeqCst);
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
-    text.push_str("# HELP te_queue_size Requests waiting in the queue\n");
-    text.push_str("# TYPE te_queue_size gauge\nte_queue_size 0\n");
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    core.metrics.response()
 }
 
 async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
@@ -165,10 +151,16 @@ async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
     let result = match core.admit().await {
         Err(refusal) => Err(core.refusal_error(refusal)),
         Ok(()) => match handle(&core, route, &bytes) {
-            Ok(answer) => {
-                core.record_success().await;
-                Ok(answer)
-            }
+            Ok(answer) => match core.infer(answer.load).await {
+                Ok(timing) => {
+                    core.record_success(start, timing).await;
+                    Ok((answer, timing))
+                }
+                Err(error) => {
+                    core.record_failure();
+                    Err(error)
+                }
+            },
             Err(error) => {
                 core.record_failure();
                 Err(error)
@@ -176,13 +168,21 @@ async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
         },
     };
     let mut response = match result {
-        Ok(answer) => {
+        Ok((answer, timing)) => {
             let mut response = Json(answer.body).into_response();
+            let total = start.elapsed();
+            // Without simulated batching the whole time is inference, as before.
+            let (queue, inference) =
+                timing.map_or((Duration::ZERO, total), |t| (t.queue, t.inference));
             timing_headers(
                 response.headers_mut(),
                 answer.chars,
                 answer.tokens,
-                start.elapsed(),
+                Times {
+                    total,
+                    queue,
+                    inference,
+                },
             );
             response
         }
@@ -192,18 +192,24 @@ async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
     response
 }
 
-fn timing_headers(headers: &mut HeaderMap, chars: usize, tokens: usize, total: Duration) {
-    let ms = HeaderValue::from(total.as_millis() as u64);
-    let zero = HeaderValue::from(0u64);
+/// Where a request's time went, for TEI's timing headers.
+struct Times {
+    total: Duration,
+    queue: Duration,
+    inference: Duration,
+}
+
+fn timing_headers(headers: &mut HeaderMap, chars: usize, tokens: usize, times: Times) {
+    let ms = |d: Duration| HeaderValue::from(d.as_millis() as u64);
     let pairs = [
         ("x-compute-type", HeaderValue::from_static("cpu")),
-        ("x-compute-time", ms.clone()),
+        ("x-compute-time", ms(times.total)),
         ("x-compute-characters", HeaderValue::from(chars)),
         ("x-compute-tokens", HeaderValue::from(tokens)),
-        ("x-total-time", ms.clone()),
-        ("x-tokenization-time", zero.clone()),
-        ("x-queue-time", zero),
-        ("x-inference-time", ms),
+        ("x-total-time", ms(times.total)),
+        ("x-tokenization-time", HeaderValue::from(0u64)),
+        ("x-queue-time", ms(times.queue)),
+        ("x-inference-time", ms(times.inference)),
     ];
     for (name, value) in pairs {
         headers.insert(HeaderName::from_static(name), value);

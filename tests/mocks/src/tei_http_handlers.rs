@@ -5,8 +5,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::deterministic::{embedding, embedding_base64};
+use super::deterministic::embedding_base64;
 use super::tei::TeiCore;
+use super::tei_batching::Load;
 use super::tei_model::{self as model, TeiError};
 
 /// The model routes.
@@ -40,6 +41,8 @@ pub(crate) struct Answer {
     pub chars: usize,
     /// Tokens processed.
     pub tokens: usize,
+    /// What the model is asked for (`None`: tokenizer only).
+    pub load: Option<Load>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +83,9 @@ struct EmbedRequest {
     truncation_direction: Direction,
     #[serde(default = "yes")]
     normalize: bool,
+    /// Matryoshka truncation (`/embed` only; TEI's sparse and all-token routes ignore it).
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +146,8 @@ struct OpenAiRequest {
     input: Inputs,
     #[serde(default)]
     encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TeiError> {
@@ -175,20 +183,22 @@ fn sizes<'a>(texts: impl IntoIterator<Item = &'a String>) -> (usize, usize) {
 /// Answers one model request body for `route`.
 pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answer, TeiError> {
     let dims = core.args.dims;
-    let (body, (chars, tokens)) = match route {
+    // Each arm: the body, (chars, tokens), and how many inputs go to the model.
+    let (body, (chars, tokens), inputs) = match route {
         Route::Embed => {
             let req: EmbedRequest = parse(bytes)?;
+            model::check_dimensions_positive(req.dimensions)?;
             let texts = prepare_all(
                 core,
                 req.inputs.into_vec(),
                 req.truncate,
                 req.truncation_direction,
             )?;
-            let vectors: Vec<Vec<f32>> = texts
+            let vectors = texts
                 .iter()
-                .map(|t| embedding(t, dims, req.normalize))
-                .collect();
-            (json!(vectors), sizes(&texts))
+                .map(|t| model::pooled_embedding(t, dims, req.normalize, req.dimensions))
+                .collect::<Result<Vec<_>, _>>()?;
+            (json!(vectors), sizes(&texts), Some(texts.len()))
         }
         Route::EmbedSparse | Route::EmbedAll => {
             let req: EmbedRequest = parse(bytes)?;
@@ -217,7 +227,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     .collect();
                 Value::Array(sparse)
             };
-            (body, sizes(&texts))
+            (body, sizes(&texts), Some(texts.len()))
         }
         Route::Rerank => {
             let req: RerankRequest = parse(bytes)?;
@@ -239,7 +249,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     rank
                 })
                 .collect();
-            (Value::Array(ranks), sizes(&all))
+            (Value::Array(ranks), sizes(&all), Some(all.len() - 1))
         }
         Route::Predict => {
             let req: PredictRequest = parse(bytes)?;
@@ -262,7 +272,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
             } else {
                 results.into_iter().next().unwrap_or_else(|| json!([]))
             };
-            (body, sizes(seqs.iter().flatten()))
+            (body, sizes(seqs.iter().flatten()), Some(seqs.len()))
         }
         Route::Similarity => {
             let req: SimilarityRequest = parse(bytes)?;
@@ -274,7 +284,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
             }
             let scores = model::similarity(&input.source_sentence, &input.sentences, dims);
             let counted = sizes(std::iter::once(&input.source_sentence).chain(&input.sentences));
-            (json!(scores), counted)
+            (json!(scores), counted, Some(input.sentences.len() + 1))
         }
         Route::Tokenize => {
             let req: TokenizeRequest = parse(bytes)?;
@@ -295,7 +305,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     Value::Array(tokens)
                 })
                 .collect();
-            (Value::Array(all), sizes(&texts))
+            (Value::Array(all), sizes(&texts), None)
         }
         Route::Decode => {
             let req: DecodeRequest = parse(bytes)?;
@@ -309,7 +319,7 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                 .map(|ids| core.vocab.decode(ids, req.skip_special_tokens))
                 .collect();
             let tokens = batch.iter().map(Vec::len).sum();
-            (json!(texts), (0, tokens))
+            (json!(texts), (0, tokens), None)
         }
         Route::OpenAi => {
             let req: OpenAiRequest = parse(bytes)?;
@@ -322,20 +332,21 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                     )))
                 }
             };
+            model::check_dimensions_positive(req.dimensions)?;
             let texts = prepare_all(core, req.input.into_vec(), None, Direction::Right)?;
-            let data: Vec<Value> = texts
+            let data = texts
                 .iter()
                 .enumerate()
                 .map(|(index, t)| {
-                    let vector = embedding(t, dims, true);
+                    let vector = model::pooled_embedding(t, dims, true, req.dimensions)?;
                     let embedding = if base64 {
                         json!(embedding_base64(&vector))
                     } else {
                         json!(vector)
                     };
-                    json!({"object": "embedding", "embedding": embedding, "index": index})
+                    Ok(json!({"object": "embedding", "embedding": embedding, "index": index}))
                 })
-                .collect();
+                .collect::<Result<Vec<Value>, TeiError>>()?;
             let (chars, tokens) = sizes(&texts);
             let body = json!({
                 "object": "list",
@@ -343,13 +354,18 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
                 "model": core.served_model_name(),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             });
-            (body, (chars, tokens))
+            (body, (chars, tokens), Some(texts.len()))
         }
     };
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Ok(Answer {
         body,
         chars,
         tokens,
+        load: inputs.map(|n| Load {
+            inputs: to_u32(n),
+            tokens: to_u32(tokens),
+        }),
     })
 }
 

@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Unhealthy,
     /// Missing or wrong API key: 401 `unauthorized`.
     Unauthorized,
+    /// More inputs in flight than `--max-concurrent-requests`: 429 `overloaded`.
+    Overloaded,
 }
 
 /// An error as TEI reports it.
@@ -87,6 +89,11 @@ impl TeiError {
         Self::new(ErrorKind::Unauthorized, "No valid auth token")
     }
 
+    /// TEI's refusal beyond `--max-concurrent-requests` (429), with its message.
+    pub fn overloaded() -> Self {
+        Self::new(ErrorKind::Overloaded, "Model is overloaded")
+    }
+
     /// The HTTP status TEI uses for this error.
     pub fn status(&self) -> StatusCode {
         match self.kind {
@@ -96,6 +103,7 @@ impl TeiError {
             ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -107,6 +115,7 @@ impl TeiError {
             ErrorKind::Failed => "backend",
             ErrorKind::Unhealthy => "unhealthy",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -118,6 +127,7 @@ impl TeiError {
             }
             ErrorKind::Failed | ErrorKind::Unhealthy => tonic::Code::Unavailable,
             ErrorKind::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorKind::Overloaded => tonic::Code::ResourceExhausted,
         };
         tonic::Status::new(code, self.message.clone())
     }
@@ -240,6 +250,44 @@ pub fn prepare(text: &str, truncate: bool, left: bool) -> Result<Cow<'_, str>, T
             .collect::<Vec<_>>()
             .join(" "),
     ))
+}
+
+/// The first of TEI's Matryoshka checks (`embed_pooled` in TEI's `core/src/infer.rs`), made
+/// before the input is tokenised: `dimensions` must be positive.
+pub fn check_dimensions_positive(dimensions: Option<usize>) -> Result<(), TeiError> {
+    if dimensions == Some(0) {
+        return Err(TeiError::unprocessable(
+            "Input validation error: `dimensions` should be positive",
+        ));
+    }
+    Ok(())
+}
+
+/// The pooled embedding TEI returns for `text`: the model's `model_dims` components, cut to
+/// the first `dimensions` when asked (Matryoshka), *then* normalised when `normalize` — TEI's
+/// order, so a truncated vector has unit length again. More `dimensions` than the model has is
+/// TEI's validation error (checked after the input, as TEI does).
+///
+/// The deterministic components are a stream, so the first `k` of the full vector are exactly
+/// the `k`-dimensional embedding's: truncating then normalising gives `embedding(text, k, ..)`.
+pub fn pooled_embedding(
+    text: &str,
+    model_dims: usize,
+    normalize: bool,
+    dimensions: Option<usize>,
+) -> Result<Vec<f32>, TeiError> {
+    check_dimensions_positive(dimensions)?;
+    let dims = match dimensions {
+        Some(d) if d > model_dims => {
+            return Err(TeiError::unprocessable(
+                "Input validation error: `dimensions` should be smaller than the maximum \
+                 embedding dimension.",
+            ))
+        }
+        Some(d) => d,
+        None => model_dims,
+    };
+    Ok(embedding(text, dims, normalize))
 }
 
 /// A sparse embedding: one `(token id, weight)` per distinct word, sorted by id.
@@ -424,6 +472,43 @@ mod tests {
         );
         let cut = prepare(&long, true, false).expect("truncated");
         assert_eq!(count_tokens(&cut), MAX_INPUT_LENGTH);
+    }
+
+    #[test]
+    fn matryoshka_truncates_then_normalises() {
+        let full_raw = embedding("some text", 16, false);
+        let cut = pooled_embedding("some text", 16, true, Some(4)).expect("4 of 16");
+        // TEI's order: the first 4 raw components, scaled to unit length.
+        let norm = full_raw[..4]
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let expected: Vec<f32> = full_raw[..4]
+            .iter()
+            .map(|x| (f64::from(*x) / norm) as f32)
+            .collect();
+        assert_eq!(cut, expected);
+        assert_ne!(cut[..], embedding("some text", 16, true)[..4]);
+        let raw = pooled_embedding("some text", 16, false, Some(4)).expect("raw");
+        assert_eq!(raw, full_raw[..4]);
+        assert_eq!(
+            pooled_embedding("some text", 16, true, Some(16)).expect("all"),
+            embedding("some text", 16, true)
+        );
+        assert_eq!(
+            pooled_embedding("some text", 16, true, None).expect("none"),
+            embedding("some text", 16, true)
+        );
+        for bad in [0, 17] {
+            let e = pooled_embedding("x", 16, true, Some(bad)).expect_err("refused");
+            assert_eq!(
+                (e.kind, e.error_type()),
+                (ErrorKind::Unprocessable, "validation")
+            );
+            assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(e.message.contains("`dimensions`"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ async fn start(extra: &[&str]) -> (Running, Channel) {
 fn embed_request(text: &str, normalize: bool) -> pb::EmbedRequest {
     pb::EmbedRequest {
         inputs: text.to_string(),
-        normalize,
+        normalize: Some(normalize),
         ..Default::default()
     }
 }

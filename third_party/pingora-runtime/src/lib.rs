@@ -23,7 +23,7 @@
 //! This flavor is as efficient as the single-threaded runtime while allows the async
 //! program to use multiple cores.
 
-use once_cell::sync::{Lazy, OnceCell};
+use once_cell::sync::OnceCell;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 #[cfg(feature = "dial9")]
@@ -31,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use thread_local::ThreadLocal;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot::{channel, Sender};
 
@@ -566,7 +565,15 @@ impl Runtime {
 }
 
 // only NoStealRuntime set the pools in thread threads
-static CURRENT_HANDLE: Lazy<ThreadLocal<Pools>> = Lazy::new(ThreadLocal::new);
+//
+// MULTIVERSE PATCH: a std thread-local instead of a `thread_local::ThreadLocal`. That crate hands
+// the slot of an exited thread to the next new thread, so a worker of a runtime started after
+// another was shut down (proxies started and stopped in one process, as tests do) read the dead
+// runtime's pools: `handle_at` returned its handles, the accept loops spawned there never ran,
+// and the new listener was dropped at once. std's thread-locals die with their thread.
+thread_local! {
+    static CURRENT_POOLS: std::cell::RefCell<Option<Pools>> = const { std::cell::RefCell::new(None) };
+}
 
 /// Return the [Handle] of current runtime.
 /// If the current thread is under a `Steal` runtime, the current [Handle] is returned.
@@ -579,7 +586,7 @@ static CURRENT_HANDLE: Lazy<ThreadLocal<Pools>> = Lazy::new(ThreadLocal::new);
 /// sockets. The random spread made every such wake-up cross threads. Connections are spread over
 /// the threads by their accept loops instead ([`handle_at`]).
 pub fn current_handle() -> Handle {
-    if CURRENT_HANDLE.get().is_some() {
+    if CURRENT_POOLS.with(|p| p.borrow().is_some()) {
         if let Ok(handle) = Handle::try_current() {
             return handle;
         }
@@ -590,8 +597,11 @@ pub fn current_handle() -> Handle {
 /// MULTIVERSE PATCH: the handle of the `index`-th thread (modulo the thread count) of the current
 /// `NoSteal` runtime; `None` outside one.
 pub fn handle_at(index: usize) -> Option<Handle> {
-    let pools = CURRENT_HANDLE.get()?.get()?;
-    (!pools.is_empty()).then(|| pools[index % pools.len()].clone())
+    CURRENT_POOLS.with(|p| {
+        let p = p.borrow();
+        let pools = p.as_ref()?.get()?;
+        (!pools.is_empty()).then(|| pools[index % pools.len()].clone())
+    })
 }
 
 type Control = (Sender<Duration>, JoinHandle<()>);
@@ -645,7 +655,7 @@ impl NoStealRuntime {
             let join = std::thread::Builder::new()
                 .name(self.name.clone())
                 .spawn(move || {
-                    CURRENT_HANDLE.get_or(|| pools_ref);
+                    CURRENT_POOLS.with(|p| *p.borrow_mut() = Some(pools_ref));
                     if let Ok(timeout) = rt.block_on(rx) {
                         rt.shutdown_timeout(timeout);
                     } // else Err(_): tx is dropped, just exit

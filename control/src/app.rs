@@ -1,0 +1,249 @@
+//! The control plane assembled. [`App::build`] turns a configuration into running parts: it
+//! opens the durable state, restores the backends and the TEI instances, starts the health
+//! checks and the route republisher, and binds both listeners (so [`App::addrs`] knows the
+//! ports, even for `:0`). [`App::serve`] then serves route discovery (gRPC) and the operator API
+//! (HTTP) until its shutdown future resolves, and stops the TEI instances before it returns.
+//! `main.rs` does nothing else than this; tests run it in-process the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::api::auth::Keys;
+use crate::api::{self, ApiState};
+use crate::backends::admission::Admission;
+use crate::backends::checker::Checker;
+use crate::backends::clients::{Clients, USER_AGENT};
+use crate::backends::registry::Registry;
+use crate::backends::resolve::SystemResolver;
+use crate::changes::Changes;
+use crate::config::ControlConfig;
+use crate::discovery::nodes::Nodes;
+use crate::discovery::publisher::Publisher;
+use crate::discovery::{self, DiscoveryService};
+use crate::events::EventBus;
+use crate::gpu;
+use crate::instances::logs;
+use crate::instances::process::RunDir;
+use crate::instances::supervisor::Settings;
+use crate::instances::{Deps, Manager, ManagerSettings};
+use crate::metrics::ControlMetrics;
+use crate::routes;
+use crate::store::{StateFile, Store};
+
+/// Where the listeners are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// The operator API.
+    pub api: SocketAddr,
+    /// Route discovery for proxies.
+    pub discovery: SocketAddr,
+}
+
+/// A control plane, built and bound, not yet serving.
+pub struct App {
+    id: String,
+    addrs: Addrs,
+    api_listener: TcpListener,
+    discovery_listener: TcpListener,
+    api: ApiState,
+    manager: Arc<Manager>,
+    events: Arc<EventBus>,
+    state_file: StateFile,
+}
+
+impl App {
+    /// Validates `cfg` and builds everything it describes (see the module docs). Errors name
+    /// what failed: the state file, a listener, the configuration key.
+    pub async fn build(cfg: ControlConfig) -> anyhow::Result<App> {
+        cfg.validate(None)?;
+        let id = cfg.id();
+        let keys = cfg.admin_keys(None)?;
+        if keys.is_empty() {
+            tracing::warn!("no [admin] api_keys configured: the /admin API refuses every request");
+        }
+        let state_file = StateFile::new(&cfg.data_dir());
+        let (store, persisted) = Store::open(state_file.clone())?;
+        let changes = Changes::new();
+        let registry = Arc::new(Registry::open(
+            store.clone(),
+            changes.clone(),
+            persisted.backends,
+            &cfg.backends,
+            cfg.admin.max_backends,
+        ));
+        let metrics = ControlMetrics::new();
+        let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
+        let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let run_dir = cfg.data_dir().join("run");
+        let manager = Manager::open(
+            manager_settings(&cfg),
+            cfg.templates.clone(),
+            persisted.instances,
+            Deps {
+                store: store.clone(),
+                events: events.clone(),
+                changes: changes.clone(),
+                gpus: gpus.clone(),
+                http,
+                run_dir: RunDir::new(run_dir.clone())
+                    .with_context(|| format!("cannot create {}", run_dir.display()))?,
+            },
+        );
+        let publisher = Publisher::start(
+            routes::current(&registry, &manager),
+            persisted.version_floor,
+            Some(store.clone()),
+            changes.clone(),
+        )
+        .await;
+        tokio::spawn(routes::republish(
+            changes,
+            registry.clone(),
+            manager.clone(),
+            publisher.clone(),
+            Duration::from_millis(cfg.discovery.coalesce_ms),
+        ));
+        let clients = Arc::new(Clients::new(Arc::new(SystemResolver))?);
+        let checker = Arc::new(Checker::new(
+            registry.clone(),
+            clients.clone(),
+            cfg.health.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(checker.clone().run());
+
+        let api_listener = bind(&cfg.listen.api, "listen.api").await?;
+        let discovery_listener = bind(&cfg.listen.discovery, "listen.discovery").await?;
+        let addrs = Addrs {
+            api: api_listener.local_addr()?,
+            discovery: discovery_listener.local_addr()?,
+        };
+        let api = ApiState {
+            control_plane_id: id.clone(),
+            publisher,
+            nodes: Arc::new(Nodes::default()),
+            admission: Arc::new(Admission::new(
+                registry.clone(),
+                clients,
+                cfg.health.clone(),
+                cfg.admin.allow_private_backends,
+            )),
+            registry,
+            checker,
+            metrics,
+            keys: Arc::new(Keys::new(keys)),
+            instances: manager.clone(),
+            gpus,
+            events: events.clone(),
+        };
+        Ok(App {
+            id,
+            addrs,
+            api_listener,
+            discovery_listener,
+            api,
+            manager,
+            events,
+            state_file,
+        })
+    }
+
+    /// The bound listeners.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// Serves until `shutdown` resolves, then stops the TEI instances, ends open event and log
+    /// streams, and lets both servers finish their requests.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let service = DiscoveryService::new(
+            self.id.clone(),
+            self.api.publisher.clone(),
+            self.api.nodes.clone(),
+            self.api.metrics.clone(),
+        );
+        let grpc = discovery::serve(self.discovery_listener, service, wait_stop(stop_rx.clone()));
+        let backends = self.api.registry.list().len();
+        let http = api::serve(self.api_listener, self.api, wait_stop(stop_rx));
+        tracing::info!(
+            id = %self.id,
+            api = %self.addrs.api,
+            discovery = %self.addrs.discovery,
+            backends,
+            state = %self.state_file.path().display(),
+            "multiverse-control started"
+        );
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(http);
+        shutdown.await;
+        tracing::info!("shutting down: stopping TEI instances");
+        self.manager.shutdown().await;
+        // Open SSE streams (events, log follows) would hold the HTTP server open: end them.
+        self.events.close();
+        let _ = stop_tx.send(true);
+        let (g, h) = tokio::join!(grpc, http);
+        g??;
+        h??;
+        Ok(())
+    }
+}
+
+async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("`{addr}` is not an ip:port address ({key})"))?;
+    TcpListener::bind(parsed)
+        .await
+        .with_context(|| format!("cannot listen on {parsed} ({key})"))
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The instance manager's settings from `[instances]` and `[gpu]`.
+fn manager_settings(cfg: &ControlConfig) -> ManagerSettings {
+    let inst = &cfg.instances;
+    let ms = Duration::from_millis;
+    ManagerSettings {
+        supervision: Settings {
+            program: inst.binary.clone(),
+            grpc_program: inst
+                .grpc_binary
+                .clone()
+                .unwrap_or_else(|| inst.binary.clone()),
+            grpc_args: inst.grpc_args.clone(),
+            hostname: inst.hostname.clone(),
+            advertise_host: inst.advertise_host.clone(),
+            stop_grace: ms(inst.stop_grace_ms),
+            drain: ms(inst.drain_ms),
+            startup_timeout: ms(inst.startup_timeout_ms),
+            startup_interval: ms(inst.startup_probe_interval_ms),
+            liveness_interval: ms(inst.liveness_interval_ms),
+            liveness_failures: inst.liveness_failures,
+            probe_timeout: ms(inst.probe_timeout_ms),
+            backoff_initial: ms(inst.restart_backoff_initial_ms),
+            backoff_max: ms(inst.restart_backoff_max_ms),
+            crash_loop_restarts: inst.crash_loop_restarts,
+            crash_loop_window: ms(inst.crash_loop_window_ms),
+        },
+        port_range: (inst.port_range[0], inst.port_range[1]),
+        max_instances: inst.max_instances,
+        min_free_vram_bytes: cfg.gpu.min_free_vram_mb * 1024 * 1024,
+        log_dir: logs::log_dir(Some(
+            &inst
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir().join("logs")),
+        )),
+        log_max_bytes: inst.log_max_bytes,
+        log_keep: inst.log_keep,
+    }
+}

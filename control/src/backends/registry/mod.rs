@@ -1,0 +1,398 @@
+//! The registry of backends: those declared in config and those registered through the API
+//! (persisted), each with its health. Every change is signalled, so a new snapshot reaches the
+//! proxies.
+//!
+//! API backends are persisted through the [`Store`]'s writer: a mutation changes the map and
+//! sends the record to the writer under the registry's lock (so the file sees changes in the same
+//! order), then awaits the save with the lock released — the fsync never happens under it. A
+//! failed save puts back what the file holds and answers `STATE_WRITE_FAILED`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use multiverse_common::{Health, ModelKind};
+use multiverse_proto::discovery::v1 as pb;
+use serde::Serialize;
+
+use super::probe::CheckResult;
+use super::BackendSpec;
+use crate::changes::Changes;
+use crate::health::{HealthRecord, HealthSettings, Transition};
+use crate::store::{BackendRecord, Revisions, SaveFailed, Saving, StateError, Store};
+
+/// Where a backend was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+/// A backend as the API shows it (never the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub models: Vec<String>,
+    pub kind: String,
+    pub weight: u32,
+    pub owner: String,
+    pub tags: BTreeMap<String, String>,
+    pub has_api_key: bool,
+    pub source: Source,
+    pub created_at: String,
+    pub updated_at: String,
+    pub deregistered: bool,
+    pub health: HealthRecord,
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no backend `{0}`")]
+    NotFound(String),
+    #[error("a backend named `{0}` already exists")]
+    Exists(String),
+    #[error("at most {0} backends may be registered")]
+    MaxReached(usize),
+    #[error("backend `{0}` is declared in the config file; change it there")]
+    ConfigOwned(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+struct Entry {
+    record: BackendRecord,
+    source: Source,
+    health: HealthRecord,
+}
+
+impl Entry {
+    fn view(&self) -> BackendView {
+        let r = &self.record;
+        BackendView {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            url: r.url.clone(),
+            models: r.models.clone(),
+            kind: r.kind.clone(),
+            weight: r.weight,
+            owner: r.owner.clone(),
+            tags: r.tags.clone(),
+            has_api_key: r.api_key.is_some(),
+            source: self.source,
+            created_at: r.created_at.clone(),
+            updated_at: r.updated_at.clone(),
+            deregistered: r.deregistered,
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// The map and its bookkeeping, behind one lock.
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    revisions: Revisions,
+}
+
+/// All backends, by id.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    store: Store,
+    max_backends: usize,
+    /// Signalled on every change that affects routes.
+    changes: Changes,
+}
+
+/// A new backend id.
+pub fn new_id() -> String {
+    let n: u64 = rand::random();
+    format!("bk-{n:016x}")
+}
+
+/// A change sent to the writer: which key, which revision, the save to await.
+struct Pending {
+    id: String,
+    rev: u64,
+    saving: Saving<Option<BackendRecord>>,
+}
+
+impl Registry {
+    /// Loads the persisted backends and adds the config-declared ones (id `cfg-<name>`).
+    pub fn open(
+        store: Store,
+        changes: Changes,
+        persisted: Vec<BackendRecord>,
+        config: &[BackendSpec],
+        max_backends: usize,
+    ) -> Self {
+        let now = multiverse_common::time::now_rfc3339();
+        let mut entries = BTreeMap::new();
+        for spec in config {
+            let record = BackendRecord {
+                id: format!("cfg-{}", spec.name),
+                name: spec.name.clone(),
+                url: spec.url.clone(),
+                models: spec.models.clone(),
+                kind: spec
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| ModelKind::Chat.to_string()),
+                weight: spec.weight,
+                owner: String::new(),
+                tags: BTreeMap::new(),
+                api_key: spec.api_key.clone(),
+                pinned_address: None,
+                created_at: now.clone(),
+                updated_at: now.clone(),
+                deregistered: false,
+            };
+            entries.insert(record.id.clone(), Entry::new(record, Source::Config));
+        }
+        for record in persisted {
+            if entries.values().any(|e| e.record.name == record.name) {
+                tracing::warn!(backend = %record.name, "a backend in the state file has the name of a config backend; the config one is used");
+                continue;
+            }
+            entries.insert(record.id.clone(), Entry::new(record, Source::Api));
+        }
+        Self {
+            inner: Mutex::new(Inner {
+                entries,
+                revisions: Revisions::default(),
+            }),
+            store,
+            max_backends,
+            changes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<BackendView> {
+        self.lock().entries.values().map(Entry::view).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<BackendView> {
+        self.lock().entries.get(id).map(Entry::view)
+    }
+
+    /// The persisted record (with its key), for updates that keep unchanged fields.
+    pub fn record(&self, id: &str) -> Option<BackendRecord> {
+        self.lock().entries.get(id).map(|e| e.record.clone())
+    }
+
+    /// Sends the persisted form of `id` (its record, or its removal) to the writer; under the
+    /// lock, so the writer sees the changes in the map's order.
+    fn send(&self, inner: &mut Inner, id: &str) -> Pending {
+        let rev = inner.revisions.begin(id);
+        let saving = match inner.entries.get(id) {
+            Some(e) => self.store.put_backend(e.record.clone()),
+            None => self.store.remove_backend(id),
+        };
+        Pending {
+            id: id.to_string(),
+            rev,
+            saving,
+        }
+    }
+
+    /// Awaits a save (no lock held); on failure puts the file's record back into the map, unless
+    /// a later change of the same backend was sent meanwhile (its outcome decides).
+    async fn settle(&self, pending: Pending) -> Result<(), StateError> {
+        let result = pending.saving.done().await;
+        let mut inner = self.lock();
+        let latest = inner.revisions.finish(&pending.id, pending.rev);
+        let Err(SaveFailed { error, durable }) = result else {
+            drop(inner);
+            self.changes.signal();
+            return Ok(());
+        };
+        tracing::error!(error = %error, backend = %pending.id, "could not save the state; the change was undone");
+        if let (true, Some(durable)) = (latest, durable) {
+            match durable {
+                Some(record) => match inner.entries.get_mut(&pending.id) {
+                    Some(e) => e.record = record,
+                    None => {
+                        inner
+                            .entries
+                            .insert(pending.id.clone(), Entry::new(record, Source::Api));
+                    }
+                },
+                None => {
+                    inner.entries.remove(&pending.id);
+                }
+            }
+        }
+        drop(inner);
+        self.changes.signal();
+        Err(error)
+    }
+
+    /// Adds a checked backend; `initial` is the check that admitted it.
+    pub async fn insert(
+        &self,
+        record: BackendRecord,
+        initial: CheckResult,
+        settings: &HealthSettings,
+    ) -> Result<BackendView, RegistryError> {
+        let (view, pending) = {
+            let mut inner = self.lock();
+            if inner.entries.values().any(|e| e.record.name == record.name) {
+                return Err(RegistryError::Exists(record.name));
+            }
+            if inner.entries.len() >= self.max_backends {
+                return Err(RegistryError::MaxReached(self.max_backends));
+            }
+            let mut entry = Entry::new(record, Source::Api);
+            entry.health.record(initial, settings);
+            let view = entry.view();
+            let id = entry.record.id.clone();
+            inner.entries.insert(id.clone(), entry);
+            (view, self.send(&mut inner, &id))
+        };
+        self.settle(pending).await?;
+        Ok(view)
+    }
+
+    /// Replaces a backend's record (same id), after a successful check.
+    pub async fn update(
+        &self,
+        record: BackendRecord,
+        check: CheckResult,
+        settings: &HealthSettings,
+    ) -> Result<BackendView, RegistryError> {
+        let (view, pending) = {
+            let mut inner = self.lock();
+            let id = record.id.clone();
+            if inner
+                .entries
+                .values()
+                .any(|e| e.record.name == record.name && e.record.id != id)
+            {
+                return Err(RegistryError::Exists(record.name));
+            }
+            let entry = inner
+                .entries
+                .get_mut(&id)
+                .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+            if entry.source == Source::Config {
+                return Err(RegistryError::ConfigOwned(entry.record.name.clone()));
+            }
+            entry.record = record;
+            entry.health.record(check, settings);
+            let view = entry.view();
+            (view, self.send(&mut inner, &id))
+        };
+        self.settle(pending).await?;
+        Ok(view)
+    }
+
+    /// Removes a backend.
+    pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
+        let pending = {
+            let mut inner = self.lock();
+            match inner.entries.get(id) {
+                None => return Err(RegistryError::NotFound(id.to_string())),
+                Some(e) if e.source == Source::Config => {
+                    return Err(RegistryError::ConfigOwned(e.record.name.clone()))
+                }
+                Some(_) => {}
+            }
+            inner.entries.remove(id);
+            self.send(&mut inner, id)
+        };
+        self.settle(pending).await?;
+        Ok(())
+    }
+
+    /// Undoes a soft deregistration.
+    pub async fn restore(&self, id: &str) -> Result<BackendView, RegistryError> {
+        let (view, pending) = {
+            let mut inner = self.lock();
+            let entry = inner
+                .entries
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+            entry.record.deregistered = false;
+            entry.health = HealthRecord::default();
+            let view = entry.view();
+            let pending = (entry.source == Source::Api).then(|| self.send(&mut inner, id));
+            (view, pending)
+        };
+        match pending {
+            Some(p) => self.settle(p).await?,
+            None => self.changes.signal(),
+        }
+        Ok(view)
+    }
+
+    /// Backends to check this round (not deregistered).
+    pub fn check_targets(&self) -> Vec<BackendRecord> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| !e.record.deregistered)
+            .map(|e| e.record.clone())
+            .collect()
+    }
+
+    /// Counts a check result; a status change (or deregistration) is signalled for a push. A
+    /// deregistration is saved in the background: a failed save is logged and the backend stays
+    /// deregistered here (it is checked no more either way).
+    pub fn record_check(
+        &self,
+        id: &str,
+        result: CheckResult,
+        settings: &HealthSettings,
+    ) -> Option<Transition> {
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(id)?;
+        let t = entry.health.record(result, settings)?;
+        if t.deregistered {
+            entry.record.deregistered = true;
+            if entry.source == Source::Api {
+                let saving = self.store.put_backend(entry.record.clone());
+                let id = id.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = saving.done().await {
+                        tracing::error!(error = %e.error, backend = %id, "could not save the deregistration");
+                    }
+                });
+            }
+        }
+        drop(inner);
+        self.changes.signal();
+        Some(t)
+    }
+
+    /// What the snapshot is built from: every routable backend with its pushed health.
+    pub fn routable(&self) -> Vec<(BackendRecord, pb::HealthStatus)> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| !e.record.deregistered)
+            .map(|e| {
+                let health = Health::from(e.health.status);
+                (e.record.clone(), health.into())
+            })
+            .collect()
+    }
+}
+
+impl Entry {
+    fn new(record: BackendRecord, source: Source) -> Self {
+        Self {
+            record,
+            source,
+            health: HealthRecord::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! The records the control plane persists, as they appear in `state.toml`: registered backends,
+//! TEI instances (with the spec they were created from) and the file's format. Plain data with
+//! serde; the rules about them (validation, routes, command lines) live with their owners
+//! (`backends`, `instances`), which add methods to these types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Current state file format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything persisted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    pub format: u32,
+    /// Route snapshot versions up to this one may have been sent to proxies: the next start
+    /// publishes above it, so versions only grow across restarts.
+    #[serde(default)]
+    pub version_floor: u64,
+    #[serde(default)]
+    pub backends: Vec<BackendRecord>,
+    #[serde(default)]
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// A backend as stored (the state file's `[[backends]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRecord {
+    /// Stable id, assigned at registration.
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub models: Vec<String>,
+    pub kind: String,
+    pub weight: u32,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Secret: kept in the 0600 state file, never returned by the API or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The address proxies connect to (and health checks go to) when it was pinned at
+    /// registration (public-only mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_address: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Softly deregistered by health checking; restorable.
+    #[serde(default)]
+    pub deregistered: bool,
+}
+
+impl BackendRecord {
+    /// A complete record for tests.
+    #[cfg(test)]
+    pub fn example(name: &str) -> Self {
+        BackendRecord {
+            id: format!("bk-{name}"),
+            name: name.into(),
+            url: "http://127.0.0.1:8000".into(),
+            models: vec!["demo".into()],
+            kind: "chat".into(),
+            weight: 1,
+            owner: "ops".into(),
+            tags: BTreeMap::from([("team".into(), "a".into())]),
+            api_key: Some("sk-secret".into()),
+            pinned_address: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            deregistered: false,
+        }
+    }
+}
+
+/// Whether an instance should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// An instance as stored in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRecord {
+    pub spec: InstanceSpec,
+    /// The port in use (assigned once, kept across restarts).
+    pub port: u16,
+    pub prometheus_port: u16,
+    pub desired: Desired,
+    pub created_at: String,
+}
+
+/// Which TEI build serves an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TEI's HTTP API (proxied on TEI HTTP routes and /v1/embeddings).
+    #[default]
+    Http,
+    /// TEI's gRPC API (tei.v1, proxied as gRPC).
+    Grpc,
+}
+
+/// An instance as requested (`POST /instances`), templated (`[templates.<name>]`) and stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub model_id: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Default: assigned from `[instances] port_range`. Wider than a port so that an
+    /// out-of-range value gets INVALID_PORT rather than a parse error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
+    /// The model name routes use. Default: `model_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model_name: Option<String>,
+    /// embedding (default), sparse_embedding, rerank, classify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_client_batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_truncate: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// More TEI flags, passed as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    /// The template this spec was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A template: any spec fields but the name (`[templates.<name>]` in the config).
+pub type Template = InstanceSpec;

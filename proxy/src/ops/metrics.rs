@@ -1,0 +1,277 @@
+//! What the proxy tells operators about itself: Prometheus metrics, rendered on the admin
+//! listener's `/metrics`, and a rate limit for log lines any client can cause.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    connect_errors: IntCounterVec,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+    client_faults: IntCounterVec,
+    in_flight: IntGauge,
+    pub table_version: IntGaugeVec,
+    pub table_updates: IntCounter,
+    pub snapshots_rejected: IntCounter,
+    pub control_plane_connected: IntGaugeVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("multiverse_proxy".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let requests = must(IntCounterVec::new(
+            Opts::new("requests_total", "Requests by model, endpoint and status"),
+            &["model", "endpoint", "status"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request start to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["model"],
+        ));
+        let connect_errors = must(IntCounterVec::new(
+            Opts::new("upstream_connect_errors_total", "Failed upstream connects"),
+            &["endpoint"],
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new("retries_total", "Attempts retried on another endpoint"),
+            &["model"],
+        ));
+        let ejections = must(IntCounterVec::new(
+            Opts::new(
+                "outlier_ejections_total",
+                "Endpoints ejected by passive outlier detection",
+            ),
+            &["endpoint"],
+        ));
+        let client_faults = must(IntCounterVec::new(
+            Opts::new(
+                "client_faults_total",
+                "Requests that failed by the client's doing (malformed or oversized body, \
+                 timeout, gone), by reason",
+            ),
+            &["reason"],
+        ));
+        let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
+        let table_version = must(IntGaugeVec::new(
+            Opts::new(
+                "table_info",
+                "The routing table in use (1 for the current version label)",
+            ),
+            &["version"],
+        ));
+        let table_updates = must(IntCounter::new(
+            "table_updates_total",
+            "Routing tables applied",
+        ));
+        let snapshots_rejected = must(IntCounter::new(
+            "snapshots_rejected_total",
+            "Snapshots NACKed",
+        ));
+        let control_plane_connected = must(IntGaugeVec::new(
+            Opts::new(
+                "control_plane_connected",
+                "1 while the discovery stream to a control plane is up",
+            ),
+            &["control_plane"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(ejections.clone()),
+            Box::new(client_faults.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(table_version.clone()),
+            Box::new(table_updates.clone()),
+            Box::new(snapshots_rejected.clone()),
+            Box::new(control_plane_connected.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            connect_errors,
+            retries,
+            ejections,
+            client_faults,
+            in_flight,
+            table_version,
+            table_updates,
+            snapshots_rejected,
+            control_plane_connected,
+        })
+    }
+
+    pub fn request_done(&self, model: &str, endpoint: &str, status: u16, elapsed: Duration) {
+        let mut buf = itoa_buf();
+        let status = fmt_status(status, &mut buf);
+        self.requests
+            .with_label_values(&[model, endpoint, status])
+            .inc();
+        self.duration
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn connect_error(&self, endpoint: &str) {
+        self.connect_errors.with_label_values(&[endpoint]).inc();
+    }
+
+    pub fn retry(&self, model: &str) {
+        self.retries.with_label_values(&[model]).inc();
+    }
+
+    pub fn ejection(&self, endpoint: &str) {
+        self.ejections.with_label_values(&[endpoint]).inc();
+    }
+
+    /// The gauge of requests in flight (moved by the request path's in-flight guard).
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// Counts a request that failed by the client's doing (`reason`: a static label).
+    pub fn client_fault(&self, reason: &str) {
+        self.client_faults.with_label_values(&[reason]).inc();
+    }
+
+    /// Records a new table version (the gauge carries the version as a label).
+    pub fn table_applied(&self, version: &str) {
+        self.table_version.reset();
+        self.table_version.with_label_values(&[version]).set(1);
+        self.table_updates.inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Formats a status code without allocating.
+fn fmt_status(status: u16, buf: &mut [u8; 3]) -> &str {
+    if !(100..=999).contains(&status) {
+        return "0";
+    }
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("0")
+}
+
+/// At most `per_second` log lines a second (lock-free, approximate under races): for lines any
+/// client can cause, so that none can flood the log. Lines held back are counted and reported
+/// with the next line let through.
+#[derive(Debug)]
+pub struct LogLimit {
+    per_second: u32,
+    start: Instant,
+    second: AtomicU64,
+    used: AtomicU32,
+    held_back: AtomicU64,
+}
+
+impl LogLimit {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            start: Instant::now(),
+            second: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one let through)` if this line may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(self.start.elapsed().as_secs())
+    }
+
+    fn allow_at(&self, now_second: u64) -> Option<u64> {
+        let second = self.second.load(Ordering::Relaxed);
+        if now_second > second
+            && self
+                .second
+                .compare_exchange(second, now_second, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new();
+        m.request_done("demo", "e1", 200, Duration::from_millis(3));
+        m.table_applied("7");
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(text.contains(
+            "multiverse_proxy_requests_total{endpoint=\"e1\",model=\"demo\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("multiverse_proxy_table_info{version=\"7\"} 1"));
+    }
+
+    #[test]
+    fn log_limit_lets_a_burst_through_per_second() {
+        let limit = LogLimit::new(3);
+        let first: Vec<_> = (0..5).map(|_| limit.allow_at(0)).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+        // the next second lets three more through; the first reports the two held back
+        assert_eq!(limit.allow_at(1), Some(2));
+        assert_eq!(limit.allow_at(1), Some(0));
+        assert_eq!(limit.allow_at(1), Some(0));
+        assert_eq!(limit.allow_at(1), None);
+        assert_eq!(limit.allow_at(5), Some(1));
+    }
+
+    #[test]
+    fn status_formatting() {
+        let mut b = itoa_buf();
+        assert_eq!(fmt_status(404, &mut b), "404");
+        assert_eq!(fmt_status(0, &mut b), "0");
+    }
+}

@@ -1,0 +1,130 @@
+//! The body bytes routing needs. For OpenAI routes without `x-model`, the body is read until
+//! the model scanner ([`crate::request::model_scan`]) has found the top-level `model`, and no
+//! further; the bytes read are held in [`Held`] and handed to the upstream first, so it receives
+//! the body exactly as it arrived. Cost: no copy for a body that arrives in one chunk; one
+//! buffer (sized by `Content-Length`) when the model comes after the first chunk.
+
+use bytes::{Bytes, BytesMut};
+use pingora_error::Result;
+use pingora_proxy::Session;
+
+use crate::request::error::ProxyError;
+use crate::request::model_scan::{ModelScanner, Scan};
+use crate::request::target::content_length;
+
+/// Body bytes read for routing, to be sent upstream before the rest of the body.
+#[derive(Debug, Default)]
+pub struct Held {
+    bytes: Option<Bytes>,
+    /// Whether this attempt still has to send them (reset per attempt, so retries resend).
+    pending: bool,
+}
+
+impl Held {
+    /// How many bytes are held.
+    pub fn len(&self) -> usize {
+        self.bytes.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Arms the held bytes for a new upstream attempt.
+    pub fn rearm(&mut self) {
+        self.pending = self.bytes.is_some();
+    }
+
+    /// Puts the held bytes in front of `body` (the next chunk pingora read, or `None` at end of
+    /// body). A no-op once sent for this attempt.
+    pub fn prepend_to(&mut self, body: &mut Option<Bytes>) {
+        if !std::mem::take(&mut self.pending) {
+            return;
+        }
+        let Some(held) = self.bytes.as_ref() else {
+            return;
+        };
+        *body = Some(match body.take() {
+            Some(next) if !next.is_empty() => {
+                let mut joined = BytesMut::with_capacity(held.len() + next.len());
+                joined.extend_from_slice(held);
+                joined.extend_from_slice(&next);
+                joined.freeze()
+            }
+            _ => held.clone(),
+        });
+    }
+}
+
+/// Reads the body until its top-level `model` is known. A body that cannot be routed (no
+/// `model`, not JSON, over `limit`) fails with its [`ProxyError`] as the cause; a failed read
+/// from the client fails with pingora's error, marked as the client's (downstream).
+pub async fn model_from_body(
+    session: &mut Session,
+    limit: usize,
+    held: &mut Held,
+) -> Result<String> {
+    let mut scanner = ModelScanner::new();
+    // One chunk is held as is; more are joined into one buffer (the filter API takes one).
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        // A failed read is the client's (malformed chunked encoding, timeout, gone).
+        let read = session.read_request_body().await.map_err(|e| e.into_down());
+        let Some(chunk) = read? else {
+            return Err(ProxyError::InvalidBody(scanner.finish()).into_pingora());
+        };
+        total += chunk.len();
+        if total > limit {
+            return Err(ProxyError::TooLarge(limit).into_pingora());
+        }
+        let scan = scanner.feed(&chunk);
+        match (&mut joined, held.bytes.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&chunk),
+            (None, None) => held.bytes = Some(chunk),
+            (None, Some(first)) => {
+                let cap = content_length(&session.req_header().headers)
+                    .unwrap_or(first.len() + chunk.len());
+                let mut buf = BytesMut::with_capacity(cap.max(first.len() + chunk.len()));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
+        match scan {
+            Ok(Scan::NeedMore) => continue,
+            Ok(Scan::Found(model)) => {
+                if let Some(buf) = joined {
+                    held.bytes = Some(buf.freeze());
+                }
+                return Ok(model);
+            }
+            Err(e) => return Err(ProxyError::InvalidBody(e).into_pingora()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_bytes_go_first_once_per_attempt() {
+        let mut h = Held {
+            bytes: Some(Bytes::from_static(b"{\"model\":\"m\",")),
+            pending: false,
+        };
+        h.rearm();
+        let mut body = Some(Bytes::from_static(b"\"x\":1}"));
+        h.prepend_to(&mut body);
+        assert_eq!(body.as_deref(), Some(&b"{\"model\":\"m\",\"x\":1}"[..]));
+        let mut next = Some(Bytes::from_static(b"more"));
+        h.prepend_to(&mut next);
+        assert_eq!(next.as_deref(), Some(&b"more"[..]));
+        // A retry sends them again; at end of body they are the whole body.
+        h.rearm();
+        let mut end = None;
+        h.prepend_to(&mut end);
+        assert_eq!(end.as_deref(), Some(&b"{\"model\":\"m\","[..]));
+    }
+}

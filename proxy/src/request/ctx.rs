@@ -1,0 +1,84 @@
+//! Everything one request carries through its phases, and the bookkeeping of its attempts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ops::drain::ActiveGuard;
+use crate::request::body::Held;
+use crate::request::classify::Family;
+use crate::request::observe::InFlight;
+use crate::routing::pick::{Tried, Want};
+use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
+
+/// The per-request context (pingora's `CTX`).
+pub struct RequestCtx {
+    /// The table this request routes by, pinned at its start (retries see the same version).
+    pub table: Arc<RoutingTable>,
+    pub family: Family,
+    /// The model's route, once found.
+    pub route: Option<Arc<Route>>,
+    pub want: Want,
+    /// Body bytes read to find the model.
+    pub held: Held,
+    /// Body bytes sent upstream in this attempt (for the size limit).
+    pub body_bytes: usize,
+    pub tried: Tried,
+    pub attempts: u32,
+    /// Index in `route.endpoints` of the current attempt.
+    pub endpoint: Option<usize>,
+    /// The current attempt's failure was already counted for outlier detection.
+    pub failure_counted: bool,
+    pub in_flight: Option<InFlight>,
+    pub started: Instant,
+    _active: ActiveGuard,
+}
+
+impl RequestCtx {
+    /// A request that routes by `table` and counts as active while it lives.
+    pub fn new(table: Arc<RoutingTable>, active: ActiveGuard) -> Self {
+        RequestCtx {
+            table,
+            family: Family::Unknown,
+            route: None,
+            want: Want {
+                class: ProtoClass::Http,
+                pinned: None,
+            },
+            held: Held::default(),
+            body_bytes: 0,
+            tried: Tried::default(),
+            attempts: 0,
+            endpoint: None,
+            failure_counted: false,
+            in_flight: None,
+            started: Instant::now(),
+            _active: active,
+        }
+    }
+
+    /// The current attempt's endpoint.
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        Some(&self.route.as_ref()?.endpoints[self.endpoint?])
+    }
+
+    /// Starts an attempt on `route.endpoints[index]`: it is tried, its failure is not counted
+    /// yet, and the body held for routing is sent again.
+    pub fn begin_attempt(&mut self, index: usize) {
+        self.attempts += 1;
+        self.endpoint = Some(index);
+        self.tried.mark(index);
+        self.failure_counted = false;
+        self.held.rearm();
+        self.body_bytes = self.held.len();
+    }
+
+    /// Whether this attempt's failure still has to be counted (true once per attempt).
+    pub fn take_failure(&mut self) -> bool {
+        !std::mem::replace(&mut self.failure_counted, true)
+    }
+
+    /// The model name for metrics and logs ("" before the route is known).
+    pub fn model(&self) -> &str {
+        self.route.as_ref().map(|r| r.name.as_str()).unwrap_or("")
+    }
+}

@@ -1,0 +1,420 @@
+//! One request's life, as pingora phases. Each phase is a short call into the module that owns
+//! the decision, in the order they run:
+//!
+//! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
+//!    ([`ctx`](crate::request::ctx)).
+//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the model
+//!    and its route ([`target`], reading the body through
+//!    [`body`] when it names the model); errors and `GET /v1/models` are
+//!    answered here ([`respond`]), and the connection stays open.
+//! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
+//!    ([`upstream`]).
+//! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
+//! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
+//!    streamed bodies.
+//! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
+//!    client is retried elsewhere ([`retry`]).
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
+//! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
+//!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
+//! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//!    rate-limited.
+//!
+//! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
+//! within the header timeout (408) and CONNECT (405) with the bodies of
+//! `request_header_error_body`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use multiverse_common::{Clock, Millis, SystemClock};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::ops::drain::Active;
+use crate::ops::metrics::{LogLimit, Metrics};
+use crate::request::body;
+use crate::request::classify::classify_request;
+use crate::request::ctx::RequestCtx;
+use crate::request::error::{ClientFault, ProxyError};
+use crate::request::observe::InFlight;
+use crate::request::respond;
+use crate::request::retry::{self, Answered, Attempted};
+use crate::request::target::{self, Plan};
+use crate::request::upstream::{self, UpstreamDefaults};
+use crate::routing::outlier::{OutlierConfig, Verdict};
+use crate::routing::pick::pick;
+use crate::routing::table::Route;
+use crate::routing::TableState;
+
+/// Client-fault log lines per second at most (the rest are counted in
+/// `client_faults_total` and summarised in the next line).
+const CLIENT_FAULT_LOGS_PER_SECOND: u32 = 10;
+
+/// Proxy-wide settings of the request path.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub upstream: UpstreamDefaults,
+    pub max_body_bytes: usize,
+    pub outlier: OutlierConfig,
+    /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
+    pub header_timeout: Duration,
+}
+
+/// The proxy: shared state every request reads, never writes under a lock.
+pub struct Gateway {
+    state: Arc<TableState>,
+    active: Arc<Active>,
+    metrics: Arc<Metrics>,
+    config: GatewayConfig,
+    /// Time for outlier ejection (milliseconds since the gateway was built).
+    clock: Millis<Arc<dyn Clock>>,
+    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
+    /// is known yet), built once.
+    header_errors: [(u16, Bytes); 3],
+    fault_log: LogLimit,
+}
+
+impl Gateway {
+    pub fn new(
+        state: Arc<TableState>,
+        active: Arc<Active>,
+        metrics: Arc<Metrics>,
+        config: GatewayConfig,
+    ) -> Self {
+        let header_errors = [
+            ProxyError::MalformedHeader,
+            ProxyError::ConnectNotAllowed,
+            ProxyError::HeaderTimeout(config.header_timeout),
+        ]
+        .map(|e| (e.status(), respond::openai_body(&e)));
+        Self {
+            state,
+            active,
+            metrics,
+            config,
+            clock: Millis::new(Arc::new(SystemClock)),
+            header_errors,
+            fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
+        }
+    }
+
+    /// The same gateway on another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Millis::new(clock);
+        self
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.table(), self.active.enter())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.family = classify_request(session.req_header());
+        ctx.want.class = ctx.family.class();
+        match self.find_route(session, ctx).await {
+            Ok(Some(route)) => {
+                ctx.route = Some(route);
+                Ok(false)
+            }
+            // Answered from the table.
+            Ok(None) => Ok(true),
+            Err(e) => match ProxyError::raised(&e) {
+                // The request's own fault or state: answered here, the connection stays open.
+                Some(err) => {
+                    respond::send_error(session, ctx.family.format(), err).await?;
+                    Ok(true)
+                }
+                // A failed read from the client: pingora's error handling.
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(ProxyError::Internal("upstream_peer without a route").into_pingora());
+        };
+        let Some(index) = pick(&route, ctx.tried, &ctx.want, self.clock.now_ms()) else {
+            return Err(nothing_left(&route, 503).into_pingora());
+        };
+        ctx.begin_attempt(index);
+        let endpoint = &route.endpoints[index];
+        // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
+        ctx.in_flight = Some(InFlight::start(endpoint, &self.metrics));
+        Ok(Box::new(upstream::peer(
+            endpoint,
+            &route.policy,
+            &self.config.upstream,
+        )))
+    }
+
+    fn upstream_idle_timeout(&self, ctx: &RequestCtx) -> Option<std::time::Duration> {
+        ctx.route.as_ref()?.policy.idle_timeout
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match ctx.endpoint() {
+            Some(endpoint) => upstream::rewrite_request(upstream_request, endpoint),
+            None => Ok(()),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
+        if ctx.body_bytes > self.config.max_body_bytes {
+            // the client's fault: answered 413 and logged as a client fault
+            return Err(ProxyError::TooLargeStreamed.into_pingora().into_down());
+        }
+        ctx.held.prepend_to(body);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        match retry::judge(status) {
+            Answered::Served => {
+                if let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) {
+                    route.record_success(index, &self.config.outlier, self.clock.now_ms());
+                }
+                Ok(())
+            }
+            Answered::GatewayFailure { retryable } => {
+                self.count_failure(ctx);
+                if !(retryable && self.may_retry(session, ctx)) {
+                    // Passed on to the client as the upstream sent it.
+                    return Ok(());
+                }
+                let Some(route) = ctx.route.as_ref() else {
+                    return Ok(());
+                };
+                let mut e = nothing_left(route, status).into_pingora();
+                e.esource = ErrorSource::Upstream;
+                e.set_retry(true);
+                Err(e)
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(endpoint) = ctx.endpoint() {
+            upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(endpoint) = ctx.endpoint() {
+            self.metrics.connect_error(&endpoint.id);
+        }
+        self.count_failure(ctx);
+        self.decide_retry(session, ctx, &mut e, true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let upstream_fault = *e.esource() == ErrorSource::Upstream;
+        if upstream_fault {
+            self.count_failure(ctx);
+        }
+        self.decide_retry(session, ctx, &mut e, upstream_fault);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match ProxyError::from_pingora(e, ctx.route.as_deref()) {
+            // The client is gone or the response already started: nothing can be written.
+            None => 0,
+            Some(_) if session.response_written().is_some() => 0,
+            Some(err) => {
+                // pingora closes the client connection after a proxy failure: say so, so an
+                // HTTP/1.1 client does not reuse it.
+                session.set_keepalive(None);
+                if let Err(write_err) =
+                    respond::send_error(session, ctx.family.format(), &err).await
+                {
+                    tracing::debug!(error = %write_err, "could not write the error response");
+                }
+                err.status()
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn request_header_error_body(&self, status: u16) -> Option<(&'static str, Bytes)> {
+        self.header_errors
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// pingora's "Fail to proxy" ERROR line is for the gateway's own failures; client faults
+    /// are logged by `logging` at info, rate-limited.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        ClientFault::of(e).is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let model = ctx.model();
+        let endpoint = ctx.endpoint().map(|e| e.id.as_str()).unwrap_or("");
+        self.metrics
+            .request_done(model, endpoint, status, ctx.started.elapsed());
+        if let Some(e) = e {
+            match ClientFault::of(e) {
+                Some(fault) => {
+                    if let Some(held_back) = self.fault_log.allow() {
+                        let path = session.req_header().uri.path();
+                        tracing::info!(
+                            fault = fault.label(),
+                            status,
+                            model,
+                            path,
+                            error = %e,
+                            held_back,
+                            "request failed by the client's doing"
+                        );
+                    }
+                    self.metrics.client_fault(fault.label());
+                }
+                None => tracing::debug!(model, endpoint, status, error = %e, "request failed"),
+            }
+        }
+        ctx.in_flight = None;
+    }
+}
+
+/// Why no endpoint is left for `route`: none could take requests at all, or every one tried
+/// failed (the last with `status`).
+fn nothing_left(route: &Route, status: u16) -> ProxyError {
+    if route.available() == 0 {
+        ProxyError::NoHealthyEndpoint(route.name.clone())
+    } else {
+        ProxyError::AllEndpointsFailed {
+            model: route.name.clone(),
+            status,
+        }
+    }
+}
+
+impl Gateway {
+    /// The request's route (`None`: answered from the table), or why it has none.
+    async fn find_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Arc<Route>>> {
+        let limit = self.config.max_body_bytes;
+        let ready = self.state.is_ready();
+        let plan = target::plan(&ctx.table, ready, ctx.family, session.req_header(), limit);
+        let target = match plan.map_err(ProxyError::into_pingora)? {
+            Plan::ModelsList => {
+                respond::send_json(session, 200, respond::models_list(&ctx.table)).await?;
+                return Ok(None);
+            }
+            Plan::Route(target) => target,
+            Plan::ReadBody => {
+                let model = body::model_from_body(session, limit, &mut ctx.held).await?;
+                target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
+            }
+        };
+        target::admit(target, &mut ctx.want, self.clock.now_ms())
+            .map(Some)
+            .map_err(ProxyError::into_pingora)
+    }
+
+    fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let route = ctx.route.as_deref();
+        Attempted::of(session, route, &ctx.want, ctx.tried, ctx.attempts)
+            .may_retry(self.clock.now_ms())
+    }
+
+    /// Counts a gateway failure of the current attempt's endpoint, once per attempt.
+    fn count_failure(&self, ctx: &mut RequestCtx) {
+        if !ctx.take_failure() {
+            return;
+        }
+        let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) else {
+            return;
+        };
+        match route.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
+            Verdict::Ejected(duration) => {
+                let id = &route.endpoints[index].id;
+                self.metrics.ejection(id);
+                tracing::warn!(endpoint = %id, model = %route.name, ?duration, "endpoint ejected after consecutive gateway failures");
+            }
+            Verdict::CappedByMaxPercent => {
+                tracing::debug!(model = %route.name, "ejection skipped: max_ejection_percent reached");
+            }
+            Verdict::Counted => {}
+        }
+    }
+
+    /// Marks `e` retryable when the failure allows it and the request can still be retried.
+    fn decide_retry(&self, session: &Session, ctx: &RequestCtx, e: &mut Error, allowed: bool) {
+        let retry = allowed && self.may_retry(session, ctx);
+        if retry {
+            self.metrics.retry(ctx.model());
+        }
+        e.set_retry(retry);
+    }
+}

@@ -1,0 +1,23 @@
+//! One request's life: the pingora phases ([`gateway`]) and the steps they delegate to, in the
+//! order a request meets them.
+//!
+//! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
+//! - [`classify`] — its route family, from method, path and content type;
+//! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
+//!   [`model_scan`]);
+//! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
+//! - [`retry`] — whether a failed attempt is tried elsewhere;
+//! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
+//! - [`observe`] — its in-flight count.
+
+pub mod body;
+pub mod classify;
+pub mod ctx;
+pub mod error;
+pub mod gateway;
+pub mod model_scan;
+pub mod observe;
+pub mod respond;
+pub mod retry;
+pub mod target;
+pub mod upstream;

@@ -1,0 +1,15 @@
+//! Where requests can go: the immutable routing table, the one conversion from pushed routes to
+//! it, endpoint choice, per-endpoint state (load and outlier ejection, on an injectable clock),
+//! and the `ArcSwap` that holds the current table.
+
+pub mod endpoint;
+pub mod outlier;
+pub mod pick;
+pub mod snapshot;
+pub mod state;
+pub mod table;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+pub use state::TableState;

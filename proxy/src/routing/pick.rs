@@ -1,0 +1,257 @@
+//! Chooses the endpoint for one attempt of a request.
+//!
+//! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
+//! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
+//! robin, weighted random, and least outstanding requests by power of two choices (the default).
+//! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
+//! the gateway's clock) decides which endpoints are ejected.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::routing::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
+
+/// Endpoints a request already tried, by index in the route (first 64 tracked).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn mark(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
+/// What an attempt needs from an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// The client's traffic class: HTTP endpoints for HTTP APIs, gRPC endpoints for gRPC.
+    pub class: ProtoClass,
+    /// `x-instance`: only this endpoint (index in the route).
+    pub pinned: Option<usize>,
+}
+
+impl Want {
+    fn allows(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
+        !tried.contains(i)
+            && self.pinned.is_none_or(|p| p == i)
+            && e.protocol.class() == self.class
+            && e.health.accepts_new()
+            && !e.state.outlier.is_ejected(now)
+    }
+}
+
+/// Whether any endpoint could take this attempt at `now` (no side effects, unlike [`pick`]).
+pub fn any_eligible(route: &Route, tried: Tried, want: &Want, now: u64) -> bool {
+    route
+        .endpoints
+        .iter()
+        .enumerate()
+        .any(|(i, e)| want.allows(i, e, tried, now))
+}
+
+/// Picks an endpoint index for the next attempt at `now`, or `None` when nothing is eligible.
+pub fn pick(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize> {
+    let healthy =
+        |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health != Health::Degraded;
+    let degraded =
+        |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health == Health::Degraded;
+    pick_among(route, &healthy).or_else(|| pick_among(route, &degraded))
+}
+
+fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -> Option<usize> {
+    let eps = &route.endpoints;
+    let n = eps
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| eligible(*i, e))
+        .count();
+    match n {
+        0 => return None,
+        1 => return eps.iter().enumerate().position(|(i, e)| eligible(i, e)),
+        _ => {}
+    }
+    // The k-th eligible endpoint's index.
+    let nth = |k: usize| {
+        eps.iter()
+            .enumerate()
+            .filter(|(i, e)| eligible(*i, e))
+            .nth(k)
+            .map(|(i, _)| i)
+    };
+    let mut rng = rand::rng();
+    match route.policy.lb {
+        LbStrategy::RoundRobin => nth(route.cursor.fetch_add(1, Ordering::Relaxed) % n),
+        LbStrategy::Weighted => {
+            let total: u64 = eps
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| eligible(*i, e))
+                .map(|(_, e)| u64::from(e.weight))
+                .sum();
+            let mut ticket = rng.random_range(0..total.max(1));
+            for (i, e) in eps.iter().enumerate() {
+                if !eligible(i, e) {
+                    continue;
+                }
+                let w = u64::from(e.weight);
+                if ticket < w {
+                    return Some(i);
+                }
+                ticket -= w;
+            }
+            nth(n - 1)
+        }
+        LbStrategy::LeastRequest => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ia, ib) = (nth(a)?, nth(b)?);
+            let load = |i: usize| {
+                // Normalise by weight so a heavier endpoint takes proportionally more.
+                let e = &eps[i];
+                e.state.in_flight.load(Ordering::Relaxed) * 1024 / u64::from(e.weight.max(1))
+            };
+            Some(if load(ib) < load(ia) { ib } else { ia })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::fixtures::route_of;
+    use multiverse_proto::discovery::v1 as pb;
+
+    fn route(lb: pb::LbStrategy, healths: &[pb::HealthStatus], weights: &[u32]) -> Arc<Route> {
+        route_of(lb, healths, weights)
+    }
+
+    use pb::HealthStatus as H;
+
+    /// Any time of the tests' clock.
+    const NOW: u64 = 1;
+
+    const HTTP: Want = Want {
+        class: ProtoClass::Http,
+        pinned: None,
+    };
+
+    #[test]
+    fn pins_and_ejections_are_respected() {
+        let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
+        let pin = Want {
+            class: ProtoClass::Http,
+            pinned: Some(2),
+        };
+        for _ in 0..5 {
+            assert_eq!(pick(&r, Tried::default(), &pin, NOW), Some(2));
+        }
+        let grpc = Want {
+            class: ProtoClass::Grpc,
+            pinned: None,
+        };
+        assert_eq!(
+            pick(&r, Tried::default(), &grpc, NOW),
+            None,
+            "no gRPC endpoint"
+        );
+        let cfg = crate::routing::outlier::OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection: std::time::Duration::from_secs(60),
+            max_ejection: std::time::Duration::from_secs(60),
+            max_ejection_percent: 100,
+        };
+        r.record_failure(0, &cfg, NOW);
+        r.record_failure(1, &cfg, NOW);
+        for _ in 0..5 {
+            assert_eq!(
+                pick(&r, Tried::default(), &HTTP, NOW),
+                Some(2),
+                "ejected ones skipped"
+            );
+        }
+        // A minute later both are back (round robin reaches all three again).
+        let later = NOW + 60_000;
+        let mut seen: Vec<_> = (0..3)
+            .filter_map(|_| pick(&r, Tried::default(), &HTTP, later))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn never_picks_unavailable_or_tried() {
+        let r = route(
+            pb::LbStrategy::Unspecified,
+            &[
+                H::Unhealthy,
+                H::Healthy,
+                H::Draining,
+                H::Timeout,
+                H::Unknown,
+            ],
+            &[1; 5],
+        );
+        let mut tried = Tried::default();
+        for _ in 0..200 {
+            let i = pick(&r, tried, &HTTP, NOW).expect("one eligible");
+            assert!(i == 1 || i == 4, "picked {i}");
+        }
+        tried.mark(1);
+        assert_eq!(pick(&r, tried, &HTTP, NOW), Some(4));
+        tried.mark(4);
+        assert_eq!(pick(&r, tried, &HTTP, NOW), None);
+    }
+
+    #[test]
+    fn degraded_only_as_last_resort() {
+        let r = route(
+            pb::LbStrategy::RoundRobin,
+            &[H::Degraded, H::Healthy],
+            &[1, 1],
+        );
+        for _ in 0..10 {
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
+        }
+        let mut t = Tried::default();
+        t.mark(1);
+        assert_eq!(pick(&r, t, &HTTP, NOW), Some(0));
+    }
+
+    #[test]
+    fn round_robin_alternates() {
+        let r = route(pb::LbStrategy::RoundRobin, &[H::Healthy; 3], &[1; 3]);
+        let got: Vec<_> = (0..6)
+            .filter_map(|_| pick(&r, Tried::default(), &HTTP, NOW))
+            .collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
+        r.endpoints[0].state.in_flight.store(10, Ordering::Relaxed);
+        for _ in 0..50 {
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
+        }
+    }
+
+    #[test]
+    fn weighted_follows_weights() {
+        let r = route(pb::LbStrategy::Weighted, &[H::Healthy; 2], &[1, 9]);
+        let heavy = (0..2000)
+            .filter(|_| pick(&r, Tried::default(), &HTTP, NOW) == Some(1))
+            .count();
+        assert!((1600..=1990).contains(&heavy), "heavy picked {heavy}/2000");
+    }
+}

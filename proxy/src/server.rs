@@ -1,0 +1,435 @@
+//! The library entry point: a proxy built from a [`ProxyConfig`], started, and stopped.
+//!
+//! [`Proxy::start`] binds both listeners first (so a bad address is an error here, port 0 works,
+//! and both accept connections when it returns), loads a standalone routes file if one is
+//! configured, then runs pingora's services on runtimes of its own: the client listener on
+//! `server.threads` threads (thread per core: each thread accepts and serves its own
+//! connections), the admin listener and the route source on one more. It owns no signals and
+//! never exits the process: the binary ([`crate::cli`]) waits for SIGTERM / SIGINT and calls
+//! [`Proxy::stop`]; a test starts as many proxies as it likes in-process and stops them the same
+//! way (or drops them).
+//!
+//! Pingora's `Server` is not used: its `run` sleeps the whole grace period on shutdown, owns the
+//! process's signals and binds listeners inside its services, where their addresses cannot be
+//! learned. Its services are started here exactly as `Server::run` starts them, with the
+//! pre-bound sockets handed over as inherited listening fds. An address still in use (a previous
+//! process draining) is left to pingora, which retries the bind every second for 30 s; until
+//! then `/ready` says 503, and if it never binds, [`Proxy::failed`] says why.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
+use pingora_runtime::Runtime;
+use tokio::sync::watch;
+
+use crate::config::{ms, ConfigError, ProxyConfig};
+use crate::ops::admin::{Admin, Listening};
+use crate::ops::drain::{self, Active};
+use crate::ops::metrics::Metrics;
+use crate::request::gateway::{Gateway, GatewayConfig};
+use crate::request::upstream::UpstreamDefaults;
+use crate::routing::outlier::OutlierConfig;
+use crate::routing::TableState;
+use crate::sources::discovery::{Discovery, DiscoveryConfig};
+use crate::sources::standalone::{self, Reloader};
+
+/// How long runtimes get to stop their tasks after a graceful stop's drain.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
+
+/// Why a proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {key} = {addr}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The standalone routes file cannot be loaded (the message names the file and the key).
+    #[error("{0}")]
+    Routes(String),
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting, let active requests finish within `server.drain_grace_seconds`, then
+    /// stop (SIGTERM).
+    Graceful,
+    /// Stop now; open requests are cut (SIGINT).
+    Fast,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    clients: SocketAddr,
+    admin: SocketAddr,
+    node_id: String,
+    state: Arc<TableState>,
+    active: Arc<Active>,
+    grace: Duration,
+    shutdown: watch::Sender<bool>,
+    runtimes: Vec<(&'static str, Runtime)>,
+    /// Why a listener left to pingora could not be bound (set at most once).
+    failure: watch::Receiver<Option<String>>,
+}
+
+/// A listener's socket: bound here, or (its address in use) left to pingora's bind retries.
+enum Bound {
+    Socket(TcpListener, SocketAddr),
+    Later(SocketAddr),
+}
+
+impl Bound {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Bound::Socket(_, addr) | Bound::Later(addr) => *addr,
+        }
+    }
+}
+
+impl Proxy {
+    /// Builds and starts a proxy from a configuration (validated here too). Returns once both
+    /// listeners accept connections (routes may still be on their way: see
+    /// [`Proxy::is_ready`]).
+    pub fn start(cfg: &ProxyConfig) -> Result<Proxy, StartError> {
+        cfg.validate(None)?;
+        let clients_listener = bind("listen.clients", &cfg.listen.clients)?;
+        let admin_listener = bind("listen.admin", &cfg.listen.admin)?;
+        let (clients, admin) = (clients_listener.addr(), admin_listener.addr());
+        let (failed, failure) = watch::channel(None);
+        let failed = Arc::new(failed);
+
+        let metrics = Metrics::new();
+        let source = match &cfg.standalone.routes_file {
+            Some(path) => format!("static:{}", path.display()),
+            None => "control-plane".to_string(),
+        };
+        let on_swap = metrics.clone();
+        let state = Arc::new(TableState::new(
+            source,
+            Box::new(move |table| on_swap.table_applied(&table.version)),
+        ));
+        if let Some(path) = &cfg.standalone.routes_file {
+            let version = standalone::reload(path, &state).map_err(StartError::Routes)?;
+            tracing::info!(file = %path.display(), %version, "standalone mode: static routes loaded");
+        }
+
+        let threads = cfg
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let conf = Arc::new(ServerConf {
+            threads,
+            // Thread per core, as nginx and Envoy workers: each thread accepts its own
+            // connections and runs all of their tasks (vendored pingora-runtime patch), and
+            // upstream connections are pooled per thread (`upstream::peer`). Work stealing cost
+            // ~20% more CPU per request in cross-thread wake-ups (issue 6).
+            work_stealing: false,
+            listener_tasks_per_fd: threads,
+            ..ServerConf::default()
+        });
+        let active = Arc::new(Active::default());
+        let node_id = cfg.node_id();
+
+        let gateway = Gateway::new(
+            state.clone(),
+            active.clone(),
+            metrics.clone(),
+            gateway_config(cfg),
+        );
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
+        proxy.add_tcp(&clients.to_string());
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = client_options(cfg);
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        // `/ready` waits until the client listener's accept loops run (its socket accepts
+        // connections from here on already: it is bound above).
+        let listening = Arc::new(Listening::default());
+        let flag = listening.clone();
+        let report = failed.clone();
+        proxy.on_listening(move |taken| match taken {
+            Ok(()) => flag.set(),
+            Err(e) => unbound(&report, "listen.clients", clients, &e),
+        });
+        let mut admin_service = Service::new(
+            "admin".to_string(),
+            HttpServer::new_app(Admin {
+                state: state.clone(),
+                metrics: metrics.clone(),
+                node_id: node_id.clone(),
+                listening,
+            }),
+        );
+        admin_service.add_tcp(&admin.to_string());
+        if let Some(app) = admin_service.app_logic_mut() {
+            app.server_options = Some(client_options(cfg));
+        }
+        let report = failed.clone();
+        admin_service.on_listening(move |taken| {
+            if let Err(e) = taken {
+                unbound(&report, "listen.admin", admin, &e);
+            }
+        });
+        let source: Box<dyn ServiceWithDependents> = match &cfg.standalone.routes_file {
+            Some(path) => Box::new(background_service(
+                "routes-reloader",
+                Reloader {
+                    path: path.clone(),
+                    state: state.clone(),
+                },
+            )),
+            None => Box::new(background_service(
+                "discovery",
+                Discovery::new(discovery_config(cfg, &node_id), state.clone(), metrics),
+            )),
+        };
+
+        let mut fds = Fds::new();
+        for bound in [clients_listener, admin_listener] {
+            if let Bound::Socket(listener, addr) = bound {
+                // pingora takes the socket over as an inherited listener of this address.
+                fds.add(addr.to_string(), listener.into_raw_fd());
+            }
+        }
+        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
+        let (shutdown, watch) = watch::channel(false);
+        let serve = runtime("clients", threads);
+        let ops = runtime("ops", 1);
+        spawn(&serve, Box::new(proxy), &fds, &watch, threads);
+        spawn(&ops, Box::new(admin_service), &fds, &watch, 1);
+        spawn(&ops, source, &fds, &watch, 1);
+        tracing::info!(clients = %clients, admin = %admin, node_id = %node_id, threads, "multiverse-proxy started");
+        Ok(Proxy {
+            clients,
+            admin,
+            node_id,
+            state,
+            active,
+            grace: Duration::from_secs(cfg.server.drain_grace_seconds),
+            shutdown,
+            runtimes: vec![("clients", serve), ("ops", ops)],
+            failure,
+        })
+    }
+
+    /// The client listener's address (the bound port when the config said 0).
+    pub fn clients_addr(&self) -> SocketAddr {
+        self.clients
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The id this proxy reports to control planes.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Whether a routing table has been received (what `/ready` answers).
+    pub fn is_ready(&self) -> bool {
+        self.state.is_ready()
+    }
+
+    /// Resolves if a listener whose address was in use at start could not be bound in the end
+    /// (the message names the key); pends forever otherwise.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        let reason = match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The routing state (the current table, its version).
+    pub fn state(&self) -> &Arc<TableState> {
+        &self.state
+    }
+
+    /// Stops the proxy; returns how many requests were still active when it stopped (always 0
+    /// for a graceful stop that drained in time). Both listeners are closed when it returns.
+    pub async fn stop(mut self, how: Stop) -> usize {
+        let _ = self.shutdown.send(true);
+        let left = match how {
+            Stop::Graceful => drain::drain(&self.active, self.grace).await,
+            Stop::Fast => self.active.count(),
+        };
+        let timeout = match how {
+            Stop::Graceful => RUNTIME_STOP,
+            Stop::Fast => Duration::ZERO,
+        };
+        let runtimes = std::mem::take(&mut self.runtimes);
+        if tokio::task::spawn_blocking(move || stop_runtimes(runtimes, timeout))
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping the runtimes failed");
+        }
+        left
+    }
+}
+
+impl Drop for Proxy {
+    /// A proxy dropped without [`Proxy::stop`] stops at once (open requests are cut).
+    fn drop(&mut self) {
+        if self.runtimes.is_empty() {
+            return;
+        }
+        let _ = self.shutdown.send(true);
+        stop_runtimes(std::mem::take(&mut self.runtimes), Duration::ZERO);
+    }
+}
+
+/// Binds `addr` for the listener named by the config `key`. A fixed address in use is left to
+/// pingora, which retries it (a previous process may still be draining on it).
+fn bind(key: &'static str, addr: &str) -> Result<Bound, StartError> {
+    let err = |source| StartError::Bind {
+        key,
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = match TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match addr.parse::<SocketAddr>() {
+            Ok(fixed) if fixed.port() != 0 => {
+                tracing::warn!(key, addr, "address in use: retrying every second for 30 s");
+                return Ok(Bound::Later(fixed));
+            }
+            _ => return Err(err(e)),
+        },
+        Err(e) => return Err(err(e)),
+    };
+    // pingora's accept loops need a non-blocking socket.
+    listener.set_nonblocking(true).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok(Bound::Socket(listener, bound))
+}
+
+/// A listener left to pingora could not be bound: reported once through [`Proxy::failed`].
+fn unbound(
+    report: &watch::Sender<Option<String>>,
+    key: &str,
+    addr: SocketAddr,
+    e: &pingora_error::Error,
+) {
+    let reason = format!("cannot listen on {key} = {addr}: {e}");
+    tracing::error!(%reason, "a listener could not be bound");
+    report.send_if_modified(|failure| {
+        let first = failure.is_none();
+        if first {
+            *failure = Some(reason);
+        }
+        first
+    });
+}
+
+/// A no-steal (thread per core) runtime, as pingora builds them.
+fn runtime(name: &str, threads: usize) -> Runtime {
+    pingora_runtime::RuntimeBuilder::new(threads, name)
+        .work_steal(false)
+        .build()
+}
+
+/// Starts one of pingora's services on `rt`, as `Server::run` does.
+fn spawn(
+    rt: &Runtime,
+    mut service: Box<dyn ServiceWithDependents>,
+    fds: &ListenFds,
+    shutdown: &watch::Receiver<bool>,
+    listeners_per_fd: usize,
+) {
+    let (fds, shutdown) = (fds.clone(), shutdown.clone());
+    rt.get_handle().spawn(async move {
+        let (ready, _) = watch::channel(false);
+        let name = service.name().to_string();
+        service
+            .start_service(
+                Some(fds),
+                shutdown,
+                listeners_per_fd,
+                ServiceReadyNotifier::new(ready),
+            )
+            .await;
+        tracing::debug!(service = %name, "service stopped");
+    });
+}
+
+/// Stops the runtimes in parallel (each on its own thread, so this works from any context) and
+/// waits for them.
+fn stop_runtimes(runtimes: Vec<(&'static str, Runtime)>, timeout: Duration) {
+    let stopping: Vec<_> = runtimes
+        .into_iter()
+        .map(|(name, rt)| {
+            (
+                name,
+                std::thread::spawn(move || rt.shutdown_timeout(timeout)),
+            )
+        })
+        .collect();
+    for (name, t) in stopping {
+        if t.join().is_err() {
+            tracing::warn!(runtime = name, "runtime did not stop cleanly");
+        }
+    }
+}
+
+/// Header and keep-alive timeouts of client connections (`[clients]`; the admin listener's
+/// too).
+fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
+    options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options
+}
+
+fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
+    GatewayConfig {
+        upstream: UpstreamDefaults {
+            connect_timeout: ms(cfg.upstream.connect_timeout_ms),
+            read_timeout: ms(cfg.upstream.read_timeout_ms),
+            max_h2_streams: cfg.upstream.max_h2_streams,
+        },
+        max_body_bytes: cfg.limits.max_body_bytes,
+        outlier: OutlierConfig {
+            consecutive_failures: cfg.outlier.consecutive_gateway_failures,
+            base_ejection: ms(cfg.outlier.base_ejection_ms),
+            max_ejection: ms(cfg.outlier.max_ejection_ms),
+            max_ejection_percent: cfg.outlier.max_ejection_percent,
+        },
+        header_timeout: ms(cfg.clients.header_timeout_ms),
+    }
+}
+
+fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
+    DiscoveryConfig {
+        control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
+        node_id: node_id.to_string(),
+        connect_timeout: ms(cfg.discovery.connect_timeout_ms),
+        keepalive_interval: ms(cfg.discovery.keepalive_interval_ms),
+        backoff_initial: ms(cfg.discovery.backoff_initial_ms),
+        backoff_max: ms(cfg.discovery.backoff_max_ms),
+        withdraw_after: (cfg.discovery.withdraw_after_ms > 0)
+            .then(|| ms(cfg.discovery.withdraw_after_ms)),
+    }
+}

@@ -1,0 +1,240 @@
+//! Standalone mode: routes from a static TOML file instead of a control plane, reloaded on
+//! SIGHUP. The file is turned into the same snapshot a control plane would push and goes
+//! through the same validation; a bad file is rejected with a logged reason and the table in
+//! force keeps serving. Format: `config/routes.toml`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use multiverse_common::vocab::{Health, LbStrategy, ModelKind, Protocol, UnknownName};
+use multiverse_proto::discovery::v1 as pb;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+
+use crate::routing::snapshot::{resolve_socket_addr, PlaneRoutes};
+use crate::routing::TableState;
+
+/// The plane id static routes are stored under.
+pub const STATIC_PLANE: &str = "static";
+
+/// A routes file as written (format: `config/routes.toml`); serialisable so tools (the test kit,
+/// the benchmarks) write the same type the proxy reads.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Reported as the table version (default: a hash of the file).
+    pub version: Option<String>,
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub lb: Option<String>,
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub connect_timeout_ms: u32,
+    #[serde(default)]
+    pub first_byte_timeout_ms: u32,
+    #[serde(default)]
+    pub idle_timeout_ms: u32,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointEntry>,
+}
+
+/// One `[[models.endpoints]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointEntry {
+    pub id: String,
+    pub address: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "default_health")]
+    pub health: String,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub api_key: String,
+    #[serde(default)]
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+fn default_kind() -> String {
+    ModelKind::Chat.to_string()
+}
+fn default_protocol() -> String {
+    Protocol::Http1.to_string()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_health() -> String {
+    Health::Healthy.to_string()
+}
+
+/// `value` as one of `T`'s names; the error names the key.
+fn pick<T: FromStr<Err = UnknownName>>(key: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|e| format!("`{key}`: {e}"))
+}
+
+/// Reads a routes file into a snapshot and its version.
+pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read routes file {}: {e}", path.display()))?;
+    let file: RoutesFile = toml::from_str(&text)
+        .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
+    let in_file = |m: String| format!("invalid routes file {}: {m}", path.display());
+    let mut models = Vec::with_capacity(file.models.len());
+    for (i, m) in file.models.into_iter().enumerate() {
+        let key = |k: &str| format!("models[{i}].{k}");
+        let kind = pb::ModelKind::from(pick::<ModelKind>(&key("kind"), &m.kind).map_err(in_file)?);
+        let lb = match m.lb.as_deref() {
+            None => pb::LbStrategy::Unspecified,
+            Some(v) => pick::<LbStrategy>(&key("lb"), v).map_err(in_file)?.into(),
+        };
+        let mut endpoints = Vec::with_capacity(m.endpoints.len());
+        for (j, e) in m.endpoints.into_iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].endpoints[{j}].{k}");
+            let protocol = pb::Protocol::from(
+                pick::<Protocol>(&key("protocol"), &e.protocol).map_err(in_file)?,
+            );
+            let health =
+                pb::HealthStatus::from(pick::<Health>(&key("health"), &e.health).map_err(in_file)?);
+            endpoints.push(pb::Endpoint {
+                id: e.id.clone(),
+                address: e.address,
+                protocol: protocol as i32,
+                weight: e.weight,
+                health: health as i32,
+                labels: e.labels,
+                source: Some(pb::EndpointSource {
+                    kind: pb::SourceKind::Unspecified as i32,
+                    name: e.id,
+                }),
+                tls: e.tls,
+                host: e.host,
+                path_prefix: e.path_prefix,
+                upstream_api_key: e.api_key,
+            });
+        }
+        models.push(pb::Model {
+            name: m.name,
+            kind: kind as i32,
+            policy: Some(pb::RoutingPolicy {
+                lb: lb as i32,
+                max_retries: m.max_retries,
+                connect_timeout_ms: m.connect_timeout_ms,
+                first_byte_timeout_ms: m.first_byte_timeout_ms,
+                idle_timeout_ms: m.idle_timeout_ms,
+            }),
+            endpoints,
+        });
+    }
+    let version = file.version.unwrap_or_else(|| {
+        // A content hash, so an unchanged file keeps its version.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        format!("static-{:016x}", h.finish())
+    });
+    Ok((version, pb::RouteSnapshot { models }))
+}
+
+/// Loads, validates and applies the file; on error the current table stays.
+pub fn reload(path: &Path, state: &TableState) -> Result<String, String> {
+    let (version, snapshot) = load(path)?;
+    let routes = PlaneRoutes::from_snapshot(&version, Some(&snapshot), &resolve_socket_addr)
+        .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
+    state.apply_plane(STATIC_PLANE, routes);
+    Ok(version)
+}
+
+/// Reloads the routes file on every SIGHUP.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub state: Arc<TableState>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match multiverse_common::signals::hangups() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP: routes will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let path = self.path.clone();
+                    let state = self.state.clone();
+                    let result = tokio::task::spawn_blocking(move || reload(&path, &state))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+                    match result {
+                        Ok(version) => tracing::info!(file = %self.path.display(), %version, "routes reloaded"),
+                        Err(reason) => tracing::error!(%reason, "routes reload rejected; the current table keeps serving"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mv-routes-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("routes.toml");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn example_routes_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routes.toml");
+        let (_, snap) = load(&path).expect("config/routes.toml loads");
+        PlaneRoutes::from_snapshot("x", Some(&snap), &resolve_socket_addr).expect("valid");
+        assert!(!snap.models.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_file() {
+        let p = write(
+            "[[models]]\nname = \"m\"\n[[models.endpoints]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nprotocol = \"http3\"\n",
+        );
+        let err = load(&p).unwrap_err();
+        assert!(
+            err.contains("models[0].endpoints[0].protocol") && err.contains("routes.toml"),
+            "{err}"
+        );
+        let p = write("[[models]]\nnam = \"m\"\n");
+        assert!(load(&p).unwrap_err().contains("nam"));
+    }
+}
