@@ -87,7 +87,10 @@ async fn allocations_per_request_stay_within_budget() {
         // A build that did not count would report nothing: the test must not pass vacuously.
         assert!(per_request > 1.0, "{}", report.join("\n"));
     }
-    proxy.proc.ensure_running().expect("the proxy is still running");
+    proxy
+        .proc
+        .ensure_running()
+        .expect("the proxy is still running");
     println!("{}", report.join("\n"));
     assert!(
         over.is_empty(),

@@ -51,7 +51,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         REALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Ordering::Relaxed);
+        BYTES.fetch_add(
+            new_size.saturating_sub(layout.size()) as u64,
+            Ordering::Relaxed,
+        );
         // SAFETY: as above.
         unsafe { self.0.realloc(ptr, layout, new_size) }
     }
@@ -187,7 +190,10 @@ mod tests {
         );
         assert_eq!(c.allocations(), 7);
         assert_eq!(Counts::parse("allocs=5 reallocs=2"), None);
-        assert_eq!(Counts::parse("allocs=x reallocs=2 deallocs=6 bytes=1"), None);
+        assert_eq!(
+            Counts::parse("allocs=x reallocs=2 deallocs=6 bytes=1"),
+            None
+        );
         let later = Counts {
             allocs: 15,
             reallocs: 2,

@@ -85,6 +85,8 @@ mod tests {
             assert_eq!(BUDGETS.iter().filter(|b| b.family == family).count(), 1);
         }
         assert!(of(Latency::GrpcBidi).is_none());
-        assert!(BUDGETS.iter().all(|b| b.allocations_debug > 0.0 && b.syscalls > 0.0));
+        assert!(BUDGETS
+            .iter()
+            .all(|b| b.allocations_debug > 0.0 && b.syscalls > 0.0));
     }
 }

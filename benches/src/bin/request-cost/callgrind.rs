@@ -269,7 +269,10 @@ totals: 1234
     #[test]
     fn entry_points() {
         assert_eq!(entry("__rust_realloc"), Some(Entry::RustAlloc));
-        assert_eq!(entry("__rustc::__rust_alloc_zeroed"), Some(Entry::RustAlloc));
+        assert_eq!(
+            entry("__rustc::__rust_alloc_zeroed"),
+            Some(Entry::RustAlloc)
+        );
         assert_eq!(entry("calloc"), Some(Entry::LibcAlloc));
         assert_eq!(entry("mi_malloc"), None);
         assert_eq!(entry("alloc::raw_vec::finish_grow"), None);

@@ -70,7 +70,12 @@ struct Args {
     only: Vec<String>,
     /// What to measure: `native` (context switches; the proxy's allocation counter), `strace`,
     /// `callgrind`.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "native,strace,callgrind")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "native,strace,callgrind"
+    )]
     measure: Vec<Measure>,
     /// Targets: `proxy`, `nginx`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "proxy,nginx")]
@@ -323,10 +328,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 cg.zero(pid)?;
                 std::thread::sleep(Duration::from_secs_f64(args.idle_secs));
                 let (dump, _) = cg.dump(name, pid, "idle")?;
-                idle.insert(
-                    name.to_string(),
-                    dump.instructions as f64 / args.idle_secs,
-                );
+                idle.insert(name.to_string(), dump.instructions as f64 / args.idle_secs);
             }
             running.ensure_running()?;
         }
@@ -461,7 +463,11 @@ fn print(report: &Report) {
             fmt(r.counted_allocs, 2),
         );
     }
-    for r in report.rows.iter().filter(|r| !r.syscalls_by_name.is_empty()) {
+    for r in report
+        .rows
+        .iter()
+        .filter(|r| !r.syscalls_by_name.is_empty())
+    {
         let parts: Vec<String> = r
             .syscalls_by_name
             .iter()

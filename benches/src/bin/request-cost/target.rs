@@ -61,8 +61,10 @@ impl Running {
         let listen = try_free_addr()?;
         let admin = try_free_addr()?;
         let counts = try_free_addr()?;
-        let mut config = ProxyConfig::default();
-        config.node_id = Some(name.into());
+        let mut config = ProxyConfig {
+            node_id: Some(name.into()),
+            ..ProxyConfig::default()
+        };
         config.server.threads = Some(1);
         config.listen.clients = listen.to_string();
         config.listen.admin = admin.to_string();
