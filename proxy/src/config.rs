@@ -68,8 +68,55 @@ impl Default for ClientsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
-    /// `http://host:port` of a control plane's discovery listener.
+    /// `http://host:port` of a control plane's discovery listener, or `dns+http://name:port`:
+    /// every address the name resolves to is a control plane (one stream each).
     pub url: String,
+}
+
+/// A `dns+http://name:port` control-plane URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsUrl {
+    /// The scheme of each address's stream (`http` or `https`).
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl DnsUrl {
+    /// `Ok(None)` for a URL without `dns+`; an error says what is wrong with a `dns+` one.
+    pub fn parse(url: &str) -> Result<Option<DnsUrl>, String> {
+        let Some(inner) = url.strip_prefix("dns+") else {
+            return Ok(None);
+        };
+        let uri: http::Uri = inner
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) => s.to_string(),
+            _ => return Err(format!("`{url}` must be dns+http:// or dns+https://")),
+        };
+        let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+            return Err(format!(
+                "`{url}` must name a host and a port (dns+http://name:port)"
+            ));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("`{url}` must have no path or query"));
+        }
+        Ok(Some(DnsUrl {
+            scheme,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        }))
+    }
+
+    /// The URL of the stream to one resolved address.
+    pub fn stream_url(&self, addr: SocketAddr) -> String {
+        format!("{}://{addr}", self.scheme)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -131,6 +178,12 @@ pub struct DiscoveryTuning {
     pub keepalive_interval_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// How often `dns+` control-plane names are resolved again (also at once when a stream is
+    /// lost).
+    pub dns_refresh_ms: u64,
+    /// Resolve `dns+` names from this hosts-format file (read again at every resolution)
+    /// instead of the system resolver.
+    pub dns_hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -187,6 +240,11 @@ impl Default for DiscoveryTuning {
             // was away (issue 10: a 5 s cap took the proxies 2.4-4 s); one refused connect a
             // second is cheap.
             backoff_max_ms: 1_000,
+            // Kubernetes' DNS (CoreDNS) answers for a headless Service with a 5 s TTL: resolving
+            // more often sees nothing new, less often leaves a new GPU node unused for longer.
+            // One lookup per proxy every 5 s is negligible load.
+            dns_refresh_ms: 5_000,
+            dns_hosts_file: None,
         }
     }
 }
@@ -231,12 +289,22 @@ impl ProxyConfig {
             ));
         }
         for (i, cp) in self.control_planes.iter().enumerate() {
+            let key = format!("control_planes[{i}].url");
+            if DnsUrl::parse(&cp.url)
+                .map_err(|e| invalid(&key, e))?
+                .is_some()
+            {
+                continue;
+            }
             let ok = (cp.url.starts_with("http://") || cp.url.starts_with("https://"))
                 && cp.url.len() > "http://".len();
             if !ok {
                 return Err(invalid(
-                    &format!("control_planes[{i}].url"),
-                    format!("`{}` must be an http:// or https:// URL", cp.url),
+                    &key,
+                    format!(
+                        "`{}` must be an http://, https://, dns+http:// or dns+https:// URL",
+                        cp.url
+                    ),
                 ));
             }
         }
@@ -273,6 +341,7 @@ impl ProxyConfig {
                 self.discovery.backoff_initial_ms,
             ),
             ("discovery.backoff_max_ms", self.discovery.backoff_max_ms),
+            ("discovery.dns_refresh_ms", self.discovery.dns_refresh_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be > 0".into()));
@@ -350,7 +419,7 @@ mod tests {
             "development-proxy.toml",
             "../deploy/kubernetes/base/config/proxy.toml",
         ] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);
             let c = ProxyConfig::from_file(&path).expect(name);
@@ -369,6 +438,45 @@ mod tests {
         );
         let err = toml::from_str::<ProxyConfig>("[listen]\nclientz = \"x\"").unwrap_err();
         assert!(err.to_string().contains("clientz"), "{err}");
+    }
+
+    #[test]
+    fn dns_urls_are_taken_apart_or_refused_naming_the_key() {
+        let u = DnsUrl::parse("dns+http://multiverse-control.ns.svc:9001")
+            .expect("valid")
+            .expect("dns");
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.port),
+            ("http", "multiverse-control.ns.svc", 9001)
+        );
+        assert_eq!(
+            u.stream_url("10.0.0.7:9001".parse().expect("addr")),
+            "http://10.0.0.7:9001"
+        );
+        assert_eq!(DnsUrl::parse("http://cp:9001"), Ok(None));
+        for bad in [
+            "dns+http://cp",
+            "dns+ftp://cp:9001",
+            "dns+http://cp:9001/x",
+            "dns+cp:9001",
+            "dns+",
+        ] {
+            let c = ProxyConfig {
+                control_planes: vec![ControlPlaneConfig { url: bad.into() }],
+                ..Default::default()
+            };
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(bad)
+                .to_string();
+            assert!(msg.contains("control_planes[0].url"), "{bad}: {msg}");
+        }
+        let c: ProxyConfig = toml::from_str(
+            "[[control_planes]]\nurl = \"dns+http://cp.test:9001\"\n[discovery]\ndns_refresh_ms = 0",
+        )
+        .expect("parses");
+        let msg = c.validate(None).expect_err("0 ms").to_string();
+        assert!(msg.contains("discovery.dns_refresh_ms"), "{msg}");
     }
 
     #[test]

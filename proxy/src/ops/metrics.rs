@@ -24,6 +24,10 @@ pub struct Metrics {
     pub table_updates: IntCounter,
     pub snapshots_rejected: IntCounter,
     pub control_plane_connected: IntGaugeVec,
+    /// Addresses a `dns+` control-plane name resolved to last, by name.
+    pub control_plane_addresses: IntGaugeVec,
+    /// Resolutions of `dns+` names, by name and result (`ok`, `error`).
+    pub dns_resolutions: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -96,6 +100,20 @@ impl Metrics {
             ),
             &["control_plane"],
         ));
+        let control_plane_addresses = must(IntGaugeVec::new(
+            Opts::new(
+                "control_plane_addresses",
+                "Addresses a dns+ control-plane name resolved to last (one plane each)",
+            ),
+            &["source"],
+        ));
+        let dns_resolutions = must(IntCounterVec::new(
+            Opts::new(
+                "dns_resolutions_total",
+                "Resolutions of dns+ control-plane names, by result",
+            ),
+            &["source", "result"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -108,6 +126,8 @@ impl Metrics {
             Box::new(table_updates.clone()),
             Box::new(snapshots_rejected.clone()),
             Box::new(control_plane_connected.clone()),
+            Box::new(control_plane_addresses.clone()),
+            Box::new(dns_resolutions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -124,6 +144,8 @@ impl Metrics {
             table_updates,
             snapshots_rejected,
             control_plane_connected,
+            control_plane_addresses,
+            dns_resolutions,
         })
     }
 

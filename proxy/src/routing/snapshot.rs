@@ -22,14 +22,15 @@ impl RoutingTable {
     /// Builds the union of several planes' routes: per model, the endpoints of every plane
     /// (the first plane, by id, sets the policy and kind). `states` keeps per-endpoint state
     /// across versions; entries for endpoints that are gone are dropped.
-    pub fn merge(
-        planes: &BTreeMap<String, PlaneRoutes>,
+    pub fn merge<'a>(
+        planes: impl IntoIterator<Item = (&'a String, &'a PlaneRoutes)>,
         source: &str,
         states: &mut HashMap<String, Arc<EndpointState>>,
     ) -> RoutingTable {
+        let planes: Vec<(&String, &PlaneRoutes)> = planes.into_iter().collect();
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
         let mut live = HashMap::new();
-        for plane in planes.values() {
+        for (_, plane) in &planes {
             for m in &plane.models {
                 let entry = merged
                     .entry(m.name.clone())
@@ -46,7 +47,7 @@ impl RoutingTable {
         }
         *states = live;
         let version = match planes.len() {
-            1 => planes.values().map(|p| p.version.clone()).collect(),
+            1 => planes.iter().map(|(_, p)| p.version.clone()).collect(),
             _ => planes
                 .iter()
                 .map(|(id, p)| format!("{id}={}", p.version))
