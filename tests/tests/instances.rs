@@ -1977,12 +1977,13 @@ async fn deleted_instances_lose_their_logs_unless_kept() {
     let kept_before = log_files(&logs, "kept");
     let r = api.delete("/instances/kept?keep_logs=true").await;
     assert_eq!(r.status, 204, "{}", r.text);
-    assert_eq!(
-        log_files(&logs, "kept"),
-        kept_before,
-        "keep_logs=true keeps them"
+    // Kept: every file is still there (its stop notes may have rotated in one more).
+    let kept_after = log_files(&logs, "kept");
+    assert!(
+        kept_before.iter().all(|f| kept_after.contains(f)),
+        "keep_logs=true keeps them: before {kept_before:?}, after {kept_after:?}"
     );
-    let history: String = kept_before
+    let history: String = kept_after
         .iter()
         .map(|f| std::fs::read_to_string(logs.join(f)).expect("a kept log file"))
         .collect();
@@ -2302,6 +2303,9 @@ async fn gpu_placement_and_per_process_vram_on_simulated_gpus() {
         .create(json!({"name": "fits", "model_id": "bge", "vram_mb": 5500}))
         .await;
     assert_eq!(v["spec"]["gpu_id"], 1, "{v}");
+    for n in ["loading", "fits"] {
+        plane.wait_status(n, "ready").await;
+    }
     plane.finish(3).await;
 
     // placement = "warn": placed anyway, and told why.
