@@ -87,11 +87,16 @@ impl App {
         let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
         let simulated_dir = simulated_process_dir(&cfg)?;
+        let identity = crate::instances::process::resolve_identity(
+            cfg.instances.user.as_deref(),
+            cfg.instances.group.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
         let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
-            manager_settings(&cfg, simulated_dir.as_deref()),
+            manager_settings(&cfg, simulated_dir.as_deref(), identity),
             cfg.templates.clone(),
             persisted.instances,
             Deps {
@@ -238,6 +243,7 @@ fn simulated_process_dir(cfg: &ControlConfig) -> anyhow::Result<Option<std::path
 fn manager_settings(
     cfg: &ControlConfig,
     simulated_dir: Option<&std::path::Path>,
+    (uid, gid): (Option<u32>, Option<u32>),
 ) -> ManagerSettings {
     let inst = &cfg.instances;
     let ms = Duration::from_millis;
@@ -270,6 +276,8 @@ fn manager_settings(
                     )]
                 })
                 .unwrap_or_default(),
+            uid,
+            gid,
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,

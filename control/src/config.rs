@@ -92,6 +92,10 @@ pub struct InstancesConfig {
     pub crash_loop_window_ms: u64,
     /// How often instances' `[limits]` (memory, VRAM) are measured.
     pub limits_interval_ms: u64,
+    /// Run instances as this user (name or uid) and group (name or gid; default: the user's
+    /// primary group). Needs root (or CAP_SETUID and CAP_SETGID).
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl Default for InstancesConfig {
@@ -119,6 +123,8 @@ impl Default for InstancesConfig {
             crash_loop_restarts: 5,
             crash_loop_window_ms: 300_000,
             limits_interval_ms: 1_000,
+            user: None,
+            group: None,
         }
     }
 }

@@ -2580,6 +2580,64 @@ async fn custom_probes_readiness_withdraws_liveness_restarts_with_stats() {
     plane.finish(1).await;
 }
 
+/// `[instances] user`: the instance runs as that user (when the test runs as root; otherwise it
+/// says it is skipped).
+#[tokio::test]
+async fn instances_run_as_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED instances_run_as_the_configured_user: needs root to switch users");
+        return;
+    }
+    let dir = temp_dir("inst-user");
+    let plane = Plane::start(
+        &dir,
+        "cp-user",
+        port_block(23),
+        &[("user", "\"nobody\"")],
+        "",
+    )
+    .await;
+    plane
+        .api
+        .create(json!({"name": "unprivileged", "model_id": "bge"}))
+        .await;
+    let v = plane.wait_status("unprivileged", "ready").await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid_of(&v))).expect("status");
+    let ids = |field: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(ids("Uid:"), ["65534"; 4], "{status}");
+    assert_eq!(ids("Gid:"), ["65534"; 4], "{status}");
+    assert!(
+        ids("Groups:").iter().all(|g| g != "0"),
+        "no root group: {status}"
+    );
+    plane.finish(1).await;
+    // An unknown user stops the start, naming the key.
+    let cfg = control_body(port_block(24), &[("user", "\"no-such-user-mv\"")], "");
+    let path = dir.join("bad-user.toml");
+    std::fs::write(&path, cfg).expect("write");
+    let out = std::process::Command::new(bin("multiverse-control"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("bad-user-data"))
+        .output()
+        .expect("run multiverse-control");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("[instances] user/group") && err.contains("no user named `no-such-user-mv`"),
+        "{err}"
+    );
+}
+
 /// On a host with NVIDIA GPUs (NVML loads), the GPU figures come from NVML end to end; elsewhere
 /// the test says it is skipped and why.
 #[tokio::test]

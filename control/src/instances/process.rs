@@ -54,6 +54,13 @@ pub fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .process_group(0)
         .kill_on_drop(false);
     cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
+    // Supplementary groups are dropped too when the control plane runs as root (std does it).
+    if let Some(gid) = launch.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = launch.uid {
+        cmd.uid(uid);
+    }
     if let Some(devices) = &launch.cuda_visible_devices {
         // CUDA's default order is "fastest first"; NVML's (and so `gpu_id`'s) is PCI bus order.
         cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
@@ -130,6 +137,48 @@ fn stat_pgrp(stat: &str) -> Option<u32> {
         .nth(2)?
         .parse()
         .ok()
+}
+
+/// `[instances] user` and `group` (names or numeric ids) as ids; a user without a group runs
+/// with the user's primary group. Reads the user and group databases: call at startup only.
+pub fn resolve_identity(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<u32>, Option<u32>), String> {
+    use nix::unistd::{Group, User};
+    let user = match user {
+        None => None,
+        Some(u) => Some(match u.parse::<u32>() {
+            Ok(uid) => (
+                uid,
+                User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.gid.as_raw()),
+            ),
+            Err(_) => {
+                let found = User::from_name(u)
+                    .map_err(|e| format!("cannot look up user `{u}`: {e}"))?
+                    .ok_or_else(|| format!("no user named `{u}`"))?;
+                (found.uid.as_raw(), Some(found.gid.as_raw()))
+            }
+        }),
+    };
+    let gid = match group {
+        None => user.and_then(|(_, primary)| primary),
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => Group::from_name(g)
+                .map_err(|e| format!("cannot look up group `{g}`: {e}"))?
+                .ok_or_else(|| format!("no group named `{g}`"))?
+                .gid
+                .as_raw(),
+        }),
+    };
+    if (user.is_some() || gid.is_some()) && !nix::unistd::geteuid().is_root() {
+        tracing::warn!("[instances] user/group are set but the control plane is not root: starting instances will fail unless it has CAP_SETUID and CAP_SETGID");
+    }
+    Ok((user.map(|(uid, _)| uid), gid))
 }
 
 /// Signals the process group.
@@ -243,6 +292,20 @@ mod tests {
             "not this process's group"
         );
         assert!(group_members(&[]).is_empty());
+    }
+
+    #[test]
+    fn identities_by_name_and_id() {
+        assert_eq!(resolve_identity(None, None), Ok((None, None)));
+        assert_eq!(resolve_identity(Some("root"), None), Ok((Some(0), Some(0))));
+        assert_eq!(
+            resolve_identity(Some("0"), Some("0")),
+            Ok((Some(0), Some(0)))
+        );
+        assert_eq!(resolve_identity(None, Some("root")), Ok((None, Some(0))));
+        let e = resolve_identity(Some("no-such-user-mv"), None).unwrap_err();
+        assert!(e.contains("no user named `no-such-user-mv`"), "{e}");
+        assert!(resolve_identity(None, Some("no-such-group-mv")).is_err());
     }
 
     #[test]

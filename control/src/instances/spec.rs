@@ -219,6 +219,10 @@ pub struct Launch {
     pub cuda_visible_devices: Option<String>,
     /// More environment variables.
     pub env: Vec<(String, String)>,
+    /// Run as this user and group (`[instances] user`/`group`; needs root or CAP_SETUID and
+    /// CAP_SETGID).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// The TEI command line for a spec on `port` (with its own prometheus port and socket).
@@ -275,6 +279,8 @@ pub fn command_line(
         args,
         cuda_visible_devices: spec.gpu_id.map(|g| g.to_string()),
         env: Vec::new(),
+        uid: None,
+        gid: None,
     }
 }
 

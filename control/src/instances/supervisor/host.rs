@@ -82,6 +82,8 @@ impl TeiHost {
             &run_dir.socket(name).display().to_string(),
         );
         launch.env.clone_from(&settings.env);
+        launch.uid = settings.uid;
+        launch.gid = settings.gid;
         launch
     }
 
@@ -191,6 +193,8 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             cuda_visible_devices: Some("0".into()),
             env: Vec::new(),
+            uid: None,
+            gid: None,
         };
         let probe = ProbeTarget {
             http: reqwest::Client::new(),

@@ -66,6 +66,9 @@ pub struct Settings {
     pub crash_loop_window: Duration,
     /// More environment variables for every instance (e.g. the simulated GPUs' directory).
     pub env: Vec<(String, String)>,
+    /// The user and group instances run as (`None`: the control plane's).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// Where an instance is in its life.
