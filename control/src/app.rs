@@ -141,6 +141,7 @@ impl App {
             instances: manager.clone(),
             gpus,
             events: events.clone(),
+            ui: Arc::new(cfg.ui.clone()),
         };
         Ok(App {
             id,

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
+    /// `[ui]`: what `GET /ui/config` tells the web UI.
+    pub ui: Arc<crate::config::UiConfig>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.

@@ -16,8 +16,62 @@ fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
 
-/// The document.
+/// The tags Swagger groups routes by, in order.
+const TAGS: &[(&str, &str)] = &[
+    ("backends", "External OpenAI-compatible backends"),
+    (
+        "instances",
+        "TEI instances supervised by this control plane",
+    ),
+    ("events", "Lifecycle events (server-sent events)"),
+    (
+        "fleet",
+        "Proxies, the route snapshot, GPUs and summary counts",
+    ),
+    (
+        "system",
+        "Health, metrics, this document and the web UI's settings",
+    ),
+];
+
+/// The tag of a route, by its path.
+fn tag_of(path: &str) -> &'static str {
+    if path.starts_with("/admin/backends") {
+        "backends"
+    } else if path.starts_with("/instances") || path == "/templates" {
+        "instances"
+    } else if path == "/events" {
+        "events"
+    } else if ["/proxies", "/snapshot", "/gpus", "/stats"].contains(&path) {
+        "fleet"
+    } else {
+        "system"
+    }
+}
+
+/// The document, every operation tagged by [`tag_of`].
 pub async fn document() -> Json<Value> {
+    let Json(mut doc) = untagged();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let tag = tag_of(path);
+            if let Some(ops) = item.as_object_mut() {
+                for (method, op) in ops.iter_mut() {
+                    if method != "parameters" {
+                        op["tags"] = json!([tag]);
+                    }
+                }
+            }
+        }
+    }
+    doc["tags"] = TAGS
+        .iter()
+        .map(|(name, description)| json!({"name": name, "description": description}))
+        .collect();
+    Json(doc)
+}
+
+fn untagged() -> Json<Value> {
     let secured = json!([{"bearer": []}, {"apiKey": []}]);
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert("401".into(), error_response("No API key"));
@@ -39,6 +93,7 @@ pub async fn document() -> Json<Value> {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/ui/config": {"get": {"summary": "What the web UI is told: the proxy its playground calls ([ui] proxy_url in control.toml, null when unset)", "responses": {"200": {"description": "{proxy_url}", "content": {"application/json": {"schema": {"type": "object", "properties": {"proxy_url": {"type": "string", "nullable": true}}}}}}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
             "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
