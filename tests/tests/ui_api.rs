@@ -323,3 +323,157 @@ async fn the_proxy_answers_cors_for_allowed_origins_only() {
     );
     let _ = Duration::ZERO;
 }
+
+async fn post_json(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    json_of(
+        c.post(url)
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .expect(url),
+    )
+    .await
+}
+
+fn assert_code(reply: &(u16, Value), status: u16, code: &str, what: &str) {
+    assert_eq!(reply.0, status, "{what}: {}", reply.1);
+    assert_eq!(reply.1["code"], code, "{what}: {}", reply.1);
+    assert!(reply.1["timestamp"].is_string(), "{what}: {}", reply.1);
+}
+
+/// The models of the snapshot being pushed.
+async fn snapshot_models(c: &reqwest::Client, api: &str) -> Vec<String> {
+    let (_, snap) = get_json(c, &format!("{api}/snapshot")).await;
+    snap["models"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn test_connection_checks_like_registration_and_stores_nothing() {
+    let dir = temp_dir("ui-test-conn");
+    let tested = MockOpenAi::start(
+        &dir,
+        "mock-tested",
+        &["--model", "tested-a", "--model", "tested-b"],
+    );
+    let keyed = MockOpenAi::start(
+        &dir,
+        "mock-keyed",
+        &["--model", "keyed", "--api-key", "sk-upstream-1"],
+    );
+    let real = MockOpenAi::start(&dir, "mock-real", &["--model", "real"]);
+    let cp = Control::start(&dir, "cp-test-conn", &control_body("")).await;
+    let c = reqwest::Client::new();
+    let api = cp.api_url();
+    let url = format!("{api}/admin/backends/test");
+    assert_documented(&openapi(&c, &api).await, "/admin/backends/test", "post");
+
+    // Discovered models, latency and the backend's status.
+    let (status, body) = post_json(&c, &url, &json!({"name": "t-1", "url": tested.url()})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["status"], 200);
+    assert_eq!(body["models"], json!(["tested-a", "tested-b"]));
+    assert!(body["latency_ms"].is_u64(), "{body}");
+    // Named models are kept; the upstream key is sent.
+    let (status, body) = post_json(
+        &c,
+        &url,
+        &json!({"name": "t-2", "url": keyed.url(), "api_key": "sk-upstream-1", "models": ["alias"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["models"], json!(["alias"]));
+    // Registration's errors, with its codes.
+    let r = post_json(&c, &url, &json!({"name": "t-3", "url": keyed.url()})).await;
+    assert_code(&r, 503, "BACKEND_UNAVAILABLE", "wrong upstream key");
+    assert!(r.1["error"].as_str().unwrap().contains("401"), "{}", r.1);
+    let dead = format!("http://{}", try_free_addr().unwrap());
+    let r = post_json(&c, &url, &json!({"name": "t-4", "url": dead})).await;
+    assert_code(&r, 503, "BACKEND_UNAVAILABLE", "nothing listening");
+    let r = post_json(&c, &url, &json!({"name": "bad name!", "url": tested.url()})).await;
+    assert_code(&r, 400, "VALIDATION_ERROR", "bad name");
+    assert!(
+        r.1["error"].as_str().unwrap().starts_with("`name`"),
+        "{}",
+        r.1
+    );
+    let r = post_json(&c, &url, &json!({"name": "t-5", "url": "ftp://x"})).await;
+    assert_code(&r, 400, "INVALID_URL", "bad scheme");
+    let r = post_json(
+        &c,
+        &url,
+        &json!({"name": "t-6", "url": tested.url(), "weight": 0}),
+    )
+    .await;
+    assert_code(&r, 400, "VALIDATION_ERROR", "weight 0");
+    let r = post_json(
+        &c,
+        &url,
+        &json!({"name": "t-7", "url": tested.url(), "colour": "red"}),
+    )
+    .await;
+    assert_code(&r, 400, "VALIDATION_ERROR", "unknown field");
+    let r = json_of(
+        c.post(&url)
+            .json(&json!({"name": "t", "url": tested.url()}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_code(&r, 401, "UNAUTHORIZED", "no key");
+
+    // Nothing was stored: a real registration afterwards is the only backend, and once its
+    // snapshot is out, no tested model is in it.
+    let (status, body) = post_json(
+        &c,
+        &format!("{api}/admin/backends"),
+        &json!({"name": "real", "url": real.url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let models = eventually(
+        Duration::from_secs(10),
+        "the registration's snapshot",
+        || async {
+            let m = snapshot_models(&c, &api).await;
+            m.contains(&"real".to_string()).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(models, ["real"], "tested backends reached the snapshot");
+    let (_, list) = get_json(&c, &format!("{api}/admin/backends")).await;
+    let names: Vec<_> = list["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("real")]);
+
+    // The SSRF rules apply: without allow_private_backends, loopback is refused.
+    let strict = Control::start(
+        &dir,
+        "cp-test-strict",
+        &control_body("").replace(
+            "allow_private_backends = true",
+            "allow_private_backends = false",
+        ),
+    )
+    .await;
+    let r = post_json(
+        &c,
+        &format!("{}/admin/backends/test", strict.api_url()),
+        &json!({"name": "t-8", "url": tested.url()}),
+    )
+    .await;
+    assert_code(&r, 400, "PRIVATE_ADDRESS_NOT_ALLOWED", "loopback");
+}

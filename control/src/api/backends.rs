@@ -1,4 +1,4 @@
-//! `/admin/backends`: register, list, show, update, deregister, check and restore external
+//! `/admin/backends`: register (or only test the connection), list, show, update, deregister, check and restore external
 //! OpenAI-compatible backends (the rules are in [`crate::backends::admission`]).
 
 use axum::extract::rejection::JsonRejection;
@@ -9,12 +9,13 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{body, ApiError, ApiState};
-use crate::backends::admission::BackendRequest;
+use crate::backends::admission::{BackendRequest, Tested};
 use crate::backends::registry::{BackendView, RegistryError};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/admin/backends", get(list).post(register))
+        .route("/admin/backends/test", post(test))
         .route(
             "/admin/backends/{id}",
             get(show).put(update).delete(deregister),
@@ -44,6 +45,14 @@ async fn register(
 ) -> Result<(StatusCode, Json<BackendView>), ApiError> {
     let view = s.admission.register(body(payload)?).await?;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// "Test connection": registration's checks and probe, nothing stored.
+async fn test(
+    State(s): State<ApiState>,
+    payload: Result<Json<BackendRequest>, JsonRejection>,
+) -> Result<Json<Tested>, ApiError> {
+    Ok(Json(s.admission.test(body(payload)?).await?))
 }
 
 async fn update(

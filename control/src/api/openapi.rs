@@ -12,6 +12,22 @@ fn backend_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Backend"}}}})
 }
 
+/// A JSON response of the schema `components/schemas/<name>`.
+fn schema_response(description: &str, name: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}})
+}
+
+/// Schemas of the phase-2 routes (kept out of the document's one `json!`, whose nesting is at
+/// the macro's recursion limit).
+fn more_schemas() -> Value {
+    json!({
+        "ConnectionTest": {"type": "object", "properties": {
+            "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
+            "status": {"type": "integer", "nullable": true, "description": "HTTP status of the backend's /v1/models"},
+            "models": {"type": "array", "items": {"type": "string"}, "description": "The models it would be registered with"}}},
+    })
+}
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
@@ -63,6 +79,11 @@ pub async fn document() -> Json<Value> {
                 }
             }
         }
+    }
+    if let (Some(schemas), Value::Object(more)) =
+        (doc["components"]["schemas"].as_object_mut(), more_schemas())
+    {
+        schemas.extend(more);
     }
     doc["tags"] = TAGS
         .iter()
@@ -143,6 +164,15 @@ fn untagged() -> Json<Value> {
                         ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
                         ("422", error_response("MAX_BACKENDS_REACHED")),
                         ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
+                    ]))}
+            },
+            "/admin/backends/test": {
+                "post": {"summary": "Test connection: registration's validation, SSRF rules and check, nothing stored and no snapshot change", "security": secured, "requestBody": request_body,
+                    "responses": auth_errors(m(vec![
+                        ("200", schema_response("{ok, latency_ms, status, models}", "ConnectionTest")),
+                        ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("503", error_response("BACKEND_UNAVAILABLE: the check failed (the reason in `error`)")),
                     ]))}
             },
             "/admin/backends/{id}": {
