@@ -118,7 +118,7 @@ fn untagged() -> Json<Value> {
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
             "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
-            "/events": {"get": {"summary": "Instance events as server-sent events (replays recent ones; ?since=, ?instance=, ?type=a,b)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
+            "/events": {"get": {"summary": "Instance and backend events (backend_registered, backend_healthy, backend_unhealthy, backend_deregistered, backend_restored, backend_updated, backend_deleted) as server-sent events, one seq; replays recent ones (?since=, Last-Event-ID); ?instance=, ?type=a,b filter", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
