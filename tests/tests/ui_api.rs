@@ -748,3 +748,74 @@ async fn backend_events_share_the_instance_event_stream() {
             .contains(&h["type"].as_str().unwrap_or(""))
     ));
 }
+
+/// 8 free ports in 31000-31999 for instances.
+fn instance_ports() -> (u16, u16) {
+    let first = (std::process::id() % 125) as u16;
+    (0..125)
+        .map(|i| 31000 + ((first + i) % 125) * 8)
+        .find(|lo| (*lo..*lo + 8).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .map(|lo| (lo, lo + 7))
+        .expect("8 free ports in 31000-31999")
+}
+
+#[tokio::test]
+async fn stats_counts_what_the_dashboard_shows() {
+    let dir = temp_dir("ui-stats");
+    let up = MockOpenAi::start(&dir, "mock-up", &["--model", "m-up", "--model", "m-shared"]);
+    let mut down = MockOpenAi::start(&dir, "mock-down", &["--model", "m-down"]);
+    let ports = instance_ports();
+    let cp = Control::start(
+        &dir,
+        "cp-stats",
+        &control_body(&format!(
+            "[instances]\nbinary = \"{}\"\nport_range = [{}, {}]\nstartup_probe_interval_ms = 100\n\
+             liveness_interval_ms = 500\nprobe_timeout_ms = 1000\ndrain_ms = 50\nstop_grace_ms = 1000\n\
+             [[backends]]\nname = \"cfg-up\"\nurl = \"{}\"\nmodels = [\"m-up\", \"m-shared\"]\n",
+            bin("mock-tei").display(),
+            ports.0,
+            ports.1,
+            up.url()
+        )),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let api = cp.api_url();
+    assert_documented(&openapi(&c, &api).await, "/stats", "get");
+    let (status, body) = post_json(
+        &c,
+        &format!("{api}/admin/backends"),
+        &json!({"name": "down", "url": down.url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post_json(
+        &c,
+        &format!("{api}/instances"),
+        &json!({"name": "emb-s", "model_id": "BAAI/bge-small-en-v1.5", "pooling": "cls"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    down.proc.kill();
+    let proxy = Proxy::start(&dir, "proxy-stats", &[cp.discovery_url()]).await;
+
+    // Open: no key. Converges to: cfg-up healthy, down unhealthy, emb-s ready, one proxy on
+    // the current version; models m-up, m-shared, m-down, the instance's; endpoints 2+1+1.
+    let want = json!({
+        "backends": {"total": 2, "healthy": 1, "unhealthy": 1, "unknown": 0, "deregistered": 0},
+        "instances": {"total": 1, "by_status": {"ready": 1}},
+        "models": 4,
+        "endpoints": {"total": 4, "healthy": 3},
+        "proxies": {"connected": 1, "acked_current": 1},
+    });
+    let stats = eventually(Duration::from_secs(30), "the stats to converge", || async {
+        let r = c.get(format!("{api}/stats")).send().await.ok()?;
+        let mut v: Value = r.json().await.ok()?;
+        let version = v["proxies"].as_object_mut()?.remove("current_version")?;
+        (v == want).then_some(version)
+    })
+    .await;
+    let (_, snap) = get_json(&c, &format!("{api}/snapshot")).await;
+    assert_eq!(stats, snap["version"], "current_version is the snapshot's");
+    drop(proxy);
+}

@@ -1,6 +1,6 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, GPUs, the web UI).
+//! (health, metrics, OpenAPI, proxies, snapshot, stats, GPUs, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -15,6 +15,7 @@ pub mod logs;
 pub mod openapi;
 pub mod proxies;
 pub mod sse;
+pub mod stats;
 pub mod system;
 pub mod ui;
 
@@ -77,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(proxies::router())
+        .merge(stats::router())
         .merge(gpus::router())
         .merge(admin)
         .merge(ui::router())

@@ -20,7 +20,15 @@ fn schema_response(description: &str, name: &str) -> Value {
 /// Schemas of the phase-2 routes (kept out of the document's one `json!`, whose nesting is at
 /// the macro's recursion limit).
 fn more_schemas() -> Value {
+    let count = json!({"type": "integer"});
     json!({
+        "Stats": {"type": "object", "properties": {
+            "backends": {"type": "object", "description": "deregistered ones are not in healthy/unhealthy/unknown", "properties": {
+                "total": count, "healthy": count, "unhealthy": count, "unknown": count, "deregistered": count}},
+            "instances": {"type": "object", "properties": {"total": count, "by_status": {"type": "object", "additionalProperties": count}}},
+            "models": count,
+            "endpoints": {"type": "object", "properties": {"total": count, "healthy": count}},
+            "proxies": {"type": "object", "properties": {"connected": count, "current_version": {"type": "string"}, "acked_current": count}}}},
         "ConnectionTest": {"type": "object", "properties": {
             "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
             "status": {"type": "integer", "nullable": true, "description": "HTTP status of the backend's /v1/models"},
@@ -116,6 +124,7 @@ fn untagged() -> Json<Value> {
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/ui/config": {"get": {"summary": "What the web UI is told: the proxy its playground calls ([ui] proxy_url in control.toml, null when unset)", "responses": {"200": {"description": "{proxy_url}", "content": {"application/json": {"schema": {"type": "object", "properties": {"proxy_url": {"type": "string", "nullable": true}}}}}}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
+            "/stats": {"get": {"summary": "Summary counts (no names): backends by health, instances by status, models, endpoints, proxies and how many ACKed the current version", "responses": {"200": schema_response("Stats", "Stats")}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
             "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
             "/events": {"get": {"summary": "Instance and backend events (backend_registered, backend_healthy, backend_unhealthy, backend_deregistered, backend_restored, backend_updated, backend_deleted) as server-sent events, one seq; replays recent ones (?since=, Last-Event-ID); ?instance=, ?type=a,b filter", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
