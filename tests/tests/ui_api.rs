@@ -819,3 +819,145 @@ async fn stats_counts_what_the_dashboard_shows() {
     assert_eq!(stats, snap["version"], "current_version is the snapshot's");
     drop(proxy);
 }
+
+/// Waits until the wall clock is in a later second than now (RFC 3339 timestamps are to the
+/// second).
+async fn next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    tokio::time::sleep(Duration::from_millis(1010 - u64::from(now.subsec_millis()))).await;
+}
+
+fn names_of(list: &Value, key: &str) -> Vec<String> {
+    list[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {list}"))
+        .iter()
+        .map(|b| b["name"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_filter_and_sort_on_the_server() {
+    let dir = temp_dir("ui-lists");
+    let a = MockOpenAi::start(&dir, "mock-la", &["--model", "chat-a", "--model", "shared"]);
+    let b = MockOpenAi::start(&dir, "mock-lb", &["--model", "chat-b", "--model", "shared"]);
+    let mut cm = MockOpenAi::start(&dir, "mock-lc", &["--model", "chat-c"]);
+    let ports = instance_ports();
+    let cp = Control::start(
+        &dir,
+        "cp-lists",
+        &control_body(&format!(
+            "[instances]\nbinary = \"{}\"\nport_range = [{}, {}]\nstartup_probe_interval_ms = 100\n\
+             liveness_interval_ms = 500\nprobe_timeout_ms = 1000\ndrain_ms = 50\nstop_grace_ms = 1000\n",
+            bin("mock-tei").display(),
+            ports.0,
+            ports.1
+        )),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let api = cp.api_url();
+    // Registered in the order zeta, (next second) alpha, mid: creation order differs from
+    // names (timestamps are to the second; ties sort by name).
+    for (name, url, owner, team) in [
+        ("zeta", cm.url(), "bob", "ml"),
+        ("alpha", a.url(), "ann", "search"),
+        ("mid", b.url(), "bob", "search"),
+    ] {
+        let (status, body) = post_json(
+            &c,
+            &format!("{api}/admin/backends"),
+            &json!({"name": name, "url": url, "owner": owner, "tags": {"team": team}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        if name == "zeta" {
+            next_second().await;
+        }
+    }
+    for (name, gpu) in [("emb-b", 1), ("emb-a", 0)] {
+        if name == "emb-a" {
+            next_second().await;
+        }
+        let (status, body) = post_json(
+            &c,
+            &format!("{api}/instances"),
+            &json!({"name": name, "model_id": format!("org/model-{name}"), "gpu_id": gpu}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    cm.proc.kill();
+    eventually(Duration::from_secs(15), "zeta unhealthy", || async {
+        let (_, v) = get_json(&c, &format!("{api}/admin/backends?health=unhealthy")).await;
+        (names_of(&v, "backends") == ["zeta"]).then_some(())
+    })
+    .await;
+
+    let list = |q: &'static str| {
+        let c = c.clone();
+        let api = api.clone();
+        async move {
+            let (status, v) = get_json(&c, &format!("{api}/admin/backends{q}")).await;
+            assert_eq!(status, 200, "{q}: {v}");
+            names_of(&v, "backends").join(",")
+        }
+    };
+    assert_eq!(list("").await, "alpha,mid,zeta");
+    assert_eq!(list("?model=shared").await, "alpha,mid");
+    assert_eq!(list("?model=chat-c").await, "zeta");
+    assert_eq!(list("?health=healthy").await, "alpha,mid");
+    assert_eq!(list("?owner=bob").await, "mid,zeta");
+    assert_eq!(list("?tag=team:search&owner=bob").await, "mid");
+    assert_eq!(list("?tag=team").await, "alpha,mid,zeta");
+    assert_eq!(list("?deregistered=true").await, "");
+    assert_eq!(list("?sort=name&order=desc").await, "zeta,mid,alpha");
+    assert_eq!(list("?sort=created").await, "zeta,alpha,mid");
+    assert_eq!(list("?sort=created&order=desc").await, "mid,alpha,zeta");
+    assert_eq!(list("?sort=status").await, "alpha,mid,zeta");
+    assert_eq!(list("?sort=status&order=desc").await, "zeta,mid,alpha");
+    let last_check = list("?sort=last_check").await;
+    assert_eq!(last_check.split(',').count(), 3, "{last_check}");
+
+    let instances = |q: &'static str| {
+        let c = c.clone();
+        let api = api.clone();
+        async move {
+            let (status, v) = get_json(&c, &format!("{api}/instances{q}")).await;
+            assert_eq!(status, 200, "{q}: {v}");
+            names_of(&v, "instances").join(",")
+        }
+    };
+    assert_eq!(instances("").await, "emb-a,emb-b");
+    assert_eq!(instances("?sort=name&order=desc").await, "emb-b,emb-a");
+    assert_eq!(instances("?sort=created").await, "emb-b,emb-a");
+    assert_eq!(instances("?gpu=1").await, "emb-b");
+    assert_eq!(instances("?model=org/model-emb-a").await, "emb-a");
+    assert_eq!(instances("?status=failed").await, "");
+
+    // Unknown parameters and values: 400 VALIDATION_ERROR naming them.
+    for (path, named) in [
+        ("/admin/backends?colour=red", "colour"),
+        ("/admin/backends?health=green", "health"),
+        ("/admin/backends?sort=size", "sort"),
+        ("/admin/backends?order=up", "order"),
+        ("/admin/backends?deregistered=maybe", "deregistered"),
+        ("/instances?status=sleeping", "status"),
+        ("/instances?sort=gpu", "sort"),
+        ("/instances?gpu=first", "gpu"),
+        ("/instances?colour=red", "colour"),
+    ] {
+        let r = get_json(&c, &format!("{api}{path}")).await;
+        assert_code(&r, 400, "VALIDATION_ERROR", path);
+        assert!(
+            r.1["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{named}`")),
+            "{path}: {}",
+            r.1
+        );
+    }
+}

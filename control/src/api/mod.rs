@@ -11,6 +11,7 @@ pub mod events;
 pub mod extract;
 pub mod gpus;
 pub mod instances;
+pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;

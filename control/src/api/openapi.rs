@@ -36,6 +36,32 @@ fn more_schemas() -> Value {
     })
 }
 
+/// Query parameters of a list route: name and, when it has a fixed set, its values.
+fn list_params(params: &[(&str, Option<&[&str]>)]) -> Value {
+    params
+        .iter()
+        .map(|(name, values)| {
+            let schema = match values {
+                Some(v) => json!({"type": "string", "enum": v}),
+                None => json!({"type": "string"}),
+            };
+            json!({"name": name, "in": "query", "required": false, "schema": schema})
+        })
+        .collect()
+}
+
+fn backend_list_params() -> Value {
+    list_params(&[
+        ("model", None),
+        ("health", Some(&["healthy", "unhealthy", "unknown"])),
+        ("owner", None),
+        ("tag", None),
+        ("deregistered", Some(&["true", "false"])),
+        ("sort", Some(&["name", "status", "last_check", "created"])),
+        ("order", Some(&["asc", "desc"])),
+    ])
+}
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
@@ -130,7 +156,7 @@ fn untagged() -> Json<Value> {
             "/events": {"get": {"summary": "Instance and backend events (backend_registered, backend_healthy, backend_unhealthy, backend_deregistered, backend_restored, backend_updated, backend_deleted) as server-sent events, one seq; replays recent ones (?since=, Last-Event-ID); ?instance=, ?type=a,b filter", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
-                "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
+                "get": {"summary": "List TEI instances; filters ?tag=key[:value], ?status=ready, ?model=, ?gpu=0; ?sort=name|status|created|restarts, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "parameters": list_params(&[("tag", None), ("status", Some(&["pending", "starting", "ready", "unhealthy", "restarting", "stopping", "stopped", "failed"])), ("model", None), ("gpu", None), ("sort", Some(&["name", "status", "created", "restarts"])), ("order", Some(&["asc", "desc"]))]), "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
                 "post": {"summary": "Create and start a TEI instance (validated before anything is spawned)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
@@ -164,7 +190,8 @@ fn untagged() -> Json<Value> {
                 "post": {"summary": "Create an instance from a template: {name, overrides...}", "security": secured, "responses": auth_errors(m(vec![("201", json!({"description": "Created"})), ("404", error_response("TEMPLATE_NOT_FOUND"))]))}
             },
             "/admin/backends": {
-                "get": {"summary": "List backends", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Backends"}))]))},
+                "get": {"summary": "List backends; filters ?model=, ?health=healthy|unhealthy|unknown, ?owner=, ?tag=key[:value], ?deregistered=true|false; ?sort=name|status|last_check|created, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "security": secured, "parameters": backend_list_params(),
+                    "responses": auth_errors(m(vec![("200", json!({"description": "{backends: [Backend]}"})), ("400", error_response("VALIDATION_ERROR naming the parameter"))]))},
                 "post": {"summary": "Register a backend (checked before it is accepted)", "security": secured, "requestBody": request_body,
                     "responses": auth_errors(m(vec![
                         ("201", backend_response("Registered")),
