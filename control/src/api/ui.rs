@@ -342,7 +342,7 @@ mod tests {
         let mut files = Vec::new();
         walk(&root, &root, &mut files);
         // Documentation for developers, not served.
-        files.retain(|f| f != "API-NEEDS.md");
+        files.retain(|f| f != "API.md");
         for f in &files {
             assert!(find(f).is_some(), "control/ui/{f} is not in ASSETS");
         }
