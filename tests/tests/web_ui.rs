@@ -240,7 +240,11 @@ async fn a_real_browser_drives_every_page() {
         discovery_addr,
     )
     .await;
-    assert_eq!(cp.api_url(), format!("http://{api_addr}"), "the allowed origin");
+    assert_eq!(
+        cp.api_url(),
+        format!("http://{api_addr}"),
+        "the allowed origin"
+    );
     let c = reqwest::Client::new();
     proxy.wait_ready(&c).await;
 
