@@ -12,11 +12,13 @@
 //!   one string table for `FromStr`, `Display` and serde, and their proto conversions.
 //! - [`time`] — RFC 3339 timestamps.
 //! - [`sse`] — Server-Sent Events encoding (bytes only; no HTTP framework).
+//! - [`paths`] — a crate's own directory while its tests run.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod paths;
 pub mod signals;
 pub mod sse;
 pub mod telemetry;

@@ -394,7 +394,7 @@ mod tests {
             "../deploy/kubernetes/base/config/control-backends.toml",
             "../deploy/kubernetes/overlays/development/config/control-gpu.toml",
         ] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);
             let c = ControlConfig::from_file(&path).expect(name);

@@ -393,7 +393,7 @@ mod tests {
             "development-proxy.toml",
             "../deploy/kubernetes/base/config/proxy.toml",
         ] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);
             let c = ProxyConfig::from_file(&path).expect(name);

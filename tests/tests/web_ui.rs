@@ -21,7 +21,7 @@ const KEY: &str = "ui-test-admin-key";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(420);
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    multiverse_tests::repo_root()
 }
 
 /// 40 free ports in 29000-29959 for instances (below the instance tests' sentinel ports).

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -99,7 +99,9 @@ def api(method, path, body=None):
 
 def wait(d, cond, what, timeout=WAIT):
     try:
-        return WebDriverWait(d, timeout, poll_frequency=0.05).until(lambda d: cond(d))
+        # A live page re-renders under the test: an element gone stale means "not yet".
+        return WebDriverWait(d, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: cond(d))
     except TimeoutException:
         raise AssertionError(f"timed out ({timeout} s) waiting for {what}; url {d.current_url}") from None
 
@@ -512,8 +514,10 @@ def test_instance_logs(d):
 
 
 def row_status(d, name):
-    rows = d.find_elements(By.CSS_SELECTOR, f"tr[data-row='{name}']")
-    return rows[0].get_attribute("data-status") if rows else None
+    # One script, so a row that the live list removes between finding and reading it cannot
+    # raise a stale-element error.
+    return js(d, "const r = document.querySelector(`tr[data-row='${arguments[0]}']`);"
+                 " return r ? r.getAttribute('data-status') : null;", name)
 
 
 def test_instance_actions(d):

@@ -338,7 +338,7 @@ mod tests {
                 }
             }
         }
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
+        let root = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("ui");
         let mut files = Vec::new();
         walk(&root, &root, &mut files);
         // Documentation for developers, not served.

@@ -218,7 +218,8 @@ mod tests {
 
     #[test]
     fn example_routes_file_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routes.toml");
+        let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/routes.toml");
         let (_, snap) = load(&path).expect("config/routes.toml loads");
         PlaneRoutes::from_snapshot("x", Some(&snap), &resolve_socket_addr).expect("valid");
         assert!(!snap.models.is_empty());

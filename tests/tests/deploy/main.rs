@@ -16,7 +16,7 @@ mod containers;
 mod prometheus;
 
 pub(crate) fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    multiverse_tests::repo_root()
 }
 
 /// The path of `tool` on PATH, or a panic naming the fix.
