@@ -77,14 +77,6 @@ impl App {
             );
         }
         let changes = Changes::new();
-        let registry = Arc::new(Registry::open(
-            store.clone(),
-            changes.clone(),
-            persisted.backends,
-            &cfg.backends,
-            cfg.admin.max_backends,
-        ));
-        let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
         let simulated_dir = simulated_process_dir(&cfg)?;
         let identity = crate::instances::process::resolve_identity(
@@ -92,8 +84,19 @@ impl App {
             cfg.instances.group.as_deref(),
         )
         .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
-        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let registry = Arc::new(
+            Registry::open(
+                store.clone(),
+                changes.clone(),
+                persisted.backends,
+                &cfg.backends,
+                cfg.admin.max_backends,
+            )
+            .with_events(events.clone()),
+        );
+        let metrics = ControlMetrics::new();
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
             manager_settings(&cfg, simulated_dir.as_deref(), identity),
@@ -156,6 +159,7 @@ impl App {
             instances: manager.clone(),
             gpus,
             events: events.clone(),
+            ui: Arc::new(cfg.ui.clone()),
         };
         Ok(App {
             id,

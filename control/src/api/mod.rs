@@ -1,6 +1,6 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, GPUs, the web UI).
+//! (health, metrics, OpenAPI, proxies, snapshot, stats, GPUs, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -11,10 +11,12 @@ pub mod events;
 pub mod extract;
 pub mod gpus;
 pub mod instances;
+pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
 pub mod sse;
+pub mod stats;
 pub mod system;
 pub mod ui;
 
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
+    /// `[ui]`: what `GET /ui/config` tells the web UI.
+    pub ui: Arc<crate::config::UiConfig>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -75,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(proxies::router())
+        .merge(stats::router())
         .merge(gpus::router())
         .merge(admin)
         .merge(ui::router())

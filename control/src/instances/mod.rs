@@ -13,6 +13,7 @@ pub mod manager;
 mod ports;
 pub mod probe;
 pub mod process;
+pub mod query;
 pub mod spec;
 pub mod supervisor;
 pub mod traffic;
