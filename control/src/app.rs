@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::api::auth::Keys;
+use crate::api::auth::Keys as AdminKeys;
 use crate::api::{self, ApiState};
 use crate::backends::admission::Admission;
 use crate::backends::checker::Checker;
@@ -31,6 +31,7 @@ use crate::instances::logs;
 use crate::instances::process::RunDir;
 use crate::instances::supervisor::Settings;
 use crate::instances::{Deps, Manager, ManagerSettings};
+use crate::keys::Keys;
 use crate::metrics::ControlMetrics;
 use crate::routes;
 use crate::store::{StateFile, Store};
@@ -76,6 +77,12 @@ impl App {
             &cfg.backends,
             cfg.admin.max_backends,
         ));
+        let inference_keys = Arc::new(Keys::open(
+            cfg.inference_auth.mode,
+            store.clone(),
+            changes.clone(),
+            persisted.keys,
+        ));
         let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
         let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
@@ -96,7 +103,7 @@ impl App {
             },
         );
         let publisher = Publisher::start(
-            routes::current(&registry, &manager),
+            routes::current(&registry, &manager, &inference_keys),
             persisted.version_floor,
             Some(store.clone()),
             changes.clone(),
@@ -106,6 +113,7 @@ impl App {
             changes,
             registry.clone(),
             manager.clone(),
+            inference_keys.clone(),
             publisher.clone(),
             Duration::from_millis(cfg.discovery.coalesce_ms),
         ));
@@ -137,7 +145,8 @@ impl App {
             registry,
             checker,
             metrics,
-            keys: Arc::new(Keys::new(keys)),
+            keys: Arc::new(AdminKeys::new(keys)),
+            inference_keys,
             instances: manager.clone(),
             gpus,
             events: events.clone(),

@@ -16,6 +16,7 @@ use crate::events::webhooks::WebhookConfig;
 use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
+use crate::keys::AuthSettings;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -31,6 +32,8 @@ pub struct ControlConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: ListenConfig,
     pub admin: AdminConfig,
+    /// Who may send inference requests through this control plane's proxies.
+    pub inference_auth: AuthSettings,
     pub health: HealthSettings,
     pub discovery: DiscoverySettings,
     /// External OpenAI-compatible backends declared up front.

@@ -63,6 +63,7 @@ fn snapshot(address: &str) -> pb::RouteSnapshot {
                 ..Default::default()
             }],
         }],
+        auth: None,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::backends::SpecError as BackendSpecError;
 use crate::gpu::PlacementError;
 use crate::instances::spec::SpecError as InstanceSpecError;
 use crate::instances::InstanceError;
+use crate::keys::KeyError;
 use crate::store::StateError;
 
 /// Every code the operator API answers, with its status.
@@ -37,6 +38,7 @@ pub enum ErrorCode {
     BackendNotFound,
     InstanceNotFound,
     TemplateNotFound,
+    KeyNotFound,
     // 409
     BackendExists,
     ConfigBackend,
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -76,6 +78,7 @@ impl ErrorCode {
         ErrorCode::BackendNotFound,
         ErrorCode::InstanceNotFound,
         ErrorCode::TemplateNotFound,
+        ErrorCode::KeyNotFound,
         ErrorCode::BackendExists,
         ErrorCode::ConfigBackend,
         ErrorCode::InstanceExists,
@@ -110,6 +113,7 @@ impl ErrorCode {
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::InstanceNotFound => "INSTANCE_NOT_FOUND",
             ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            ErrorCode::KeyNotFound => "KEY_NOT_FOUND",
             ErrorCode::BackendExists => "BACKEND_EXISTS",
             ErrorCode::ConfigBackend => "CONFIG_BACKEND",
             ErrorCode::InstanceExists => "INSTANCE_EXISTS",
@@ -144,7 +148,8 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::BackendNotFound
             | ErrorCode::InstanceNotFound
-            | ErrorCode::TemplateNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::TemplateNotFound
+            | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::BackendExists
             | ErrorCode::ConfigBackend
             | ErrorCode::InstanceExists
@@ -272,6 +277,17 @@ impl From<PlacementError> for ApiError {
     }
 }
 
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let code = match e {
+            KeyError::State(e) => return e.into(),
+            KeyError::NotFound(_) => ErrorCode::KeyNotFound,
+            KeyError::Invalid { .. } => ErrorCode::ValidationError,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> Self {
         let code = match e {
@@ -317,6 +333,19 @@ mod tests {
             "{e:?}"
         );
         assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn key_errors_have_their_codes() {
+        check(KeyError::NotFound("k".into()), 404, "KEY_NOT_FOUND");
+        check(
+            KeyError::Invalid {
+                field: "name",
+                message: "empty".into(),
+            },
+            400,
+            "VALIDATION_ERROR",
+        );
     }
 
     #[test]

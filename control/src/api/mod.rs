@@ -11,6 +11,7 @@ pub mod events;
 pub mod extract;
 pub mod gpus;
 pub mod instances;
+pub mod keys;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub checker: Arc<Checker>,
     pub metrics: Arc<ControlMetrics>,
     pub keys: Arc<auth::Keys>,
+    /// Inference API keys (`/admin/keys`).
+    pub inference_keys: Arc<crate::keys::Keys>,
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
@@ -66,6 +69,7 @@ pub async fn serve(
 pub fn router(state: ApiState) -> Router {
     let admin = backends::router()
         .merge(instances::router())
+        .merge(keys::router())
         .merge(events::router())
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),

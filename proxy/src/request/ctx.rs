@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ops::drain::ActiveGuard;
+use crate::request::auth::{Permit, RateHeaders};
 use crate::request::body::Held;
 use crate::request::classify::Family;
 use crate::request::observe::InFlight;
+use crate::routing::keys::ApiKey;
 use crate::routing::pick::{Tried, Want};
 use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
 
@@ -29,6 +31,12 @@ pub struct RequestCtx {
     /// The current attempt's failure was already counted for outlier detection.
     pub failure_counted: bool,
     pub in_flight: Option<InFlight>,
+    /// The inference key the request came with (keys mode).
+    pub key: Option<Arc<ApiKey>>,
+    /// Its admission by the key's limits (counted in flight while held).
+    pub permit: Option<Permit>,
+    /// The `x-ratelimit-*` headers its responses carry.
+    pub rate: Option<RateHeaders>,
     pub started: Instant,
     _active: ActiveGuard,
 }
@@ -51,6 +59,9 @@ impl RequestCtx {
             endpoint: None,
             failure_counted: false,
             in_flight: None,
+            key: None,
+            permit: None,
+            rate: None,
             started: Instant::now(),
             _active: active,
         }

@@ -3,18 +3,21 @@
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
-//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the model
-//!    and its route ([`target`], reading the body through
-//!    [`body`] when it names the model); errors and `GET /v1/models` are
-//!    answered here ([`respond`]), and the connection stays open.
+//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the
+//!    inference key ([`auth`], when keys are required), the model and its route ([`target`],
+//!    reading the body through [`body`] when it names the model), the key's model and limits;
+//!    errors and `GET /v1/models` are answered here ([`respond`]), and the connection stays
+//!    open.
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
 //!    ([`upstream`]).
-//! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
+//! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint (a gateway key
+//!    never goes upstream).
 //! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
 //!    streamed bodies.
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
-//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint` and the key's
+//!    `x-ratelimit-*` headers.
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
 //! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
@@ -37,6 +40,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::ops::drain::Active;
 use crate::ops::metrics::{LogLimit, Metrics};
+use crate::request::auth;
 use crate::request::body;
 use crate::request::classify::classify_request;
 use crate::request::ctx::RequestCtx;
@@ -121,7 +125,14 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
-        match self.find_route(session, ctx).await {
+        let found = match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
+            Ok(key) => {
+                ctx.key = key;
+                self.find_route(session, ctx).await
+            }
+            Err(e) => Err(e.into_pingora()),
+        };
+        match found {
             Ok(Some(route)) => {
                 ctx.route = Some(route);
                 Ok(false)
@@ -131,7 +142,8 @@ impl ProxyHttp for Gateway {
             Err(e) => match ProxyError::raised(&e) {
                 // The request's own fault or state: answered here, the connection stays open.
                 Some(err) => {
-                    respond::send_error(session, ctx.family.format(), err).await?;
+                    respond::send_error(session, ctx.family.format(), err, ctx.rate.as_ref())
+                        .await?;
                     Ok(true)
                 }
                 // A failed read from the client: pingora's error handling.
@@ -173,7 +185,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         match ctx.endpoint() {
-            Some(endpoint) => upstream::rewrite_request(upstream_request, endpoint),
+            Some(endpoint) => {
+                upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())
+            }
             None => Ok(()),
         }
     }
@@ -234,6 +248,9 @@ impl ProxyHttp for Gateway {
         if let Some(endpoint) = ctx.endpoint() {
             upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
         }
+        if let Some(rate) = &ctx.rate {
+            rate.write(upstream_response)?;
+        }
         Ok(())
     }
 
@@ -284,7 +301,7 @@ impl ProxyHttp for Gateway {
                 // HTTP/1.1 client does not reuse it.
                 session.set_keepalive(None);
                 if let Err(write_err) =
-                    respond::send_error(session, ctx.family.format(), &err).await
+                    respond::send_error(session, ctx.family.format(), &err, None).await
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
@@ -343,6 +360,13 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch (key expiry).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Why no endpoint is left for `route`: none could take requests at all, or every one tried
 /// failed (the last with `status`).
 fn nothing_left(route: &Route, status: u16) -> ProxyError {
@@ -368,7 +392,8 @@ impl Gateway {
         let plan = target::plan(&ctx.table, ready, ctx.family, session.req_header(), limit);
         let target = match plan.map_err(ProxyError::into_pingora)? {
             Plan::ModelsList => {
-                respond::send_json(session, 200, respond::models_list(&ctx.table)).await?;
+                let list = respond::models_list(&ctx.table, ctx.key.as_deref());
+                respond::send_json(session, 200, list).await?;
                 return Ok(None);
             }
             Plan::Route(target) => target,
@@ -377,9 +402,23 @@ impl Gateway {
                 target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
             }
         };
-        target::admit(target, &mut ctx.want, self.clock.now_ms())
-            .map(Some)
-            .map_err(ProxyError::into_pingora)
+        auth::authorize(ctx.key.as_deref(), &target.route.name)
+            .map_err(ProxyError::into_pingora)?;
+        let now = self.clock.now_ms();
+        let route = target::admit(target, &mut ctx.want, now).map_err(ProxyError::into_pingora)?;
+        if let Some(key) = &ctx.key {
+            match auth::admit(key, now.saturating_mul(1_000_000)) {
+                Ok((permit, rate)) => {
+                    ctx.permit = Some(permit);
+                    ctx.rate = (rate != auth::RateHeaders::default()).then_some(rate);
+                }
+                Err(refused) => {
+                    ctx.rate = Some(refused.rate);
+                    return Err(refused.error.into_pingora());
+                }
+            }
+        }
+        Ok(Some(route))
     }
 
     fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {

@@ -3,6 +3,8 @@
 //!
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
 //! - [`classify`] — its route family, from method, path and content type;
+//! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
+//!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
 //!   [`model_scan`]);
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
@@ -10,6 +12,7 @@
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
 //! - [`observe`] — its in-flight count.
 
+pub mod auth;
 pub mod body;
 pub mod classify;
 pub mod ctx;

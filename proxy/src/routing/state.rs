@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::routing::endpoint::EndpointState;
+use crate::routing::limits::KeyState;
 use crate::routing::snapshot::PlaneRoutes;
 use crate::routing::table::RoutingTable;
 
@@ -34,6 +35,8 @@ struct Planes {
     routes: BTreeMap<String, PlaneRoutes>,
     /// Runtime state of every endpoint in the table, by id (kept across versions).
     states: HashMap<String, Arc<EndpointState>>,
+    /// Limits' state of every key, by id (kept across versions).
+    key_states: HashMap<String, Arc<KeyState>>,
 }
 
 impl TableState {
@@ -78,8 +81,12 @@ impl TableState {
     }
 
     fn rebuild(&self, planes: &mut Planes) {
-        let Planes { routes, states } = planes;
-        let table = RoutingTable::merge(routes, &self.source, states);
+        let Planes {
+            routes,
+            states,
+            key_states,
+        } = planes;
+        let table = RoutingTable::merge(routes, &self.source, states, key_states);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),
