@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Keys as AdminKeys;
+use crate::api::client_limit::ClientLimit;
 use crate::api::{self, ApiState};
 use crate::backends::admission::Admission;
 use crate::backends::checker::Checker;
@@ -147,6 +148,8 @@ impl App {
             metrics,
             keys: Arc::new(AdminKeys::new(keys)),
             inference_keys,
+            client_limit: (cfg.admin.per_ip_rpm > 0)
+                .then(|| Arc::new(ClientLimit::new(cfg.admin.per_ip_rpm))),
             instances: manager.clone(),
             gpus,
             events: events.clone(),

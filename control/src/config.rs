@@ -132,6 +132,9 @@ pub struct AdminConfig {
     pub allow_private_backends: bool,
     /// Most backends that may be registered.
     pub max_backends: usize,
+    /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
+    /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
+    pub per_ip_rpm: u32,
 }
 
 impl Default for AdminConfig {
@@ -141,6 +144,7 @@ impl Default for AdminConfig {
             api_key_file: None,
             allow_private_backends: false,
             max_backends: 256,
+            per_ip_rpm: 0,
         }
     }
 }

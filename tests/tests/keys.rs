@@ -1,7 +1,8 @@
-//! Inference API keys end to end (issue 13): a control plane in keys mode issues, rotates,
+//! Inference API keys and per-address limits end to end (issue 13): a control plane in keys mode issues, rotates,
 //! updates and revokes keys through `/admin/keys`, and the proxy it feeds enforces each change
 //! (401 / 403 in OpenAI's format, the key never forwarded upstream); secrets appear in no
-//! listing, no state file, no `/snapshot`, no `/config_dump` and no log.
+//! listing, no state file, no `/snapshot`, no `/config_dump` and no log. `[limits] per_ip_rpm`
+//! on the proxy and `[admin] per_ip_rpm` on the control plane answer 429 in each format.
 
 use std::time::Duration;
 
@@ -285,4 +286,99 @@ async fn keys_issued_by_the_control_plane_are_enforced_by_its_proxies() {
         .await
         .expect("anon");
     assert_eq!(anon.status(), 401);
+}
+
+#[tokio::test]
+async fn per_address_limits_answer_429_in_each_format_on_both_listeners() {
+    let dir = temp_dir("per-ip");
+    let mock = MockOpenAi::start(&dir, "mock-ip", &["--model", "demo"]);
+    let routes = format!(
+        "version = \"per-ip\"\n[[models]]\nname = \"demo\"\nkind = \"chat\"\n[[models.endpoints]]\nid = \"mock-ip\"\naddress = \"{}\"\n",
+        mock.addr
+    );
+    let proxy =
+        Proxy::start_standalone(&dir, "proxy-ip", &routes, "[limits]\nper_ip_rpm = 3\n").await;
+    let client = reqwest::Client::new();
+    let chat = || {
+        client
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(chat().await.expect("chat").status(), 200, "request {i}");
+    }
+    let refused = chat().await.expect("chat");
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(
+        (1..=20).contains(&retry),
+        "one request per 20 s at 3 rpm: {retry}"
+    );
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(body["error"]["type"], "requests", "{body}");
+    // TEI's format on a TEI route, a gRPC status on gRPC: the same address, still over.
+    let tei = client
+        .post(format!("{}/embed", proxy.url()))
+        .json(&json!({"inputs": "hi"}))
+        .send()
+        .await
+        .expect("tei");
+    assert_eq!(tei.status(), 429);
+    let body: Value = tei.json().await.expect("json");
+    assert_eq!(body["error_type"], "rate_limit_exceeded", "{body}");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let grpc = h2
+        .post(format!("{}/tei.v1.Embed/Embed", proxy.url()))
+        .header("content-type", "application/grpc")
+        .header("x-model", "demo")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("grpc");
+    let status = grpc
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    assert_eq!(
+        status.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED: {:?}",
+        grpc.headers()
+    );
+
+    // The operator API, likewise.
+    let control = Control::start(
+        &dir,
+        "cp-ip",
+        &format!("[admin]\napi_keys = [\"{ADMIN}\"]\nper_ip_rpm = 3\n"),
+    )
+    .await;
+    // Readiness used some of the budget: count what is left, then expect the refusal.
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let r = client
+            .get(format!("{}/proxies", control.api_url()))
+            .send()
+            .await
+            .expect("api");
+        answered.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+            break;
+        }
+    }
+    assert_eq!(answered.last(), Some(&429), "{answered:?}");
 }

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     PortInUse,
     // 413
     PayloadTooLarge,
+    // 429
+    RateLimited,
     // 422
     MaxBackendsReached,
     MaxInstancesReached,
@@ -63,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -85,6 +87,7 @@ impl ErrorCode {
         ErrorCode::PortConflict,
         ErrorCode::PortInUse,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::MaxBackendsReached,
         ErrorCode::MaxInstancesReached,
         ErrorCode::InsufficientVram,
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::PortConflict => "PORT_CONFLICT",
             ErrorCode::PortInUse => "PORT_IN_USE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::MaxBackendsReached => "MAX_BACKENDS_REACHED",
             ErrorCode::MaxInstancesReached => "MAX_INSTANCES_REACHED",
             ErrorCode::InsufficientVram => "INSUFFICIENT_VRAM",
@@ -156,6 +160,7 @@ impl ErrorCode {
             | ErrorCode::PortConflict
             | ErrorCode::PortInUse => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MaxBackendsReached
             | ErrorCode::MaxInstancesReached
             | ErrorCode::InsufficientVram

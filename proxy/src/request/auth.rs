@@ -179,7 +179,7 @@ pub fn admit(key: &Arc<ApiKey>, now_ns: u64) -> Result<(Permit, RateHeaders), Bo
     Ok((permit, rate))
 }
 
-fn refuse(limit: Limit, retry_after_ns: u64, mut rate: RateHeaders) -> Box<Refused> {
+pub fn refuse(limit: Limit, retry_after_ns: u64, mut rate: RateHeaders) -> Box<Refused> {
     let retry_after = Duration::from_nanos(retry_after_ns.max(1_000_000));
     rate.retry_after = Some(retry_after);
     Box::new(Refused {

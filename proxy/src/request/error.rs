@@ -236,13 +236,15 @@ pub enum Limit {
     Requests,
     Tokens,
     Concurrent,
+    /// `[limits] per_ip_rpm`, the client address's.
+    ClientAddress,
 }
 
 impl Limit {
     /// The OpenAI error `type` of a 429 (`requests` / `tokens`, as OpenAI names them).
     pub fn kind(self) -> &'static str {
         match self {
-            Limit::Requests | Limit::Concurrent => "requests",
+            Limit::Requests | Limit::Concurrent | Limit::ClientAddress => "requests",
             Limit::Tokens => "tokens",
         }
     }
@@ -254,6 +256,7 @@ impl std::fmt::Display for Limit {
             Limit::Requests => "requests per minute",
             Limit::Tokens => "tokens per minute",
             Limit::Concurrent => "concurrent requests",
+            Limit::ClientAddress => "requests per minute from your address",
         })
     }
 }

@@ -4,7 +4,7 @@
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
 //! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the
-//!    inference key ([`auth`], when keys are required), the model and its route ([`target`],
+//!    client address's rate ([`client_limit`](crate::request::client_limit)), the inference key ([`auth`], when keys are required), the model and its route ([`target`],
 //!    reading the body through [`body`] when it names the model), the key's model and limits;
 //!    errors and `GET /v1/models` are answered here ([`respond`]), and the connection stays
 //!    open.
@@ -43,8 +43,9 @@ use crate::ops::metrics::{LogLimit, Metrics};
 use crate::request::auth;
 use crate::request::body;
 use crate::request::classify::classify_request;
+use crate::request::client_limit::ClientLimit;
 use crate::request::ctx::RequestCtx;
-use crate::request::error::{ClientFault, ProxyError};
+use crate::request::error::{ClientFault, Limit, ProxyError};
 use crate::request::observe::InFlight;
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
@@ -67,6 +68,8 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
     pub header_timeout: Duration,
+    /// `limits.per_ip_rpm` and `limits.per_ip_tracked`, when the limit is on.
+    pub per_ip: Option<(u32, usize)>,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -81,6 +84,7 @@ pub struct Gateway {
     /// is known yet), built once.
     header_errors: [(u16, Bytes); 3],
     fault_log: LogLimit,
+    per_ip: Option<ClientLimit>,
 }
 
 impl Gateway {
@@ -96,6 +100,9 @@ impl Gateway {
             ProxyError::HeaderTimeout(config.header_timeout),
         ]
         .map(|e| (e.status(), respond::openai_body(&e)));
+        let per_ip = config
+            .per_ip
+            .map(|(rpm, tracked)| ClientLimit::new(rpm, tracked));
         Self {
             state,
             active,
@@ -104,6 +111,7 @@ impl Gateway {
             clock: Millis::new(Arc::new(SystemClock)),
             header_errors,
             fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
+            per_ip,
         }
     }
 
@@ -125,12 +133,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
-        let found = match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
-            Ok(key) => {
-                ctx.key = key;
-                self.find_route(session, ctx).await
-            }
+        let found = match self.client_limit(session, ctx) {
             Err(e) => Err(e.into_pingora()),
+            Ok(()) => match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
+                Ok(key) => {
+                    ctx.key = key;
+                    self.find_route(session, ctx).await
+                }
+                Err(e) => Err(e.into_pingora()),
+            },
         };
         match found {
             Ok(Some(route)) => {
@@ -381,6 +392,33 @@ fn nothing_left(route: &Route, status: u16) -> ProxyError {
 }
 
 impl Gateway {
+    /// Refuses a request over its client address's rate (`[limits] per_ip_rpm`).
+    fn client_limit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let Some(limit) = &self.per_ip else {
+            return Ok(());
+        };
+        let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms().saturating_mul(1_000_000);
+        match limit.take(ip, now) {
+            Some(d) if !d.allowed => {
+                let refused = auth::refuse(
+                    Limit::ClientAddress,
+                    d.retry_after_ns,
+                    auth::RateHeaders::default(),
+                );
+                ctx.rate = Some(refused.rate);
+                Err(refused.error)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The request's route (`None`: answered from the table), or why it has none.
     async fn find_route(
         &self,

@@ -3,6 +3,7 @@
 //!
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
 //! - [`classify`] — its route family, from method, path and content type;
+//! - [`client_limit`] — its client address's request rate (`[limits] per_ip_rpm`);
 //! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
 //!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod body;
 pub mod classify;
+pub mod client_limit;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
