@@ -32,6 +32,7 @@ use crate::instances::logs;
 use crate::instances::process::RunDir;
 use crate::instances::supervisor::Settings;
 use crate::instances::{Deps, Manager, ManagerSettings};
+use crate::keys::leases::Leases;
 use crate::keys::Keys;
 use crate::metrics::ControlMetrics;
 use crate::routes;
@@ -175,11 +176,14 @@ impl App {
     /// streams, and lets both servers finish their requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let leases = Leases::new(self.api.inference_keys.clone());
+        tokio::spawn(leases.clone().run());
         let service = DiscoveryService::new(
             self.id.clone(),
             self.api.publisher.clone(),
             self.api.nodes.clone(),
             self.api.metrics.clone(),
+            leases,
         );
         let grpc = discovery::serve(self.discovery_listener, service, wait_stop(stop_rx.clone()));
         let backends = self.api.registry.list().len();

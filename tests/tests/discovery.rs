@@ -73,6 +73,7 @@ fn response(version: &str, nonce: &str, snapshot: pb::RouteSnapshot) -> pb::Disc
         nonce: nonce.into(),
         snapshot: Some(snapshot),
         control_plane_id: "cp-scripted".into(),
+        leases: None,
     }
 }
 

@@ -382,3 +382,130 @@ async fn per_address_limits_answer_429_in_each_format_on_both_listeners() {
     }
     assert_eq!(answered.last(), Some(&429), "{answered:?}");
 }
+
+/// The `lease.rpm` proxy `proxy`'s `/config_dump` shows for key `id` (None: no lease yet).
+async fn lease_rpm(client: &reqwest::Client, proxy: &Proxy, id: &str) -> Option<u64> {
+    let dump: Value = client
+        .get(format!("{}/config_dump", proxy.admin_url()))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    dump["table"]["auth"]["keys"]
+        .as_array()?
+        .iter()
+        .find(|k| k["id"] == id)?["lease"]["rpm"]
+        .as_u64()
+}
+
+/// Sends chat completions with `secret` to `proxy` back to back for `run`; counts the 200s
+/// (and fails on anything but 200 and 429).
+async fn hammer(client: reqwest::Client, url: String, secret: String, run: Duration) -> u64 {
+    let until = std::time::Instant::now() + run;
+    let mut admitted = 0;
+    while std::time::Instant::now() < until {
+        let status = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        match status.as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn two_proxies_share_one_keys_rpm_by_lease() {
+    use reqwest::Method;
+    let mut s = stack("keys-fleet").await;
+    const RPM: u64 = 60;
+    let (status, text) = s
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "fleet", "rpm": RPM})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let (id, secret) = issued(&text);
+    let dir = temp_dir("keys-fleet-2");
+    let second = Proxy::start(&dir, "proxy-keys-2", &[s.control.discovery_url()]).await;
+    second.wait_ready(&s.client).await;
+    // Both connected: half the limit each.
+    for p in [&s.proxy, &second] {
+        eventually(CONVERGE, "a lease of half the limit", || async {
+            (lease_rpm(&s.client, p, &id).await == Some(RPM / 2)).then_some(())
+        })
+        .await;
+    }
+
+    // Both proxies driven flat out at once: together they admit about the limit's burst plus
+    // its rate over the run, not twice that.
+    let run = Duration::from_secs(6);
+    let (a, b) = tokio::join!(
+        hammer(s.client.clone(), s.proxy.url(), secret.clone(), run),
+        hammer(s.client.clone(), second.url(), secret.clone(), run),
+    );
+    let total = a + b;
+    // GCRA: a full minute's burst (60), then 1 a second across the fleet.
+    let expected = RPM + run.as_secs() * RPM / 60;
+    eprintln!("two proxies admitted {a} + {b} = {total} of rpm {RPM} in {run:?} (expected about {expected}; each proxy alone would allow {expected} itself)");
+    assert!(
+        total <= expected + 6,
+        "fleet over the limit: {a} + {b} = {total}"
+    );
+    assert!(total >= expected - 6, "fleet starved: {a} + {b} = {total}");
+    assert!(a >= 20 && b >= 20, "both proxies serve: {a} / {b}");
+
+    // A proxy leaving gives its share to the one left.
+    drop(second);
+    eventually(CONVERGE, "the whole limit for the proxy left", || async {
+        (lease_rpm(&s.client, &s.proxy, &id).await == Some(RPM)).then_some(())
+    })
+    .await;
+
+    // The control plane unreachable: the last lease stays in force (not the key's whole
+    // limit, which N proxies would each apply).
+    let dir3 = temp_dir("keys-fleet-3");
+    let third = Proxy::start(&dir3, "proxy-keys-3", &[s.control.discovery_url()]).await;
+    third.wait_ready(&s.client).await;
+    // Split again (by demand: the first proxy was busy a moment ago, so it keeps more).
+    let (l1, l3) = eventually(CONVERGE, "the limit split again", || async {
+        let l1 = lease_rpm(&s.client, &s.proxy, &id).await?;
+        let l3 = lease_rpm(&s.client, &third, &id).await?;
+        (l1 + l3 == RPM && l3 < RPM).then_some((l1, l3))
+    })
+    .await;
+    s.control.proc.kill();
+    for p in [&third, &s.proxy] {
+        eventually(CONVERGE, "the proxy to see the plane gone", || async {
+            let metrics = s
+                .client
+                .get(format!("{}/metrics", p.admin_url()))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("multiverse_proxy_control_plane_connected") && l.ends_with(" 0")
+                })
+                .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(lease_rpm(&s.client, &third, &id).await, Some(l3));
+    assert_eq!(lease_rpm(&s.client, &s.proxy, &id).await, Some(l1));
+}

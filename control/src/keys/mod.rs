@@ -9,8 +9,10 @@
 //! registry does: the map changes and the record is sent under the lock, the save is awaited
 //! after it, and a failed save puts back what the file holds.
 //!
-//! - [`spec`] — the request body, its validation and the errors.
+//! - [`spec`] — the request body, its validation and the errors;
+//! - [`leases`] — fleet-wide limits: each connected proxy's share of each key's limits.
 
+pub mod leases;
 pub mod spec;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::request::error::{retry_after_secs, Limit, ProxyError};
 use crate::routing::keys::{ApiKey, KeySet};
-use crate::routing::limits::Decision;
+use crate::routing::limits::{Cell, Decision, Leased};
 
 /// The credential headers a client may send its key in; all are removed before the request
 /// goes upstream when the gateway checked a key.
@@ -156,27 +156,56 @@ pub struct Refused {
 /// token limits, or refuses it with the limit it is over and when to come back (boxed: a
 /// refusal is the rare path).
 pub fn admit(key: &Arc<ApiKey>, now_ns: u64) -> Result<(Permit, RateHeaders), Box<Refused>> {
+    let result = admit_limits(key, now_ns);
+    let counter = match &result {
+        Ok(_) => &key.state.admitted,
+        Err(_) => &key.state.refused,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+fn admit_limits(key: &Arc<ApiKey>, now_ns: u64) -> Result<(Permit, RateHeaders), Box<Refused>> {
+    let state = &key.state;
     let mut rate = RateHeaders::default();
-    if key.tpm > 0 {
-        let d = key.state.tokens.peek(u64::from(key.tpm), now_ns);
-        rate.tokens = Some((key.tpm, d));
+    if let Some(tpm) = state.effective(Leased::Tpm, key.tpm) {
+        let d = cell_or_none(&state.tokens, tpm, now_ns, false);
+        rate.tokens = Some((tpm, d));
         if !d.allowed {
             return Err(refuse(Limit::Tokens, d.retry_after_ns, rate));
         }
     }
-    if !key.state.enter(key.max_concurrent) {
+    if !state.enter(state.effective(Leased::Concurrent, key.max_concurrent)) {
         // No time to give: a second is a reasonable pause for a request to finish.
         return Err(refuse(Limit::Concurrent, 1_000_000_000, rate));
     }
     let permit = Permit { key: key.clone() };
-    if key.rpm > 0 {
-        let d = key.state.requests.take(u64::from(key.rpm), 1, now_ns);
-        rate.requests = Some((key.rpm, d));
+    if let Some(rpm) = state.effective(Leased::Rpm, key.rpm) {
+        let d = cell_or_none(&state.requests, rpm, now_ns, true);
+        rate.requests = Some((rpm, d));
         if !d.allowed {
             return Err(refuse(Limit::Requests, d.retry_after_ns, rate));
         }
     }
     Ok((permit, rate))
+}
+
+/// Takes one request (`take`) or checks for one token from `cell` at `limit` a minute; a zero
+/// share (leased to other proxies) admits nothing and asks for a second's pause.
+fn cell_or_none(cell: &Cell, limit: u32, now_ns: u64, take: bool) -> Decision {
+    if limit == 0 {
+        return Decision {
+            allowed: false,
+            remaining: 0,
+            reset_ns: 0,
+            retry_after_ns: 1_000_000_000,
+        };
+    }
+    if take {
+        cell.take(u64::from(limit), 1, now_ns)
+    } else {
+        cell.peek(u64::from(limit), now_ns)
+    }
 }
 
 pub fn refuse(limit: Limit, retry_after_ns: u64, mut rate: RateHeaders) -> Box<Refused> {

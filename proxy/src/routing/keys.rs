@@ -26,8 +26,13 @@ pub struct ApiKey {
     pub max_concurrent: u32,
     /// Milliseconds since the Unix epoch from which it is refused (0: never).
     pub expires_at_unix_ms: u64,
-    #[serde(skip)]
+    /// Shown as this proxy's `lease` of the limits (null until the owning plane sent one).
+    #[serde(rename = "lease", serialize_with = "lease")]
     pub state: Arc<KeyState>,
+}
+
+fn lease<S: serde::Serializer>(state: &Arc<KeyState>, s: S) -> Result<S::Ok, S::Error> {
+    state.lease_view().serialize(s)
 }
 
 impl ApiKey {

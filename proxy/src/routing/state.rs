@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::routing::endpoint::EndpointState;
-use crate::routing::limits::KeyState;
+use crate::routing::limits::{KeyState, Leased};
 use crate::routing::snapshot::PlaneRoutes;
 use crate::routing::table::RoutingTable;
+use multiverse_proto::discovery::v1 as pb;
 
 /// Called with every table swapped in (under the writers' mutex, never on the request path).
 pub type SwapHook = Box<dyn Fn(&RoutingTable) + Send + Sync>;
@@ -78,6 +79,50 @@ impl TableState {
         }
         self.rebuild(&mut planes);
         true
+    }
+
+    /// The use of `plane`'s keys since the last call, for its usage report (keys with limits
+    /// that were asked for only).
+    pub fn usage(&self, plane: &str) -> Vec<pb::KeyUsage> {
+        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(routes) = planes.routes.get(plane) else {
+            return Vec::new();
+        };
+        routes
+            .auth
+            .keys
+            .iter()
+            .filter(|k| k.rpm > 0 || k.tpm > 0 || k.max_concurrent > 0)
+            .filter_map(|k| {
+                let (admitted, refused) = planes.key_states.get(&k.id)?.take_usage();
+                (admitted + refused > 0).then(|| pb::KeyUsage {
+                    key_id: k.id.clone(),
+                    admitted,
+                    refused,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores `plane`'s leases of its keys' limits (a key this plane does not own is ignored;
+    /// one not in the table yet gets its lease with the state it will have).
+    pub fn apply_leases(&self, plane: &str, leases: &pb::LeaseUpdate) {
+        let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        let Planes {
+            routes, key_states, ..
+        } = &mut *planes;
+        let Some(routes) = routes.get(plane) else {
+            return;
+        };
+        for lease in &leases.keys {
+            if !routes.auth.keys.iter().any(|k| k.id == lease.key_id) {
+                continue;
+            }
+            let state = key_states.entry(lease.key_id.clone()).or_default();
+            state.set_lease(Leased::Rpm, lease.rpm);
+            state.set_lease(Leased::Tpm, lease.tpm);
+            state.set_lease(Leased::Concurrent, lease.max_concurrent);
+        }
     }
 
     fn rebuild(&self, planes: &mut Planes) {

@@ -64,6 +64,7 @@ impl PlaneSession {
             version_info: self.acked.clone(),
             response_nonce: String::new(),
             error_detail: None,
+            usage: None,
         }
     }
 
@@ -92,6 +93,7 @@ impl PlaneSession {
             version_info: version,
             response_nonce: nonce,
             error_detail: None,
+            usage: None,
         }
     }
 
@@ -102,6 +104,7 @@ impl PlaneSession {
             version_info: self.running.clone(),
             response_nonce: nonce,
             error_detail: Some(pb::ErrorDetail { message: reason }),
+            usage: None,
         }
     }
 
@@ -121,6 +124,7 @@ mod tests {
             nonce: nonce.into(),
             snapshot: Some(pb::RouteSnapshot::default()),
             control_plane_id: plane.into(),
+            leases: None,
         }
     }
 
