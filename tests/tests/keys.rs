@@ -509,3 +509,91 @@ async fn two_proxies_share_one_keys_rpm_by_lease() {
     assert_eq!(lease_rpm(&s.client, &third, &id).await, Some(l3));
     assert_eq!(lease_rpm(&s.client, &s.proxy, &id).await, Some(l1));
 }
+
+#[tokio::test]
+async fn tokens_per_minute_count_usage_from_plain_and_streamed_responses() {
+    let dir = temp_dir("keys-tpm");
+    let mock = MockOpenAi::start(&dir, "mock-tpm", &["--model", "demo", "--tokens", "10"]);
+    const TPM: u64 = 60;
+    let random: [u8; 32] = rand::random();
+    let secret = multiverse_common::keys::secret_from(&random);
+    let hash =
+        multiverse_common::keys::to_hex(&multiverse_common::keys::hash_secret(secret.as_bytes()));
+    let routes = format!(
+        "version = \"tpm\"\n[[models]]\nname = \"demo\"\nkind = \"chat\"\n[[models.endpoints]]\nid = \"mock-tpm\"\naddress = \"{}\"\n\
+         [auth]\nmode = \"keys\"\n[[auth.keys]]\nid = \"tokens\"\nsha256 = \"{hash}\"\ntpm = {TPM}\n",
+        mock.addr
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-tpm", &routes, "").await;
+    let client = reqwest::Client::new();
+    let chat = |stream: bool| {
+        let mut body = json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]});
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        client
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .bearer_auth(&secret)
+            .json(&body)
+            .send()
+    };
+    let remaining = |r: &reqwest::Response| -> u64 {
+        r.headers()
+            .get("x-ratelimit-remaining-tokens")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("x-ratelimit-remaining-tokens")
+    };
+    // A streamed response's final usage chunk is counted.
+    let streamed = chat(true).await.expect("stream");
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(
+        streamed
+            .headers()
+            .get("x-ratelimit-limit-tokens")
+            .and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
+    let text = streamed.text().await.expect("sse");
+    let usage: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["usage"].is_object())
+        .collect();
+    let streamed_tokens = usage
+        .last()
+        .and_then(|v| v["usage"]["total_tokens"].as_u64())
+        .expect("usage chunk");
+    let next = chat(false).await.expect("chat");
+    assert_eq!(next.status(), 200);
+    let left = remaining(&next);
+    assert!(
+        left.abs_diff(TPM - streamed_tokens) <= 1,
+        "{left} tokens left after {streamed_tokens} streamed"
+    );
+    let body: Value = next.json().await.expect("json");
+    let mut used = streamed_tokens + body["usage"]["total_tokens"].as_u64().expect("usage");
+    // Plain responses until the key is over: refused once the tokens used reach the limit.
+    let refused = loop {
+        let r = chat(false).await.expect("chat");
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.expect("json");
+        used += body["usage"]["total_tokens"].as_u64().expect("usage");
+        assert!(used < TPM + 40, "never refused after {used} tokens");
+    };
+    assert!(used >= TPM - 1, "refused after only {used} of {TPM} tokens");
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(
+        (
+            body["error"]["code"].as_str(),
+            body["error"]["type"].as_str()
+        ),
+        (Some("rate_limit_exceeded"), Some("tokens")),
+        "{body}"
+    );
+}

@@ -8,6 +8,7 @@ use crate::request::auth::{Permit, RateHeaders};
 use crate::request::body::Held;
 use crate::request::classify::Family;
 use crate::request::observe::InFlight;
+use crate::request::usage::UsageReader;
 use crate::routing::keys::ApiKey;
 use crate::routing::pick::{Tried, Want};
 use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
@@ -37,6 +38,8 @@ pub struct RequestCtx {
     pub permit: Option<Permit>,
     /// The `x-ratelimit-*` headers its responses carry.
     pub rate: Option<RateHeaders>,
+    /// Token counts read from the response (requests with a key).
+    pub usage: Option<UsageReader>,
     pub started: Instant,
     _active: ActiveGuard,
 }
@@ -62,6 +65,7 @@ impl RequestCtx {
             key: None,
             permit: None,
             rate: None,
+            usage: None,
             started: Instant::now(),
             _active: active,
         }

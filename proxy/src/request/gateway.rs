@@ -17,10 +17,11 @@
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
 //! 7. `response_filter` — tag the response with `x-multiverse-endpoint` and the key's
-//!    `x-ratelimit-*` headers.
+//!    `x-ratelimit-*` headers; `response_body_filter` reads its token counts as it streams
+//!    past ([`usage`](crate::request::usage)).
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
-//! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//! 9. `logging` — the key's tokens charged; metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
 //!    rate-limited.
 //!
 //! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
@@ -42,7 +43,7 @@ use crate::ops::drain::Active;
 use crate::ops::metrics::{LogLimit, Metrics};
 use crate::request::auth;
 use crate::request::body;
-use crate::request::classify::classify_request;
+use crate::request::classify::{classify_request, Family};
 use crate::request::client_limit::ClientLimit;
 use crate::request::ctx::RequestCtx;
 use crate::request::error::{ClientFault, Limit, ProxyError};
@@ -51,6 +52,8 @@ use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
+use crate::request::usage::UsageReader;
+use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::pick;
 use crate::routing::table::Route;
@@ -265,6 +268,19 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(reader), Some(chunk)) = (ctx.usage.as_mut(), body.as_ref()) {
+            reader.feed(chunk);
+        }
+        Ok(None)
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -347,6 +363,7 @@ impl ProxyHttp for Gateway {
         let endpoint = ctx.endpoint().map(|e| e.id.as_str()).unwrap_or("");
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
+        self.charge_tokens(ctx);
         if let Some(e) = e {
             match ClientFault::of(e) {
                 Some(fault) => {
@@ -392,6 +409,22 @@ fn nothing_left(route: &Route, status: u16) -> ProxyError {
 }
 
 impl Gateway {
+    /// Charges the tokens its response reported to the key's tokens-per-minute cell.
+    fn charge_tokens(&self, ctx: &RequestCtx) {
+        let (Some(key), Some(reader)) = (&ctx.key, &ctx.usage) else {
+            return;
+        };
+        let Some((prompt, completion)) = reader.tokens() else {
+            return;
+        };
+        if let Some(tpm) = key.state.effective(Leased::Tpm, key.tpm).filter(|t| *t > 0) {
+            let now = self.clock.now_ms().saturating_mul(1_000_000);
+            key.state
+                .tokens
+                .charge(u64::from(tpm), prompt.saturating_add(completion), now);
+        }
+    }
+
     /// Refuses a request over its client address's rate (`[limits] per_ip_rpm`).
     fn client_limit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         let Some(limit) = &self.per_ip else {
@@ -448,6 +481,9 @@ impl Gateway {
             match auth::admit(key, now.saturating_mul(1_000_000)) {
                 Ok((permit, rate)) => {
                     ctx.permit = Some(permit);
+                    if ctx.family == Family::OpenAi {
+                        ctx.usage = Some(UsageReader::default());
+                    }
                     ctx.rate = (rate != auth::RateHeaders::default()).then_some(rate);
                 }
                 Err(refused) => {

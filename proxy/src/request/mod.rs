@@ -11,7 +11,8 @@
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
-//! - [`observe`] — its in-flight count.
+//! - [`observe`] — its in-flight count;
+//! - [`usage`] — the response's token counts, read as it streams past (tokens per minute).
 
 pub mod auth;
 pub mod body;
@@ -26,3 +27,4 @@ pub mod respond;
 pub mod retry;
 pub mod target;
 pub mod upstream;
+pub mod usage;
