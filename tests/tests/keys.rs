@@ -213,6 +213,35 @@ async fn keys_issued_by_the_control_plane_are_enforced_by_its_proxies() {
         "{text}"
     );
 
+    // Per-key metrics: requests by status, tokens; refusals without a key under "-".
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.proxy.admin_url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let count = |key: &str, status: &str| -> u64 {
+        let prefix =
+            format!("multiverse_proxy_key_requests_total{{key=\"{key}\",status=\"{status}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count(&id, "200") >= 4, "{metrics}");
+    assert!(count(&id, "403") >= 1, "{metrics}");
+    assert!(count("-", "401") >= 2, "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&format!(
+            "multiverse_proxy_key_tokens_total{{direction=\"out\",key=\"{id}\"}}"
+        ))),
+        "{metrics}"
+    );
+
     // Where the secrets must never be.
     let hash2 =
         multiverse_common::keys::to_hex(&multiverse_common::keys::hash_secret(second.as_bytes()));
@@ -247,6 +276,7 @@ async fn keys_issued_by_the_control_plane_are_enforced_by_its_proxies() {
         ("state.toml", &state),
         ("/snapshot", &snapshot),
         ("/config_dump", &dump),
+        ("/metrics", &metrics),
         ("GET /admin/keys", &list),
         ("GET /admin/keys/{id}", &one),
         ("proxy log", &s.proxy.proc.tail_log()),

@@ -364,6 +364,11 @@ impl ProxyHttp for Gateway {
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
         self.charge_tokens(ctx);
+        if ctx.table.auth.required {
+            let key = ctx.key.as_ref().map_or("-", |k| k.id.as_str());
+            let tokens = ctx.usage.as_ref().and_then(UsageReader::tokens);
+            self.metrics.key_request(key, status, tokens);
+        }
         if let Some(e) = e {
             match ClientFault::of(e) {
                 Some(fault) => {
