@@ -153,8 +153,16 @@ pub async fn caller(
     Ok(call)
 }
 
+/// The inference key every chat and embedding request carries (ignored by the mocks, nginx
+/// and a proxy in open mode; the `keys` scenario's proxy accepts it).
+pub const BENCH_KEY: &str = "mv-bench-0123456789abcdef0123456789abcdef";
+/// `Bearer` + [`BENCH_KEY`], the header value (a literal: no formatting per request).
+const BENCH_BEARER: &str = "Bearer mv-bench-0123456789abcdef0123456789abcdef";
+
 fn post(path: &str, body: &'static str, model_header: Option<&str>) -> Request<Full<Bytes>> {
-    let mut builder = Request::post(path).header(CONTENT_TYPE, "application/json");
+    let mut builder = Request::post(path)
+        .header(CONTENT_TYPE, "application/json")
+        .header(http::header::AUTHORIZATION, BENCH_BEARER);
     if let Some(model) = model_header {
         builder = builder.header("x-model", model);
     }
@@ -278,6 +286,11 @@ pub async fn grpc_bidi(addr: SocketAddr, streams: usize) -> anyhow::Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_carries_the_bench_key() {
+        assert_eq!(BENCH_BEARER.strip_prefix("Bearer "), Some(BENCH_KEY));
+    }
     use clap::Parser;
     use multiverse_mocks::openai::OpenAiArgs;
     use multiverse_mocks::tei::TeiArgs;
