@@ -14,12 +14,14 @@
 //! - [`rate`] — rate limits as lock-free GCRA cells.
 //! - [`time`] — RFC 3339 timestamps.
 //! - [`sse`] — Server-Sent Events encoding (bytes only; no HTTP framework).
+//! - [`paths`] — a crate's own directory while its tests run.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod keys;
+pub mod paths;
 pub mod rate;
 pub mod signals;
 pub mod sse;

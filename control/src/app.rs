@@ -72,23 +72,26 @@ impl App {
         let state_file = StateFile::new(&cfg.data_dir());
         let (store, persisted) = Store::open(state_file.clone())?;
         let changes = Changes::new();
-        let registry = Arc::new(Registry::open(
-            store.clone(),
-            changes.clone(),
-            persisted.backends,
-            &cfg.backends,
-            cfg.admin.max_backends,
-        ));
         let inference_keys = Arc::new(Keys::open(
             cfg.inference_auth.mode,
             store.clone(),
             changes.clone(),
             persisted.keys,
         ));
-        let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
-        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let registry = Arc::new(
+            Registry::open(
+                store.clone(),
+                changes.clone(),
+                persisted.backends,
+                &cfg.backends,
+                cfg.admin.max_backends,
+            )
+            .with_events(events.clone()),
+        );
+        let metrics = ControlMetrics::new();
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
             manager_settings(&cfg),
@@ -154,6 +157,7 @@ impl App {
             instances: manager.clone(),
             gpus,
             events: events.clone(),
+            ui: Arc::new(cfg.ui.clone()),
         };
         Ok(App {
             id,

@@ -287,14 +287,14 @@ fn snapshot_apply(c: &mut Criterion) {
             Box::new(move |table| metrics.table_applied(&table.version)),
         );
         let routes = PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("ok");
-        state.apply_plane("cp", routes.clone());
+        state.apply_plane("cp", "http://cp:9001", routes.clone());
         group.bench_with_input(
             BenchmarkId::new("apply_plane", models),
             &routes,
             |b, routes| {
                 b.iter_batched(
                     || routes.clone(),
-                    |routes| state.apply_plane("cp", routes),
+                    |routes| state.apply_plane("cp", "http://cp:9001", routes),
                     BatchSize::LargeInput,
                 )
             },

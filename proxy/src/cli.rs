@@ -24,7 +24,8 @@ pub struct Cli {
     /// Admin listener (/ready, /metrics, /config_dump) [default: 127.0.0.1:9901].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
-    /// Control plane discovery URL, e.g. http://127.0.0.1:9001 (repeatable; replaces the file's).
+    /// Control plane discovery URL, e.g. http://127.0.0.1:9001, or dns+http://NAME:PORT for every
+    /// address NAME resolves to (repeatable; replaces the file's).
     #[arg(long = "control-plane", value_name = "URL")]
     pub control_planes: Vec<String>,
     /// Standalone mode: static routes file (see config/routes.toml), reloaded on SIGHUP.

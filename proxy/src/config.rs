@@ -29,7 +29,47 @@ pub struct ProxyConfig {
     pub outlier: OutlierSettings,
     pub discovery: DiscoveryTuning,
     pub server: ServerConfig,
+    pub cors: CorsConfig,
     pub log: LogConfig,
+}
+
+/// Browsers allowed to call the proxy (CORS; `request::cors`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`scheme://host[:port]`, exact match, lowercase as browsers send them) whose
+    /// pages may call the proxy. Empty (default): no CORS headers, no preflights answered.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    /// Each origin is `http(s)://host[:port]`: no path, query, user info or trailing slash
+    /// (a browser's `Origin` never has one, so such an entry could never match).
+    fn validate(&self) -> Result<(), (usize, String)> {
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let bad = |why: &str| (i, format!("`{o}` {why}; write it as scheme://host[:port]"));
+            if o == "*" {
+                return Err(bad("(any origin) is not supported: list the origins"));
+            }
+            let uri: http::Uri = o.parse().map_err(|_| bad("is not an origin"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(bad("must start with http:// or https://"));
+            }
+            let Some(authority) = uri.authority() else {
+                return Err(bad("has no host"));
+            };
+            if authority.as_str().contains('@') || authority.host().is_empty() {
+                return Err(bad("must name a host without user info"));
+            }
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") || o.ends_with('/') {
+                return Err(bad("must not have a path"));
+            }
+            if o.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(bad("must be lowercase (browsers send origins lowercase)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -68,8 +108,55 @@ impl Default for ClientsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
-    /// `http://host:port` of a control plane's discovery listener.
+    /// `http://host:port` of a control plane's discovery listener, or `dns+http://name:port`:
+    /// every address the name resolves to is a control plane (one stream each).
     pub url: String,
+}
+
+/// A `dns+http://name:port` control-plane URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsUrl {
+    /// The scheme of each address's stream (`http` or `https`).
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl DnsUrl {
+    /// `Ok(None)` for a URL without `dns+`; an error says what is wrong with a `dns+` one.
+    pub fn parse(url: &str) -> Result<Option<DnsUrl>, String> {
+        let Some(inner) = url.strip_prefix("dns+") else {
+            return Ok(None);
+        };
+        let uri: http::Uri = inner
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) => s.to_string(),
+            _ => return Err(format!("`{url}` must be dns+http:// or dns+https://")),
+        };
+        let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+            return Err(format!(
+                "`{url}` must name a host and a port (dns+http://name:port)"
+            ));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("`{url}` must have no path or query"));
+        }
+        Ok(Some(DnsUrl {
+            scheme,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        }))
+    }
+
+    /// The URL of the stream to one resolved address.
+    pub fn stream_url(&self, addr: SocketAddr) -> String {
+        format!("{}://{addr}", self.scheme)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -136,6 +223,12 @@ pub struct DiscoveryTuning {
     pub keepalive_interval_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// How often `dns+` control-plane names are resolved again (also at once when a stream is
+    /// lost).
+    pub dns_refresh_ms: u64,
+    /// Resolve `dns+` names from this hosts-format file (read again at every resolution)
+    /// instead of the system resolver.
+    pub dns_hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -194,6 +287,11 @@ impl Default for DiscoveryTuning {
             // was away (issue 10: a 5 s cap took the proxies 2.4-4 s); one refused connect a
             // second is cheap.
             backoff_max_ms: 1_000,
+            // Kubernetes' DNS (CoreDNS) answers for a headless Service with a 5 s TTL: resolving
+            // more often sees nothing new, less often leaves a new GPU node unused for longer.
+            // One lookup per proxy every 5 s is negligible load.
+            dns_refresh_ms: 5_000,
+            dns_hosts_file: None,
         }
     }
 }
@@ -238,12 +336,22 @@ impl ProxyConfig {
             ));
         }
         for (i, cp) in self.control_planes.iter().enumerate() {
+            let key = format!("control_planes[{i}].url");
+            if DnsUrl::parse(&cp.url)
+                .map_err(|e| invalid(&key, e))?
+                .is_some()
+            {
+                continue;
+            }
             let ok = (cp.url.starts_with("http://") || cp.url.starts_with("https://"))
                 && cp.url.len() > "http://".len();
             if !ok {
                 return Err(invalid(
-                    &format!("control_planes[{i}].url"),
-                    format!("`{}` must be an http:// or https:// URL", cp.url),
+                    &key,
+                    format!(
+                        "`{}` must be an http://, https://, dns+http:// or dns+https:// URL",
+                        cp.url
+                    ),
                 ));
             }
         }
@@ -286,6 +394,7 @@ impl ProxyConfig {
                 self.discovery.backoff_initial_ms,
             ),
             ("discovery.backoff_max_ms", self.discovery.backoff_max_ms),
+            ("discovery.dns_refresh_ms", self.discovery.dns_refresh_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be > 0".into()));
@@ -306,6 +415,9 @@ impl ProxyConfig {
         if self.upstream.max_h2_streams == 0 {
             return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));
         }
+        self.cors
+            .validate()
+            .map_err(|(i, m)| invalid(&format!("cors.allowed_origins[{i}]"), m))?;
         if self.server.threads == Some(0) {
             return Err(invalid("server.threads", "must be > 0".into()));
         }
@@ -363,7 +475,7 @@ mod tests {
             "development-proxy.toml",
             "../deploy/kubernetes/base/config/proxy.toml",
         ] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
                 .join("../config")
                 .join(name);
             let c = ProxyConfig::from_file(&path).expect(name);
@@ -382,6 +494,80 @@ mod tests {
         );
         let err = toml::from_str::<ProxyConfig>("[listen]\nclientz = \"x\"").unwrap_err();
         assert!(err.to_string().contains("clientz"), "{err}");
+    }
+
+    #[test]
+    fn dns_urls_are_taken_apart_or_refused_naming_the_key() {
+        let u = DnsUrl::parse("dns+http://multiverse-control.ns.svc:9001")
+            .expect("valid")
+            .expect("dns");
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.port),
+            ("http", "multiverse-control.ns.svc", 9001)
+        );
+        assert_eq!(
+            u.stream_url("10.0.0.7:9001".parse().expect("addr")),
+            "http://10.0.0.7:9001"
+        );
+        assert_eq!(DnsUrl::parse("http://cp:9001"), Ok(None));
+        for bad in [
+            "dns+http://cp",
+            "dns+ftp://cp:9001",
+            "dns+http://cp:9001/x",
+            "dns+cp:9001",
+            "dns+",
+        ] {
+            let c = ProxyConfig {
+                control_planes: vec![ControlPlaneConfig { url: bad.into() }],
+                ..Default::default()
+            };
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(bad)
+                .to_string();
+            assert!(msg.contains("control_planes[0].url"), "{bad}: {msg}");
+        }
+        let c: ProxyConfig = toml::from_str(
+            "[[control_planes]]\nurl = \"dns+http://cp.test:9001\"\n[discovery]\ndns_refresh_ms = 0",
+        )
+        .expect("parses");
+        let msg = c.validate(None).expect_err("0 ms").to_string();
+        assert!(msg.contains("discovery.dns_refresh_ms"), "{msg}");
+    }
+
+    #[test]
+    fn cors_origins_are_validated_by_key() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "https://ui.example.com",
+            "http://[::1]:9000",
+        ] {
+            let c: ProxyConfig =
+                toml::from_str(&format!("[cors]\nallowed_origins = [\"{ok}\"]")).expect("parses");
+            c.validate(None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "*",
+            "127.0.0.1:9000",
+            "ftp://h",
+            "http://h/",
+            "http://h/ui",
+            "http://u@h",
+            "http://UI.example.com",
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!(
+                "[cors]\nallowed_origins = [\"http://ok\", \"{bad}\"]"
+            ))
+            .expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("cors.allowed_origins[1]") && msg.contains("/etc/p.toml"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -6,8 +6,17 @@ use clap::Parser;
 
 /// glibc malloc was ~10% of the proxy's CPU under load (perf, issue 6); mimalloc's per-thread
 /// free lists take most of that away.
+#[cfg(not(any(debug_assertions, feature = "alloc-count")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Debug builds (the ones the tests start) and the `alloc-count` feature count allocations and
+/// serve the counts on `MULTIVERSE_PROXY_ALLOC_COUNT` (an address): the per-request allocation
+/// budget (issue 18, benches/tests/request_budget.rs) is read from there.
+#[cfg(any(debug_assertions, feature = "alloc-count"))]
+#[global_allocator]
+static GLOBAL: multiverse_alloc_count::Counting<mimalloc::MiMalloc> =
+    multiverse_alloc_count::Counting(mimalloc::MiMalloc);
 
 /// mimalloc v3's `mi_option_purge_delay` (`mi_option_e` in its mimalloc.h).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
@@ -25,6 +34,11 @@ fn tune_allocator() {
 
 fn main() {
     tune_allocator();
+    #[cfg(any(debug_assertions, feature = "alloc-count"))]
+    if let Err(e) = multiverse_alloc_count::serve_from_env("MULTIVERSE_PROXY_ALLOC_COUNT") {
+        eprintln!("multiverse-proxy: {e:#}");
+        std::process::exit(2);
+    }
     if let Err(e) = multiverse_proxy::cli::run(multiverse_proxy::cli::Cli::parse()) {
         eprintln!("multiverse-proxy: {e:#}");
         std::process::exit(2);

@@ -35,6 +35,8 @@ use crate::config::{ms, ConfigError, ProxyConfig};
 use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
 use crate::ops::metrics::Metrics;
+use crate::ops::planes::PlanesStatus;
+use crate::request::cors::Cors;
 use crate::request::gateway::{Gateway, GatewayConfig};
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
@@ -160,6 +162,7 @@ impl Proxy {
         // `/ready` waits until the client listener's accept loops run (its socket accepts
         // connections from here on already: it is bound above).
         let listening = Arc::new(Listening::default());
+        let planes = Arc::new(PlanesStatus::default());
         let flag = listening.clone();
         let report = failed.clone();
         proxy.on_listening(move |taken| match taken {
@@ -171,6 +174,7 @@ impl Proxy {
             HttpServer::new_app(Admin {
                 state: state.clone(),
                 metrics: metrics.clone(),
+                planes: planes.clone(),
                 node_id: node_id.clone(),
                 listening,
             }),
@@ -195,7 +199,12 @@ impl Proxy {
             )),
             None => Box::new(background_service(
                 "discovery",
-                Discovery::new(discovery_config(cfg, &node_id), state.clone(), metrics),
+                Discovery::new(
+                    discovery_config(cfg, &node_id),
+                    state.clone(),
+                    metrics,
+                    planes,
+                ),
             )),
         };
 
@@ -420,6 +429,12 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_ejection_percent: cfg.outlier.max_ejection_percent,
         },
         header_timeout: ms(cfg.clients.header_timeout_ms),
+        // `validate` refused any origin that is not a header value; should one get here, CORS
+        // stays off (allowing nothing) rather than the proxy failing.
+        cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cors.allowed_origins: CORS disabled");
+            Cors::default()
+        }),
     }
 }
 
@@ -433,5 +448,7 @@ fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
         backoff_max: ms(cfg.discovery.backoff_max_ms),
         withdraw_after: (cfg.discovery.withdraw_after_ms > 0)
             .then(|| ms(cfg.discovery.withdraw_after_ms)),
+        dns_refresh: ms(cfg.discovery.dns_refresh_ms),
+        dns_hosts_file: cfg.discovery.dns_hosts_file.clone(),
     }
 }

@@ -9,6 +9,12 @@
 
 pub use multiverse_testkit::*;
 
+/// The checkout under test (the workspace root), found at run time: a target directory shared
+/// between clones may run a test binary compiled in another one.
+pub fn repo_root() -> std::path::PathBuf {
+    multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// FNV-1a 64 of `bytes`, formatted as the mocks report it.
 pub fn fnv1a64_hex(bytes: &[u8]) -> String {
     multiverse_mocks::deterministic::hex16(multiverse_mocks::fnv1a64(bytes))

@@ -15,7 +15,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const ADMIN_KEY: &str = "examples-admin-key";
 
 fn examples_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
+    multiverse_tests::repo_root().join("examples")
 }
 
 /// mock-openai serving "demo", a control plane with an admin key and fast health checks, and a

@@ -15,7 +15,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workspace root (tests/python/ and proto/ hang off it).
 fn workspace_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    multiverse_tests::repo_root()
 }
 
 /// `python3` with loopback-safe environment: no HTTP(S)/gRPC proxy variables, so the clients

@@ -23,9 +23,11 @@
 //! - [`rss`]: resident memory of a process.
 //! - [`report`]: hdrhistogram summaries, the side-by-side table and the "added" row.
 //! - [`machine`]: the command line and machine description recorded with every result.
+//! - [`budget`]: allocations and syscalls one proxied request may cost (issue 18).
 //!
 //! The processes a run measures are started, waited for and killed by `multiverse-testkit`.
 
+pub mod budget;
 pub mod engine;
 pub mod grpc;
 pub mod h2;

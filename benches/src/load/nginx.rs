@@ -164,6 +164,17 @@ pub struct Nginx {
     pub version: String,
 }
 
+/// How nginx is run: as usual (a master and `workers` worker processes), or as one process
+/// under a measuring tool.
+#[derive(Debug, Clone, Default)]
+pub struct RunAs {
+    /// A command that runs nginx, e.g. `["valgrind", "--tool=callgrind"]` (empty: nginx itself).
+    pub wrapper: Vec<String>,
+    /// `master_process off`: the one process serves the connections itself (with one worker's
+    /// configuration), so a tool watching that process sees every request.
+    pub single_process: bool,
+}
+
 impl Nginx {
     /// Writes the configuration under `scratch` and starts `bin` in the foreground, waiting
     /// until both listeners accept connections.
@@ -173,6 +184,17 @@ impl Nginx {
         workers: usize,
         scratch: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_as(bin, upstreams, workers, scratch, &RunAs::default())
+    }
+
+    /// [`Nginx::start`], run as `run_as` says.
+    pub fn start_as(
+        bin: &Path,
+        upstreams: &Upstreams,
+        workers: usize,
+        scratch: &Path,
+        run_as: &RunAs,
+    ) -> anyhow::Result<Self> {
         let dir = scratch.join("nginx");
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -181,7 +203,18 @@ impl Nginx {
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config(upstreams, http1, http2, workers, &dir))
             .with_context(|| format!("cannot write {}", conf.display()))?;
-        let args = vec![
+        let mut globals = format!(
+            "daemon off; pid {}; error_log stderr;",
+            dir.join("nginx.pid").display()
+        );
+        if run_as.single_process {
+            globals.push_str(" master_process off;");
+        }
+        let mut args = run_as.wrapper.get(1..).unwrap_or_default().to_vec();
+        if !run_as.wrapper.is_empty() {
+            args.push(bin.display().to_string());
+        }
+        args.extend([
             "-p".to_string(),
             format!("{}/", dir.display()),
             "-c".into(),
@@ -189,12 +222,10 @@ impl Nginx {
             "-e".into(),
             "stderr".into(),
             "-g".into(),
-            format!(
-                "daemon off; pid {}; error_log stderr;",
-                dir.join("nginx.pid").display()
-            ),
-        ];
-        let proc = Proc::try_spawn_group("nginx", bin, &args, &[], scratch)?;
+            globals,
+        ]);
+        let program = run_as.wrapper.first().map_or(bin, Path::new);
+        let proc = Proc::try_spawn_group("nginx", program, &args, &[], scratch)?;
         let started = Instant::now();
         loop {
             proc.ensure_running()?;

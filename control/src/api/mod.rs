@@ -1,6 +1,6 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, GPUs, the web UI).
+//! (health, metrics, OpenAPI, proxies, snapshot, stats, GPUs, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -13,10 +13,12 @@ pub mod extract;
 pub mod gpus;
 pub mod instances;
 pub mod keys;
+pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
 pub mod sse;
+pub mod stats;
 pub mod system;
 pub mod ui;
 
@@ -55,6 +57,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
+    /// `[ui]`: what `GET /ui/config` tells the web UI.
+    pub ui: Arc<crate::config::UiConfig>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -84,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(proxies::router())
+        .merge(stats::router())
         .merge(gpus::router())
         .merge(admin)
         .merge(ui::router())

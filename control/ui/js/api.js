@@ -103,16 +103,6 @@ MV.api = async (method, path, body) => {
 };
 MV.get = (path) => MV.api('GET', path);
 
-/** Paths the running control plane documents; new API (phase 2) is used only when listed. */
-MV.caps = (() => {
-  let p = null;
-  return () =>
-    (p ||= fetch('/openapi.json', { headers: { accept: 'application/json' } })
-      .then((r) => (r.ok ? r.json() : { paths: {} }))
-      .then((d) => new Set(Object.keys(d.paths || {})))
-      .catch(() => new Set()));
-})();
-
 // ---- Toasts -------------------------------------------------------------------------------
 MV.toast = (kind, text, ms) => Alpine.store('toasts').push(kind, text, ms);
 MV.ok = (text) => MV.toast('ok', text);

@@ -5,7 +5,9 @@
 //! - `GET /ready` — 200 once a routing table has been received and the client listener
 //!   accepts, 503 before.
 //! - `GET /metrics` — Prometheus text.
-//! - `GET /config_dump` — the table (version, source, models, endpoints; never secrets).
+//! - `GET /config_dump` — the table (version, source, models, endpoints; never secrets), and
+//!   the control planes: each configured URL (a `dns+` name with its resolved addresses), each
+//!   discovery stream (up or not, the plane that answered, its version), the planes in the table.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::ops::metrics::Metrics;
+use crate::ops::planes::PlanesStatus;
 use crate::routing::TableState;
 
 /// Set once the client listener's accept loops run (its socket, bound before, accepts from the
@@ -39,6 +42,7 @@ impl Listening {
 pub struct Admin {
     pub state: Arc<TableState>,
     pub metrics: Arc<Metrics>,
+    pub planes: Arc<PlanesStatus>,
     pub node_id: String,
     /// Whether the client listener is bound.
     pub listening: Arc<Listening>,
@@ -89,9 +93,21 @@ impl ServeHttp for Admin {
             ),
             "/config_dump" => {
                 let table = self.state.table();
+                let in_table: serde_json::Map<String, serde_json::Value> = self
+                    .state
+                    .planes()
+                    .into_iter()
+                    .map(|(id, (via, version))| (id, json!({"via": via, "version": version})))
+                    .collect();
                 json_reply(
                     StatusCode::OK,
-                    json!({"node_id": self.node_id, "ready": self.state.is_ready(), "table": &*table}),
+                    json!({
+                        "node_id": self.node_id,
+                        "ready": self.state.is_ready(),
+                        "control_planes": self.planes.snapshot(),
+                        "planes": in_table,
+                        "table": &*table,
+                    }),
                 )
             }
             _ => json_reply(

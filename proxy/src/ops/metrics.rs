@@ -26,6 +26,10 @@ pub struct Metrics {
     pub control_plane_connected: IntGaugeVec,
     key_requests: IntCounterVec,
     key_tokens: IntCounterVec,
+    /// Addresses a `dns+` control-plane name resolved to last, by name.
+    pub control_plane_addresses: IntGaugeVec,
+    /// Resolutions of `dns+` names, by name and result (`ok`, `error`).
+    pub dns_resolutions: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -113,6 +117,20 @@ impl Metrics {
             ),
             &["key", "direction"],
         ));
+        let control_plane_addresses = must(IntGaugeVec::new(
+            Opts::new(
+                "control_plane_addresses",
+                "Addresses a dns+ control-plane name resolved to last (one plane each)",
+            ),
+            &["source"],
+        ));
+        let dns_resolutions = must(IntCounterVec::new(
+            Opts::new(
+                "dns_resolutions_total",
+                "Resolutions of dns+ control-plane names, by result",
+            ),
+            &["source", "result"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(key_requests.clone()),
@@ -127,6 +145,8 @@ impl Metrics {
             Box::new(table_updates.clone()),
             Box::new(snapshots_rejected.clone()),
             Box::new(control_plane_connected.clone()),
+            Box::new(control_plane_addresses.clone()),
+            Box::new(dns_resolutions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -145,6 +165,8 @@ impl Metrics {
             control_plane_connected,
             key_requests,
             key_tokens,
+            control_plane_addresses,
+            dns_resolutions,
         })
     }
 

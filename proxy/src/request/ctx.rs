@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderValue;
+
 use crate::ops::drain::ActiveGuard;
 use crate::request::auth::{Permit, RateHeaders};
 use crate::request::body::Held;
@@ -40,6 +42,8 @@ pub struct RequestCtx {
     pub rate: Option<RateHeaders>,
     /// Token counts read from the response (requests with a key).
     pub usage: Option<UsageReader>,
+    /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
+    pub cors: Option<HeaderValue>,
     pub started: Instant,
     _active: ActiveGuard,
 }
@@ -66,6 +70,7 @@ impl RequestCtx {
             permit: None,
             rate: None,
             usage: None,
+            cors: None,
             started: Instant::now(),
             _active: active,
         }

@@ -3,11 +3,12 @@
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
-//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the
-//!    client address's rate ([`client_limit`](crate::request::client_limit)), the inference key ([`auth`], when keys are required), the model and its route ([`target`],
-//!    reading the body through [`body`] when it names the model), the key's model and limits;
-//!    errors and `GET /v1/models` are answered here ([`respond`]), and the connection stays
-//!    open.
+//! 2. `request_filter` — a browser's preflight answered, its origin noted ([`cors`]); the route
+//!    family ([`classify`](crate::request::classify)), the client address's rate
+//!    ([`client_limit`](crate::request::client_limit)), the inference key ([`auth`], when keys
+//!    are required), the model and its route ([`target`], reading the body through [`body`]
+//!    when it names the model), the key's model and limits; errors and `GET /v1/models` are
+//!    answered here ([`respond`]), and the connection stays open.
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
 //!    ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint (a gateway key
@@ -16,9 +17,10 @@
 //!    streamed bodies.
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
-//! 7. `response_filter` — tag the response with `x-multiverse-endpoint` and the key's
-//!    `x-ratelimit-*` headers; `response_body_filter` reads its token counts as it streams
-//!    past ([`usage`](crate::request::usage)).
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`, the key's
+//!    `x-ratelimit-*` headers (and an allowed origin's CORS headers, which the proxy's own
+//!    answers carry too); `response_body_filter` reads its token counts as it streams past
+//!    ([`usage`](crate::request::usage)).
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
 //! 9. `logging` — the key's tokens charged; metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
@@ -45,6 +47,7 @@ use crate::request::auth;
 use crate::request::body;
 use crate::request::classify::{classify_request, Family};
 use crate::request::client_limit::ClientLimit;
+use crate::request::cors::{self, Cors};
 use crate::request::ctx::RequestCtx;
 use crate::request::error::{ClientFault, Limit, ProxyError};
 use crate::request::observe::InFlight;
@@ -73,6 +76,8 @@ pub struct GatewayConfig {
     pub header_timeout: Duration,
     /// `limits.per_ip_rpm` and `limits.per_ip_tracked`, when the limit is on.
     pub per_ip: Option<(u32, usize)>,
+    /// `[cors]`: the browser origins allowed.
+    pub cors: Cors,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -134,6 +139,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.config.cors.on_request(session, &mut ctx.cors).await? {
+            return Ok(true);
+        }
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
         let found = match self.client_limit(session, ctx) {
@@ -156,8 +164,14 @@ impl ProxyHttp for Gateway {
             Err(e) => match ProxyError::raised(&e) {
                 // The request's own fault or state: answered here, the connection stays open.
                 Some(err) => {
-                    respond::send_error(session, ctx.family.format(), err, ctx.rate.as_ref())
-                        .await?;
+                    respond::send_error(
+                        session,
+                        ctx.family.format(),
+                        err,
+                        ctx.cors.as_ref(),
+                        ctx.rate.as_ref(),
+                    )
+                    .await?;
                     Ok(true)
                 }
                 // A failed read from the client: pingora's error handling.
@@ -265,7 +279,7 @@ impl ProxyHttp for Gateway {
         if let Some(rate) = &ctx.rate {
             rate.write(upstream_response)?;
         }
-        Ok(())
+        cors::decorate(upstream_response, ctx.cors.as_ref())
     }
 
     fn response_body_filter(
@@ -328,7 +342,8 @@ impl ProxyHttp for Gateway {
                 // HTTP/1.1 client does not reuse it.
                 session.set_keepalive(None);
                 if let Err(write_err) =
-                    respond::send_error(session, ctx.family.format(), &err, None).await
+                    respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref(), None)
+                        .await
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
@@ -469,7 +484,7 @@ impl Gateway {
         let target = match plan.map_err(ProxyError::into_pingora)? {
             Plan::ModelsList => {
                 let list = respond::models_list(&ctx.table, ctx.key.as_deref());
-                respond::send_json(session, 200, list).await?;
+                respond::send_json(session, 200, list, ctx.cors.as_ref()).await?;
                 return Ok(None);
             }
             Plan::Route(target) => target,

@@ -2,6 +2,7 @@
 //! order a request meets them.
 //!
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
+//! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
 //! - [`classify`] — its route family, from method, path and content type;
 //! - [`client_limit`] — its client address's request rate (`[limits] per_ip_rpm`);
 //! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod classify;
 pub mod client_limit;
+pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;

@@ -6,7 +6,7 @@
 //! - gRPC: a trailers-only response with `grpc-status` / `grpc-message`.
 
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderValue};
 use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -14,6 +14,7 @@ use pingora_proxy::Session;
 use serde_json::json;
 
 use crate::request::auth::RateHeaders;
+use crate::request::cors;
 use crate::request::error::ProxyError;
 use crate::routing::keys::ApiKey;
 use crate::routing::table::RoutingTable;
@@ -47,19 +48,24 @@ pub fn tei_body(err: &ProxyError) -> Bytes {
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
-/// Writes `err` in `format`, with the key's rate-limit headers when it has any.
+/// Writes `err` in `format` (with an allowed origin's CORS headers, and the key's rate-limit
+/// headers when it has any).
 pub async fn send_error(
     session: &mut Session,
     format: ErrorFormat,
     err: &ProxyError,
+    cors: Option<&HeaderValue>,
     rate: Option<&RateHeaders>,
 ) -> Result<()> {
     match format {
-        ErrorFormat::OpenAi => send_json_with(session, err.status(), openai_body(err), rate).await,
-        ErrorFormat::Tei => send_json_with(session, err.status(), tei_body(err), rate).await,
+        ErrorFormat::OpenAi => {
+            send_json_with(session, err.status(), openai_body(err), cors, rate).await
+        }
+        ErrorFormat::Tei => send_json_with(session, err.status(), tei_body(err), cors, rate).await,
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
             let mut resp = ResponseHeader::build(200, Some(4))?;
+            cors::decorate(&mut resp, cors)?;
             if let Some(rate) = rate {
                 rate.write(&mut resp)?;
             }
@@ -78,18 +84,25 @@ pub async fn send_error(
     }
 }
 
-/// Writes a complete JSON response.
-pub async fn send_json(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
-    send_json_with(session, status, body, None).await
+/// Writes a complete JSON response (with an allowed origin's CORS headers).
+pub async fn send_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    cors: Option<&HeaderValue>,
+) -> Result<()> {
+    send_json_with(session, status, body, cors, None).await
 }
 
 async fn send_json_with(
     session: &mut Session,
     status: u16,
     body: Bytes,
+    cors: Option<&HeaderValue>,
     rate: Option<&RateHeaders>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(7))?;
+    cors::decorate(&mut resp, cors)?;
     if let Some(rate) = rate {
         rate.write(&mut resp)?;
     }

@@ -24,15 +24,16 @@ impl RoutingTable {
     /// Builds the union of several planes' routes: per model, the endpoints of every plane
     /// (the first plane, by id, sets the policy and kind). `states` keeps per-endpoint state
     /// across versions; entries for endpoints that are gone are dropped.
-    pub fn merge(
-        planes: &BTreeMap<String, PlaneRoutes>,
+    pub fn merge<'a>(
+        planes: impl IntoIterator<Item = (&'a String, &'a PlaneRoutes)>,
         source: &str,
         states: &mut HashMap<String, Arc<EndpointState>>,
         key_states: &mut HashMap<String, Arc<KeyState>>,
     ) -> RoutingTable {
+        let planes: Vec<(&String, &PlaneRoutes)> = planes.into_iter().collect();
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
         let mut live = HashMap::new();
-        for plane in planes.values() {
+        for (_, plane) in &planes {
             for m in &plane.models {
                 let entry = merged
                     .entry(m.name.clone())
@@ -49,7 +50,7 @@ impl RoutingTable {
         }
         *states = live;
         let version = match planes.len() {
-            1 => planes.values().map(|p| p.version.clone()).collect(),
+            1 => planes.iter().map(|(_, p)| p.version.clone()).collect(),
             _ => planes
                 .iter()
                 .map(|(id, p)| format!("{id}={}", p.version))
@@ -69,7 +70,7 @@ impl RoutingTable {
                 (name, route)
             })
             .collect();
-        let auth = KeySet::merge(planes.values().map(|p| &p.auth), key_states);
+        let auth = KeySet::merge(planes.iter().map(|(_, p)| &p.auth), key_states);
         RoutingTable::from_routes(version, source.to_string(), models, auth)
     }
 }

@@ -32,8 +32,10 @@ pub struct TableState {
 
 #[derive(Default)]
 struct Planes {
-    /// Last good routes of each control plane, by plane id.
-    routes: BTreeMap<String, PlaneRoutes>,
+    /// Last good routes of each control plane, by plane id, as each stream (its owner, e.g. the
+    /// URL it was received on) holds them, the latest applied last: that one is in the table.
+    /// A plane reached at two addresses (it moved, or is listed twice) is one plane.
+    routes: BTreeMap<String, Vec<(String, PlaneRoutes)>>,
     /// Runtime state of every endpoint in the table, by id (kept across versions).
     states: HashMap<String, Arc<EndpointState>>,
     /// Limits' state of every key, by id (kept across versions).
@@ -64,28 +66,54 @@ impl TableState {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Stores a control plane's new routes and swaps in the merged table.
-    pub fn apply_plane(&self, plane: &str, routes: PlaneRoutes) {
+    /// Stores a control plane's new routes, received by `owner` (the stream), and swaps in the
+    /// merged table.
+    pub fn apply_plane(&self, plane: &str, owner: &str, routes: PlaneRoutes) {
         let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        planes.routes.insert(plane.to_string(), routes);
+        let held = planes.routes.entry(plane.to_string()).or_default();
+        held.retain(|(o, _)| o != owner);
+        held.push((owner.to_string(), routes));
         self.rebuild(&mut planes);
     }
 
-    /// Forgets a plane's routes (it has been unreachable too long); true if it had any.
-    pub fn remove_plane(&self, plane: &str) -> bool {
+    /// Forgets the routes of `plane` that `owner` holds (its stream has been lost too long);
+    /// true if it held any. Another stream's routes of the same plane (the plane moved to
+    /// another address) stay.
+    pub fn remove_plane(&self, plane: &str, owner: &str) -> bool {
         let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        if planes.routes.remove(plane).is_none() {
+        let Some(held) = planes.routes.get_mut(plane) else {
             return false;
+        };
+        let before = held.len();
+        held.retain(|(o, _)| o != owner);
+        if held.len() == before {
+            return false;
+        }
+        if held.is_empty() {
+            planes.routes.remove(plane);
         }
         self.rebuild(&mut planes);
         true
+    }
+
+    /// The planes in the table: id → the owner whose routes are used, and their version.
+    pub fn planes(&self) -> BTreeMap<String, (String, String)> {
+        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        planes
+            .routes
+            .iter()
+            .filter_map(|(id, held)| {
+                let (owner, routes) = held.last()?;
+                Some((id.clone(), (owner.clone(), routes.version.clone())))
+            })
+            .collect()
     }
 
     /// The use of `plane`'s keys since the last call, for its usage report (keys with limits
     /// that were asked for only).
     pub fn usage(&self, plane: &str) -> Vec<pb::KeyUsage> {
         let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(routes) = planes.routes.get(plane) else {
+        let Some((_, routes)) = planes.routes.get(plane).and_then(|held| held.last()) else {
             return Vec::new();
         };
         routes
@@ -111,7 +139,7 @@ impl TableState {
         let Planes {
             routes, key_states, ..
         } = &mut *planes;
-        let Some(routes) = routes.get(plane) else {
+        let Some((_, routes)) = routes.get(plane).and_then(|held| held.last()) else {
             return;
         };
         for lease in &leases.keys {
@@ -131,7 +159,10 @@ impl TableState {
             states,
             key_states,
         } = planes;
-        let table = RoutingTable::merge(routes, &self.source, states, key_states);
+        let current = routes
+            .iter()
+            .filter_map(|(id, held)| held.last().map(|(_, r)| (id, r)));
+        let table = RoutingTable::merge(current, &self.source, states, key_states);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),
@@ -140,5 +171,43 @@ impl TableState {
         (self.on_swap)(&table);
         self.table.store(Arc::new(table));
         self.ready.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(version: &str) -> PlaneRoutes {
+        PlaneRoutes {
+            version: version.into(),
+            models: Vec::new(),
+            auth: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_plane_reached_at_two_addresses_is_one_plane_and_withdrawn_by_its_last_holder() {
+        let s = TableState::new("control-plane".into(), Box::new(|_| {}));
+        s.apply_plane("cp-a", "http://10.0.0.1:9001", routes("3"));
+        // The plane moved: its new address's stream applies it; still one plane.
+        s.apply_plane("cp-a", "http://10.0.0.2:9001", routes("4"));
+        s.apply_plane("cp-b", "http://10.0.0.3:9001", routes("1"));
+        let planes = s.planes();
+        assert_eq!(planes.len(), 2, "{planes:?}");
+        assert_eq!(planes["cp-a"], ("http://10.0.0.2:9001".into(), "4".into()));
+        assert_eq!(s.table().version, "cp-a=4,cp-b=1");
+        // The old address's grace runs out: the plane stays, served by the new one.
+        assert!(s.remove_plane("cp-a", "http://10.0.0.1:9001"));
+        assert!(!s.remove_plane("cp-a", "http://10.0.0.1:9001"), "once");
+        assert_eq!(s.table().version, "cp-a=4,cp-b=1");
+        // The latest holder withdraws while an older one still holds it: the older's routes.
+        s.apply_plane("cp-b", "http://10.0.0.4:9001", routes("2"));
+        assert!(s.remove_plane("cp-b", "http://10.0.0.4:9001"));
+        assert_eq!(s.table().version, "cp-a=4,cp-b=1");
+        assert!(s.remove_plane("cp-b", "http://10.0.0.3:9001"));
+        assert!(s.remove_plane("cp-a", "http://10.0.0.2:9001"));
+        assert!(s.planes().is_empty());
+        assert!(!s.remove_plane("cp-x", "u"), "an unknown plane");
     }
 }

@@ -236,7 +236,7 @@ pub fn reload(path: &Path, state: &TableState) -> Result<String, String> {
     let (version, snapshot) = load(path)?;
     let routes = PlaneRoutes::from_snapshot(&version, Some(&snapshot), &resolve_socket_addr)
         .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
-    state.apply_plane(STATIC_PLANE, routes);
+    state.apply_plane(STATIC_PLANE, STATIC_PLANE, routes);
     Ok(version)
 }
 
@@ -293,7 +293,8 @@ mod tests {
 
     #[test]
     fn example_routes_file_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routes.toml");
+        let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/routes.toml");
         let (_, snap) = load(&path).expect("config/routes.toml loads");
         PlaneRoutes::from_snapshot("x", Some(&snap), &resolve_socket_addr).expect("valid");
         assert!(!snap.models.is_empty());

@@ -183,7 +183,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn example(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
             .join("../../config")
             .join(name)
     }

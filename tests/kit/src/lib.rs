@@ -10,6 +10,8 @@
 //! - [`config_file`]: config files written by serialising the binaries' own config types.
 //! - [`routes`]: standalone routes files.
 //! - [`stack`]: the one stack launcher — mocks, control plane, proxy.
+//! - [`steady`]: a steady client load that records every outcome, for tests that break
+//!   things under traffic.
 //!
 //! Functions come in two flavours: `try_*` return errors, for tools that report and exit
 //! cleanly; the others panic with the child's log, for tests.
@@ -21,11 +23,12 @@ pub mod ports;
 pub mod process;
 pub mod routes;
 pub mod stack;
+pub mod steady;
 pub mod wait;
 
 pub use binaries::{bin, try_bin, Binaries};
 pub use dirs::{temp_dir, ScratchDir};
-pub use ports::{free_port, try_free_addr, try_free_port};
+pub use ports::{free_port, try_free_addr, try_free_addr_on, try_free_port, try_free_port_on};
 pub use process::{kill_process_groups, Proc};
 pub use routes::{model_toml, Ep};
 pub use stack::control::{backends_toml, Control};

@@ -2,7 +2,8 @@
 //! users run, offline: hadolint on the Containerfiles, podman building and running the images,
 //! shellcheck on the shell scripts, `systemd-analyze verify` / `security` on the units,
 //! `kubectl kustomize` + kubernetes-validate (bundled schemas) +
-//! deploy/kubernetes/check_manifests.py on the manifests, promtool on the Prometheus config and
+//! deploy/kubernetes/check_manifests.py on the manifests (and the proxy started with the
+//! Deployment's `dns+http://` control-plane URL), promtool on the Prometheus config and
 //! rules, and a real Prometheus scraping both planes with the shipped scrape config.
 //! scripts/test installs the tools (scripts/ensure-deploy-tools.sh); a missing tool fails its
 //! test with the fix.
@@ -13,10 +14,11 @@ use std::process::{Command, Output, Stdio};
 use multiverse_tests::*;
 
 mod containers;
+mod kubernetes_url;
 mod prometheus;
 
 pub(crate) fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    multiverse_tests::repo_root()
 }
 
 /// The path of `tool` on PATH, or a panic naming the fix.

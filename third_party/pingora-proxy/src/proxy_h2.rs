@@ -24,7 +24,7 @@ use pingora_core::protocols::http::authority::{
     raw_target_authority, validate_request_authority, RawTargetAuthority,
 };
 use pingora_core::protocols::http::custom::CUSTOM_MESSAGE_QUEUE_SIZE;
-use pingora_core::protocols::http::v2::{client::Http2Session, write_body};
+use pingora_core::protocols::http::v2::{client::Http2Session, write_body, write_first_body};
 
 /// Derive H2 `:path`, separating H1 absolute-form components ([RFC 9113 section 8.3.1]).
 ///
@@ -527,6 +527,9 @@ where
         }
 
         let mut downstream_state = DownstreamStateMachine::new(session.as_mut().is_body_done());
+        // MULTIVERSE PATCH: the attempt's first body write goes out with its HEADERS
+        // (`write_first_body`); cleared by that write.
+        let mut first_write = true;
 
         // retry, send buffer if it exists
         if let Some(buffer) = session.as_mut().get_retry_buffer() {
@@ -537,13 +540,22 @@ where
                 client_body,
                 ctx,
                 write_timeout,
+                &mut first_write,
             )
             .await?;
         } else if !session.as_mut().is_body_empty() && session.as_mut().is_body_done() {
             // MULTIVERSE PATCH (pingora#349): see proxy_h1.rs; the body was consumed before
             // proxying, let `request_body_filter` supply it with end-of-stream.
-            self.send_body_to2(session, None, true, client_body, ctx, write_timeout)
-                .await?;
+            self.send_body_to2(
+                session,
+                None,
+                true,
+                client_body,
+                ctx,
+                write_timeout,
+                &mut first_write,
+            )
+            .await?;
         }
 
         let mut response_state = ResponseStateMachine::new();
@@ -614,7 +626,7 @@ where
                         }
                     };
                     let is_body_done = session.is_body_done();
-                    match self.send_body_to2(session, body, is_body_done, client_body, ctx, write_timeout).await {
+                    match self.send_body_to2(session, body, is_body_done, client_body, ctx, write_timeout, &mut first_write).await {
                         Ok(request_done) =>  {
                             downstream_state.maybe_finished(request_done);
                         },
@@ -1045,6 +1057,7 @@ where
         res
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_body_to2(
         &self,
         session: &mut Session,
@@ -1053,6 +1066,7 @@ where
         client_body: &mut h2::SendStream<bytes::Bytes>,
         ctx: &mut SV::CTX,
         write_timeout: Option<Duration>,
+        first_write: &mut bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -1091,10 +1105,20 @@ where
          * downstream stream handles referenced while a downstream RST_STREAM goes
          * unobserved, pinning the downstream connection window credit until the
          * write completes. */
+        // MULTIVERSE PATCH: the first write of the attempt does not wait for stream capacity,
+        // so the HEADERS and the first DATA leave in one write (see `write_first_body`).
+        let first = std::mem::take(first_write);
+        let write = async {
+            if first {
+                write_first_body(client_body, data, end, write_timeout).await
+            } else {
+                write_body(client_body, data, end, write_timeout).await
+            }
+        };
         if let Some(stream_close) = session.downstream_session.watch_h2_stream_close() {
             tokio::select! {
                 biased;
-                res = write_body(client_body, data, end, write_timeout) => {
+                res = write => {
                     res.map_err(|e| e.into_up())?;
                 }
                 close_result = stream_close => {
@@ -1109,9 +1133,7 @@ where
                 }
             }
         } else {
-            write_body(client_body, data, end, write_timeout)
-                .await
-                .map_err(|e| e.into_up())?;
+            write.await.map_err(|e| e.into_up())?;
         }
 
         Ok(end_of_body)

@@ -31,6 +31,9 @@ pub struct Pushed {
     pub version: String,
     pub nonce: String,
     pub snapshot: Option<pb::RouteSnapshot>,
+    /// A plane whose routes this stream had in the table before another plane answered behind
+    /// the same address: those routes are no longer this stream's to keep.
+    pub replaced: Option<String>,
 }
 
 impl PlaneSession {
@@ -71,12 +74,17 @@ impl PlaneSession {
     /// Takes in a response: learns the plane's id from it (a different plane behind the same
     /// URL starts with no versions).
     pub fn received(&mut self, resp: pb::DiscoveryResponse) -> Pushed {
+        let mut replaced = None;
         if !resp.control_plane_id.is_empty() && resp.control_plane_id != self.plane {
-            self.plane = resp.control_plane_id;
+            let old = std::mem::replace(&mut self.plane, resp.control_plane_id);
+            if !self.running.is_empty() {
+                replaced = Some(old);
+            }
             self.acked.clear();
             self.running.clear();
         }
         Pushed {
+            replaced,
             plane: self.plane.clone(),
             version: resp.version_info,
             nonce: resp.nonce,
@@ -158,8 +166,11 @@ mod tests {
         // A response without an id keeps the one learned.
         assert_eq!(s.received(response("", "8", "n2")).plane, "cp-a");
         assert_eq!(s.acked(), "7");
-        // Another plane behind the URL: its versions are not this one's.
-        assert_eq!(s.received(response("cp-b", "1", "n3")).plane, "cp-b");
+        // Another plane behind the URL: its versions are not this one's, and cp-a's routes,
+        // which this stream put in the table, are to be dropped.
+        let p = s.received(response("cp-b", "1", "n3"));
+        assert_eq!(p.plane, "cp-b");
+        assert_eq!(p.replaced.as_deref(), Some("cp-a"));
         assert_eq!(s.acked(), "");
         assert_eq!(s.hello("p").version_info, "");
     }

@@ -21,9 +21,20 @@ impl MockOpenAi {
     /// Starts mock-openai named `name` on 127.0.0.1:0 with `extra` arguments, and waits for its
     /// `LISTENING` line.
     pub fn try_start(launch: &Launch, name: &str, extra: &[&str]) -> anyhow::Result<MockOpenAi> {
+        Self::try_start_on(launch, name, SocketAddr::from(([127, 0, 0, 1], 0)), extra)
+    }
+
+    /// [`MockOpenAi::try_start`] on `listen` (another loopback "host", or a fixed port to
+    /// come back on).
+    pub fn try_start_on(
+        launch: &Launch,
+        name: &str,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<MockOpenAi> {
         let mut args = vec![
             "--listen".to_string(),
-            "127.0.0.1:0".into(),
+            listen.to_string(),
             "--name".into(),
             name.into(),
         ];
@@ -40,6 +51,12 @@ impl MockOpenAi {
     /// [`MockOpenAi::try_start`] for a test writing to `dir`; panics if it fails.
     pub fn start(dir: &Path, name: &str, extra: &[&str]) -> MockOpenAi {
         Self::try_start(&Launch::for_tests(dir), name, extra).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`MockOpenAi::try_start_on`] for a test writing to `dir`; panics if it fails.
+    pub fn start_on(dir: &Path, name: &str, listen: SocketAddr, extra: &[&str]) -> MockOpenAi {
+        Self::try_start_on(&Launch::for_tests(dir), name, listen, extra)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn url(&self) -> String {

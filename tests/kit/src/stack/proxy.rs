@@ -180,6 +180,37 @@ impl Proxy {
         }
     }
 
+    /// The proxy's `/config_dump` (None if it does not answer within 2 s).
+    pub async fn config_dump(&self, client: &reqwest::Client) -> Option<serde_json::Value> {
+        client
+            .get(format!("{}/config_dump", self.admin_url()))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// The id of every endpoint in the proxy's table (empty if it does not answer).
+    pub async fn endpoint_ids(
+        &self,
+        client: &reqwest::Client,
+    ) -> std::collections::BTreeSet<String> {
+        let Some(dump) = self.config_dump(client).await else {
+            return Default::default();
+        };
+        dump["table"]["models"]
+            .as_object()
+            .into_iter()
+            .flat_map(|models| models.values())
+            .filter_map(|m| m["endpoints"].as_array())
+            .flatten()
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The health `/config_dump` shows for endpoint `id` of `model` (None if absent).
     pub async fn endpoint_health(
         &self,

@@ -103,6 +103,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None` (the keepalive timeout, 60 s per read)
     pub keepalive_idle_timeout: Option<Duration>,
+
+    /// MULTIVERSE PATCH: read HTTP/1 request headers without keeping the case of their names.
+    /// Saves a second header map per request (its inserts, clones and drops); the names are
+    /// then written on in canonical case (`Content-Type`; names pingora does not know in
+    /// lowercase), as HTTP/2 does anyway. See also `PeerOptions::drop_header_case`.
+    ///
+    /// Default: `false` (the case is kept)
+    pub drop_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -285,6 +293,7 @@ where
         let accepted = tokio::time::Instant::now();
         let header_timeout = self.server_options().and_then(|o| o.header_read_timeout);
         let idle_timeout = self.server_options().and_then(|o| o.keepalive_idle_timeout);
+        let drop_header_case = self.server_options().is_some_and(|o| o.drop_header_case);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -393,6 +402,7 @@ where
             let mut session = ServerSession::new_http1(stream);
             // MULTIVERSE PATCH: the first request's header deadline counts from the accept.
             session.set_header_timeouts(header_timeout, Some(accepted), None);
+            session.set_drop_header_case(drop_header_case);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -413,6 +423,7 @@ where
                 }
                 // MULTIVERSE PATCH: idle wait for the next request, then its header deadline.
                 session.set_header_timeouts(header_timeout, None, idle_timeout);
+                session.set_drop_header_case(drop_header_case);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -261,7 +261,11 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if connection_matches_peer(
+                            peer,
+                            stream.get_socket_digest().as_deref(),
+                            stream.id(),
+                        )
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +476,35 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// MULTIVERSE PATCH: whether a pooled connection (its socket digest and fd) is connected to
+/// `peer`, without a syscall when it can. Unpatched, every reuse of a pooled HTTP/1 connection
+/// and every new stream on a pooled HTTP/2 one called `getpeername` (`Peer::matches_fd`): one
+/// syscall per proxied request. The address a connected socket talks to never changes, and
+/// `l4::connect` records the address it connected to in the socket digest, so comparing with
+/// that guards against the same thing (a connection pooled under a colliding `reuse_hash`).
+/// Connections without that record (through a CONNECT proxy, or made elsewhere) are checked
+/// with `getpeername` as before.
+#[cfg(unix)]
+pub(crate) fn connection_matches_peer<P: Peer>(
+    peer: &P,
+    socket_digest: Option<&crate::protocols::SocketDigest>,
+    fd: std::os::unix::io::RawFd,
+) -> bool {
+    if peer.get_proxy().is_none() {
+        if let Some(Some(connected)) = socket_digest.and_then(|d| d.peer_addr.get()) {
+            if connected == peer.address() {
+                return true;
+            }
+            error!(
+                "Crit: pooled connection to {connected} found under the key of peer {}",
+                peer.address()
+            );
+            return false;
+        }
+    }
+    peer.matches_fd(fd)
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

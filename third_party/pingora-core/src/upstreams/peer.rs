@@ -541,6 +541,12 @@ pub struct PeerOptions {
     /// **Note:** This field is unstable and may be removed or changed in future versions.
     /// It exists primarily for compatibility with legacy servers that send malformed headers.
     pub allow_h1_response_invalid_content_length: bool,
+    /// MULTIVERSE PATCH: read HTTP/1 response headers without keeping the case of their names.
+    /// Saves a second header map per response (its inserts, clones and drops: ~10% of the
+    /// instructions and 11 of the 75 allocations of a proxied request); the names are then
+    /// written on in canonical case (`Content-Type`; names pingora does not know in lowercase),
+    /// as HTTP/2 and many proxies do anyway. Default `false`: the case is kept.
+    pub drop_header_case: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -600,6 +606,7 @@ impl PeerOptions {
             h2_stream_window_size: None,
             h2_connection_window_size: None,
             allow_h1_response_invalid_content_length: false,
+            drop_header_case: false,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

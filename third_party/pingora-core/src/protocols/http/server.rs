@@ -337,6 +337,14 @@ impl Session {
         }
     }
 
+    /// MULTIVERSE PATCH: read an HTTP/1 request header without keeping the case of its names
+    /// (`HttpServerOptions::drop_header_case`); HTTP/2 has no case to keep.
+    pub fn set_drop_header_case(&mut self, drop: bool) {
+        if let Self::H1(s) = self {
+            s.set_drop_header_case(drop);
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

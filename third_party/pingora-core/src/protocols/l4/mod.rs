@@ -19,3 +19,5 @@ pub mod listener;
 pub mod socket;
 pub mod stream;
 pub mod virt;
+// MULTIVERSE PATCH: the L4 write buffer (one writev for buffered bytes and what follows).
+mod write_buffer;

@@ -31,7 +31,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+
+// MULTIVERSE PATCH: tokio's `BufWriter` flushed a buffered header on its own before a large body;
+// `WriteBuffer` sends both in one writev (see write_buffer.rs).
+use super::write_buffer::WriteBuffer as BufWriter;
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;

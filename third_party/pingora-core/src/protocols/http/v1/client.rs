@@ -67,6 +67,8 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // MULTIVERSE PATCH: read the response header without a case map (`PeerOptions`).
+    drop_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +102,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            drop_header_case: false,
         }
     }
 
@@ -110,6 +113,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.set_drop_header_case(options.drop_header_case);
         }
         session
     }
@@ -299,10 +303,15 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        // MULTIVERSE PATCH: room for the headers a proxy adds (no regrowth of
+                        // the map on the first insert), and no case map when asked.
+                        let size_hint = Some(resp.headers.len() + HEADER_HEADROOM);
+                        let response_header = if self.drop_header_case {
+                            ResponseHeader::build_no_case(resp.code.unwrap(), size_hint)
+                        } else {
+                            ResponseHeader::build(resp.code.unwrap(), size_hint)
+                        };
+                        let mut response_header = match response_header {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };
@@ -536,6 +545,12 @@ impl HttpSession {
 
     pub fn set_allow_h1_response_invalid_content_length(&mut self, allow: bool) {
         self.allow_h1_response_invalid_content_length = allow;
+    }
+
+    /// MULTIVERSE PATCH: read the response header without keeping the case of its names (see
+    /// `PeerOptions::drop_header_case`).
+    pub fn set_drop_header_case(&mut self, drop: bool) {
+        self.drop_header_case = drop;
     }
 
     pub(super) fn get_headers_raw(&self) -> &[u8] {

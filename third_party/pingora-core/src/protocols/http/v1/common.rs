@@ -28,6 +28,11 @@ pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
+/// MULTIVERSE PATCH: header map slots reserved beyond the parsed headers. `http::HeaderMap`
+/// sized to exactly the parsed count regrows (rehashing every entry, a new allocation) on the
+/// first header a proxy adds whenever the count sits at a capacity step, as a response with
+/// a gateway's `x-...` header or a request with an added `Authorization` does.
+pub(super) const HEADER_HEADROOM: usize = 4;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 

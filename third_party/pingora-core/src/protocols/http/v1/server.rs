@@ -114,8 +114,9 @@ pub struct HttpSession {
     /// Whether this session is an upgraded session. This flag is calculated when sending the
     /// response header to the client.
     upgraded: bool,
-    /// Digest to track underlying connection metrics
-    digest: Box<Digest>,
+    /// Digest to track underlying connection metrics. MULTIVERSE PATCH: built on first use (a
+    /// session is made per request, and a proxy that never asks saves its two allocations).
+    digest: once_cell::sync::OnceCell<Box<Digest>>,
     /// Minimum send rate to the client
     min_send_rate: Option<usize>,
     /// When this is enabled informational response headers will not be proxied downstream
@@ -161,6 +162,8 @@ pub struct HttpSession {
     /// MULTIVERSE PATCH: the whole request header must arrive within this time, counted from
     /// `header_started` (a new connection's accept) or else from the request's first byte.
     header_timeout: Option<Duration>,
+    /// MULTIVERSE PATCH: read the request header without a case map (`HttpServerOptions`).
+    drop_header_case: bool,
     header_started: Option<tokio::time::Instant>,
     /// MULTIVERSE PATCH: on a reused connection, how long to wait for the first byte of the
     /// next request before closing it (instead of the keepalive timeout).
@@ -173,12 +176,8 @@ impl HttpSession {
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
         // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
-        });
+        // MULTIVERSE PATCH: the digest is built on first use (`Self::digest`).
+        let digest = once_cell::sync::OnceCell::new();
 
         HttpSession {
             underlying_stream,
@@ -216,6 +215,7 @@ impl HttpSession {
             header_timeout: None,
             header_started: None,
             idle_timeout: None,
+            drop_header_case: false,
         }
     }
 
@@ -231,6 +231,12 @@ impl HttpSession {
     ) {
         self.header_timeout = timeout;
         self.header_started = started;
+    }
+
+    /// MULTIVERSE PATCH: read the request header without keeping the case of its names (see
+    /// `HttpServerOptions::drop_header_case`).
+    pub fn set_drop_header_case(&mut self, drop: bool) {
+        self.drop_header_case = drop;
     }
 
     /// MULTIVERSE PATCH: how long a reused connection may stay idle before its next request's
@@ -423,12 +429,17 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        // MULTIVERSE PATCH: room for the headers a proxy adds (no regrowth of
+                        // the map on the first insert), and no case map when asked.
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let size_hint = Some(req.headers.len() + HEADER_HEADROOM);
+                        let mut request_header = Box::new(if self.drop_header_case {
+                            RequestHeader::build_no_case(method, path, size_hint)?
+                        } else {
+                            RequestHeader::build(method, path, size_hint)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1503,12 +1514,27 @@ impl HttpSession {
 
     /// Return the [Digest] of the connection.
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest
+            .get_or_init(|| Self::stream_digest(&self.underlying_stream))
     }
 
     /// Return a mutable [Digest] reference for the connection.
     pub fn digest_mut(&mut self) -> &mut Digest {
-        &mut self.digest
+        if self.digest.get().is_none() {
+            let digest = Self::stream_digest(&self.underlying_stream);
+            let _ = self.digest.set(digest);
+        }
+        self.digest.get_mut().expect("digest set just above")
+    }
+
+    /// MULTIVERSE PATCH: the digest of `stream` (as `new` built it before).
+    fn stream_digest(stream: &Stream) -> Box<Digest> {
+        Box::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        })
     }
 
     /// Return the client (peer) address of the underlying connection.
