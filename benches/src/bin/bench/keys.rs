@@ -4,7 +4,7 @@
 //! the same run: what checking a key adds.
 
 use multiverse_benches::load::report::Added;
-use multiverse_benches::load::scenario::{Latency, BENCH_KEY};
+use multiverse_benches::load::scenario::{send_bench_key, Latency, BENCH_KEY};
 use multiverse_benches::load::stack::{routes, standalone_proxy, Addrs, Stack};
 use multiverse_common::keys::{hash_secret, to_hex};
 use multiverse_proxy::sources::standalone::{AuthEntry, KeyEntry};
@@ -54,7 +54,21 @@ pub fn keys_scenario(
         mode: "keys".into(),
         keys,
     });
-    let keyed = standalone_proxy(launch, "proxy-keys", &file)?;
+    send_bench_key(true);
+    let result = run(rt, launch, client, stack, s, &file);
+    send_bench_key(false);
+    result
+}
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    launch: &Launch,
+    client: &reqwest::Client,
+    stack: &Stack,
+    s: &Settings,
+    file: &multiverse_proxy::sources::standalone::RoutesFile,
+) -> anyhow::Result<KeysRecord> {
+    let keyed = standalone_proxy(launch, "proxy-keys", file)?;
     rt.block_on(keyed.try_wait_ready(client))?;
     let addrs = vec![
         ("direct".to_string(), stack.mocks.addrs),
