@@ -16,6 +16,7 @@ use crate::events::webhooks::WebhookConfig;
 use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
+use crate::keys::AuthSettings;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -31,6 +32,8 @@ pub struct ControlConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: ListenConfig,
     pub admin: AdminConfig,
+    /// Who may send inference requests through this control plane's proxies.
+    pub inference_auth: AuthSettings,
     pub health: HealthSettings,
     pub discovery: DiscoverySettings,
     /// External OpenAI-compatible backends declared up front.
@@ -181,6 +184,9 @@ pub struct AdminConfig {
     pub allow_private_backends: bool,
     /// Most backends that may be registered.
     pub max_backends: usize,
+    /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
+    /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
+    pub per_ip_rpm: u32,
 }
 
 impl Default for AdminConfig {
@@ -190,6 +196,7 @@ impl Default for AdminConfig {
             api_key_file: None,
             allow_private_backends: false,
             max_backends: 256,
+            per_ip_rpm: 0,
         }
     }
 }

@@ -24,7 +24,8 @@ pub struct Budget {
     pub family: Latency,
     /// `alloc` + `realloc` calls per request, debug build (the test suite's binaries).
     pub allocations_debug: f64,
-    /// The same on a release build (request-cost's callgrind counts).
+    /// The same on a release build (request-cost's callgrind counts of the allocator shims;
+    /// complete since the proxy is a library: docs/per-request-cost.md).
     pub allocations_release: f64,
     /// Syscalls per request, release build, all threads (`strace -c -f`).
     pub syscalls: f64,
@@ -35,31 +36,31 @@ pub const BUDGETS: [Budget; 5] = [
     Budget {
         family: Latency::Chat,
         allocations_debug: 93.0,
-        allocations_release: 68.0,
+        allocations_release: 96.0,
         syscalls: 6.5,
     },
     Budget {
         family: Latency::ChatH2c,
         allocations_debug: 82.0,
-        allocations_release: 64.0,
+        allocations_release: 86.0,
         syscalls: 6.5,
     },
     Budget {
         family: Latency::Sse,
         allocations_debug: 117.0,
-        allocations_release: 87.0,
+        allocations_release: 121.0,
         syscalls: 9.5,
     },
     Budget {
         family: Latency::EmbedHttp,
         allocations_debug: 112.0,
-        allocations_release: 88.0,
+        allocations_release: 115.0,
         syscalls: 7.5,
     },
     Budget {
         family: Latency::GrpcUnary,
         allocations_debug: 70.0,
-        allocations_release: 48.0,
+        allocations_release: 72.0,
         syscalls: 9.0,
     },
 ];
