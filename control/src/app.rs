@@ -57,6 +57,7 @@ pub struct App {
     manager: Arc<Manager>,
     events: Arc<EventBus>,
     state_file: StateFile,
+    store: Store,
 }
 
 impl App {
@@ -70,7 +71,14 @@ impl App {
             tracing::warn!("no [admin] api_keys configured: the /admin API refuses every request");
         }
         let state_file = StateFile::new(&cfg.data_dir());
-        let (store, persisted) = Store::open(state_file.clone())?;
+        let save_interval = Duration::from_millis(cfg.state.save_interval_ms);
+        let (store, persisted) = Store::open_batched(state_file.clone(), save_interval)?;
+        if !save_interval.is_zero() {
+            tracing::info!(
+                save_interval_ms = cfg.state.save_interval_ms,
+                "batched persistence: a crash loses at most the last interval of changes"
+            );
+        }
         let changes = Changes::new();
         let inference_keys = Arc::new(Keys::open(
             cfg.inference_auth.mode,
@@ -79,6 +87,12 @@ impl App {
             persisted.keys,
         ));
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
+        let simulated_dir = simulated_process_dir(&cfg)?;
+        let identity = crate::instances::process::resolve_identity(
+            cfg.instances.user.as_deref(),
+            cfg.instances.group.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
         let registry = Arc::new(
             Registry::open(
@@ -91,13 +105,14 @@ impl App {
             .with_events(events.clone()),
         );
         let metrics = ControlMetrics::new();
-        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
-            manager_settings(&cfg),
+            manager_settings(&cfg, simulated_dir.as_deref(), identity),
             cfg.templates.clone(),
             persisted.instances,
             Deps {
+                metrics: metrics.clone(),
                 store: store.clone(),
                 events: events.clone(),
                 changes: changes.clone(),
@@ -168,6 +183,7 @@ impl App {
             manager,
             events,
             state_file,
+            store,
         })
     }
 
@@ -205,6 +221,10 @@ impl App {
         shutdown.await;
         tracing::info!("shutting down: stopping TEI instances");
         self.manager.shutdown().await;
+        // Batched persistence: what is not saved yet is saved now.
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "shutting down: the last changes could not be saved");
+        }
         // Open SSE streams (events, log follows) would hold the HTTP server open: end them.
         self.events.close();
         let _ = stop_tx.send(true);
@@ -228,8 +248,23 @@ async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// With simulated GPUs, the directory their processes' VRAM records go to
+/// (`<data_dir>/simulated-gpus`, created and emptied of an earlier run's records).
+fn simulated_process_dir(cfg: &ControlConfig) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if cfg.gpu.simulated.is_empty() {
+        return Ok(None);
+    }
+    let dir = cfg.data_dir().join("simulated-gpus");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(Some(dir))
+}
+
 /// The instance manager's settings from `[instances]` and `[gpu]`.
-fn manager_settings(cfg: &ControlConfig) -> ManagerSettings {
+fn manager_settings(
+    cfg: &ControlConfig,
+    simulated_dir: Option<&std::path::Path>,
+    (uid, gid): (Option<u32>, Option<u32>),
+) -> ManagerSettings {
     let inst = &cfg.instances;
     let ms = Duration::from_millis;
     ManagerSettings {
@@ -253,10 +288,22 @@ fn manager_settings(cfg: &ControlConfig) -> ManagerSettings {
             backoff_max: ms(inst.restart_backoff_max_ms),
             crash_loop_restarts: inst.crash_loop_restarts,
             crash_loop_window: ms(inst.crash_loop_window_ms),
+            env: simulated_dir
+                .map(|d| {
+                    vec![(
+                        gpu::fake::PROCESS_DIR_ENV.to_string(),
+                        d.display().to_string(),
+                    )]
+                })
+                .unwrap_or_default(),
+            uid,
+            gid,
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,
         min_free_vram_bytes: cfg.gpu.min_free_vram_mb * 1024 * 1024,
+        placement: cfg.gpu.placement,
+        limits_interval: ms(inst.limits_interval_ms),
         log_dir: logs::log_dir(Some(
             &inst
                 .log_dir

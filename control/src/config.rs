@@ -46,6 +46,17 @@ pub struct ControlConfig {
     pub webhooks: Vec<WebhookConfig>,
     pub ui: UiConfig,
     pub log: LogConfig,
+    pub state: StateConfig,
+}
+
+/// `[state]`: how the desired state is persisted.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// 0: the state file is saved after every change (before the change is answered). More:
+    /// changes are answered at once and saved together at most this often; a crash loses at
+    /// most this many milliseconds of changes; shutdown saves at once.
+    pub save_interval_ms: u64,
 }
 
 /// What the web UI is told (`GET /ui/config`).
@@ -111,6 +122,12 @@ pub struct InstancesConfig {
     /// More than this many restarts within `crash_loop_window_ms` ends in `failed`.
     pub crash_loop_restarts: u32,
     pub crash_loop_window_ms: u64,
+    /// How often instances' `[limits]` (memory, VRAM) are measured.
+    pub limits_interval_ms: u64,
+    /// Run instances as this user (name or uid) and group (name or gid; default: the user's
+    /// primary group). Needs root (or CAP_SETUID and CAP_SETGID).
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl Default for InstancesConfig {
@@ -137,6 +154,9 @@ impl Default for InstancesConfig {
             restart_backoff_max_ms: 60_000,
             crash_loop_restarts: 5,
             crash_loop_window_ms: 300_000,
+            limits_interval_ms: 1_000,
+            user: None,
+            group: None,
         }
     }
 }
@@ -146,6 +166,9 @@ impl Default for InstancesConfig {
 pub struct GpuConfig {
     /// Placement on a GPU with less free VRAM than this fails (INSUFFICIENT_VRAM).
     pub min_free_vram_mb: u64,
+    /// What an instance that does not fit (its `vram_mb`, at least `min_free_vram_mb`) does:
+    /// `refuse` (INSUFFICIENT_VRAM, the default) or `warn` (placed anyway, with a warning).
+    pub placement: crate::gpu::PlacementMode,
     /// Simulated GPUs for hosts without NVIDIA GPUs (demos, tests). Empty: use NVML.
     pub simulated: Vec<FakeGpu>,
 }
@@ -293,6 +316,7 @@ impl ControlConfig {
                 inst.restart_backoff_initial_ms,
             ),
             ("instances.log_max_bytes", inst.log_max_bytes),
+            ("instances.limits_interval_ms", inst.limits_interval_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));

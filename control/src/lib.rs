@@ -19,6 +19,7 @@
 //! - [`events`] — instance lifecycle events: bus, SSE stream, webhooks;
 //! - [`health`] — check results, thresholds and history (pure);
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable), placement;
+//! - [`system`] — the host's memory;
 //! - [`metrics`] — Prometheus metrics;
 //! - [`store`] — the durable desired state: its records, its file and its one writer;
 //! - [`changes`] — the one "routes changed" signal.
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod metrics;
 pub mod routes;
 pub mod store;
+pub mod system;
 #[cfg(test)]
 mod testing;
 

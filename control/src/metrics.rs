@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use multiverse_common::Health;
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric the control plane exports.
 pub struct ControlMetrics {
@@ -20,6 +23,10 @@ pub struct ControlMetrics {
     pub backends: IntGauge,
     pub gpus: crate::gpu::metrics::GpuGauges,
     pub instances: IntGaugeVec,
+    /// Probe response times by target type (`instance`), target and kind.
+    probe_duration: HistogramVec,
+    /// Probes by target type, target, kind and result (`ok`, `failed`).
+    probes: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -71,8 +78,20 @@ impl ControlMetrics {
             Opts::new("instances", "TEI instances by status"),
             &["status"],
         ));
+        let probe_duration = must(HistogramVec::new(
+            HistogramOpts::new("probe_duration_seconds", "Probe response times").buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["target_type", "target", "kind"],
+        ));
+        let probes = must(IntCounterVec::new(
+            Opts::new("probes_total", "Probes by target, kind and result"),
+            &["target_type", "target", "kind", "result"],
+        ));
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(probe_duration.clone()),
+            Box::new(probes.clone()),
             Box::new(transitions.clone()),
             Box::new(nacks.clone()),
             Box::new(proxies_connected.clone()),
@@ -99,7 +118,27 @@ impl ControlMetrics {
             backends,
             gpus,
             instances,
+            probe_duration,
+            probes,
         })
+    }
+
+    /// One probe of `target` (of `target_type`, e.g. `instance`) of `kind`.
+    pub fn observe_probe(
+        &self,
+        target_type: &str,
+        target: &str,
+        kind: &str,
+        took: std::time::Duration,
+        ok: bool,
+    ) {
+        self.probe_duration
+            .with_label_values(&[target_type, target, kind])
+            .observe(took.as_secs_f64());
+        let result = if ok { "ok" } else { "failed" };
+        self.probes
+            .with_label_values(&[target_type, target, kind, result])
+            .inc();
     }
 
     pub fn check(&self, backend: &str, ok: bool) {

@@ -276,7 +276,9 @@ impl From<PlacementError> for ApiError {
     fn from(e: PlacementError) -> Self {
         let code = match &e {
             PlacementError::UnknownGpu { .. } => ErrorCode::InvalidGpuId,
-            PlacementError::InsufficientVram { .. } => ErrorCode::InsufficientVram,
+            PlacementError::InsufficientVram { .. } | PlacementError::NoGpuFits { .. } => {
+                ErrorCode::InsufficientVram
+            }
         };
         ApiError::new(code, e.to_string())
     }

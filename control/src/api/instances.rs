@@ -20,6 +20,10 @@ pub fn router() -> Router<ApiState> {
         .route("/instances", get(list).post(create))
         .route("/instances/{name}", get(show).delete(delete))
         .route("/instances/{name}/logs", get(super::logs::log))
+        .route(
+            "/instances/{name}/gpu-stats",
+            get(super::gpus::instance_gpu_stats),
+        )
         .route("/instances/{name}/{action}", post(act))
         .route("/instances/bulk/{action}", post(bulk))
         .route("/instances/from-template/{template}", post(from_template))
@@ -104,11 +108,21 @@ async fn show(
     Ok(Json(s.instances.get(&name).await?))
 }
 
+/// `?keep_logs=true` keeps the instance's log files (by default they are deleted with it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    keep_logs: bool,
+}
+
 async fn delete(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    s.instances.delete(&name).await?;
+    let q = query(q)?;
+    s.instances.delete(&name, q.keep_logs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,13 +130,14 @@ async fn run_action(
     m: &Manager,
     name: &str,
     action: &str,
+    keep_logs: bool,
 ) -> Result<Option<InstanceView>, ApiError> {
     Ok(match action {
         "start" => Some(m.start(name).await?),
         "stop" => Some(m.stop(name).await?),
         "restart" => Some(m.restart(name).await?),
         "delete" => {
-            m.delete(name).await?;
+            m.delete(name, keep_logs).await?;
             None
         }
         other => {
@@ -144,13 +159,16 @@ async fn act(
             "use DELETE /instances/{name}",
         ));
     }
-    Ok(Json(run_action(&s.instances, &name, &action).await?))
+    Ok(Json(run_action(&s.instances, &name, &action, false).await?))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BulkRequest {
     names: Vec<String>,
+    /// For `delete`: keep the instances' log files.
+    #[serde(default)]
+    keep_logs: bool,
 }
 
 #[derive(Serialize)]
@@ -175,7 +193,8 @@ async fn bulk(
     let results = futures::future::join_all(req.names.iter().map(|n| {
         let m = s.instances.clone();
         let action = action.clone();
-        async move { (n.clone(), run_action(&m, n, &action).await) }
+        let keep_logs = req.keep_logs;
+        async move { (n.clone(), run_action(&m, n, &action, keep_logs).await) }
     }))
     .await;
     let mut succeeded = Vec::new();

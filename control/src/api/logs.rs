@@ -1,8 +1,11 @@
 //! `GET /instances/{name}/logs`: without `follow`, JSON `{"instance", "start", "end", "total",
-//! "lines"}` (Python slice indices `start`/`end`, resolved); with `follow=true`, SSE (`data:
-//! <line>` per line from `history[start:]` on, then every new line, until the instance is
-//! deleted or the control plane stops). `end` with `follow=true` is a 400 `INVALID_LOG_QUERY`; a
-//! history that cannot be read is a 500 `LOG_READ_FAILED`.
+//! "lines"}` (Python slice indices `start`/`end`, resolved; or `tail=N`, the last N lines); with
+//! `follow=true`, SSE (`data: <line>` per line from `history[start:]` — or the last `tail` lines
+//! — on, then every new line, until the instance is deleted or the control plane stops).
+//!
+//! 400 `INVALID_LOG_QUERY`: `end` with `follow=true`, `tail` with `start` or `end`, and any query
+//! parameter other than these four (all of them named). A history that cannot be read is a 500
+//! `LOG_READ_FAILED`.
 
 use std::sync::Arc;
 
@@ -23,16 +26,60 @@ impl From<LogError> for ApiError {
     }
 }
 
-/// The query: `start`, `end` (Python slice indices; empty means absent) and `follow`
-/// (`true`/`false`/`1`/`0`).
+/// The query: `start`, `end` (Python slice indices; empty means absent), `tail` (the last N
+/// lines, N ≥ 0) and `follow` (`true`/`false`/`1`/`0`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LogQuery {
     #[serde(default, deserialize_with = "opt_i64")]
     pub start: Option<i64>,
     #[serde(default, deserialize_with = "opt_i64")]
     pub end: Option<i64>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub tail: Option<u64>,
     #[serde(default, deserialize_with = "opt_bool")]
     pub follow: Option<bool>,
+}
+
+/// The query parameters [`LogQuery`] reads; any other is refused.
+pub const LOG_PARAMS: [&str; 4] = ["start", "end", "tail", "follow"];
+
+impl LogQuery {
+    /// The start index the query means: `start`, or for `tail=N` `-N` (`tail=0`: past the
+    /// end, so no line of the history). `tail` with `start` or `end` is an error.
+    pub fn resolved_start(&self) -> Result<Option<i64>, ApiError> {
+        match self.tail {
+            None => Ok(self.start),
+            Some(_) if self.start.is_some() || self.end.is_some() => Err(ApiError::new(
+                ErrorCode::InvalidLogQuery,
+                "tail cannot be combined with start or end",
+            )),
+            Some(0) => Ok(Some(i64::MAX)),
+            Some(n) => Ok(Some(-(n.min(i64::MAX as u64) as i64))),
+        }
+    }
+}
+
+/// A 400 `INVALID_LOG_QUERY` naming every parameter of `pairs` that is not in [`LOG_PARAMS`].
+pub fn only_known_params(pairs: &[(String, String)]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = Vec::new();
+    for (k, _) in pairs {
+        if !LOG_PARAMS.contains(&k.as_str()) && !unknown.contains(&k.as_str()) {
+            unknown.push(k);
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = unknown.iter().map(|k| format!("`{k}`")).collect();
+    Err(ApiError::new(
+        ErrorCode::InvalidLogQuery,
+        format!(
+            "unknown query parameter{} {} (known: {})",
+            if unknown.len() == 1 { "" } else { "s" },
+            named.join(", "),
+            LOG_PARAMS.join(", ")
+        ),
+    ))
 }
 
 fn opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -45,6 +92,15 @@ fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         .map(|s| {
             s.parse::<i64>()
                 .map_err(|_| serde::de::Error::custom(format!("not an integer: {s:?}")))
+        })
+        .transpose()
+}
+
+fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    opt_str(d)?
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| serde::de::Error::custom(format!("not a non-negative integer: {s:?}")))
         })
         .transpose()
 }
@@ -63,14 +119,17 @@ fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
 pub async fn log(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let sink = s.instances.log(&name)?;
+    only_known_params(&query(pairs)?)?;
     respond(sink, query(q)?).await
 }
 
 /// Answers for one sink (the handler minus the extractors).
 pub async fn respond(sink: Arc<LogSink>, q: LogQuery) -> Result<Response, ApiError> {
+    let start = q.resolved_start()?;
     if q.follow.unwrap_or(false) {
         if q.end.is_some() {
             return Err(ApiError::new(
@@ -78,12 +137,12 @@ pub async fn respond(sink: Arc<LogSink>, q: LogQuery) -> Result<Response, ApiErr
                 "end cannot be combined with follow=true",
             ));
         }
-        let lines = sink.tail(q.start).await?;
+        let lines = sink.tail(start).await?;
         return Ok(sse::response(
             lines.map(|line| multiverse_common::sse::data_line(&line)),
         ));
     }
-    let slice = sink.slice(q.start, q.end).await?;
+    let slice = sink.slice(start, q.end).await?;
     Ok(Json(json!({
         "instance": sink.instance(),
         "start": slice.start,
@@ -135,6 +194,35 @@ mod tests {
         assert_eq!((q.start, q.end, q.follow), (None, None, Some(false)));
         let uri: axum::http::Uri = "/logs?start=abc".parse().unwrap();
         assert!(axum::extract::Query::<LogQuery>::try_from_uri(&uri).is_err());
+        let q = query("tail=7");
+        assert_eq!(q.resolved_start().unwrap(), Some(-7));
+        assert_eq!(query("tail=0").resolved_start().unwrap(), Some(i64::MAX));
+        assert_eq!(query("start=-2").resolved_start().unwrap(), Some(-2));
+        for bad in ["tail=1&start=0", "tail=1&end=2"] {
+            let e = query(bad).resolved_start().unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidLogQuery, "{bad}");
+        }
+        let uri: axum::http::Uri = "/logs?tail=-1".parse().unwrap();
+        assert!(axum::extract::Query::<LogQuery>::try_from_uri(&uri).is_err());
+    }
+
+    #[test]
+    fn unknown_parameters_are_all_named() {
+        let pairs = |q: &str| {
+            let uri: axum::http::Uri = format!("/logs?{q}").parse().unwrap();
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+                .unwrap()
+                .0
+        };
+        assert!(only_known_params(&pairs("start=1&end=2&tail=3&follow=0")).is_ok());
+        let e = only_known_params(&pairs("lines=3&start=1&since=x")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidLogQuery);
+        assert!(
+            e.message.contains("`lines`") && e.message.contains("`since`"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("`start`"), "{}", e.message);
     }
 
     #[tokio::test]
@@ -152,6 +240,17 @@ mod tests {
             json!({"instance": "tei-a", "start": 3, "end": 5, "total": 5,
                    "lines": ["line 3", "line 4"]})
         );
+        let resp = respond(sink.clone(), query("tail=2")).await;
+        let v: serde_json::Value = serde_json::from_str(&body_string(resp).await).unwrap();
+        assert_eq!(v["lines"], json!(["line 3", "line 4"]));
+        assert_eq!((v["start"].clone(), v["end"].clone()), (json!(3), json!(5)));
+        let resp = respond(sink.clone(), query("tail=0")).await;
+        let v: serde_json::Value = serde_json::from_str(&body_string(resp).await).unwrap();
+        assert_eq!(v["lines"], json!([]));
+        let resp = respond(sink.clone(), query("tail=99")).await;
+        let v: serde_json::Value = serde_json::from_str(&body_string(resp).await).unwrap();
+        assert_eq!(v["total"], 5);
+        assert_eq!(v["lines"].as_array().map(Vec::len), Some(5));
         let resp = respond(sink.clone(), query("start=3&end=1")).await;
         let v: serde_json::Value = serde_json::from_str(&body_string(resp).await).unwrap();
         assert_eq!(v["lines"], json!([]));

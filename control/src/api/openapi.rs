@@ -147,6 +147,7 @@ fn untagged() -> Json<Value> {
         "paths": {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
+            "/metrics/json": {"get": {"summary": "Metrics as JSON: instances by status; per instance status, uptime_secs, restarts, liveness_failures, requests_total / requests_failed / avg_latency_ms (from its own TEI metrics), gpu_id, gpu_memory_bytes; backends; system memory and GPU totals", "responses": {"200": {"description": "{control_plane_id, instances, instance_details, backends, system}", "content": {"application/json": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/ui/config": {"get": {"summary": "What the web UI is told: the proxy its playground calls ([ui] proxy_url in control.toml, null when unset)", "responses": {"200": {"description": "{proxy_url}", "content": {"application/json": {"schema": {"type": "object", "properties": {"proxy_url": {"type": "string", "nullable": true}}}}}}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
@@ -157,7 +158,7 @@ fn untagged() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances; filters ?tag=key[:value], ?status=ready, ?model=, ?gpu=0; ?sort=name|status|created|restarts, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "parameters": list_params(&[("tag", None), ("status", Some(&["pending", "starting", "ready", "unhealthy", "restarting", "stopping", "stopped", "failed"])), ("model", None), ("gpu", None), ("sort", Some(&["name", "status", "created", "restarts"])), ("order", Some(&["asc", "desc"]))]), "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce}, exceeded → limit_exceeded event and restart or warning; `probes`: {startup, liveness, readiness} custom HTTP checks)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
@@ -169,8 +170,13 @@ fn untagged() -> Json<Value> {
             },
             "/instances/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
-                "delete": {"summary": "Stop (draining first) and delete", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM, gpu, probe statistics by kind (total, successes, failures, consecutive_failures, avg_ms, p99_ms, last_success_at, last_failure_at, last_error)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
+                "delete": {"summary": "Stop (draining first) and delete; its log files are deleted too unless ?keep_logs=true", "security": secured,
+                    "parameters": [{"name": "keep_logs", "in": "query", "schema": {"type": "boolean", "default": false}}], "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+            },
+            "/instances/{name}/gpu-stats": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "The instance's GPU (id, name, memory used/total, utilisation, temperature) and the VRAM of its process group (NVML per-process, matched by pid)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{instance, nvml, reason, gpu_id, pid, gpu_memory_bytes, gpu: {id, name, memory_used_bytes, memory_total_bytes, utilization_percent, temperature_c, process_pids, process_memory_bytes}}"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/{name}/{action}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -179,11 +185,16 @@ fn untagged() -> Json<Value> {
             },
             "/instances/{name}/logs": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end); ?follow=true streams new lines (SSE)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("400", error_response("VALIDATION_ERROR or INVALID_LOG_QUERY")), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
+                "get": {"summary": "Log lines with Python slice semantics (?start=&end=, negative from the end) or the last N (?tail=N); ?follow=true streams new lines (SSE)", "security": secured,
+                    "parameters": [{"name": "start", "in": "query", "schema": {"type": "integer"}},
+                                   {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                                   {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The last N lines (not with start or end)"},
+                                   {"name": "follow", "in": "query", "schema": {"type": "boolean"}}],
+                    "responses": auth_errors(m(vec![("200", json!({"description": "{lines, start, end, total} or text/event-stream"})), ("400", error_response("VALIDATION_ERROR, or INVALID_LOG_QUERY: end with follow, tail with start/end, unknown parameters (named)")), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
             "/instances/bulk/{action}": {
                 "parameters": [{"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["start", "stop", "restart", "delete"]}}],
-                "post": {"summary": "Run an action on many instances: {names} to {succeeded, failed: [{name, error, code}]}", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Results"}))]))}
+                "post": {"summary": "Run an action on many instances: {names, keep_logs (delete only)} to {succeeded, failed: [{name, error, code}]}", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Results"}))]))}
             },
             "/instances/from-template/{template}": {
                 "parameters": [{"name": "template", "in": "path", "required": true, "schema": {"type": "string"}}],

@@ -48,6 +48,14 @@ pub enum EventKind {
     },
     Stopped,
     Deleted,
+    /// A `[limits]` value was exceeded: `limit` (`max_memory_mb`, `max_vram_mb`), what was used
+    /// and allowed (MiB), and `action`: `restart` or `warn`.
+    LimitExceeded {
+        limit: String,
+        used_mb: u64,
+        max_mb: u64,
+        action: String,
+    },
     /// A backend was registered through the API (it passed its first check).
     BackendRegistered,
     /// A backend's health checks made it healthy.
@@ -79,6 +87,7 @@ impl EventKind {
         "failed",
         "stopped",
         "deleted",
+        "limit_exceeded",
         "backend_registered",
         "backend_healthy",
         "backend_unhealthy",
@@ -99,6 +108,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Stopped => "stopped",
             EventKind::Deleted => "deleted",
+            EventKind::LimitExceeded { .. } => "limit_exceeded",
             EventKind::BackendRegistered => "backend_registered",
             EventKind::BackendHealthy => "backend_healthy",
             EventKind::BackendUnhealthy { .. } => "backend_unhealthy",
@@ -266,6 +276,14 @@ impl EventBus {
             }
             EventKind::Unhealthy { reason } | EventKind::Restarted { reason } => {
                 tracing::warn!(instance, seq, event = event.kind.name(), %reason, "instance event")
+            }
+            EventKind::LimitExceeded {
+                limit,
+                used_mb,
+                max_mb,
+                action,
+            } => {
+                tracing::warn!(instance, seq, event = "limit_exceeded", %limit, used_mb, max_mb, %action, "instance event")
             }
             EventKind::Started { pid, port } => {
                 tracing::info!(

@@ -98,6 +98,12 @@ fn names_cover_every_kind() {
         EventKind::Failed { error: "e".into() },
         EventKind::Stopped,
         EventKind::Deleted,
+        EventKind::LimitExceeded {
+            limit: "max_memory_mb".into(),
+            used_mb: 2,
+            max_mb: 1,
+            action: "restart".into(),
+        },
         EventKind::BackendRegistered,
         EventKind::BackendHealthy,
         EventKind::BackendUnhealthy { reason: "r".into() },

@@ -5,15 +5,23 @@
 //! simulated = [{ name = "NVIDIA A10G", memory_total_mb = 24576, memory_used_mb = 1024 }]
 //! ```
 //!
-//! They are reported as `nvml: "simulated"`, numbered from 0 in the order given, with fixed
-//! memory and no processes; placement checks them like real GPUs. `mb` is MiB (2^20 bytes),
-//! as `nvidia-smi` shows it.
+//! They are reported as `nvml: "simulated"`, numbered from 0 in the order given; placement
+//! checks them like real GPUs. `mb` is MiB (2^20 bytes), as `nvidia-smi` shows it.
+//!
+//! Their processes stand in for NVML's per-process memory: a process that uses a simulated GPU
+//! writes `<process dir>/<pid>.json` = `{"pid", "start_time_ticks", "gpu", "used_memory_bytes",
+//! ...}` (`mock-tei --simulated-vram-mb`; the control plane gives its instances the directory
+//! in `MULTIVERSE_SIMULATED_GPU_DIR`). Each reading lists the records of live processes (same
+//! pid and `/proc` start time: a killed process's file, or a reused pid, is ignored) as the
+//! processes of the GPU `gpu` names (an index, as `CUDA_VISIBLE_DEVICES` names it), and adds
+//! their memory to the GPU's `memory_used`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GpuProbe, GpuStat, GpuStatus, NvmlState};
+use super::{GpuProbe, GpuProcess, GpuStat, GpuStatus, NvmlState};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -50,45 +58,125 @@ impl FakeGpu {
 #[derive(Debug, Clone)]
 pub struct FakeGpus {
     gpus: Vec<FakeGpu>,
+    /// Where processes record their simulated VRAM (`None`: no processes).
+    process_dir: Option<PathBuf>,
 }
 
 impl FakeGpus {
     pub fn new(gpus: Vec<FakeGpu>) -> Self {
-        Self { gpus }
+        Self {
+            gpus,
+            process_dir: None,
+        }
     }
+
+    /// Reads per-process records from `dir` (see the module docs).
+    pub fn with_process_dir(mut self, dir: PathBuf) -> Self {
+        self.process_dir = Some(dir);
+        self
+    }
+}
+
+/// One process's record (the fields the control plane reads; others are ignored).
+#[derive(Debug, Deserialize)]
+struct VramRecord {
+    pid: u32,
+    start_time_ticks: Option<u64>,
+    gpu: String,
+    used_memory_bytes: u64,
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`; `None` when the process does not exist.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The records of live processes in `dir`, as (GPU index, process).
+fn live_records(dir: &Path) -> Vec<(u32, GpuProcess)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice::<VramRecord>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|r| {
+            let now = start_time(r.pid);
+            now.is_some() && (r.start_time_ticks.is_none() || r.start_time_ticks == now)
+        })
+        .filter_map(|r| {
+            let index = r.gpu.trim().parse().ok()?;
+            Some((
+                index,
+                GpuProcess {
+                    pid: r.pid,
+                    used_memory_bytes: Some(r.used_memory_bytes),
+                },
+            ))
+        })
+        .collect()
 }
 
 impl GpuProbe for FakeGpus {
     fn status(&self) -> GpuStatus {
+        let mut records = self
+            .process_dir
+            .as_deref()
+            .map(live_records)
+            .unwrap_or_default();
+        records.sort_by_key(|(_, p)| p.pid);
         GpuStatus {
             nvml: NvmlState::Simulated,
             reason: None,
             driver_version: None,
             gpus: (0u32..)
                 .zip(&self.gpus)
-                .map(|(index, g)| GpuStat {
-                    index,
-                    name: g.name.clone(),
-                    uuid: None,
-                    memory_used_bytes: Some(g.memory_used_mb.saturating_mul(MIB)),
-                    memory_total_bytes: Some(g.memory_total_mb.saturating_mul(MIB)),
-                    utilization_percent: Some(0),
-                    temperature_c: None,
-                    processes: Vec::new(),
+                .map(|(index, g)| {
+                    let processes: Vec<GpuProcess> = records
+                        .iter()
+                        .filter(|(i, _)| *i == index)
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    let total = g.memory_total_mb.saturating_mul(MIB);
+                    let used = processes
+                        .iter()
+                        .filter_map(|p| p.used_memory_bytes)
+                        .fold(g.memory_used_mb.saturating_mul(MIB), u64::saturating_add)
+                        .min(total);
+                    GpuStat {
+                        index,
+                        name: g.name.clone(),
+                        uuid: None,
+                        memory_used_bytes: Some(used),
+                        memory_total_bytes: Some(total),
+                        utilization_percent: Some(0),
+                        temperature_c: None,
+                        processes,
+                    }
                 })
                 .collect(),
         }
     }
 }
 
-/// The simulated GPUs when any are configured, otherwise the real [`super::probe`].
-pub fn probe_with(fake: &[FakeGpu]) -> Arc<dyn GpuProbe> {
+/// The simulated GPUs when any are configured (their processes recorded in `process_dir`),
+/// otherwise the real [`super::probe`].
+pub fn probe_with(fake: &[FakeGpu], process_dir: Option<&Path>) -> Arc<dyn GpuProbe> {
     if fake.is_empty() {
         return super::probe();
     }
     tracing::info!(gpus = fake.len(), "simulating GPUs from configuration");
-    Arc::new(FakeGpus::new(fake.to_vec()))
+    let gpus = FakeGpus::new(fake.to_vec());
+    Arc::new(match process_dir {
+        Some(dir) => gpus.with_process_dir(dir.to_path_buf()),
+        None => gpus,
+    })
 }
+
+/// The variable that gives a process the directory of its simulated-VRAM record.
+pub const PROCESS_DIR_ENV: &str = "MULTIVERSE_SIMULATED_GPU_DIR";
 
 #[cfg(test)]
 mod tests {
@@ -188,10 +276,47 @@ mod tests {
 
     #[test]
     fn probe_with_prefers_the_simulated_gpus() {
-        let s = probe_with(&[a10g()]).status();
+        let s = probe_with(&[a10g()], None).status();
         assert_eq!(s.nvml, NvmlState::Simulated);
         assert_eq!(s.gpus.len(), 1);
         // Nothing configured: the real probe (unavailable here, available on a GPU host).
-        assert_ne!(probe_with(&[]).status().nvml, NvmlState::Simulated);
+        assert_ne!(probe_with(&[], None).status().nvml, NvmlState::Simulated);
+    }
+
+    #[test]
+    fn live_process_records_are_the_gpus_processes() {
+        let dir = std::env::temp_dir().join(format!("mv-fakegpu-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let record = |pid: u32, ticks: Option<u64>, gpu: &str, mib: u64| {
+            serde_json::json!({"pid": pid, "start_time_ticks": ticks, "gpu": gpu,
+                               "cuda_visible_devices": gpu, "device_id": 0,
+                               "used_memory_bytes": mib * MIB})
+            .to_string()
+        };
+        let ticks = start_time(me);
+        std::fs::write(dir.join("a.json"), record(me, ticks, "1", 512)).unwrap();
+        // The same pid with another start time: a reused pid, ignored.
+        std::fs::write(dir.join("b.json"), record(me, Some(1), "1", 9000)).unwrap();
+        // No such process.
+        std::fs::write(dir.join("c.json"), record(u32::MAX - 1, None, "0", 100)).unwrap();
+        std::fs::write(dir.join("d.json"), "not json").unwrap();
+        let mut small = a10g();
+        small.memory_used_mb = 0;
+        let s = FakeGpus::new(vec![a10g(), small])
+            .with_process_dir(dir.clone())
+            .status();
+        assert!(s.gpus[0].processes.is_empty(), "{s:?}");
+        assert_eq!(
+            s.gpus[1].processes,
+            vec![GpuProcess {
+                pid: me,
+                used_memory_bytes: Some(512 * MIB)
+            }]
+        );
+        assert_eq!(s.gpus[1].memory_used_bytes, Some(512 * MIB));
+        assert_eq!(s.vram_by_pid(me), Some(512 * MIB));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

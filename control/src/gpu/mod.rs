@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use fake::{probe_with, FakeGpu, FakeGpus};
 pub use metrics::GpuGauges;
 pub use nvml::NvmlProbe;
-pub use placement::{check_placement, PlacementError};
+pub use placement::{check_placement, place, Placed, Placement, PlacementError, PlacementMode};
 
 /// Reads the GPUs of this host.
 pub trait GpuProbe: Send + Sync {

@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Template};
+use super::spec::{InstanceSpec, Protocol, Template};
+use super::supervisor::stats::{KindStats, ProbeStats};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
+use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
@@ -31,6 +33,9 @@ pub struct ManagerSettings {
     pub port_range: (u16, u16),
     pub max_instances: usize,
     pub min_free_vram_bytes: u64,
+    pub placement: crate::gpu::PlacementMode,
+    /// How often `[limits]` are checked.
+    pub limits_interval: std::time::Duration,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
     pub log_keep: usize,
@@ -53,8 +58,121 @@ pub struct InstanceView {
     pub last_error: Option<String>,
     pub started_at: Option<String>,
     pub uptime_s: Option<u64>,
-    /// VRAM used by the process, when NVML can tell.
+    /// VRAM used by the instance's processes (its process group), when NVML can tell.
     pub gpu_memory_bytes: Option<u64>,
+    /// Its GPU and its processes' share of it (`None` without a GPU and without VRAM).
+    pub gpu: Option<InstanceGpu>,
+    /// Liveness probes that failed since the control plane started.
+    pub liveness_failures: u64,
+    /// Said when it was created (an overcommitting placement let through by `[gpu] placement =
+    /// "warn"`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Probe statistics by kind (`startup`, `liveness`, `readiness`), since the control plane
+    /// started.
+    pub probes: BTreeMap<&'static str, KindStats>,
+}
+
+/// An instance's GPU: the device's figures and what the instance's processes use of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceGpu {
+    /// NVML index (the instance's `gpu_id`; else the GPU its processes were found on).
+    pub id: u32,
+    /// `None` when the GPU is not (or no longer) reported.
+    pub name: Option<String>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub utilization_percent: Option<u32>,
+    pub temperature_c: Option<u32>,
+    /// The pids of the instance's process group that NVML lists on this GPU.
+    pub process_pids: Vec<u32>,
+    /// Their VRAM on this GPU.
+    pub process_memory_bytes: Option<u64>,
+}
+
+/// GPUs now and the members of each instance's process group, for the views.
+pub(super) struct GpuUsage {
+    status: crate::gpu::GpuStatus,
+    groups: std::collections::HashMap<u32, Vec<u32>>,
+}
+
+impl GpuUsage {
+    /// What the group of `pgid` uses: its VRAM over all GPUs, and its GPU's figures.
+    pub(super) fn of(
+        &self,
+        gpu_id: Option<u32>,
+        pgid: Option<u32>,
+    ) -> (Option<u64>, Option<InstanceGpu>) {
+        let members: &[u32] = pgid
+            .and_then(|p| self.groups.get(&p))
+            .map_or(&[], Vec::as_slice);
+        let mine = |g: &crate::gpu::GpuStat| -> Vec<(u32, Option<u64>)> {
+            g.processes
+                .iter()
+                .filter(|p| members.contains(&p.pid))
+                .map(|p| (p.pid, p.used_memory_bytes))
+                .collect()
+        };
+        let total: Option<u64> = self
+            .status
+            .gpus
+            .iter()
+            .flat_map(&mine)
+            .filter_map(|(_, b)| b)
+            .reduce(u64::saturating_add);
+        let id = gpu_id.or_else(|| {
+            self.status
+                .gpus
+                .iter()
+                .find(|g| !mine(g).is_empty())
+                .map(|g| g.index)
+        });
+        let gpu = id.map(|id| match self.status.gpu(id) {
+            Some(g) => {
+                let procs = mine(g);
+                InstanceGpu {
+                    id,
+                    name: Some(g.name.clone()),
+                    memory_used_bytes: g.memory_used_bytes,
+                    memory_total_bytes: g.memory_total_bytes,
+                    utilization_percent: g.utilization_percent,
+                    temperature_c: g.temperature_c,
+                    process_memory_bytes: procs
+                        .iter()
+                        .filter_map(|(_, b)| *b)
+                        .reduce(u64::saturating_add),
+                    process_pids: procs.into_iter().map(|(p, _)| p).collect(),
+                }
+            }
+            None => InstanceGpu {
+                id,
+                name: None,
+                memory_used_bytes: None,
+                memory_total_bytes: None,
+                utilization_percent: None,
+                temperature_c: None,
+                process_pids: Vec::new(),
+                process_memory_bytes: None,
+            },
+        });
+        (total, gpu)
+    }
+}
+
+/// `GET /instances/{name}/gpu-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuStats {
+    pub instance: String,
+    pub nvml: crate::gpu::NvmlState,
+    /// Why NVML is unavailable.
+    pub reason: Option<String>,
+    /// The GPU it was placed on (`None`: all visible, no `CUDA_VISIBLE_DEVICES`).
+    pub gpu_id: Option<u32>,
+    /// Its process group.
+    pub pid: Option<u32>,
+    /// VRAM of its processes over all GPUs.
+    pub gpu_memory_bytes: Option<u64>,
+    pub gpu: Option<InstanceGpu>,
 }
 
 struct Handle {
@@ -64,8 +182,9 @@ struct Handle {
 }
 
 impl Handle {
-    fn view(&self, vram: Option<u64>) -> InstanceView {
+    fn view(&self, usage: Option<&GpuUsage>) -> InstanceView {
         let st: Status = self.shared.snapshot();
+        let (vram, gpu) = usage.map_or((None, None), |u| u.of(self.record.spec.gpu_id, st.pid));
         InstanceView {
             name: self.record.spec.name.clone(),
             model: self.record.spec.model_name().to_string(),
@@ -82,6 +201,13 @@ impl Handle {
             started_at: st.started_at.clone(),
             uptime_s: st.uptime().map(|d| d.as_secs()),
             gpu_memory_bytes: vram,
+            gpu,
+            warnings: Vec::new(),
+            probes: self.shared.probe_stats.snapshot(),
+            liveness_failures: self
+                .shared
+                .liveness_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -94,6 +220,9 @@ pub(super) struct Inner {
     pub(super) names: BTreeSet<String>,
     /// Ports handed to creates in progress (so concurrent creates get different ones).
     pub(super) ports: BTreeSet<u16>,
+    /// GPUs (and VRAM estimates) of creates in progress, by name (so concurrent creates see
+    /// each other's placement).
+    gpus: BTreeMap<String, crate::gpu::Placed>,
     pub(super) revisions: Revisions,
 }
 
@@ -119,10 +248,12 @@ pub struct Manager {
     gpus: Arc<dyn GpuProbe>,
     http: reqwest::Client,
     run_dir: RunDir,
+    metrics: Arc<crate::metrics::ControlMetrics>,
 }
 
 /// Manager dependencies.
 pub struct Deps {
+    pub metrics: Arc<crate::metrics::ControlMetrics>,
     pub store: Store,
     pub events: Arc<EventBus>,
     pub changes: Changes,
@@ -154,7 +285,12 @@ impl Manager {
             gpus: deps.gpus,
             http: deps.http,
             run_dir: deps.run_dir,
+            metrics: deps.metrics,
         });
+        tokio::spawn(super::limits::watch(
+            Arc::downgrade(&manager),
+            manager.settings.limits_interval,
+        ));
         for record in persisted {
             let name = record.spec.name.clone();
             match manager.open_log(&name) {
@@ -201,7 +337,11 @@ impl Manager {
             Desired::Running => State::Pending,
             Desired::Stopped => State::Stopped,
         };
-        let shared = Shared::new(log, state);
+        let shared = Shared::with_stats(
+            log,
+            state,
+            ProbeStats::with_metrics(self.metrics.clone(), &record.spec.name),
+        );
         let (tx, rx) = mpsc::channel(16);
         let sup = Supervisor {
             name: record.spec.name.clone(),
@@ -234,19 +374,71 @@ impl Manager {
             inner.names.insert(name.clone());
         }
         let result = self.create_reserved(spec).await;
-        self.lock().names.remove(&name);
+        let mut inner = self.lock();
+        inner.names.remove(&name);
+        inner.gpus.remove(&name);
         result
     }
 
     /// The rest of a create, its name reserved.
-    async fn create_reserved(&self, spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
-        if let Some(gpu) = spec.gpu_id {
-            self.check_gpu(gpu).await?;
-        }
+    async fn create_reserved(&self, mut spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
+        let warning = self.place(&mut spec).await?;
         let (port, prometheus_port) = self.reserve_ports(spec.requested_port()).await?;
         let result = self.insert(spec, port, prometheus_port).await;
         self.release_ports(&[port, prometheus_port]);
-        result
+        let mut view = result?;
+        if let Some(w) = warning {
+            tracing::warn!(instance = %view.name, "{w}");
+            if let Ok(log) = self.log(&view.name) {
+                log.note(&w);
+            }
+            view.warnings.push(w);
+        }
+        Ok(view)
+    }
+
+    /// Checks the spec's GPU, or chooses one ([`crate::gpu::placement`]), and reserves its
+    /// estimate for the create in progress; returns the warning of an overcommitting placement
+    /// that `[gpu] placement = "warn"` let through.
+    async fn place(&self, spec: &mut InstanceSpec) -> Result<Option<String>, InstanceError> {
+        const MIB: u64 = 1024 * 1024;
+        let usage = self.gpu_usage().await;
+        let estimate_bytes = spec.vram_mb.unwrap_or(0).saturating_mul(MIB);
+        let need = estimate_bytes.max(self.settings.min_free_vram_bytes);
+        let mut inner = self.lock();
+        let mut placed: Vec<crate::gpu::Placed> = inner
+            .handles
+            .values()
+            .filter_map(|h| {
+                let gpu_id = h.record.spec.gpu_id?;
+                let (used, _) = usage.of(Some(gpu_id), h.shared.snapshot().pid);
+                Some(crate::gpu::Placed {
+                    gpu_id,
+                    estimate_bytes: h.record.spec.vram_mb.unwrap_or(0).saturating_mul(MIB),
+                    used_bytes: used.unwrap_or(0),
+                })
+            })
+            .collect();
+        placed.extend(inner.gpus.values().copied());
+        let p = crate::gpu::place(
+            &usage.status,
+            spec.gpu_id,
+            need,
+            &placed,
+            self.settings.placement,
+        )?;
+        if let Some(gpu_id) = p.gpu_id {
+            spec.gpu_id = Some(gpu_id);
+            inner.gpus.insert(
+                spec.name.clone(),
+                crate::gpu::Placed {
+                    gpu_id,
+                    estimate_bytes,
+                    used_bytes: 0,
+                },
+            );
+        }
+        Ok(p.warning)
     }
 
     /// Opens the log, persists and starts a checked instance on reserved ports (no lock held
@@ -279,37 +471,115 @@ impl Manager {
         Ok(view)
     }
 
-    async fn check_gpu(&self, gpu: u32) -> Result<(), InstanceError> {
-        let status = crate::gpu::read(self.gpus.clone()).await;
-        crate::gpu::placement::check_placement(&status, gpu, self.settings.min_free_vram_bytes)?;
-        Ok(())
-    }
-
     /// Every instance, optionally filtered by tag (`key:value`) and status name.
     pub async fn list(&self, tag: Option<&str>, status: Option<&str>) -> Vec<InstanceView> {
-        let vram = self.vram().await;
+        let usage = self.gpu_usage().await;
         self.lock()
             .handles
             .values()
             .filter(|h| tag.is_none_or(|t| h.record.spec.has_tag(t)))
-            .map(|h| {
-                let pid = h.shared.snapshot().pid;
-                h.view(pid.and_then(|p| vram.as_ref().and_then(|v| v.vram_by_pid(p))))
-            })
+            .map(|h| h.view(Some(&usage)))
             .filter(|v| status.is_none_or(|s| v.status.name() == s))
             .collect()
     }
 
-    async fn vram(&self) -> Option<crate::gpu::GpuStatus> {
-        Some(crate::gpu::read(self.gpus.clone()).await)
+    /// The GPUs now and the members of every instance's process group (on blocking threads:
+    /// NVML calls and `/proc` reads).
+    pub(super) async fn gpu_usage(&self) -> GpuUsage {
+        let pgids: Vec<u32> = self
+            .lock()
+            .handles
+            .values()
+            .filter_map(|h| h.shared.snapshot().pid)
+            .collect();
+        let status = crate::gpu::read(self.gpus.clone()).await;
+        let groups = tokio::task::spawn_blocking(move || process::group_members(&pgids))
+            .await
+            .unwrap_or_default();
+        GpuUsage { status, groups }
     }
 
     pub async fn get(&self, name: &str) -> Result<InstanceView, InstanceError> {
-        let vram = self.vram().await;
+        let usage = self.gpu_usage().await;
         let inner = self.lock();
         let h = inner.handles.get(name).ok_or_else(|| not_found(name))?;
-        let pid = h.shared.snapshot().pid;
-        Ok(h.view(pid.and_then(|p| vram.as_ref().and_then(|v| v.vram_by_pid(p)))))
+        Ok(h.view(Some(&usage)))
+    }
+
+    /// `GET /instances/{name}/gpu-stats`: the instance's GPU and its processes' VRAM, with
+    /// whether (and why not) NVML is available.
+    pub async fn gpu_stats(&self, name: &str) -> Result<GpuStats, InstanceError> {
+        let usage = self.gpu_usage().await;
+        let v = {
+            let inner = self.lock();
+            let h = inner.handles.get(name).ok_or_else(|| not_found(name))?;
+            h.view(Some(&usage))
+        };
+        Ok(GpuStats {
+            instance: v.name,
+            nvml: usage.status.nvml,
+            reason: usage.status.reason,
+            gpu_id: v.spec.gpu_id,
+            pid: v.pid,
+            gpu_memory_bytes: v.gpu_memory_bytes,
+            gpu: v.gpu,
+        })
+    }
+
+    /// What each instance with a live process says of its traffic (its TEI metrics), read
+    /// concurrently, each within the probe timeout; an instance that cannot be read is left
+    /// out (and logged at debug).
+    pub async fn traffic(&self) -> BTreeMap<String, Traffic> {
+        let host = self.supervision.advertise_host.clone();
+        let targets: Vec<(String, String)> = self
+            .lock()
+            .handles
+            .values()
+            .filter(|h| matches!(h.shared.state(), State::Ready | State::Unhealthy))
+            .map(|h| {
+                let port = match h.record.spec.protocol {
+                    Protocol::Http => h.record.port,
+                    Protocol::Grpc => h.record.prometheus_port,
+                };
+                (
+                    h.record.spec.name.clone(),
+                    format!("http://{host}:{port}/metrics"),
+                )
+            })
+            .collect();
+        let timeout = self.supervision.probe_timeout;
+        let reads = targets.into_iter().map(|(name, url)| async move {
+            match traffic::scrape(&self.http, &url, timeout).await {
+                Ok(t) => Some((name, t)),
+                Err(e) => {
+                    tracing::debug!(instance = %name, error = %e, "no traffic figures");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The instances with limits and a live process (for the limits watcher).
+    pub(super) fn limited(&self) -> Vec<super::limits::Limited> {
+        self.lock()
+            .handles
+            .values()
+            .filter_map(|h| {
+                let limits = h.record.spec.limits.clone()?;
+                let pid = h.shared.snapshot().pid?;
+                Some(super::limits::Limited {
+                    pid,
+                    gpu_id: h.record.spec.gpu_id,
+                    limits,
+                    tx: h.tx.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The log of an instance.
@@ -382,20 +652,28 @@ impl Manager {
         self.get(name).await
     }
 
-    /// Stops and forgets an instance.
-    pub async fn delete(&self, name: &str) -> Result<(), InstanceError> {
-        let tx = {
+    /// Stops and forgets an instance; its log files are deleted too unless `keep_logs` (a
+    /// failure to delete them is logged: the instance is gone either way).
+    pub async fn delete(&self, name: &str, keep_logs: bool) -> Result<(), InstanceError> {
+        let (tx, log) = {
             let inner = self.lock();
-            inner
-                .handles
-                .get(name)
-                .ok_or_else(|| not_found(name))?
-                .tx
-                .clone()
+            let h = inner.handles.get(name).ok_or_else(|| not_found(name))?;
+            (h.tx.clone(), h.shared.log.clone())
         };
         let (ack, done) = oneshot::channel();
         if tx.send(Command::Delete(ack)).await.is_ok() {
             let _ = done.await;
+        }
+        // The process is gone. The files go while the name is still taken, so a create of the
+        // same name cannot open a log that is then deleted under it.
+        if !keep_logs {
+            match tokio::task::spawn_blocking(move || log.remove_files()).await {
+                Ok(Ok(n)) => tracing::debug!(instance = name, files = n, "log files removed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = name, error = %e, "deleting the instance, but its log files could not be removed")
+                }
+                Err(e) => tracing::warn!(instance = name, error = %e, "log removal did not finish"),
+            }
         }
         let (removed, saving) = {
             let mut inner = self.lock();

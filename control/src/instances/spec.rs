@@ -45,6 +45,7 @@ impl InstanceSpec {
         inherit!(
             port,
             gpu_id,
+            vram_mb,
             served_model_name,
             kind,
             max_batch_tokens,
@@ -53,7 +54,9 @@ impl InstanceSpec {
             pooling,
             dtype,
             auto_truncate,
-            revision
+            revision,
+            limits,
+            probes
         );
         if self.model_id.is_empty() {
             self.model_id = t.model_id.clone();
@@ -95,6 +98,62 @@ impl InstanceSpec {
             ))),
             _ => Ok(()),
         };
+        if let Some(p) = &self.probes {
+            if self.protocol != Protocol::Http {
+                return Err(invalid("`probes` are HTTP checks: only for protocol http"));
+            }
+            for (kind, spec) in [
+                ("startup", &p.startup),
+                ("liveness", &p.liveness),
+                ("readiness", &p.readiness),
+            ] {
+                let Some(s) = spec else { continue };
+                let at = |f: &str| format!("`probes.{kind}.{f}`");
+                if !s.path.starts_with('/') || s.path.contains(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "{} must be a path starting with /",
+                        at("path")
+                    )));
+                }
+                if !["GET", "POST", "PUT", "HEAD"].contains(&s.method.as_str()) {
+                    return Err(invalid(format!(
+                        "{} must be GET, POST, PUT or HEAD",
+                        at("method")
+                    )));
+                }
+                if s.expected_status.is_some_and(|c| !(100..=599).contains(&c)) {
+                    return Err(invalid(format!(
+                        "{} must be 100-599",
+                        at("expected_status")
+                    )));
+                }
+                if s.timeout_ms == Some(0) {
+                    return Err(invalid(format!(
+                        "{} must be greater than 0",
+                        at("timeout_ms")
+                    )));
+                }
+                if s.json_pointer
+                    .as_deref()
+                    .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
+                {
+                    return Err(invalid(format!("{} must start with /", at("json_pointer"))));
+                }
+                if s.json_equals.is_some() && s.json_pointer.is_none() {
+                    return Err(invalid(format!("{} needs json_pointer", at("json_equals"))));
+                }
+            }
+        }
+        if let Some(l) = &self.limits {
+            for (field, v) in [
+                ("limits.max_memory_mb", l.max_memory_mb),
+                ("limits.max_vram_mb", l.max_vram_mb),
+            ] {
+                if v == Some(0) {
+                    return Err(invalid(format!("`{field}` must be greater than 0")));
+                }
+            }
+        }
         one_of("pooling", &self.pooling, &POOLINGS)?;
         one_of("dtype", &self.dtype, &DTYPES)?;
         one_of("kind", &self.kind, &ModelKind::TEI.map(ModelKind::as_str))?;
@@ -155,8 +214,15 @@ impl InstanceSpec {
 pub struct Launch {
     pub program: String,
     pub args: Vec<String>,
-    /// `CUDA_VISIBLE_DEVICES`, when a GPU is chosen.
+    /// `CUDA_VISIBLE_DEVICES`, when a GPU is chosen (always with `CUDA_DEVICE_ORDER=PCI_BUS_ID`,
+    /// so that CUDA numbers devices as NVML does).
     pub cuda_visible_devices: Option<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
+    /// Run as this user and group (`[instances] user`/`group`; needs root or CAP_SETUID and
+    /// CAP_SETGID).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// The TEI command line for a spec on `port` (with its own prometheus port and socket).
@@ -212,6 +278,9 @@ pub fn command_line(
         program: program.to_string(),
         args,
         cuda_visible_devices: spec.gpu_id.map(|g| g.to_string()),
+        env: Vec::new(),
+        uid: None,
+        gid: None,
     }
 }
 

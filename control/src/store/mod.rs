@@ -15,35 +15,47 @@
 //! await the result after releasing it. A change whose save fails is not applied: the file keeps
 //! what it had, the writer's copy too, and the sender is told, with the record as the file still
 //! holds it, so it can put its memory back ([`Revisions`] says whether that is still its job).
+//!
+//! Batched persistence (`[state] save_interval_ms` > 0, [`Store::open_batched`]): the writer
+//! ([`writer`]) acknowledges a change once it is applied to its copy and saves at most once
+//! per interval — the first change after a save opens a window, the save at its end writes
+//! every change of the window at once. A crash therefore loses at most the changes of the last
+//! interval; [`Store::flush`] (called at shutdown) and the end of the writer save at once. A
+//! failed batched save cannot be reported to the changes' senders (they were answered): it is
+//! logged and retried an interval later. Snapshot-version reservations are never batched (a
+//! restart must not reuse versions): they are saved at once, with whatever is pending.
 
 pub mod file;
 pub mod records;
+pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 pub use file::{StateError, StateFile};
 pub use records::{
-    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord, Protocol,
-    Template, FORMAT_VERSION,
+    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord, Limits,
+    ProbeSpec, Probes, Protocol, Template, FORMAT_VERSION,
 };
 
 /// One change of the persisted records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Adds or replaces the backend with this record's id.
-    PutBackend(BackendRecord),
+    PutBackend(Box<BackendRecord>),
     /// Removes the backend with this id.
     RemoveBackend(String),
     /// Adds or replaces the instance with this spec's name.
-    PutInstance(InstanceRecord),
+    /// (Boxed: a spec with probes and limits is large.)
+    PutInstance(Box<InstanceRecord>),
     /// Removes the instance with this name.
     RemoveInstance(String),
     /// Adds or replaces the inference key with this record's id.
-    PutKey(KeyRecord),
+    PutKey(Box<KeyRecord>),
     /// Removes the inference key with this id.
     RemoveKey(String),
     /// Raises the snapshot version floor to this (never lowers it).
@@ -80,7 +92,7 @@ impl Records {
         }
     }
 
-    fn to_state(&self) -> DesiredState {
+    pub(crate) fn to_state(&self) -> DesiredState {
         DesiredState {
             format: FORMAT_VERSION,
             version_floor: self.version_floor,
@@ -90,22 +102,22 @@ impl Records {
         }
     }
 
-    fn apply(&mut self, change: Change) {
+    pub(crate) fn apply(&mut self, change: Change) {
         match change {
             Change::PutBackend(b) => {
-                self.backends.insert(b.id.clone(), b);
+                self.backends.insert(b.id.clone(), *b);
             }
             Change::RemoveBackend(id) => {
                 self.backends.remove(&id);
             }
             Change::PutInstance(i) => {
-                self.instances.insert(i.spec.name.clone(), i);
+                self.instances.insert(i.spec.name.clone(), *i);
             }
             Change::RemoveInstance(name) => {
                 self.instances.remove(&name);
             }
             Change::PutKey(k) => {
-                self.keys.insert(k.id.clone(), k);
+                self.keys.insert(k.id.clone(), *k);
             }
             Change::RemoveKey(id) => {
                 self.keys.remove(&id);
@@ -115,13 +127,7 @@ impl Records {
     }
 }
 
-/// Called by the writer with the outcome of a change and the records in force afterwards.
-type Reply = Box<dyn FnOnce(Result<(), StateError>, &Records) + Send>;
-
-struct Job {
-    change: Change,
-    reply: Reply,
-}
+use writer::{Job, Reply};
 
 /// The handle of the one writer; cheap to clone. The writer stops when every handle is gone.
 #[derive(Clone)]
@@ -165,9 +171,22 @@ impl<T> Saving<T> {
 impl Store {
     /// Loads the file (an error leaves it untouched and stops the start) and starts the writer.
     pub fn open(file: StateFile) -> Result<(Self, DesiredState), StateError> {
+        Self::open_batched(file, Duration::ZERO)
+    }
+
+    /// [`open`](Self::open), saving at most once per `save_interval` (zero: after every
+    /// change); see the module docs.
+    pub fn open_batched(
+        file: StateFile,
+        save_interval: Duration,
+    ) -> Result<(Self, DesiredState), StateError> {
         let state = file.load()?;
         let path = Arc::new(file.path().to_path_buf());
-        let store = Self::start(Some(file), Records::from_state(state.clone()));
+        let store = Self::start(
+            Some(file),
+            Records::from_state(state.clone()),
+            save_interval,
+        );
         Ok((
             Store {
                 path: Some(path),
@@ -179,14 +198,14 @@ impl Store {
 
     /// A store that keeps the records in memory only (for tests and tools).
     pub fn ephemeral() -> Self {
-        Self::start(None, Records::default())
+        Self::start(None, Records::default(), Duration::ZERO)
     }
 
-    fn start(file: Option<StateFile>, records: Records) -> Self {
+    fn start(file: Option<StateFile>, records: Records, save_interval: Duration) -> Self {
         let (jobs, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer(file, records, rx));
+            .spawn(move || writer::run(file, records, rx, save_interval));
         if let Err(e) = spawned {
             // Every later save then fails with "the state writer has stopped".
             tracing::error!(error = %e, "cannot start the state writer");
@@ -202,7 +221,7 @@ impl Store {
     /// Adds or replaces a backend record.
     pub fn put_backend(&self, record: BackendRecord) -> Saving<Option<BackendRecord>> {
         let id = record.id.clone();
-        self.submit(Change::PutBackend(record), move |r| {
+        self.submit(Change::PutBackend(Box::new(record)), move |r| {
             r.backends.get(&id).cloned()
         })
     }
@@ -218,7 +237,7 @@ impl Store {
     /// Adds or replaces an instance record.
     pub fn put_instance(&self, record: InstanceRecord) -> Saving<Option<InstanceRecord>> {
         let name = record.spec.name.clone();
-        self.submit(Change::PutInstance(record), move |r| {
+        self.submit(Change::PutInstance(Box::new(record)), move |r| {
             r.instances.get(&name).cloned()
         })
     }
@@ -234,7 +253,9 @@ impl Store {
     /// Adds or replaces an inference key record.
     pub fn put_key(&self, record: KeyRecord) -> Saving<Option<KeyRecord>> {
         let id = record.id.clone();
-        self.submit(Change::PutKey(record), move |r| r.keys.get(&id).cloned())
+        self.submit(Change::PutKey(Box::new(record)), move |r| {
+            r.keys.get(&id).cloned()
+        })
     }
 
     /// Removes an inference key record.
@@ -248,6 +269,16 @@ impl Store {
     /// Raises the snapshot version floor to `version`.
     pub fn raise_version_floor(&self, version: u64) -> Saving<u64> {
         self.submit(Change::RaiseVersionFloor(version), |r| r.version_floor)
+    }
+
+    /// Saves every change acknowledged but not saved yet (batched persistence), at once; with
+    /// nothing pending (or without batching) it returns at once. Called at shutdown.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Flush(tx)).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
     }
 
     /// Queues `change`; `durable` extracts, on failure, what the file holds instead.
@@ -264,27 +295,11 @@ impl Store {
             }));
         });
         // A send error means the writer is gone: `done` reports it (the reply was dropped).
-        let _ = self.jobs.send(Job { change, reply });
+        let _ = self.jobs.send(Job::Change { change, reply });
         Saving {
             rx,
             path: self.path.clone(),
         }
-    }
-}
-
-/// The writer thread: applies each change to its copy, saves, answers; until every handle is gone.
-fn writer(file: Option<StateFile>, mut records: Records, jobs: mpsc::Receiver<Job>) {
-    for job in jobs {
-        let mut next = records.clone();
-        next.apply(job.change);
-        let result = match &file {
-            Some(f) if next != records => f.save(&next.to_state()),
-            _ => Ok(()),
-        };
-        if result.is_ok() {
-            records = next;
-        }
-        (job.reply)(result, &records);
     }
 }
 

@@ -155,8 +155,13 @@ pub struct InstanceSpec {
     /// out-of-range value gets INVALID_PORT rather than a parse error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    /// Default: chosen by placement (the GPU with the most free VRAM after what is placed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_id: Option<u32>,
+    /// The VRAM the instance is expected to take (its model, batch buffers), in MiB: placement
+    /// reserves it on the GPU until the process uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<u64>,
     /// The model name routes use. Default: `model_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model_name: Option<String>,
@@ -185,6 +190,73 @@ pub struct InstanceSpec {
     pub template: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Resource limits (`[limits]`); a template's apply when the instance gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Custom health checks (HTTP instances); a template's apply when the instance gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+}
+
+/// Custom probes of an instance; an absent one is the default (`GET /health`, or the gRPC
+/// health check; no readiness probe).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    /// Until ready (within `startup_timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<ProbeSpec>,
+    /// Once ready, every `liveness_interval_ms`: `liveness_failures` in a row restart it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    /// Once ready, after each passing liveness probe: failing withdraws the route (status
+    /// `unhealthy`) without restarting; passing again restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+}
+
+/// One HTTP check: `method path` (with `headers` and `body`) must answer `expected_status`
+/// (default: any 2xx) within `timeout_ms` (default `[instances] probe_timeout_ms`), and, with
+/// `json_pointer`, a JSON body with a value there (equal to `json_equals` when given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub path: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// An RFC 6901 pointer into the JSON body, e.g. `/model_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_equals: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+/// An instance's resource limits, checked every `[instances] limits_interval_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The resident memory (VmRSS) of the instance's process group, summed, in MiB: exceeded →
+    /// a `limit_exceeded` event and a restart (with backoff, counted as a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Its processes' VRAM (NVML per-process), in MiB: exceeded → a `limit_exceeded` event and
+    /// a warning (once per process), or a restart with `enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vram_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce: bool,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).

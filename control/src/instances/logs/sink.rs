@@ -28,6 +28,8 @@ pub(super) struct Inner {
     pub(super) write_failing: bool,
     /// Same for rotation.
     pub(super) rotate_failing: bool,
+    /// The files were removed ([`LogSink::remove_files`]): nothing is written any more.
+    pub(super) removed: bool,
 }
 
 /// One instance's log file (and its rotated predecessors), plus a broadcast of new lines.
@@ -95,6 +97,7 @@ impl LogSink {
                 lines: [0, 0],
                 write_failing: false,
                 rotate_failing: false,
+                removed: false,
             }),
         };
         sink.remove_stale_rotations();
@@ -164,6 +167,39 @@ impl LogSink {
         self.lock().tx = None;
     }
 
+    /// Closes the sink (as [`close`](Self::close)) and deletes every file of its history
+    /// (rotated ones beyond `keep` too); lines written afterwards are dropped, so no file is
+    /// created again. Returns how many files were removed. Called when an instance is deleted
+    /// without `keep_logs`; synchronous file I/O, so async callers run it on a blocking thread.
+    pub fn remove_files(&self) -> io::Result<usize> {
+        let mut inner = self.lock();
+        inner.tx = None;
+        inner.file = None;
+        inner.removed = true;
+        drop(inner);
+        let mut removed = 0;
+        let prefix = format!("{}.log.", self.instance);
+        let mut paths = vec![self.path.clone()];
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name();
+            let rotated = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            if rotated {
+                paths.push(entry.path());
+            }
+        }
+        for path in paths {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.lock().tx.is_none()
@@ -176,6 +212,9 @@ impl LogSink {
 
     /// One line (without newline) into the file, rotating first if it would overflow.
     fn append(&self, inner: &mut Inner, line: &str) {
+        if inner.removed {
+            return;
+        }
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
@@ -292,6 +331,33 @@ fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
 mod tests {
     use super::super::test_util::{lines, TempDir};
     use super::*;
+
+    #[test]
+    fn remove_files_deletes_the_history_and_writes_no_more() {
+        let dir = TempDir::new("remove");
+        let sink = LogSink::open(&dir.0, "tei-a", 20, 3).unwrap();
+        let other = LogSink::open(&dir.0, "tei-ab", 0, 3).unwrap();
+        other.write_line(Stream::Stdout, "kept");
+        for i in 0..6 {
+            sink.write_line(Stream::Stdout, &format!("line {i}"));
+        }
+        fs::write(dir.0.join("tei-a.log.7"), "left by a larger keep\n").unwrap();
+        assert_eq!(sink.remove_files().unwrap(), 4, "current, .1, .2 and .7");
+        assert!(sink.is_closed());
+        sink.write_line(Stream::Stdout, "after");
+        sink.note("after");
+        let mut left: Vec<String> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["tei-ab.log"],
+            "only the other instance's log is left"
+        );
+        assert_eq!(sink.remove_files().unwrap(), 0, "nothing left to remove");
+    }
 
     #[test]
     fn newlines_notes_and_counts() {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use multiverse_common::clock::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-use super::machine::{Action, Input, Machine, Request};
-use super::{Command, Shared};
+use super::machine::{Action, Input, Machine, ProbeKind, Request};
+use super::{Command, Shared, State};
 use crate::changes::Changes;
 use crate::events::EventBus;
 use crate::instances::process::ExitInfo;
@@ -33,7 +33,7 @@ pub trait Host: Send {
     /// none. Cancel-safe: dropping it and calling again loses nothing.
     fn exited(&mut self) -> impl Future<Output = Option<ExitInfo>> + Send + '_;
     /// One probe of the instance.
-    fn probe(&self) -> ProbeFuture;
+    fn probe(&self, kind: ProbeKind) -> ProbeFuture;
     /// A line of the supervisor's own in the instance log.
     fn note(&self, line: &str);
     /// The instance is deleted: forget what is kept about it on disk, end its log's followers.
@@ -52,7 +52,7 @@ pub struct Context {
 enum Woke {
     Command(Option<Command>),
     Exited(Option<ExitInfo>),
-    Probed(u64, Result<(), String>),
+    Probed(u64, ProbeKind, Result<(), String>),
     Timer,
 }
 
@@ -67,8 +67,9 @@ pub async fn drive<H: Host>(
 ) {
     let mut stop_waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut delete_waiters: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut probe: Option<(u64, ProbeFuture)> = None;
+    let mut probe: Option<(u64, ProbeKind, ProbeFuture)> = None;
     let mut closed = false;
+    let mut probe_started = Instant::now();
     let mut pending: VecDeque<Input> = VecDeque::new();
     if running {
         pending.push_back(Input::Request(Request::Start));
@@ -93,7 +94,10 @@ pub async fn drive<H: Host>(
                         host.kill();
                     }
                     Action::KillLeftovers => host.kill(),
-                    Action::Probe { life } => probe = Some((life, host.probe())),
+                    Action::Probe { life, kind } => {
+                        probe = Some((life, kind, host.probe(kind)));
+                        probe_started = Instant::now();
+                    }
                     Action::Emit(kind) => {
                         ctx.events.emit(&ctx.name, kind);
                     }
@@ -120,12 +124,12 @@ pub async fn drive<H: Host>(
         let woke = tokio::select! {
             cmd = rx.recv(), if !closed => Woke::Command(cmd),
             exit = host.exited() => Woke::Exited(exit),
-            (life, result) = async {
+            (life, kind, result) = async {
                 match probe.as_mut() {
-                    Some((life, answer)) => (*life, answer.await),
+                    Some((life, kind, answer)) => (*life, *kind, answer.await),
                     None => std::future::pending().await,
                 }
-            }, if probe.is_some() => Woke::Probed(life, result),
+            }, if probe.is_some() => Woke::Probed(life, kind, result),
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::Timer,
         };
         pending.push_back(match woke {
@@ -144,10 +148,22 @@ pub async fn drive<H: Host>(
                 closed = true;
                 Input::Request(Request::Stop)
             }
+            Woke::Command(Some(Command::Limit(b))) => Input::LimitExceeded(b),
             Woke::Exited(exit) => Input::Exited(exit),
-            Woke::Probed(life, result) => {
+            Woke::Probed(life, kind, result) => {
                 probe = None;
-                Input::Probed { life, result }
+                ctx.shared
+                    .probe_stats
+                    .record(kind, probe_started.elapsed(), result.as_ref().err());
+                if result.is_err()
+                    && kind == ProbeKind::Liveness
+                    && matches!(ctx.shared.state(), State::Ready | State::Unhealthy)
+                {
+                    ctx.shared
+                        .liveness_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Input::Probed { life, kind, result }
             }
             Woke::Timer => Input::Timer,
         });

@@ -9,9 +9,10 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::driver::{Host, ProbeFuture};
+use super::machine::ProbeKind;
 use super::Settings;
 use crate::instances::logs::{self, LogSink};
-use crate::instances::probe::probe;
+use crate::instances::probe::{probe, probe_custom};
 use crate::instances::process::{self, ExitInfo, RunDir};
 use crate::instances::spec::{command_line, InstanceSpec, Launch, Protocol};
 
@@ -23,6 +24,8 @@ pub struct ProbeTarget {
     pub host: String,
     pub port: u16,
     pub timeout: std::time::Duration,
+    /// The instance's own checks (an absent one is the default probe).
+    pub custom: crate::store::Probes,
 }
 
 /// One instance's processes, one at a time.
@@ -69,7 +72,7 @@ impl TeiHost {
             Protocol::Http => (&settings.program, &[]),
             Protocol::Grpc => (&settings.grpc_program, &settings.grpc_args),
         };
-        command_line(
+        let mut launch = command_line(
             spec,
             program,
             proto_args,
@@ -77,7 +80,11 @@ impl TeiHost {
             port,
             prometheus_port,
             &run_dir.socket(name).display().to_string(),
-        )
+        );
+        launch.env.clone_from(&settings.env);
+        launch.uid = settings.uid;
+        launch.gid = settings.gid;
+        launch
     }
 
     fn signal(&self, signal: Signal) {
@@ -130,9 +137,19 @@ impl Host for TeiHost {
         status.ok().map(ExitInfo::from_status)
     }
 
-    fn probe(&self) -> ProbeFuture {
+    fn probe(&self, kind: ProbeKind) -> ProbeFuture {
         let t = self.probe.clone();
-        Box::pin(async move { probe(&t.http, t.protocol, &t.host, t.port, t.timeout).await })
+        let custom = match kind {
+            ProbeKind::Startup => t.custom.startup.clone(),
+            ProbeKind::Liveness => t.custom.liveness.clone(),
+            ProbeKind::Readiness => t.custom.readiness.clone(),
+        };
+        Box::pin(async move {
+            match custom {
+                Some(spec) => probe_custom(&t.http, &t.host, t.port, &spec, t.timeout).await,
+                None => probe(&t.http, t.protocol, &t.host, t.port, t.timeout).await,
+            }
+        })
     }
 
     fn note(&self, line: &str) {
@@ -175,6 +192,9 @@ mod tests {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
             cuda_visible_devices: Some("0".into()),
+            env: Vec::new(),
+            uid: None,
+            gid: None,
         };
         let probe = ProbeTarget {
             http: reqwest::Client::new(),
@@ -182,6 +202,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 9,
             timeout: Duration::from_millis(100),
+            custom: Default::default(),
         };
         let host = TeiHost::new("proc", launch, probe, log.clone(), run_dir.clone());
         let hour = Duration::from_secs(3600);

@@ -45,6 +45,29 @@ impl From<&Settings> for Timing {
     }
 }
 
+/// Which check a probe is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// Until ready.
+    Startup,
+    /// Once ready: failures restart.
+    Liveness,
+    /// Once ready, after a passing liveness probe (only when configured): failures withdraw
+    /// the route.
+    Readiness,
+}
+
+impl ProbeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startup",
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        }
+    }
+}
+
 /// What an operator (or the manager) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -70,10 +93,26 @@ pub enum Input {
     /// The result of the [`Action::Probe`] of process life `life`.
     Probed {
         life: u64,
+        kind: ProbeKind,
         result: Result<(), String>,
     },
     /// The deadline the machine set has come.
     Timer,
+    /// The limits watcher found a `[limits]` value exceeded by process `pid`.
+    LimitExceeded(Breach),
+}
+
+/// A limit exceeded by one process (group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    /// The process (group leader) it was measured on; another one's breach is ignored.
+    pub pid: u32,
+    /// `max_memory_mb` or `max_vram_mb`.
+    pub limit: &'static str,
+    pub used_mb: u64,
+    pub max_mb: u64,
+    /// Restart the process (else: warn, once per process and limit).
+    pub restart: bool,
 }
 
 /// Something to do.
@@ -87,8 +126,8 @@ pub enum Action {
     Kill,
     /// SIGKILL to the group of a process that exited: whatever it left behind goes too.
     KillLeftovers,
-    /// Probe the instance; answer [`Input::Probed`] with this `life`.
-    Probe { life: u64 },
+    /// Probe the instance; answer [`Input::Probed`] with this `life` and `kind`.
+    Probe { life: u64, kind: ProbeKind },
     /// A lifecycle event.
     Emit(EventKind),
     /// A line of the supervisor's own in the instance log.
@@ -150,6 +189,12 @@ pub struct Machine {
     backoff: Backoff,
     /// When the recent unplanned restarts happened (within the crash-loop window).
     crashes: VecDeque<Instant>,
+    /// Limits already warned about for this process.
+    warned: Vec<&'static str>,
+    /// A readiness probe is configured.
+    readiness: bool,
+    /// The last readiness probe failed (the route is withdrawn until one passes).
+    not_ready: bool,
 }
 
 impl Machine {
@@ -166,7 +211,16 @@ impl Machine {
             probing: false,
             life: 0,
             crashes: VecDeque::new(),
+            warned: Vec::new(),
+            readiness: false,
+            not_ready: false,
         }
+    }
+
+    /// With a readiness probe after each passing liveness probe.
+    pub fn with_readiness(mut self, readiness: bool) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// The status to show.
@@ -196,10 +250,14 @@ impl Machine {
                 }
             }
             Input::Exited(exit) => self.exited(exit, now, &mut out),
-            Input::Probed { life, result } => {
+            Input::Probed { life, kind, result } => {
                 if life == self.life && self.probing {
                     self.probing = false;
-                    self.probed(result, now, &mut out);
+                    if kind == ProbeKind::Readiness {
+                        self.readied(result, now, &mut out);
+                    } else {
+                        self.probed(result, now, &mut out);
+                    }
                 }
             }
             Input::Timer => {
@@ -208,8 +266,39 @@ impl Machine {
                     self.timer_fired(now, &mut out);
                 }
             }
+            Input::LimitExceeded(b) => self.limit_exceeded(b, now, &mut out),
         }
         out
+    }
+
+    /// A limit exceeded by the current process (starting or serving): the event, then a
+    /// restart (with backoff, as a crash) or a warning once per process and limit.
+    fn limit_exceeded(&mut self, b: Breach, now: Instant, out: &mut Vec<Action>) {
+        let current = matches!(self.phase, Phase::Starting { .. } | Phase::Serving { .. });
+        if !current || self.status.pid != Some(b.pid) {
+            return;
+        }
+        if !b.restart && self.warned.contains(&b.limit) {
+            return;
+        }
+        let reason = format!(
+            "{} exceeded: {} MiB used, {} MiB allowed",
+            b.limit, b.used_mb, b.max_mb
+        );
+        out.push(Action::Emit(EventKind::LimitExceeded {
+            limit: b.limit.to_string(),
+            used_mb: b.used_mb,
+            max_mb: b.max_mb,
+            action: if b.restart { "restart" } else { "warn" }.to_string(),
+        }));
+        if b.restart {
+            self.status.last_error = Some(reason.clone());
+            let serving = matches!(self.phase, Phase::Serving { failures: 0 });
+            self.stop_process(Then::Crash(reason), serving, now, out);
+        } else {
+            self.warned.push(b.limit);
+            out.push(Action::Note(format!("warning: {reason}")));
+        }
     }
 
     fn set_state(&mut self, state: State) {
@@ -230,6 +319,8 @@ impl Machine {
     }
 
     fn start_life(&mut self, out: &mut Vec<Action>) {
+        self.warned.clear();
+        self.not_ready = false;
         self.set_state(State::Starting);
         self.phase = Phase::Spawning;
         self.timer = None;
@@ -342,9 +433,17 @@ impl Machine {
     fn timer_fired(&mut self, now: Instant, out: &mut Vec<Action>) {
         match std::mem::replace(&mut self.phase, Phase::Idle) {
             phase @ (Phase::Starting { .. } | Phase::Serving { .. }) => {
+                let kind = if matches!(phase, Phase::Starting { .. }) {
+                    ProbeKind::Startup
+                } else {
+                    ProbeKind::Liveness
+                };
                 self.phase = phase;
                 self.probing = true;
-                out.push(Action::Probe { life: self.life });
+                out.push(Action::Probe {
+                    life: self.life,
+                    kind,
+                });
             }
             Phase::Draining { then } => self.terminate(then, now, out),
             Phase::Stopping {
@@ -379,8 +478,18 @@ impl Machine {
                 }
             }
             (Phase::Serving { failures }, Ok(())) => {
-                if *failures > 0 {
-                    *failures = 0;
+                let recovered = *failures > 0;
+                *failures = 0;
+                if self.readiness {
+                    // Readiness decides whether it is ready; it is probed at once.
+                    self.probing = true;
+                    out.push(Action::Probe {
+                        life: self.life,
+                        kind: ProbeKind::Readiness,
+                    });
+                    return;
+                }
+                if recovered {
                     self.set_state(State::Ready);
                     out.push(Action::Emit(EventKind::Ready));
                 }
@@ -404,6 +513,33 @@ impl Machine {
             }
             _ => {}
         }
+    }
+
+    /// A readiness probe's answer (serving, liveness passing): ready or withdrawn, never a
+    /// restart.
+    fn readied(&mut self, result: Result<(), String>, now: Instant, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Serving { failures: 0 }) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if self.not_ready || self.status.state != State::Ready {
+                    self.not_ready = false;
+                    self.set_state(State::Ready);
+                    out.push(Action::Emit(EventKind::Ready));
+                }
+            }
+            Err(reason) => {
+                if !self.not_ready || self.status.state != State::Unhealthy {
+                    self.not_ready = true;
+                    self.set_state(State::Unhealthy);
+                    out.push(Action::Emit(EventKind::Unhealthy {
+                        reason: format!("readiness probe failed: {reason}"),
+                    }));
+                }
+            }
+        }
+        self.timer = Some(now + self.t.liveness_interval);
     }
 
     fn exited(&mut self, exit: Option<ExitInfo>, now: Instant, out: &mut Vec<Action>) {
@@ -489,5 +625,203 @@ impl Machine {
         self.phase = Phase::Done;
         self.timer = None;
         out.push(Action::Finished);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        let s = Duration::from_secs(1);
+        Timing {
+            startup_timeout: 60 * s,
+            startup_interval: s,
+            liveness_interval: 5 * s,
+            liveness_failures: 3,
+            drain: 2 * s,
+            stop_grace: 10 * s,
+            backoff_initial: s,
+            backoff_max: 60 * s,
+            crash_loop_restarts: 5,
+            crash_loop_window: 300 * s,
+        }
+    }
+
+    fn breach(pid: u32, limit: &'static str, restart: bool) -> Input {
+        Input::LimitExceeded(Breach {
+            pid,
+            limit,
+            used_mb: 300,
+            max_mb: 200,
+            restart,
+        })
+    }
+
+    fn events(actions: &[Action]) -> Vec<&EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A machine with process `pid` ready.
+    fn ready(pid: u32, now: Instant) -> Machine {
+        let mut m = Machine::new(timing(), 8080, State::Pending);
+        m.step(Input::Request(Request::Start), now);
+        m.step(
+            Input::Spawned {
+                pid,
+                at: "t".into(),
+            },
+            now,
+        );
+        let t = m.deadline().expect("a probe timer");
+        m.step(Input::Timer, t);
+        m.step(
+            Input::Probed {
+                life: 1,
+                kind: ProbeKind::Startup,
+                result: Ok(()),
+            },
+            t,
+        );
+        assert_eq!(m.status().state, State::Ready);
+        m
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_withdraws_and_restores_without_a_restart() {
+        let now = Instant::now();
+        let mut m = ready(7, now).with_readiness(true);
+        let probe = |m: &mut Machine, kind, result, at| {
+            m.step(
+                Input::Probed {
+                    life: 1,
+                    kind,
+                    result,
+                },
+                at,
+            )
+        };
+        let t = m.deadline().expect("liveness timer");
+        assert_eq!(
+            m.step(Input::Timer, t),
+            [Action::Probe {
+                life: 1,
+                kind: ProbeKind::Liveness
+            }]
+        );
+        // Liveness passes: readiness is asked at once.
+        assert_eq!(
+            probe(&mut m, ProbeKind::Liveness, Ok(()), t),
+            [Action::Probe {
+                life: 1,
+                kind: ProbeKind::Readiness
+            }]
+        );
+        let out = probe(&mut m, ProbeKind::Readiness, Err("503".into()), t);
+        assert!(
+            matches!(&events(&out)[..], [EventKind::Unhealthy { reason }] if reason.contains("readiness probe failed: 503")),
+            "{out:?}"
+        );
+        assert_eq!(m.status().state, State::Unhealthy);
+        // Failing again and again: no restart, no repeated event.
+        for _ in 0..5 {
+            let t = m.deadline().expect("timer");
+            m.step(Input::Timer, t);
+            probe(&mut m, ProbeKind::Liveness, Ok(()), t);
+            assert!(events(&probe(&mut m, ProbeKind::Readiness, Err("503".into()), t)).is_empty());
+        }
+        assert_eq!(
+            (m.status().state, m.status().restarts),
+            (State::Unhealthy, 0)
+        );
+        let t = m.deadline().expect("timer");
+        m.step(Input::Timer, t);
+        probe(&mut m, ProbeKind::Liveness, Ok(()), t);
+        let out = probe(&mut m, ProbeKind::Readiness, Ok(()), t);
+        assert_eq!(events(&out), [&EventKind::Ready]);
+        assert_eq!(m.status().state, State::Ready);
+        // Liveness failing still restarts (after 3).
+        for i in 0..3 {
+            let t = m.deadline().expect("timer");
+            m.step(Input::Timer, t);
+            let out = probe(&mut m, ProbeKind::Liveness, Err("down".into()), t);
+            if i == 2 {
+                assert_eq!(m.status().state, State::Stopping, "{out:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warning_limit_is_said_once_per_process() {
+        let now = Instant::now();
+        let mut m = ready(7, now);
+        let out = m.step(breach(7, "max_vram_mb", false), now);
+        assert_eq!(
+            events(&out),
+            [&EventKind::LimitExceeded {
+                limit: "max_vram_mb".into(),
+                used_mb: 300,
+                max_mb: 200,
+                action: "warn".into()
+            }]
+        );
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Note(n) if n.contains("max_vram_mb exceeded"))));
+        assert!(
+            m.step(breach(7, "max_vram_mb", false), now).is_empty(),
+            "once"
+        );
+        assert_eq!(m.status().state, State::Ready, "no restart");
+        assert!(
+            m.step(breach(8, "max_memory_mb", true), now).is_empty(),
+            "another process"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarting_limit_drains_stops_and_restarts_with_backoff() {
+        let now = Instant::now();
+        let mut m = ready(7, now);
+        let out = m.step(breach(7, "max_memory_mb", true), now);
+        assert!(matches!(
+            events(&out)[..],
+            [EventKind::LimitExceeded { action, .. }] if action == "restart"
+        ));
+        assert_eq!(m.status().state, State::Stopping);
+        assert!(m
+            .status()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("max_memory_mb exceeded: 300 MiB used, 200 MiB allowed")));
+        // Drained first (it was serving), then SIGTERM.
+        let drained = m.deadline().expect("drain timer");
+        assert_eq!(drained, now + Duration::from_secs(2));
+        assert_eq!(m.step(Input::Timer, drained), [Action::Terminate]);
+        let out = m.step(Input::Exited(None), drained);
+        let restarted = events(&out);
+        assert!(
+            matches!(restarted[..], [EventKind::Restarted { reason }] if reason.contains("max_memory_mb")),
+            "{out:?}"
+        );
+        assert_eq!(m.status().state, State::Restarting);
+        assert_eq!(m.status().restarts, 1);
+        // A new process may warn again.
+        let t = m.deadline().expect("backoff");
+        assert_eq!(m.step(Input::Timer, t), [Action::Spawn]);
+        m.step(
+            Input::Spawned {
+                pid: 9,
+                at: "t".into(),
+            },
+            t,
+        );
+        assert_eq!(events(&m.step(breach(9, "max_vram_mb", false), t)).len(), 1);
     }
 }

@@ -23,9 +23,11 @@
 pub mod driver;
 pub mod host;
 pub mod machine;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +64,11 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub crash_loop_restarts: u32,
     pub crash_loop_window: Duration,
+    /// More environment variables for every instance (e.g. the simulated GPUs' directory).
+    pub env: Vec<(String, String)>,
+    /// The user and group instances run as (`None`: the control plane's).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// Where an instance is in its life.
@@ -134,20 +141,43 @@ pub enum Command {
     Restart,
     /// Answered once the process is gone and the supervisor has ended.
     Delete(oneshot::Sender<()>),
+    /// The limits watcher found a limit exceeded.
+    Limit(machine::Breach),
 }
 
 /// What the supervisor shares with the manager.
 pub struct Shared {
     status: Mutex<Status>,
     pub log: Arc<LogSink>,
+    /// Liveness probes that failed (probes of a ready or unhealthy instance; the startup
+    /// probe's failures while it loads are expected and not counted), since the control plane
+    /// started.
+    pub liveness_failures: AtomicU64,
+    /// Per probe kind.
+    pub probe_stats: stats::ProbeStats,
 }
 
 impl Shared {
     pub fn new(log: Arc<LogSink>, state: State) -> Arc<Self> {
+        Self::with_stats(log, state, stats::ProbeStats::default())
+    }
+
+    pub fn with_stats(
+        log: Arc<LogSink>,
+        state: State,
+        probe_stats: stats::ProbeStats,
+    ) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(Status::new(state)),
             log,
+            liveness_failures: AtomicU64::new(0),
+            probe_stats,
         })
+    }
+
+    /// The current state (without copying the rest of the status).
+    pub fn state(&self) -> State {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).state
     }
 
     pub fn snapshot(&self) -> Status {
@@ -187,6 +217,12 @@ impl Supervisor {
             machine::Timing::from(self.settings.as_ref()),
             self.port,
             self.shared.snapshot().state,
+        )
+        .with_readiness(
+            self.spec
+                .probes
+                .as_ref()
+                .is_some_and(|p| p.readiness.is_some()),
         );
         let launch = host::TeiHost::launch(
             &self.name,
@@ -202,6 +238,7 @@ impl Supervisor {
             host: self.settings.advertise_host.clone(),
             port: self.port,
             timeout: self.settings.probe_timeout,
+            custom: self.spec.probes.clone().unwrap_or_default(),
         };
         let host = host::TeiHost::new(
             &self.name,

@@ -145,7 +145,7 @@ impl Host for Fake {
         exit
     }
 
-    fn probe(&self) -> ProbeFuture {
+    fn probe(&self, _kind: super::machine::ProbeKind) -> ProbeFuture {
         let n = self.probes_this_life.fetch_add(1, Ordering::SeqCst);
         let result = (self.probes)(self.lives, n);
         Box::pin(async move { result })
@@ -353,8 +353,8 @@ impl Host for Killable {
     async fn exited(&mut self) -> Option<ExitInfo> {
         self.0.exited().await
     }
-    fn probe(&self) -> ProbeFuture {
-        self.0.probe()
+    fn probe(&self, kind: super::machine::ProbeKind) -> ProbeFuture {
+        self.0.probe(kind)
     }
     fn note(&self, line: &str) {
         self.0.note(line);
