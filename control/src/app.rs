@@ -50,6 +50,7 @@ pub struct App {
     addrs: Addrs,
     api_listener: TcpListener,
     discovery_listener: TcpListener,
+    discovery_tls: Option<Arc<rustls::ServerConfig>>,
     api: ApiState,
     manager: Arc<Manager>,
     events: Arc<EventBus>,
@@ -120,6 +121,14 @@ impl App {
 
         let api_listener = bind(&cfg.listen.api, "listen.api").await?;
         let discovery_listener = bind(&cfg.listen.discovery, "listen.discovery").await?;
+        // Every TLS file is read now: a bad one stops the start, naming it.
+        let discovery_tls = match &cfg.discovery.tls {
+            Some(tls) => Some(
+                tls.server_config()
+                    .map_err(|e| anyhow::anyhow!("discovery.tls: {e}"))?,
+            ),
+            None => None,
+        };
         let addrs = Addrs {
             api: api_listener.local_addr()?,
             discovery: discovery_listener.local_addr()?,
@@ -147,6 +156,7 @@ impl App {
             addrs,
             api_listener,
             discovery_listener,
+            discovery_tls,
             api,
             manager,
             events,
@@ -169,7 +179,12 @@ impl App {
             self.api.nodes.clone(),
             self.api.metrics.clone(),
         );
-        let grpc = discovery::serve(self.discovery_listener, service, wait_stop(stop_rx.clone()));
+        let grpc = discovery::serve(
+            self.discovery_listener,
+            service,
+            self.discovery_tls,
+            wait_stop(stop_rx.clone()),
+        );
         let backends = self.api.registry.list().len();
         let http = api::serve(self.api_listener, self.api, wait_stop(stop_rx));
         tracing::info!(

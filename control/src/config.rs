@@ -16,6 +16,7 @@ use crate::events::webhooks::WebhookConfig;
 use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
+use crate::tls::TlsListenerConfig;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -147,11 +148,16 @@ impl Default for AdminConfig {
 pub struct DiscoverySettings {
     /// Changes within this many ms of the first become one snapshot version.
     pub coalesce_ms: u64,
+    /// TLS (and mTLS) on the discovery listener; cleartext without it.
+    pub tls: Option<TlsListenerConfig>,
 }
 
 impl Default for DiscoverySettings {
     fn default() -> Self {
-        Self { coalesce_ms: 20 }
+        Self {
+            coalesce_ms: 20,
+            tls: None,
+        }
     }
 }
 
@@ -203,6 +209,28 @@ impl ControlConfig {
                     format!("`{value}` is not an ip:port address ({e})"),
                 )
             })?;
+        }
+        if let Some(tls) = &self.discovery.tls {
+            for (key, file) in [
+                ("discovery.tls.cert_file", &tls.cert_file),
+                ("discovery.tls.key_file", &tls.key_file),
+            ] {
+                if file.as_os_str().is_empty() {
+                    return Err(invalid(key.into(), "is required in [discovery.tls]".into()));
+                }
+            }
+            if !tls.allowed_names.is_empty() && tls.client_ca_file.is_none() {
+                return Err(invalid(
+                    "discovery.tls.allowed_names".into(),
+                    "needs discovery.tls.client_ca_file (client certificates are only asked for with a CA)".into(),
+                ));
+            }
+            if tls.allowed_names.iter().any(|n| n.trim().is_empty()) {
+                return Err(invalid(
+                    "discovery.tls.allowed_names".into(),
+                    "must not contain an empty name".into(),
+                ));
+            }
         }
         // Two listeners on one address cannot both bind (port 0 picks two free ports).
         if self.listen.api == self.listen.discovery && !self.listen.api.ends_with(":0") {
@@ -367,6 +395,29 @@ mod tests {
                 .join(name);
             let c = ControlConfig::from_file(&path).expect(name);
             c.validate(Some(&path)).expect(name);
+        }
+    }
+
+    #[test]
+    fn discovery_tls_needs_its_files_and_a_ca_for_an_allow_list() {
+        for (toml, key) in [
+            ("[discovery.tls]\nkey_file = \"/k\"", "discovery.tls.cert_file"),
+            ("[discovery.tls]\ncert_file = \"/c\"", "discovery.tls.key_file"),
+            (
+                "[discovery.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nallowed_names = [\"p\"]",
+                "discovery.tls.allowed_names",
+            ),
+            (
+                "[discovery.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"\nallowed_names = [\" \"]",
+                "discovery.tls.allowed_names",
+            ),
+        ] {
+            let c: ControlConfig = toml::from_str(toml).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .expect_err(toml)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("/etc/c.toml"), "{msg}");
         }
     }
 

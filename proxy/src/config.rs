@@ -195,6 +195,11 @@ pub struct DiscoveryTuning {
     /// Resolve `dns+` names from this hosts-format file (read again at every resolution)
     /// instead of the system resolver.
     pub dns_hosts_file: Option<PathBuf>,
+    /// `https://` control planes: the CA (PEM) that signed their certificates (default: the
+    /// system's roots), and this proxy's client certificate and key for mTLS.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -256,6 +261,9 @@ impl Default for DiscoveryTuning {
             // One lookup per proxy every 5 s is negligible load.
             dns_refresh_ms: 5_000,
             dns_hosts_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -338,6 +346,17 @@ impl ProxyConfig {
                     ),
                 ));
             }
+        }
+        if self.discovery.tls_cert_file.is_some() != self.discovery.tls_key_file.is_some() {
+            let key = if self.discovery.tls_cert_file.is_some() {
+                "discovery.tls_key_file"
+            } else {
+                "discovery.tls_cert_file"
+            };
+            return Err(invalid(
+                key,
+                "discovery.tls_cert_file and discovery.tls_key_file go together".into(),
+            ));
         }
         if self.standalone.routes_file.is_some() && !self.control_planes.is_empty() {
             return Err(invalid(
@@ -532,6 +551,10 @@ mod tests {
             msg.contains("clients_tls.listen") && msg.contains("differ"),
             "{msg}"
         );
+        let c: ProxyConfig =
+            toml::from_str("[discovery]\ntls_cert_file = \"/c.pem\"").expect("parses");
+        let msg = c.validate(None).unwrap_err().to_string();
+        assert!(msg.contains("discovery.tls_key_file"), "{msg}");
         let c: ProxyConfig = toml::from_str("[clients_tls]\nlisten = \"nope\"").expect("parses");
         assert!(c
             .validate(None)

@@ -41,9 +41,10 @@ use crate::request::gateway::{Gateway, GatewayConfig};
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
 use crate::routing::TableState;
+use crate::sources::discovery::ClientTls;
 use crate::sources::discovery::{Discovery, DiscoveryConfig};
 use crate::sources::standalone::{self, Reloader};
-use crate::tls::{CertReloader, CertStore, TlsError};
+use crate::tls::{load_certs, load_pair, CertReloader, CertStore, TlsError};
 
 /// How long runtimes get to stop their tasks after a graceful stop's drain.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
@@ -67,6 +68,13 @@ pub enum StartError {
     /// file).
     #[error("clients_tls: {0}")]
     Tls(#[from] TlsError),
+    /// A control-plane TLS file cannot be used.
+    #[error("{key}: {source}")]
+    Discovery {
+        key: &'static str,
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// How to stop.
@@ -131,6 +139,7 @@ impl Proxy {
             _ => None,
         };
         let clients_tls = tls.as_ref().map(|(bound, _)| bound.addr());
+        let discovery_tls = discovery_tls(cfg)?;
         let (failed, failure) = watch::channel(None);
         let failed = Arc::new(failed);
 
@@ -240,7 +249,7 @@ impl Proxy {
             None => Box::new(background_service(
                 "discovery",
                 Discovery::new(
-                    discovery_config(cfg, &node_id),
+                    discovery_config(cfg, &node_id, discovery_tls),
                     state.clone(),
                     metrics,
                     planes,
@@ -483,7 +492,39 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
     }
 }
 
-fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
+/// The PEM files `https://` control-plane streams use, read (and checked) now.
+fn discovery_tls(cfg: &ProxyConfig) -> Result<ClientTls, StartError> {
+    let d = &cfg.discovery;
+    let named = |key: &'static str| move |e: TlsError| StartError::Discovery { key, source: e };
+    let ca_pem = match &d.tls_ca_file {
+        Some(path) => {
+            load_certs(path).map_err(named("discovery.tls_ca_file"))?;
+            Some(read(path).map_err(named("discovery.tls_ca_file"))?)
+        }
+        None => None,
+    };
+    let identity = match (&d.tls_cert_file, &d.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            load_pair(cert, key).map_err(named("discovery.tls_cert_file"))?;
+            Some((
+                read(cert).map_err(named("discovery.tls_cert_file"))?,
+                read(key).map_err(named("discovery.tls_key_file"))?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(ClientTls { ca_pem, identity })
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        what: "PEM",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn discovery_config(cfg: &ProxyConfig, node_id: &str, tls: ClientTls) -> DiscoveryConfig {
     DiscoveryConfig {
         control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
         node_id: node_id.to_string(),
@@ -495,5 +536,6 @@ fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
             .then(|| ms(cfg.discovery.withdraw_after_ms)),
         dns_refresh: ms(cfg.discovery.dns_refresh_ms),
         dns_hosts_file: cfg.discovery.dns_hosts_file.clone(),
+        tls,
     }
 }
