@@ -150,6 +150,7 @@ impl App {
             instances: manager.clone(),
             gpus,
             events: events.clone(),
+            public_read: cfg.admin.public_read,
         };
         Ok(App {
             id,

@@ -130,6 +130,9 @@ pub struct AdminConfig {
     pub allow_private_backends: bool,
     /// Most backends that may be registered.
     pub max_backends: usize,
+    /// Serve `/gpus`, `/snapshot` and `/proxies` (host detail: process ids, endpoint addresses,
+    /// proxy ids) without a key.
+    pub public_read: bool,
 }
 
 impl Default for AdminConfig {
@@ -139,6 +142,7 @@ impl Default for AdminConfig {
             api_key_file: None,
             allow_private_backends: false,
             max_backends: 256,
+            public_read: false,
         }
     }
 }

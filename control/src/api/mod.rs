@@ -1,6 +1,7 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
-//! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, GPUs, the web UI).
+//! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); so do the reads that
+//! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
+//! is open (health, metrics, OpenAPI, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
+    /// `/gpus`, `/snapshot`, `/proxies` without a key.
+    pub public_read: bool,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -71,11 +74,19 @@ pub fn router(state: ApiState) -> Router {
             state.keys.clone(),
             auth::require_key,
         ));
+    let reads = proxies::router().merge(gpus::router());
+    let reads = if state.public_read {
+        reads
+    } else {
+        reads.layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ))
+    };
     Router::new()
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
-        .merge(proxies::router())
-        .merge(gpus::router())
+        .merge(reads)
         .merge(admin)
         .merge(ui::router())
         .fallback(not_found)

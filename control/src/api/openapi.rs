@@ -39,9 +39,9 @@ pub async fn document() -> Json<Value> {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
-            "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
-            "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
-            "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
+            "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK (key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Proxies"}))]))}},
+            "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Snapshot"}))]))}},
+            "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "GpuStatus"}))]))}},
             "/events": {"get": {"summary": "Instance events as server-sent events (replays recent ones; ?since=, ?instance=, ?type=a,b)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {

@@ -67,9 +67,11 @@ MV.authHeaders = () => {
 
 /**
  * Calls the operator API: JSON in and out; resolves to the parsed body (null for 204), rejects
- * with MV.ApiError. A 401/403 sends the user back to the key prompt with the API's reason.
+ * with MV.ApiError. A 401/403 sends the user back to the key prompt with the API's reason,
+ * unless `quiet` (a call the page can do without, e.g. the header's proxy count when the
+ * control plane keeps /proxies behind the key: `[admin] public_read = false`).
  */
-MV.api = async (method, path, body) => {
+MV.api = async (method, path, body, quiet) => {
   const headers = { accept: 'application/json', ...MV.authHeaders() };
   const init = { method, headers };
   if (body !== undefined) {
@@ -96,12 +98,14 @@ MV.api = async (method, path, body) => {
       (data && data.code) || 'HTTP_' + r.status,
       (data && data.error) || text || r.statusText,
     );
-    if (r.status === 401 || r.status === 403) Alpine.store('auth').rejected(err.message);
+    if ((r.status === 401 || r.status === 403) && !quiet) Alpine.store('auth').rejected(err.message);
     throw err;
   }
   return data;
 };
 MV.get = (path) => MV.api('GET', path);
+/** A GET whose refusal does not prompt for the key. */
+MV.quietGet = (path) => MV.api('GET', path, undefined, true);
 
 /** Paths the running control plane documents; new API (phase 2) is used only when listed. */
 MV.caps = (() => {
