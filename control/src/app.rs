@@ -151,6 +151,7 @@ impl App {
             gpus,
             events: events.clone(),
             public_read: cfg.admin.public_read,
+            max_body_bytes: cfg.admin.max_body_bytes,
         };
         Ok(App {
             id,

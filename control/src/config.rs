@@ -133,6 +133,8 @@ pub struct AdminConfig {
     /// Serve `/gpus`, `/snapshot` and `/proxies` (host detail: process ids, endpoint addresses,
     /// proxy ids) without a key.
     pub public_read: bool,
+    /// Largest operator API request body (413 `PAYLOAD_TOO_LARGE` above).
+    pub max_body_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -143,6 +145,7 @@ impl Default for AdminConfig {
             allow_private_backends: false,
             max_backends: 256,
             public_read: false,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -259,6 +262,7 @@ impl ControlConfig {
                 self.health.max_concurrent_checks as u64,
             ),
             ("admin.max_backends", self.admin.max_backends as u64),
+            ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub events: Arc<crate::events::EventBus>,
     /// `/gpus`, `/snapshot`, `/proxies` without a key.
     pub public_read: bool,
+    /// Largest request body read (`[admin] max_body_bytes`).
+    pub max_body_bytes: usize,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -90,9 +92,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(admin)
         .merge(ui::router())
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            extract::MAX_BODY_BYTES,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn(extract::linger))
         .with_state(state)
         .layer(axum::middleware::from_fn(ui::browser_pages))

@@ -52,7 +52,7 @@ pub async fn document() -> Json<Value> {
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
                         ("404", error_response("TEMPLATE_NOT_FOUND")),
                         ("409", error_response("INSTANCE_EXISTS, PORT_CONFLICT, PORT_IN_USE")),
-                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_INSTANCES_REACHED, INSUFFICIENT_VRAM, NO_FREE_PORT")),
                     ]))}
             },
@@ -85,7 +85,7 @@ pub async fn document() -> Json<Value> {
                         ("201", backend_response("Registered")),
                         ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
                         ("409", error_response("BACKEND_EXISTS")),
-                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_BACKENDS_REACHED")),
                         ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
                     ]))}
