@@ -70,17 +70,20 @@ impl App {
         let state_file = StateFile::new(&cfg.data_dir());
         let (store, persisted) = Store::open(state_file.clone())?;
         let changes = Changes::new();
-        let registry = Arc::new(Registry::open(
-            store.clone(),
-            changes.clone(),
-            persisted.backends,
-            &cfg.backends,
-            cfg.admin.max_backends,
-        ));
-        let metrics = ControlMetrics::new();
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
-        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let registry = Arc::new(
+            Registry::open(
+                store.clone(),
+                changes.clone(),
+                persisted.backends,
+                &cfg.backends,
+                cfg.admin.max_backends,
+            )
+            .with_events(events.clone()),
+        );
+        let metrics = ControlMetrics::new();
+        let gpus = gpu::fake::probe_with(&cfg.gpu.simulated);
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
             manager_settings(&cfg),
@@ -152,6 +155,7 @@ impl App {
             events: events.clone(),
             public_read: cfg.admin.public_read,
             max_body_bytes: cfg.admin.max_body_bytes,
+            ui: Arc::new(cfg.ui.clone()),
         };
         Ok(App {
             id,

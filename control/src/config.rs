@@ -42,7 +42,36 @@ pub struct ControlConfig {
     pub gpu: GpuConfig,
     /// Where instance events are POSTed.
     pub webhooks: Vec<WebhookConfig>,
+    pub ui: UiConfig,
     pub log: LogConfig,
+}
+
+/// What the web UI is told (`GET /ui/config`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// The proxy the playground calls from the browser (`http(s)://host[:port]`); the proxy's
+    /// `[cors] allowed_origins` must list the UI's origin. None: the UI asks the user.
+    pub proxy_url: Option<String>,
+}
+
+impl UiConfig {
+    /// `proxy_url`, when set, is an absolute http(s) URL with a host.
+    fn validate(&self) -> Result<(), String> {
+        let Some(url) = &self.proxy_url else {
+            return Ok(());
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(format!(
+                "`{url}` must be an http:// or https:// URL with a host"
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("`{url}` must not have a query or fragment"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -320,6 +349,9 @@ impl ControlConfig {
             w.validate()
                 .map_err(|e| invalid(format!("webhooks[{i}].{}", e.field), e.message))?;
         }
+        self.ui
+            .validate()
+            .map_err(|m| invalid("ui.proxy_url".into(), m))?;
         for (i, k) in self.admin.api_keys.iter().enumerate() {
             if k.len() < 8 || k.bytes().any(|b| !b.is_ascii_graphic()) {
                 return Err(invalid(
@@ -442,6 +474,21 @@ mod tests {
             msg.contains("/etc/c.toml") && msg.contains("backends[0].url"),
             "{msg}"
         );
+        for bad in ["ftp://x", "not a url", "http://", "http://h/?q=1"] {
+            let c: ControlConfig =
+                toml::from_str(&format!("[ui]\nproxy_url = \"{bad}\"")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("/etc/c.toml") && msg.contains("ui.proxy_url"),
+                "{bad}: {msg}"
+            );
+        }
+        let ok: ControlConfig =
+            toml::from_str("[ui]\nproxy_url = \"https://gw.example.com:8443\"").expect("parses");
+        ok.validate(None).expect("an https URL is valid");
         let dup: ControlConfig = toml::from_str(
             "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nmodels = [\"m\"]\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:2\"\nmodels = [\"m\"]",
         )

@@ -31,7 +31,10 @@ fn descriptor(dir: &Path, file: &str, scratch: &str) -> FileDescriptorProto {
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream_tei");
     std::fs::create_dir_all(&out_dir).expect("scratch dir");
-    let out = out_dir.join(format!("{scratch}-{}.pb", std::process::id()));
+    // Unique per call: tests run in parallel in one process and parse the same file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = out_dir.join(format!("{scratch}-{}-{n}.pb", std::process::id()));
     let output = Command::new(protoc)
         .arg(format!("--proto_path={}", dir.display()))
         .arg(format!("--descriptor_set_out={}", out.display()))

@@ -30,7 +30,47 @@ pub struct ProxyConfig {
     pub outlier: OutlierSettings,
     pub discovery: DiscoveryTuning,
     pub server: ServerConfig,
+    pub cors: CorsConfig,
     pub log: LogConfig,
+}
+
+/// Browsers allowed to call the proxy (CORS; `request::cors`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`scheme://host[:port]`, exact match, lowercase as browsers send them) whose
+    /// pages may call the proxy. Empty (default): no CORS headers, no preflights answered.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    /// Each origin is `http(s)://host[:port]`: no path, query, user info or trailing slash
+    /// (a browser's `Origin` never has one, so such an entry could never match).
+    fn validate(&self) -> Result<(), (usize, String)> {
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let bad = |why: &str| (i, format!("`{o}` {why}; write it as scheme://host[:port]"));
+            if o == "*" {
+                return Err(bad("(any origin) is not supported: list the origins"));
+            }
+            let uri: http::Uri = o.parse().map_err(|_| bad("is not an origin"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(bad("must start with http:// or https://"));
+            }
+            let Some(authority) = uri.authority() else {
+                return Err(bad("has no host"));
+            };
+            if authority.as_str().contains('@') || authority.host().is_empty() {
+                return Err(bad("must name a host without user info"));
+            }
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") || o.ends_with('/') {
+                return Err(bad("must not have a path"));
+            }
+            if o.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(bad("must be lowercase (browsers send origins lowercase)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -412,6 +452,9 @@ impl ProxyConfig {
         if self.upstream.max_h2_streams == 0 {
             return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));
         }
+        self.cors
+            .validate()
+            .map_err(|(i, m)| invalid(&format!("cors.allowed_origins[{i}]"), m))?;
         if self.server.threads == Some(0) {
             return Err(invalid("server.threads", "must be > 0".into()));
         }
@@ -561,6 +604,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clients_tls.listen"));
+    }
+
+    #[test]
+    fn cors_origins_are_validated_by_key() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "https://ui.example.com",
+            "http://[::1]:9000",
+        ] {
+            let c: ProxyConfig =
+                toml::from_str(&format!("[cors]\nallowed_origins = [\"{ok}\"]")).expect("parses");
+            c.validate(None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "*",
+            "127.0.0.1:9000",
+            "ftp://h",
+            "http://h/",
+            "http://h/ui",
+            "http://u@h",
+            "http://UI.example.com",
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!(
+                "[cors]\nallowed_origins = [\"http://ok\", \"{bad}\"]"
+            ))
+            .expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("cors.allowed_origins[1]") && msg.contains("/etc/p.toml"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

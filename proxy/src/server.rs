@@ -37,6 +37,7 @@ use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
 use crate::ops::metrics::Metrics;
 use crate::ops::planes::PlanesStatus;
+use crate::request::cors::Cors;
 use crate::request::gateway::{Gateway, GatewayConfig};
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
@@ -489,6 +490,12 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_ejection_percent: cfg.outlier.max_ejection_percent,
         },
         header_timeout: ms(cfg.clients.header_timeout_ms),
+        // `validate` refused any origin that is not a header value; should one get here, CORS
+        // stays off (allowing nothing) rather than the proxy failing.
+        cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cors.allowed_origins: CORS disabled");
+            Cors::default()
+        }),
     }
 }
 

@@ -2,7 +2,8 @@
 //! cache validators, pages vs API on shared URLs), and a real headless Chromium driving every
 //! page (tests/ui/browser_test.py, selenium with Debian's chromium and chromium-driver, which
 //! scripts/test installs) against a control plane supervising a mock-tei instance, a proxy fed
-//! by it and mock OpenAI backends.
+//! by it (allowing the UI's origin, `[cors]`; named to the UI by `[ui] proxy_url`) and mock
+//! OpenAI backends. The browser is a normal one: same-origin rules on.
 //!
 //! Screenshots of every page at 1280 px and 390 px go to `$MULTIVERSE_UI_SCREENSHOTS`, by default
 //! `<cargo target tmp>/ui-screenshots` (not committed); the test prints the folder.
@@ -219,8 +220,31 @@ async fn a_real_browser_drives_every_page() {
         "[[backends]]\nname = \"mock-chat\"\nurl = \"{}\"\nmodels = [\"demo\"]\n",
         chat.url()
     );
-    let cp = Control::start(&dir, "cp-ui", &control_body(&backends, instance_ports())).await;
-    let proxy = Proxy::start(&dir, "proxy-ui", &[cp.discovery_url()]).await;
+    // The proxy allows the UI's origin (CORS), and the control plane names the proxy to the
+    // UI ([ui] proxy_url): each needs the other's address, so the control plane's are chosen
+    // first and the proxy (which reconnects until it is up) starts before it.
+    let (api_addr, discovery_addr) = (try_free_addr().unwrap(), try_free_addr().unwrap());
+    let proxy = Proxy::start_with(
+        &dir,
+        "proxy-ui",
+        &[format!("http://{discovery_addr}")],
+        &format!("[cors]\nallowed_origins = [\"http://{api_addr}\"]"),
+    )
+    .await;
+    let ui = format!("[ui]\nproxy_url = \"{}\"\n", proxy.url());
+    let cp = Control::start_on(
+        &dir,
+        "cp-ui",
+        &format!("{ui}{}", control_body(&backends, instance_ports())),
+        api_addr,
+        discovery_addr,
+    )
+    .await;
+    assert_eq!(
+        cp.api_url(),
+        format!("http://{api_addr}"),
+        "the allowed origin"
+    );
     let c = reqwest::Client::new();
     proxy.wait_ready(&c).await;
 
@@ -272,6 +296,7 @@ async fn a_real_browser_drives_every_page() {
         "proxy": proxy.url(),
         "key": KEY,
         "extra_backend_url": extra.url(),
+        "dead_url": format!("http://{}", try_free_addr().unwrap()),
         "chat_backend": "mock-chat",
         "instance": "emb-1",
         "flaky_id": flaky_id,

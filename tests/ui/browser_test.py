@@ -2,18 +2,23 @@
 through selenium) against a running control plane, proxy and mocks.
 
 Run by tests/tests/web_ui.rs, which starts those processes and passes one JSON argument:
-{control, proxy, key, extra_backend_url, chat_backend, instance, screenshots, work_dir}.
+{control, proxy, key, extra_backend_url, dead_url, chat_backend, instance, flaky_id, flaky_pid,
+screenshots, work_dir}. Every browser is a normal one (same-origin rules on): the playground
+reaches the proxy through its CORS (`[cors] allowed_origins` lists the control plane's origin).
 
 Checks (each failure names the page and the check):
   * every page loads at 1280 px and 390 px with zero console errors, is screenshotted into
     `screenshots`, and does not scroll horizontally at 390 px;
   * read-only pages work without a key; a wrong admin key is refused with the API's reason;
   * registering a backend through the form (validation as you type, an API error next to the
-    field it names) makes it appear on an open dashboard without a reload, and turn healthy;
+    field it names, "Test connection" first: a dead URL's reason, then the models found, and
+    nothing stored) makes it appear on an open dashboard without a reload, and turn healthy;
+    that dashboard has its periodic reloads disabled, so only backend events can move it;
   * editing it highlights the changed fields, shows the diff, saves, and the API has the values;
-  * deleting it removes it from the open dashboard live;
-  * the playground streams a reply (the reply element changes at least 3 times before the end)
-    and shows the endpoint and usage; embeddings show dimensions and norm;
+  * deleting it removes it from the open dashboard live (again only by events);
+  * the playground finds the proxy from GET /ui/config, streams a reply (the reply element
+    changes at least 3 times before the end) and shows the endpoint and usage; embeddings show
+    dimensions and norm;
   * an instance's log viewer shows a line written after the page opened.
 """
 
@@ -242,21 +247,23 @@ def test_every_page(d):
         ("/instances/" + inst, "instance", lambda d: js(d, "return document.querySelectorAll('[data-testid=logs] div').length") > 0),
         ("/gpus", "gpus", lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=nvml-unavailable], [data-gpu]")),
         ("/proxies", "proxies", lambda d: d.find_elements(By.CSS_SELECTOR, "[data-row]")),
-        # This browser enforces CORS, which the proxy lacks before phase 2: the page must say so.
-        ("/playground?proxy=" + CFG["proxy"], "playground",
-         lambda d: "CORS" in d.find_element(By.CSS_SELECTOR, "[data-testid=models-error]").text),
+        # The proxy from GET /ui/config, its models through CORS (this browser enforces it).
+        ("/playground", "playground", lambda d: "demo" in [
+            o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "[data-testid=model] option")]),
         ("/docs", "docs", lambda d: js(d, "return !!document.querySelector('#api-docs .opblock')")),
         ("/no/such/page", "not-found", lambda d: "Page not found" in d.find_element(By.TAG_NAME, "h1").text),
     ]
     for path, name, ready in pages:
-        # The playground's model list is fetched from the proxy: a CORS failure in this
-        # (web-security on) browser is the phase-1 state, logged by Chromium as an error.
-        allowed = ("has been blocked by CORS", "net::ERR_FAILED") if name == "playground" else ()
+        allowed = ()
         if name == "not-found":
             allowed = ("the server responded with a status of 404",)  # the page itself is a 404
         open_page(d, path, name, ready, allowed)
         if name == "playground":
-            check(name, "a proxy without CORS: the failure is explained (phase 1)", True)
+            source = d.find_element(By.CSS_SELECTOR, "[data-testid=proxy-source]").text
+            check(name, "the proxy URL comes from GET /ui/config ([ui] proxy_url)",
+                  "[ui] proxy_url" in source and d.find_element(By.CSS_SELECTOR, "[data-testid=proxy-url]")
+                  .get_attribute("value") == CFG["proxy"], source)
+            check(name, "models from the proxy through CORS, in a normal browser", True)
         if name in ("playground", "not-found"):
             continue  # the playground is screenshotted where it can reach the proxy
         screenshots(d, path, name, ready)
@@ -322,8 +329,26 @@ def test_register_edit_delete(dash, d):
     check("register", "toast on failure", True)
     console_errors(d, ("409",))
 
+    # Test connection first: a dead URL's reason, then the models found; nothing stored.
     name.clear()
     name.send_keys("ui-reg")
+    url.clear()
+    url.send_keys(CFG["dead_url"])
+    d.find_element(By.CSS_SELECTOR, "[data-testid=test-connection]").click()
+    wait(d, lambda d: "failed" in field_error(d, "url"), "the connection test's reason under the URL")
+    check("register", "Test connection: a dead URL shows the probe's reason next to the URL",
+          "connection" in field_error(d, "url"), field_error(d, "url"))
+    console_errors(d, ("503",))
+    url.clear()
+    url.send_keys(CFG["extra_backend_url"])
+    d.find_element(By.CSS_SELECTOR, "[data-testid=test-connection]").click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=tested]"), "the connection test's result")
+    tested = d.find_element(By.CSS_SELECTOR, "[data-testid=tested]").text
+    check("register", "Test connection: latency and the discovered models", "extra-model" in tested and " ms" in tested, tested)
+    shot(d, "register-tested-1280")
+    check("register", "Test connection stores nothing",
+          all(b["name"] != "ui-reg" for b in api("GET", "/admin/backends")["backends"]))
+    check("register", "Test connection: the failed test's reason is gone", not field_error(d, "url"))
     d.find_element(By.CSS_SELECTOR, "[data-testid=register-submit]").click()
     wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=created-id]"), "the registered id")
     bid = d.find_element(By.CSS_SELECTOR, "[data-testid=created-id]").text
@@ -335,11 +360,16 @@ def test_register_edit_delete(dash, d):
 
     row = "[data-row='ui-reg']"
     wait(dash, lambda x: x.find_elements(By.CSS_SELECTOR, row), "the new backend on the open dashboard", 15)
-    check("dashboard", "a registered backend appears without a reload", js(dash, "return window.__noReload") == 42)
+    check("dashboard", "a registered backend appears without a reload (backend events)",
+          js(dash, "return window.__noReload") == 42 and js(dash, "return window.__intervals") > 0)
     wait(dash, lambda x: x.find_element(By.CSS_SELECTOR, row).get_attribute("data-status") == "healthy",
          "its health to turn green", 20)
     colour = js(dash, "return getComputedStyle(document.querySelector(arguments[0] + ' .pill')).color", row)
     check("dashboard", "its health turns green", colour == "rgb(26, 127, 55)", colour)
+    card = lambda x: x.find_element(By.CSS_SELECTOR, "[data-testid=card-models] .n").text
+    wait(dash, lambda x: card(x) == str(len(api("GET", "/snapshot")["models"])) and "extra-model" in
+         [m["name"] for m in api("GET", "/snapshot")["models"]], "the cards to follow the new snapshot", 10)
+    check("dashboard", "the summary cards follow the new route snapshot (after the event)", True)
     shot(dash, "dashboard-live-1280")
 
     # Filters and sorting, client-side.
@@ -401,19 +431,19 @@ def test_register_edit_delete(dash, d):
     d.find_element(By.XPATH, "//button[text()='Delete']").click()
     d.find_element(By.CSS_SELECTOR, "[data-testid=confirm-delete]").click()
     wait(dash, lambda x: not x.find_elements(By.CSS_SELECTOR, row), "the deleted backend to leave the dashboard", 15)
-    check("dashboard", "a deleted backend disappears without a reload", js(dash, "return window.__noReload") == 42)
+    check("dashboard", "a deleted backend disappears without a reload (backend events)",
+          js(dash, "return window.__noReload") == 42)
     check("backend", "delete: the API no longer has it",
           all(b["id"] != bid for b in api("GET", "/admin/backends")["backends"]))
     check("dashboard", "no console errors while live", not console_errors(dash))
 
 
 def test_playground(p):
-    """In a browser without same-origin checks: the proxy has no CORS before phase 2."""
+    """A fresh, normal browser: the proxy from GET /ui/config, reached through its CORS."""
     p.get(BASE + "/")
     wait(p, settled, "dashboard")
     js(p, "sessionStorage.setItem('multiverse-admin-key', arguments[0])", KEY)
-    url = "/playground?proxy=" + CFG["proxy"]
-    p.get(BASE + url)
+    p.get(BASE + "/playground")
     wait(p, settled, "playground")
     wait(p, lambda p: "demo" in [o.get_attribute("value") for o in p.find_elements(By.CSS_SELECTOR, "[data-testid=model] option")],
          "the model list from the proxy's /v1/models")
@@ -581,13 +611,16 @@ def main():
         test_every_page(d)
         test_keyboard(d)
         dash = browser("dashboard")
+        # No periodic reloads in this window: whatever moves its rows is a backend event.
+        dash.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source":
+            "window.__intervals = 0; window.setInterval = () => ++window.__intervals;"})
         dash.get(BASE + "/")
         js(dash, "sessionStorage.setItem('multiverse-admin-key', arguments[0])", KEY)
         test_register_edit_delete(dash, d)
         test_instance_logs(d)
         test_instance_actions(d)
         test_restore(d)
-        p = browser("playground", ("--disable-web-security",))
+        p = browser("playground")
         test_playground(p)
     except Exception as e:  # report every check so far, then fail
         failed = e

@@ -1,4 +1,5 @@
-//! `GET /events`: instance lifecycle events as server-sent events. The recent ones first
+//! `GET /events`: instance and backend lifecycle events (`backend_*` types carry a `backend`
+//! object `{id, name}` instead of `instance`) as server-sent events, one `seq` for both. The recent ones first
 //! (`?since=N` keeps those with `seq > N`; the `Last-Event-ID` header of a reconnecting
 //! `EventSource` does the same), then live ones. `?instance=NAME` and `?type=started,ready`
 //! filter. Each event is `id: <seq>`, `event: <type>`, `data: <event JSON>`; a client that fell

@@ -10,7 +10,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{body, query, ApiError, ApiState, ErrorCode};
+use super::{body, listing, query, ApiError, ApiState, ErrorCode};
+use crate::instances::query::{InstanceQuery, InstanceSort, STATUSES};
 use crate::instances::spec::InstanceSpec;
 use crate::instances::{InstanceView, Manager};
 
@@ -57,10 +58,16 @@ async fn from_template(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Query of `GET /instances`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Filter {
     tag: Option<String>,
     status: Option<String>,
+    model: Option<String>,
+    gpu: Option<String>,
+    sort: Option<String>,
+    order: Option<String>,
 }
 
 async fn list(
@@ -68,10 +75,25 @@ async fn list(
     filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let f = query(filter)?;
-    let instances = s
-        .instances
-        .list(f.tag.as_deref(), f.status.as_deref())
-        .await;
+    let statuses: Vec<(&str, &str)> = STATUSES.iter().map(|s| (s.name(), s.name())).collect();
+    let status = listing::choice("status", f.status.as_deref(), &statuses)?;
+    let gpu = match listing::text(f.gpu) {
+        None => None,
+        Some(g) => Some(g.parse::<u32>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::ValidationError,
+                format!("`gpu`: `{g}` is not a GPU index"),
+            )
+        })?),
+    };
+    let q = InstanceQuery {
+        model: listing::text(f.model),
+        gpu,
+        sort: listing::choice("sort", f.sort.as_deref(), InstanceSort::NAMES)?.unwrap_or_default(),
+        descending: listing::descending(f.order.as_deref())?,
+    };
+    let tag = listing::text(f.tag);
+    let instances = q.apply(s.instances.list(tag.as_deref(), status).await);
     Ok(Json(json!({"instances": instances})))
 }
 

@@ -1,7 +1,7 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
 //! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); so do the reads that
 //! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
-//! is open (health, metrics, OpenAPI, the web UI).
+//! is open (health, metrics, OpenAPI, stats — counts without names —, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -12,10 +12,12 @@ pub mod events;
 pub mod extract;
 pub mod gpus;
 pub mod instances;
+pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
 pub mod sse;
+pub mod stats;
 pub mod system;
 pub mod ui;
 
@@ -54,6 +56,8 @@ pub struct ApiState {
     pub public_read: bool,
     /// Largest request body read (`[admin] max_body_bytes`).
     pub max_body_bytes: usize,
+    /// `[ui]`: what `GET /ui/config` tells the web UI.
+    pub ui: Arc<crate::config::UiConfig>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -89,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(reads)
+        .merge(stats::router())
         .merge(admin)
         .merge(ui::router())
         .fallback(not_found)

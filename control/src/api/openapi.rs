@@ -12,12 +12,121 @@ fn backend_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Backend"}}}})
 }
 
+/// A JSON response of the schema `components/schemas/<name>`.
+fn schema_response(description: &str, name: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}})
+}
+
+/// Schemas of the phase-2 routes (kept out of the document's one `json!`, whose nesting is at
+/// the macro's recursion limit).
+fn more_schemas() -> Value {
+    let count = json!({"type": "integer"});
+    json!({
+        "Stats": {"type": "object", "properties": {
+            "backends": {"type": "object", "description": "deregistered ones are not in healthy/unhealthy/unknown", "properties": {
+                "total": count, "healthy": count, "unhealthy": count, "unknown": count, "deregistered": count}},
+            "instances": {"type": "object", "properties": {"total": count, "by_status": {"type": "object", "additionalProperties": count}}},
+            "models": count,
+            "endpoints": {"type": "object", "properties": {"total": count, "healthy": count}},
+            "proxies": {"type": "object", "properties": {"connected": count, "current_version": {"type": "string"}, "acked_current": count}}}},
+        "ConnectionTest": {"type": "object", "properties": {
+            "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
+            "status": {"type": "integer", "nullable": true, "description": "HTTP status of the backend's /v1/models"},
+            "models": {"type": "array", "items": {"type": "string"}, "description": "The models it would be registered with"}}},
+    })
+}
+
+/// Query parameters of a list route: name and, when it has a fixed set, its values.
+fn list_params(params: &[(&str, Option<&[&str]>)]) -> Value {
+    params
+        .iter()
+        .map(|(name, values)| {
+            let schema = match values {
+                Some(v) => json!({"type": "string", "enum": v}),
+                None => json!({"type": "string"}),
+            };
+            json!({"name": name, "in": "query", "required": false, "schema": schema})
+        })
+        .collect()
+}
+
+fn backend_list_params() -> Value {
+    list_params(&[
+        ("model", None),
+        ("health", Some(&["healthy", "unhealthy", "unknown"])),
+        ("owner", None),
+        ("tag", None),
+        ("deregistered", Some(&["true", "false"])),
+        ("sort", Some(&["name", "status", "last_check", "created"])),
+        ("order", Some(&["asc", "desc"])),
+    ])
+}
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
 
-/// The document.
+/// The tags Swagger groups routes by, in order.
+const TAGS: &[(&str, &str)] = &[
+    ("backends", "External OpenAI-compatible backends"),
+    (
+        "instances",
+        "TEI instances supervised by this control plane",
+    ),
+    ("events", "Lifecycle events (server-sent events)"),
+    (
+        "fleet",
+        "Proxies, the route snapshot, GPUs and summary counts",
+    ),
+    (
+        "system",
+        "Health, metrics, this document and the web UI's settings",
+    ),
+];
+
+/// The tag of a route, by its path.
+fn tag_of(path: &str) -> &'static str {
+    if path.starts_with("/admin/backends") {
+        "backends"
+    } else if path.starts_with("/instances") || path == "/templates" {
+        "instances"
+    } else if path == "/events" {
+        "events"
+    } else if ["/proxies", "/snapshot", "/gpus", "/stats"].contains(&path) {
+        "fleet"
+    } else {
+        "system"
+    }
+}
+
+/// The document, every operation tagged by [`tag_of`].
 pub async fn document() -> Json<Value> {
+    let Json(mut doc) = untagged();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let tag = tag_of(path);
+            if let Some(ops) = item.as_object_mut() {
+                for (method, op) in ops.iter_mut() {
+                    if method != "parameters" {
+                        op["tags"] = json!([tag]);
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(schemas), Value::Object(more)) =
+        (doc["components"]["schemas"].as_object_mut(), more_schemas())
+    {
+        schemas.extend(more);
+    }
+    doc["tags"] = TAGS
+        .iter()
+        .map(|(name, description)| json!({"name": name, "description": description}))
+        .collect();
+    Json(doc)
+}
+
+fn untagged() -> Json<Value> {
     let secured = json!([{"bearer": []}, {"apiKey": []}]);
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert("401".into(), error_response("No API key"));
@@ -39,13 +148,15 @@ pub async fn document() -> Json<Value> {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Serving"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/ui/config": {"get": {"summary": "What the web UI is told: the proxy its playground calls ([ui] proxy_url in control.toml, null when unset)", "responses": {"200": {"description": "{proxy_url}", "content": {"application/json": {"schema": {"type": "object", "properties": {"proxy_url": {"type": "string", "nullable": true}}}}}}}}},
             "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK (key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Proxies"}))]))}},
+            "/stats": {"get": {"summary": "Summary counts (no names): backends by health, instances by status, models, endpoints, proxies and how many ACKed the current version", "responses": {"200": schema_response("Stats", "Stats")}}},
             "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Snapshot"}))]))}},
             "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "GpuStatus"}))]))}},
-            "/events": {"get": {"summary": "Instance events as server-sent events (replays recent ones; ?since=, ?instance=, ?type=a,b)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
+            "/events": {"get": {"summary": "Instance and backend events (backend_registered, backend_healthy, backend_unhealthy, backend_deregistered, backend_restored, backend_updated, backend_deleted) as server-sent events, one seq; replays recent ones (?since=, Last-Event-ID); ?instance=, ?type=a,b filter", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
-                "get": {"summary": "List TEI instances (?tag=key:value, ?status=ready)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
+                "get": {"summary": "List TEI instances; filters ?tag=key[:value], ?status=ready, ?model=, ?gpu=0; ?sort=name|status|created|restarts, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "parameters": list_params(&[("tag", None), ("status", Some(&["pending", "starting", "ready", "unhealthy", "restarting", "stopping", "stopped", "failed"])), ("model", None), ("gpu", None), ("sort", Some(&["name", "status", "created", "restarts"])), ("order", Some(&["asc", "desc"]))]), "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
                 "post": {"summary": "Create and start a TEI instance (validated before anything is spawned)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
@@ -79,7 +190,8 @@ pub async fn document() -> Json<Value> {
                 "post": {"summary": "Create an instance from a template: {name, overrides...}", "security": secured, "responses": auth_errors(m(vec![("201", json!({"description": "Created"})), ("404", error_response("TEMPLATE_NOT_FOUND"))]))}
             },
             "/admin/backends": {
-                "get": {"summary": "List backends", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Backends"}))]))},
+                "get": {"summary": "List backends; filters ?model=, ?health=healthy|unhealthy|unknown, ?owner=, ?tag=key[:value], ?deregistered=true|false; ?sort=name|status|last_check|created, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "security": secured, "parameters": backend_list_params(),
+                    "responses": auth_errors(m(vec![("200", json!({"description": "{backends: [Backend]}"})), ("400", error_response("VALIDATION_ERROR naming the parameter"))]))},
                 "post": {"summary": "Register a backend (checked before it is accepted)", "security": secured, "requestBody": request_body,
                     "responses": auth_errors(m(vec![
                         ("201", backend_response("Registered")),
@@ -88,6 +200,15 @@ pub async fn document() -> Json<Value> {
                         ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_BACKENDS_REACHED")),
                         ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
+                    ]))}
+            },
+            "/admin/backends/test": {
+                "post": {"summary": "Test connection: registration's validation, SSRF rules and check, nothing stored and no snapshot change", "security": secured, "requestBody": request_body,
+                    "responses": auth_errors(m(vec![
+                        ("200", schema_response("{ok, latency_ms, status, models}", "ConnectionTest")),
+                        ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("503", error_response("BACKEND_UNAVAILABLE: the check failed (the reason in `error`)")),
                     ]))}
             },
             "/admin/backends/{id}": {

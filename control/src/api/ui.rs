@@ -1,5 +1,6 @@
 //! The web UI: the files of `control/ui/` embedded in the binary and served on the API listener.
 //!
+//! `GET /ui/config` tells the UI what it cannot know by itself (`[ui] proxy_url`).
 //! `/ui/<file>` serves an asset with its content type, an `ETag` and `Cache-Control: no-cache`
 //! (the browser revalidates and gets `304 Not Modified`, so an upgraded binary is never shadowed
 //! by a stale cache). Every page URL (`/`, `/register`, `/backends/{id}`, …) answers the one
@@ -13,12 +14,12 @@
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
-use axum::extract::{Path, Request};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 
 use super::{ApiError, ApiState, ErrorCode};
 
@@ -117,7 +118,9 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-eval'; \
 
 /// The UI's routes, merged into the API router.
 pub fn router() -> Router<ApiState> {
-    let mut r = Router::new().route("/ui/{*path}", get(asset));
+    let mut r = Router::new()
+        .route("/ui/config", get(ui_config))
+        .route("/ui/{*path}", get(asset));
     for page in PAGE_ROUTES {
         r = r.route(page, get(index));
     }
@@ -175,6 +178,12 @@ fn wants_page(method: &Method, headers: &HeaderMap) -> bool {
                     .next()
                     .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))
             })
+}
+
+/// `GET /ui/config`: what the UI cannot know by itself (`[ui]` in `control.toml`). Open, like
+/// the assets: it names no secret.
+async fn ui_config(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"proxy_url": s.ui.proxy_url}))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -333,7 +342,7 @@ mod tests {
         let mut files = Vec::new();
         walk(&root, &root, &mut files);
         // Documentation for developers, not served.
-        files.retain(|f| f != "API-NEEDS.md");
+        files.retain(|f| f != "API.md");
         for f in &files {
             assert!(find(f).is_some(), "control/ui/{f} is not in ASSETS");
         }

@@ -1,7 +1,8 @@
 //! Registering and updating a backend through the operator API: the request is validated, a
 //! non-public address is refused unless allowed (the host is resolved once and the address
 //! that was checked is pinned), the backend itself is checked (which also discovers its models
-//! when none are given), and only then is it stored in the registry.
+//! when none are given), and only then is it stored in the registry. A connection test does the
+//! same and stores nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,17 @@ pub struct BackendRequest {
     pub weight: Option<u32>,
     #[serde(default)]
     pub kind: Option<String>,
+}
+
+/// What a connection test found (`POST /admin/backends/test`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tested {
+    pub ok: bool,
+    pub latency_ms: u64,
+    /// The HTTP status of the backend's `/v1/models`.
+    pub status: Option<u16>,
+    /// The models it would be registered with (the request's, or those it lists).
+    pub models: Vec<String>,
 }
 
 /// Why a registration or an update was refused.
@@ -94,6 +106,20 @@ impl Admission {
         let view = self.registry.insert(record, check, &self.settings).await?;
         tracing::info!(backend = %view.name, id = %view.id, models = ?view.models, "backend registered");
         Ok(view)
+    }
+
+    /// "Test connection": everything [`Admission::register`] does before it stores (validation,
+    /// the SSRF rules, the check that discovers the models), and nothing after: no record, no
+    /// snapshot change. Whether the name is free is not checked (registration says so).
+    pub async fn test(&self, req: BackendRequest) -> Result<Tested, AdmitError> {
+        let now = now_rfc3339();
+        let (record, check) = self.admit(req, None, new_id(), now.clone(), now).await?;
+        Ok(Tested {
+            ok: check.ok,
+            latency_ms: check.latency_ms,
+            status: check.status,
+            models: record.models,
+        })
     }
 
     /// Replaces backend `id` (checked again; fields the request leaves out keep nothing but the

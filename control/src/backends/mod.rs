@@ -8,6 +8,7 @@ pub mod admission;
 pub mod checker;
 pub mod clients;
 pub mod probe;
+pub mod query;
 pub mod registry;
 pub mod resolve;
 pub mod ssrf;

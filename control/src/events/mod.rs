@@ -1,5 +1,7 @@
-//! Lifecycle events of TEI instances: created, started, ready, unhealthy, restarted, failed,
-//! stopped, deleted. Each goes to the tracing log, to `GET /events` subscribers (SSE, see
+//! Lifecycle events of TEI instances (created, started, ready, unhealthy, restarted, failed,
+//! stopped, deleted) and of backends (`backend_registered`, `backend_healthy`,
+//! `backend_unhealthy`, `backend_deregistered`, `backend_restored`, `backend_updated`,
+//! `backend_deleted`; prefixed, as `unhealthy` exists for both), on one `seq`. Each goes to the tracing log, to `GET /events` subscribers (SSE, see
 //! [`sse_stream`]) and to the configured [`webhooks`]. Emitting never waits: supervision is never
 //! delayed by a slow subscriber or webhook (webhooks are fed through bounded queues, each drained
 //! by its own task; a full queue drops and counts).
@@ -30,13 +32,40 @@ pub const LIVE_CAPACITY: usize = 1024;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Created,
-    Started { pid: u32, port: u16 },
+    Started {
+        pid: u32,
+        port: u16,
+    },
     Ready,
-    Unhealthy { reason: String },
-    Restarted { reason: String },
-    Failed { error: String },
+    Unhealthy {
+        reason: String,
+    },
+    Restarted {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
     Stopped,
     Deleted,
+    /// A backend was registered through the API (it passed its first check).
+    BackendRegistered,
+    /// A backend's health checks made it healthy.
+    BackendHealthy,
+    /// A backend's health checks made it unhealthy (its endpoints are withdrawn).
+    BackendUnhealthy {
+        reason: String,
+    },
+    /// Health checking deregistered a backend softly (`deregister_after_failures`).
+    BackendDeregistered {
+        reason: String,
+    },
+    /// A soft deregistration was undone.
+    BackendRestored,
+    /// A backend was changed through the API.
+    BackendUpdated,
+    /// A backend was deleted through the API.
+    BackendDeleted,
 }
 
 impl EventKind {
@@ -50,6 +79,13 @@ impl EventKind {
         "failed",
         "stopped",
         "deleted",
+        "backend_registered",
+        "backend_healthy",
+        "backend_unhealthy",
+        "backend_deregistered",
+        "backend_restored",
+        "backend_updated",
+        "backend_deleted",
     ];
 
     /// The `type` name, e.g. `started`.
@@ -63,6 +99,13 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Stopped => "stopped",
             EventKind::Deleted => "deleted",
+            EventKind::BackendRegistered => "backend_registered",
+            EventKind::BackendHealthy => "backend_healthy",
+            EventKind::BackendUnhealthy { .. } => "backend_unhealthy",
+            EventKind::BackendDeregistered { .. } => "backend_deregistered",
+            EventKind::BackendRestored => "backend_restored",
+            EventKind::BackendUpdated => "backend_updated",
+            EventKind::BackendDeleted => "backend_deleted",
         }
     }
 
@@ -79,9 +122,21 @@ pub struct Event {
     pub seq: u64,
     /// RFC 3339.
     pub at: String,
+    /// The instance of an instance event ("" for a backend event, and then not serialized).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// The backend of a backend event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendRef>,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+/// The backend a backend event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendRef {
+    pub id: String,
+    pub name: String,
 }
 
 /// Which events a subscriber wants.
@@ -160,29 +215,50 @@ impl EventBus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records an event of `backend`; never blocks (as [`EventBus::emit`]).
+    pub fn emit_backend(&self, backend: BackendRef, kind: EventKind) -> Event {
+        let event = self.publish(String::new(), Some(backend), kind);
+        let (seq, event_name) = (event.seq, event.kind.name());
+        let (id, name) = event
+            .backend
+            .as_ref()
+            .map_or(("", ""), |b| (b.id.as_str(), b.name.as_str()));
+        match &event.kind {
+            EventKind::BackendUnhealthy { reason } | EventKind::BackendDeregistered { reason } => {
+                tracing::warn!(backend = name, id, seq, event = event_name, %reason, "backend event")
+            }
+            _ => tracing::info!(backend = name, id, seq, event = event_name, "backend event"),
+        }
+        event
+    }
+
+    /// Numbers an event and hands it to subscribers and webhooks, in `seq` order.
+    fn publish(&self, instance: String, backend: Option<BackendRef>, kind: EventKind) -> Event {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let event = Event {
+            seq: inner.seq,
+            at: multiverse_common::time::now_rfc3339(),
+            instance,
+            backend,
+            kind,
+        };
+        self.last_seq.store(event.seq, Ordering::Relaxed);
+        if inner.recent.len() == RECENT {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(event.clone());
+        // No subscriber is not an error.
+        let _ = self.tx.send(event.clone());
+        for w in &self.webhooks {
+            w.offer(&event);
+        }
+        event
+    }
+
     /// Records an event; never blocks (beyond a short lock shared with other emitters).
     pub fn emit(&self, instance: &str, kind: EventKind) -> Event {
-        let event = {
-            let mut inner = self.lock();
-            inner.seq += 1;
-            let event = Event {
-                seq: inner.seq,
-                at: multiverse_common::time::now_rfc3339(),
-                instance: instance.to_string(),
-                kind,
-            };
-            self.last_seq.store(event.seq, Ordering::Relaxed);
-            if inner.recent.len() == RECENT {
-                inner.recent.pop_front();
-            }
-            inner.recent.push_back(event.clone());
-            // No subscriber is not an error.
-            let _ = self.tx.send(event.clone());
-            for w in &self.webhooks {
-                w.offer(&event);
-            }
-            event
-        };
+        let event = self.publish(instance.to_string(), None, kind);
         let seq = event.seq;
         match &event.kind {
             EventKind::Failed { error } => {

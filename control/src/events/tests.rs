@@ -98,6 +98,13 @@ fn names_cover_every_kind() {
         EventKind::Failed { error: "e".into() },
         EventKind::Stopped,
         EventKind::Deleted,
+        EventKind::BackendRegistered,
+        EventKind::BackendHealthy,
+        EventKind::BackendUnhealthy { reason: "r".into() },
+        EventKind::BackendDeregistered { reason: "r".into() },
+        EventKind::BackendRestored,
+        EventKind::BackendUpdated,
+        EventKind::BackendDeleted,
     ];
     let names: Vec<_> = kinds.iter().map(EventKind::name).collect();
     assert_eq!(names, EventKind::NAMES);

@@ -317,6 +317,7 @@ async fn run(
                     webhook = %target,
                     seq = event.seq,
                     instance = %event.instance,
+                    backend = event.backend.as_ref().map_or("", |b| b.name.as_str()),
                     event = event.kind.name(),
                     %reason,
                     "webhook delivery failed"

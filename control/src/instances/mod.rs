@@ -12,6 +12,7 @@ pub mod manager;
 mod ports;
 pub mod probe;
 pub mod process;
+pub mod query;
 pub mod spec;
 pub mod supervisor;
 

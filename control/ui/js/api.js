@@ -67,11 +67,9 @@ MV.authHeaders = () => {
 
 /**
  * Calls the operator API: JSON in and out; resolves to the parsed body (null for 204), rejects
- * with MV.ApiError. A 401/403 sends the user back to the key prompt with the API's reason,
- * unless `quiet` (a call the page can do without, e.g. the header's proxy count when the
- * control plane keeps /proxies behind the key: `[admin] public_read = false`).
+ * with MV.ApiError. A 401/403 sends the user back to the key prompt with the API's reason.
  */
-MV.api = async (method, path, body, quiet) => {
+MV.api = async (method, path, body) => {
   const headers = { accept: 'application/json', ...MV.authHeaders() };
   const init = { method, headers };
   if (body !== undefined) {
@@ -98,24 +96,12 @@ MV.api = async (method, path, body, quiet) => {
       (data && data.code) || 'HTTP_' + r.status,
       (data && data.error) || text || r.statusText,
     );
-    if ((r.status === 401 || r.status === 403) && !quiet) Alpine.store('auth').rejected(err.message);
+    if (r.status === 401 || r.status === 403) Alpine.store('auth').rejected(err.message);
     throw err;
   }
   return data;
 };
 MV.get = (path) => MV.api('GET', path);
-/** A GET whose refusal does not prompt for the key. */
-MV.quietGet = (path) => MV.api('GET', path, undefined, true);
-
-/** Paths the running control plane documents; new API (phase 2) is used only when listed. */
-MV.caps = (() => {
-  let p = null;
-  return () =>
-    (p ||= fetch('/openapi.json', { headers: { accept: 'application/json' } })
-      .then((r) => (r.ok ? r.json() : { paths: {} }))
-      .then((d) => new Set(Object.keys(d.paths || {})))
-      .catch(() => new Set()));
-})();
 
 // ---- Toasts -------------------------------------------------------------------------------
 MV.toast = (kind, text, ms) => Alpine.store('toasts').push(kind, text, ms);

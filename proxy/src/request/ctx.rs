@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderValue;
+
 use crate::ops::drain::ActiveGuard;
 use crate::request::body::Held;
 use crate::request::classify::Family;
@@ -29,6 +31,8 @@ pub struct RequestCtx {
     /// The current attempt's failure was already counted for outlier detection.
     pub failure_counted: bool,
     pub in_flight: Option<InFlight>,
+    /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
+    pub cors: Option<HeaderValue>,
     pub started: Instant,
     _active: ActiveGuard,
 }
@@ -51,6 +55,7 @@ impl RequestCtx {
             endpoint: None,
             failure_counted: false,
             in_flight: None,
+            cors: None,
             started: Instant::now(),
             _active: active,
         }

@@ -3,7 +3,7 @@
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
-//! 2. `request_filter` — the route family ([`classify`](crate::request::classify)), the model
+//! 2. `request_filter` — a browser's preflight answered, its origin noted ([`cors`]); the route family ([`classify`](crate::request::classify)), the model
 //!    and its route ([`target`], reading the body through
 //!    [`body`] when it names the model); errors and `GET /v1/models` are
 //!    answered here ([`respond`]), and the connection stays open.
@@ -14,7 +14,8 @@
 //!    streamed bodies.
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
-//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`.
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint` (and an allowed
+//!    origin's CORS headers, which the proxy's own answers carry too).
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
 //! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
@@ -39,6 +40,7 @@ use crate::ops::drain::Active;
 use crate::ops::metrics::{LogLimit, Metrics};
 use crate::request::body;
 use crate::request::classify::classify_request;
+use crate::request::cors::{self, Cors};
 use crate::request::ctx::RequestCtx;
 use crate::request::error::{ClientFault, ProxyError};
 use crate::request::observe::InFlight;
@@ -63,6 +65,8 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
     pub header_timeout: Duration,
+    /// `[cors]`: the browser origins allowed.
+    pub cors: Cors,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -119,6 +123,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.config.cors.on_request(session, &mut ctx.cors).await? {
+            return Ok(true);
+        }
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
         match self.find_route(session, ctx).await {
@@ -131,7 +138,8 @@ impl ProxyHttp for Gateway {
             Err(e) => match ProxyError::raised(&e) {
                 // The request's own fault or state: answered here, the connection stays open.
                 Some(err) => {
-                    respond::send_error(session, ctx.family.format(), err).await?;
+                    respond::send_error(session, ctx.family.format(), err, ctx.cors.as_ref())
+                        .await?;
                     Ok(true)
                 }
                 // A failed read from the client: pingora's error handling.
@@ -234,7 +242,7 @@ impl ProxyHttp for Gateway {
         if let Some(endpoint) = ctx.endpoint() {
             upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
         }
-        Ok(())
+        cors::decorate(upstream_response, ctx.cors.as_ref())
     }
 
     fn fail_to_connect(
@@ -284,7 +292,7 @@ impl ProxyHttp for Gateway {
                 // HTTP/1.1 client does not reuse it.
                 session.set_keepalive(None);
                 if let Err(write_err) =
-                    respond::send_error(session, ctx.family.format(), &err).await
+                    respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref()).await
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
@@ -368,7 +376,8 @@ impl Gateway {
         let plan = target::plan(&ctx.table, ready, ctx.family, session.req_header(), limit);
         let target = match plan.map_err(ProxyError::into_pingora)? {
             Plan::ModelsList => {
-                respond::send_json(session, 200, respond::models_list(&ctx.table)).await?;
+                let body = respond::models_list(&ctx.table);
+                respond::send_json(session, 200, body, ctx.cors.as_ref()).await?;
                 return Ok(None);
             }
             Plan::Route(target) => target,

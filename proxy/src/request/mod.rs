@@ -2,6 +2,7 @@
 //! order a request meets them.
 //!
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
+//! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
 //! - [`classify`] — its route family, from method, path and content type;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
 //!   [`model_scan`]);
@@ -12,6 +13,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;

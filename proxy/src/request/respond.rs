@@ -6,13 +6,14 @@
 //! - gRPC: a trailers-only response with `grpc-status` / `grpc-message`.
 
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderValue};
 use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::json;
 
+use crate::request::cors;
 use crate::request::error::ProxyError;
 use crate::routing::table::RoutingTable;
 
@@ -45,18 +46,20 @@ pub fn tei_body(err: &ProxyError) -> Bytes {
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
-/// Writes `err` in `format`.
+/// Writes `err` in `format` (with an allowed origin's CORS headers).
 pub async fn send_error(
     session: &mut Session,
     format: ErrorFormat,
     err: &ProxyError,
+    cors: Option<&HeaderValue>,
 ) -> Result<()> {
     match format {
-        ErrorFormat::OpenAi => send_json(session, err.status(), openai_body(err)).await,
-        ErrorFormat::Tei => send_json(session, err.status(), tei_body(err)).await,
+        ErrorFormat::OpenAi => send_json(session, err.status(), openai_body(err), cors).await,
+        ErrorFormat::Tei => send_json(session, err.status(), tei_body(err), cors).await,
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
             let mut resp = ResponseHeader::build(200, Some(4))?;
+            cors::decorate(&mut resp, cors)?;
             resp.insert_header(header::CONTENT_TYPE, "application/grpc")?;
             resp.insert_header("grpc-status", (err.grpc_code() as i32).to_string())?;
             let message =
@@ -72,9 +75,15 @@ pub async fn send_error(
     }
 }
 
-/// Writes a complete JSON response.
-pub async fn send_json(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+/// Writes a complete JSON response (with an allowed origin's CORS headers).
+pub async fn send_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    cors: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(7))?;
+    cors::decorate(&mut resp, cors)?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;

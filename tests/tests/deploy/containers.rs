@@ -21,6 +21,10 @@ impl Podman {
         let mut base = vec![
             format!("--root={}", dir.join("storage").display()),
             format!("--runroot={}", dir.join("run").display()),
+            // Its own libpod tmpdir too (default /run/libpod, shared by every podman on the
+            // host): a concurrent podman's cleanup there failed an import ("creating runtime
+            // status file: open /run/libpod/alive").
+            format!("--tmpdir={}", dir.join("libpod-tmp").display()),
             "--cgroup-manager=cgroupfs".into(),
             "--events-backend=file".into(),
         ];

@@ -8,7 +8,7 @@
 //! failed save puts back what the file holds and answers `STATE_WRITE_FAILED`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use multiverse_common::{Health, ModelKind};
 use multiverse_proto::discovery::v1 as pb;
@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::probe::CheckResult;
 use super::BackendSpec;
 use crate::changes::Changes;
-use crate::health::{HealthRecord, HealthSettings, Transition};
+use crate::events::{BackendRef, EventBus, EventKind};
+use crate::health::{HealthRecord, HealthSettings, Status, Transition};
 use crate::store::{BackendRecord, Revisions, SaveFailed, Saving, StateError, Store};
 
 /// Where a backend was declared.
@@ -104,6 +105,8 @@ pub struct Registry {
     max_backends: usize,
     /// Signalled on every change that affects routes.
     changes: Changes,
+    /// Where `backend_*` events go (none in tests that do not look).
+    events: Option<Arc<EventBus>>,
 }
 
 /// A new backend id.
@@ -166,6 +169,43 @@ impl Registry {
             store,
             max_backends,
             changes,
+            events: None,
+        }
+    }
+
+    /// The same registry announcing its changes on `events` (`backend_*` events).
+    pub fn with_events(mut self, events: Arc<EventBus>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn announce(&self, record: &BackendRecord, kind: EventKind) {
+        if let Some(bus) = &self.events {
+            let backend = BackendRef {
+                id: record.id.clone(),
+                name: record.name.clone(),
+            };
+            bus.emit_backend(backend, kind);
+        }
+    }
+
+    /// The events of a health transition: healthy or unhealthy, and a soft deregistration.
+    fn announce_transition(&self, record: &BackendRecord, t: &Transition, reason: Option<String>) {
+        let reason = reason.unwrap_or_else(|| "check failed".into());
+        if t.from != t.to {
+            match t.to {
+                Status::Healthy => self.announce(record, EventKind::BackendHealthy),
+                Status::Unhealthy => self.announce(
+                    record,
+                    EventKind::BackendUnhealthy {
+                        reason: reason.clone(),
+                    },
+                ),
+                Status::Unknown => {}
+            }
+        }
+        if t.deregistered {
+            self.announce(record, EventKind::BackendDeregistered { reason });
         }
     }
 
@@ -240,7 +280,7 @@ impl Registry {
         initial: CheckResult,
         settings: &HealthSettings,
     ) -> Result<BackendView, RegistryError> {
-        let (view, pending) = {
+        let (view, announced, pending) = {
             let mut inner = self.lock();
             if inner.entries.values().any(|e| e.record.name == record.name) {
                 return Err(RegistryError::Exists(record.name));
@@ -249,13 +289,20 @@ impl Registry {
                 return Err(RegistryError::MaxReached(self.max_backends));
             }
             let mut entry = Entry::new(record, Source::Api);
-            entry.health.record(initial, settings);
+            let reason = initial.reason.clone();
+            let t = entry.health.record(initial, settings);
             let view = entry.view();
             let id = entry.record.id.clone();
+            let announced = (entry.record.clone(), t, reason);
             inner.entries.insert(id.clone(), entry);
-            (view, self.send(&mut inner, &id))
+            (view, announced, self.send(&mut inner, &id))
         };
         self.settle(pending).await?;
+        let (record, t, reason) = announced;
+        self.announce(&record, EventKind::BackendRegistered);
+        if let Some(t) = t {
+            self.announce_transition(&record, &t, reason);
+        }
         Ok(view)
     }
 
@@ -266,7 +313,7 @@ impl Registry {
         check: CheckResult,
         settings: &HealthSettings,
     ) -> Result<BackendView, RegistryError> {
-        let (view, pending) = {
+        let (view, announced, pending) = {
             let mut inner = self.lock();
             let id = record.id.clone();
             if inner
@@ -284,17 +331,24 @@ impl Registry {
                 return Err(RegistryError::ConfigOwned(entry.record.name.clone()));
             }
             entry.record = record;
-            entry.health.record(check, settings);
+            let reason = check.reason.clone();
+            let t = entry.health.record(check, settings);
             let view = entry.view();
-            (view, self.send(&mut inner, &id))
+            let announced = (entry.record.clone(), t, reason);
+            (view, announced, self.send(&mut inner, &id))
         };
         self.settle(pending).await?;
+        let (record, t, reason) = announced;
+        self.announce(&record, EventKind::BackendUpdated);
+        if let Some(t) = t {
+            self.announce_transition(&record, &t, reason);
+        }
         Ok(view)
     }
 
     /// Removes a backend.
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
-        let pending = {
+        let (removed, pending) = {
             let mut inner = self.lock();
             match inner.entries.get(id) {
                 None => return Err(RegistryError::NotFound(id.to_string())),
@@ -303,16 +357,19 @@ impl Registry {
                 }
                 Some(_) => {}
             }
-            inner.entries.remove(id);
-            self.send(&mut inner, id)
+            let removed = inner.entries.remove(id).map(|e| e.record);
+            (removed, self.send(&mut inner, id))
         };
         self.settle(pending).await?;
+        if let Some(record) = removed {
+            self.announce(&record, EventKind::BackendDeleted);
+        }
         Ok(())
     }
 
     /// Undoes a soft deregistration.
     pub async fn restore(&self, id: &str) -> Result<BackendView, RegistryError> {
-        let (view, pending) = {
+        let (view, record, pending) = {
             let mut inner = self.lock();
             let entry = inner
                 .entries
@@ -321,13 +378,15 @@ impl Registry {
             entry.record.deregistered = false;
             entry.health = HealthRecord::default();
             let view = entry.view();
+            let record = entry.record.clone();
             let pending = (entry.source == Source::Api).then(|| self.send(&mut inner, id));
-            (view, pending)
+            (view, record, pending)
         };
         match pending {
             Some(p) => self.settle(p).await?,
             None => self.changes.signal(),
         }
+        self.announce(&record, EventKind::BackendRestored);
         Ok(view)
     }
 
@@ -352,7 +411,9 @@ impl Registry {
     ) -> Option<Transition> {
         let mut inner = self.lock();
         let entry = inner.entries.get_mut(id)?;
+        let reason = result.reason.clone();
         let t = entry.health.record(result, settings)?;
+        let record = entry.record.clone();
         if t.deregistered {
             entry.record.deregistered = true;
             if entry.source == Source::Api {
@@ -367,6 +428,7 @@ impl Registry {
         }
         drop(inner);
         self.changes.signal();
+        self.announce_transition(&record, &t, reason);
         Some(t)
     }
 

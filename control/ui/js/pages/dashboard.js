@@ -1,9 +1,8 @@
 // Dashboard (/): summary cards, every backend and instance in one table (filter, sort, live).
 //
-// Live: instance events arrive on GET /events (SSE). Backend changes are not on that stream
-// yet (phase 2, see API-NEEDS.md), so the page also watches the route snapshot's version
-// (GET /snapshot, every 2 s, which the endpoint cards need anyway: a registration, removal or
-// health transition bumps it) and reloads the backend list when it moves.
+// Live: instance and backend events arrive on GET /events (SSE, with a key); each reloads its
+// list (a backend event also the snapshot and proxies behind the cards). Last-check times,
+// latencies and proxies' ACKs change without an event: everything is reloaded every 10 s.
 'use strict';
 
 document.addEventListener('alpine:init', () => {
@@ -40,25 +39,34 @@ document.addEventListener('alpine:init', () => {
       this.loading = true;
       await Promise.all([this.loadPublic(), this.loadAdmin()]);
       this.loading = false;
-      this.timers.push(setInterval(() => this.loadPublic(), 2000));
+      this.timers.push(setInterval(() => this.loadPublic(), 10000));
       if (!this.$store.auth.ok) return;
       this.abort = new AbortController();
       MV.followEvents('', {
         signal: this.abort.signal,
         onState: (st) => (this.live = st),
-        // Phase 2 backend events carry `backend`; instance events carry `instance`.
-        onEvent: (e) => (e.backend ? this.loadBackends() : this.loadInstances()),
+        // Backend events (backend_*) carry `backend`; instance events carry `instance`.
+        onEvent: (e) => (e.backend ? this.backendChanged() : this.loadInstances()),
       });
-      // Last-check times and latencies change without a version bump.
       this.timers.push(setInterval(() => this.loadBackends(), 10000));
+    },
+    /** A backend event: its list now; the cards once the route snapshot has followed (a
+     * registration, removal, update or health transition moves its version, after the
+     * republish's coalescing and the version's save: a few tries, not a timer). */
+    async backendChanged() {
+      this.loadBackends();
+      const before = this.snapshot.version;
+      for (let i = 0; i < 10; i++) {
+        await new Promise((res) => setTimeout(res, 200 + 100 * i));
+        await this.loadPublic();
+        if (this.snapshot.version !== before) return;
+      }
     },
     async loadPublic() {
       try {
         const [snap, prox] = await Promise.all([MV.get('/snapshot'), MV.get('/proxies')]);
-        const moved = this.snapshot.version && snap.version !== this.snapshot.version;
         this.snapshot = snap;
         this.proxies = prox;
-        if (moved && this.$store.auth.ok) await this.loadBackends();
       } catch (e) {
         /* shown by the cards staying empty; the next tick retries */
       }

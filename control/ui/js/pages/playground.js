@@ -4,9 +4,9 @@
 // (x-multiverse-endpoint), time to first token, total time, tokens and tokens/s from `usage`
 // (stream_options.include_usage). Embeddings: dimensions, L2 norm, first values.
 //
-// Which proxy: ?proxy=URL, else the one saved here, else (phase 2) the control plane's
-// `[ui] proxy_url` from GET /ui/config, else this host on port 8080. The proxy must allow this
-// page's origin (CORS, phase 2); until then the failure says so.
+// Which proxy: ?proxy=URL, else the one saved here, else the control plane's `[ui] proxy_url`
+// from GET /ui/config, else this host on port 8080. The proxy must allow this page's origin
+// (`[cors] allowed_origins` in proxy.toml); when it does not, the failure says so.
 'use strict';
 
 MV.PROXY_KEY = 'multiverse-proxy-url';
@@ -47,13 +47,11 @@ document.addEventListener('alpine:init', () => {
       }
       const saved = localStorage.getItem(MV.PROXY_KEY);
       if (saved) return this.setProxy(saved, 'saved in this browser');
-      if ((await MV.caps()).has('/ui/config')) {
-        try {
-          const c = await MV.get('/ui/config');
-          if (c.proxy_url) return this.setProxy(c.proxy_url, 'the control plane ([ui] proxy_url)');
-        } catch (_) {
-          /* fall through to the guess */
-        }
+      try {
+        const c = await MV.get('/ui/config');
+        if (c.proxy_url) return this.setProxy(c.proxy_url, 'the control plane ([ui] proxy_url)');
+      } catch (_) {
+        /* fall through to the guess */
       }
       this.setProxy(location.protocol + '//' + location.hostname + ':8080', 'a guess (this host, port 8080): press Use to load its models');
       this.guessed = true;
@@ -78,7 +76,7 @@ document.addEventListener('alpine:init', () => {
     unreachable(e) {
       return (
         'Could not reach the proxy at ' + this.proxy + ' (' + e.message + '). If it is running, it does not allow ' +
-        'this page\'s origin yet: the browser needs CORS on the proxy (phase 2, see control/ui/API-NEEDS.md).'
+        'this page\'s origin: add ' + location.origin + ' to [cors] allowed_origins in its proxy.toml.'
       );
     },
     async loadModels() {

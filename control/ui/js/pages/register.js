@@ -1,6 +1,6 @@
-// Register a backend (/register): the form, validation as you type, POST /admin/backends, and
-// the new id with a copy button. "Test connection" appears once the control plane documents
-// POST /admin/backends/test (phase 2, see API-NEEDS.md).
+// Register a backend (/register): the form, validation as you type, "Test connection"
+// (POST /admin/backends/test: registration's checks, nothing saved), POST /admin/backends, and
+// the new id with a copy button.
 'use strict';
 
 document.addEventListener('alpine:init', () => {
@@ -12,13 +12,11 @@ document.addEventListener('alpine:init', () => {
     general: '',
     busy: false,
     testing: false,
-    canTest: false,
     tested: null,
     created: null,
 
     async init() {
       this.$store.auth.require();
-      this.canTest = (await MV.caps()).has('/admin/backends/test');
       this.$watch('f', () => (this.server = {}), { deep: true });
     },
     get errors() {
@@ -52,10 +50,11 @@ document.addEventListener('alpine:init', () => {
         this.busy = false;
       }
     },
-    /** Phase 2: probes the URL without saving. */
+    /** Probes the backend as registration would, without saving. */
     async test() {
       this.testing = true;
       this.tested = null;
+      this.general = '';
       try {
         this.tested = await MV.api('POST', '/admin/backends/test', MV.backendForm.body(this.f));
         MV.ok('Connection works: ' + (this.tested.models || []).join(', '));
