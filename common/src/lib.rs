@@ -10,6 +10,8 @@
 //! - [`clock`] — an injectable monotonic time source (system, tokio's paused time, or manual).
 //! - [`vocab`] — the shared enums (`ModelKind`, `Protocol`, `Health`, `LbStrategy`), each with
 //!   one string table for `FromStr`, `Display` and serde, and their proto conversions.
+//! - [`keys`] — inference API key secrets: their form, their SHA-256 and its hex spelling.
+//! - [`rate`] — rate limits as lock-free GCRA cells.
 //! - [`time`] — RFC 3339 timestamps.
 //! - [`sse`] — Server-Sent Events encoding (bytes only; no HTTP framework).
 //! - [`paths`] — a crate's own directory while its tests run.
@@ -18,7 +20,9 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod keys;
 pub mod paths;
+pub mod rate;
 pub mod signals;
 pub mod sse;
 pub mod telemetry;

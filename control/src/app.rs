@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::api::auth::Keys;
+use crate::api::auth::Keys as AdminKeys;
+use crate::api::client_limit::ClientLimit;
 use crate::api::{self, ApiState};
 use crate::backends::admission::Admission;
 use crate::backends::checker::Checker;
@@ -31,6 +32,8 @@ use crate::instances::logs;
 use crate::instances::process::RunDir;
 use crate::instances::supervisor::Settings;
 use crate::instances::{Deps, Manager, ManagerSettings};
+use crate::keys::leases::Leases;
+use crate::keys::Keys;
 use crate::metrics::ControlMetrics;
 use crate::routes;
 use crate::store::{StateFile, Store};
@@ -70,6 +73,12 @@ impl App {
         let state_file = StateFile::new(&cfg.data_dir());
         let (store, persisted) = Store::open(state_file.clone())?;
         let changes = Changes::new();
+        let inference_keys = Arc::new(Keys::open(
+            cfg.inference_auth.mode,
+            store.clone(),
+            changes.clone(),
+            persisted.keys,
+        ));
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
         let registry = Arc::new(
@@ -100,7 +109,7 @@ impl App {
             },
         );
         let publisher = Publisher::start(
-            routes::current(&registry, &manager),
+            routes::current(&registry, &manager, &inference_keys),
             persisted.version_floor,
             Some(store.clone()),
             changes.clone(),
@@ -110,6 +119,7 @@ impl App {
             changes,
             registry.clone(),
             manager.clone(),
+            inference_keys.clone(),
             publisher.clone(),
             Duration::from_millis(cfg.discovery.coalesce_ms),
         ));
@@ -149,7 +159,10 @@ impl App {
             registry,
             checker,
             metrics,
-            keys: Arc::new(Keys::new(keys)),
+            keys: Arc::new(AdminKeys::new(keys)),
+            inference_keys,
+            client_limit: (cfg.admin.per_ip_rpm > 0)
+                .then(|| Arc::new(ClientLimit::new(cfg.admin.per_ip_rpm))),
             instances: manager.clone(),
             gpus,
             events: events.clone(),
@@ -179,11 +192,14 @@ impl App {
     /// streams, and lets both servers finish their requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let leases = Leases::new(self.api.inference_keys.clone());
+        tokio::spawn(leases.clone().run());
         let service = DiscoveryService::new(
             self.id.clone(),
             self.api.publisher.clone(),
             self.api.nodes.clone(),
             self.api.metrics.clone(),
+            leases,
         );
         let grpc = discovery::serve(
             self.discovery_listener,

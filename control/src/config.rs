@@ -16,6 +16,7 @@ use crate::events::webhooks::WebhookConfig;
 use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
+use crate::keys::AuthSettings;
 use crate::tls::TlsListenerConfig;
 
 /// Default operator API listener.
@@ -32,6 +33,8 @@ pub struct ControlConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: ListenConfig,
     pub admin: AdminConfig,
+    /// Who may send inference requests through this control plane's proxies.
+    pub inference_auth: AuthSettings,
     pub health: HealthSettings,
     pub discovery: DiscoverySettings,
     /// External OpenAI-compatible backends declared up front.
@@ -164,6 +167,9 @@ pub struct AdminConfig {
     pub public_read: bool,
     /// Largest operator API request body (413 `PAYLOAD_TOO_LARGE` above).
     pub max_body_bytes: usize,
+    /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
+    /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
+    pub per_ip_rpm: u32,
 }
 
 impl Default for AdminConfig {
@@ -175,6 +181,7 @@ impl Default for AdminConfig {
             max_backends: 256,
             public_read: false,
             max_body_bytes: 1024 * 1024,
+            per_ip_rpm: 0,
         }
     }
 }

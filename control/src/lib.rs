@@ -37,6 +37,7 @@ pub mod events;
 pub mod gpu;
 pub mod health;
 pub mod instances;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
 pub mod store;

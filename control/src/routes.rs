@@ -1,7 +1,7 @@
 //! Turns the control plane's desired state into the route snapshot proxies receive, and
 //! republishes it when something changed.
 //!
-//! One place decides what proxies see: every model served by a routable backend or TEI instance
+//! One place decides what proxies see (the inference keys' hashes and limits ride along): every model served by a routable backend or TEI instance
 //! becomes a model with that backend or instance as an endpoint, carrying its health (a
 //! backend's checked health; an instance is HEALTHY when ready, UNHEALTHY when unhealthy,
 //! DRAINING while stopping, and absent otherwise). Models are sorted by name and endpoints by
@@ -20,6 +20,7 @@ use crate::changes::Changes;
 use crate::discovery::publisher::Publisher;
 use crate::instances::supervisor::State;
 use crate::instances::Manager;
+use crate::keys::Keys;
 use crate::store::{BackendRecord, InstanceRecord, Protocol};
 
 /// The TEI instances as routes see them: each record with its state, and the host proxies
@@ -29,10 +30,12 @@ pub struct Instances<'a> {
     pub instances: &'a [(InstanceRecord, State)],
 }
 
-/// Builds the snapshot for backends (with their health) and TEI instances.
+/// Builds the snapshot for backends (with their health) and TEI instances, with the
+/// inference keys' settings.
 pub fn snapshot(
     backends: &[(BackendRecord, pb::HealthStatus)],
     instances: Instances<'_>,
+    auth: pb::InferenceAuth,
 ) -> pb::RouteSnapshot {
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
     for (record, state) in instances.instances {
@@ -69,7 +72,10 @@ pub fn snapshot(
     for m in &mut models {
         m.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
     }
-    pb::RouteSnapshot { models }
+    pb::RouteSnapshot {
+        models,
+        auth: Some(auth),
+    }
 }
 
 /// The endpoint a backend contributes to each of its models (at its pinned address, if any).
@@ -121,13 +127,14 @@ fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb:
 }
 
 /// The snapshot of the current state.
-pub fn current(registry: &Registry, instances: &Manager) -> pb::RouteSnapshot {
+pub fn current(registry: &Registry, instances: &Manager, keys: &Keys) -> pb::RouteSnapshot {
     snapshot(
         &registry.routable(),
         Instances {
             advertise_host: instances.advertise_host(),
             instances: &instances.routable(),
         },
+        keys.snapshot(),
     )
 }
 
@@ -137,13 +144,16 @@ pub async fn republish(
     changes: Changes,
     registry: Arc<Registry>,
     instances: Arc<Manager>,
+    keys: Arc<Keys>,
     publisher: Publisher,
     coalesce: Duration,
 ) {
     loop {
         changes.changed().await;
         tokio::time::sleep(coalesce).await;
-        let version = publisher.publish(current(&registry, &instances)).await;
+        let version = publisher
+            .publish(current(&registry, &instances, &keys))
+            .await;
         tracing::debug!(version, "snapshot published");
     }
 }
@@ -168,6 +178,7 @@ mod tests {
         let s = snapshot(
             &[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])],
             none,
+            pb::InferenceAuth::default(),
         );
         let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["demo", "x"]);
@@ -186,6 +197,7 @@ mod tests {
         let again = snapshot(
             &[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])],
             none,
+            pb::InferenceAuth::default(),
         );
         assert_eq!(s, again);
     }
@@ -216,6 +228,7 @@ mod tests {
                 advertise_host: "10.0.0.7",
                 instances: &instances,
             },
+            pb::InferenceAuth::default(),
         );
         assert_eq!(s.models.len(), 1);
         assert_eq!(s.models[0].kind, pb::ModelKind::Embedding as i32);

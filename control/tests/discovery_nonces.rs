@@ -62,6 +62,7 @@ fn request(version: &str, nonce: &str, nack: Option<&str>) -> pb::DiscoveryReque
         version_info: version.into(),
         response_nonce: nonce.into(),
         error_detail: nack.map(|m| pb::ErrorDetail { message: m.into() }),
+        usage: None,
     }
 }
 

@@ -176,6 +176,7 @@ fn snapshot(models: usize, endpoints: usize, lb: pb::LbStrategy) -> pb::RouteSna
                     .collect(),
             })
             .collect(),
+        auth: None,
     }
 }
 
@@ -183,7 +184,12 @@ fn build_table(snap: &pb::RouteSnapshot) -> RoutingTable {
     let routes = PlaneRoutes::from_snapshot("1", Some(snap), &parse_socket_addr).expect("valid");
     let mut planes = BTreeMap::new();
     planes.insert("cp".to_string(), routes);
-    RoutingTable::merge(&planes, "control-plane", &mut HashMap::new())
+    RoutingTable::merge(
+        &planes,
+        "control-plane",
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,7 +274,7 @@ fn snapshot_apply(c: &mut Criterion) {
                             .expect("valid");
                     let mut planes = BTreeMap::new();
                     planes.insert("cp".to_string(), routes);
-                    RoutingTable::merge(&planes, "control-plane", &mut loads)
+                    RoutingTable::merge(&planes, "control-plane", &mut loads, &mut HashMap::new())
                 })
             },
         );

@@ -40,6 +40,26 @@ pub struct Cli {
     /// Log JSON lines instead of human-readable text.
     #[arg(long)]
     pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Reads an inference key's secret from stdin (one line) and prints its SHA-256, the
+    /// `sha256` of a routes file's `[[auth.keys]]` (same as `printf %s "$KEY" | sha256sum`).
+    /// The secret is never taken as an argument, so it stays out of shell history and `ps`.
+    HashKey,
+}
+
+/// `hash-key`: the hash of the secret on `input`'s first line.
+pub fn hash_key(input: impl std::io::BufRead) -> anyhow::Result<String> {
+    let line = input.lines().next().transpose()?.unwrap_or_default();
+    let secret = line.trim();
+    anyhow::ensure!(!secret.is_empty(), "no key on stdin");
+    let hash = multiverse_common::keys::hash_secret(secret.as_bytes());
+    Ok(multiverse_common::keys::to_hex(&hash))
 }
 
 impl Cli {
@@ -78,8 +98,12 @@ impl Cli {
     }
 }
 
-/// Runs the proxy until a signal stops it.
+/// Runs the proxy until a signal stops it (or the subcommand).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::HashKey) = cli.command {
+        println!("{}", hash_key(std::io::stdin().lock())?);
+        return Ok(());
+    }
     let cfg = cli.config()?;
     multiverse_common::telemetry::init(cfg.log.json)?;
     // One small runtime for the signals and the stop; the proxy runs on its own.

@@ -183,6 +183,11 @@ pub struct StandaloneConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// Requests per minute from one client address (IPv6: one /64) on the client listener;
+    /// 0 (default): no limit. Over it: 429 in the route's format with `Retry-After`.
+    pub per_ip_rpm: u32,
+    /// Client addresses tracked at once for `per_ip_rpm` (beyond, newcomers are not limited).
+    pub per_ip_tracked: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -271,6 +276,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
+            per_ip_rpm: 0,
+            per_ip_tracked: 65_536,
         }
     }
 }
@@ -406,6 +413,12 @@ impl ProxyConfig {
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
+        }
+        if !(1..=1 << 24).contains(&self.limits.per_ip_tracked) {
+            return Err(invalid(
+                "limits.per_ip_tracked",
+                "must be between 1 and 16777216".into(),
+            ));
         }
         for (key, v) in [
             ("clients.header_timeout_ms", self.clients.header_timeout_ms),

@@ -483,6 +483,8 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_h2_streams: cfg.upstream.max_h2_streams,
         },
         max_body_bytes: cfg.limits.max_body_bytes,
+        per_ip: (cfg.limits.per_ip_rpm > 0)
+            .then_some((cfg.limits.per_ip_rpm, cfg.limits.per_ip_tracked)),
         outlier: OutlierConfig {
             consecutive_failures: cfg.outlier.consecutive_gateway_failures,
             base_ejection: ms(cfg.outlier.base_ejection_ms),

@@ -63,6 +63,7 @@ fn snapshot(address: &str) -> pb::RouteSnapshot {
                 ..Default::default()
             }],
         }],
+        auth: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn response(version: &str, nonce: &str, snapshot: pb::RouteSnapshot) -> pb::Disc
         nonce: nonce.into(),
         snapshot: Some(snapshot),
         control_plane_id: "cp-scripted".into(),
+        leases: None,
     }
 }
 

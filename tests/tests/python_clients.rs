@@ -185,3 +185,86 @@ protocol = "grpc"
     .await;
     assert!(out.contains("endpoint=tei-grpc-1"), "{out}");
 }
+
+/// A fresh secret and the `[auth]` table of a routes file that accepts it for `models` at
+/// `rpm` requests a minute.
+fn keyed_routes(models: &[&str], rpm: u32) -> (String, String) {
+    let random: [u8; 32] = rand::random();
+    let secret = multiverse_common::keys::secret_from(&random);
+    let hash =
+        multiverse_common::keys::to_hex(&multiverse_common::keys::hash_secret(secret.as_bytes()));
+    let models: Vec<String> = models.iter().map(|m| format!("\"{m}\"")).collect();
+    let auth = format!(
+        "\n[auth]\nmode = \"keys\"\n[[auth.keys]]\nid = \"team-a\"\nsha256 = \"{hash}\"\nmodels = [{}]\nrpm = {rpm}\n",
+        models.join(", ")
+    );
+    (secret, auth)
+}
+
+#[tokio::test]
+async fn openai_python_sdk_with_keys() {
+    require_python_packages().await;
+    let dir = temp_dir("py-openai-keys");
+    let mock = MockOpenAi::start(&dir, "mock-keys", &["--model", "demo", "--model", "other"]);
+    const RPM: u32 = 10;
+    let (secret, auth) = keyed_routes(&["demo"], RPM);
+    let mut routes = String::from("version = \"py-keys\"\n");
+    for model in ["demo", "other"] {
+        routes.push_str(&format!(
+            "\n[[models]]\nname = \"{model}\"\nkind = \"chat\"\n[[models.endpoints]]\nid = \"mock-keys\"\naddress = \"{}\"\n",
+            mock.addr
+        ));
+    }
+    routes.push_str(&auth);
+    let proxy = Proxy::start_standalone(&dir, "proxy-py-keys", &routes, "").await;
+    let out = run_script(
+        "openai_keys_client.py",
+        &[&proxy.url(), &secret, &RPM.to_string()],
+        &[&proxy.proc, &mock.proc],
+    )
+    .await;
+    assert!(out.contains("429 after 10"), "{out}");
+    // The secret never reaches a log.
+    assert!(!proxy.proc.tail_log().contains(&secret));
+}
+
+#[tokio::test]
+async fn grpcio_client_with_keys() {
+    require_python_packages().await;
+    let dir = temp_dir("py-grpc-keys");
+    let args: Vec<String> = [
+        "--grpc",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model-id",
+        "BAAI/bge-small-en-v1.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut tei = Proc::spawn("mock-tei-grpc-keys", &bin("mock-tei"), &args, &dir, true);
+    let tei_addr = tei.wait_listening();
+    let (secret, auth) = keyed_routes(&["embed-grpc"], 0);
+    let mut routes = String::from("version = \"py-grpc-keys\"\n");
+    for model in ["embed-grpc", "embed-other"] {
+        routes.push_str(&format!(
+            "\n[[models]]\nname = \"{model}\"\nkind = \"embedding\"\n[[models.endpoints]]\nid = \"{model}-1\"\naddress = \"{tei_addr}\"\nprotocol = \"grpc\"\n"
+        ));
+    }
+    routes.push_str(&auth);
+    let proxy = Proxy::start_standalone(&dir, "proxy-py-grpc-keys", &routes, "").await;
+    let out = run_script(
+        "grpc_keys_client.py",
+        &[
+            &proxy.listen.to_string(),
+            "embed-grpc",
+            &secret,
+            "embed-other",
+        ],
+        &[&proxy.proc, &tei],
+    )
+    .await;
+    assert!(out.contains("PERMISSION_DENIED"), "{out}");
+}

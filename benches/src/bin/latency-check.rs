@@ -484,6 +484,7 @@ fn routes(mock: std::net::SocketAddr) -> RoutesFile {
             "chat",
             vec![endpoint("mock", mock, "http1", "healthy")],
         )],
+        auth: None,
     }
 }
 

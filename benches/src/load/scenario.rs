@@ -153,8 +153,26 @@ pub async fn caller(
     Ok(call)
 }
 
+/// The inference key chat and embedding requests carry while [`send_bench_key`] is on (the
+/// `keys` scenario, whose keyed proxy accepts it; the open proxy, the mocks and nginx ignore
+/// it). Off otherwise, so the other scenarios' requests (and the allocation budget) are as
+/// before.
+pub const BENCH_KEY: &str = "mv-bench-0123456789abcdef0123456789abcdef";
+
+static SEND_BENCH_KEY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether requests built from now on carry [`BENCH_KEY`].
+pub fn send_bench_key(on: bool) {
+    SEND_BENCH_KEY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+/// `Bearer` + [`BENCH_KEY`], the header value (a literal: no formatting per request).
+const BENCH_BEARER: &str = "Bearer mv-bench-0123456789abcdef0123456789abcdef";
+
 fn post(path: &str, body: &'static str, model_header: Option<&str>) -> Request<Full<Bytes>> {
     let mut builder = Request::post(path).header(CONTENT_TYPE, "application/json");
+    if SEND_BENCH_KEY.load(std::sync::atomic::Ordering::Relaxed) {
+        builder = builder.header(http::header::AUTHORIZATION, BENCH_BEARER);
+    }
     if let Some(model) = model_header {
         builder = builder.header("x-model", model);
     }
@@ -278,6 +296,11 @@ pub async fn grpc_bidi(addr: SocketAddr, streams: usize) -> anyhow::Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_carries_the_bench_key() {
+        assert_eq!(BENCH_BEARER.strip_prefix("Bearer "), Some(BENCH_KEY));
+    }
     use clap::Parser;
     use multiverse_mocks::openai::OpenAiArgs;
     use multiverse_mocks::tei::TeiArgs;

@@ -143,6 +143,7 @@ pub fn routes(mocks: &Addrs, extra_models: usize) -> RoutesFile {
     RoutesFile {
         version: Some("bench".into()),
         models,
+        auth: None,
     }
 }
 

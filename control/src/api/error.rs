@@ -15,6 +15,7 @@ use crate::backends::SpecError as BackendSpecError;
 use crate::gpu::PlacementError;
 use crate::instances::spec::SpecError as InstanceSpecError;
 use crate::instances::InstanceError;
+use crate::keys::KeyError;
 use crate::store::StateError;
 
 /// Every code the operator API answers, with its status.
@@ -37,6 +38,7 @@ pub enum ErrorCode {
     BackendNotFound,
     InstanceNotFound,
     TemplateNotFound,
+    KeyNotFound,
     // 409
     BackendExists,
     ConfigBackend,
@@ -45,6 +47,8 @@ pub enum ErrorCode {
     PortInUse,
     // 413
     PayloadTooLarge,
+    // 429
+    RateLimited,
     // 422
     MaxBackendsReached,
     MaxInstancesReached,
@@ -61,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -76,12 +80,14 @@ impl ErrorCode {
         ErrorCode::BackendNotFound,
         ErrorCode::InstanceNotFound,
         ErrorCode::TemplateNotFound,
+        ErrorCode::KeyNotFound,
         ErrorCode::BackendExists,
         ErrorCode::ConfigBackend,
         ErrorCode::InstanceExists,
         ErrorCode::PortConflict,
         ErrorCode::PortInUse,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::MaxBackendsReached,
         ErrorCode::MaxInstancesReached,
         ErrorCode::InsufficientVram,
@@ -110,12 +116,14 @@ impl ErrorCode {
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::InstanceNotFound => "INSTANCE_NOT_FOUND",
             ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            ErrorCode::KeyNotFound => "KEY_NOT_FOUND",
             ErrorCode::BackendExists => "BACKEND_EXISTS",
             ErrorCode::ConfigBackend => "CONFIG_BACKEND",
             ErrorCode::InstanceExists => "INSTANCE_EXISTS",
             ErrorCode::PortConflict => "PORT_CONFLICT",
             ErrorCode::PortInUse => "PORT_IN_USE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::MaxBackendsReached => "MAX_BACKENDS_REACHED",
             ErrorCode::MaxInstancesReached => "MAX_INSTANCES_REACHED",
             ErrorCode::InsufficientVram => "INSUFFICIENT_VRAM",
@@ -144,13 +152,15 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::BackendNotFound
             | ErrorCode::InstanceNotFound
-            | ErrorCode::TemplateNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::TemplateNotFound
+            | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::BackendExists
             | ErrorCode::ConfigBackend
             | ErrorCode::InstanceExists
             | ErrorCode::PortConflict
             | ErrorCode::PortInUse => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MaxBackendsReached
             | ErrorCode::MaxInstancesReached
             | ErrorCode::InsufficientVram
@@ -272,6 +282,17 @@ impl From<PlacementError> for ApiError {
     }
 }
 
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let code = match e {
+            KeyError::State(e) => return e.into(),
+            KeyError::NotFound(_) => ErrorCode::KeyNotFound,
+            KeyError::Invalid { .. } => ErrorCode::ValidationError,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> Self {
         let code = match e {
@@ -317,6 +338,19 @@ mod tests {
             "{e:?}"
         );
         assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn key_errors_have_their_codes() {
+        check(KeyError::NotFound("k".into()), 404, "KEY_NOT_FOUND");
+        check(
+            KeyError::Invalid {
+                field: "name",
+                message: "empty".into(),
+            },
+            400,
+            "VALIDATION_ERROR",
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@
 
 pub mod auth;
 pub mod backends;
+pub mod client_limit;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod gpus;
 pub mod instances;
+pub mod keys;
 pub mod listing;
 pub mod logs;
 pub mod openapi;
@@ -49,6 +51,10 @@ pub struct ApiState {
     pub checker: Arc<Checker>,
     pub metrics: Arc<ControlMetrics>,
     pub keys: Arc<auth::Keys>,
+    /// Inference API keys (`/admin/keys`).
+    pub inference_keys: Arc<crate::keys::Keys>,
+    /// `[admin] per_ip_rpm`, when on.
+    pub client_limit: Option<Arc<client_limit::ClientLimit>>,
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
@@ -66,7 +72,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The client's address reaches the per-address limit as `ConnectInfo`.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -75,6 +83,7 @@ pub async fn serve(
 pub fn router(state: ApiState) -> Router {
     let admin = backends::router()
         .merge(instances::router())
+        .merge(keys::router())
         .merge(events::router())
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),
@@ -99,6 +108,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn(extract::linger))
+        .layer(axum::middleware::from_fn_with_state(
+            state.client_limit.clone(),
+            client_limit::limit,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(ui::browser_pages))
 }

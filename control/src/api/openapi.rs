@@ -224,6 +224,21 @@ fn untagged() -> Json<Value> {
             "/admin/backends/{id}/restore": {
                 "parameters": id_param(),
                 "post": {"summary": "Undo an automatic deregistration", "security": secured, "responses": auth_errors(m(vec![("200", backend_response("Restored")), ("404", error_response("BACKEND_NOT_FOUND"))]))}
+            },
+            "/admin/keys": {
+                "get": {"summary": "The inference-auth mode and every inference API key (never a secret or its hash)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{mode, keys}"}))]))},
+                "post": {"summary": "Issue an inference API key: {name, models?, rpm?, tpm?, max_concurrent?, expires_at?, owner?, tags?} to {id, key, ...}; the secret `key` is shown this once", "security": secured,
+                    "responses": auth_errors(m(vec![("201", json!({"description": "{id, key, ...the key}"})), ("400", error_response("VALIDATION_ERROR"))]))}
+            },
+            "/admin/keys/{id}": {
+                "parameters": id_param(),
+                "get": {"summary": "An inference API key", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Key"})), ("404", error_response("KEY_NOT_FOUND"))]))},
+                "put": {"summary": "Replace a key's settings (same body as POST; the secret stays)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Key"})), ("400", error_response("VALIDATION_ERROR")), ("404", error_response("KEY_NOT_FOUND"))]))},
+                "delete": {"summary": "Revoke a key", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Revoked"})), ("404", error_response("KEY_NOT_FOUND"))]))}
+            },
+            "/admin/keys/{id}/rotate": {
+                "parameters": id_param(),
+                "post": {"summary": "Issue a new secret for the key; the old one stops working", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "{id, key, ...the key}"})), ("404", error_response("KEY_NOT_FOUND"))]))}
             }
         },
         "components": {

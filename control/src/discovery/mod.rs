@@ -4,7 +4,9 @@
 //! request must name the node; the current snapshot is sent at once and then again on every
 //! change, each response with a fresh nonce. ACKs and NACKs are recorded in [`nodes::Nodes`];
 //! a request whose nonce is not the latest one sent is stale and ignored (see
-//! `control/tests/discovery_nonces.rs`).
+//! `control/tests/discovery_nonces.rs`). After its first snapshot a node also gets lease
+//! updates (its share of the inference keys' limits, [`crate::keys::leases`]) whenever they
+//! change, and its usage reports feed the next split.
 
 pub mod nodes;
 pub mod publisher;
@@ -19,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::keys::leases::Leases;
 use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
@@ -60,6 +63,7 @@ pub struct DiscoveryService {
     publisher: Publisher,
     nodes: Arc<Nodes>,
     metrics: Arc<ControlMetrics>,
+    leases: Arc<Leases>,
 }
 
 impl DiscoveryService {
@@ -68,12 +72,14 @@ impl DiscoveryService {
         publisher: Publisher,
         nodes: Arc<Nodes>,
         metrics: Arc<ControlMetrics>,
+        leases: Arc<Leases>,
     ) -> Self {
         Self {
             control_plane_id,
             publisher,
             nodes,
             metrics,
+            leases,
         }
     }
 }
@@ -104,6 +110,8 @@ impl RouteDiscovery for DiscoveryService {
             control_plane_id: self.control_plane_id.clone(),
             nodes: self.nodes.clone(),
             metrics: self.metrics.clone(),
+            leases: self.leases.clone(),
+            sent_leases: Vec::new(),
             nonce: 0,
             sent_version: 0,
             tx,
@@ -126,6 +134,9 @@ struct NodeStream {
     control_plane_id: String,
     nodes: Arc<Nodes>,
     metrics: Arc<ControlMetrics>,
+    leases: Arc<Leases>,
+    /// The leases last sent to this node.
+    sent_leases: Vec<pb::KeyLease>,
     /// Last nonce sent, and the version it carried.
     nonce: u64,
     sent_version: u64,
@@ -153,9 +164,22 @@ impl NodeStream {
             }
         };
         let current = updates.borrow_and_update().clone();
+        let mut lease_changes = self.leases.subscribe();
         if ready && self.send(&current).await {
+            // From its first snapshot on, the node has a share of the keys' limits.
+            self.leases.connected(&self.node_id, self.stream);
+            lease_changes.borrow_and_update();
+            if !self.send_leases().await {
+                self.end();
+                return;
+            }
             loop {
                 tokio::select! {
+                    changed = lease_changes.changed() => {
+                        if changed.is_err() || !self.send_leases().await {
+                            break;
+                        }
+                    }
                     changed = updates.changed() => {
                         if changed.is_err() {
                             break;
@@ -176,8 +200,28 @@ impl NodeStream {
                 }
             }
         }
+        self.end();
+    }
+
+    fn end(&self) {
+        self.leases.disconnected(&self.node_id, self.stream);
         self.nodes.disconnected(&self.node_id, self.stream);
         tracing::info!(node = %self.node_id, "proxy disconnected");
+    }
+
+    /// Sends the node its leases if they changed since the last ones sent.
+    async fn send_leases(&mut self) -> bool {
+        let leases = self.leases.leases_for(&self.node_id);
+        if leases == self.sent_leases {
+            return true;
+        }
+        self.sent_leases.clone_from(&leases);
+        let resp = pb::DiscoveryResponse {
+            control_plane_id: self.control_plane_id.clone(),
+            leases: Some(pb::LeaseUpdate { keys: leases }),
+            ..Default::default()
+        };
+        self.tx.send(Ok(resp)).await.is_ok()
     }
 
     async fn send(&mut self, v: &Versioned) -> bool {
@@ -188,11 +232,17 @@ impl NodeStream {
             nonce: self.nonce.to_string(),
             snapshot: Some(v.snapshot.clone()),
             control_plane_id: self.control_plane_id.clone(),
+            leases: None,
         };
         self.tx.send(Ok(resp)).await.is_ok()
     }
 
     fn on_request(&self, req: pb::DiscoveryRequest) {
+        if let Some(usage) = &req.usage {
+            // A usage report rides alone: no nonce, no ACK.
+            self.leases.report(&self.node_id, usage);
+            return;
+        }
         if req.response_nonce != self.nonce.to_string() {
             tracing::debug!(node = %self.node_id, nonce = %req.response_nonce, "stale nonce ignored");
             return;

@@ -174,6 +174,7 @@ mod tests {
                 name: "m".into(),
                 ..Default::default()
             }],
+            auth: None,
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             version_floor: 100,
             backends: vec![BackendRecord::example("b1")],
             instances: Vec::new(),
+            keys: Vec::new(),
         };
         f.save(&state).expect("save");
         assert_eq!(f.load().expect("load"), state);

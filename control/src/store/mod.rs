@@ -1,6 +1,7 @@
 //! Durable desired state: what operators registered, kept in `<data_dir>/state.toml`.
 //!
-//! - [`records`] — the persisted records (backends, instances), as the file holds them;
+//! - [`records`] — the persisted records (backends, instances, inference keys), as the file
+//!   holds them;
 //! - [`file`] — loading, and the atomic save (temporary file, fsync, rename, directory fsync).
 //!
 //! [`Store`] is the one writer. Nothing else writes the file: an owner of records (the backend
@@ -26,8 +27,8 @@ use tokio::sync::oneshot;
 
 pub use file::{StateError, StateFile};
 pub use records::{
-    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, Protocol, Template,
-    FORMAT_VERSION,
+    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord, Protocol,
+    Template, FORMAT_VERSION,
 };
 
 /// One change of the persisted records.
@@ -41,6 +42,10 @@ pub enum Change {
     PutInstance(InstanceRecord),
     /// Removes the instance with this name.
     RemoveInstance(String),
+    /// Adds or replaces the inference key with this record's id.
+    PutKey(KeyRecord),
+    /// Removes the inference key with this id.
+    RemoveKey(String),
     /// Raises the snapshot version floor to this (never lowers it).
     RaiseVersionFloor(u64),
 }
@@ -52,6 +57,8 @@ pub struct Records {
     pub backends: BTreeMap<String, BackendRecord>,
     /// By name.
     pub instances: BTreeMap<String, InstanceRecord>,
+    /// By id.
+    pub keys: BTreeMap<String, KeyRecord>,
     pub version_floor: u64,
 }
 
@@ -68,6 +75,7 @@ impl Records {
                 .into_iter()
                 .map(|i| (i.spec.name.clone(), i))
                 .collect(),
+            keys: state.keys.into_iter().map(|k| (k.id.clone(), k)).collect(),
             version_floor: state.version_floor,
         }
     }
@@ -78,6 +86,7 @@ impl Records {
             version_floor: self.version_floor,
             backends: self.backends.values().cloned().collect(),
             instances: self.instances.values().cloned().collect(),
+            keys: self.keys.values().cloned().collect(),
         }
     }
 
@@ -94,6 +103,12 @@ impl Records {
             }
             Change::RemoveInstance(name) => {
                 self.instances.remove(&name);
+            }
+            Change::PutKey(k) => {
+                self.keys.insert(k.id.clone(), k);
+            }
+            Change::RemoveKey(id) => {
+                self.keys.remove(&id);
             }
             Change::RaiseVersionFloor(v) => self.version_floor = self.version_floor.max(v),
         }
@@ -213,6 +228,20 @@ impl Store {
         let key = name.to_string();
         self.submit(Change::RemoveInstance(name.to_string()), move |r| {
             r.instances.get(&key).cloned()
+        })
+    }
+
+    /// Adds or replaces an inference key record.
+    pub fn put_key(&self, record: KeyRecord) -> Saving<Option<KeyRecord>> {
+        let id = record.id.clone();
+        self.submit(Change::PutKey(record), move |r| r.keys.get(&id).cloned())
+    }
+
+    /// Removes an inference key record.
+    pub fn remove_key(&self, id: &str) -> Saving<Option<KeyRecord>> {
+        let key = id.to_string();
+        self.submit(Change::RemoveKey(id.to_string()), move |r| {
+            r.keys.get(&key).cloned()
         })
     }
 

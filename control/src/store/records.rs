@@ -23,6 +23,40 @@ pub struct DesiredState {
     pub backends: Vec<BackendRecord>,
     #[serde(default)]
     pub instances: Vec<InstanceRecord>,
+    /// Inference API keys (hashes only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyRecord>,
+}
+
+/// An inference API key as stored (`[[keys]]`): its secret's SHA-256, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// Stable id (`key-...`), assigned at creation, kept across rotations.
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the secret, 64 hex digits.
+    pub sha256: String,
+    /// Models it may use; empty: every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When the secret was last issued (creation or rotation).
+    pub rotated_at: String,
 }
 
 /// A backend as stored (the state file's `[[backends]]`).

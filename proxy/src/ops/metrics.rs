@@ -24,6 +24,8 @@ pub struct Metrics {
     pub table_updates: IntCounter,
     pub snapshots_rejected: IntCounter,
     pub control_plane_connected: IntGaugeVec,
+    key_requests: IntCounterVec,
+    key_tokens: IntCounterVec,
     /// Addresses a `dns+` control-plane name resolved to last, by name.
     pub control_plane_addresses: IntGaugeVec,
     /// Resolutions of `dns+` names, by name and result (`ok`, `error`).
@@ -100,6 +102,21 @@ impl Metrics {
             ),
             &["control_plane"],
         ));
+        let key_requests = must(IntCounterVec::new(
+            Opts::new(
+                "key_requests_total",
+                "Requests by inference key id (\"-\": no or an unknown key) and status, in keys \
+                 mode (401, 403 and 429 are the gateway's refusals)",
+            ),
+            &["key", "status"],
+        ));
+        let key_tokens = must(IntCounterVec::new(
+            Opts::new(
+                "key_tokens_total",
+                "Tokens by inference key id, from responses' usage: in (prompt), out (completion)",
+            ),
+            &["key", "direction"],
+        ));
         let control_plane_addresses = must(IntGaugeVec::new(
             Opts::new(
                 "control_plane_addresses",
@@ -116,6 +133,8 @@ impl Metrics {
         ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(key_requests.clone()),
+            Box::new(key_tokens.clone()),
             Box::new(duration.clone()),
             Box::new(connect_errors.clone()),
             Box::new(retries.clone()),
@@ -144,9 +163,27 @@ impl Metrics {
             table_updates,
             snapshots_rejected,
             control_plane_connected,
+            key_requests,
+            key_tokens,
             control_plane_addresses,
             dns_resolutions,
         })
+    }
+
+    /// Counts a request of inference key `key` (`-`: none or unknown) that ended with `status`,
+    /// and the tokens its response reported.
+    pub fn key_request(&self, key: &str, status: u16, tokens: Option<(u64, u64)>) {
+        let mut buf = itoa_buf();
+        let status = fmt_status(status, &mut buf);
+        self.key_requests.with_label_values(&[key, status]).inc();
+        if let Some((input, output)) = tokens {
+            self.key_tokens
+                .with_label_values(&[key, "in"])
+                .inc_by(input);
+            self.key_tokens
+                .with_label_values(&[key, "out"])
+                .inc_by(output);
+        }
     }
 
     pub fn request_done(&self, model: &str, endpoint: &str, status: u16, elapsed: Duration) {

@@ -6,9 +6,12 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use crate::ops::drain::ActiveGuard;
+use crate::request::auth::{Permit, RateHeaders};
 use crate::request::body::Held;
 use crate::request::classify::Family;
 use crate::request::observe::InFlight;
+use crate::request::usage::UsageReader;
+use crate::routing::keys::ApiKey;
 use crate::routing::pick::{Tried, Want};
 use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
 
@@ -31,6 +34,14 @@ pub struct RequestCtx {
     /// The current attempt's failure was already counted for outlier detection.
     pub failure_counted: bool,
     pub in_flight: Option<InFlight>,
+    /// The inference key the request came with (keys mode).
+    pub key: Option<Arc<ApiKey>>,
+    /// Its admission by the key's limits (counted in flight while held).
+    pub permit: Option<Permit>,
+    /// The `x-ratelimit-*` headers its responses carry.
+    pub rate: Option<RateHeaders>,
+    /// Token counts read from the response (requests with a key).
+    pub usage: Option<UsageReader>,
     /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
     pub cors: Option<HeaderValue>,
     pub started: Instant,
@@ -55,6 +66,10 @@ impl RequestCtx {
             endpoint: None,
             failure_counted: false,
             in_flight: None,
+            key: None,
+            permit: None,
+            rate: None,
+            usage: None,
             cors: None,
             started: Instant::now(),
             _active: active,

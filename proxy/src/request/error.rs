@@ -65,6 +65,22 @@ pub enum ProxyError {
     HeaderTimeout(Duration),
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
+    /// Keys are required and none was sent.
+    #[error(
+        "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or the \
+         `api-key` / `x-api-key` header)"
+    )]
+    MissingApiKey,
+    /// Unknown or revoked (the two are indistinguishable by design).
+    #[error("Incorrect API key provided")]
+    InvalidApiKey,
+    #[error("The API key has expired")]
+    ExpiredApiKey,
+    #[error("The API key may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// Over one of the key's limits; the client may try again after `retry_after`.
+    #[error("Rate limit reached for {limit}: retry after {} s", retry_after_secs(*.retry_after))]
+    RateLimited { limit: Limit, retry_after: Duration },
 
     // --- the gateway cannot serve it (5xx) ---
     #[error("The gateway has not received its routing table yet")]
@@ -95,6 +111,9 @@ impl ProxyError {
             | MalformedHeader => 400,
             ClientTimeout | HeaderTimeout(_) => 408,
             ConnectNotAllowed => 405,
+            MissingApiKey | InvalidApiKey | ExpiredApiKey => 401,
+            ModelNotAllowed(_) => 403,
+            RateLimited { .. } => 429,
             TooLarge(_) | TooLargeStreamed => 413,
             NotReady | NoHealthyEndpoint(_) => 503,
             AllEndpointsFailed { status, .. } | Status { status } => *status,
@@ -106,6 +125,9 @@ impl ProxyError {
 
     /// The OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
+        if let ProxyError::RateLimited { limit, .. } = self {
+            return limit.kind();
+        }
         if self.status() >= 500 {
             "server_error"
         } else {
@@ -131,6 +153,10 @@ impl ProxyError {
             ClientTimeout | HeaderTimeout(_) => "request_timeout",
             MalformedHeader => "invalid_request",
             ConnectNotAllowed => "method_not_allowed",
+            MissingApiKey | InvalidApiKey => "invalid_api_key",
+            ExpiredApiKey => "expired_api_key",
+            ModelNotAllowed(_) => "model_not_allowed",
+            RateLimited { .. } => "rate_limit_exceeded",
             NotReady => "not_ready",
             NoHealthyEndpoint(_) => "no_healthy_endpoint",
             AllEndpointsFailed { .. } | UpstreamFailed(_) => "upstream_error",
@@ -202,6 +228,42 @@ impl ProxyError {
             },
         })
     }
+}
+
+/// Which of a key's limits a request went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Requests,
+    Tokens,
+    Concurrent,
+    /// `[limits] per_ip_rpm`, the client address's.
+    ClientAddress,
+}
+
+impl Limit {
+    /// The OpenAI error `type` of a 429 (`requests` / `tokens`, as OpenAI names them).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Limit::Requests | Limit::Concurrent | Limit::ClientAddress => "requests",
+            Limit::Tokens => "tokens",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::Requests => "requests per minute",
+            Limit::Tokens => "tokens per minute",
+            Limit::Concurrent => "concurrent requests",
+            Limit::ClientAddress => "requests per minute from your address",
+        })
+    }
+}
+
+/// Whole seconds to wait, rounded up (what `Retry-After` says).
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// An HTTP status's reason phrase, for messages.

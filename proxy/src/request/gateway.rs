@@ -3,22 +3,27 @@
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
-//! 2. `request_filter` — a browser's preflight answered, its origin noted ([`cors`]); the route family ([`classify`](crate::request::classify)), the model
-//!    and its route ([`target`], reading the body through
-//!    [`body`] when it names the model); errors and `GET /v1/models` are
+//! 2. `request_filter` — a browser's preflight answered, its origin noted ([`cors`]); the route
+//!    family ([`classify`](crate::request::classify)), the client address's rate
+//!    ([`client_limit`](crate::request::client_limit)), the inference key ([`auth`], when keys
+//!    are required), the model and its route ([`target`], reading the body through [`body`]
+//!    when it names the model), the key's model and limits; errors and `GET /v1/models` are
 //!    answered here ([`respond`]), and the connection stays open.
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
 //!    ([`upstream`]).
-//! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint.
+//! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint (a gateway key
+//!    never goes upstream).
 //! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
 //!    streamed bodies.
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
-//! 7. `response_filter` — tag the response with `x-multiverse-endpoint` (and an allowed
-//!    origin's CORS headers, which the proxy's own answers carry too).
+//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`, the key's
+//!    `x-ratelimit-*` headers (and an allowed origin's CORS headers, which the proxy's own
+//!    answers carry too); `response_body_filter` reads its token counts as it streams past
+//!    ([`usage`](crate::request::usage)).
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
 //!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
-//! 9. `logging` — metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//! 9. `logging` — the key's tokens charged; metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
 //!    rate-limited.
 //!
 //! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
@@ -38,16 +43,20 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::ops::drain::Active;
 use crate::ops::metrics::{LogLimit, Metrics};
+use crate::request::auth;
 use crate::request::body;
-use crate::request::classify::classify_request;
+use crate::request::classify::{classify_request, Family};
+use crate::request::client_limit::ClientLimit;
 use crate::request::cors::{self, Cors};
 use crate::request::ctx::RequestCtx;
-use crate::request::error::{ClientFault, ProxyError};
+use crate::request::error::{ClientFault, Limit, ProxyError};
 use crate::request::observe::InFlight;
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
+use crate::request::usage::UsageReader;
+use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::pick;
 use crate::routing::table::Route;
@@ -65,6 +74,8 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
     pub header_timeout: Duration,
+    /// `limits.per_ip_rpm` and `limits.per_ip_tracked`, when the limit is on.
+    pub per_ip: Option<(u32, usize)>,
     /// `[cors]`: the browser origins allowed.
     pub cors: Cors,
 }
@@ -81,6 +92,7 @@ pub struct Gateway {
     /// is known yet), built once.
     header_errors: [(u16, Bytes); 3],
     fault_log: LogLimit,
+    per_ip: Option<ClientLimit>,
 }
 
 impl Gateway {
@@ -96,6 +108,9 @@ impl Gateway {
             ProxyError::HeaderTimeout(config.header_timeout),
         ]
         .map(|e| (e.status(), respond::openai_body(&e)));
+        let per_ip = config
+            .per_ip
+            .map(|(rpm, tracked)| ClientLimit::new(rpm, tracked));
         Self {
             state,
             active,
@@ -104,6 +119,7 @@ impl Gateway {
             clock: Millis::new(Arc::new(SystemClock)),
             header_errors,
             fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
+            per_ip,
         }
     }
 
@@ -128,7 +144,17 @@ impl ProxyHttp for Gateway {
         }
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
-        match self.find_route(session, ctx).await {
+        let found = match self.client_limit(session, ctx) {
+            Err(e) => Err(e.into_pingora()),
+            Ok(()) => match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
+                Ok(key) => {
+                    ctx.key = key;
+                    self.find_route(session, ctx).await
+                }
+                Err(e) => Err(e.into_pingora()),
+            },
+        };
+        match found {
             Ok(Some(route)) => {
                 ctx.route = Some(route);
                 Ok(false)
@@ -138,8 +164,14 @@ impl ProxyHttp for Gateway {
             Err(e) => match ProxyError::raised(&e) {
                 // The request's own fault or state: answered here, the connection stays open.
                 Some(err) => {
-                    respond::send_error(session, ctx.family.format(), err, ctx.cors.as_ref())
-                        .await?;
+                    respond::send_error(
+                        session,
+                        ctx.family.format(),
+                        err,
+                        ctx.cors.as_ref(),
+                        ctx.rate.as_ref(),
+                    )
+                    .await?;
                     Ok(true)
                 }
                 // A failed read from the client: pingora's error handling.
@@ -181,7 +213,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         match ctx.endpoint() {
-            Some(endpoint) => upstream::rewrite_request(upstream_request, endpoint),
+            Some(endpoint) => {
+                upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())
+            }
             None => Ok(()),
         }
     }
@@ -242,7 +276,23 @@ impl ProxyHttp for Gateway {
         if let Some(endpoint) = ctx.endpoint() {
             upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
         }
+        if let Some(rate) = &ctx.rate {
+            rate.write(upstream_response)?;
+        }
         cors::decorate(upstream_response, ctx.cors.as_ref())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(reader), Some(chunk)) = (ctx.usage.as_mut(), body.as_ref()) {
+            reader.feed(chunk);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -292,7 +342,8 @@ impl ProxyHttp for Gateway {
                 // HTTP/1.1 client does not reuse it.
                 session.set_keepalive(None);
                 if let Err(write_err) =
-                    respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref()).await
+                    respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref(), None)
+                        .await
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
@@ -327,6 +378,12 @@ impl ProxyHttp for Gateway {
         let endpoint = ctx.endpoint().map(|e| e.id.as_str()).unwrap_or("");
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
+        self.charge_tokens(ctx);
+        if ctx.table.auth.required {
+            let key = ctx.key.as_ref().map_or("-", |k| k.id.as_str());
+            let tokens = ctx.usage.as_ref().and_then(UsageReader::tokens);
+            self.metrics.key_request(key, status, tokens);
+        }
         if let Some(e) = e {
             match ClientFault::of(e) {
                 Some(fault) => {
@@ -351,6 +408,13 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch (key expiry).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Why no endpoint is left for `route`: none could take requests at all, or every one tried
 /// failed (the last with `status`).
 fn nothing_left(route: &Route, status: u16) -> ProxyError {
@@ -365,6 +429,49 @@ fn nothing_left(route: &Route, status: u16) -> ProxyError {
 }
 
 impl Gateway {
+    /// Charges the tokens its response reported to the key's tokens-per-minute cell.
+    fn charge_tokens(&self, ctx: &RequestCtx) {
+        let (Some(key), Some(reader)) = (&ctx.key, &ctx.usage) else {
+            return;
+        };
+        let Some((prompt, completion)) = reader.tokens() else {
+            return;
+        };
+        if let Some(tpm) = key.state.effective(Leased::Tpm, key.tpm).filter(|t| *t > 0) {
+            let now = self.clock.now_ms().saturating_mul(1_000_000);
+            key.state
+                .tokens
+                .charge(u64::from(tpm), prompt.saturating_add(completion), now);
+        }
+    }
+
+    /// Refuses a request over its client address's rate (`[limits] per_ip_rpm`).
+    fn client_limit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let Some(limit) = &self.per_ip else {
+            return Ok(());
+        };
+        let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms().saturating_mul(1_000_000);
+        match limit.take(ip, now) {
+            Some(d) if !d.allowed => {
+                let refused = auth::refuse(
+                    Limit::ClientAddress,
+                    d.retry_after_ns,
+                    auth::RateHeaders::default(),
+                );
+                ctx.rate = Some(refused.rate);
+                Err(refused.error)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The request's route (`None`: answered from the table), or why it has none.
     async fn find_route(
         &self,
@@ -376,8 +483,8 @@ impl Gateway {
         let plan = target::plan(&ctx.table, ready, ctx.family, session.req_header(), limit);
         let target = match plan.map_err(ProxyError::into_pingora)? {
             Plan::ModelsList => {
-                let body = respond::models_list(&ctx.table);
-                respond::send_json(session, 200, body, ctx.cors.as_ref()).await?;
+                let list = respond::models_list(&ctx.table, ctx.key.as_deref());
+                respond::send_json(session, 200, list, ctx.cors.as_ref()).await?;
                 return Ok(None);
             }
             Plan::Route(target) => target,
@@ -386,9 +493,26 @@ impl Gateway {
                 target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
             }
         };
-        target::admit(target, &mut ctx.want, self.clock.now_ms())
-            .map(Some)
-            .map_err(ProxyError::into_pingora)
+        auth::authorize(ctx.key.as_deref(), &target.route.name)
+            .map_err(ProxyError::into_pingora)?;
+        let now = self.clock.now_ms();
+        let route = target::admit(target, &mut ctx.want, now).map_err(ProxyError::into_pingora)?;
+        if let Some(key) = &ctx.key {
+            match auth::admit(key, now.saturating_mul(1_000_000)) {
+                Ok((permit, rate)) => {
+                    ctx.permit = Some(permit);
+                    if ctx.family == Family::OpenAi {
+                        ctx.usage = Some(UsageReader::default());
+                    }
+                    ctx.rate = (rate != auth::RateHeaders::default()).then_some(rate);
+                }
+                Err(refused) => {
+                    ctx.rate = Some(refused.rate);
+                    return Err(refused.error.into_pingora());
+                }
+            }
+        }
+        Ok(Some(route))
     }
 
     fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {

@@ -4,15 +4,21 @@
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
 //! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
 //! - [`classify`] — its route family, from method, path and content type;
+//! - [`client_limit`] — its client address's request rate (`[limits] per_ip_rpm`);
+//! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
+//!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
 //!   [`model_scan`]);
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
-//! - [`observe`] — its in-flight count.
+//! - [`observe`] — its in-flight count;
+//! - [`usage`] — the response's token counts, read as it streams past (tokens per minute).
 
+pub mod auth;
 pub mod body;
 pub mod classify;
+pub mod client_limit;
 pub mod cors;
 pub mod ctx;
 pub mod error;
@@ -23,3 +29,4 @@ pub mod respond;
 pub mod retry;
 pub mod target;
 pub mod upstream;
+pub mod usage;

@@ -13,8 +13,10 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::json;
 
+use crate::request::auth::RateHeaders;
 use crate::request::cors;
 use crate::request::error::ProxyError;
+use crate::routing::keys::ApiKey;
 use crate::routing::table::RoutingTable;
 
 /// The error formats of the route families.
@@ -46,20 +48,27 @@ pub fn tei_body(err: &ProxyError) -> Bytes {
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
-/// Writes `err` in `format` (with an allowed origin's CORS headers).
+/// Writes `err` in `format` (with an allowed origin's CORS headers, and the key's rate-limit
+/// headers when it has any).
 pub async fn send_error(
     session: &mut Session,
     format: ErrorFormat,
     err: &ProxyError,
     cors: Option<&HeaderValue>,
+    rate: Option<&RateHeaders>,
 ) -> Result<()> {
     match format {
-        ErrorFormat::OpenAi => send_json(session, err.status(), openai_body(err), cors).await,
-        ErrorFormat::Tei => send_json(session, err.status(), tei_body(err), cors).await,
+        ErrorFormat::OpenAi => {
+            send_json_with(session, err.status(), openai_body(err), cors, rate).await
+        }
+        ErrorFormat::Tei => send_json_with(session, err.status(), tei_body(err), cors, rate).await,
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
             let mut resp = ResponseHeader::build(200, Some(4))?;
             cors::decorate(&mut resp, cors)?;
+            if let Some(rate) = rate {
+                rate.write(&mut resp)?;
+            }
             resp.insert_header(header::CONTENT_TYPE, "application/grpc")?;
             resp.insert_header("grpc-status", (err.grpc_code() as i32).to_string())?;
             let message =
@@ -82,8 +91,21 @@ pub async fn send_json(
     body: Bytes,
     cors: Option<&HeaderValue>,
 ) -> Result<()> {
+    send_json_with(session, status, body, cors, None).await
+}
+
+async fn send_json_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    cors: Option<&HeaderValue>,
+    rate: Option<&RateHeaders>,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(7))?;
     cors::decorate(&mut resp, cors)?;
+    if let Some(rate) = rate {
+        rate.write(&mut resp)?;
+    }
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -92,10 +114,11 @@ pub async fn send_json(
 }
 
 /// `GET /v1/models` answered from the table: OpenAI list format, plus each model's kind and
-/// available-endpoint count (`multiverse` extension object).
-pub fn models_list(table: &RoutingTable) -> Bytes {
+/// available-endpoint count (`multiverse` extension object). With a key, only its models.
+pub fn models_list(table: &RoutingTable, key: Option<&ApiKey>) -> Bytes {
     let data: Vec<_> = table
         .routes()
+        .filter(|r| key.is_none_or(|k| k.allows(&r.name)))
         .map(|r| {
             json!({
                 "id": r.name,

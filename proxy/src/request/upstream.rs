@@ -7,6 +7,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 
+use crate::request::auth::CREDENTIAL_HEADERS;
 use crate::routing::table::{Endpoint, Policy, Protocol};
 
 /// Proxy-wide upstream settings, used where a model's policy sets none.
@@ -62,9 +63,17 @@ fn worker_key() -> u64 {
     KEY.with(|k| *k)
 }
 
-/// Rewrites the request for the endpoint.
-pub fn rewrite_request(req: &mut RequestHeader, endpoint: &Endpoint) -> Result<()> {
+/// Rewrites the request for the endpoint. `keyed`: the client authenticated with a gateway
+/// key, which the upstream must never see, so every credential header is removed (in open
+/// mode a client's own `Authorization` passes through, as before keys existed); the endpoint's
+/// own key, if it has one, replaces it either way.
+pub fn rewrite_request(req: &mut RequestHeader, endpoint: &Endpoint, keyed: bool) -> Result<()> {
     req.insert_header(http::header::HOST, endpoint.host.as_str())?;
+    if keyed {
+        for h in CREDENTIAL_HEADERS {
+            req.remove_header(h);
+        }
+    }
     if let Some(auth) = &endpoint.authorization {
         req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
     }

@@ -36,13 +36,14 @@ pub(crate) fn route_of(
             endpoints,
             ..Default::default()
         }],
+        auth: None,
     };
     let mut planes = BTreeMap::new();
     planes.insert(
         "cp".to_string(),
         PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
     );
-    let table = RoutingTable::merge(&planes, "test", &mut HashMap::new());
+    let table = RoutingTable::merge(&planes, "test", &mut HashMap::new(), &mut HashMap::new());
     table.route("m").expect("route").clone()
 }
 
@@ -57,11 +58,11 @@ pub(crate) fn route_with(healths: &[pb::HealthStatus]) -> Arc<Route> {
 
 /// A one-plane table of these models (literal addresses).
 pub(crate) fn table_of(models: Vec<pb::Model>) -> RoutingTable {
-    let snap = pb::RouteSnapshot { models };
+    let snap = pb::RouteSnapshot { models, auth: None };
     let mut planes = BTreeMap::new();
     planes.insert(
         "cp".to_string(),
         PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
     );
-    RoutingTable::merge(&planes, "test", &mut HashMap::new())
+    RoutingTable::merge(&planes, "test", &mut HashMap::new(), &mut HashMap::new())
 }

@@ -1,8 +1,10 @@
 //! Where requests can go: the immutable routing table, the one conversion from pushed routes to
 //! it, endpoint choice, per-endpoint state (load and outlier ejection, on an injectable clock),
-//! and the `ArcSwap` that holds the current table.
+//! inference API keys and their limits' state, and the `ArcSwap` that holds the current table.
 
 pub mod endpoint;
+pub mod keys;
+pub mod limits;
 pub mod outlier;
 pub mod pick;
 pub mod snapshot;

@@ -13,6 +13,8 @@ use http::HeaderValue;
 use multiverse_proto::discovery::v1 as pb;
 
 use crate::routing::endpoint::EndpointState;
+use crate::routing::keys::{KeySet, KeySpec, PlaneAuth};
+use crate::routing::limits::KeyState;
 use crate::routing::table::{
     Endpoint, Health, LbStrategy, ModelKind, Policy, Protocol, Route, RoutingTable,
     DEFAULT_MAX_RETRIES,
@@ -26,6 +28,7 @@ impl RoutingTable {
         planes: impl IntoIterator<Item = (&'a String, &'a PlaneRoutes)>,
         source: &str,
         states: &mut HashMap<String, Arc<EndpointState>>,
+        key_states: &mut HashMap<String, Arc<KeyState>>,
     ) -> RoutingTable {
         let planes: Vec<(&String, &PlaneRoutes)> = planes.into_iter().collect();
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
@@ -67,7 +70,8 @@ impl RoutingTable {
                 (name, route)
             })
             .collect();
-        RoutingTable::from_routes(version, source.to_string(), models)
+        let auth = KeySet::merge(planes.iter().map(|(_, p)| &p.auth), key_states);
+        RoutingTable::from_routes(version, source.to_string(), models, auth)
     }
 }
 
@@ -76,6 +80,7 @@ impl RoutingTable {
 pub struct PlaneRoutes {
     pub version: String,
     pub models: Vec<ModelSpec>,
+    pub auth: PlaneAuth,
 }
 
 /// A validated model from a snapshot.
@@ -160,6 +165,12 @@ pub enum SnapshotError {
     BadApiKey { model: String, id: String },
     #[error("model `{0}`: path_prefix must start with '/'")]
     BadPathPrefix(String),
+    #[error("API key #{0} has an empty id")]
+    EmptyKeyId(usize),
+    #[error("API key `{0}` appears twice")]
+    DuplicateKey(String),
+    #[error("API key `{0}`: sha256 must be 32 bytes")]
+    BadKeyHash(String),
 }
 
 impl PlaneRoutes {
@@ -198,8 +209,41 @@ impl PlaneRoutes {
         Ok(PlaneRoutes {
             version: version.to_string(),
             models,
+            auth: auth_from(snapshot.auth.as_ref())?,
         })
     }
+}
+
+/// A snapshot's keys, validated (ids unique, hashes 32 bytes).
+fn auth_from(auth: Option<&pb::InferenceAuth>) -> Result<PlaneAuth, SnapshotError> {
+    let Some(auth) = auth else {
+        return Ok(PlaneAuth::default());
+    };
+    let mut ids = std::collections::HashSet::new();
+    let mut keys = Vec::with_capacity(auth.keys.len());
+    for (i, k) in auth.keys.iter().enumerate() {
+        if k.id.is_empty() {
+            return Err(SnapshotError::EmptyKeyId(i));
+        }
+        if !ids.insert(k.id.as_str()) {
+            return Err(SnapshotError::DuplicateKey(k.id.clone()));
+        }
+        let hash = <[u8; 32]>::try_from(k.sha256.as_slice())
+            .map_err(|_| SnapshotError::BadKeyHash(k.id.clone()))?;
+        keys.push(KeySpec {
+            id: k.id.clone(),
+            hash,
+            models: k.models.clone(),
+            rpm: k.rpm,
+            tpm: k.tpm,
+            max_concurrent: k.max_concurrent,
+            expires_at_unix_ms: k.expires_at_unix_ms,
+        });
+    }
+    Ok(PlaneAuth {
+        require_keys: auth.require_keys,
+        keys,
+    })
 }
 
 fn policy_from(p: Option<&pb::RoutingPolicy>) -> Policy {
@@ -361,6 +405,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            auth: None,
         }
     }
 
@@ -420,7 +465,7 @@ mod tests {
             PlaneRoutes::from_snapshot("9", Some(&b), &parse_socket_addr).expect("b"),
         );
         let mut states = HashMap::new();
-        let t1 = RoutingTable::merge(&planes, "control-plane", &mut states);
+        let t1 = RoutingTable::merge(&planes, "control-plane", &mut states, &mut HashMap::new());
         assert_eq!(t1.version, "cp-a=3,cp-b=9");
         let demo = t1.route("demo").expect("demo");
         assert_eq!(demo.endpoints.len(), 2);
@@ -428,7 +473,7 @@ mod tests {
             .state
             .in_flight
             .store(5, Ordering::Relaxed);
-        let t2 = RoutingTable::merge(&planes, "control-plane", &mut states);
+        let t2 = RoutingTable::merge(&planes, "control-plane", &mut states, &mut HashMap::new());
         let a1 = &t2.route("demo").expect("demo").endpoints[0];
         assert_eq!(a1.state.in_flight.load(Ordering::Relaxed), 5);
         assert!(t2.route("other").is_some());
@@ -458,13 +503,14 @@ mod tests {
         };
         let snap = pb::RouteSnapshot {
             models: vec![embed, rerank],
+            auth: None,
         };
         let mut planes = BTreeMap::new();
         planes.insert(
             "cp".to_string(),
             PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
         );
-        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new());
+        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new(), &mut HashMap::new());
         let name = |k, c| t.sole(k, c).map(|r| r.name.clone());
         assert_eq!(
             name(ModelKind::Embedding.bit(), ProtoClass::Http).as_deref(),

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::routing::endpoint::EndpointState;
+use crate::routing::limits::{KeyState, Leased};
 use crate::routing::snapshot::PlaneRoutes;
 use crate::routing::table::RoutingTable;
+use multiverse_proto::discovery::v1 as pb;
 
 /// Called with every table swapped in (under the writers' mutex, never on the request path).
 pub type SwapHook = Box<dyn Fn(&RoutingTable) + Send + Sync>;
@@ -36,6 +38,8 @@ struct Planes {
     routes: BTreeMap<String, Vec<(String, PlaneRoutes)>>,
     /// Runtime state of every endpoint in the table, by id (kept across versions).
     states: HashMap<String, Arc<EndpointState>>,
+    /// Limits' state of every key, by id (kept across versions).
+    key_states: HashMap<String, Arc<KeyState>>,
 }
 
 impl TableState {
@@ -105,12 +109,60 @@ impl TableState {
             .collect()
     }
 
+    /// The use of `plane`'s keys since the last call, for its usage report (keys with limits
+    /// that were asked for only).
+    pub fn usage(&self, plane: &str) -> Vec<pb::KeyUsage> {
+        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((_, routes)) = planes.routes.get(plane).and_then(|held| held.last()) else {
+            return Vec::new();
+        };
+        routes
+            .auth
+            .keys
+            .iter()
+            .filter(|k| k.rpm > 0 || k.tpm > 0 || k.max_concurrent > 0)
+            .filter_map(|k| {
+                let (admitted, refused) = planes.key_states.get(&k.id)?.take_usage();
+                (admitted + refused > 0).then(|| pb::KeyUsage {
+                    key_id: k.id.clone(),
+                    admitted,
+                    refused,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores `plane`'s leases of its keys' limits (a key this plane does not own is ignored;
+    /// one not in the table yet gets its lease with the state it will have).
+    pub fn apply_leases(&self, plane: &str, leases: &pb::LeaseUpdate) {
+        let mut planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        let Planes {
+            routes, key_states, ..
+        } = &mut *planes;
+        let Some((_, routes)) = routes.get(plane).and_then(|held| held.last()) else {
+            return;
+        };
+        for lease in &leases.keys {
+            if !routes.auth.keys.iter().any(|k| k.id == lease.key_id) {
+                continue;
+            }
+            let state = key_states.entry(lease.key_id.clone()).or_default();
+            state.set_lease(Leased::Rpm, lease.rpm);
+            state.set_lease(Leased::Tpm, lease.tpm);
+            state.set_lease(Leased::Concurrent, lease.max_concurrent);
+        }
+    }
+
     fn rebuild(&self, planes: &mut Planes) {
-        let Planes { routes, states } = planes;
+        let Planes {
+            routes,
+            states,
+            key_states,
+        } = planes;
         let current = routes
             .iter()
             .filter_map(|(id, held)| held.last().map(|(_, r)| (id, r)));
-        let table = RoutingTable::merge(current, &self.source, states);
+        let table = RoutingTable::merge(current, &self.source, states, key_states);
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),
@@ -130,6 +182,7 @@ mod tests {
         PlaneRoutes {
             version: version.into(),
             models: Vec::new(),
+            auth: Default::default(),
         }
     }
 

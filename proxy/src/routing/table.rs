@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::routing::endpoint::EndpointState;
+use crate::routing::keys::KeySet;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 
 /// Retries after the first attempt when the control plane leaves it unset.
@@ -136,6 +137,8 @@ pub struct RoutingTable {
     pub version: String,
     /// Where it came from (`control-plane`, `static:<file>`, `empty`).
     pub source: String,
+    /// Inference API keys (ids and limits only in `/config_dump`).
+    pub auth: KeySet,
     models: BTreeMap<String, Arc<Route>>,
     #[serde(skip)]
     index: HashMap<String, Arc<Route>>,
@@ -197,6 +200,7 @@ impl RoutingTable {
         version: String,
         source: String,
         models: BTreeMap<String, Arc<Route>>,
+        auth: KeySet,
     ) -> RoutingTable {
         let index = models.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut pins = HashMap::new();
@@ -221,6 +225,7 @@ impl RoutingTable {
         RoutingTable {
             version,
             source,
+            auth,
             models,
             index,
             pins,

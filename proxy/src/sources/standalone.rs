@@ -29,6 +29,80 @@ pub struct RoutesFile {
     pub version: Option<String>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// Inference API keys (`[auth]`); absent: open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthEntry>,
+}
+
+/// The `[auth]` table: whether keys are required, and the keys (hashes only).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthEntry {
+    /// `open` (default) or `keys`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub id: String,
+    /// SHA-256 of the secret, 64 hex digits (`multiverse-proxy hash-key`).
+    pub sha256: String,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub rpm: u32,
+    #[serde(default)]
+    pub tpm: u32,
+    #[serde(default)]
+    pub max_concurrent: u32,
+    /// RFC 3339; absent: never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+fn default_mode() -> String {
+    "open".into()
+}
+
+/// The `[auth]` table as a snapshot's; errors name the key.
+fn auth_from(auth: AuthEntry) -> Result<pb::InferenceAuth, String> {
+    let require_keys = match auth.mode.as_str() {
+        "open" => false,
+        "keys" => true,
+        other => return Err(format!("`auth.mode`: `{other}` is not `open` or `keys`")),
+    };
+    let mut keys = Vec::with_capacity(auth.keys.len());
+    for (i, k) in auth.keys.into_iter().enumerate() {
+        let hash = multiverse_common::keys::hash_from_hex(&k.sha256)
+            .ok_or_else(|| format!("`auth.keys[{i}].sha256`: expected 64 hex digits"))?;
+        let expires_at_unix_ms = match &k.expires_at {
+            None => 0,
+            Some(t) => {
+                let at = humantime::parse_rfc3339(t).map_err(|e| {
+                    format!("`auth.keys[{i}].expires_at`: `{t}` is not RFC 3339: {e}")
+                })?;
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+            }
+        };
+        keys.push(pb::ApiKey {
+            id: k.id,
+            sha256: hash.to_vec(),
+            models: k.models,
+            rpm: k.rpm,
+            tpm: k.tpm,
+            max_concurrent: k.max_concurrent,
+            expires_at_unix_ms,
+        });
+    }
+    Ok(pb::InferenceAuth { require_keys, keys })
 }
 
 /// One `[[models]]` entry.
@@ -97,11 +171,11 @@ fn pick<T: FromStr<Err = UnknownName>>(key: &str, value: &str) -> Result<T, Stri
 pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read routes file {}: {e}", path.display()))?;
-    let file: RoutesFile = toml::from_str(&text)
+    let mut file: RoutesFile = toml::from_str(&text)
         .map_err(|e| format!("invalid routes file {}: {e}", path.display()))?;
     let in_file = |m: String| format!("invalid routes file {}: {m}", path.display());
     let mut models = Vec::with_capacity(file.models.len());
-    for (i, m) in file.models.into_iter().enumerate() {
+    for (i, m) in std::mem::take(&mut file.models).into_iter().enumerate() {
         let key = |k: &str| format!("models[{i}].{k}");
         let kind = pb::ModelKind::from(pick::<ModelKind>(&key("kind"), &m.kind).map_err(in_file)?);
         let lb = match m.lb.as_deref() {
@@ -153,7 +227,8 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
         text.hash(&mut h);
         format!("static-{:016x}", h.finish())
     });
-    Ok((version, pb::RouteSnapshot { models }))
+    let auth = file.auth.map(auth_from).transpose().map_err(in_file)?;
+    Ok((version, pb::RouteSnapshot { models, auth }))
 }
 
 /// Loads, validates and applies the file; on error the current table stays.

@@ -89,6 +89,7 @@ pub fn model_toml(name: &str, kind: &str, extra: &str, endpoints: &[Ep]) -> Stri
     let file = RoutesFile {
         version: None,
         models: vec![entry],
+        auth: None,
     };
     to_toml(&file).unwrap_or_else(|e| panic!("{e:#}"))
 }

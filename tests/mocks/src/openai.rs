@@ -3,7 +3,8 @@
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
 //! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
 //! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
-//! ([`OpenAiArgs`]) add latency, pacing, injected failures and API-key checks. Errors use
+//! ([`OpenAiArgs`]) add latency, pacing, injected failures and API-key checks (every /v1
+//! response names the credential headers it got in `x-mock-credentials`). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -222,7 +223,22 @@ async fn require_api_key(
             .into_response();
         }
     }
-    next.run(request).await
+    // Which credential headers arrived (names only), so tests can check what a gateway
+    // forwards.
+    let seen: Vec<&str> = ["authorization", "api-key", "x-api-key"]
+        .into_iter()
+        .filter(|h| headers.contains_key(*h))
+        .collect();
+    let seen = if seen.is_empty() {
+        "none".to_string()
+    } else {
+        seen.join(",")
+    };
+    let mut resp = next.run(request).await;
+    if let Ok(v) = header::HeaderValue::from_str(&seen) {
+        resp.headers_mut().insert("x-mock-credentials", v);
+    }
+    resp
 }
 
 async fn stats(State(app): State<Arc<App>>) -> Json<common::StatsSnapshot> {

@@ -36,6 +36,8 @@ pub enum Scenario {
     #[value(name = "models-10k")]
     #[serde(rename = "models-10k")]
     Models10k,
+    /// A proxy in keys mode vs the open proxy: chat latency (what the key check adds).
+    Keys,
 }
 
 impl Scenario {

@@ -17,6 +17,8 @@
 //! - `memory`: the proxy's RSS idle, under load and over a soak.
 //! - `models-10k`: the proxy with 10 000 models in its table: RSS, and chat latency against the
 //!   proxy with a small table in the same run.
+//! - `keys`: a proxy in keys mode (1 000 keys) against the open proxy: chat latency, what the
+//!   key check adds.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -28,12 +30,13 @@
 
 //!
 //! Modules, one per part of the run: [`cli`] (command line and settings), [`latency`],
-//! [`throughput`], [`memory`], [`models`] and [`propagation`] (the scenarios, each with its
+//! [`throughput`], [`memory`], [`models`], [`keys`] and [`propagation`] (the scenarios, each with its
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
 mod cli;
 mod cpu;
+mod keys;
 mod latency;
 mod memory;
 mod models;
@@ -128,6 +131,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         propagation: None,
         memory: None,
         models_10k: None,
+        keys: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -246,6 +250,15 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.models_10k = Some(m);
                 }
                 Err(e) => record.failures.push(format!("models-10k: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Keys) && stack.ensure_running().is_ok() {
+            match keys::keys_scenario(&rt, &launch, &client, &stack, &settings) {
+                Ok(k) => {
+                    record.failures.extend(k.latency.failures.iter().cloned());
+                    record.keys = Some(k);
+                }
+                Err(e) => record.failures.push(format!("keys: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

@@ -13,6 +13,7 @@ use multiverse_benches::load::schedule::PacerStats;
 
 use crate::cli::Settings;
 use crate::cpu::CpuRecord;
+use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
 use crate::propagation::PropagationRecord;
@@ -35,6 +36,7 @@ pub struct Record {
     pub propagation: Option<PropagationRecord>,
     pub memory: Option<MemoryRecord>,
     pub models_10k: Option<ModelsRecord>,
+    pub keys: Option<KeysRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,

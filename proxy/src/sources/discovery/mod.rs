@@ -11,7 +11,9 @@
 //! the plane's routes stay in the table (or, with `withdraw_after`, are withdrawn once the plane
 //! has been unreachable that long, or its address has left the name that long) and the proxy
 //! reconnects with jittered exponential backoff. HTTP/2 keepalives detect a dead control plane
-//! within seconds.
+//! within seconds. Every second the use of the plane's inference keys is reported on the same
+//! stream, and the plane's lease updates (this proxy's share of each key's fleet-wide limits)
+//! are applied as they come, without an answer.
 //!
 //! The decisions live apart from the I/O, each unit-tested: [`session`] (what to send: hello,
 //! ACK, NACK; the plane's id and versions), [`reconnect`] (when to try again, when to withdraw),
@@ -47,6 +49,9 @@ use crate::routing::TableState;
 use dns::DnsSource;
 use reconnect::{Reconnect, ReconnectConfig};
 use session::{PlaneSession, Pushed};
+
+/// How often the use of a plane's keys is reported to it (it rebalances their leases as often).
+const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Discovery client settings.
 #[derive(Debug, Clone)]
@@ -371,9 +376,33 @@ impl PlaneClient {
         self.set_connected(true);
         reconnect.connected();
         tracing::info!(url = %self.url, "discovery stream open");
-        while let Some(resp) = responses.message().await? {
-            let pushed = session.received(resp);
-            let reply = self.handle(session, pushed).await;
+        let mut report = tokio::time::interval(USAGE_REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let reply = tokio::select! {
+                resp = responses.message() => {
+                    let Some(resp) = resp? else { break };
+                    if resp.snapshot.is_none() {
+                        if let Some(leases) = &resp.leases {
+                            // A lease update: applied, not answered.
+                            self.shared.state.apply_leases(session.plane(), leases);
+                            continue;
+                        }
+                    }
+                    let pushed = session.received(resp);
+                    self.handle(session, pushed).await
+                }
+                _ = report.tick() => {
+                    let keys = self.shared.state.usage(session.plane());
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    pb::DiscoveryRequest {
+                        usage: Some(pb::UsageReport { keys }),
+                        ..Default::default()
+                    }
+                }
+            };
             if tx.send(reply).await.is_err() {
                 break;
             }

@@ -67,6 +67,7 @@ impl PlaneSession {
             version_info: self.acked.clone(),
             response_nonce: String::new(),
             error_detail: None,
+            usage: None,
         }
     }
 
@@ -100,6 +101,7 @@ impl PlaneSession {
             version_info: version,
             response_nonce: nonce,
             error_detail: None,
+            usage: None,
         }
     }
 
@@ -110,6 +112,7 @@ impl PlaneSession {
             version_info: self.running.clone(),
             response_nonce: nonce,
             error_detail: Some(pb::ErrorDetail { message: reason }),
+            usage: None,
         }
     }
 
@@ -129,6 +132,7 @@ mod tests {
             nonce: nonce.into(),
             snapshot: Some(pb::RouteSnapshot::default()),
             control_plane_id: plane.into(),
+            leases: None,
         }
     }
 
