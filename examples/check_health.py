@@ -52,7 +52,8 @@ def main():
         if h.get("status") == "unhealthy":
             problems.append(f"backend {b['name']} is {h.get('status')}")
 
-    status, body = get(f"{CONTROL_URL}/proxies")
+    # Behind the key unless the control plane sets [admin] public_read.
+    status, body = get(f"{CONTROL_URL}/proxies", key)
     if body:
         current = body.get("current_version")
         for px in body.get("proxies", []):

@@ -25,7 +25,8 @@ check "proxy alive" "$proxy_admin/healthz"
 check "proxy ready" "$proxy_admin/ready"
 check "control plane" "$control/health"
 check "backends" "$control/admin/backends" -H "Authorization: Bearer $MULTIVERSE_ADMIN_KEY"
-check "subscribed proxies" "$control/proxies"
+# Behind the key unless the control plane sets [admin] public_read.
+check "subscribed proxies" "$control/proxies" -H "Authorization: Bearer $MULTIVERSE_ADMIN_KEY"
 # A backend whose status is not healthy fails the check too.
 if curl --silent --max-time 5 -H "Authorization: Bearer $MULTIVERSE_ADMIN_KEY" "$control/admin/backends" \
   | grep -q '"status":"unhealthy"'; then

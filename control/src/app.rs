@@ -53,6 +53,7 @@ pub struct App {
     addrs: Addrs,
     api_listener: TcpListener,
     discovery_listener: TcpListener,
+    discovery_tls: Option<Arc<rustls::ServerConfig>>,
     api: ApiState,
     manager: Arc<Manager>,
     events: Arc<EventBus>,
@@ -148,6 +149,14 @@ impl App {
 
         let api_listener = bind(&cfg.listen.api, "listen.api").await?;
         let discovery_listener = bind(&cfg.listen.discovery, "listen.discovery").await?;
+        // Every TLS file is read now: a bad one stops the start, naming it.
+        let discovery_tls = match &cfg.discovery.tls {
+            Some(tls) => Some(
+                tls.server_config()
+                    .map_err(|e| anyhow::anyhow!("discovery.tls: {e}"))?,
+            ),
+            None => None,
+        };
         let addrs = Addrs {
             api: api_listener.local_addr()?,
             discovery: discovery_listener.local_addr()?,
@@ -172,6 +181,8 @@ impl App {
             instances: manager.clone(),
             gpus,
             events: events.clone(),
+            public_read: cfg.admin.public_read,
+            max_body_bytes: cfg.admin.max_body_bytes,
             ui: Arc::new(cfg.ui.clone()),
         };
         Ok(App {
@@ -179,6 +190,7 @@ impl App {
             addrs,
             api_listener,
             discovery_listener,
+            discovery_tls,
             api,
             manager,
             events,
@@ -205,7 +217,12 @@ impl App {
             self.api.metrics.clone(),
             leases,
         );
-        let grpc = discovery::serve(self.discovery_listener, service, wait_stop(stop_rx.clone()));
+        let grpc = discovery::serve(
+            self.discovery_listener,
+            service,
+            self.discovery_tls,
+            wait_stop(stop_rx.clone()),
+        );
         let backends = self.api.registry.list().len();
         let http = api::serve(self.api_listener, self.api, wait_stop(stop_rx));
         tracing::info!(

@@ -17,6 +17,7 @@ use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
 use crate::keys::AuthSettings;
+use crate::tls::TlsListenerConfig;
 
 /// Default operator API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:9000";
@@ -184,6 +185,11 @@ pub struct AdminConfig {
     pub allow_private_backends: bool,
     /// Most backends that may be registered.
     pub max_backends: usize,
+    /// Serve `/gpus`, `/snapshot` and `/proxies` (host detail: process ids, endpoint addresses,
+    /// proxy ids) without a key.
+    pub public_read: bool,
+    /// Largest operator API request body (413 `PAYLOAD_TOO_LARGE` above).
+    pub max_body_bytes: usize,
     /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
     /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
     pub per_ip_rpm: u32,
@@ -196,6 +202,8 @@ impl Default for AdminConfig {
             api_key_file: None,
             allow_private_backends: false,
             max_backends: 256,
+            public_read: false,
+            max_body_bytes: 1024 * 1024,
             per_ip_rpm: 0,
         }
     }
@@ -206,11 +214,16 @@ impl Default for AdminConfig {
 pub struct DiscoverySettings {
     /// Changes within this many ms of the first become one snapshot version.
     pub coalesce_ms: u64,
+    /// TLS (and mTLS) on the discovery listener; cleartext without it.
+    pub tls: Option<TlsListenerConfig>,
 }
 
 impl Default for DiscoverySettings {
     fn default() -> Self {
-        Self { coalesce_ms: 20 }
+        Self {
+            coalesce_ms: 20,
+            tls: None,
+        }
     }
 }
 
@@ -263,6 +276,28 @@ impl ControlConfig {
                 )
             })?;
         }
+        if let Some(tls) = &self.discovery.tls {
+            for (key, file) in [
+                ("discovery.tls.cert_file", &tls.cert_file),
+                ("discovery.tls.key_file", &tls.key_file),
+            ] {
+                if file.as_os_str().is_empty() {
+                    return Err(invalid(key.into(), "is required in [discovery.tls]".into()));
+                }
+            }
+            if !tls.allowed_names.is_empty() && tls.client_ca_file.is_none() {
+                return Err(invalid(
+                    "discovery.tls.allowed_names".into(),
+                    "needs discovery.tls.client_ca_file (client certificates are only asked for with a CA)".into(),
+                ));
+            }
+            if tls.allowed_names.iter().any(|n| n.trim().is_empty()) {
+                return Err(invalid(
+                    "discovery.tls.allowed_names".into(),
+                    "must not contain an empty name".into(),
+                ));
+            }
+        }
         // Two listeners on one address cannot both bind (port 0 picks two free ports).
         if self.listen.api == self.listen.discovery && !self.listen.api.ends_with(":0") {
             return Err(invalid(
@@ -286,6 +321,7 @@ impl ControlConfig {
                 self.health.max_concurrent_checks as u64,
             ),
             ("admin.max_backends", self.admin.max_backends as u64),
+            ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));
@@ -430,6 +466,29 @@ mod tests {
                 .join(name);
             let c = ControlConfig::from_file(&path).expect(name);
             c.validate(Some(&path)).expect(name);
+        }
+    }
+
+    #[test]
+    fn discovery_tls_needs_its_files_and_a_ca_for_an_allow_list() {
+        for (toml, key) in [
+            ("[discovery.tls]\nkey_file = \"/k\"", "discovery.tls.cert_file"),
+            ("[discovery.tls]\ncert_file = \"/c\"", "discovery.tls.key_file"),
+            (
+                "[discovery.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nallowed_names = [\"p\"]",
+                "discovery.tls.allowed_names",
+            ),
+            (
+                "[discovery.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"\nallowed_names = [\" \"]",
+                "discovery.tls.allowed_names",
+            ),
+        ] {
+            let c: ControlConfig = toml::from_str(toml).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .expect_err(toml)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("/etc/c.toml"), "{msg}");
         }
     }
 

@@ -22,7 +22,8 @@
 //! - [`system`] — the host's memory;
 //! - [`metrics`] — Prometheus metrics;
 //! - [`store`] — the durable desired state: its records, its file and its one writer;
-//! - [`changes`] — the one "routes changed" signal.
+//! - [`changes`] — the one "routes changed" signal;
+//! - [`tls`] — TLS and mTLS (client CA, CN/SAN allow-list) for the discovery listener.
 //!
 //! `unsafe_code` is denied by the workspace lints; the one use (`pre_exec` in
 //! [`instances::process`]) is allowed where it is, with its safety argument.
@@ -44,6 +45,7 @@ pub mod store;
 pub mod system;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use app::{Addrs, App};
 pub use config::ControlConfig;

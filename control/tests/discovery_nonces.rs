@@ -66,9 +66,11 @@ fn request(version: &str, nonce: &str, nack: Option<&str>) -> pb::DiscoveryReque
     }
 }
 
+/// A GET with the admin key (`/proxies` needs it: `[admin] public_read` is off by default).
 async fn get(client: &reqwest::Client, url: &str) -> String {
     client
         .get(url)
+        .bearer_auth(KEY)
         .send()
         .await
         .expect("request")

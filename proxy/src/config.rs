@@ -22,6 +22,7 @@ pub struct ProxyConfig {
     pub node_id: Option<String>,
     pub listen: ListenConfig,
     pub clients: ClientsConfig,
+    pub clients_tls: ClientsTlsConfig,
     pub control_planes: Vec<ControlPlaneConfig>,
     pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
@@ -103,6 +104,16 @@ impl Default for ClientsConfig {
             keepalive_timeout_ms: 75_000,
         }
     }
+}
+
+/// A second client listener with TLS (ALPN `h2` and `http/1.1`); off unless `listen` is set.
+/// The certificate chain and key (PEM) are read again on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsTlsConfig {
+    pub listen: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -229,6 +240,11 @@ pub struct DiscoveryTuning {
     /// Resolve `dns+` names from this hosts-format file (read again at every resolution)
     /// instead of the system resolver.
     pub dns_hosts_file: Option<PathBuf>,
+    /// `https://` control planes: the CA (PEM) that signed their certificates (default: the
+    /// system's roots), and this proxy's client certificate and key for mTLS.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -292,6 +308,9 @@ impl Default for DiscoveryTuning {
             // One lookup per proxy every 5 s is negligible load.
             dns_refresh_ms: 5_000,
             dns_hosts_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -335,6 +354,26 @@ impl ProxyConfig {
                 "must differ from listen.clients".into(),
             ));
         }
+        if let Some(value) = &self.clients_tls.listen {
+            let key = "clients_tls.listen";
+            let addr = value
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid(key, format!("`{value}` is not an ip:port address ({e})")))?;
+            if addr.port() != 0 && ports.contains(&addr) {
+                return Err(invalid(
+                    key,
+                    "must differ from listen.clients and listen.admin".into(),
+                ));
+            }
+            for (key, file) in [
+                ("clients_tls.cert_file", &self.clients_tls.cert_file),
+                ("clients_tls.key_file", &self.clients_tls.key_file),
+            ] {
+                if file.is_none() {
+                    return Err(invalid(key, "is required with clients_tls.listen".into()));
+                }
+            }
+        }
         for (i, cp) in self.control_planes.iter().enumerate() {
             let key = format!("control_planes[{i}].url");
             if DnsUrl::parse(&cp.url)
@@ -354,6 +393,17 @@ impl ProxyConfig {
                     ),
                 ));
             }
+        }
+        if self.discovery.tls_cert_file.is_some() != self.discovery.tls_key_file.is_some() {
+            let key = if self.discovery.tls_cert_file.is_some() {
+                "discovery.tls_key_file"
+            } else {
+                "discovery.tls_cert_file"
+            };
+            return Err(invalid(
+                key,
+                "discovery.tls_cert_file and discovery.tls_key_file go together".into(),
+            ));
         }
         if self.standalone.routes_file.is_some() && !self.control_planes.is_empty() {
             return Err(invalid(
@@ -533,6 +583,40 @@ mod tests {
         .expect("parses");
         let msg = c.validate(None).expect_err("0 ms").to_string();
         assert!(msg.contains("discovery.dns_refresh_ms"), "{msg}");
+    }
+
+    #[test]
+    fn a_tls_listener_needs_both_files_and_its_own_address() {
+        let c: ProxyConfig =
+            toml::from_str("[clients_tls]\nlisten = \"127.0.0.1:8443\"\ncert_file = \"/c.pem\"")
+                .expect("parses");
+        let msg = c
+            .validate(Some(Path::new("/etc/p.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("clients_tls.key_file") && msg.contains("/etc/p.toml"),
+            "{msg}"
+        );
+        let c: ProxyConfig = toml::from_str(
+            "[clients_tls]\nlisten = \"127.0.0.1:8080\"\ncert_file = \"/c\"\nkey_file = \"/k\"",
+        )
+        .expect("parses");
+        let msg = c.validate(None).unwrap_err().to_string();
+        assert!(
+            msg.contains("clients_tls.listen") && msg.contains("differ"),
+            "{msg}"
+        );
+        let c: ProxyConfig =
+            toml::from_str("[discovery]\ntls_cert_file = \"/c.pem\"").expect("parses");
+        let msg = c.validate(None).unwrap_err().to_string();
+        assert!(msg.contains("discovery.tls_key_file"), "{msg}");
+        let c: ProxyConfig = toml::from_str("[clients_tls]\nlisten = \"nope\"").expect("parses");
+        assert!(c
+            .validate(None)
+            .unwrap_err()
+            .to_string()
+            .contains("clients_tls.listen"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`sources`] — where routes come from: [`sources::discovery`] (control planes) or
 //!   [`sources::standalone`] (a routes file, reloaded on SIGHUP).
 //! - [`ops`] — admin listener, metrics, drain.
+//! - [`tls`] — the TLS client listener's certificate, reloaded on SIGHUP.
 //! - [`config`] — the TOML configuration and its validation.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod request;
 pub mod routing;
 pub mod server;
 pub mod sources;
+pub mod tls;
 
 pub use routing::TableState;
 pub use server::{Proxy, StartError, Stop};

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::background::background_service;
@@ -41,8 +42,10 @@ use crate::request::gateway::{Gateway, GatewayConfig};
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
 use crate::routing::TableState;
+use crate::sources::discovery::ClientTls;
 use crate::sources::discovery::{Discovery, DiscoveryConfig};
 use crate::sources::standalone::{self, Reloader};
+use crate::tls::{load_certs, load_pair, CertReloader, CertStore, TlsError};
 
 /// How long runtimes get to stop their tasks after a graceful stop's drain.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
@@ -62,6 +65,17 @@ pub enum StartError {
     /// The standalone routes file cannot be loaded (the message names the file and the key).
     #[error("{0}")]
     Routes(String),
+    /// The TLS client listener's certificate or key cannot be used (the message names the
+    /// file).
+    #[error("clients_tls: {0}")]
+    Tls(#[from] TlsError),
+    /// A control-plane TLS file cannot be used.
+    #[error("{key}: {source}")]
+    Discovery {
+        key: &'static str,
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// How to stop.
@@ -77,6 +91,7 @@ pub enum Stop {
 /// A running proxy.
 pub struct Proxy {
     clients: SocketAddr,
+    clients_tls: Option<SocketAddr>,
     admin: SocketAddr,
     node_id: String,
     state: Arc<TableState>,
@@ -111,6 +126,21 @@ impl Proxy {
         let clients_listener = bind("listen.clients", &cfg.listen.clients)?;
         let admin_listener = bind("listen.admin", &cfg.listen.admin)?;
         let (clients, admin) = (clients_listener.addr(), admin_listener.addr());
+        // The TLS listener's certificate loads before its socket binds: a bad file is an
+        // error here, naming it.
+        let tls = match (
+            &cfg.clients_tls.listen,
+            &cfg.clients_tls.cert_file,
+            &cfg.clients_tls.key_file,
+        ) {
+            (Some(addr), Some(cert), Some(key)) => {
+                let store = Arc::new(CertStore::load(cert, key)?);
+                Some((bind("clients_tls.listen", addr)?, store))
+            }
+            _ => None,
+        };
+        let clients_tls = tls.as_ref().map(|(bound, _)| bound.addr());
+        let discovery_tls = discovery_tls(cfg)?;
         let (failed, failure) = watch::channel(None);
         let failed = Arc::new(failed);
 
@@ -154,6 +184,26 @@ impl Proxy {
         );
         let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
         proxy.add_tcp(&clients.to_string());
+        let mut cert_reloader = None;
+        if let Some((bound, store)) = &tls {
+            // Both listeners serve the same gateway; TLS connections pick h2 or HTTP/1.1 by ALPN.
+            // No paths: the resolver serves the pair (pingora reads no file when one is set).
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| TlsError::Invalid {
+                    what: "certificate",
+                    path: store.cert_file().to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            settings.set_cert_resolver(store.clone());
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&bound.addr().to_string(), None, settings);
+            cert_reloader = Some(background_service(
+                "tls-cert-reloader",
+                CertReloader {
+                    store: store.clone(),
+                },
+            ));
+        }
         if let Some(app) = proxy.app_logic_mut() {
             let mut options = client_options(cfg);
             options.h2c = true;
@@ -200,7 +250,7 @@ impl Proxy {
             None => Box::new(background_service(
                 "discovery",
                 Discovery::new(
-                    discovery_config(cfg, &node_id),
+                    discovery_config(cfg, &node_id, discovery_tls),
                     state.clone(),
                     metrics,
                     planes,
@@ -209,7 +259,11 @@ impl Proxy {
         };
 
         let mut fds = Fds::new();
-        for bound in [clients_listener, admin_listener] {
+        let tls_listener = tls.map(|(bound, _)| bound);
+        for bound in [Some(clients_listener), Some(admin_listener), tls_listener]
+            .into_iter()
+            .flatten()
+        {
             if let Bound::Socket(listener, addr) = bound {
                 // pingora takes the socket over as an inherited listener of this address.
                 fds.add(addr.to_string(), listener.into_raw_fd());
@@ -222,9 +276,13 @@ impl Proxy {
         spawn(&serve, Box::new(proxy), &fds, &watch, threads);
         spawn(&ops, Box::new(admin_service), &fds, &watch, 1);
         spawn(&ops, source, &fds, &watch, 1);
-        tracing::info!(clients = %clients, admin = %admin, node_id = %node_id, threads, "multiverse-proxy started");
+        if let Some(reloader) = cert_reloader {
+            spawn(&ops, Box::new(reloader), &fds, &watch, 1);
+        }
+        tracing::info!(clients = %clients, clients_tls = ?clients_tls, admin = %admin, node_id = %node_id, threads, "multiverse-proxy started");
         Ok(Proxy {
             clients,
+            clients_tls,
             admin,
             node_id,
             state,
@@ -239,6 +297,11 @@ impl Proxy {
     /// The client listener's address (the bound port when the config said 0).
     pub fn clients_addr(&self) -> SocketAddr {
         self.clients
+    }
+
+    /// The TLS client listener's address, when `[clients_tls]` configures one.
+    pub fn clients_tls_addr(&self) -> Option<SocketAddr> {
+        self.clients_tls
     }
 
     /// The admin listener's address.
@@ -438,7 +501,39 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
     }
 }
 
-fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
+/// The PEM files `https://` control-plane streams use, read (and checked) now.
+fn discovery_tls(cfg: &ProxyConfig) -> Result<ClientTls, StartError> {
+    let d = &cfg.discovery;
+    let named = |key: &'static str| move |e: TlsError| StartError::Discovery { key, source: e };
+    let ca_pem = match &d.tls_ca_file {
+        Some(path) => {
+            load_certs(path).map_err(named("discovery.tls_ca_file"))?;
+            Some(read(path).map_err(named("discovery.tls_ca_file"))?)
+        }
+        None => None,
+    };
+    let identity = match (&d.tls_cert_file, &d.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            load_pair(cert, key).map_err(named("discovery.tls_cert_file"))?;
+            Some((
+                read(cert).map_err(named("discovery.tls_cert_file"))?,
+                read(key).map_err(named("discovery.tls_key_file"))?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(ClientTls { ca_pem, identity })
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        what: "PEM",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn discovery_config(cfg: &ProxyConfig, node_id: &str, tls: ClientTls) -> DiscoveryConfig {
     DiscoveryConfig {
         control_planes: cfg.control_planes.iter().map(|c| c.url.clone()).collect(),
         node_id: node_id.to_string(),
@@ -450,5 +545,6 @@ fn discovery_config(cfg: &ProxyConfig, node_id: &str) -> DiscoveryConfig {
             .then(|| ms(cfg.discovery.withdraw_after_ms)),
         dns_refresh: ms(cfg.discovery.dns_refresh_ms),
         dns_hosts_file: cfg.discovery.dns_hosts_file.clone(),
+        tls,
     }
 }

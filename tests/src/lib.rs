@@ -9,6 +9,8 @@
 
 pub use multiverse_testkit::*;
 
+pub mod certs;
+
 /// The checkout under test (the workspace root), found at run time: a target directory shared
 /// between clones may run a test binary compiled in another one.
 pub fn repo_root() -> std::path::PathBuf {

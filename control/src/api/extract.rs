@@ -16,17 +16,14 @@ use axum::Json;
 
 use super::{ApiError, ErrorCode};
 
-/// The largest request body the API reads.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-
 /// The body of a request, or a 400 `VALIDATION_ERROR` naming what is wrong with it (a 413
-/// `PAYLOAD_TOO_LARGE` past [`MAX_BODY_BYTES`]).
+/// `PAYLOAD_TOO_LARGE` past `[admin] max_body_bytes`, the router's body limit).
 pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(v)| v).map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("the request body is over the {MAX_BODY_BYTES} bytes allowed"),
+                "the request body is over the limit ([admin] max_body_bytes)",
             )
         } else {
             ApiError::new(

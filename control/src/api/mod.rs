@@ -1,6 +1,7 @@
 //! The operator REST API: one axum router per resource, merged here. `/admin/*`,
-//! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); the rest is open
-//! (health, metrics, OpenAPI, proxies, snapshot, stats, GPUs, the web UI).
+//! `/instances*`, `/templates` and `/events` need an API key ([`auth`]); so do the reads that
+//! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
+//! is open (health, metrics, OpenAPI, stats — counts without names —, the web UI).
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
@@ -57,6 +58,10 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Manager>,
     pub gpus: Arc<dyn crate::gpu::GpuProbe>,
     pub events: Arc<crate::events::EventBus>,
+    /// `/gpus`, `/snapshot`, `/proxies` without a key.
+    pub public_read: bool,
+    /// Largest request body read (`[admin] max_body_bytes`).
+    pub max_body_bytes: usize,
     /// `[ui]`: what `GET /ui/config` tells the web UI.
     pub ui: Arc<crate::config::UiConfig>,
 }
@@ -84,18 +89,24 @@ pub fn router(state: ApiState) -> Router {
             state.keys.clone(),
             auth::require_key,
         ));
+    let reads = proxies::router().merge(gpus::router());
+    let reads = if state.public_read {
+        reads
+    } else {
+        reads.layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ))
+    };
     Router::new()
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
-        .merge(proxies::router())
+        .merge(reads)
         .merge(stats::router())
-        .merge(gpus::router())
         .merge(admin)
         .merge(ui::router())
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            extract::MAX_BODY_BYTES,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn(extract::linger))
         .layer(axum::middleware::from_fn_with_state(
             state.client_limit.clone(),

@@ -150,10 +150,10 @@ fn untagged() -> Json<Value> {
             "/metrics/json": {"get": {"summary": "Metrics as JSON: instances by status; per instance status, uptime_secs, restarts, liveness_failures, requests_total / requests_failed / avg_latency_ms (from its own TEI metrics), gpu_id, gpu_memory_bytes; backends; system memory and GPU totals", "responses": {"200": {"description": "{control_plane_id, instances, instance_details, backends, system}", "content": {"application/json": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/ui/config": {"get": {"summary": "What the web UI is told: the proxy its playground calls ([ui] proxy_url in control.toml, null when unset)", "responses": {"200": {"description": "{proxy_url}", "content": {"application/json": {"schema": {"type": "object", "properties": {"proxy_url": {"type": "string", "nullable": true}}}}}}}}},
-            "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK", "responses": {"200": {"description": "Proxies"}}}},
+            "/proxies": {"get": {"summary": "Proxies connected to this control plane: connected since, ACKed version, last NACK (key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Proxies"}))]))}},
             "/stats": {"get": {"summary": "Summary counts (no names): backends by health, instances by status, models, endpoints, proxies and how many ACKed the current version", "responses": {"200": schema_response("Stats", "Stats")}}},
-            "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted)", "responses": {"200": {"description": "Snapshot"}}}},
-            "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable)", "responses": {"200": {"description": "GpuStatus"}}}},
+            "/snapshot": {"get": {"summary": "The route snapshot being pushed (keys redacted; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Snapshot"}))]))}},
+            "/gpus": {"get": {"summary": "GPUs of this host: memory, utilisation, temperature, processes (or why NVML is unavailable; key needed unless [admin] public_read)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "GpuStatus"}))]))}},
             "/events": {"get": {"summary": "Instance and backend events (backend_registered, backend_healthy, backend_unhealthy, backend_deregistered, backend_restored, backend_updated, backend_deleted) as server-sent events, one seq; replays recent ones (?since=, Last-Event-ID); ?instance=, ?type=a,b filter", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "text/event-stream"})), ("400", error_response("VALIDATION_ERROR"))]))}},
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
@@ -164,7 +164,7 @@ fn untagged() -> Json<Value> {
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
                         ("404", error_response("TEMPLATE_NOT_FOUND")),
                         ("409", error_response("INSTANCE_EXISTS, PORT_CONFLICT, PORT_IN_USE")),
-                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_INSTANCES_REACHED, INSUFFICIENT_VRAM, NO_FREE_PORT")),
                     ]))}
             },
@@ -208,7 +208,7 @@ fn untagged() -> Json<Value> {
                         ("201", backend_response("Registered")),
                         ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
                         ("409", error_response("BACKEND_EXISTS")),
-                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over 2 MiB")),
+                        ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_BACKENDS_REACHED")),
                         ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
                     ]))}

@@ -27,22 +27,34 @@ use nodes::Nodes;
 use publisher::{Publisher, Versioned};
 
 /// Serves route discovery on `listener` until `shutdown` resolves (HTTP/2 keep-alive pings
-/// every 10 s, so a vanished proxy is noticed).
+/// every 10 s, so a vanished proxy is noticed), over TLS when `tls` is given (mTLS and the
+/// allow-list are in its verifier: see [`crate::tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: DiscoveryService,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(pb::route_discovery_server::RouteDiscoveryServer::new(
             service,
-        ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+        ));
+    match tls {
+        Some(config) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::accept(listener, config), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+    }
 }
 
 /// The tonic service.

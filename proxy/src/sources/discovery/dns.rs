@@ -121,6 +121,7 @@ impl DnsSource {
                 let (wanted, rx) = watch::channel(true);
                 let client = PlaneClient {
                     url,
+                    tls_name: Some(self.target.host.clone()),
                     source: self.source.clone(),
                     shared: self.shared.clone(),
                     wanted: rx,
@@ -201,6 +202,7 @@ mod tests {
             withdraw_after: Some(withdraw_after),
             dns_refresh: Duration::from_millis(30),
             dns_hosts_file: None,
+            tls: Default::default(),
         }
     }
 

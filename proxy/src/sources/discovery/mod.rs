@@ -70,6 +70,36 @@ pub struct DiscoveryConfig {
     pub dns_refresh: Duration,
     /// Resolve `dns+` names from this hosts-format file instead of the system resolver.
     pub dns_hosts_file: Option<PathBuf>,
+    /// For `https://` control planes.
+    pub tls: ClientTls,
+}
+
+/// What `https://` streams present and trust (PEM, read at start).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The CA that signed the control planes' certificates (default: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// This proxy's client certificate chain and key, for control planes that ask (mTLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// tonic's TLS settings for a stream whose certificate must name `server_name`.
+    fn config(&self, server_name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut c = ClientTlsConfig::new();
+        c = match &self.ca_pem {
+            Some(pem) => c.ca_certificate(Certificate::from_pem(pem)),
+            None => c.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = server_name {
+            c = c.domain_name(name);
+        }
+        c
+    }
 }
 
 impl DiscoveryConfig {
@@ -155,6 +185,7 @@ impl BackgroundService for Discovery {
                     switches.push(on);
                     let plane = PlaneClient {
                         url: url.clone(),
+                        tls_name: None,
                         source: url.clone(),
                         shared: shared.clone(),
                         wanted,
@@ -176,6 +207,9 @@ impl BackgroundService for Discovery {
 pub struct PlaneClient {
     /// `http://address:port` of this plane.
     pub url: String,
+    /// The name its certificate must carry when the URL has only its address (a `dns+https`
+    /// name's address); `None`: the URL's host.
+    pub tls_name: Option<String>,
     /// The configured URL it comes from.
     pub source: String,
     pub shared: Arc<Shared>,
@@ -321,12 +355,15 @@ impl PlaneClient {
         reconnect: &mut Reconnect,
     ) -> Result<(), StreamError> {
         let config = &self.shared.config;
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
             .map_err(|e| StreamError::Url(e.to_string()))?
             .connect_timeout(config.connect_timeout)
             .http2_keep_alive_interval(config.keepalive_interval)
             .keep_alive_timeout(config.keepalive_interval)
             .keep_alive_while_idle(true);
+        if self.url.starts_with("https://") {
+            endpoint = endpoint.tls_config(config.tls.config(self.tls_name.as_deref()))?;
+        }
         let channel = endpoint.connect().await?;
         let mut client = RouteDiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::DiscoveryRequest>(4);

@@ -86,7 +86,11 @@ impl Control {
         api: SocketAddr,
         discovery: SocketAddr,
     ) -> Control {
-        let config = config_file::overlay(&ControlConfig::default(), body)
+        // Tests read /gpus, /snapshot and /proxies without a key unless `body` says
+        // `[admin] public_read = false` (the default of a real control plane).
+        let mut base = ControlConfig::default();
+        base.admin.public_read = true;
+        let config = config_file::overlay(&base, body)
             .unwrap_or_else(|e| panic!("control plane {id}: {e:#}"));
         let launch = Launch::for_tests(dir);
         let c = Self::try_spawn_on(&launch, id, config, api, discovery)

@@ -1,0 +1,283 @@
+//! TLS for the control plane's discovery listener (`[discovery.tls]`): the server's PEM pair,
+//! and mTLS — a client CA, and an allow-list of the names (certificate CN or DNS/URI SAN) that
+//! may connect. A client without a certificate, with one the CA did not sign, or with one
+//! whose names are not allowed is refused in the handshake, before any gRPC.
+//!
+//! [`accept`] turns a TCP listener into a stream of TLS connections: every handshake runs in
+//! its own task with a deadline, so a client that stalls in it holds up nobody else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[discovery.tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    /// The server's PEM certificate chain and key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// mTLS: clients must present a certificate signed by a CA in this PEM file.
+    pub client_ca_file: Option<PathBuf>,
+    /// mTLS: of those, only certificates whose CN or a DNS/URI SAN is in this list (exact
+    /// names, or `*.suffix` for any name under the suffix). Empty: any certificate the CA
+    /// signed.
+    pub allowed_names: Vec<String>,
+}
+
+/// Why a TLS listener cannot be set up (names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} file {path}: {reason}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+fn file_error<'a>(what: &'static str, path: &'a Path) -> impl Fn(String) -> TlsError + 'a {
+    move |reason| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = file_error(what, path);
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let err = file_error("key", path);
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| err(e.to_string()))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsListenerConfig {
+    /// The rustls server config (ALPN `h2`: gRPC), reading every file now.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs = read_certs("certificate", &self.cert_file)?;
+        let key = read_key(&self.key_file)?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        let builder = match &self.client_ca_file {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs("client CA", ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| file_error("client CA", ca)(e.to_string()))?;
+                }
+                let inner =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| file_error("client CA", ca)(e.to_string()))?;
+                builder.with_client_cert_verifier(Arc::new(AllowList {
+                    inner,
+                    allowed: self.allowed_names.clone(),
+                }))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| file_error("key", &self.key_file)(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Whether `name` matches an allow-list `entry` (exact, ASCII case-insensitive; `*.suffix`
+/// matches any name ending in `.suffix`, not the suffix itself).
+pub fn name_allowed(entry: &str, name: &str) -> bool {
+    match entry.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len() + 1
+                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => entry.eq_ignore_ascii_case(name),
+    }
+}
+
+/// The names a certificate identifies itself by: its subject CNs, DNS and URI SANs.
+pub fn cert_names(der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::URI(n) => names.push(n.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The CA's verification, then the allow-list.
+#[derive(Debug)]
+struct AllowList {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+impl ClientCertVerifier for AllowList {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.allowed.is_empty() {
+            return Ok(verified);
+        }
+        let names = cert_names(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(std::io::Error::other(e)),
+            )))
+        })?;
+        if names
+            .iter()
+            .any(|n| self.allowed.iter().any(|a| name_allowed(a, n)))
+        {
+            return Ok(verified);
+        }
+        tracing::warn!(names = ?names, "client certificate refused: no name in the allow-list");
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts TCP connections on `listener` and hands over those that complete the TLS handshake
+/// (each in its own task, within [`HANDSHAKE_TIMEOUT`]); a failed handshake is logged at debug.
+pub fn accept(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "discovery accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_entries_match_exactly_or_by_suffix() {
+        assert!(name_allowed("proxy-1.example", "PROXY-1.example"));
+        assert!(!name_allowed("proxy-1.example", "proxy-10.example"));
+        assert!(name_allowed("*.proxies.example", "a.proxies.example"));
+        assert!(name_allowed("*.proxies.example", "a.b.proxies.example"));
+        assert!(!name_allowed("*.proxies.example", "proxies.example"));
+        assert!(!name_allowed("*.proxies.example", "evilproxies.example"));
+        assert!(!name_allowed("*.proxies.example", "x"));
+    }
+
+    #[test]
+    fn names_are_the_cn_and_the_dns_and_uri_sans() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["p1.proxies.example".into(), "10.0.0.1".into()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "proxy-1");
+        let cert = params.self_signed(&key).expect("cert");
+        let names = cert_names(cert.der()).expect("parse");
+        assert_eq!(names, vec!["proxy-1", "p1.proxies.example"]);
+        assert!(cert_names(b"not a certificate").is_err());
+    }
+}
