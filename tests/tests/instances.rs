@@ -2589,11 +2589,21 @@ async fn instances_run_as_the_configured_user() {
         return;
     }
     let dir = temp_dir("inst-user");
+    // `nobody` must be able to run the binary: the target directory may sit under a home
+    // directory only root can enter (CI's is under /root), so the instance gets a copy.
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("bin/mock-tei");
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir bin");
+    std::fs::copy(bin("mock-tei"), &exe).expect("copy mock-tei");
+    for p in [dir.as_path(), &dir.join("bin"), &exe] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let binary = format!("\"{}\"", exe.display());
     let plane = Plane::start(
         &dir,
         "cp-user",
         port_block(23),
-        &[("user", "\"nobody\"")],
+        &[("user", "\"nobody\""), ("binary", &binary)],
         "",
     )
     .await;
