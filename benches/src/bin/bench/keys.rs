@@ -4,16 +4,15 @@
 //! the same run: what checking a key adds.
 
 use multiverse_benches::load::report::Added;
-use multiverse_benches::load::scenario::{send_bench_key, Latency, BENCH_KEY};
-use multiverse_benches::load::stack::{routes, standalone_proxy, Addrs, Stack};
+use multiverse_benches::load::scenario::{send_bench_key, BENCH_KEY};
+use multiverse_benches::load::stack::{routes, standalone_proxy, Stack};
 use multiverse_common::keys::{hash_secret, to_hex};
 use multiverse_proxy::sources::standalone::{AuthEntry, KeyEntry};
 use multiverse_testkit::Launch;
 use serde::Serialize;
 
 use crate::cli::Settings;
-use crate::cpu::{generator_probe, mocks_probe, Probe};
-use crate::latency::{measure, print_latency};
+use crate::latency::{beside_proxy, print_latency};
 use crate::record::LatencyRecord;
 
 /// Keys in the keyed proxy's table.
@@ -70,35 +69,16 @@ fn run(
 ) -> anyhow::Result<KeysRecord> {
     let keyed = standalone_proxy(launch, "proxy-keys", file)?;
     rt.block_on(keyed.try_wait_ready(client))?;
-    let addrs = vec![
-        ("direct".to_string(), stack.mocks.addrs),
-        ("proxy".to_string(), Addrs::single(stack.proxy.listen)),
-        ("proxy-keys".to_string(), Addrs::single(keyed.listen)),
-    ];
-    let probes = [
-        Probe {
-            label: "proxy".into(),
-            pids: vec![stack.proxy.proc.pid()],
-            children: false,
-            target: Some("proxy".into()),
-        },
-        Probe {
-            label: "proxy-keys".into(),
-            pids: vec![keyed.proc.pid()],
-            children: false,
-            target: Some("proxy-keys".into()),
-        },
-        mocks_probe(stack),
-        generator_probe(),
-    ];
-    let mut latency = measure(rt, Latency::Chat, &addrs, s, &probes)?;
-    latency.scenario = "keys";
+    let (latency, keys_minus_open) = beside_proxy(
+        rt,
+        stack,
+        s,
+        "proxy-keys",
+        keyed.proc.pid(),
+        keyed.listen,
+        "keys",
+    )?;
     keyed.proc.ensure_running()?;
-    let m = latency.metrics.last().expect("a latency metric");
-    let keys_minus_open = match (m.target("proxy-keys"), m.target("proxy")) {
-        (Some(k), Some(p)) => Some(Added::between(k, p)),
-        _ => None,
-    };
     print_latency(&latency);
     if let Some(d) = keys_minus_open {
         println!(

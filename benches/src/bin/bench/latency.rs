@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use multiverse_benches::load::engine::{self, Target};
+use multiverse_benches::load::report::Added;
 use multiverse_benches::load::scenario::{self, Concurrency, Latency};
 use multiverse_benches::load::schedule::Plan;
 use multiverse_benches::load::stack::{Addrs, Stack};
 
 use crate::cli::Settings;
-use crate::cpu::{print_cpu, probes, with_cpu, Probe};
+use crate::cpu::{generator_probe, mocks_probe, print_cpu, probes, with_cpu, Probe};
 use crate::record::{LatencyRecord, MetricRecord, PacerRecord};
 
 pub fn plan(rate_per_target: f64, targets: usize, s: &Settings) -> Plan {
@@ -96,6 +97,46 @@ pub fn measure(
         cpu,
         failures,
     })
+}
+
+/// Chat latency of the stack's proxy and a second proxy `label` (process `pid`, client port
+/// `listen`) interleaved in one run, with the CPU of each: the record (named `scenario`) and
+/// `label − proxy` per percentile. The scenarios that compare a variant of the proxy with the
+/// plain one (`models-10k`, `keys`) share it.
+pub fn beside_proxy(
+    rt: &tokio::runtime::Runtime,
+    stack: &Stack,
+    s: &Settings,
+    label: &str,
+    pid: u32,
+    listen: std::net::SocketAddr,
+    scenario: &'static str,
+) -> anyhow::Result<(LatencyRecord, Option<Added>)> {
+    let addrs = vec![
+        ("direct".to_string(), stack.mocks.addrs),
+        ("proxy".to_string(), Addrs::single(stack.proxy.listen)),
+        (label.to_string(), Addrs::single(listen)),
+    ];
+    let probe = |label: &str, pid: u32| Probe {
+        label: label.into(),
+        pids: vec![pid],
+        children: false,
+        target: Some(label.into()),
+    };
+    let probes = [
+        probe("proxy", stack.proxy.proc.pid()),
+        probe(label, pid),
+        mocks_probe(stack),
+        generator_probe(),
+    ];
+    let mut latency = measure(rt, Latency::Chat, &addrs, s, &probes)?;
+    latency.scenario = scenario;
+    let m = latency.metrics.last().expect("a latency metric");
+    let diff = match (m.target(label), m.target("proxy")) {
+        (Some(other), Some(p)) => Some(Added::between(other, p)),
+        _ => None,
+    };
+    Ok((latency, diff))
 }
 
 pub fn latency_scenario(

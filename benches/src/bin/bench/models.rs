@@ -8,13 +8,11 @@ use serde::Serialize;
 
 use multiverse_benches::load::report::Added;
 use multiverse_benches::load::rss;
-use multiverse_benches::load::scenario::Latency;
-use multiverse_benches::load::stack::{routes, standalone_proxy, Addrs, Stack};
+use multiverse_benches::load::stack::{routes, standalone_proxy, Stack};
 use multiverse_testkit::{Launch, Proxy};
 
 use crate::cli::Settings;
-use crate::cpu::{generator_probe, mocks_probe, Probe};
-use crate::latency::{measure, print_latency};
+use crate::latency::{beside_proxy, print_latency};
 use crate::memory::fmt_kib;
 use crate::record::LatencyRecord;
 
@@ -61,36 +59,17 @@ pub fn models_scenario(
         fmt_kib(idle),
         fmt_kib(rss::rss_kib(stack.proxy.proc.pid()))
     );
-    let addrs = vec![
-        ("direct".to_string(), stack.mocks.addrs),
-        ("proxy".to_string(), Addrs::single(stack.proxy.listen)),
-        ("proxy-10k".to_string(), Addrs::single(big.listen)),
-    ];
-    let probes = [
-        Probe {
-            label: "proxy".into(),
-            pids: vec![stack.proxy.proc.pid()],
-            children: false,
-            target: Some("proxy".into()),
-        },
-        Probe {
-            label: "proxy-10k".into(),
-            pids: vec![big.proc.pid()],
-            children: false,
-            target: Some("proxy-10k".into()),
-        },
-        mocks_probe(stack),
-        generator_probe(),
-    ];
-    let mut latency = measure(rt, Latency::Chat, &addrs, s, &probes)?;
-    latency.scenario = "models-10k";
+    let (latency, big_minus_small) = beside_proxy(
+        rt,
+        stack,
+        s,
+        "proxy-10k",
+        big.proc.pid(),
+        big.listen,
+        "models-10k",
+    )?;
     let after = rss::rss_kib(big.proc.pid());
     big.proc.ensure_running()?;
-    let m = latency.metrics.last().expect("a latency metric");
-    let big_minus_small = match (m.target("proxy-10k"), m.target("proxy")) {
-        (Some(b), Some(p)) => Some(Added::between(b, p)),
-        _ => None,
-    };
     print_latency(&latency);
     if let Some(d) = big_minus_small {
         println!(
