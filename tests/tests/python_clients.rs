@@ -150,20 +150,12 @@ protocol = "http1"
 async fn grpcio_client_through_the_proxy() {
     require_python_packages().await;
     let dir = temp_dir("py-grpc");
-    let args: Vec<String> = [
-        "--grpc",
-        "--hostname",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--model-id",
-        "BAAI/bge-small-en-v1.5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut tei = Proc::spawn("mock-tei-grpc", &bin("mock-tei"), &args, &dir, true);
-    let tei_addr = tei.wait_listening();
+    let tei = MockTei::start(
+        &dir,
+        "mock-tei-grpc",
+        &["--grpc", "--model-id", "BAAI/bge-small-en-v1.5"],
+    );
+    let tei_addr = tei.addr;
     let routes = format!(
         r#"version = "py-grpc"
 
@@ -180,7 +172,7 @@ protocol = "grpc"
     let out = run_script(
         "grpc_client.py",
         &[&proxy.listen.to_string(), "embed-grpc"],
-        &[&proxy.proc, &tei],
+        &[&proxy.proc, &tei.proc],
     )
     .await;
     assert!(out.contains("endpoint=tei-grpc-1"), "{out}");
@@ -232,20 +224,12 @@ async fn openai_python_sdk_with_keys() {
 async fn grpcio_client_with_keys() {
     require_python_packages().await;
     let dir = temp_dir("py-grpc-keys");
-    let args: Vec<String> = [
-        "--grpc",
-        "--hostname",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--model-id",
-        "BAAI/bge-small-en-v1.5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut tei = Proc::spawn("mock-tei-grpc-keys", &bin("mock-tei"), &args, &dir, true);
-    let tei_addr = tei.wait_listening();
+    let tei = MockTei::start(
+        &dir,
+        "mock-tei-grpc-keys",
+        &["--grpc", "--model-id", "BAAI/bge-small-en-v1.5"],
+    );
+    let tei_addr = tei.addr;
     let (secret, auth) = keyed_routes(&["embed-grpc"], 0);
     let mut routes = String::from("version = \"py-grpc-keys\"\n");
     for model in ["embed-grpc", "embed-other"] {
@@ -263,7 +247,7 @@ async fn grpcio_client_with_keys() {
             &secret,
             "embed-other",
         ],
-        &[&proxy.proc, &tei],
+        &[&proxy.proc, &tei.proc],
     )
     .await;
     assert!(out.contains("PERMISSION_DENIED"), "{out}");
