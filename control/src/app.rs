@@ -35,6 +35,7 @@ use crate::instances::{Deps, Manager, ManagerSettings};
 use crate::keys::leases::Leases;
 use crate::keys::Keys;
 use crate::metrics::ControlMetrics;
+use crate::models::Policies;
 use crate::routes;
 use crate::store::{StateFile, Store};
 
@@ -88,13 +89,22 @@ impl App {
             persisted.keys,
         ));
         let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
+        let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let policies = Arc::new(
+            Policies::open(
+                cfg.models.clone(),
+                store.clone(),
+                changes.clone(),
+                persisted.policies,
+            )
+            .with_events(events.clone()),
+        );
         let simulated_dir = simulated_process_dir(&cfg)?;
         let identity = crate::instances::process::resolve_identity(
             cfg.instances.user.as_deref(),
             cfg.instances.group.as_deref(),
         )
         .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
-        let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
         let registry = Arc::new(
             Registry::open(
                 store.clone(),
@@ -124,7 +134,7 @@ impl App {
             },
         );
         let publisher = Publisher::start(
-            routes::current(&registry, &manager, &inference_keys),
+            routes::current(&registry, &manager, &inference_keys, &policies),
             persisted.version_floor,
             Some(store.clone()),
             changes.clone(),
@@ -135,6 +145,7 @@ impl App {
             registry.clone(),
             manager.clone(),
             inference_keys.clone(),
+            policies.clone(),
             publisher.clone(),
             Duration::from_millis(cfg.discovery.coalesce_ms),
         ));
@@ -176,6 +187,7 @@ impl App {
             metrics,
             keys: Arc::new(AdminKeys::new(keys)),
             inference_keys,
+            policies,
             client_limit: (cfg.admin.per_ip_rpm > 0)
                 .then(|| Arc::new(ClientLimit::new(cfg.admin.per_ip_rpm))),
             instances: manager.clone(),

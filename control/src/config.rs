@@ -17,6 +17,7 @@ use crate::gpu::fake::FakeGpu;
 use crate::health::HealthSettings;
 use crate::instances::spec::Template;
 use crate::keys::AuthSettings;
+use crate::models::policy::{self, PolicySpec};
 use crate::tls::TlsListenerConfig;
 
 /// Default operator API listener.
@@ -42,6 +43,9 @@ pub struct ControlConfig {
     pub instances: InstancesConfig,
     /// Instance templates by name (any instance field but `name`).
     pub templates: BTreeMap<String, Template>,
+    /// Routing policies by model name (`[models.<name>]`): over a backend's or instance's own
+    /// `policy`, under one set through the API (see `crate::models`).
+    pub models: BTreeMap<String, PolicySpec>,
     pub gpu: GpuConfig,
     /// Where instance events are POSTed.
     pub webhooks: Vec<WebhookConfig>,
@@ -371,6 +375,21 @@ impl ControlConfig {
                     "templates have no name; instances made from them do".into(),
                 ));
             }
+            if let Some(p) = &t.policy {
+                policy::validate(p).map_err(|e| {
+                    invalid(format!("templates.{name}.policy.{}", e.field), e.message)
+                })?;
+            }
+        }
+        for (name, p) in &self.models {
+            if !crate::models::valid_model_name(name) {
+                return Err(invalid(
+                    format!("models.{name}"),
+                    "model names are 1-256 characters without control characters".into(),
+                ));
+            }
+            policy::validate(p)
+                .map_err(|e| invalid(format!("models.{name}.{}", e.field), e.message))?;
         }
         for (i, g) in self.gpu.simulated.iter().enumerate() {
             g.validate()

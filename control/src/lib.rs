@@ -16,6 +16,8 @@
 //!   addresses), registry, clients, probes and the recurring checks;
 //! - [`instances`] — TEI processes: specs, the manager, the supervisor (a pure state machine
 //!   and its driver), processes, probes, logs;
+//! - [`models`] — models' routing policies (API, `[models.<name>]`, backends' and instances'
+//!   own, layered field by field);
 //! - [`events`] — instance lifecycle events: bus, SSE stream, webhooks;
 //! - [`health`] — check results, thresholds and history (pure);
 //! - [`gpu`] — GPU stats through NVML (or why they are unavailable), placement;
@@ -40,6 +42,7 @@ pub mod health;
 pub mod instances;
 pub mod keys;
 pub mod metrics;
+pub mod models;
 pub mod routes;
 pub mod store;
 pub mod system;

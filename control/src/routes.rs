@@ -5,7 +5,9 @@
 //! becomes a model with that backend or instance as an endpoint, carrying its health (a
 //! backend's checked health; an instance is HEALTHY when ready, UNHEALTHY when unhealthy,
 //! DRAINING while stopping, and absent otherwise). Models are sorted by name and endpoints by
-//! id, so equal state always gives an equal snapshot (and no push). A snapshot is always the
+//! id, so equal state always gives an equal snapshot (and no push). Each model's policy is
+//! layered as [`crate::models`] says: its API and `[models.<name>]` policy over its
+//! backends' and instances' own, in endpoint-id order. A snapshot is always the
 //! whole state, so no snapshot ever routes a model to nothing while an endpoint for it exists.
 
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ use crate::discovery::publisher::Publisher;
 use crate::instances::supervisor::State;
 use crate::instances::Manager;
 use crate::keys::Keys;
+use crate::models::policy::{self, PolicySpec};
+use crate::models::Policies;
 use crate::store::{BackendRecord, InstanceRecord, Protocol};
 
 /// The TEI instances as routes see them: each record with its state, and the host proxies
@@ -31,18 +35,28 @@ pub struct Instances<'a> {
 }
 
 /// Builds the snapshot for backends (with their health) and TEI instances, with the
-/// inference keys' settings.
+/// inference keys' settings and the models' policies (`policies`: the API's over the
+/// config's, by model).
 pub fn snapshot(
     backends: &[(BackendRecord, pb::HealthStatus)],
     instances: Instances<'_>,
     auth: pb::InferenceAuth,
+    policies: &BTreeMap<String, PolicySpec>,
 ) -> pb::RouteSnapshot {
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
+    // Each model's endpoints' own policies, by endpoint id.
+    let mut asked: BTreeMap<&str, BTreeMap<&str, &PolicySpec>> = BTreeMap::new();
     for (record, state) in instances.instances {
         let Some(endpoint) = instance_endpoint(record, *state, instances.advertise_host) else {
             continue;
         };
         let spec = &record.spec;
+        if let Some(p) = &spec.policy {
+            asked
+                .entry(spec.model_name())
+                .or_default()
+                .insert(&spec.name, p);
+        }
         models
             .entry(spec.model_name())
             .or_insert_with(|| pb::Model {
@@ -59,6 +73,9 @@ pub fn snapshot(
             continue;
         };
         for name in &b.models {
+            if let Some(p) = &b.policy {
+                asked.entry(name).or_default().insert(&b.name, p);
+            }
             let model = models.entry(name.as_str()).or_insert_with(|| pb::Model {
                 name: name.clone(),
                 kind: b.model_kind() as i32,
@@ -71,6 +88,15 @@ pub fn snapshot(
     let mut models: Vec<pb::Model> = models.into_values().collect();
     for m in &mut models {
         m.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut layered = policies.get(&m.name).cloned().unwrap_or_default();
+        for p in asked
+            .get(m.name.as_str())
+            .into_iter()
+            .flat_map(|a| a.values())
+        {
+            layered = policy::layer(&layered, p);
+        }
+        m.policy = Some(policy::to_pb(&layered));
     }
     pb::RouteSnapshot {
         models,
@@ -127,7 +153,12 @@ fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb:
 }
 
 /// The snapshot of the current state.
-pub fn current(registry: &Registry, instances: &Manager, keys: &Keys) -> pb::RouteSnapshot {
+pub fn current(
+    registry: &Registry,
+    instances: &Manager,
+    keys: &Keys,
+    policies: &Policies,
+) -> pb::RouteSnapshot {
     snapshot(
         &registry.routable(),
         Instances {
@@ -135,6 +166,7 @@ pub fn current(registry: &Registry, instances: &Manager, keys: &Keys) -> pb::Rou
             instances: &instances.routable(),
         },
         keys.snapshot(),
+        &policies.effective(),
     )
 }
 
@@ -145,6 +177,7 @@ pub async fn republish(
     registry: Arc<Registry>,
     instances: Arc<Manager>,
     keys: Arc<Keys>,
+    policies: Arc<Policies>,
     publisher: Publisher,
     coalesce: Duration,
 ) {
@@ -152,7 +185,7 @@ pub async fn republish(
         changes.changed().await;
         tokio::time::sleep(coalesce).await;
         let version = publisher
-            .publish(current(&registry, &instances, &keys))
+            .publish(current(&registry, &instances, &keys, &policies))
             .await;
         tracing::debug!(version, "snapshot published");
     }
@@ -179,6 +212,7 @@ mod tests {
             &[backend("b", 2, &["demo", "x"]), backend("a", 1, &["demo"])],
             none,
             pb::InferenceAuth::default(),
+            &BTreeMap::new(),
         );
         let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["demo", "x"]);
@@ -198,8 +232,64 @@ mod tests {
             &[backend("a", 1, &["demo"]), backend("b", 2, &["demo", "x"])],
             none,
             pb::InferenceAuth::default(),
+            &BTreeMap::new(),
         );
         assert_eq!(s, again);
+    }
+
+    #[test]
+    fn model_policies_win_over_backends_which_layer_in_id_order() {
+        let none = || Instances {
+            advertise_host: "h",
+            instances: &[],
+        };
+        let asking = |name, port, p: PolicySpec| {
+            let mut b = backend(name, port, &["m1"]);
+            b.0.policy = Some(p);
+            b
+        };
+        let backends = [
+            asking(
+                "b",
+                2,
+                PolicySpec {
+                    lb: Some("weighted".into()),
+                    max_retries: Some(1),
+                    idle_timeout_ms: Some(9),
+                    ..Default::default()
+                },
+            ),
+            asking(
+                "a",
+                1,
+                PolicySpec {
+                    lb: Some("round_robin".into()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let s = snapshot(
+            &backends,
+            none(),
+            pb::InferenceAuth::default(),
+            &BTreeMap::new(),
+        );
+        let p = s.models[0].policy.expect("policy");
+        assert_eq!(p.lb, pb::LbStrategy::RoundRobin as i32, "`a` sorts first");
+        assert_eq!((p.max_retries, p.idle_timeout_ms), (Some(1), 9), "from `b`");
+        let section = BTreeMap::from([(
+            "m1".to_string(),
+            PolicySpec {
+                lb: Some("least_request".into()),
+                first_byte_timeout_ms: Some(300),
+                ..Default::default()
+            },
+        )]);
+        let s = snapshot(&backends, none(), pb::InferenceAuth::default(), &section);
+        let p = s.models[0].policy.expect("policy");
+        assert_eq!(p.lb, pb::LbStrategy::LeastRequest as i32, "the model wins");
+        assert_eq!(p.first_byte_timeout_ms, 300);
+        assert_eq!(p.max_retries, Some(1), "unset in the model: the backend's");
     }
 
     #[test]
@@ -229,6 +319,7 @@ mod tests {
                 instances: &instances,
             },
             pb::InferenceAuth::default(),
+            &BTreeMap::new(),
         );
         assert_eq!(s.models.len(), 1);
         assert_eq!(s.models[0].kind, pb::ModelKind::Embedding as i32);

@@ -284,7 +284,9 @@ fn snapshot_apply(c: &mut Criterion) {
         let metrics = Metrics::new();
         let state = TableState::new(
             "bench".into(),
-            Box::new(move |table| metrics.table_applied(&table.version)),
+            Box::new(move |table| {
+                metrics.table_applied(&table.version, table.policy_conflicts.keys())
+            }),
         );
         let routes = PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("ok");
         state.apply_plane("cp", "http://cp:9001", routes.clone());

@@ -152,7 +152,9 @@ impl Proxy {
         let on_swap = metrics.clone();
         let state = Arc::new(TableState::new(
             source,
-            Box::new(move |table| on_swap.table_applied(&table.version)),
+            Box::new(move |table| {
+                on_swap.table_applied(&table.version, table.policy_conflicts.keys())
+            }),
         ));
         if let Some(path) = &cfg.standalone.routes_file {
             let version = standalone::reload(path, &state).map_err(StartError::Routes)?;

@@ -16,6 +16,7 @@ use crate::gpu::PlacementError;
 use crate::instances::spec::SpecError as InstanceSpecError;
 use crate::instances::InstanceError;
 use crate::keys::KeyError;
+use crate::models::PolicyError;
 use crate::store::StateError;
 
 /// Every code the operator API answers, with its status.
@@ -30,6 +31,7 @@ pub enum ErrorCode {
     InvalidPort,
     InvalidGpuId,
     InvalidLogQuery,
+    InvalidPolicy,
     // 401, 403
     Unauthorized,
     Forbidden,
@@ -39,6 +41,7 @@ pub enum ErrorCode {
     InstanceNotFound,
     TemplateNotFound,
     KeyNotFound,
+    PolicyNotFound,
     // 409
     BackendExists,
     ConfigBackend,
@@ -65,7 +68,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -74,6 +77,7 @@ impl ErrorCode {
         ErrorCode::InvalidPort,
         ErrorCode::InvalidGpuId,
         ErrorCode::InvalidLogQuery,
+        ErrorCode::InvalidPolicy,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -81,6 +85,7 @@ impl ErrorCode {
         ErrorCode::InstanceNotFound,
         ErrorCode::TemplateNotFound,
         ErrorCode::KeyNotFound,
+        ErrorCode::PolicyNotFound,
         ErrorCode::BackendExists,
         ErrorCode::ConfigBackend,
         ErrorCode::InstanceExists,
@@ -110,6 +115,7 @@ impl ErrorCode {
             ErrorCode::InvalidPort => "INVALID_PORT",
             ErrorCode::InvalidGpuId => "INVALID_GPU_ID",
             ErrorCode::InvalidLogQuery => "INVALID_LOG_QUERY",
+            ErrorCode::InvalidPolicy => "INVALID_POLICY",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::NotFound => "NOT_FOUND",
@@ -117,6 +123,7 @@ impl ErrorCode {
             ErrorCode::InstanceNotFound => "INSTANCE_NOT_FOUND",
             ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
             ErrorCode::KeyNotFound => "KEY_NOT_FOUND",
+            ErrorCode::PolicyNotFound => "POLICY_NOT_FOUND",
             ErrorCode::BackendExists => "BACKEND_EXISTS",
             ErrorCode::ConfigBackend => "CONFIG_BACKEND",
             ErrorCode::InstanceExists => "INSTANCE_EXISTS",
@@ -146,14 +153,16 @@ impl ErrorCode {
             | ErrorCode::InvalidModelId
             | ErrorCode::InvalidPort
             | ErrorCode::InvalidGpuId
-            | ErrorCode::InvalidLogQuery => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidLogQuery
+            | ErrorCode::InvalidPolicy => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound
             | ErrorCode::BackendNotFound
             | ErrorCode::InstanceNotFound
             | ErrorCode::TemplateNotFound
-            | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::KeyNotFound
+            | ErrorCode::PolicyNotFound => StatusCode::NOT_FOUND,
             ErrorCode::BackendExists
             | ErrorCode::ConfigBackend
             | ErrorCode::InstanceExists
@@ -241,6 +250,7 @@ impl From<BackendSpecError> for ApiError {
             | BackendSpecError::Weight(_)
             | BackendSpecError::ApiKey(_)
             | BackendSpecError::Kind(_) => ErrorCode::ValidationError,
+            BackendSpecError::Policy(_) => ErrorCode::InvalidPolicy,
         };
         ApiError::new(code, e.to_string())
     }
@@ -279,6 +289,18 @@ impl From<PlacementError> for ApiError {
             PlacementError::InsufficientVram { .. } | PlacementError::NoGpuFits { .. } => {
                 ErrorCode::InsufficientVram
             }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        let code = match e {
+            PolicyError::State(e) => return e.into(),
+            PolicyError::NotFound(_) => ErrorCode::PolicyNotFound,
+            PolicyError::Invalid(_) => ErrorCode::InvalidPolicy,
+            PolicyError::InvalidModel => ErrorCode::ValidationError,
         };
         ApiError::new(code, e.to_string())
     }
@@ -345,6 +367,15 @@ mod tests {
     #[test]
     fn key_errors_have_their_codes() {
         check(KeyError::NotFound("k".into()), 404, "KEY_NOT_FOUND");
+        check(PolicyError::NotFound("m".into()), 404, "POLICY_NOT_FOUND");
+        check(
+            PolicyError::Invalid(crate::models::PolicyInvalid {
+                field: "lb",
+                message: "unknown".into(),
+            }),
+            400,
+            "INVALID_POLICY",
+        );
         check(
             KeyError::Invalid {
                 field: "name",

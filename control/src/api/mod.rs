@@ -16,6 +16,7 @@ pub mod instances;
 pub mod keys;
 pub mod listing;
 pub mod logs;
+pub mod models;
 pub mod openapi;
 pub mod proxies;
 pub mod sse;
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub keys: Arc<auth::Keys>,
     /// Inference API keys (`/admin/keys`).
     pub inference_keys: Arc<crate::keys::Keys>,
+    /// Models' routing policies (`/admin/models/{name}/policy`).
+    pub policies: Arc<crate::models::Policies>,
     /// `[admin] per_ip_rpm`, when on.
     pub client_limit: Option<Arc<client_limit::ClientLimit>>,
     pub instances: Arc<crate::instances::Manager>,
@@ -84,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
     let admin = backends::router()
         .merge(instances::router())
         .merge(keys::router())
+        .merge(models::router())
         .merge(events::router())
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),

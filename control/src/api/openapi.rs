@@ -29,10 +29,46 @@ fn more_schemas() -> Value {
             "models": count,
             "endpoints": {"type": "object", "properties": {"total": count, "healthy": count}},
             "proxies": {"type": "object", "properties": {"connected": count, "current_version": {"type": "string"}, "acked_current": count}}}},
+        "Policy": {"type": "object", "description": "A model's routing policy; every field optional (unset: the next layer's, at the end the proxy's default). Bad values: 400 INVALID_POLICY", "properties": {
+            "lb": {"type": "string", "enum": multiverse_common::LbStrategy::NAMES},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": crate::models::policy::MAX_RETRIES},
+            "connect_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS},
+            "first_byte_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS},
+            "idle_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS}}},
+        "PolicyView": {"type": "object", "properties": {
+            "model": {"type": "string"},
+            "api": {"$ref": "#/components/schemas/Policy"},
+            "config": {"$ref": "#/components/schemas/Policy"},
+            "policy": {"$ref": "#/components/schemas/Policy"}}},
         "ConnectionTest": {"type": "object", "properties": {
             "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
             "status": {"type": "integer", "nullable": true, "description": "HTTP status of the backend's /v1/models"},
             "models": {"type": "array", "items": {"type": "string"}, "description": "The models it would be registered with"}}},
+    })
+}
+
+/// `/admin/models/{name}/policy` (kept out of the document's one `json!`, at the macro's
+/// recursion limit).
+fn policy_path() -> Value {
+    let secured = json!([{"bearer": []}, {"apiKey": []}]);
+    let view = schema_response(
+        "The API layer, the config's `[models.<name>]` and the two combined",
+        "PolicyView",
+    );
+    let with_auth = |mut v: Value| {
+        v["401"] = error_response("No API key");
+        v["403"] = error_response("Wrong API key");
+        v
+    };
+    json!({
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "get": {"summary": "A model's routing policy (API over config; backends' and instances' own policies fill what both leave unset)", "security": secured,
+            "responses": with_auth(json!({"200": view, "404": error_response("POLICY_NOT_FOUND (neither an API nor a config policy)")}))},
+        "put": {"summary": "Set the model's API policy (replaces the API layer; pushed to proxies; event policy_updated)", "security": secured,
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Policy"}}}},
+            "responses": with_auth(json!({"200": view, "400": error_response("INVALID_POLICY or VALIDATION_ERROR")}))},
+        "delete": {"summary": "Remove the model's API policy (its config policy applies again; event policy_deleted)", "security": secured,
+            "responses": with_auth(json!({"204": {"description": "Removed"}, "404": error_response("POLICY_NOT_FOUND")}))}
     })
 }
 
@@ -74,6 +110,7 @@ const TAGS: &[(&str, &str)] = &[
         "TEI instances supervised by this control plane",
     ),
     ("events", "Lifecycle events (server-sent events)"),
+    ("models", "Models' routing policies"),
     (
         "fleet",
         "Proxies, the route snapshot, GPUs and summary counts",
@@ -90,6 +127,8 @@ fn tag_of(path: &str) -> &'static str {
         "backends"
     } else if path.starts_with("/instances") || path == "/templates" {
         "instances"
+    } else if path.starts_with("/admin/models") {
+        "models"
     } else if path == "/events" {
         "events"
     } else if ["/proxies", "/snapshot", "/gpus", "/stats"].contains(&path) {
@@ -102,6 +141,9 @@ fn tag_of(path: &str) -> &'static str {
 /// The document, every operation tagged by [`tag_of`].
 pub async fn document() -> Json<Value> {
     let Json(mut doc) = untagged();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.insert("/admin/models/{name}/policy".into(), policy_path());
+    }
     if let Some(paths) = doc["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
             let tag = tag_of(path);

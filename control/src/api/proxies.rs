@@ -24,6 +24,23 @@ async fn proxies(State(s): State<ApiState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// A pushed policy as operators read it: `lb` by name, 0 ("proxy default") as null.
+fn policy_json(p: &multiverse_proto::discovery::v1::RoutingPolicy) -> serde_json::Value {
+    use multiverse_proto::discovery::v1 as pb;
+    let lb = pb::LbStrategy::try_from(p.lb)
+        .map(multiverse_common::LbStrategy::from)
+        .map(|l| l.as_str())
+        .unwrap_or("least_request");
+    let ms = |v: u32| (v > 0).then_some(v);
+    json!({
+        "lb": lb,
+        "max_retries": p.max_retries,
+        "connect_timeout_ms": ms(p.connect_timeout_ms),
+        "first_byte_timeout_ms": ms(p.first_byte_timeout_ms),
+        "idle_timeout_ms": ms(p.idle_timeout_ms),
+    })
+}
+
 /// The snapshot proxies are being sent (upstream API keys redacted).
 async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
     let current = s.publisher.current();
@@ -34,6 +51,7 @@ async fn snapshot(State(s): State<ApiState>) -> Json<serde_json::Value> {
         .map(|m| {
             json!({
                 "name": m.name,
+                "policy": m.policy.as_ref().map(policy_json),
                 "endpoints": m.endpoints.iter().map(|e| json!({
                     "id": e.id,
                     "address": e.address,

@@ -38,6 +38,9 @@ pub struct BackendRequest {
     pub weight: Option<u32>,
     #[serde(default)]
     pub kind: Option<String>,
+    /// The routing policy asked for the backend's models (see `crate::models`).
+    #[serde(default)]
+    pub policy: Option<crate::store::PolicySpec>,
 }
 
 /// What a connection test found (`POST /admin/backends/test`).
@@ -166,6 +169,7 @@ impl Admission {
             weight: req.weight.unwrap_or(1),
             api_key,
             kind: req.kind,
+            policy: req.policy,
         };
         spec.validate()?;
         validate_tags(&req.tags)?;
@@ -228,6 +232,7 @@ impl Admission {
             created_at,
             updated_at,
             deregistered: false,
+            policy: spec.policy,
         };
         Ok((record, check))
     }

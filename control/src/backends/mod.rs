@@ -17,7 +17,8 @@ use multiverse_common::ModelKind;
 use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::store::BackendRecord;
+use crate::models::policy;
+use crate::store::{BackendRecord, PolicySpec};
 
 /// A backend as declared in config (and later registered through the API).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -39,6 +40,10 @@ pub struct BackendSpec {
     /// What the models do: chat (default), completion, embedding, rerank, classify.
     #[serde(default)]
     pub kind: Option<String>,
+    /// The routing policy this backend asks for its models; a model's `[models.<name>]` or API
+    /// policy wins field by field (see `crate::models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
 }
 
 fn default_weight() -> u32 {
@@ -60,6 +65,9 @@ pub enum SpecError {
     ApiKey(String),
     #[error("`kind`: {0}")]
     Kind(String),
+    /// The message names the policy's field (`lb`, `first_byte_timeout_ms`, ...).
+    #[error("`policy`: {0}")]
+    Policy(String),
 }
 
 impl SpecError {
@@ -72,6 +80,7 @@ impl SpecError {
             SpecError::Weight(_) => "weight",
             SpecError::ApiKey(_) => "api_key",
             SpecError::Kind(_) => "kind",
+            SpecError::Policy(_) => "policy",
         }
     }
 
@@ -83,7 +92,8 @@ impl SpecError {
             | SpecError::Models(m)
             | SpecError::Weight(m)
             | SpecError::ApiKey(m)
-            | SpecError::Kind(m) => m,
+            | SpecError::Kind(m)
+            | SpecError::Policy(m) => m,
         }
     }
 }
@@ -189,6 +199,9 @@ impl BackendSpec {
             }
         }
         parse_kind(self.kind.as_deref()).map_err(SpecError::Kind)?;
+        if let Some(p) = &self.policy {
+            policy::validate(p).map_err(|e| SpecError::Policy(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -234,8 +247,15 @@ mod tests {
             weight: 1,
             api_key: None,
             kind: None,
+            policy: None,
         };
         ok.validate().expect("valid");
+        let mut bad = ok.clone();
+        bad.policy = Some(PolicySpec {
+            lb: Some("fastest".into()),
+            ..Default::default()
+        });
+        assert_eq!(bad.validate().map_err(|e| e.field()), Err("policy"));
         let mut bad = ok.clone();
         bad.name = "a/b".into();
         assert!(matches!(bad.validate(), Err(SpecError::Name(_))));

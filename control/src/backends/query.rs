@@ -127,6 +127,7 @@ mod tests {
             created_at: created.into(),
             updated_at: created.into(),
             deregistered: false,
+            policy: None,
             health: HealthRecord {
                 status,
                 last_check: checked.map(|at| CheckResult {

@@ -1,7 +1,8 @@
 //! Lifecycle events of TEI instances (created, started, ready, unhealthy, restarted, failed,
 //! stopped, deleted) and of backends (`backend_registered`, `backend_healthy`,
 //! `backend_unhealthy`, `backend_deregistered`, `backend_restored`, `backend_updated`,
-//! `backend_deleted`; prefixed, as `unhealthy` exists for both), on one `seq`. Each goes to the tracing log, to `GET /events` subscribers (SSE, see
+//! `backend_deleted`; prefixed, as `unhealthy` exists for both) and of models' API policies
+//! (`policy_updated`, `policy_deleted`, with `model`), on one `seq`. Each goes to the tracing log, to `GET /events` subscribers (SSE, see
 //! [`sse_stream`]) and to the configured [`webhooks`]. Emitting never waits: supervision is never
 //! delayed by a slow subscriber or webhook (webhooks are fed through bounded queues, each drained
 //! by its own task; a full queue drops and counts).
@@ -74,6 +75,10 @@ pub enum EventKind {
     BackendUpdated,
     /// A backend was deleted through the API.
     BackendDeleted,
+    /// A model's routing policy was set through the API.
+    PolicyUpdated,
+    /// A model's API routing policy was deleted (its config policy applies again).
+    PolicyDeleted,
 }
 
 impl EventKind {
@@ -95,6 +100,8 @@ impl EventKind {
         "backend_restored",
         "backend_updated",
         "backend_deleted",
+        "policy_updated",
+        "policy_deleted",
     ];
 
     /// The `type` name, e.g. `started`.
@@ -116,6 +123,8 @@ impl EventKind {
             EventKind::BackendRestored => "backend_restored",
             EventKind::BackendUpdated => "backend_updated",
             EventKind::BackendDeleted => "backend_deleted",
+            EventKind::PolicyUpdated => "policy_updated",
+            EventKind::PolicyDeleted => "policy_deleted",
         }
     }
 
@@ -138,6 +147,9 @@ pub struct Event {
     /// The backend of a backend event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendRef>,
+    /// The model of a policy event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -225,6 +237,26 @@ impl EventBus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records an event of `model` (its policy); never blocks (as [`EventBus::emit`]).
+    pub fn emit_model(&self, model: &str, kind: EventKind) -> Event {
+        let mut event = Event {
+            seq: 0,
+            at: String::new(),
+            instance: String::new(),
+            backend: None,
+            model: Some(model.to_string()),
+            kind,
+        };
+        self.publish_event(&mut event);
+        tracing::info!(
+            model,
+            seq = event.seq,
+            event = event.kind.name(),
+            "model event"
+        );
+        event
+    }
+
     /// Records an event of `backend`; never blocks (as [`EventBus::emit`]).
     pub fn emit_backend(&self, backend: BackendRef, kind: EventKind) -> Event {
         let event = self.publish(String::new(), Some(backend), kind);
@@ -244,15 +276,25 @@ impl EventBus {
 
     /// Numbers an event and hands it to subscribers and webhooks, in `seq` order.
     fn publish(&self, instance: String, backend: Option<BackendRef>, kind: EventKind) -> Event {
-        let mut inner = self.lock();
-        inner.seq += 1;
-        let event = Event {
-            seq: inner.seq,
-            at: multiverse_common::time::now_rfc3339(),
+        let mut event = Event {
+            seq: 0,
+            at: String::new(),
             instance,
             backend,
+            model: None,
             kind,
         };
+        self.publish_event(&mut event);
+        event
+    }
+
+    /// Numbers and stamps `event` and hands it on (see [`EventBus::publish`]).
+    fn publish_event(&self, event: &mut Event) {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        event.seq = inner.seq;
+        event.at = multiverse_common::time::now_rfc3339();
+        let event = &*event;
         self.last_seq.store(event.seq, Ordering::Relaxed);
         if inner.recent.len() == RECENT {
             inner.recent.pop_front();
@@ -261,9 +303,8 @@ impl EventBus {
         // No subscriber is not an error.
         let _ = self.tx.send(event.clone());
         for w in &self.webhooks {
-            w.offer(&event);
+            w.offer(event);
         }
-        event
     }
 
     /// Records an event; never blocks (beyond a short lock shared with other emitters).

@@ -111,6 +111,8 @@ fn names_cover_every_kind() {
         EventKind::BackendRestored,
         EventKind::BackendUpdated,
         EventKind::BackendDeleted,
+        EventKind::PolicyUpdated,
+        EventKind::PolicyDeleted,
     ];
     let names: Vec<_> = kinds.iter().map(EventKind::name).collect();
     assert_eq!(names, EventKind::NAMES);

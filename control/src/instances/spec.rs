@@ -56,7 +56,8 @@ impl InstanceSpec {
             auto_truncate,
             revision,
             limits,
-            probes
+            probes,
+            policy
         );
         if self.model_id.is_empty() {
             self.model_id = t.model_id.clone();
@@ -98,6 +99,10 @@ impl InstanceSpec {
             ))),
             _ => Ok(()),
         };
+        if let Some(p) = &self.policy {
+            crate::models::policy::validate(p)
+                .map_err(|e| invalid(format!("`policy.{}`: {}", e.field, e.message)))?;
+        }
         if let Some(p) = &self.probes {
             if self.protocol != Protocol::Http {
                 return Err(invalid("`probes` are HTTP checks: only for protocol http"));

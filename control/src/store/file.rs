@@ -115,7 +115,8 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::BackendRecord;
+    use crate::store::records::{BackendRecord, PolicySpec};
+    use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
 
     fn dir(tag: &str) -> PathBuf {
@@ -134,6 +135,14 @@ mod tests {
             backends: vec![BackendRecord::example("b1")],
             instances: Vec::new(),
             keys: Vec::new(),
+            policies: BTreeMap::from([(
+                "m1".to_string(),
+                PolicySpec {
+                    lb: Some("round_robin".into()),
+                    first_byte_timeout_ms: Some(500),
+                    ..Default::default()
+                },
+            )]),
         };
         f.save(&state).expect("save");
         assert_eq!(f.load().expect("load"), state);

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 pub use file::{StateError, StateFile};
 pub use records::{
     BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord, Limits,
-    ProbeSpec, Probes, Protocol, Template, FORMAT_VERSION,
+    PolicySpec, ProbeSpec, Probes, Protocol, Template, FORMAT_VERSION,
 };
 
 /// One change of the persisted records.
@@ -58,6 +58,10 @@ pub enum Change {
     PutKey(Box<KeyRecord>),
     /// Removes the inference key with this id.
     RemoveKey(String),
+    /// Sets the API policy of the model with this name.
+    PutPolicy(String, Box<PolicySpec>),
+    /// Removes the API policy of the model with this name.
+    RemovePolicy(String),
     /// Raises the snapshot version floor to this (never lowers it).
     RaiseVersionFloor(u64),
 }
@@ -71,6 +75,8 @@ pub struct Records {
     pub instances: BTreeMap<String, InstanceRecord>,
     /// By id.
     pub keys: BTreeMap<String, KeyRecord>,
+    /// By model name.
+    pub policies: BTreeMap<String, PolicySpec>,
     pub version_floor: u64,
 }
 
@@ -88,6 +94,7 @@ impl Records {
                 .map(|i| (i.spec.name.clone(), i))
                 .collect(),
             keys: state.keys.into_iter().map(|k| (k.id.clone(), k)).collect(),
+            policies: state.policies,
             version_floor: state.version_floor,
         }
     }
@@ -99,6 +106,7 @@ impl Records {
             backends: self.backends.values().cloned().collect(),
             instances: self.instances.values().cloned().collect(),
             keys: self.keys.values().cloned().collect(),
+            policies: self.policies.clone(),
         }
     }
 
@@ -121,6 +129,12 @@ impl Records {
             }
             Change::RemoveKey(id) => {
                 self.keys.remove(&id);
+            }
+            Change::PutPolicy(model, p) => {
+                self.policies.insert(model, *p);
+            }
+            Change::RemovePolicy(model) => {
+                self.policies.remove(&model);
             }
             Change::RaiseVersionFloor(v) => self.version_floor = self.version_floor.max(v),
         }
@@ -263,6 +277,23 @@ impl Store {
         let key = id.to_string();
         self.submit(Change::RemoveKey(id.to_string()), move |r| {
             r.keys.get(&key).cloned()
+        })
+    }
+
+    /// Sets a model's API policy.
+    pub fn put_policy(&self, model: &str, policy: PolicySpec) -> Saving<Option<PolicySpec>> {
+        let name = model.to_string();
+        self.submit(
+            Change::PutPolicy(model.to_string(), Box::new(policy)),
+            move |r| r.policies.get(&name).cloned(),
+        )
+    }
+
+    /// Removes a model's API policy.
+    pub fn remove_policy(&self, model: &str) -> Saving<Option<PolicySpec>> {
+        let name = model.to_string();
+        self.submit(Change::RemovePolicy(model.to_string()), move |r| {
+            r.policies.get(&name).cloned()
         })
     }
 

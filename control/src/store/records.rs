@@ -26,6 +26,33 @@ pub struct DesiredState {
     /// Inference API keys (hashes only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyRecord>,
+    /// Models' routing policies set through the operator API (`/admin/models/{name}/policy`),
+    /// by model name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policies: BTreeMap<String, PolicySpec>,
+}
+
+/// How proxies send a model's requests, as configured (`[models.<name>]`, a backend's or an
+/// instance's `policy`) and stored (`PUT /admin/models/{name}/policy`). Every field is
+/// optional: an unset one falls through to the next layer (see `crate::models`), and at the
+/// end to the proxy's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `least_request` (P2C, the proxy's default), `round_robin` or `weighted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
+    /// Retries on other endpoints before the first response byte (proxy default: 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u32>,
+    /// From sending the request to the first response byte; exceeded: 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout_ms: Option<u32>,
+    /// Longest gap between two reads of a streaming response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u32>,
 }
 
 /// An inference API key as stored (`[[keys]]`): its secret's SHA-256, never the secret.
@@ -86,6 +113,10 @@ pub struct BackendRecord {
     /// Softly deregistered by health checking; restorable.
     #[serde(default)]
     pub deregistered: bool,
+    /// The routing policy this backend asks for its models (a model's `[models.<name>]` or
+    /// API policy wins field by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
 }
 
 impl BackendRecord {
@@ -106,6 +137,7 @@ impl BackendRecord {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             deregistered: false,
+            policy: None,
         }
     }
 }
@@ -196,6 +228,10 @@ pub struct InstanceSpec {
     /// Custom health checks (HTTP instances); a template's apply when the instance gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<Probes>,
+    /// The routing policy this instance asks for its model (a model's `[models.<name>]` or API
+    /// policy wins field by field); a template's applies when the instance gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
 }
 
 /// Custom probes of an instance; an absent one is the default (`GET /health`, or the gRPC

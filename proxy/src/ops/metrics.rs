@@ -30,6 +30,8 @@ pub struct Metrics {
     pub control_plane_addresses: IntGaugeVec,
     /// Resolutions of `dns+` names, by name and result (`ok`, `error`).
     pub dns_resolutions: IntCounterVec,
+    /// 1 for each model whose policy the control planes disagree on.
+    policy_conflicts: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -131,8 +133,17 @@ impl Metrics {
             ),
             &["source", "result"],
         ));
+        let policy_conflicts = must(IntGaugeVec::new(
+            Opts::new(
+                "policy_conflicts",
+                "1 for each model whose routing policy the control planes disagree on (the \
+                 lowest plane id's is used; /config_dump lists them)",
+            ),
+            &["model"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(policy_conflicts.clone()),
             Box::new(key_requests.clone()),
             Box::new(key_tokens.clone()),
             Box::new(duration.clone()),
@@ -167,6 +178,7 @@ impl Metrics {
             key_tokens,
             control_plane_addresses,
             dns_resolutions,
+            policy_conflicts,
         })
     }
 
@@ -219,11 +231,16 @@ impl Metrics {
         self.client_faults.with_label_values(&[reason]).inc();
     }
 
-    /// Records a new table version (the gauge carries the version as a label).
-    pub fn table_applied(&self, version: &str) {
+    /// Records a new table version (the gauge carries the version as a label) and the models
+    /// whose policy its planes disagree on.
+    pub fn table_applied<'a>(&self, version: &str, conflicts: impl Iterator<Item = &'a String>) {
         self.table_version.reset();
         self.table_version.with_label_values(&[version]).set(1);
         self.table_updates.inc();
+        self.policy_conflicts.reset();
+        for model in conflicts {
+            self.policy_conflicts.with_label_values(&[model]).set(1);
+        }
     }
 
     /// Prometheus text exposition.
@@ -306,7 +323,7 @@ mod tests {
     fn renders_registered_metrics() {
         let m = Metrics::new();
         m.request_done("demo", "e1", 200, Duration::from_millis(3));
-        m.table_applied("7");
+        m.table_applied("7", [].iter());
         let text = String::from_utf8(m.render()).expect("utf8");
         assert!(text.contains(
             "multiverse_proxy_requests_total{endpoint=\"e1\",model=\"demo\",status=\"200\"} 1"

@@ -2,6 +2,9 @@
 //! routes file, turned into the same snapshot) is validated into [`PlaneRoutes`] — a snapshot
 //! that fails is NACKed with the [`SnapshotError`] — and the planes' routes are merged into one
 //! [`RoutingTable`] ([`RoutingTable::merge`]), keeping each endpoint's runtime state by id.
+//! When planes push different policies for one model, the plane with the lowest id wins
+//! (deterministic on every proxy, whatever the order snapshots arrived in) and the table lists
+//! the conflict (`policy_conflicts` in `/config_dump`; logged once and gauged by the state).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,14 +19,15 @@ use crate::routing::endpoint::EndpointState;
 use crate::routing::keys::{KeySet, KeySpec, PlaneAuth};
 use crate::routing::limits::KeyState;
 use crate::routing::table::{
-    Endpoint, Health, LbStrategy, ModelKind, Policy, Protocol, Route, RoutingTable,
+    Endpoint, Health, LbStrategy, ModelKind, Policy, PolicyConflict, Protocol, Route, RoutingTable,
     DEFAULT_MAX_RETRIES,
 };
 
 impl RoutingTable {
     /// Builds the union of several planes' routes: per model, the endpoints of every plane
-    /// (the first plane, by id, sets the policy and kind). `states` keeps per-endpoint state
-    /// across versions; entries for endpoints that are gone are dropped.
+    /// (the first plane, by id, sets the policy and kind; `planes` come in id order). `states`
+    /// keeps per-endpoint state across versions; entries for endpoints that are gone are
+    /// dropped.
     pub fn merge<'a>(
         planes: impl IntoIterator<Item = (&'a String, &'a PlaneRoutes)>,
         source: &str,
@@ -33,11 +37,27 @@ impl RoutingTable {
         let planes: Vec<(&String, &PlaneRoutes)> = planes.into_iter().collect();
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
         let mut live = HashMap::new();
-        for (_, plane) in &planes {
+        // Model → the plane whose policy is used (the first to have it).
+        let mut policy_of: HashMap<&str, &str> = HashMap::new();
+        let mut conflicts: BTreeMap<String, PolicyConflict> = BTreeMap::new();
+        for (plane_id, plane) in &planes {
             for m in &plane.models {
+                let used = *policy_of
+                    .entry(m.name.as_str())
+                    .or_insert(plane_id.as_str());
                 let entry = merged
                     .entry(m.name.clone())
                     .or_insert_with(|| (m.kind, m.policy.clone(), Vec::new()));
+                if entry.1 != m.policy {
+                    conflicts
+                        .entry(m.name.clone())
+                        .or_insert_with(|| PolicyConflict {
+                            used: used.to_string(),
+                            ignored: Vec::new(),
+                        })
+                        .ignored
+                        .push(plane_id.to_string());
+                }
                 for e in &m.endpoints {
                     if entry.2.iter().any(|x| x.id == e.id) {
                         continue;
@@ -71,7 +91,9 @@ impl RoutingTable {
             })
             .collect();
         let auth = KeySet::merge(planes.iter().map(|(_, p)| &p.auth), key_states);
-        RoutingTable::from_routes(version, source.to_string(), models, auth)
+        let mut table = RoutingTable::from_routes(version, source.to_string(), models, auth);
+        table.policy_conflicts = conflicts;
+        table
     }
 }
 
@@ -481,6 +503,36 @@ mod tests {
         assert_eq!(
             t2.pinned("b1").map(|(r, i)| (r.name.as_str(), *i)),
             Some(("demo", 1))
+        );
+    }
+
+    #[test]
+    fn the_lowest_plane_id_sets_a_disputed_policy_and_the_conflict_is_listed() {
+        let with_lb = |lb: pb::LbStrategy| {
+            let mut s = snap(vec![("m1", vec![]), ("m2", vec![])]);
+            s.models[0].policy = Some(pb::RoutingPolicy {
+                lb: lb as i32,
+                ..Default::default()
+            });
+            PlaneRoutes::from_snapshot("1", Some(&s), &parse_socket_addr).expect("valid")
+        };
+        let mut planes = BTreeMap::new();
+        // Inserted out of order: the map's id order decides, not arrival.
+        planes.insert("cp-b".to_string(), with_lb(pb::LbStrategy::Weighted));
+        planes.insert("cp-a".to_string(), with_lb(pb::LbStrategy::RoundRobin));
+        planes.insert("cp-c".to_string(), with_lb(pb::LbStrategy::RoundRobin));
+        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new(), &mut HashMap::new());
+        assert_eq!(t.route("m1").expect("m1").policy.lb, LbStrategy::RoundRobin);
+        assert_eq!(
+            t.policy_conflicts.get("m1"),
+            Some(&PolicyConflict {
+                used: "cp-a".into(),
+                ignored: vec!["cp-b".into()],
+            })
+        );
+        assert!(
+            !t.policy_conflicts.contains_key("m2"),
+            "m2's policies agree"
         );
     }
 

@@ -5,7 +5,7 @@
 //! swapped in, so a request sees either the old table or the new one, never a mix. Whoever
 //! wires the proxy learns of every swap through one hook (the server counts them in metrics).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,9 @@ struct Planes {
     states: HashMap<String, Arc<EndpointState>>,
     /// Limits' state of every key, by id (kept across versions).
     key_states: HashMap<String, Arc<KeyState>>,
+    /// Models whose policy the planes disagree on in the current table (logged when they
+    /// start to, not on every table).
+    conflicts: BTreeSet<String>,
 }
 
 impl TableState {
@@ -158,11 +161,23 @@ impl TableState {
             routes,
             states,
             key_states,
+            conflicts,
         } = planes;
         let current = routes
             .iter()
             .filter_map(|(id, held)| held.last().map(|(_, r)| (id, r)));
         let table = RoutingTable::merge(current, &self.source, states, key_states);
+        for (model, c) in &table.policy_conflicts {
+            if !conflicts.contains(model) {
+                tracing::warn!(
+                    %model,
+                    used = %c.used,
+                    ignored = ?c.ignored,
+                    "control planes push different routing policies for this model; the lowest plane id's is used"
+                );
+            }
+        }
+        *conflicts = table.policy_conflicts.keys().cloned().collect();
         tracing::info!(
             version = %table.version,
             models = table.routes().count(),

@@ -36,7 +36,7 @@ pub const TEI_KINDS: KindMask = ModelKind::Embedding.bit()
     | ModelKind::Classify.bit();
 
 /// A model's routing policy with defaults applied.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
     pub lb: LbStrategy,
     pub max_retries: u32,
@@ -56,6 +56,15 @@ mod millis {
             None => s.serialize_none(),
         }
     }
+}
+
+/// Control planes that push different policies for one model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyConflict {
+    /// The plane whose policy is used: the lowest id among those that have the model.
+    pub used: String,
+    /// The planes whose policy differs from it.
+    pub ignored: Vec<String>,
 }
 
 /// One place a model's requests can go.
@@ -139,6 +148,9 @@ pub struct RoutingTable {
     pub source: String,
     /// Inference API keys (ids and limits only in `/config_dump`).
     pub auth: KeySet,
+    /// Models whose policy the control planes disagree on (the lowest plane id's is used).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_conflicts: BTreeMap<String, PolicyConflict>,
     models: BTreeMap<String, Arc<Route>>,
     #[serde(skip)]
     index: HashMap<String, Arc<Route>>,
@@ -226,6 +238,7 @@ impl RoutingTable {
             version,
             source,
             auth,
+            policy_conflicts: BTreeMap::new(),
             models,
             index,
             pins,

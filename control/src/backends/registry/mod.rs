@@ -46,6 +46,9 @@ pub struct BackendView {
     pub updated_at: String,
     pub deregistered: bool,
     pub health: HealthRecord,
+    /// The routing policy the backend asks for its models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::store::PolicySpec>,
 }
 
 /// Why a registry operation failed.
@@ -87,6 +90,7 @@ impl Entry {
             updated_at: r.updated_at.clone(),
             deregistered: r.deregistered,
             health: self.health.clone(),
+            policy: r.policy.clone(),
         }
     }
 }
@@ -151,6 +155,7 @@ impl Registry {
                 created_at: now.clone(),
                 updated_at: now.clone(),
                 deregistered: false,
+                policy: spec.policy.clone(),
             };
             entries.insert(record.id.clone(), Entry::new(record, Source::Config));
         }
