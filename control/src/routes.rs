@@ -27,6 +27,9 @@ use crate::models::policy::{self, PolicySpec};
 use crate::models::Policies;
 use crate::store::{BackendRecord, InstanceRecord, Protocol};
 
+/// TEI's own default for `--max-concurrent-requests`.
+pub const TEI_MAX_CONCURRENT_REQUESTS: u32 = 512;
+
 /// The TEI instances as routes see them: each record with its state, and the host proxies
 /// reach them on.
 pub struct Instances<'a> {
@@ -122,6 +125,7 @@ fn backend_endpoint(b: &BackendRecord, health: pb::HealthStatus) -> Option<pb::E
         host: target.host,
         path_prefix: target.path_prefix,
         upstream_api_key: b.api_key.clone().unwrap_or_default(),
+        max_concurrent: b.max_concurrent.unwrap_or(0),
     })
 }
 
@@ -148,6 +152,11 @@ fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb:
             kind: pb::SourceKind::TeiInstance as i32,
             name: spec.name.clone(),
         }),
+        // What TEI itself admits (`--max-concurrent-requests`, TEI's default when unset):
+        // beyond it TEI answers 429, so the proxy queues instead.
+        max_concurrent: spec
+            .max_concurrent_requests
+            .unwrap_or(TEI_MAX_CONCURRENT_REQUESTS),
         ..Default::default()
     })
 }
@@ -323,6 +332,13 @@ mod tests {
         );
         assert_eq!(s.models.len(), 1);
         assert_eq!(s.models[0].kind, pb::ModelKind::Embedding as i32);
+        assert!(
+            s.models[0]
+                .endpoints
+                .iter()
+                .all(|e| e.max_concurrent == TEI_MAX_CONCURRENT_REQUESTS),
+            "TEI's own default admits that many"
+        );
         let got: Vec<_> = s.models[0]
             .endpoints
             .iter()

@@ -189,6 +189,7 @@ fn build_table(snap: &pb::RouteSnapshot) -> RoutingTable {
         "control-plane",
         &mut HashMap::new(),
         &mut HashMap::new(),
+        &mut HashMap::new(),
     )
 }
 
@@ -274,7 +275,13 @@ fn snapshot_apply(c: &mut Criterion) {
                             .expect("valid");
                     let mut planes = BTreeMap::new();
                     planes.insert("cp".to_string(), routes);
-                    RoutingTable::merge(&planes, "control-plane", &mut loads, &mut HashMap::new())
+                    RoutingTable::merge(
+                        &planes,
+                        "control-plane",
+                        &mut loads,
+                        &mut HashMap::new(),
+                        &mut HashMap::new(),
+                    )
                 })
             },
         );

@@ -188,6 +188,9 @@ pub struct LimitsConfig {
     pub per_ip_rpm: u32,
     /// Client addresses tracked at once for `per_ip_rpm` (beyond, newcomers are not limited).
     pub per_ip_tracked: usize,
+    /// The request header that marks a request `high` or `low` priority in a model's admission
+    /// queue (`low` is shed first; absent or anything else: high).
+    pub priority_header: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -278,6 +281,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 8 * 1024 * 1024,
             per_ip_rpm: 0,
             per_ip_tracked: 65_536,
+            priority_header: "x-priority".into(),
         }
     }
 }
@@ -413,6 +417,12 @@ impl ProxyConfig {
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
+        }
+        if http::HeaderName::from_bytes(self.limits.priority_header.as_bytes()).is_err() {
+            return Err(invalid(
+                "limits.priority_header",
+                format!("`{}` is not a header name", self.limits.priority_header),
+            ));
         }
         if !(1..=1 << 24).contains(&self.limits.per_ip_tracked) {
             return Err(invalid(

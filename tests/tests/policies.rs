@@ -3,8 +3,9 @@
 //! a backend's own policy), a backend's `policy` (weighted follows weights), the operator API
 //! (`/admin/models/{name}/policy`: a pushed first-byte timeout turns a slow mock's answer into
 //! an OpenAI-format 504, bad values are `INVALID_POLICY`, the policy is persisted and
-//! documented), and two control planes that disagree (the lowest plane id's policy is used; the
-//! conflict is in `/config_dump`, a gauge and one log line).
+//! documented), two control planes that disagree (the lowest plane id's policy is used; the
+//! conflict is in `/config_dump`, a gauge and one log line), and admission settings pushed from
+//! control.toml (a backend's `max_concurrent`, a model's `queue_max`).
 
 use std::time::Duration;
 
@@ -440,4 +441,74 @@ async fn two_planes_disagreeing_the_lowest_id_wins_and_the_conflict_is_reported_
         .filter(|l| l.contains("different routing policies"))
         .count();
     assert_eq!(lines, 1, "the conflict is logged once: {log}");
+}
+
+#[tokio::test]
+async fn a_backend_max_concurrent_and_a_model_queue_from_control_toml_admit_and_shed() {
+    let dir = temp_dir("policy-admission");
+    let slow = MockOpenAi::start(
+        &dir,
+        "mock-slow",
+        &["--model", "m4", "--latency-ms", "1000"],
+    );
+    let body = control_body(&format!(
+        "{}[models.m4]\nqueue_max = 1\nqueue_timeout_ms = 5000\n",
+        backend_toml("slow", &slow, &["m4"], "max_concurrent = 1")
+    ));
+    let cp = Control::start(&dir, "cp-admit", &body).await;
+    let proxy = Proxy::start(&dir, "proxy-admit", &[cp.discovery_url()]).await;
+    let c = reqwest::Client::new();
+    let route = wait_model(&c, &proxy, "m4", 1).await;
+    assert_eq!(route["endpoints"][0]["max_concurrent"], 1, "{route}");
+    assert_eq!(route["policy"]["queue_max"], 1, "{route}");
+    assert_eq!(route["policy"]["queue_timeout"], 5000, "{route}");
+
+    let gauge = |name: &'static str| {
+        let (c, admin) = (c.clone(), proxy.admin_url());
+        async move {
+            let text = c
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        }
+    };
+    let spawn = || {
+        let (c, url) = (c.clone(), proxy.url());
+        tokio::spawn(async move {
+            let r = c
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&json!({"model": "m4", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .expect("answer");
+            r.status().as_u16()
+        })
+    };
+    let first = spawn();
+    eventually(CONVERGE, "the first request in flight", || async {
+        (gauge("multiverse_proxy_in_flight_requests").await? == 1.0).then_some(())
+    })
+    .await;
+    let second = spawn();
+    eventually(CONVERGE, "the second request queued", || async {
+        (gauge("multiverse_proxy_queue_depth{model=\"m4\"}").await? == 1.0).then_some(())
+    })
+    .await;
+    let (status, _, body) = chat(&c, &proxy, "m4").await;
+    assert_eq!(status, 429, "slot taken, queue full: {body}");
+    assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    assert_eq!(first.await.expect("first"), 200);
+    assert_eq!(
+        second.await.expect("second"),
+        200,
+        "sent when the slot freed"
+    );
 }

@@ -249,7 +249,8 @@ impl From<BackendSpecError> for ApiError {
             | BackendSpecError::Models(_)
             | BackendSpecError::Weight(_)
             | BackendSpecError::ApiKey(_)
-            | BackendSpecError::Kind(_) => ErrorCode::ValidationError,
+            | BackendSpecError::Kind(_)
+            | BackendSpecError::MaxConcurrent(_) => ErrorCode::ValidationError,
             BackendSpecError::Policy(_) => ErrorCode::InvalidPolicy,
         };
         ApiError::new(code, e.to_string())

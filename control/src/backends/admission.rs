@@ -41,6 +41,9 @@ pub struct BackendRequest {
     /// The routing policy asked for the backend's models (see `crate::models`).
     #[serde(default)]
     pub policy: Option<crate::store::PolicySpec>,
+    /// Requests each proxy sends it at once; omitted: unlimited.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// What a connection test found (`POST /admin/backends/test`).
@@ -170,6 +173,7 @@ impl Admission {
             api_key,
             kind: req.kind,
             policy: req.policy,
+            max_concurrent: req.max_concurrent,
         };
         spec.validate()?;
         validate_tags(&req.tags)?;
@@ -233,6 +237,7 @@ impl Admission {
             updated_at,
             deregistered: false,
             policy: spec.policy,
+            max_concurrent: spec.max_concurrent,
         };
         Ok((record, check))
     }

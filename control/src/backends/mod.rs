@@ -44,6 +44,10 @@ pub struct BackendSpec {
     /// policy wins field by field (see `crate::models`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
+    /// Requests each proxy sends this backend at once (beyond: the model's queue, see
+    /// `queue_max`); unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -65,6 +69,8 @@ pub enum SpecError {
     ApiKey(String),
     #[error("`kind`: {0}")]
     Kind(String),
+    #[error("`max_concurrent`: {0}")]
+    MaxConcurrent(String),
     /// The message names the policy's field (`lb`, `first_byte_timeout_ms`, ...).
     #[error("`policy`: {0}")]
     Policy(String),
@@ -80,6 +86,7 @@ impl SpecError {
             SpecError::Weight(_) => "weight",
             SpecError::ApiKey(_) => "api_key",
             SpecError::Kind(_) => "kind",
+            SpecError::MaxConcurrent(_) => "max_concurrent",
             SpecError::Policy(_) => "policy",
         }
     }
@@ -93,6 +100,7 @@ impl SpecError {
             | SpecError::Weight(m)
             | SpecError::ApiKey(m)
             | SpecError::Kind(m)
+            | SpecError::MaxConcurrent(m)
             | SpecError::Policy(m) => m,
         }
     }
@@ -199,6 +207,11 @@ impl BackendSpec {
             }
         }
         parse_kind(self.kind.as_deref()).map_err(SpecError::Kind)?;
+        if self.max_concurrent == Some(0) {
+            return Err(SpecError::MaxConcurrent(
+                "must be >= 1 (leave it out for no limit)".into(),
+            ));
+        }
         if let Some(p) = &self.policy {
             policy::validate(p).map_err(|e| SpecError::Policy(e.to_string()))?;
         }
@@ -248,6 +261,7 @@ mod tests {
             api_key: None,
             kind: None,
             policy: None,
+            max_concurrent: None,
         };
         ok.validate().expect("valid");
         let mut bad = ok.clone();

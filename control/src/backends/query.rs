@@ -128,6 +128,7 @@ mod tests {
             updated_at: created.into(),
             deregistered: false,
             policy: None,
+            max_concurrent: None,
             health: HealthRecord {
                 status,
                 last_check: checked.map(|at| CheckResult {

@@ -14,6 +14,8 @@ pub use crate::store::PolicySpec;
 pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 /// Most retries accepted: each is another endpoint tried before the first byte.
 pub const MAX_RETRIES: u32 = 10;
+/// Longest admission queue accepted per model (per proxy).
+pub const MAX_QUEUE: u32 = 100_000;
 
 /// Why a policy is refused, by field (as the config file and the API spell it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +41,16 @@ pub fn validate(p: &PolicySpec) -> Result<(), PolicyInvalid> {
             });
         }
     }
+    if let Some(n) = p.queue_max {
+        if n > MAX_QUEUE {
+            return Err(PolicyInvalid {
+                field: "queue_max",
+                message: format!("{n} is more than {MAX_QUEUE}"),
+            });
+        }
+    }
     for (field, v) in [
+        ("queue_timeout_ms", p.queue_timeout_ms),
         ("connect_timeout_ms", p.connect_timeout_ms),
         ("first_byte_timeout_ms", p.first_byte_timeout_ms),
         ("idle_timeout_ms", p.idle_timeout_ms),
@@ -71,6 +82,8 @@ pub fn layer(upper: &PolicySpec, lower: &PolicySpec) -> PolicySpec {
         connect_timeout_ms: upper.connect_timeout_ms.or(lower.connect_timeout_ms),
         first_byte_timeout_ms: upper.first_byte_timeout_ms.or(lower.first_byte_timeout_ms),
         idle_timeout_ms: upper.idle_timeout_ms.or(lower.idle_timeout_ms),
+        queue_max: upper.queue_max.or(lower.queue_max),
+        queue_timeout_ms: upper.queue_timeout_ms.or(lower.queue_timeout_ms),
     }
 }
 
@@ -87,6 +100,8 @@ pub fn to_pb(p: &PolicySpec) -> pb::RoutingPolicy {
         connect_timeout_ms: p.connect_timeout_ms.unwrap_or(0),
         first_byte_timeout_ms: p.first_byte_timeout_ms.unwrap_or(0),
         idle_timeout_ms: p.idle_timeout_ms.unwrap_or(0),
+        queue_max: p.queue_max.unwrap_or(0),
+        queue_timeout_ms: p.queue_timeout_ms.unwrap_or(0),
     }
 }
 

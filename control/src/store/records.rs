@@ -53,6 +53,13 @@ pub struct PolicySpec {
     /// Longest gap between two reads of a streaming response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u32>,
+    /// Requests that find every endpoint at its `max_concurrent` wait in a FIFO queue of at
+    /// most this many (default 0: no queue, 429 at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max: Option<u32>,
+    /// Longest wait in that queue (default: the proxy's, 30 s); then 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u32>,
 }
 
 /// An inference API key as stored (`[[keys]]`): its secret's SHA-256, never the secret.
@@ -117,6 +124,9 @@ pub struct BackendRecord {
     /// API policy wins field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
+    /// Requests each proxy sends it at once; None: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 impl BackendRecord {
@@ -138,6 +148,7 @@ impl BackendRecord {
             updated_at: "2026-01-01T00:00:00Z".into(),
             deregistered: false,
             policy: None,
+            max_concurrent: None,
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub dns_resolutions: IntCounterVec,
     /// 1 for each model whose policy the control planes disagree on.
     policy_conflicts: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    queue_wait: HistogramVec,
+    queue_sheds: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -141,9 +144,38 @@ impl Metrics {
             ),
             &["model"],
         ));
+        let queue_depth = must(IntGaugeVec::new(
+            Opts::new(
+                "queue_depth",
+                "Requests waiting in a model's admission queue (every endpoint at its \
+                 max_concurrent)",
+            ),
+            &["model"],
+        ));
+        let queue_wait = must(HistogramVec::new(
+            HistogramOpts::new(
+                "queue_wait_seconds",
+                "Time admitted requests waited in a model's queue",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["model"],
+        ));
+        let queue_sheds = must(IntCounterVec::new(
+            Opts::new(
+                "queue_sheds_total",
+                "Requests refused by admission (429): queue full, displaced by a higher \
+                 priority, or timed out waiting",
+            ),
+            &["model", "reason"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(policy_conflicts.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(queue_sheds.clone()),
             Box::new(key_requests.clone()),
             Box::new(key_tokens.clone()),
             Box::new(duration.clone()),
@@ -179,6 +211,9 @@ impl Metrics {
             control_plane_addresses,
             dns_resolutions,
             policy_conflicts,
+            queue_depth,
+            queue_wait,
+            queue_sheds,
         })
     }
 
@@ -229,6 +264,25 @@ impl Metrics {
     /// Counts a request that failed by the client's doing (`reason`: a static label).
     pub fn client_fault(&self, reason: &str) {
         self.client_faults.with_label_values(&[reason]).inc();
+    }
+
+    /// A model's admission queue holds `depth` requests.
+    pub fn queue_depth(&self, model: &str, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[model])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// A request admitted after waiting `waited` in `model`'s queue.
+    pub fn queue_waited(&self, model: &str, waited: Duration) {
+        self.queue_wait
+            .with_label_values(&[model])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A request refused by admission (`reason`: full, displaced, timeout).
+    pub fn queue_shed(&self, model: &str, reason: &str) {
+        self.queue_sheds.with_label_values(&[model, reason]).inc();
     }
 
     /// Records a new table version (the gauge carries the version as a label) and the models

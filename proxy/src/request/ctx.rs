@@ -34,6 +34,9 @@ pub struct RequestCtx {
     /// The current attempt's failure was already counted for outlier detection.
     pub failure_counted: bool,
     pub in_flight: Option<InFlight>,
+    /// The endpoint admission reserved a slot on for the first attempt, and its count (freed
+    /// if the request ends before it is sent).
+    pub admitted: Option<(usize, InFlight)>,
     /// The inference key the request came with (keys mode).
     pub key: Option<Arc<ApiKey>>,
     /// Its admission by the key's limits (counted in flight while held).
@@ -66,6 +69,7 @@ impl RequestCtx {
             endpoint: None,
             failure_counted: false,
             in_flight: None,
+            admitted: None,
             key: None,
             permit: None,
             rate: None,

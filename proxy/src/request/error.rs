@@ -81,6 +81,13 @@ pub enum ProxyError {
     /// Over one of the key's limits; the client may try again after `retry_after`.
     #[error("Rate limit reached for {limit}: retry after {} s", retry_after_secs(*.retry_after))]
     RateLimited { limit: Limit, retry_after: Duration },
+    /// Every endpoint of the model is at its `max_concurrent` and its queue is full (or the
+    /// request was pushed out of it by a higher-priority one).
+    #[error("Every endpoint of `{0}` is busy and its queue is full: retry later")]
+    QueueFull(String),
+    /// Waited in the model's queue for its `queue_timeout_ms` without a slot.
+    #[error("Every endpoint of `{0}` stayed busy for the queue's timeout: retry later")]
+    QueueTimeout(String),
 
     // --- the gateway cannot serve it (5xx) ---
     #[error("The gateway has not received its routing table yet")]
@@ -113,7 +120,7 @@ impl ProxyError {
             ConnectNotAllowed => 405,
             MissingApiKey | InvalidApiKey | ExpiredApiKey => 401,
             ModelNotAllowed(_) => 403,
-            RateLimited { .. } => 429,
+            RateLimited { .. } | QueueFull(_) | QueueTimeout(_) => 429,
             TooLarge(_) | TooLargeStreamed => 413,
             NotReady | NoHealthyEndpoint(_) => 503,
             AllEndpointsFailed { status, .. } | Status { status } => *status,
@@ -125,8 +132,11 @@ impl ProxyError {
 
     /// The OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
-        if let ProxyError::RateLimited { limit, .. } = self {
-            return limit.kind();
+        match self {
+            ProxyError::RateLimited { limit, .. } => return limit.kind(),
+            // As OpenAI types its own request-rate 429s.
+            ProxyError::QueueFull(_) | ProxyError::QueueTimeout(_) => return "requests",
+            _ => {}
         }
         if self.status() >= 500 {
             "server_error"
@@ -157,6 +167,8 @@ impl ProxyError {
             ExpiredApiKey => "expired_api_key",
             ModelNotAllowed(_) => "model_not_allowed",
             RateLimited { .. } => "rate_limit_exceeded",
+            QueueFull(_) => "queue_full",
+            QueueTimeout(_) => "queue_timeout",
             NotReady => "not_ready",
             NoHealthyEndpoint(_) => "no_healthy_endpoint",
             AllEndpointsFailed { .. } | UpstreamFailed(_) => "upstream_error",
@@ -503,6 +515,15 @@ mod tests {
             ProxyError::UpstreamTimeout("t").grpc_code(),
             tonic::Code::DeadlineExceeded
         );
+        for queued in [
+            ProxyError::QueueFull("m".into()),
+            ProxyError::QueueTimeout("m".into()),
+        ] {
+            assert_eq!((queued.status(), queued.kind()), (429, "requests"));
+            assert_eq!(queued.grpc_code(), tonic::Code::ResourceExhausted);
+        }
+        assert_eq!(ProxyError::QueueFull("m".into()).code(), "queue_full");
+        assert_eq!(ProxyError::QueueTimeout("m".into()).code(), "queue_timeout");
         assert_eq!(
             ProxyError::HeaderTimeout(Duration::from_millis(1500)).to_string(),
             "The request header did not arrive within 1500 ms"

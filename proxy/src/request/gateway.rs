@@ -9,7 +9,10 @@
 //!    are required), the model and its route ([`target`], reading the body through [`body`]
 //!    when it names the model), the key's model and limits; errors and `GET /v1/models` are
 //!    answered here ([`respond`]), and the connection stays open.
-//! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
+//!    A model whose endpoints have a `max_concurrent` then admits it: a slot, a wait in its
+//!    queue, or 429 ([`admit`]).
+//! 3. `upstream_peer` — choose an endpoint ([`pick_reserved`], unless admission did) and build
+//!    its peer
 //!    ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint (a gateway key
 //!    never goes upstream).
@@ -43,6 +46,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::ops::drain::Active;
 use crate::ops::metrics::{LogLimit, Metrics};
+use crate::request::admit;
 use crate::request::auth;
 use crate::request::body;
 use crate::request::classify::{classify_request, Family};
@@ -58,7 +62,8 @@ use crate::request::upstream::{self, UpstreamDefaults};
 use crate::request::usage::UsageReader;
 use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
-use crate::routing::pick::pick;
+use crate::routing::pick::pick_reserved;
+use crate::routing::queue::Priority;
 use crate::routing::table::Route;
 use crate::routing::TableState;
 
@@ -78,6 +83,8 @@ pub struct GatewayConfig {
     pub per_ip: Option<(u32, usize)>,
     /// `[cors]`: the browser origins allowed.
     pub cors: Cors,
+    /// `limits.priority_header`: a request's priority in its model's admission queue.
+    pub priority_header: http::HeaderName,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -154,6 +161,11 @@ impl ProxyHttp for Gateway {
                 Err(e) => Err(e.into_pingora()),
             },
         };
+        let found = match found {
+            // Admission: a slot on a limited endpoint, or a wait for one.
+            Ok(Some(route)) => self.admit(session, ctx, &route).await.map(|()| Some(route)),
+            other => other,
+        };
         match found {
             Ok(Some(route)) => {
                 ctx.route = Some(route);
@@ -188,13 +200,24 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Err(ProxyError::Internal("upstream_peer without a route").into_pingora());
         };
-        let Some(index) = pick(&route, ctx.tried, &ctx.want, self.clock.now_ms()) else {
-            return Err(nothing_left(&route, 503).into_pingora());
+        // Admission reserved the first attempt's slot; a retry reserves its own.
+        let (index, guard) = match ctx.admitted.take() {
+            Some(admitted) => admitted,
+            None => {
+                let Some(i) = pick_reserved(&route, ctx.tried, &ctx.want, self.clock.now_ms())
+                else {
+                    return Err(nothing_left(&route, 503).into_pingora());
+                };
+                (
+                    i,
+                    InFlight::reserved(&route, &route.endpoints[i], &self.metrics),
+                )
+            }
         };
         ctx.begin_attempt(index);
         let endpoint = &route.endpoints[index];
         // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
-        ctx.in_flight = Some(InFlight::start(endpoint, &self.metrics));
+        ctx.in_flight = Some(guard);
         Ok(Box::new(upstream::peer(
             endpoint,
             &route.policy,
@@ -430,6 +453,40 @@ fn nothing_left(route: &Route, status: u16) -> ProxyError {
 
 impl Gateway {
     /// Charges the tokens its response reported to the key's tokens-per-minute cell.
+    /// Admits the request to `route` ([`admit`]); a refusal carries `Retry-After`.
+    async fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+    ) -> Result<()> {
+        if !route.limited {
+            return Ok(());
+        }
+        let priority = Priority::from_header(
+            session
+                .req_header()
+                .headers
+                .get(&self.config.priority_header)
+                .map(|v| v.as_bytes()),
+        );
+        let now = || self.clock.now_ms();
+        match admit::admit(route, &ctx.want, priority, &now, &self.metrics).await {
+            Ok(slot) => {
+                ctx.admitted = slot.map(|i| {
+                    let guard = InFlight::reserved(route, &route.endpoints[i], &self.metrics);
+                    (i, guard)
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let rate = ctx.rate.get_or_insert_with(Default::default);
+                rate.retry_after = Some(admit::RETRY_AFTER);
+                Err(e.into_pingora())
+            }
+        }
+    }
+
     fn charge_tokens(&self, ctx: &RequestCtx) {
         let (Some(key), Some(reader)) = (&ctx.key, &ctx.usage) else {
             return;

@@ -9,12 +9,14 @@
 //!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
 //!   [`model_scan`]);
+//! - [`admit`] — a slot on an endpoint with a `max_concurrent`, or a wait in the model's queue;
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
 //! - [`observe`] — its in-flight count;
 //! - [`usage`] — the response's token counts, read as it streams past (tokens per minute).
 
+pub mod admit;
 pub mod auth;
 pub mod body;
 pub mod classify;

@@ -43,7 +43,13 @@ pub(crate) fn route_of(
         "cp".to_string(),
         PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
     );
-    let table = RoutingTable::merge(&planes, "test", &mut HashMap::new(), &mut HashMap::new());
+    let table = RoutingTable::merge(
+        &planes,
+        "test",
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+    );
     table.route("m").expect("route").clone()
 }
 
@@ -64,5 +70,11 @@ pub(crate) fn table_of(models: Vec<pb::Model>) -> RoutingTable {
         "cp".to_string(),
         PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
     );
-    RoutingTable::merge(&planes, "test", &mut HashMap::new(), &mut HashMap::new())
+    RoutingTable::merge(
+        &planes,
+        "test",
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+    )
 }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod limits;
 pub mod outlier;
 pub mod pick;
+pub mod queue;
 pub mod snapshot;
 pub mod state;
 pub mod table;

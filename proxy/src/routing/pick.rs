@@ -40,6 +40,11 @@ pub struct Want {
 
 impl Want {
     fn allows(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
+        self.allows_busy(i, e, tried, now) && e.has_room()
+    }
+
+    /// [`Want::allows`] whatever the endpoint's load (`max_concurrent`).
+    fn allows_busy(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
         !tried.contains(i)
             && self.pinned.is_none_or(|p| p == i)
             && e.protocol.class() == self.class
@@ -48,13 +53,26 @@ impl Want {
     }
 }
 
-/// Whether any endpoint could take this attempt at `now` (no side effects, unlike [`pick`]).
+/// Whether any endpoint could take this attempt at `now`, once it has room below its
+/// `max_concurrent` (no side effects, unlike [`pick`]; admission queues for busy ones).
 pub fn any_eligible(route: &Route, tried: Tried, want: &Want, now: u64) -> bool {
     route
         .endpoints
         .iter()
         .enumerate()
-        .any(|(i, e)| want.allows(i, e, tried, now))
+        .any(|(i, e)| want.allows_busy(i, e, tried, now))
+}
+
+/// [`pick`], and the pick counted in flight on its endpoint ([`Endpoint::reserve`]); a pick
+/// whose last slot another request took meanwhile is picked again (a few times).
+pub fn pick_reserved(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize> {
+    for _ in 0..4 {
+        let i = pick(route, tried, want, now)?;
+        if route.endpoints[i].reserve() {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Picks an endpoint index for the next attempt at `now`, or `None` when nothing is eligible.

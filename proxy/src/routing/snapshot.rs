@@ -18,21 +18,23 @@ use multiverse_proto::discovery::v1 as pb;
 use crate::routing::endpoint::EndpointState;
 use crate::routing::keys::{KeySet, KeySpec, PlaneAuth};
 use crate::routing::limits::KeyState;
+use crate::routing::queue::AdmitQueue;
 use crate::routing::table::{
     Endpoint, Health, LbStrategy, ModelKind, Policy, PolicyConflict, Protocol, Route, RoutingTable,
-    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRIES, DEFAULT_QUEUE_TIMEOUT,
 };
 
 impl RoutingTable {
     /// Builds the union of several planes' routes: per model, the endpoints of every plane
     /// (the first plane, by id, sets the policy and kind; `planes` come in id order). `states`
-    /// keeps per-endpoint state across versions; entries for endpoints that are gone are
-    /// dropped.
+    /// keeps per-endpoint state across versions (and `queues` each model's admission queue);
+    /// entries for endpoints (and models) that are gone are dropped.
     pub fn merge<'a>(
         planes: impl IntoIterator<Item = (&'a String, &'a PlaneRoutes)>,
         source: &str,
         states: &mut HashMap<String, Arc<EndpointState>>,
         key_states: &mut HashMap<String, Arc<KeyState>>,
+        queues: &mut HashMap<String, Arc<AdmitQueue>>,
     ) -> RoutingTable {
         let planes: Vec<(&String, &PlaneRoutes)> = planes.into_iter().collect();
         let mut merged: BTreeMap<String, (ModelKind, Policy, Vec<Arc<Endpoint>>)> = BTreeMap::new();
@@ -77,19 +79,25 @@ impl RoutingTable {
                 .collect::<Vec<_>>()
                 .join(","),
         };
+        let mut live_queues = HashMap::new();
         let models: BTreeMap<String, Arc<Route>> = merged
             .into_iter()
             .map(|(name, (kind, policy, endpoints))| {
+                let queue = queues.get(&name).cloned().unwrap_or_default();
+                live_queues.insert(name.clone(), queue.clone());
                 let route = Arc::new(Route {
                     name: name.clone(),
                     kind,
                     policy,
+                    limited: endpoints.iter().any(|e| e.max_concurrent > 0),
                     endpoints,
                     cursor: AtomicUsize::new(0),
+                    queue,
                 });
                 (name, route)
             })
             .collect();
+        *queues = live_queues;
         let auth = KeySet::merge(planes.iter().map(|(_, p)| &p.auth), key_states);
         let mut table = RoutingTable::from_routes(version, source.to_string(), models, auth);
         table.policy_conflicts = conflicts;
@@ -129,6 +137,7 @@ pub struct EndpointSpec {
     pub labels: BTreeMap<String, String>,
     pub source: String,
     pub authorization: Option<HeaderValue>,
+    pub max_concurrent: u32,
 }
 
 impl EndpointSpec {
@@ -146,6 +155,7 @@ impl EndpointSpec {
             labels: self.labels.clone(),
             source: self.source.clone(),
             authorization: self.authorization.clone(),
+            max_concurrent: self.max_concurrent,
             // Validated to be a visible-ASCII token in `from_snapshot`.
             id_header: HeaderValue::from_str(&self.id)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -277,6 +287,8 @@ fn policy_from(p: Option<&pb::RoutingPolicy>) -> Policy {
         connect_timeout: ms(p.connect_timeout_ms),
         first_byte_timeout: ms(p.first_byte_timeout_ms),
         idle_timeout: ms(p.idle_timeout_ms),
+        queue_max: p.queue_max,
+        queue_timeout: ms(p.queue_timeout_ms).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
     }
 }
 
@@ -374,6 +386,7 @@ fn endpoint_from<'a>(
             .collect(),
         source,
         authorization,
+        max_concurrent: e.max_concurrent,
     })
 }
 
@@ -487,7 +500,13 @@ mod tests {
             PlaneRoutes::from_snapshot("9", Some(&b), &parse_socket_addr).expect("b"),
         );
         let mut states = HashMap::new();
-        let t1 = RoutingTable::merge(&planes, "control-plane", &mut states, &mut HashMap::new());
+        let t1 = RoutingTable::merge(
+            &planes,
+            "control-plane",
+            &mut states,
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+        );
         assert_eq!(t1.version, "cp-a=3,cp-b=9");
         let demo = t1.route("demo").expect("demo");
         assert_eq!(demo.endpoints.len(), 2);
@@ -495,7 +514,13 @@ mod tests {
             .state
             .in_flight
             .store(5, Ordering::Relaxed);
-        let t2 = RoutingTable::merge(&planes, "control-plane", &mut states, &mut HashMap::new());
+        let t2 = RoutingTable::merge(
+            &planes,
+            "control-plane",
+            &mut states,
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+        );
         let a1 = &t2.route("demo").expect("demo").endpoints[0];
         assert_eq!(a1.state.in_flight.load(Ordering::Relaxed), 5);
         assert!(t2.route("other").is_some());
@@ -521,7 +546,13 @@ mod tests {
         planes.insert("cp-b".to_string(), with_lb(pb::LbStrategy::Weighted));
         planes.insert("cp-a".to_string(), with_lb(pb::LbStrategy::RoundRobin));
         planes.insert("cp-c".to_string(), with_lb(pb::LbStrategy::RoundRobin));
-        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new(), &mut HashMap::new());
+        let t = RoutingTable::merge(
+            &planes,
+            "t",
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+        );
         assert_eq!(t.route("m1").expect("m1").policy.lb, LbStrategy::RoundRobin);
         assert_eq!(
             t.policy_conflicts.get("m1"),
@@ -562,7 +593,13 @@ mod tests {
             "cp".to_string(),
             PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
         );
-        let t = RoutingTable::merge(&planes, "t", &mut HashMap::new(), &mut HashMap::new());
+        let t = RoutingTable::merge(
+            &planes,
+            "t",
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+            &mut HashMap::new(),
+        );
         let name = |k, c| t.sole(k, c).map(|r| r.name.clone());
         assert_eq!(
             name(ModelKind::Embedding.bit(), ProtoClass::Http).as_deref(),

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::routing::endpoint::EndpointState;
 use crate::routing::limits::{KeyState, Leased};
+use crate::routing::queue::AdmitQueue;
 use crate::routing::snapshot::PlaneRoutes;
 use crate::routing::table::RoutingTable;
 use multiverse_proto::discovery::v1 as pb;
@@ -43,6 +44,8 @@ struct Planes {
     /// Models whose policy the planes disagree on in the current table (logged when they
     /// start to, not on every table).
     conflicts: BTreeSet<String>,
+    /// Each model's admission queue, by name (kept across versions).
+    queues: HashMap<String, Arc<AdmitQueue>>,
 }
 
 impl TableState {
@@ -162,11 +165,12 @@ impl TableState {
             states,
             key_states,
             conflicts,
+            queues,
         } = planes;
         let current = routes
             .iter()
             .filter_map(|(id, held)| held.last().map(|(_, r)| (id, r)));
-        let table = RoutingTable::merge(current, &self.source, states, key_states);
+        let table = RoutingTable::merge(current, &self.source, states, key_states, queues);
         for (model, c) in &table.policy_conflicts {
             if !conflicts.contains(model) {
                 tracing::warn!(

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +19,12 @@ use http::HeaderValue;
 use crate::routing::endpoint::EndpointState;
 use crate::routing::keys::KeySet;
 use crate::routing::outlier::{OutlierConfig, Verdict};
+use crate::routing::queue::AdmitQueue;
 
 /// Retries after the first attempt when the control plane leaves it unset.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Longest wait in a model's admission queue when the policy leaves it unset.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 // The shared vocabulary, re-exported where the routing code has always named it.
 pub use multiverse_common::vocab::{Health, LbStrategy, ModelKind, ProtoClass, Protocol};
@@ -46,6 +49,10 @@ pub struct Policy {
     pub first_byte_timeout: Option<Duration>,
     #[serde(with = "millis")]
     pub idle_timeout: Option<Duration>,
+    /// Requests that may wait for a slot when every endpoint is at its `max_concurrent`.
+    pub queue_max: u32,
+    #[serde(serialize_with = "millis::exact")]
+    pub queue_timeout: Duration,
 }
 
 mod millis {
@@ -55,6 +62,9 @@ mod millis {
             Some(d) => s.serialize_u64(d.as_millis() as u64),
             None => s.serialize_none(),
         }
+    }
+    pub fn exact<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
     }
 }
 
@@ -83,6 +93,8 @@ pub struct Endpoint {
     pub path_prefix: String,
     pub labels: BTreeMap<String, String>,
     pub source: String,
+    /// Requests this proxy sends it at once; 0: unlimited.
+    pub max_concurrent: u32,
     /// `Bearer <key>` for upstream auth; never serialized.
     #[serde(skip)]
     pub authorization: Option<HeaderValue>,
@@ -92,6 +104,32 @@ pub struct Endpoint {
     /// Load and outlier state, shared with the same endpoint in other table versions.
     #[serde(skip)]
     pub state: Arc<EndpointState>,
+}
+
+impl Endpoint {
+    /// Whether it is below its `max_concurrent` (always, when unlimited).
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.max_concurrent == 0
+            || self.state.in_flight.load(Ordering::Relaxed) < u64::from(self.max_concurrent)
+    }
+
+    /// Counts one more request in flight, unless that would pass `max_concurrent` (then
+    /// false). Unlimited: one atomic add; limited: a compare-and-swap loop.
+    #[inline]
+    pub fn reserve(&self) -> bool {
+        if self.max_concurrent == 0 {
+            self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let max = u64::from(self.max_concurrent);
+        self.state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
 }
 
 /// A model and where its requests go.
@@ -104,6 +142,12 @@ pub struct Route {
     /// Round-robin cursor.
     #[serde(skip)]
     pub cursor: AtomicUsize,
+    /// Whether any endpoint has a `max_concurrent` (else admission is skipped).
+    #[serde(skip)]
+    pub limited: bool,
+    /// Requests waiting for a slot (kept across tables by model name).
+    #[serde(skip)]
+    pub queue: Arc<AdmitQueue>,
 }
 
 impl Route {

@@ -121,6 +121,12 @@ pub struct ModelEntry {
     pub first_byte_timeout_ms: u32,
     #[serde(default)]
     pub idle_timeout_ms: u32,
+    /// Requests that may wait when every endpoint is at its `max_concurrent` (0: none).
+    #[serde(default)]
+    pub queue_max: u32,
+    /// Longest wait in that queue (0: 30 s).
+    #[serde(default)]
+    pub queue_timeout_ms: u32,
     #[serde(default)]
     pub endpoints: Vec<EndpointEntry>,
 }
@@ -147,6 +153,9 @@ pub struct EndpointEntry {
     pub api_key: String,
     #[serde(default)]
     pub labels: std::collections::HashMap<String, String>,
+    /// Requests sent to it at once (0: unlimited).
+    #[serde(default)]
+    pub max_concurrent: u32,
 }
 
 fn default_kind() -> String {
@@ -205,6 +214,7 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
                 host: e.host,
                 path_prefix: e.path_prefix,
                 upstream_api_key: e.api_key,
+                max_concurrent: e.max_concurrent,
             });
         }
         models.push(pb::Model {
@@ -216,6 +226,8 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
                 connect_timeout_ms: m.connect_timeout_ms,
                 first_byte_timeout_ms: m.first_byte_timeout_ms,
                 idle_timeout_ms: m.idle_timeout_ms,
+                queue_max: m.queue_max,
+                queue_timeout_ms: m.queue_timeout_ms,
             }),
             endpoints,
         });

@@ -273,6 +273,7 @@ mod tests {
             api_key: Some("sk-secret".into()),
             kind: None,
             policy: None,
+            max_concurrent: None,
         });
         let err = to_toml(&c).unwrap_err().to_string();
         assert!(err.contains("does not read back"), "{err}");

@@ -49,6 +49,9 @@ pub struct BackendView {
     /// The routing policy the backend asks for its models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::store::PolicySpec>,
+    /// Requests each proxy sends it at once (absent: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 /// Why a registry operation failed.
@@ -91,6 +94,7 @@ impl Entry {
             deregistered: r.deregistered,
             health: self.health.clone(),
             policy: r.policy.clone(),
+            max_concurrent: r.max_concurrent,
         }
     }
 }
@@ -156,6 +160,7 @@ impl Registry {
                 updated_at: now.clone(),
                 deregistered: false,
                 policy: spec.policy.clone(),
+                max_concurrent: spec.max_concurrent,
             };
             entries.insert(record.id.clone(), Entry::new(record, Source::Config));
         }
