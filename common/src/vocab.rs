@@ -184,6 +184,8 @@ vocabulary! {
         Weighted = "weighted",
         /// Least outstanding requests by power of two choices (the default).
         LeastRequest = "least_request",
+        /// Peak-sensitive EWMA of response latency × (in-flight + 1), by power of two choices.
+        PeakEwma = "peak_ewma",
     }
 }
 
@@ -267,6 +269,7 @@ impl From<pb::LbStrategy> for LbStrategy {
             pb::LbStrategy::RoundRobin => LbStrategy::RoundRobin,
             pb::LbStrategy::Weighted => LbStrategy::Weighted,
             pb::LbStrategy::Unspecified | pb::LbStrategy::LeastRequest => LbStrategy::LeastRequest,
+            pb::LbStrategy::PeakEwma => LbStrategy::PeakEwma,
         }
     }
 }
@@ -277,6 +280,7 @@ impl From<LbStrategy> for pb::LbStrategy {
             LbStrategy::RoundRobin => pb::LbStrategy::RoundRobin,
             LbStrategy::Weighted => pb::LbStrategy::Weighted,
             LbStrategy::LeastRequest => pb::LbStrategy::LeastRequest,
+            LbStrategy::PeakEwma => pb::LbStrategy::PeakEwma,
         }
     }
 }
@@ -337,7 +341,7 @@ mod tests {
         );
         assert_eq!(
             LbStrategy::NAMES,
-            ["round_robin", "weighted", "least_request"]
+            ["round_robin", "weighted", "least_request", "peak_ewma"]
         );
     }
 

@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// Index in `route.endpoints` of the current attempt.
     pub endpoint: Option<usize>,
+    /// When the current attempt was sent (the gateway's clock, ms; `lb = "peak_ewma"` only).
+    pub attempt_sent_ms: u64,
     /// The current attempt's failure was already counted for outlier detection.
     pub failure_counted: bool,
     pub in_flight: Option<InFlight>,
@@ -67,6 +69,7 @@ impl RequestCtx {
             tried: Tried::default(),
             attempts: 0,
             endpoint: None,
+            attempt_sent_ms: 0,
             failure_counted: false,
             in_flight: None,
             admitted: None,

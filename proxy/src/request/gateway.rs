@@ -64,7 +64,7 @@ use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::pick_reserved;
 use crate::routing::queue::Priority;
-use crate::routing::table::Route;
+use crate::routing::table::{LbStrategy, Route};
 use crate::routing::TableState;
 
 /// Client-fault log lines per second at most (the rest are counted in
@@ -215,6 +215,9 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.begin_attempt(index);
+        if route.policy.lb == LbStrategy::PeakEwma {
+            ctx.attempt_sent_ms = self.clock.now_ms();
+        }
         let endpoint = &route.endpoints[index];
         // Replacing the guard moves the in-flight count from the previous attempt's endpoint.
         ctx.in_flight = Some(guard);
@@ -269,7 +272,12 @@ impl ProxyHttp for Gateway {
         match retry::judge(status) {
             Answered::Served => {
                 if let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) {
-                    route.record_success(index, &self.config.outlier, self.clock.now_ms());
+                    let now = self.clock.now_ms();
+                    route.record_success(index, &self.config.outlier, now);
+                    if route.policy.lb == LbStrategy::PeakEwma {
+                        let latency = now.saturating_sub(ctx.attempt_sent_ms);
+                        route.endpoints[index].state.latency.observe(latency, now);
+                    }
                 }
                 Ok(())
             }

@@ -2,7 +2,8 @@
 //!
 //! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
 //! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
-//! robin, weighted random, and least outstanding requests by power of two choices (the default).
+//! robin, weighted random, least outstanding requests by power of two choices (the default),
+//! and peak EWMA: power of two choices over each endpoint's latency average × (in-flight + 1).
 //! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
 //! the gateway's clock) decides which endpoints are ejected.
 
@@ -81,10 +82,14 @@ pub fn pick(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize>
         |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health != Health::Degraded;
     let degraded =
         |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health == Health::Degraded;
-    pick_among(route, &healthy).or_else(|| pick_among(route, &degraded))
+    pick_among(route, &healthy, now).or_else(|| pick_among(route, &degraded, now))
 }
 
-fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -> Option<usize> {
+fn pick_among(
+    route: &Route,
+    eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool,
+    now: u64,
+) -> Option<usize> {
     let eps = &route.endpoints;
     let n = eps
         .iter()
@@ -126,6 +131,20 @@ fn pick_among(route: &Route, eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool) -
                 ticket -= w;
             }
             nth(n - 1)
+        }
+        LbStrategy::PeakEwma => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ia, ib) = (nth(a)?, nth(b)?);
+            let cost = |i: usize| {
+                // +1 ms: load still counts where latency rounds to 0.
+                let s = &eps[i].state;
+                (s.latency.value(now) + 1.0) * (s.in_flight.load(Ordering::Relaxed) + 1) as f64
+            };
+            Some(if cost(ib) < cost(ia) { ib } else { ia })
         }
         LbStrategy::LeastRequest => {
             let a = rng.random_range(0..n);
