@@ -497,6 +497,7 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
         // Validated to be a header name.
         priority_header: http::HeaderName::from_bytes(cfg.limits.priority_header.as_bytes())
             .unwrap_or_else(|_| http::HeaderName::from_static("x-priority")),
+        trace_sample: cfg.tracing.sample,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {
