@@ -82,7 +82,8 @@ pub struct ListenConfig {
     pub admin: String,
 }
 
-/// Timeouts of client connections (the client listener; the admin listener uses them too).
+/// Timeouts and abuse limits of client connections (both client listeners, cleartext and
+/// `[clients_tls]`; the admin listener uses the timeouts and header limits too).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientsConfig {
@@ -92,6 +93,22 @@ pub struct ClientsConfig {
     pub header_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this time without a new request.
     pub keepalive_timeout_ms: u64,
+    /// The largest request header: HTTP/1.1 request line and fields in bytes (then 431 and
+    /// close), HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` (a larger header list gets 431 on its
+    /// stream).
+    pub max_header_bytes: usize,
+    /// The most header fields a request may carry (at most 256): HTTP/1.1 then gets 431 and
+    /// close, HTTP/2 a 431 in the route family's format.
+    pub max_headers: usize,
+    /// Client connections open at once, both listeners together; beyond, a new connection is
+    /// closed at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address (IPv6: one /64); beyond, closed at
+    /// once. 0: no per-address limit.
+    pub max_connections_per_ip: u32,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per client connection: streams beyond it are
+    /// refused with `REFUSED_STREAM` (safe for the client to retry).
+    pub h2_max_streams: u32,
 }
 
 impl Default for ClientsConfig {
@@ -102,6 +119,19 @@ impl Default for ClientsConfig {
             // load balancers in front (AWS ALB, GCP), so they, not the proxy, close idle
             // connections and never send a request on one the proxy is closing.
             keepalive_timeout_ms: 75_000,
+            // Below Envoy's 60 KiB and pingora's 64 KiB; four times nginx's 8 KiB line buffer.
+            // Requests carry a key and a few headers: no SDK comes near it.
+            max_header_bytes: 32 * 1024,
+            // Envoy's `max_headers_count` default.
+            max_headers: 100,
+            // Well below the 65536 descriptors a service is normally given (each client
+            // connection may hold an upstream one too).
+            max_connections: 10_000,
+            // Room for a NAT gateway's worth of clients (an SDK pools up to 100 connections),
+            // while one host cannot take the listener's whole budget.
+            max_connections_per_ip: 256,
+            // RFC 9113's recommended minimum, and pingora's and most servers' default.
+            h2_max_streams: 100,
         }
     }
 }
@@ -411,6 +441,33 @@ impl ProxyConfig {
                 "cannot be combined with control_planes: choose one source of routes".into(),
             ));
         }
+        if !(1024..=1 << 20).contains(&self.clients.max_header_bytes) {
+            return Err(invalid(
+                "clients.max_header_bytes",
+                "must be between 1024 and 1048576".into(),
+            ));
+        }
+        if !(1..=256).contains(&self.clients.max_headers) {
+            return Err(invalid(
+                "clients.max_headers",
+                "must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=1 << 21).contains(&self.clients.max_connections) {
+            return Err(invalid(
+                "clients.max_connections",
+                "must be between 1 and 2097152".into(),
+            ));
+        }
+        if self.clients.max_connections_per_ip > 65_535 {
+            return Err(invalid(
+                "clients.max_connections_per_ip",
+                "must be at most 65535 (0: no per-address limit)".into(),
+            ));
+        }
+        if self.clients.h2_max_streams == 0 {
+            return Err(invalid("clients.h2_max_streams", "must be > 0".into()));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
         }
@@ -499,6 +556,35 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 8 << 20);
         assert_eq!(c.clients.header_timeout_ms, 10_000);
         assert_eq!(c.clients.keepalive_timeout_ms, 75_000);
+        assert_eq!(c.clients.max_header_bytes, 32 * 1024);
+        assert_eq!(c.clients.max_headers, 100);
+        assert_eq!(c.clients.max_connections, 10_000);
+        assert_eq!(c.clients.max_connections_per_ip, 256);
+        assert_eq!(c.clients.h2_max_streams, 100);
+    }
+
+    #[test]
+    fn client_limits_out_of_range_name_the_key() {
+        for (key, value) in [
+            ("max_header_bytes", "100"),
+            ("max_header_bytes", "2000000"),
+            ("max_headers", "0"),
+            ("max_headers", "257"),
+            ("max_connections", "0"),
+            ("max_connections_per_ip", "70000"),
+            ("h2_max_streams", "0"),
+        ] {
+            let c: ProxyConfig =
+                toml::from_str(&format!("[clients]\n{key} = {value}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("clients.{key}")) && msg.contains("/etc/p.toml"),
+                "{key} = {value}: {msg}"
+            );
+        }
     }
 
     #[test]

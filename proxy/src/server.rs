@@ -21,9 +21,11 @@ use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiverse_common::conn_limit::ConnLimit;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::background::background_service;
@@ -37,6 +39,7 @@ use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
 use crate::ops::metrics::Metrics;
 use crate::ops::planes::PlanesStatus;
+use crate::request::connection;
 use crate::request::cors::Cors;
 use crate::request::gateway::{Gateway, GatewayConfig};
 use crate::request::upstream::UpstreamDefaults;
@@ -208,7 +211,16 @@ impl Proxy {
             let mut options = client_options(cfg);
             options.h2c = true;
             app.server_options = Some(options);
+            app.h2_options = Some(h2_options(cfg));
         }
+        // Both client listeners (cleartext and TLS) share the connection limits.
+        proxy.set_admission(connection::admission(
+            ConnLimit::new(
+                cfg.clients.max_connections,
+                cfg.clients.max_connections_per_ip,
+            ),
+            metrics.clone(),
+        ));
         // `/ready` waits until the client listener's accept loops run (its socket accepts
         // connections from here on already: it is bound above).
         let listening = Arc::new(Listening::default());
@@ -472,6 +484,17 @@ fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
     options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
     options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
     options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.max_request_header_bytes = Some(cfg.clients.max_header_bytes);
+    options.max_request_headers = Some(cfg.clients.max_headers);
+    options
+}
+
+/// HTTP/2 settings of client connections: the header list size and the concurrent streams
+/// (`[clients]`); pingora's other bounded defaults are kept.
+fn h2_options(cfg: &ProxyConfig) -> H2Options {
+    let mut options = default_h2_options();
+    options.max_header_list_size(u32::try_from(cfg.clients.max_header_bytes).unwrap_or(u32::MAX));
+    options.max_concurrent_streams(cfg.clients.h2_max_streams);
     options
 }
 
@@ -492,6 +515,8 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_ejection_percent: cfg.outlier.max_ejection_percent,
         },
         header_timeout: ms(cfg.clients.header_timeout_ms),
+        max_header_bytes: cfg.clients.max_header_bytes,
+        max_headers: cfg.clients.max_headers,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {

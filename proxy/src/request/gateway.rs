@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
     pub header_timeout: Duration,
+    /// `clients.max_header_bytes` and `clients.max_headers`, named in the 431s.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     /// `limits.per_ip_rpm` and `limits.per_ip_tracked`, when the limit is on.
     pub per_ip: Option<(u32, usize)>,
     /// `[cors]`: the browser origins allowed.
@@ -88,9 +91,9 @@ pub struct Gateway {
     config: GatewayConfig,
     /// Time for outlier ejection (milliseconds since the gateway was built).
     clock: Millis<Arc<dyn Clock>>,
-    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
-    /// is known yet), built once.
-    header_errors: [(u16, Bytes); 3],
+    /// OpenAI-format bodies of the 400, 405, 408 and 431 written before any phase (no route
+    /// family is known yet), built once.
+    header_errors: [(u16, Bytes); 4],
     fault_log: LogLimit,
     per_ip: Option<ClientLimit>,
 }
@@ -106,6 +109,8 @@ impl Gateway {
             ProxyError::MalformedHeader,
             ProxyError::ConnectNotAllowed,
             ProxyError::HeaderTimeout(config.header_timeout),
+            // pingora's 431 is for either header limit: the size is the likelier one.
+            ProxyError::HeaderTooLarge(config.max_header_bytes),
         ]
         .map(|e| (e.status(), respond::openai_body(&e)));
         let per_ip = config
@@ -144,6 +149,16 @@ impl ProxyHttp for Gateway {
         }
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
+        // HTTP/1.1 headers are held to the count by pingora; HTTP/2 ones here, in the family's
+        // format (h2 itself bounds only their size).
+        if session.req_header().headers.len() > self.config.max_headers {
+            self.metrics
+                .client_fault(ClientFault::TooManyHeaders.label());
+            let err = ProxyError::TooManyHeaders(self.config.max_headers);
+            respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref(), None)
+                .await?;
+            return Ok(true);
+        }
         let found = match self.client_limit(session, ctx) {
             Err(e) => Err(e.into_pingora()),
             Ok(()) => match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
@@ -361,6 +376,12 @@ impl ProxyHttp for Gateway {
             .iter()
             .find(|(s, _)| *s == status)
             .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// A request header that could not be read (pingora answered 400, 408 or 431, or nothing)
+    /// is counted in `client_faults_total` (not logged: no request exists to name).
+    fn request_header_failed(&self, e: &Error, _status: Option<u16>) {
+        self.metrics.client_fault(ClientFault::of_header(e).label());
     }
 
     /// pingora's "Fail to proxy" ERROR line is for the gateway's own failures; client faults

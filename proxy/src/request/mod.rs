@@ -1,6 +1,8 @@
 //! One request's life: the pingora phases ([`gateway`]) and the steps they delegate to, in the
 //! order a request meets them.
 //!
+//! - [`connection`] — first its connection: admitted, or shed over `[clients]`' connection
+//!   limits;
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
 //! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
 //! - [`classify`] — its route family, from method, path and content type;
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod body;
 pub mod classify;
 pub mod client_limit;
+pub mod connection;
 pub mod cors;
 pub mod ctx;
 pub mod error;
