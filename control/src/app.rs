@@ -184,6 +184,14 @@ impl App {
             public_read: cfg.admin.public_read,
             max_body_bytes: cfg.admin.max_body_bytes,
             ui: Arc::new(cfg.ui.clone()),
+            conn_limit: multiverse_common::conn_limit::ConnLimit::new(
+                cfg.admin.max_connections,
+                cfg.admin.max_connections_per_ip,
+            ),
+            header_limits: crate::api::http_server::HeaderLimits {
+                max_bytes: cfg.admin.max_header_bytes,
+                max_headers: cfg.admin.max_headers,
+            },
         };
         Ok(App {
             id,

@@ -193,6 +193,15 @@ pub struct AdminConfig {
     /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
     /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
     pub per_ip_rpm: u32,
+    /// Largest request header in bytes (8192-1048576): a larger one gets a bare 431 and the
+    /// connection is closed.
+    pub max_header_bytes: usize,
+    /// Most header fields a request may carry (1-256): more get 431 `REQUEST_HEADER_TOO_LARGE`.
+    pub max_headers: usize,
+    /// Operator API connections open at once, and from one address (IPv6: one /64; 0: no
+    /// per-address limit); beyond, a new connection is closed at once.
+    pub max_connections: usize,
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for AdminConfig {
@@ -205,6 +214,10 @@ impl Default for AdminConfig {
             public_read: false,
             max_body_bytes: 1024 * 1024,
             per_ip_rpm: 0,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -327,6 +340,31 @@ impl ControlConfig {
                 return Err(invalid(key.into(), "must be > 0".into()));
             }
         }
+        let admin = &self.admin;
+        if !(8192..=1 << 20).contains(&admin.max_header_bytes) {
+            return Err(invalid(
+                "admin.max_header_bytes".into(),
+                "must be between 8192 and 1048576".into(),
+            ));
+        }
+        if !(1..=256).contains(&admin.max_headers) {
+            return Err(invalid(
+                "admin.max_headers".into(),
+                "must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=1 << 21).contains(&admin.max_connections) {
+            return Err(invalid(
+                "admin.max_connections".into(),
+                "must be between 1 and 2097152".into(),
+            ));
+        }
+        if admin.max_connections_per_ip > 65_535 {
+            return Err(invalid(
+                "admin.max_connections_per_ip".into(),
+                "must be at most 65535 (0: no per-address limit)".into(),
+            ));
+        }
         let inst = &self.instances;
         if inst.port_range[0] < 1024 || inst.port_range[0] >= inst.port_range[1] {
             return Err(invalid(
@@ -448,6 +486,28 @@ mod tests {
         assert_eq!(c.listen.api, "127.0.0.1:9000");
         assert_eq!(c.listen.discovery, "127.0.0.1:9001");
         c.validate(None).expect("defaults valid");
+    }
+
+    #[test]
+    fn admin_listener_limits_out_of_range_name_the_key() {
+        for (key, value) in [
+            ("max_header_bytes", "4096"),
+            ("max_headers", "0"),
+            ("max_headers", "300"),
+            ("max_connections", "0"),
+            ("max_connections_per_ip", "70000"),
+        ] {
+            let c: ControlConfig =
+                toml::from_str(&format!("[admin]\n{key} = {value}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("admin.{key}")) && msg.contains("/etc/c.toml"),
+                "{key} = {value}: {msg}"
+            );
+        }
     }
 
     #[test]

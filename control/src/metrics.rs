@@ -15,6 +15,8 @@ pub struct ControlMetrics {
     transitions: IntCounterVec,
     pub nacks: IntCounterVec,
     pub proxies_connected: IntGauge,
+    /// Operator API connections closed on accept, by the limit they were over.
+    pub api_connections_shed: IntCounterVec,
     /// Per proxy: 1 while connected.
     pub proxy_connected: IntGaugeVec,
     /// Per proxy: the snapshot version it ACKed last.
@@ -49,6 +51,14 @@ impl ControlMetrics {
         let nacks = must(IntCounterVec::new(
             Opts::new("nacks_total", "Snapshots rejected by proxies"),
             &["node"],
+        ));
+        let api_connections_shed = must(IntCounterVec::new(
+            Opts::new(
+                "api_connections_shed_total",
+                "Operator API connections closed on accept, by the limit they were over \
+                 (max_connections, max_connections_per_ip)",
+            ),
+            &["limit"],
         ));
         let proxies_connected = must(IntGauge::new(
             "proxies_connected",
@@ -95,6 +105,7 @@ impl ControlMetrics {
             Box::new(transitions.clone()),
             Box::new(nacks.clone()),
             Box::new(proxies_connected.clone()),
+            Box::new(api_connections_shed.clone()),
             Box::new(proxy_connected.clone()),
             Box::new(proxy_acked_version.clone()),
             Box::new(snapshot_version.clone()),
@@ -112,6 +123,7 @@ impl ControlMetrics {
             transitions,
             nacks,
             proxies_connected,
+            api_connections_shed,
             proxy_connected,
             proxy_acked_version,
             snapshot_version,

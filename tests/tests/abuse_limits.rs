@@ -536,3 +536,136 @@ async fn h2_streams_beyond_the_limit_are_refused() {
     assert_eq!(chat_status(&s).await, 200);
 }
 
+// --- The operator API (control plane) ---
+
+const ADMIN_KEY: &str = "abuse-limits-key-0123456789";
+
+/// A raw `GET /health` on `stream` (keep-alive); the status, or `None` if it was closed first.
+async fn health_on(stream: &mut TcpStream) -> Option<u16> {
+    let _ = stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    read_to_close_or_response(stream).await
+}
+
+/// A connection from `from` that the operator API serves (retried while a connection of an
+/// earlier client is still being closed).
+async fn served_connection(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    let deadline = Instant::now() + CAP;
+    loop {
+        let mut stream = connect_from(from, addr).await;
+        if health_on(&mut stream).await == Some(200) {
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "never served from {from}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `multiverse_control_api_connections_shed_total{limit}`; `None` if `/metrics` could not be
+/// read (its own connection shed).
+async fn api_shed(client: &reqwest::Client, control: &Control, limit: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{}/metrics", control.api_url()))
+        .timeout(CAP)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("multiverse_control_api_connections_shed_total{{limit=\"{limit}\"}} ");
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// Operator API headers: a 65 KiB header gets a 431 and the connection is closed; 200 header
+/// fields get 431 `REQUEST_HEADER_TOO_LARGE` in `{error, code, timestamp}`; 90 are served.
+#[tokio::test]
+async fn operator_api_header_limits() {
+    let dir = temp_dir("api-header-limits");
+    let control = Control::start(
+        &dir,
+        "cp-header-limits",
+        &format!("[admin]\napi_keys = [\"{ADMIN_KEY}\"]\n"),
+    )
+    .await;
+    let big = "a".repeat(65 * 1024);
+    let request = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let reply = exchange(control.api, request.as_bytes()).await;
+    assert_eq!(reply.status(), Some(431), "{:?}", reply.text());
+    assert!(reply.closed, "the connection must be closed after the 431");
+
+    let fields = |n: usize| -> String { (0..n).map(|i| format!("X-H{i}: v\r\n")).collect() };
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+        fields(200)
+    );
+    let reply = exchange(control.api, request.as_bytes()).await;
+    assert_eq!(reply.status(), Some(431), "{:?}", reply.text());
+    let v = reply.json();
+    assert_eq!(v["code"], "REQUEST_HEADER_TOO_LARGE", "{v}");
+    assert!(v["error"].is_string() && v["timestamp"].is_string(), "{v}");
+
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+        fields(90)
+    );
+    let reply = exchange(control.api, request.as_bytes()).await;
+    assert_eq!(reply.status(), Some(200), "{:?}", reply.text());
+}
+
+/// Operator API connections: `max_connections_per_ip = 2`, `max_connections = 3`. Two held
+/// from 127.0.0.1, a third from it is closed at once; 127.0.0.2 is served (three in all), and
+/// then 127.0.0.3 is closed at once (the total). The held ones keep working; a freed place is
+/// taken again.
+#[tokio::test]
+async fn operator_api_connection_limits() {
+    let dir = temp_dir("api-connection-limits");
+    let control = Control::start(
+        &dir,
+        "cp-connection-limits",
+        &format!(
+            "[admin]\napi_keys = [\"{ADMIN_KEY}\"]\nmax_connections = 3\n\
+             max_connections_per_ip = 2\n"
+        ),
+    )
+    .await;
+    let addr = control.api;
+    let mut held = vec![
+        served_connection(addr, LOCAL_1).await,
+        served_connection(addr, LOCAL_1).await,
+    ];
+    let mut third = connect_from(LOCAL_1, addr).await;
+    assert_eq!(health_on(&mut third).await, None, "a third from 127.0.0.1");
+    held.push(served_connection(addr, LOCAL_2).await);
+    let mut over_total = connect_from(LOCAL_3, addr).await;
+    assert_eq!(health_on(&mut over_total).await, None, "a fourth in all");
+    for stream in &mut held {
+        assert_eq!(
+            health_on(stream).await,
+            Some(200),
+            "a held connection works"
+        );
+    }
+    drop(held);
+    // The metrics request itself needs a place: the held ones are closed now.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + CAP;
+    let (per_ip, total) = loop {
+        let per_ip = api_shed(&client, &control, "max_connections_per_ip").await;
+        let total = api_shed(&client, &control, "max_connections").await;
+        if let (Some(per_ip), Some(total)) = (per_ip, total) {
+            break (per_ip, total);
+        }
+        assert!(Instant::now() < deadline, "metrics never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(per_ip >= 1, "per-address sheds counted: {per_ip}");
+    assert!(total >= 1, "total sheds counted: {total}");
+    served_connection(addr, LOCAL_3).await;
+}

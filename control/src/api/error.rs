@@ -47,6 +47,8 @@ pub enum ErrorCode {
     PortInUse,
     // 413
     PayloadTooLarge,
+    // 431
+    HeaderTooLarge,
     // 429
     RateLimited,
     // 422
@@ -65,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -87,6 +89,7 @@ impl ErrorCode {
         ErrorCode::PortConflict,
         ErrorCode::PortInUse,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::HeaderTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::MaxBackendsReached,
         ErrorCode::MaxInstancesReached,
@@ -123,6 +126,7 @@ impl ErrorCode {
             ErrorCode::PortConflict => "PORT_CONFLICT",
             ErrorCode::PortInUse => "PORT_IN_USE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::HeaderTooLarge => "REQUEST_HEADER_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::MaxBackendsReached => "MAX_BACKENDS_REACHED",
             ErrorCode::MaxInstancesReached => "MAX_INSTANCES_REACHED",
@@ -160,6 +164,7 @@ impl ErrorCode {
             | ErrorCode::PortConflict
             | ErrorCode::PortInUse => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MaxBackendsReached
             | ErrorCode::MaxInstancesReached

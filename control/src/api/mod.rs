@@ -8,10 +8,12 @@
 pub mod auth;
 pub mod backends;
 pub mod client_limit;
+pub mod conn_limit;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod gpus;
+pub mod http_server;
 pub mod instances;
 pub mod keys;
 pub mod listing;
@@ -64,6 +66,10 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// `[ui]`: what `GET /ui/config` tells the web UI.
     pub ui: Arc<crate::config::UiConfig>,
+    /// `[admin] max_connections`, `max_connections_per_ip` (the listener's).
+    pub conn_limit: Arc<multiverse_common::conn_limit::ConnLimit>,
+    /// `[admin] max_header_bytes`, `max_headers`.
+    pub header_limits: http_server::HeaderLimits,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
@@ -72,11 +78,14 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The client's address reaches the per-address limit as `ConnectInfo`.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (limit, shed, headers) = (
+        state.conn_limit.clone(),
+        state.metrics.api_connections_shed.clone(),
+        state.header_limits,
+    );
+    // Connection limits first; a TLS listener wraps `Limited` (no handshake for a shed one).
+    let listener = conn_limit::Limited::new(listener, limit, shed);
+    http_server::serve(listener, router(state), headers, shutdown).await
 }
 
 /// The whole API.
