@@ -16,7 +16,7 @@ pub struct ControlMetrics {
     pub nacks: IntCounterVec,
     pub proxies_connected: IntGauge,
     /// Operator API connections closed on accept, by the limit they were over.
-    pub api_connections_shed: IntCounterVec,
+    api_connections_shed: IntCounterVec,
     /// Per proxy: 1 while connected.
     pub proxy_connected: IntGaugeVec,
     /// Per proxy: the snapshot version it ACKed last.
@@ -37,6 +37,11 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl ControlMetrics {
+    /// Counts an operator API connection closed on accept over `limit` (a static label).
+    pub fn api_connection_shed(&self, limit: &str) {
+        self.api_connections_shed.with_label_values(&[limit]).inc();
+    }
+
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("multiverse_control".into()), None)
             .unwrap_or_else(|_| Registry::new());

@@ -17,20 +17,25 @@ use std::task::{Context, Poll};
 
 use axum::serve::Listener;
 use multiverse_common::conn_limit::{ConnLimit, Permit};
-use prometheus::IntCounterVec;
+
+use crate::metrics::ControlMetrics;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A listener whose connections are held to a [`ConnLimit`].
 pub struct Limited<L> {
     inner: L,
     limit: Arc<ConnLimit>,
-    /// `connections_shed_total{limit}`.
-    shed: IntCounterVec,
+    /// Counts the shed connections (`api_connections_shed_total{limit}`).
+    metrics: Arc<ControlMetrics>,
 }
 
 impl<L> Limited<L> {
-    pub fn new(inner: L, limit: Arc<ConnLimit>, shed: IntCounterVec) -> Self {
-        Limited { inner, limit, shed }
+    pub fn new(inner: L, limit: Arc<ConnLimit>, metrics: Arc<ControlMetrics>) -> Self {
+        Limited {
+            inner,
+            limit,
+            metrics,
+        }
     }
 }
 
@@ -55,7 +60,7 @@ where
                     )
                 }
                 Err(shed) => {
-                    self.shed.with_label_values(&[shed.label()]).inc();
+                    self.metrics.api_connection_shed(shed.label());
                     tracing::debug!(%addr, limit = shed.label(), "operator API connection shed");
                     drop(io);
                 }

@@ -32,7 +32,8 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 /// limit below it.
 pub const HARD_MAX_HEADERS: usize = 256;
 /// How long a whole HTTP/1.1 request header may take (hyper's timeout; without a timer hyper
-/// has none).
+/// has none). hyper counts from when it starts waiting for a header, so a kept-alive
+/// connection idle this long is closed too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams per connection.
 const H2_MAX_STREAMS: u32 = 100;

@@ -78,13 +78,13 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (limit, shed, headers) = (
+    let (limit, metrics, headers) = (
         state.conn_limit.clone(),
-        state.metrics.api_connections_shed.clone(),
+        state.metrics.clone(),
         state.header_limits,
     );
     // Connection limits first; a TLS listener wraps `Limited` (no handshake for a shed one).
-    let listener = conn_limit::Limited::new(listener, limit, shed);
+    let listener = conn_limit::Limited::new(listener, limit, metrics);
     http_server::serve(listener, router(state), headers, shutdown).await
 }
 
