@@ -517,6 +517,7 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
         header_timeout: ms(cfg.clients.header_timeout_ms),
         max_header_bytes: cfg.clients.max_header_bytes,
         max_headers: cfg.clients.max_headers,
+        trace_sample: cfg.tracing.sample,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {
