@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Keys as AdminKeys;
+use crate::api::client_cert::ClientCerts;
 use crate::api::client_limit::ClientLimit;
 use crate::api::{self, ApiState};
 use crate::backends::admission::Admission;
@@ -37,6 +38,8 @@ use crate::keys::Keys;
 use crate::metrics::ControlMetrics;
 use crate::routes;
 use crate::store::{StateFile, Store};
+use crate::tls::{ClientAuth, ServerTls};
+use multiverse_common::signals::Hangups;
 
 /// Where the listeners are bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +56,9 @@ pub struct App {
     addrs: Addrs,
     api_listener: TcpListener,
     discovery_listener: TcpListener,
-    discovery_tls: Option<Arc<rustls::ServerConfig>>,
+    discovery_tls: Option<Arc<ServerTls>>,
+    /// SIGHUP, installed at build so a signal right after start reloads instead of killing.
+    hangups: Hangups,
     api: ApiState,
     manager: Arc<Manager>,
     events: Arc<EventBus>,
@@ -150,11 +155,33 @@ impl App {
         let api_listener = bind(&cfg.listen.api, "listen.api").await?;
         let discovery_listener = bind(&cfg.listen.discovery, "listen.discovery").await?;
         // Every TLS file is read now: a bad one stops the start, naming it.
+        let hangups = multiverse_common::signals::hangups().context("cannot watch SIGHUP")?;
         let discovery_tls = match &cfg.discovery.tls {
             Some(tls) => Some(
-                tls.server_config()
+                ServerTls::load("discovery.tls", tls, &[b"h2"], ClientAuth::Required)
                     .map_err(|e| anyhow::anyhow!("discovery.tls: {e}"))?,
             ),
+            None => None,
+        };
+        let api_tls = match &cfg.admin.tls {
+            Some(tls) => {
+                let server = ServerTls::load(
+                    "admin.tls",
+                    &tls.listener(),
+                    // axum serves HTTP/1.1 here (its `http2` feature is off).
+                    &[b"http/1.1"],
+                    ClientAuth::Optional,
+                )
+                .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?;
+                let trusted_proxies = tls
+                    .trusted_proxies()
+                    .map_err(|(i, m)| anyhow::anyhow!("admin.tls.trusted_proxies[{i}]: {m}"))?;
+                Some(Arc::new(ClientCerts {
+                    tls: server,
+                    trusted_proxies,
+                    required: tls.client_ca_file.is_some(),
+                }))
+            }
             None => None,
         };
         let addrs = Addrs {
@@ -184,6 +211,7 @@ impl App {
             public_read: cfg.admin.public_read,
             max_body_bytes: cfg.admin.max_body_bytes,
             ui: Arc::new(cfg.ui.clone()),
+            tls: api_tls,
         };
         Ok(App {
             id,
@@ -191,6 +219,7 @@ impl App {
             api_listener,
             discovery_listener,
             discovery_tls,
+            hangups,
             api,
             manager,
             events,
@@ -217,6 +246,13 @@ impl App {
             self.api.metrics.clone(),
             leases,
         );
+        let reloadable: Vec<Arc<ServerTls>> = self
+            .discovery_tls
+            .iter()
+            .cloned()
+            .chain(self.api.tls.iter().map(|c| c.tls.clone()))
+            .collect();
+        tokio::spawn(crate::tls::reload_on_hangup(self.hangups, reloadable));
         let grpc = discovery::serve(
             self.discovery_listener,
             service,

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod client_cert;
 pub mod client_limit;
 pub mod error;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod proxies;
 pub mod sse;
 pub mod stats;
 pub mod system;
+pub mod tls_listener;
 pub mod ui;
 
 use std::sync::Arc;
@@ -64,16 +66,24 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// `[ui]`: what `GET /ui/config` tells the web UI.
     pub ui: Arc<crate::config::UiConfig>,
+    /// `[admin.tls]`: the listener's TLS, and client certificates when it has a client CA.
+    pub tls: Option<Arc<client_cert::ClientCerts>>,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
+/// Serves the API on `listener` (over TLS with `[admin.tls]`) until `shutdown` resolves;
+/// requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = state.tls.as_ref().map(|c| c.tls.clone());
+    let app = router(state);
+    if let Some(tls) = tls {
+        return tls_listener::serve(listener, tls, app, shutdown).await;
+    }
     // The client's address reaches the per-address limit as `ConnectInfo`.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -98,7 +108,8 @@ pub fn router(state: ApiState) -> Router {
             auth::require_key,
         ))
     };
-    Router::new()
+    let tls = state.tls.clone();
+    let api = Router::new()
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(reads)
@@ -113,7 +124,16 @@ pub fn router(state: ApiState) -> Router {
             client_limit::limit,
         ))
         .with_state(state)
-        .layer(axum::middleware::from_fn(ui::browser_pages))
+        .layer(axum::middleware::from_fn(ui::browser_pages));
+    // Outermost: with a client CA, nothing (not even the UI's pages) answers without a
+    // certificate.
+    match tls {
+        Some(certs) => api.layer(axum::middleware::from_fn_with_state(
+            certs,
+            client_cert::require,
+        )),
+        None => api,
+    }
 }
 
 async fn not_found() -> ApiError {
