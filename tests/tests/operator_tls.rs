@@ -5,7 +5,7 @@
 //! from another CA is refused in the handshake. The web UI is served over https (curl). A
 //! certificate forwarded by a TLS-terminating reverse proxy in `X-SSL-Client-Cert` counts only
 //! from a peer in `trusted_proxies` (127.0.0.1 here; the untrusted client binds 127.0.0.2).
-//! Certificates come from CAs generated per test.
+//! SIGHUP reloads the pair for new connections. Certificates come from CAs generated per test.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -279,4 +279,159 @@ async fn a_forwarded_client_certificate_counts_only_from_a_trusted_proxy() {
         .await
         .expect("no header");
     assert_eq!(resp.status(), 401);
+}
+
+/// A TLS connection to `addr` offering `alpn`, verified against `ca` as `localhost`.
+async fn connect(
+    ca: &TestCa,
+    addr: std::net::SocketAddr,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config(alpn));
+    let tcp = tokio::time::timeout(CAP, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(CAP, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+}
+
+fn served(
+    conn: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> CertificateDer<'static> {
+    conn.get_ref().1.peer_certificates().expect("a certificate")[0]
+        .clone()
+        .into_owned()
+}
+
+/// `GET /health` on an open HTTP/1.1 connection: the status.
+async fn health_on(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(CAP, conn.read_exact(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf[9..12])
+        .parse()
+        .expect("status")
+}
+
+/// Writes `leaf` over `cert`/`key` as a certificate manager does (a new file moved in).
+fn replace(leaf: &Leaf, cert: &Path, key: &Path) {
+    for (path, text) in [(cert, &leaf.cert_pem), (key, &leaf.key_pem)] {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_both_listeners_for_new_connections_and_keeps_open_ones() {
+    let dir = temp_dir("control-tls-reload");
+    let old_ca = TestCa::new("old ca");
+    let new_ca = TestCa::new("new ca");
+    let old_ca_file = old_ca.write(&dir, "old-ca.pem");
+    let (body, api_cert, api_key) = admin_toml(&dir, &old_ca, None, &[], &[]);
+    let (disc_cert, disc_key) = old_ca
+        .server(&["localhost", "127.0.0.1"])
+        .write(&dir, "discovery");
+    // Backends on loopback may be registered (the mock); [admin] keys go before [admin.tls].
+    let body = format!(
+        "{}[discovery.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        body.replacen("[admin]\n", "[admin]\nallow_private_backends = true\n", 1),
+        disc_cert.display(),
+        disc_key.display()
+    );
+    let control = start(&dir, "cp-tls-reload", &body, &client(&old_ca, None, None)).await;
+
+    // A proxy trusting only the old CA streams routes; a connection to the API stays open.
+    let http = reqwest::Client::new();
+    let proxy = Proxy::start_with(
+        &dir,
+        "proxy-reload",
+        &[format!("https://{}", control.discovery)],
+        &format!("[discovery]\ntls_ca_file = \"{}\"\n", old_ca_file.display()),
+    )
+    .await;
+    proxy.wait_ready(&http).await;
+    let mut open = connect(&old_ca, control.api, &[b"http/1.1"]).await;
+    let old_leaf = served(&open);
+
+    // New pairs from another CA, then SIGHUP: both listeners reload.
+    let api_leaf = new_ca.server(&["localhost", "127.0.0.1"]);
+    let disc_leaf = new_ca.server(&["localhost", "127.0.0.1"]);
+    replace(&api_leaf, &api_cert, &api_key);
+    replace(&disc_leaf, &disc_cert, &disc_key);
+    control.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(CAP, "both listeners reload", || async {
+        (control
+            .proc
+            .tail_log()
+            .matches("TLS certificate reloaded")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    // New handshakes get the new pairs...
+    assert_eq!(
+        served(&connect(&new_ca, control.api, &[b"http/1.1"]).await),
+        api_leaf.der
+    );
+    assert_eq!(
+        served(&connect(&new_ca, control.discovery, &[b"h2"]).await),
+        disc_leaf.der
+    );
+    // ...the open API connection keeps its own and still answers...
+    assert_eq!(served(&open), old_leaf);
+    assert_eq!(health_on(&mut open).await, 200);
+    // ...and so does the proxy's open discovery stream: a backend registered now reaches it
+    // (a reconnect could not: the proxy does not trust the new CA).
+    let mock = MockOpenAi::start(&dir, "reload-openai", &[]);
+    let resp = client(&new_ca, None, None)
+        .post(format!("https://{}/admin/backends", control.api))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"name": "late", "url": mock.url(), "models": ["demo"]}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    eventually(CAP, "the proxy routes the new backend", || async {
+        let r = http
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .json(&serde_json::json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(!proxy.proc.tail_log().contains("control plane unreachable"));
+
+    // A broken key is rejected on reload; the current pair keeps serving.
+    std::fs::write(&api_key, "not a key").expect("break the key");
+    control.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(CAP, "the broken pair is rejected", || async {
+        control
+            .proc
+            .tail_log()
+            .contains("TLS certificate reload rejected")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        served(&connect(&new_ca, control.api, &[b"http/1.1"]).await),
+        api_leaf.der
+    );
+    control
+        .proc
+        .ensure_running()
+        .expect("SIGHUP does not stop the control plane");
 }
