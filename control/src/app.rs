@@ -143,7 +143,11 @@ impl App {
             publisher.clone(),
             Duration::from_millis(cfg.discovery.coalesce_ms),
         ));
-        let clients = Arc::new(Clients::new(Arc::new(SystemResolver))?);
+        let roots = match &cfg.health.tls_ca_file {
+            Some(path) => backend_roots(path)?,
+            None => Vec::new(),
+        };
+        let clients = Arc::new(Clients::new(Arc::new(SystemResolver), roots)?);
         let checker = Arc::new(Checker::new(
             registry.clone(),
             clients.clone(),
@@ -295,6 +299,17 @@ async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(parsed)
         .await
         .with_context(|| format!("cannot listen on {parsed} ({key})"))
+}
+
+/// The CA certificates of `[health] tls_ca_file` (a bad file stops the start, naming it).
+fn backend_roots(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let what = || format!("health.tls_ca_file: {}", path.display());
+    let pem = std::fs::read(path).with_context(what)?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(what)?;
+    if roots.is_empty() {
+        anyhow::bail!("{}: no PEM certificate in it", what());
+    }
+    Ok(roots)
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

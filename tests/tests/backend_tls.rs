@@ -3,7 +3,10 @@
 //! that CA signed for the endpoint's host; a backend whose certificate another CA signed, and
 //! one reached under a host name its certificate does not carry (SNI and hostname
 //! verification use the endpoint's `host`), fail with a 502 in OpenAI's format and a log line
-//! naming the endpoint. Certificates come from CAs generated per test.
+//! naming the endpoint. Through a control plane: a backend registered as `https://` is admitted
+//! only when its certificate verifies against `[health] tls_ca_file` (another CA's: 503
+//! `BACKEND_UNAVAILABLE`), and is then proxied by a proxy trusting the same CA. Certificates
+//! come from CAs generated per test.
 
 use std::net::SocketAddr;
 
@@ -111,4 +114,90 @@ async fn https_backends_are_verified_against_the_configured_ca_and_host() {
         )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_registered_as_https_is_checked_and_proxied_with_the_configured_cas() {
+    let dir = temp_dir("backend-tls-registered");
+    let ca = TestCa::new("backends ca");
+    let ca_file = ca.write(&dir, "backends-ca.pem");
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "trusted");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let trusted = MockOpenAi::start(
+        &dir,
+        "tls-registered",
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let (cert, key) = TestCa::new("stranger ca")
+        .server(&["localhost"])
+        .write(&dir, "stranger");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let stranger = MockOpenAi::start(
+        &dir,
+        "tls-stranger",
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let body = format!(
+        "[admin]\napi_keys = [\"operator-key-0001\"]\nallow_private_backends = true\n\
+         [health]\ntls_ca_file = \"{}\"\n",
+        ca_file.display()
+    );
+    let control = Control::start(&dir, "cp-backend-tls", &body).await;
+    let client = reqwest::Client::new();
+    let register = |name: &str, port: u16| {
+        client
+            .post(format!("{}/admin/backends", control.api_url()))
+            .bearer_auth("operator-key-0001")
+            .json(&json!({"name": name, "url": format!("https://localhost:{port}"), "models": ["demo"]}))
+            .send()
+    };
+
+    // The control plane checks the backend over TLS against [health] tls_ca_file...
+    let resp = register("stranger", stranger.addr.port())
+        .await
+        .expect("register");
+    let status = resp.status();
+    let refused: Value = resp.json().await.expect("json");
+    assert_eq!(
+        status, 503,
+        "a certificate from another CA is not admitted: {refused}"
+    );
+    assert_eq!(refused["code"], "BACKEND_UNAVAILABLE", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("certificate"),
+        "{refused}"
+    );
+    let resp = register("trusted", trusted.addr.port())
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+
+    // ...and the proxy, fed the endpoint, verifies it against its own [upstream] tls_ca_file.
+    let proxy = Proxy::start_with(
+        &dir,
+        "backend-tls-fed",
+        &[control.discovery_url()],
+        &format!("[upstream]\ntls_ca_file = \"{}\"\n", ca_file.display()),
+    )
+    .await;
+    proxy.wait_ready(&client).await;
+    let resp = eventually(READY_TIMEOUT, "the https backend is routed", || async {
+        let r = client
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        resp.headers()
+            .get("x-mock-instance")
+            .and_then(|v| v.to_str().ok()),
+        Some("tls-registered")
+    );
 }
