@@ -45,8 +45,8 @@ fn trusted(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|net| net.contains(&ip))
 }
 
-/// The certificate names the request was made with (in the request's extensions for handlers
-/// and logs).
+/// The certificate names the request was made with, put in the request's extensions (nothing
+/// reads them yet: a handler or an audit log can).
 #[derive(Debug, Clone)]
 pub struct ClientIdentity(pub Arc<[String]>);
 

@@ -3,6 +3,9 @@
 //! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
 //! is open (health, metrics, OpenAPI, stats — counts without names —, the web UI).
 //!
+//! With `[admin.tls]` the API is served over TLS ([`tls_listener`]) and, with a client CA,
+//! needs an operator's certificate ([`client_cert`]) before any of that.
+//!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
 
 pub mod auth;
