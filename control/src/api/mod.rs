@@ -6,7 +6,9 @@
 //! With `[admin.tls]` the API is served over TLS ([`tls_listener`]) and, with a client CA,
 //! needs an operator's certificate ([`client_cert`]) before any of that.
 //!
-//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
+//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]). Every
+//! response carries the request's `x-request-id` ([`request_id`]), and so do the log lines
+//! written while it runs.
 
 pub mod auth;
 pub mod backends;
@@ -22,6 +24,7 @@ pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
+pub mod request_id;
 pub mod sse;
 pub mod stats;
 pub mod system;
@@ -128,15 +131,17 @@ pub fn router(state: ApiState) -> Router {
         ))
         .with_state(state)
         .layer(axum::middleware::from_fn(ui::browser_pages));
-    // Outermost: with a client CA, nothing (not even the UI's pages) answers without a
-    // certificate.
-    match tls {
+    // With a client CA, nothing (not even the UI's pages) answers without a certificate.
+    let api = match tls {
         Some(certs) => api.layer(axum::middleware::from_fn_with_state(
             certs,
             client_cert::require,
         )),
         None => api,
-    }
+    };
+    // Outermost: every response, a refusal for want of a certificate too, carries the
+    // request's x-request-id.
+    api.layer(axum::middleware::from_fn(request_id::tag))
 }
 
 async fn not_found() -> ApiError {
