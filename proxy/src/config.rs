@@ -239,6 +239,9 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     /// Concurrent streams per HTTP/2 (h2c, gRPC) upstream connection.
     pub max_h2_streams: usize,
+    /// PEM CA certificates that `https://` endpoints' certificates are verified against
+    /// (instead of the system's roots); the name checked is the endpoint's host.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -329,6 +332,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 5_000,
             read_timeout_ms: 300_000,
             max_h2_streams: 128,
+            tls_ca_file: None,
         }
     }
 }

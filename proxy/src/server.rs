@@ -26,6 +26,7 @@ use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::background::background_service;
@@ -48,7 +49,7 @@ use crate::routing::TableState;
 use crate::sources::discovery::ClientTls;
 use crate::sources::discovery::{Discovery, DiscoveryConfig};
 use crate::sources::standalone::{self, Reloader};
-use crate::tls::{load_certs, load_pair, CertReloader, CertStore, TlsError};
+use crate::tls::{load_certs, load_pair, load_upstream_ca, CertReloader, CertStore, TlsError};
 
 /// How long runtimes get to stop their tasks after a graceful stop's drain.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
@@ -72,6 +73,13 @@ pub enum StartError {
     /// file).
     #[error("clients_tls: {0}")]
     Tls(#[from] TlsError),
+    /// An upstream TLS file cannot be used.
+    #[error("{key}: {source}")]
+    Upstream {
+        key: &'static str,
+        #[source]
+        source: TlsError,
+    },
     /// A control-plane TLS file cannot be used.
     #[error("{key}: {source}")]
     Discovery {
@@ -144,6 +152,15 @@ impl Proxy {
         };
         let clients_tls = tls.as_ref().map(|(bound, _)| bound.addr());
         let discovery_tls = discovery_tls(cfg)?;
+        let upstream_ca = match &cfg.upstream.tls_ca_file {
+            Some(path) => Some(
+                load_upstream_ca(path).map_err(|source| StartError::Upstream {
+                    key: "upstream.tls_ca_file",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let (failed, failure) = watch::channel(None);
         let failed = Arc::new(failed);
 
@@ -183,7 +200,7 @@ impl Proxy {
             state.clone(),
             active.clone(),
             metrics.clone(),
-            gateway_config(cfg),
+            gateway_config(cfg, upstream_ca),
         );
         let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
         proxy.add_tcp(&clients.to_string());
@@ -498,12 +515,13 @@ fn h2_options(cfg: &ProxyConfig) -> H2Options {
     options
 }
 
-fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
+fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConfig {
     GatewayConfig {
         upstream: UpstreamDefaults {
             connect_timeout: ms(cfg.upstream.connect_timeout_ms),
             read_timeout: ms(cfg.upstream.read_timeout_ms),
             max_h2_streams: cfg.upstream.max_h2_streams,
+            tls_ca,
         },
         max_body_bytes: cfg.limits.max_body_bytes,
         per_ip: (cfg.limits.per_ip_rpm > 0)

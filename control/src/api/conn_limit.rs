@@ -125,3 +125,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for LimitedIo<I> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+/// The TLS listener takes limited connections (limit first, then the handshake).
+impl crate::tls::Incoming for Limited<tokio::net::TcpListener> {
+    type Io = LimitedIo<tokio::net::TcpStream>;
+    async fn next(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
+        Ok(Listener::accept(self).await)
+    }
+}

@@ -54,6 +54,7 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
+    L::Io: super::tls_listener::ConnCert,
 {
     let router = router.layer(axum::middleware::from_fn_with_state(limits, header_count));
     let mut builder = Builder::new(TokioExecutor::new());
@@ -78,8 +79,12 @@ where
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        // The client's address reaches the per-address request limit as `ConnectInfo`.
-        let service = TowerToHyperService::new(Extension(ConnectInfo(addr)).layer(router.clone()));
+        // The client's address reaches the per-address request limit as `ConnectInfo`; its
+        // verified TLS client certificate (if any) the client-certificate check.
+        let cert = super::tls_listener::ConnCert::peer_cert(&io);
+        let service = TowerToHyperService::new(
+            (Extension(ConnectInfo(addr)), Extension(cert)).layer(router.clone()),
+        );
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -156,7 +156,7 @@ mod tests {
         ))
         .await;
         let resolver = StaticResolver::default().with("backend.test", &[elsewhere.ip() as IpAddr]);
-        let clients = Arc::new(Clients::new(Arc::new(resolver)).expect("clients"));
+        let clients = Arc::new(Clients::new(Arc::new(resolver), Vec::new()).expect("clients"));
 
         let registry = Arc::new(Registry::open(
             Store::ephemeral(),

@@ -31,6 +31,9 @@ pub struct HealthSettings {
     /// Consecutive failures after which a backend is deregistered (softly: restorable through
     /// `POST /admin/backends/{id}/restore`); 0 never deregisters.
     pub deregister_after_failures: u32,
+    /// PEM CA certificates trusted, besides the built-in roots, for `https://` backends'
+    /// certificates in registration and health checks (a private CA's backends).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HealthSettings {
@@ -42,6 +45,7 @@ impl Default for HealthSettings {
             healthy_threshold: 2,
             max_concurrent_checks: 16,
             deregister_after_failures: 0,
+            tls_ca_file: None,
         }
     }
 }

@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -348,6 +348,20 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let Some(endpoint) = ctx.endpoint() {
             self.metrics.connect_error(&endpoint.id);
+            // A certificate that is not trusted (or names another host) is a configuration
+            // fault that every request would hit: say which backend, once per failed attempt.
+            if matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+            ) {
+                tracing::warn!(
+                    endpoint = %endpoint.id,
+                    source = %endpoint.source,
+                    host = %endpoint.host,
+                    error = %e,
+                    "TLS to the endpoint failed (is its certificate trusted? see [upstream] tls_ca_file)"
+                );
+            }
         }
         self.count_failure(ctx);
         self.decide_retry(session, ctx, &mut e, true);

@@ -30,5 +30,6 @@ mod tei_http_handlers;
 pub mod tei_metrics;
 pub mod tei_model;
 pub mod tei_resources;
+pub mod tls;
 
 pub use deterministic::{embedding, fnv1a64};

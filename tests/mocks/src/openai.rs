@@ -99,6 +99,14 @@ pub struct OpenAiArgs {
     /// default: benchmarks count what a proxy spends on each response header).
     #[arg(long)]
     pub echo_headers: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -194,9 +202,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let stats = Arc::new(Stats::default());
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let app = router_with_stats(args, addr, stats.clone())?;
-    tracing::info!(%addr, "mock-openai listening");
-    common::serve_http(listener, app, stats, shutdown).await
+    tracing::info!(%addr, tls = tls.is_some(), "mock-openai listening");
+    match tls {
+        Some(config) => common::serve_https(listener, config, app, stats, shutdown).await,
+        None => common::serve_http(listener, app, stats, shutdown).await,
+    }
 }
 
 /// Binds and serves in a background task of the current runtime (for in-process tests).
