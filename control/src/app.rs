@@ -95,6 +95,7 @@ impl App {
         )
         .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let metrics = ControlMetrics::new();
         let registry = Arc::new(
             Registry::open(
                 store.clone(),
@@ -103,9 +104,9 @@ impl App {
                 &cfg.backends,
                 cfg.admin.max_backends,
             )
-            .with_events(events.clone()),
+            .with_events(events.clone())
+            .with_metrics(metrics.clone()),
         );
-        let metrics = ControlMetrics::new();
         let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(

@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
 use super::spec::{InstanceSpec, Protocol, Template};
-use super::supervisor::stats::{KindStats, ProbeStats};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
 use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
 use crate::gpu::GpuProbe;
+use crate::health::stats::{KindStats, ProbeStats};
 use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, Store};
 
 /// Manager settings beyond supervision (`[instances]` in the config).
@@ -340,7 +340,7 @@ impl Manager {
         let shared = Shared::with_stats(
             log,
             state,
-            ProbeStats::with_metrics(self.metrics.clone(), &record.spec.name),
+            ProbeStats::with_metrics(self.metrics.clone(), "instance", &record.spec.name),
         );
         let (tx, rx) = mpsc::channel(16);
         let sup = Supervisor {

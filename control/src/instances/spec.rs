@@ -1,6 +1,7 @@
 //! What an instance is: its spec (as the API, templates and the state file give it), the
 //! checks a spec passes before anything is spawned, and the TEI command line it becomes.
 
+use crate::health::http_probe;
 use multiverse_common::ModelKind;
 
 pub use crate::store::{InstanceSpec, Protocol, Template};
@@ -108,40 +109,7 @@ impl InstanceSpec {
                 ("readiness", &p.readiness),
             ] {
                 let Some(s) = spec else { continue };
-                let at = |f: &str| format!("`probes.{kind}.{f}`");
-                if !s.path.starts_with('/') || s.path.contains(char::is_whitespace) {
-                    return Err(invalid(format!(
-                        "{} must be a path starting with /",
-                        at("path")
-                    )));
-                }
-                if !["GET", "POST", "PUT", "HEAD"].contains(&s.method.as_str()) {
-                    return Err(invalid(format!(
-                        "{} must be GET, POST, PUT or HEAD",
-                        at("method")
-                    )));
-                }
-                if s.expected_status.is_some_and(|c| !(100..=599).contains(&c)) {
-                    return Err(invalid(format!(
-                        "{} must be 100-599",
-                        at("expected_status")
-                    )));
-                }
-                if s.timeout_ms == Some(0) {
-                    return Err(invalid(format!(
-                        "{} must be greater than 0",
-                        at("timeout_ms")
-                    )));
-                }
-                if s.json_pointer
-                    .as_deref()
-                    .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
-                {
-                    return Err(invalid(format!("{} must start with /", at("json_pointer"))));
-                }
-                if s.json_equals.is_some() && s.json_pointer.is_none() {
-                    return Err(invalid(format!("{} needs json_pointer", at("json_equals"))));
-                }
+                http_probe::validate(kind, s).map_err(invalid)?;
             }
         }
         if let Some(l) = &self.limits {

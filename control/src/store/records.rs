@@ -86,6 +86,10 @@ pub struct BackendRecord {
     /// Softly deregistered by health checking; restorable.
     #[serde(default)]
     pub deregistered: bool,
+    /// Custom health checks (startup at registration, liveness and readiness each round); none:
+    /// `GET /v1/models` is the readiness check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
 }
 
 impl BackendRecord {
@@ -106,6 +110,7 @@ impl BackendRecord {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             deregistered: false,
+            probes: None,
         }
     }
 }
