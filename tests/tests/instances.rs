@@ -996,7 +996,28 @@ async fn lifecycle_through_the_api() {
         "{gpus}"
     );
 
-    plane.finish(1).await;
+    // max_batch_tokens = "auto" without a known GPU: TEI's default, with a warning.
+    let v = api
+        .create(json!({"name": "auto-cpu", "model_id": "bge", "max_batch_tokens": "auto"}))
+        .await;
+    assert_eq!(v["batch_sizing"]["tokens"], 16384, "{v}");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| {
+                w.contains("max_batch_tokens = \"auto\"") && w.contains("no known GPU")
+            }))),
+        "{v}"
+    );
+    let v = plane.wait_status("auto-cpu", "ready").await;
+    let args = cmdline(pid_of(&v));
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--max-batch-tokens" && w[1] == "16384"),
+        "{args:?}"
+    );
+
+    plane.finish(2).await;
 }
 
 #[tokio::test]
@@ -2306,7 +2327,74 @@ async fn gpu_placement_and_per_process_vram_on_simulated_gpus() {
     for n in ["loading", "fits"] {
         plane.wait_status(n, "ready").await;
     }
-    plane.finish(3).await;
+
+    // max_batch_tokens = "auto": from the chosen GPU's free VRAM after what is placed (GPU 0:
+    // 3000 MiB, `loading` still reserved) less the instance's own estimate: (3000 - 1000) x 8
+    // = 16000, rounded down to 15872 — not TEI's default 16384, which 8000 MiB free would give.
+    let v = api
+        .create(
+            json!({"name": "sized", "model_id": "bge", "gpu_id": 0, "vram_mb": 1000,
+                       "max_batch_tokens": "auto"}),
+        )
+        .await;
+    assert_eq!(v["spec"]["max_batch_tokens"], "auto", "{v}");
+    let sizing = &v["batch_sizing"];
+    assert_eq!(sizing["tokens"], 15872, "{v}");
+    assert_eq!(
+        (
+            &sizing["gpu_id"],
+            &sizing["free_vram_mb"],
+            &sizing["reserved_mb"]
+        ),
+        (&json!(0), &json!(3000), &json!(1000)),
+        "{v}"
+    );
+    assert!(
+        sizing["rule"].as_str().is_some_and(|r| r.contains("15872")),
+        "{v}"
+    );
+    // GPU 1 after `fits` (5500 MiB reserved): 500 MiB -> 4000 -> 3840.
+    let tight = api
+        .create(
+            json!({"name": "tight", "model_id": "bge", "gpu_id": 1, "max_batch_tokens": "auto"}),
+        )
+        .await;
+    assert_eq!(tight["batch_sizing"]["tokens"], 3840, "{tight}");
+    for (name, tokens) in [("sized", 15872), ("tight", 3840)] {
+        let v = plane.wait_status(name, "ready").await;
+        assert_eq!(
+            v["batch_sizing"]["tokens"], tokens,
+            "kept in the instance: {v}"
+        );
+        let args = cmdline(pid_of(&v));
+        let at = args.iter().position(|a| a == "--max-batch-tokens");
+        assert_eq!(
+            at.and_then(|i| args.get(i + 1)).map(String::as_str),
+            Some(tokens.to_string().as_str()),
+            "{name}'s command line: {args:?}"
+        );
+        // ... and TEI (here mock-tei) says so on its own /info.
+        let info: Value = reqwest::get(format!("http://127.0.0.1:{}/info", port_of(&v, "port")))
+            .await
+            .expect("GET /info")
+            .json()
+            .await
+            .expect("info json");
+        assert_eq!(info["max_batch_tokens"], tokens, "{info}");
+    }
+    let r = api
+        .post(
+            "/instances",
+            &json!({"name": "bad-auto", "model_id": "bge", "max_batch_tokens": "lots"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("auto"),
+        "the error says what is accepted: {}",
+        r.text
+    );
+    plane.finish(5).await;
 
     // placement = "warn": placed anyway, and told why.
     let dir = temp_dir("inst-gpu-warn");

@@ -16,15 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Protocol, Template};
+use super::spec::{InstanceSpec, MaxBatchTokens, Protocol, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
 use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
-use crate::gpu::GpuProbe;
+use crate::gpu::{free_after_placed, GpuProbe};
 use crate::health::stats::{KindStats, ProbeStats};
-use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, Store};
+use crate::store::{BatchSizing, Desired, InstanceRecord, Revisions, SaveFailed, Store};
 
 /// Manager settings beyond supervision (`[instances]` in the config).
 #[derive(Debug, Clone)]
@@ -71,7 +71,13 @@ pub struct InstanceView {
     /// Probe statistics by kind (`startup`, `liveness`, `readiness`), since the control plane
     /// started.
     pub probes: BTreeMap<&'static str, KindStats>,
+    /// What `max_batch_tokens = "auto"` was sized to (`tokens`), for which GPU, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_sizing: Option<BatchSizing>,
 }
+
+/// A placement's warning and, for `max_batch_tokens = "auto"`, its sizing and warning.
+type PlaceOutcome = (Option<String>, Option<(BatchSizing, Option<String>)>);
 
 /// An instance's GPU: the device's figures and what the instance's processes use of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -204,6 +210,7 @@ impl Handle {
             gpu,
             warnings: Vec::new(),
             probes: self.shared.probe_stats.snapshot(),
+            batch_sizing: self.record.batch_sizing.clone(),
             liveness_failures: self
                 .shared
                 .liveness_failures
@@ -343,9 +350,15 @@ impl Manager {
             ProbeStats::with_metrics(self.metrics.clone(), "instance", &record.spec.name),
         );
         let (tx, rx) = mpsc::channel(16);
+        // The process is launched with what "auto" was sized to at create time.
+        let mut spec = record.spec.clone();
+        if let (Some(MaxBatchTokens::Auto), Some(s)) = (spec.max_batch_tokens, &record.batch_sizing)
+        {
+            spec.max_batch_tokens = Some(MaxBatchTokens::Tokens(s.tokens));
+        }
         let sup = Supervisor {
             name: record.spec.name.clone(),
-            spec: record.spec.clone(),
+            spec,
             port: record.port,
             prometheus_port: record.prometheus_port,
             settings: self.supervision.clone(),
@@ -382,12 +395,13 @@ impl Manager {
 
     /// The rest of a create, its name reserved.
     async fn create_reserved(&self, mut spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
-        let warning = self.place(&mut spec).await?;
+        let (warning, sizing) = self.place(&mut spec).await?;
         let (port, prometheus_port) = self.reserve_ports(spec.requested_port()).await?;
-        let result = self.insert(spec, port, prometheus_port).await;
+        let (sizing, sizing_warning) = sizing.unzip();
+        let result = self.insert(spec, port, prometheus_port, sizing).await;
         self.release_ports(&[port, prometheus_port]);
         let mut view = result?;
-        if let Some(w) = warning {
+        for w in [warning, sizing_warning.flatten()].into_iter().flatten() {
             tracing::warn!(instance = %view.name, "{w}");
             if let Ok(log) = self.log(&view.name) {
                 log.note(&w);
@@ -399,8 +413,9 @@ impl Manager {
 
     /// Checks the spec's GPU, or chooses one ([`crate::gpu::placement`]), and reserves its
     /// estimate for the create in progress; returns the warning of an overcommitting placement
-    /// that `[gpu] placement = "warn"` let through.
-    async fn place(&self, spec: &mut InstanceSpec) -> Result<Option<String>, InstanceError> {
+    /// that `[gpu] placement = "warn"` let through, and for `max_batch_tokens = "auto"` its
+    /// sizing from that GPU's free VRAM ([`crate::gpu::batch_tokens`]) with its own warning.
+    async fn place(&self, spec: &mut InstanceSpec) -> Result<PlaceOutcome, InstanceError> {
         const MIB: u64 = 1024 * 1024;
         let usage = self.gpu_usage().await;
         let estimate_bytes = spec.vram_mb.unwrap_or(0).saturating_mul(MIB);
@@ -427,6 +442,16 @@ impl Manager {
             &placed,
             self.settings.placement,
         )?;
+        let sizing = (spec.max_batch_tokens == Some(MaxBatchTokens::Auto)).then(|| {
+            let gpu = p.gpu_id.map(|id| {
+                let free = usage
+                    .status
+                    .gpu(id)
+                    .and_then(|g| free_after_placed(g, &placed));
+                (id, free)
+            });
+            crate::gpu::batch_tokens::size(gpu, estimate_bytes)
+        });
         if let Some(gpu_id) = p.gpu_id {
             spec.gpu_id = Some(gpu_id);
             inner.gpus.insert(
@@ -438,7 +463,7 @@ impl Manager {
                 },
             );
         }
-        Ok(p.warning)
+        Ok((p.warning, sizing))
     }
 
     /// Opens the log, persists and starts a checked instance on reserved ports (no lock held
@@ -448,6 +473,7 @@ impl Manager {
         spec: InstanceSpec,
         port: u16,
         prometheus_port: u16,
+        batch_sizing: Option<BatchSizing>,
     ) -> Result<InstanceView, InstanceError> {
         let record = InstanceRecord {
             spec,
@@ -455,6 +481,7 @@ impl Manager {
             prometheus_port,
             desired: Desired::Running,
             created_at: multiverse_common::time::now_rfc3339(),
+            batch_sizing,
         };
         let name = record.spec.name.clone();
         let log = self.open_log(&name)?;

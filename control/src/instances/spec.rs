@@ -4,7 +4,7 @@
 use crate::health::http_probe;
 use multiverse_common::ModelKind;
 
-pub use crate::store::{InstanceSpec, Protocol, Template};
+pub use crate::store::{InstanceSpec, MaxBatchTokens, Protocol, Template};
 
 /// Why a spec is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +126,10 @@ impl InstanceSpec {
         one_of("dtype", &self.dtype, &DTYPES)?;
         one_of("kind", &self.kind, &ModelKind::TEI.map(ModelKind::as_str))?;
         for (field, v) in [
-            ("max_batch_tokens", self.max_batch_tokens),
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens.and_then(MaxBatchTokens::tokens),
+            ),
             ("max_concurrent_requests", self.max_concurrent_requests),
             ("max_client_batch_size", self.max_client_batch_size),
         ] {
@@ -223,9 +226,13 @@ pub fn command_line(
     };
     opt("--revision", spec.revision.clone());
     opt("--served-model-name", spec.served_model_name.clone());
+    // "auto" is resolved at create time (the supervisor launches with the number); an
+    // unresolved one leaves TEI its default.
     opt(
         "--max-batch-tokens",
-        spec.max_batch_tokens.map(|v| v.to_string()),
+        spec.max_batch_tokens
+            .and_then(MaxBatchTokens::tokens)
+            .map(|v| v.to_string()),
     );
     opt(
         "--max-concurrent-requests",
@@ -292,20 +299,20 @@ mod tests {
         let t = InstanceSpec {
             model_id: "m/t".into(),
             pooling: Some("mean".into()),
-            max_batch_tokens: Some(1024),
+            max_batch_tokens: Some(MaxBatchTokens::Tokens(1024)),
             tags: BTreeMap::from([("team".into(), "a".into()), ("env".into(), "t".into())]),
             ..Default::default()
         };
         let mut s = InstanceSpec {
             name: "x".into(),
-            max_batch_tokens: Some(2048),
+            max_batch_tokens: Some(MaxBatchTokens::Tokens(2048)),
             ..Default::default()
         };
         s.tags.insert("env".into(), "prod".into());
         let s = s.with_template(&t);
         assert_eq!(s.model_id, "m/t");
         assert_eq!(s.pooling.as_deref(), Some("mean"));
-        assert_eq!(s.max_batch_tokens, Some(2048));
+        assert_eq!(s.max_batch_tokens, Some(MaxBatchTokens::Tokens(2048)));
         assert_eq!(s.tags["env"], "prod");
         assert!(s.has_tag("team:a") && !s.has_tag("team:b") && s.has_tag("env"));
     }
