@@ -316,6 +316,20 @@ fn manager_settings(
                 .unwrap_or_default(),
             uid,
             gid,
+            cgroups: {
+                let c = crate::instances::cgroup::detect(
+                    inst.cgroup_root.as_deref().map(std::path::Path::new),
+                );
+                match &c {
+                    crate::instances::cgroup::Cgroups::Writable(root) => {
+                        tracing::info!(root = %root.display(), "instances with max_cpu_percent or max_memory_mb get their own cgroup")
+                    }
+                    crate::instances::cgroup::Cgroups::Unavailable(reason) => {
+                        tracing::info!(%reason, "no per-instance cgroups: max_cpu_percent is not enforced")
+                    }
+                }
+                c
+            },
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,

@@ -74,6 +74,10 @@ pub struct InstanceView {
     /// What `max_batch_tokens = "auto"` was sized to (`tokens`), for which GPU, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_sizing: Option<BatchSizing>,
+    /// With `max_cpu_percent` or `max_memory_mb`: whether its own cgroup enforces them
+    /// (`cpu_max`, `memory_max`, `path`), or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<super::cgroup::CgroupView>,
 }
 
 /// A placement's warning and, for `max_batch_tokens = "auto"`, its sizing and warning.
@@ -185,6 +189,8 @@ struct Handle {
     record: InstanceRecord,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
+    /// How its cgroup limits are enforced (fixed for its record).
+    cgroup: Option<super::cgroup::CgroupView>,
 }
 
 impl Handle {
@@ -211,6 +217,7 @@ impl Handle {
             warnings: Vec::new(),
             probes: self.shared.probe_stats.snapshot(),
             batch_sizing: self.record.batch_sizing.clone(),
+            cgroup: self.cgroup.clone(),
             liveness_failures: self
                 .shared
                 .liveness_failures
@@ -369,7 +376,16 @@ impl Manager {
             run_dir: self.run_dir.clone(),
         };
         tokio::spawn(sup.run(rx, record.desired == Desired::Running));
-        Handle { record, shared, tx }
+        let cgroup = self
+            .supervision
+            .cgroups
+            .view(&record.spec.name, record.spec.limits.as_ref());
+        Handle {
+            record,
+            shared,
+            tx,
+            cgroup,
+        }
     }
 
     /// Validates, places and starts a new instance.
@@ -401,7 +417,11 @@ impl Manager {
         let result = self.insert(spec, port, prometheus_port, sizing).await;
         self.release_ports(&[port, prometheus_port]);
         let mut view = result?;
-        for w in [warning, sizing_warning.flatten()].into_iter().flatten() {
+        let cgroup_warning = self.supervision.cgroups.warning(view.spec.limits.as_ref());
+        for w in [warning, sizing_warning.flatten(), cgroup_warning]
+            .into_iter()
+            .flatten()
+        {
             tracing::warn!(instance = %view.name, "{w}");
             if let Ok(log) = self.log(&view.name) {
                 log.note(&w);
@@ -700,6 +720,19 @@ impl Manager {
                     tracing::warn!(instance = name, error = %e, "deleting the instance, but its log files could not be removed")
                 }
                 Err(e) => tracing::warn!(instance = name, error = %e, "log removal did not finish"),
+            }
+        }
+        // Its cgroup too (empty now: its processes have exited).
+        if let super::cgroup::Cgroups::Writable(root) = &self.supervision.cgroups {
+            let dir = super::cgroup::dir(root, name);
+            match tokio::task::spawn_blocking(move || super::cgroup::remove(&dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = name, error = %e, "deleting the instance, but its cgroup could not be removed")
+                }
+                Err(e) => {
+                    tracing::warn!(instance = name, error = %e, "cgroup removal did not finish")
+                }
             }
         }
         let (removed, saving) = {

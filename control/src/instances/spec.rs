@@ -121,6 +121,11 @@ impl InstanceSpec {
                     return Err(invalid(format!("`{field}` must be greater than 0")));
                 }
             }
+            if l.max_cpu_percent.is_some_and(|p| p == 0 || p > 100_000) {
+                return Err(invalid(
+                    "`limits.max_cpu_percent` must be 1-100000 (percent of one CPU)",
+                ));
+            }
         }
         one_of("pooling", &self.pooling, &POOLINGS)?;
         one_of("dtype", &self.dtype, &DTYPES)?;
@@ -194,6 +199,8 @@ pub struct Launch {
     /// CAP_SETGID).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The cgroup v2 root and the limits for the instance's own cgroup (`instances::cgroup`).
+    pub cgroup: Option<(std::path::PathBuf, crate::store::Limits)>,
 }
 
 /// The TEI command line for a spec on `port` (with its own prometheus port and socket).
@@ -256,6 +263,7 @@ pub fn command_line(
         env: Vec::new(),
         uid: None,
         gid: None,
+        cgroup: None,
     }
 }
 

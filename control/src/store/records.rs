@@ -344,6 +344,11 @@ pub struct Limits {
     pub max_vram_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enforce: bool,
+    /// CPU time, in percent of one CPU (200: two CPUs): the instance's own cgroup's `cpu.max`,
+    /// where cgroup v2 is writable (`instances::cgroup`); otherwise not enforced, with a
+    /// warning at create time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<u32>,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).

@@ -69,6 +69,8 @@ pub struct Settings {
     /// The user and group instances run as (`None`: the control plane's).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Whether instances get their own cgroup (`[instances] cgroup_root`).
+    pub cgroups: super::cgroup::Cgroups,
 }
 
 /// Where an instance is in its life.
