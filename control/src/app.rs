@@ -100,6 +100,7 @@ impl App {
         )
         .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
         let events = EventBus::with_webhooks(cfg.webhooks.clone(), http.clone());
+        let metrics = ControlMetrics::new();
         let registry = Arc::new(
             Registry::open(
                 store.clone(),
@@ -108,9 +109,9 @@ impl App {
                 &cfg.backends,
                 cfg.admin.max_backends,
             )
-            .with_events(events.clone()),
+            .with_events(events.clone())
+            .with_metrics(metrics.clone()),
         );
-        let metrics = ControlMetrics::new();
         let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
@@ -374,6 +375,20 @@ fn manager_settings(
                 .unwrap_or_default(),
             uid,
             gid,
+            cgroups: {
+                let c = crate::instances::cgroup::detect(
+                    inst.cgroup_root.as_deref().map(std::path::Path::new),
+                );
+                match &c {
+                    crate::instances::cgroup::Cgroups::Writable(root) => {
+                        tracing::info!(root = %root.display(), "instances with max_cpu_percent or max_memory_mb get their own cgroup")
+                    }
+                    crate::instances::cgroup::Cgroups::Unavailable(reason) => {
+                        tracing::info!(%reason, "no per-instance cgroups: max_cpu_percent is not enforced")
+                    }
+                }
+                c
+            },
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,

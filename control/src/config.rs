@@ -129,6 +129,9 @@ pub struct InstancesConfig {
     /// primary group). Needs root (or CAP_SETUID and CAP_SETGID).
     pub user: Option<String>,
     pub group: Option<String>,
+    /// The cgroup v2 directory under which each instance with `max_cpu_percent` or
+    /// `max_memory_mb` gets its own cgroup; default: the control plane's own cgroup.
+    pub cgroup_root: Option<String>,
 }
 
 impl Default for InstancesConfig {
@@ -158,6 +161,7 @@ impl Default for InstancesConfig {
             limits_interval_ms: 1_000,
             user: None,
             group: None,
+            cgroup_root: None,
         }
     }
 }

@@ -245,7 +245,8 @@ impl From<BackendSpecError> for ApiError {
             | BackendSpecError::Models(_)
             | BackendSpecError::Weight(_)
             | BackendSpecError::ApiKey(_)
-            | BackendSpecError::Kind(_) => ErrorCode::ValidationError,
+            | BackendSpecError::Kind(_)
+            | BackendSpecError::Probes(_) => ErrorCode::ValidationError,
         };
         ApiError::new(code, e.to_string())
     }

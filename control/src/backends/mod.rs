@@ -3,6 +3,14 @@
 //! ([`ssrf`], names looked up through [`resolve`]), how they are reached ([`clients`]: at the
 //! pinned address when there is one), checked once ([`probe`]) and checked again and again
 //! ([`checker`]).
+//!
+//! Probes of a process the plane does not own (`probes` on a backend): `startup` must pass at
+//! registration and update (or the backend is refused); each round `liveness` (if given) runs
+//! first and then `readiness` (default `GET /v1/models`). A failing readiness (or liveness)
+//! probe counts towards `[health] unhealthy_threshold`: the route is withdrawn until
+//! `healthy_threshold` passes bring it back. There is nothing to restart, so liveness is what
+//! decides the soft deregistration instead: with a liveness probe only its failures count
+//! towards `deregister_after_failures` (restorable through `/restore`).
 
 pub mod admission;
 pub mod checker;
@@ -39,6 +47,9 @@ pub struct BackendSpec {
     /// What the models do: chat (default), completion, embedding, rerank, classify.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Custom health checks (see the module's notes).
+    #[serde(default)]
+    pub probes: Option<crate::store::Probes>,
 }
 
 fn default_weight() -> u32 {
@@ -60,6 +71,9 @@ pub enum SpecError {
     ApiKey(String),
     #[error("`kind`: {0}")]
     Kind(String),
+    /// The message names the field (`probes.readiness.path`, ...).
+    #[error("{0}")]
+    Probes(String),
 }
 
 impl SpecError {
@@ -72,6 +86,7 @@ impl SpecError {
             SpecError::Weight(_) => "weight",
             SpecError::ApiKey(_) => "api_key",
             SpecError::Kind(_) => "kind",
+            SpecError::Probes(_) => "probes",
         }
     }
 
@@ -83,7 +98,8 @@ impl SpecError {
             | SpecError::Models(m)
             | SpecError::Weight(m)
             | SpecError::ApiKey(m)
-            | SpecError::Kind(m) => m,
+            | SpecError::Kind(m)
+            | SpecError::Probes(m) => m,
         }
     }
 }
@@ -189,6 +205,17 @@ impl BackendSpec {
             }
         }
         parse_kind(self.kind.as_deref()).map_err(SpecError::Kind)?;
+        if let Some(p) = &self.probes {
+            for (kind, spec) in [
+                ("startup", &p.startup),
+                ("liveness", &p.liveness),
+                ("readiness", &p.readiness),
+            ] {
+                if let Some(s) = spec {
+                    crate::health::http_probe::validate(kind, s).map_err(SpecError::Probes)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -234,6 +261,7 @@ mod tests {
             weight: 1,
             api_key: None,
             kind: None,
+            probes: None,
         };
         ok.validate().expect("valid");
         let mut bad = ok.clone();
@@ -251,8 +279,25 @@ mod tests {
         let mut bad = ok.clone();
         bad.models.clear();
         assert!(matches!(bad.validate(), Err(SpecError::Models(_))));
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.kind = Some("video".into());
         assert!(matches!(bad.validate(), Err(SpecError::Kind(_))));
+        let mut bad = ok;
+        bad.probes = Some(crate::store::Probes {
+            readiness: Some(crate::store::ProbeSpec {
+                path: "ready".into(),
+                method: "GET".into(),
+                expected_status: None,
+                headers: Default::default(),
+                body: None,
+                timeout_ms: None,
+                json_pointer: None,
+                json_equals: None,
+            }),
+            ..Default::default()
+        });
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.field(), "probes");
+        assert!(e.message().contains("probes.readiness.path"), "{e}");
     }
 }

@@ -272,6 +272,7 @@ mod tests {
             weight: 1,
             api_key: Some("sk-secret".into()),
             kind: None,
+            probes: None,
         });
         let err = to_toml(&c).unwrap_err().to_string();
         assert!(err.contains("does not read back"), "{err}");

@@ -1,12 +1,13 @@
 //! `mock-openai`: an OpenAI-compatible backend with deterministic answers.
 //!
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
-//! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
-//! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
-//! ([`OpenAiArgs`]) add latency, pacing, injected failures, dying mid-response and API-key
-//! checks (every /v1 response names the credential headers it got in `x-mock-credentials`,
-//! and with `--echo-headers` the `x-request-id`, `traceparent` and `tracestate` it got as
-//! `x-mock-seen-*`). Errors use
+//! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health`,
+//! `GET /mock/stats` and `GET|PUT /mock/ready` (`{"ready": bool}`: a readiness flag a test
+//! flips, for custom health probes that check a JSON field). Requests are validated in
+//! `openai_request`. Knobs on the command line ([`OpenAiArgs`]) add latency, pacing, injected
+//! failures, dying mid-response and API-key checks (every /v1 response names the credential
+//! headers it got in `x-mock-credentials`, and with `--echo-headers` the `x-request-id`,
+//! `traceparent` and `tracestate` it got as `x-mock-seen-*`). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -124,6 +125,8 @@ struct App {
     args: OpenAiArgs,
     name: String,
     stats: Arc<Stats>,
+    /// What `GET /mock/ready` reports (`PUT /mock/ready` sets it); starts true.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// Binds `args.listen` and returns the listener with its actual address.
@@ -159,6 +162,7 @@ pub fn router_with_stats(
         args,
         name,
         stats: stats_sink,
+        ready: std::sync::atomic::AtomicBool::new(true),
     });
     let model_routes = Router::new()
         .route("/v1/models", get(list_models))
@@ -181,6 +185,7 @@ pub fn router_with_stats(
         .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key));
     Ok(model_routes
         .route("/mock/stats", get(stats))
+        .route("/mock/ready", get(ready).put(set_ready))
         .route("/health", get(|| async { StatusCode::OK }))
         .fallback(|| async {
             ApiError {
@@ -284,6 +289,23 @@ async fn require_api_key(
         resp.headers_mut().insert(name, value);
     }
     resp
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Json<Value> {
+    let ready = app.ready.load(std::sync::atomic::Ordering::SeqCst);
+    Json(json!({"ready": ready, "name": app.name}))
+}
+
+/// `PUT /mock/ready {"ready": bool}`.
+async fn set_ready(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let Some(ready) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["ready"].as_bool())
+    else {
+        return (StatusCode::BAD_REQUEST, "expected {\"ready\": true|false}").into_response();
+    };
+    app.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    Json(json!({"ready": ready})).into_response()
 }
 
 async fn stats(State(app): State<Arc<App>>) -> Json<common::StatsSnapshot> {
