@@ -8,7 +8,8 @@
 //! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
 //!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
-//!   [`model_scan`]);
+//!   [`model_scan`]; for `lb = "prefix_affinity"`, the prompt-prefix key through
+//!   [`prefix_hash`]);
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
@@ -25,6 +26,7 @@ pub mod error;
 pub mod gateway;
 pub mod model_scan;
 pub mod observe;
+pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
 pub mod target;
