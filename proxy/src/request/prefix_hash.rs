@@ -249,11 +249,10 @@ impl PrefixHasher {
                 }
                 _ => {
                     // The first byte of a value.
-                    self.capturing = match (self.field, b) {
-                        (Field::Messages, b'[') => true,
-                        (Field::Prompt, b'"' | b'[') => true,
-                        _ => false,
-                    };
+                    self.capturing = matches!(
+                        (self.field, b),
+                        (Field::Messages, b'[') | (Field::Prompt, b'"' | b'[')
+                    );
                     self.captured_field = self.field;
                     self.field = Field::Other;
                     if self.capturing && b == b'[' {
