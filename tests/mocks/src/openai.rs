@@ -4,7 +4,10 @@
 //! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
 //! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
 //! ([`OpenAiArgs`]) add latency, pacing, injected failures and API-key checks (every /v1
-//! response names the credential headers it got in `x-mock-credentials`). Errors use
+//! response names the credential headers it got in `x-mock-credentials`). A simulated prefix
+//! cache ([`crate::prefix_cache`], `--prefix-cache-entries`) delays the response header by
+//! `--ttft-ms` on a miss and `--ttft-hit-ms` on a hit, says which in `x-mock-prefix-cache`,
+//! and counts both in `/mock/stats` (`prefix_cache`). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ use super::common::{
 };
 use super::openai_request::{embeddings, ApiError, Generation, Kind};
 use super::openai_stream::{self, StreamPlan};
+use super::prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
 
 /// Largest request body accepted (bigger bodies get 413).
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -85,6 +89,20 @@ pub struct OpenAiArgs {
     /// Number of dimensions of the embeddings (`dimensions` in a request overrides it).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub dims: usize,
+
+    /// Prompt prefixes (first chat message, or `prompt`) kept in this instance's simulated
+    /// prefix cache, least recently used evicted; 0: no cache (every request a miss).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub prefix_cache_entries: usize,
+
+    /// Time to first token, in milliseconds, of a chat / completion request whose prefix
+    /// missed the cache (added to `--latency-ms`, before the response header).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ttft_ms: u64,
+
+    /// Time to first token, in milliseconds, of one whose prefix hit the cache.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ttft_hit_ms: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -102,6 +120,15 @@ struct App {
     args: OpenAiArgs,
     name: String,
     stats: Arc<Stats>,
+    cache: PrefixCache,
+}
+
+/// `GET /mock/stats` of mock-openai: the shared counters and the prefix cache's.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenAiStats {
+    #[serde(flatten)]
+    pub common: common::StatsSnapshot,
+    pub prefix_cache: PrefixCacheStats,
 }
 
 /// Binds `args.listen` and returns the listener with its actual address.
@@ -133,10 +160,12 @@ pub fn router_with_stats(
 ) -> anyhow::Result<Router> {
     let name = instance_name(&args, addr);
     let header = instance_header_value(&name)?;
+    let cache = PrefixCache::new(args.prefix_cache_entries);
     let app = Arc::new(App {
         args,
         name,
         stats: stats_sink,
+        cache,
     });
     let model_routes = Router::new()
         .route("/v1/models", get(list_models))
@@ -241,8 +270,11 @@ async fn require_api_key(
     resp
 }
 
-async fn stats(State(app): State<Arc<App>>) -> Json<common::StatsSnapshot> {
-    Json(app.stats.snapshot(&app.name))
+async fn stats(State(app): State<Arc<App>>) -> Json<OpenAiStats> {
+    Json(OpenAiStats {
+        common: app.stats.snapshot(&app.name),
+        prefix_cache: app.cache.stats(),
+    })
 }
 
 async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
@@ -273,15 +305,35 @@ async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
         }
     };
     let info = app.stats.record_request(&bytes);
-    common::delay_ms(app.args.latency_ms).await;
+    let cached = app.prefix_cache(kind, &bytes);
+    let ttft = match cached {
+        Some(true) => app.args.ttft_hit_ms,
+        Some(false) => app.args.ttft_ms,
+        None => 0,
+    };
+    common::delay_ms(app.args.latency_ms + ttft).await;
     let mut response = app
         .handle(kind, &bytes)
         .unwrap_or_else(IntoResponse::into_response);
     info.apply(response.headers_mut());
+    if let Some(hit) = cached {
+        let v = header::HeaderValue::from_static(if hit { "hit" } else { "miss" });
+        response.headers_mut().insert("x-mock-prefix-cache", v);
+    }
     response
 }
 
 impl App {
+    /// For a chat / completion body with a prefix: whether it hit this instance's cache
+    /// (`None`: not a generation, no prefix, or not JSON, which `handle` answers).
+    fn prefix_cache(&self, kind: Kind, body: &[u8]) -> Option<bool> {
+        if matches!(kind, Kind::Embeddings) {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        Some(self.cache.touch(prefix_key(&value)?))
+    }
+
     fn handle(&self, kind: Kind, body: &[u8]) -> Result<Response, ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid(format!(
