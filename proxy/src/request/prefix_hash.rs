@@ -2,13 +2,15 @@
 //! body (or of a completion's `prompt`), computed as the body streams in, beside the `model`
 //! scan.
 //!
-//! What is hashed: the raw JSON bytes of `messages[0..k]` (`k` = `affinity.prefix_messages`,
-//! default 1: the system prompt), or of the `prompt` value, with the whitespace outside strings
-//! left out, and never more than the first `affinity.prefix_bytes` bytes of the body (default
-//! 4096): a prefix longer than that is keyed by the part inside the cap. So the key depends on
-//! the body's bytes only, never on how they were split into chunks, and every proxy replica
-//! computes the same key for the same body. The hash is 64-bit FNV-1a (`fnv`), a fixed,
-//! specified function (not std's `DefaultHasher`, which may change between Rust releases).
+//! What is hashed: `messages[0..k]` (`k` = `affinity.prefix_messages`, default 1: the system
+//! prompt), or the `prompt` value, as raw JSON with the whitespace outside strings left out,
+//! each message object's members hashed apart and summed, so `{"role":..,"content":..}` and
+//! `{"content":..,"role":..}` (serializers differ) key alike; never more than the first
+//! `affinity.prefix_bytes` bytes of the body (default 4096): a longer prefix is keyed by the
+//! part inside the cap. So the key depends on the body's bytes only, never on how they were
+//! split into chunks, and every proxy replica computes the same key for the same body. The
+//! hash is 64-bit FNV-1a (`fnv`), a fixed, specified function (not std's `DefaultHasher`, which
+//! may change between Rust releases). Strings are compared as sent (`\u00e9` is not `é`).
 //!
 //! How far it looks: when `messages` comes before `model` (the openai SDKs' order), the bytes
 //! are already held for the model scan and hashing reads nothing more. When `model` comes first,
@@ -73,7 +75,12 @@ pub struct PrefixHasher {
     captured: usize,
     /// Complete `messages` elements seen.
     elements: u32,
+    /// The key so far: the raw bytes outside message objects, each message object's sum.
     hash: FnvHasher,
+    /// Inside a message object: its members so far (sum of their hashes) and the one read now.
+    message_open: bool,
+    members: u64,
+    member: FnvHasher,
     result: Prefix,
 }
 
@@ -99,6 +106,9 @@ impl PrefixHasher {
             captured: 0,
             elements: 0,
             hash: FnvHasher::default(),
+            message_open: false,
+            members: 0,
+            member: FnvHasher::default(),
             result: Prefix::Pending,
         }
     }
@@ -120,6 +130,10 @@ impl PrefixHasher {
     }
 
     fn end(&mut self) {
+        if self.in_message() {
+            // Cut at the cap inside a message: what was read of it counts.
+            self.close_message();
+        }
         let key = (self.capturing && self.captured > 0).then(|| self.hash.finish());
         self.result = Prefix::Done(key);
     }
@@ -198,9 +212,32 @@ impl PrefixHasher {
 
     fn take(&mut self, bytes: &[u8]) {
         if self.capturing {
-            self.hash.write(bytes);
+            if self.in_message() {
+                self.member.write(bytes);
+            } else {
+                self.hash.write(bytes);
+            }
             self.captured += bytes.len();
         }
+    }
+
+    /// Inside one object element of `messages` (its members hash apart).
+    fn in_message(&self) -> bool {
+        self.captured_field == Field::Messages && self.depth >= 3 && self.message_open
+    }
+
+    /// The member being read ends (`,` or `}` of the message object).
+    fn close_member(&mut self) {
+        let member = std::mem::take(&mut self.member).finish();
+        self.members = self.members.wrapping_add(member);
+    }
+
+    /// The message object ends: its members' sum, whatever their order, goes into the key.
+    fn close_message(&mut self) {
+        self.close_member();
+        self.message_open = false;
+        let sum = std::mem::take(&mut self.members);
+        self.hash.write(&sum.to_le_bytes());
     }
 
     /// A string closed; true when that finished the key.
@@ -276,6 +313,23 @@ impl PrefixHasher {
                 self.take(&[b]);
                 self.in_str = true;
             }
+            b'{' if self.capturing && self.depth == 2 && self.captured_field == Field::Messages => {
+                // A message object opens: its members are hashed one by one.
+                self.depth = 3;
+                self.message_open = true;
+                self.members = 0;
+                self.member = FnvHasher::default();
+                self.captured += 1;
+            }
+            b',' if self.in_message() && self.depth == 3 => {
+                self.close_member();
+                self.captured += 1;
+            }
+            b'}' if self.in_message() && self.depth == 3 => {
+                self.close_message();
+                self.depth = 2;
+                self.captured += 1;
+            }
             b'{' | b'[' => {
                 self.take(&[b]);
                 self.depth += 1;
@@ -345,11 +399,12 @@ mod tests {
     fn hashes_the_first_message_without_whitespace() {
         let a = r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
         let b = "{ \"messages\" : [ {\"role\": \"system\",\n \"content\": \"be brief\"} , {\"role\":\"user\",\"content\":\"other\"}], \"model\":\"m\"}";
-        assert_eq!(
-            key(a),
-            Some(fnv(br#"{"role":"system","content":"be brief"}"#))
-        );
+        assert!(key(a).is_some());
         assert_eq!(key(a), key(b), "same system prompt, other user message");
+        let swapped = r#"{"messages":[{"content":"be brief","role":"system"}],"model":"m"}"#;
+        assert_eq!(key(a), key(swapped), "member order does not matter");
+        let other_role = r#"{"messages":[{"content":"be brief","role":"user"}],"model":"m"}"#;
+        assert_ne!(key(a), key(other_role));
         let c = a.replace("be brief", "be long");
         assert_ne!(key(a), key(&c));
     }
@@ -371,13 +426,15 @@ mod tests {
             ..SCAN
         };
         let body = br#"{"messages":[{"c":"s"},{"c":"u1"},{"c":"u2"}]}"#;
-        assert_eq!(
-            key_with(two, body, 7),
-            Some(fnv(br#"{"c":"s"},{"c":"u1"}"#))
-        );
+        let first_two = br#"{"messages":[{"c":"s"},{"c":"u1"}]}"#;
+        assert!(key_with(two, body, 7).is_some());
+        assert_eq!(key_with(two, body, 7), key_with(two, first_two, 100));
+        assert_ne!(key_with(two, body, 7), key_with(SCAN, body, 7), "k matters");
+        let reordered = br#"{"messages":[{"c":"u1"},{"c":"s"}]}"#;
+        assert_ne!(key_with(two, first_two, 9), key_with(two, reordered, 9));
         // Fewer elements than k: the whole array.
         let short = br#"{"messages":[{"c":"s"}]}"#;
-        assert_eq!(key_with(two, short, 3), Some(fnv(br#"{"c":"s"}"#)));
+        assert_eq!(key_with(two, short, 3), key_with(SCAN, body, 5));
         assert_eq!(
             key(r#"{"model":"m","prompt":"Once upon"}"#),
             Some(fnv(br#""Once upon""#))
