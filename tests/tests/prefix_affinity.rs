@@ -251,3 +251,47 @@ async fn a_session_header_keys_the_conversation_instead_of_its_prompt() {
     }
     assert!(by_prompt.len() > 1, "4 prompts all on {by_prompt:?}");
 }
+
+#[tokio::test]
+async fn model_first_with_the_prompt_in_later_chunks_is_keyed_by_the_whole_prefix() {
+    // `model` is found in the first chunk; the proxy reads on (to prefix_bytes at most) for the
+    // system prompt, which arrives in later chunks, and forwards the body unchanged.
+    let dir = temp_dir("prefix-chunks");
+    let mocks = mocks(&dir);
+    let (a, _b) = proxies(&dir, &mocks, "prefix_affinity", "").await;
+    let client = reqwest::Client::new();
+    for i in 0..8 {
+        let system = format!("You are chunked assistant #{i}, and this sentence is long.");
+        let whole = model_first(&system, "q");
+        let home = served_by(&client, &a, whole.clone(), &[]).await;
+        // Cut after `"model": "demo",` and in the middle of the system prompt.
+        let cut1 = whole.find("\"stream\"").expect("stream key");
+        let cut2 = whole.find("chunked").expect("prompt text") + 3;
+        let pieces = vec![
+            whole[..cut1].to_string(),
+            whole[cut1..cut2].to_string(),
+            whole[cut2..].to_string(),
+        ];
+        let body = futures::stream::unfold(pieces.into_iter(), |mut rest| async move {
+            let next = rest.next()?;
+            // Apart in time, so the proxy reads them as separate chunks.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Some((Ok::<_, std::io::Error>(next.into_bytes()), rest))
+        });
+        let resp = client
+            .post(format!("{}/v1/chat/completions", a.url()))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .expect("chunked request");
+        assert_eq!(resp.status(), 200);
+        let served = resp.headers()["x-multiverse-endpoint"].to_str().ok();
+        assert_eq!(served, Some(home.as_str()), "prompt {i}");
+        assert_eq!(
+            resp.headers()["x-mock-body-fnv1a64"].to_str().ok(),
+            Some(fnv1a64_hex(whole.as_bytes()).as_str()),
+            "the body arrived unchanged"
+        );
+    }
+}
