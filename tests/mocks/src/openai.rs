@@ -91,7 +91,9 @@ pub struct OpenAiArgs {
     pub dims: usize,
 
     /// Prompt prefixes (first chat message, or `prompt`) kept in this instance's simulated
-    /// prefix cache, least recently used evicted; 0: no cache (every request a miss).
+    /// prefix cache, least recently used evicted; 0: no cache (with `--ttft-ms`, every request a
+    /// miss). With none of the three cache flags, no cache is simulated and no
+    /// `x-mock-prefix-cache` header is sent.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub prefix_cache_entries: usize,
 
@@ -327,7 +329,11 @@ impl App {
     /// For a chat / completion body with a prefix: whether it hit this instance's cache
     /// (`None`: not a generation, no prefix, or not JSON, which `handle` answers).
     fn prefix_cache(&self, kind: Kind, body: &[u8]) -> Option<bool> {
-        if matches!(kind, Kind::Embeddings) {
+        let a = &self.args;
+        // Off unless asked for: no parse, no header (a header more costs a proxy allocations,
+        // which the per-request budget test counts).
+        let simulated = a.prefix_cache_entries > 0 || a.ttft_ms > 0 || a.ttft_hit_ms > 0;
+        if !simulated || matches!(kind, Kind::Embeddings) {
             return None;
         }
         let value: Value = serde_json::from_slice(body).ok()?;

@@ -43,6 +43,10 @@ async fn chat_completion_non_stream_shape() {
         .expect("send");
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-mock-instance"), "alpha");
+    assert!(
+        response.headers().get("x-mock-prefix-cache").is_none(),
+        "no prefix cache simulated without its flags"
+    );
     assert_eq!(header(&response, "x-mock-body-len"), body.len().to_string());
     assert_eq!(
         header(&response, "x-mock-body-fnv1a64"),
