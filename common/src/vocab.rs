@@ -341,7 +341,7 @@ mod tests {
         );
         assert_eq!(
             LbStrategy::NAMES,
-            ["round_robin", "weighted", "least_request"]
+            ["round_robin", "weighted", "least_request", "prefix_affinity"]
         );
     }
 
