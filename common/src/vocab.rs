@@ -341,7 +341,12 @@ mod tests {
         );
         assert_eq!(
             LbStrategy::NAMES,
-            ["round_robin", "weighted", "least_request", "prefix_affinity"]
+            [
+                "round_robin",
+                "weighted",
+                "least_request",
+                "prefix_affinity"
+            ]
         );
     }
 
