@@ -6,6 +6,7 @@
 //!   file and the key; the host-name default for ids.
 //! - [`telemetry`] — `tracing` to stderr: human by default, JSON with a flag, `RUST_LOG` level.
 //! - [`signals`] — SIGTERM/SIGINT as one future, SIGHUP as a stream of reload requests.
+//! - [`request_id`] — the `x-request-id` rule: a client's kept when usable, else made.
 //! - [`backoff`] — exponential backoff with jitter, as a pure value.
 //! - [`clock`] — an injectable monotonic time source (system, tokio's paused time, or manual).
 //! - [`vocab`] — the shared enums (`ModelKind`, `Protocol`, `Health`, `LbStrategy`), each with
@@ -23,6 +24,7 @@ pub mod config;
 pub mod keys;
 pub mod paths;
 pub mod rate;
+pub mod request_id;
 pub mod signals;
 pub mod sse;
 pub mod telemetry;

@@ -33,6 +33,17 @@ pub struct ProxyConfig {
     pub server: ServerConfig,
     pub cors: CorsConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
+}
+
+/// W3C trace context (`request::trace`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The sampled flag of the traces the proxy starts (a client's own `traceparent` passes
+    /// unchanged). Default false: nothing exports spans yet, so backends are not asked to
+    /// record every request.
+    pub sample: bool,
 }
 
 /// Browsers allowed to call the proxy (CORS; `request::cors`).

@@ -493,6 +493,7 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             max_ejection_percent: cfg.outlier.max_ejection_percent,
         },
         header_timeout: ms(cfg.clients.header_timeout_ms),
+        trace_sample: cfg.tracing.sample,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {

@@ -15,6 +15,17 @@
 //! open mode (+1.2 KB/request), while callgrind's serialised count of the same two debug builds
 //! read 96.40 and 95.96. Where the concurrent +2 comes from is not found yet (issue 18 phase 2
 //! should find it); these counts also move by 1–2 with the timing of timers and frames.
+//! Request ids and trace context (issue 15) raised them by 7 to 12: the scenario's requests
+//! carry neither, so the proxy makes both and adds three headers (`x-request-id` and
+//! `traceparent` upstream, `x-request-id` on the response). Each value is one allocation;
+//! pingora allocates each non-standard header name it inserts (parsed into a `HeaderName`,
+//! and on HTTP/1 cloned into its case-preserving map), and the header maps grow. Measured in
+//! debug, three runs on a machine loaded by six builds (load average 15): chat 103.98 / 103.52
+//! / 106.70, chat-h2c 90.20 / 89.60 / 92.08, sse 127.78 / 130.65 / 129.33, embed-http 120.53 /
+//! 122.07 / 120.80, grpc-unary 79.38 / 82.05 / 79.00 (the usage reader, now on every OpenAI
+//! response, allocates nothing; the later sse runs also time its chunks). The budgets are the
+//! highest run rounded up by one to two; the release numbers were raised by the same amounts,
+//! not measured.
 //! The numbers are what the proxy measured when they were set (docs/per-request-cost.md),
 //! rounded up: allocations by about one (a family varies by a fraction between runs, gRPC by
 //! up to 2.5 with the timing of h2's frames), syscalls by the `epoll_wait`s and the pingora
@@ -40,32 +51,32 @@ pub struct Budget {
 pub const BUDGETS: [Budget; 5] = [
     Budget {
         family: Latency::Chat,
-        allocations_debug: 95.0,
-        allocations_release: 96.0,
+        allocations_debug: 108.0,
+        allocations_release: 109.0,
         syscalls: 6.5,
     },
     Budget {
         family: Latency::ChatH2c,
-        allocations_debug: 85.0,
-        allocations_release: 86.0,
+        allocations_debug: 94.0,
+        allocations_release: 95.0,
         syscalls: 6.5,
     },
     Budget {
         family: Latency::Sse,
-        allocations_debug: 120.0,
-        allocations_release: 121.0,
+        allocations_debug: 133.0,
+        allocations_release: 134.0,
         syscalls: 9.5,
     },
     Budget {
         family: Latency::EmbedHttp,
-        allocations_debug: 114.0,
-        allocations_release: 115.0,
+        allocations_debug: 124.0,
+        allocations_release: 125.0,
         syscalls: 7.5,
     },
     Budget {
         family: Latency::GrpcUnary,
-        allocations_debug: 72.0,
-        allocations_release: 72.0,
+        allocations_debug: 84.0,
+        allocations_release: 84.0,
         syscalls: 9.0,
     },
 ];

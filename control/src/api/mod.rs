@@ -3,7 +3,9 @@
 //! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
 //! is open (health, metrics, OpenAPI, stats — counts without names —, the web UI).
 //!
-//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]).
+//! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]). Every
+//! response carries the request's `x-request-id` ([`request_id`]), and so do the log lines
+//! written while it runs.
 
 pub mod auth;
 pub mod backends;
@@ -18,6 +20,7 @@ pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod proxies;
+pub mod request_id;
 pub mod sse;
 pub mod stats;
 pub mod system;
@@ -114,6 +117,7 @@ pub fn router(state: ApiState) -> Router {
         ))
         .with_state(state)
         .layer(axum::middleware::from_fn(ui::browser_pages))
+        .layer(axum::middleware::from_fn(request_id::tag))
 }
 
 async fn not_found() -> ApiError {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the proxy exports.
@@ -19,6 +19,10 @@ pub struct Metrics {
     retries: IntCounterVec,
     ejections: IntCounterVec,
     client_faults: IntCounterVec,
+    midstream_failures: IntCounterVec,
+    tokens: IntCounterVec,
+    first_token: HistogramVec,
+    token_gap: HistogramVec,
     in_flight: IntGauge,
     pub table_version: IntGaugeVec,
     pub table_updates: IntCounter,
@@ -78,6 +82,43 @@ impl Metrics {
                  timeout, gone), by reason",
             ),
             &["reason"],
+        ));
+        let midstream_failures = must(IntCounterVec::new(
+            Opts::new(
+                "upstream_midstream_failures_total",
+                "Responses whose upstream failed after the response had started (the client \
+                 got an SSE error event, gRPC UNAVAILABLE, or a closed connection), by model, \
+                 endpoint and body (sse, grpc, http)",
+            ),
+            &["model", "endpoint", "body"],
+        ));
+        let tokens = must(IntCounterVec::new(
+            Opts::new(
+                "tokens_total",
+                "Tokens from OpenAI responses' usage, by model, endpoint, inference key id \
+                 (\"-\": open mode) and kind (prompt, completion)",
+            ),
+            &["model", "endpoint", "key", "kind"],
+        ));
+        let first_token = must(HistogramVec::new(
+            HistogramOpts::new(
+                "time_to_first_token_seconds",
+                "SSE streams: time from the request's start to the response's first chunk",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["model"],
+        ));
+        let token_gap = must(HistogramVec::new(
+            HistogramOpts::new(
+                "inter_token_gap_seconds",
+                "SSE streams: time between two chunks of a response",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["model"],
         ));
         let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
         let table_version = must(IntGaugeVec::new(
@@ -140,6 +181,10 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(ejections.clone()),
             Box::new(client_faults.clone()),
+            Box::new(midstream_failures.clone()),
+            Box::new(tokens.clone()),
+            Box::new(first_token.clone()),
+            Box::new(token_gap.clone()),
             Box::new(in_flight.clone()),
             Box::new(table_version.clone()),
             Box::new(table_updates.clone()),
@@ -158,6 +203,10 @@ impl Metrics {
             retries,
             ejections,
             client_faults,
+            midstream_failures,
+            tokens,
+            first_token,
+            token_gap,
             in_flight,
             table_version,
             table_updates,
@@ -217,6 +266,30 @@ impl Metrics {
     /// Counts a request that failed by the client's doing (`reason`: a static label).
     pub fn client_fault(&self, reason: &str) {
         self.client_faults.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a response cut by its upstream after it started (`body`: a static label).
+    pub fn midstream_failure(&self, model: &str, endpoint: &str, body: &str) {
+        self.midstream_failures
+            .with_label_values(&[model, endpoint, body])
+            .inc();
+    }
+
+    /// Counts the tokens a response reported (`key`: the key id, `-` in open mode).
+    pub fn tokens(&self, model: &str, endpoint: &str, key: &str, (prompt, completion): (u64, u64)) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            self.tokens
+                .with_label_values(&[model, endpoint, key, kind])
+                .inc_by(n);
+        }
+    }
+
+    /// The time-to-first-token and inter-token-gap histograms of `model`'s SSE streams.
+    pub fn stream_pace(&self, model: &str) -> (Histogram, Histogram) {
+        (
+            self.first_token.with_label_values(&[model]),
+            self.token_gap.with_label_values(&[model]),
+        )
     }
 
     /// Records a new table version (the gauge carries the version as a label).

@@ -2,8 +2,9 @@
 //! the proxy. The proxy answers their preflights itself (never forwarded) and tags every
 //! response to them, the proxy's own errors and SSE streams included, with
 //! `Access-Control-Allow-Origin: <origin>`, `Vary: Origin` and
-//! `Access-Control-Expose-Headers: x-multiverse-endpoint`. Any other origin gets no CORS header
-//! (so the browser withholds the response from its page), and its preflight a 403.
+//! `Access-Control-Expose-Headers: x-multiverse-endpoint, x-request-id`. Any other origin gets
+//! no CORS header (so the browser withholds the response from its page), and its preflight a
+//! 403.
 //!
 //! Cost on the request path: nothing when the list is empty (no header is looked at); otherwise
 //! one header lookup (`Origin`) and a byte comparison per allowed origin; on an allowed
@@ -24,11 +25,12 @@ use pingora_proxy::Session;
 /// Methods a browser may use (the OpenAI and TEI routes are GET and POST).
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Request headers a browser may send (the playground sends both; OpenAI SDKs send the first).
-const ALLOW_HEADERS: &str = "authorization, content-type, x-model, x-instance";
+const ALLOW_HEADERS: &str =
+    "authorization, content-type, x-model, x-instance, x-request-id, traceparent, tracestate";
 /// How long a browser may cache a preflight's answer (seconds).
 const MAX_AGE: &str = "600";
 /// Response headers a page may read (which endpoint served the reply).
-const EXPOSE_HEADERS: &str = "x-multiverse-endpoint";
+const EXPOSE_HEADERS: &str = "x-multiverse-endpoint, x-request-id";
 
 /// The allowed origins, as the header values echoed to them.
 #[derive(Debug, Clone, Default)]
@@ -224,7 +226,7 @@ mod tests {
         assert_eq!(resp.headers["access-control-allow-origin"], UI);
         assert_eq!(
             resp.headers["access-control-expose-headers"],
-            "x-multiverse-endpoint"
+            "x-multiverse-endpoint, x-request-id"
         );
         let vary: Vec<_> = resp.headers.get_all("vary").iter().collect();
         assert_eq!(vary, ["accept-encoding", "Origin"]);

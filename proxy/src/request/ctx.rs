@@ -9,7 +9,11 @@ use crate::ops::drain::ActiveGuard;
 use crate::request::auth::{Permit, RateHeaders};
 use crate::request::body::Held;
 use crate::request::classify::Family;
+use crate::request::id::RequestId;
+use crate::request::midstream::Forwarded;
 use crate::request::observe::InFlight;
+use crate::request::pace::Pace;
+use crate::request::trace::Trace;
 use crate::request::usage::UsageReader;
 use crate::routing::keys::ApiKey;
 use crate::routing::pick::{Tried, Want};
@@ -17,6 +21,10 @@ use crate::routing::table::{Endpoint, ProtoClass, Route, RoutingTable};
 
 /// The per-request context (pingora's `CTX`).
 pub struct RequestCtx {
+    /// Its `x-request-id` (set first in `request_filter`).
+    pub id: RequestId,
+    /// Its W3C trace context.
+    pub trace: Trace,
     /// The table this request routes by, pinned at its start (retries see the same version).
     pub table: Arc<RoutingTable>,
     pub family: Family,
@@ -40,8 +48,12 @@ pub struct RequestCtx {
     pub permit: Option<Permit>,
     /// The `x-ratelimit-*` headers its responses carry.
     pub rate: Option<RateHeaders>,
-    /// Token counts read from the response (requests with a key).
+    /// The upstream response's body kind, and whether its end went out.
+    pub forwarded: Forwarded,
+    /// Token counts read from the response (OpenAI routes).
     pub usage: Option<UsageReader>,
+    /// An SSE response's pacing (time to first token, gaps).
+    pub pace: Option<Pace>,
     /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
     pub cors: Option<HeaderValue>,
     pub started: Instant,
@@ -52,6 +64,8 @@ impl RequestCtx {
     /// A request that routes by `table` and counts as active while it lives.
     pub fn new(table: Arc<RoutingTable>, active: ActiveGuard) -> Self {
         RequestCtx {
+            id: RequestId::default(),
+            trace: Trace::default(),
             table,
             family: Family::Unknown,
             route: None,
@@ -70,11 +84,19 @@ impl RequestCtx {
             key: None,
             permit: None,
             rate: None,
+            forwarded: Forwarded::default(),
             usage: None,
+            pace: None,
             cors: None,
             started: Instant::now(),
             _active: active,
         }
+    }
+
+    /// Reads (or makes) the request's id and trace context from its header.
+    pub fn identify(&mut self, req: &pingora_http::RequestHeader, sample: bool) {
+        self.id = RequestId::of(req);
+        self.trace = Trace::of(req, sample);
     }
 
     /// The current attempt's endpoint.

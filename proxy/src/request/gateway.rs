@@ -3,7 +3,9 @@
 //!
 //! 1. `new_ctx` — pin the current [`RoutingTable`](crate::routing::table::RoutingTable) for the whole request, retries included
 //!    ([`ctx`](crate::request::ctx)).
-//! 2. `request_filter` — a browser's preflight answered, its origin noted ([`cors`]); the route
+//! 2. `request_filter` — its id and trace context read or made ([`id`],
+//!    [`trace`](crate::request::trace)); a browser's preflight answered, its origin noted
+//!    ([`cors`]); the route
 //!    family ([`classify`](crate::request::classify)), the client address's rate
 //!    ([`client_limit`](crate::request::client_limit)), the inference key ([`auth`], when keys
 //!    are required), the model and its route ([`target`], reading the body through [`body`]
@@ -12,18 +14,20 @@
 //! 3. `upstream_peer` — choose an endpoint ([`pick`]) and build its peer
 //!    ([`upstream`]).
 //! 4. `upstream_request_filter` — rewrite host, auth and path for the endpoint (a gateway key
-//!    never goes upstream).
+//!    never goes upstream); a generated id and a started trace added.
 //! 5. `request_body_filter` — send the bytes read for routing first; enforce the body limit on
 //!    streamed bodies.
 //! 6. `upstream_response_filter` — outlier bookkeeping; a 502/503 before any byte reached the
 //!    client is retried elsewhere ([`retry`]).
-//! 7. `response_filter` — tag the response with `x-multiverse-endpoint`, the key's
+//! 7. `response_filter` — tag the response with `x-request-id`, `x-multiverse-endpoint`, the key's
 //!    `x-ratelimit-*` headers (and an allowed origin's CORS headers, which the proxy's own
 //!    answers carry too); `response_body_filter` reads its token counts as it streams past
-//!    ([`usage`](crate::request::usage)).
+//!    ([`usage`](crate::request::usage)) and times an SSE stream's chunks
+//!    ([`pace`](crate::request::pace)).
 //! 8. `fail_to_connect` / `error_while_proxy` — count the failure, decide the retry;
-//!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format.
-//! 9. `logging` — the key's tokens charged; metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
+//!    `fail_to_proxy` — answer with the [`ProxyError`] in the route family's format, or, when
+//!    the response had started, end it in its body's terms ([`midstream`]).
+//! 9. `logging` — the tokens counted and charged to the key; metrics ([`Metrics`]); client faults ([`ClientFault`]) logged at info,
 //!    rate-limited.
 //!
 //! Before any phase, pingora answers a header it cannot parse (400), one that did not arrive
@@ -50,7 +54,10 @@ use crate::request::client_limit::ClientLimit;
 use crate::request::cors::{self, Cors};
 use crate::request::ctx::RequestCtx;
 use crate::request::error::{ClientFault, Limit, ProxyError};
+use crate::request::id;
+use crate::request::midstream::{self, BodyKind};
 use crate::request::observe::InFlight;
+use crate::request::pace::Pace;
 use crate::request::prefix_hash::{self, PrefixHasher, PrefixScan};
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
@@ -80,6 +87,8 @@ pub struct GatewayConfig {
     pub per_ip: Option<(u32, usize)>,
     /// `[cors]`: the browser origins allowed.
     pub cors: Cors,
+    /// `[tracing] sample`: the sampled flag of the traces the proxy starts.
+    pub trace_sample: bool,
     /// `[affinity]`: what `lb = "prefix_affinity"` keys requests by.
     pub affinity: AffinityConfig,
 }
@@ -151,6 +160,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.identify(session.req_header(), self.config.trace_sample);
         if self.config.cors.on_request(session, &mut ctx.cors).await? {
             return Ok(true);
         }
@@ -182,6 +192,7 @@ impl ProxyHttp for Gateway {
                         err,
                         ctx.cors.as_ref(),
                         ctx.rate.as_ref(),
+                        ctx.id.value(),
                     )
                     .await?;
                     Ok(true)
@@ -224,12 +235,11 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        match ctx.endpoint() {
-            Some(endpoint) => {
-                upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())
-            }
-            None => Ok(()),
+        if let Some(endpoint) = ctx.endpoint() {
+            upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())?;
         }
+        ctx.id.write_upstream(upstream_request)?;
+        ctx.trace.write_upstream(upstream_request)
     }
 
     async fn request_body_filter(
@@ -285,6 +295,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_response.insert_header(id::HEADER, ctx.id.value().clone())?;
+        ctx.forwarded.kind = BodyKind::of(upstream_response);
+        if ctx.forwarded.kind == BodyKind::Sse {
+            ctx.pace = Some(Pace::new(self.metrics.stream_pace(ctx.model())));
+        }
         if let Some(endpoint) = ctx.endpoint() {
             upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
         }
@@ -298,11 +313,18 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let (Some(reader), Some(chunk)) = (ctx.usage.as_mut(), body.as_ref()) {
+        ctx.forwarded.ended |= end_of_stream;
+        let Some(chunk) = body.as_ref().filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
+        if let Some(reader) = ctx.usage.as_mut() {
             reader.feed(chunk);
+        }
+        if let Some(pace) = ctx.pace.as_mut() {
+            pace.chunk(ctx.started);
         }
         Ok(None)
     }
@@ -345,17 +367,27 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let mut can_reuse_downstream = false;
         let code = match ProxyError::from_pingora(e, ctx.route.as_deref()) {
-            // The client is gone or the response already started: nothing can be written.
+            // The client is gone: nothing can be written.
             None => 0,
-            Some(_) if session.response_written().is_some() => 0,
+            // The response already started: its upstream cut it, ended in its body's terms
+            // (an SSE stream ended cleanly leaves a sound HTTP/1.1 connection, kept:
+            // third_party/PATCHES.md).
+            Some(err) if session.response_written().is_some() => {
+                if *e.esource() == ErrorSource::Upstream {
+                    can_reuse_downstream = self.cut_midstream(session, ctx, &err).await;
+                }
+                0
+            }
             Some(err) => {
                 // pingora closes the client connection after a proxy failure: say so, so an
                 // HTTP/1.1 client does not reuse it.
                 session.set_keepalive(None);
+                let format = ctx.family.format();
+                let cors = ctx.cors.as_ref();
                 if let Err(write_err) =
-                    respond::send_error(session, ctx.family.format(), &err, ctx.cors.as_ref(), None)
-                        .await
+                    respond::send_error(session, format, &err, cors, None, ctx.id.value()).await
                 {
                     tracing::debug!(error = %write_err, "could not write the error response");
                 }
@@ -364,7 +396,7 @@ impl ProxyHttp for Gateway {
         };
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream,
         }
     }
 
@@ -373,6 +405,16 @@ impl ProxyHttp for Gateway {
             .iter()
             .find(|(s, _)| *s == status)
             .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// pingora's error lines about the request name its id and trace.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "{}, request_id: {}, trace_id: {}",
+            session.as_ref().request_summary(),
+            ctx.id,
+            ctx.trace.trace_id()
+        )
     }
 
     /// pingora's "Fail to proxy" ERROR line is for the gateway's own failures; client faults
@@ -391,9 +433,12 @@ impl ProxyHttp for Gateway {
         self.metrics
             .request_done(model, endpoint, status, ctx.started.elapsed());
         self.charge_tokens(ctx);
+        let key = ctx.key.as_ref().map_or("-", |k| k.id.as_str());
+        let tokens = ctx.usage.as_ref().and_then(UsageReader::tokens);
+        if let Some(tokens) = tokens {
+            self.metrics.tokens(model, endpoint, key, tokens);
+        }
         if ctx.table.auth.required {
-            let key = ctx.key.as_ref().map_or("-", |k| k.id.as_str());
-            let tokens = ctx.usage.as_ref().and_then(UsageReader::tokens);
             self.metrics.key_request(key, status, tokens);
         }
         if let Some(e) = e {
@@ -402,6 +447,7 @@ impl ProxyHttp for Gateway {
                     if let Some(held_back) = self.fault_log.allow() {
                         let path = session.req_header().uri.path();
                         tracing::info!(
+                            request_id = %ctx.id,
                             fault = fault.label(),
                             status,
                             model,
@@ -413,7 +459,15 @@ impl ProxyHttp for Gateway {
                     }
                     self.metrics.client_fault(fault.label());
                 }
-                None => tracing::debug!(model, endpoint, status, error = %e, "request failed"),
+                None => tracing::debug!(
+                    request_id = %ctx.id,
+                    trace_id = ctx.trace.trace_id(),
+                    model,
+                    endpoint,
+                    status,
+                    error = %e,
+                    "request failed"
+                ),
             }
         }
         ctx.in_flight = None;
@@ -441,6 +495,39 @@ fn nothing_left(route: &Route, status: u16) -> ProxyError {
 }
 
 impl Gateway {
+    /// Ends a response its upstream cut after it had started ([`midstream`]); counted, logged.
+    /// True when the client's stream was ended cleanly (its connection stays sound).
+    async fn cut_midstream(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        err: &ProxyError,
+    ) -> bool {
+        if ctx.forwarded.ended {
+            return false;
+        }
+        let endpoint = ctx.endpoint().map_or("", |e| e.id.as_str());
+        let body = ctx.forwarded.kind.label();
+        let told = midstream::end(session, ctx.forwarded, err, endpoint)
+            .await
+            .unwrap_or_else(|write_err| {
+                tracing::debug!(error = %write_err, "could not end the cut response");
+                false
+            });
+        self.metrics.midstream_failure(ctx.model(), endpoint, body);
+        tracing::warn!(
+            request_id = %ctx.id,
+            trace_id = ctx.trace.trace_id(),
+            model = ctx.model(),
+            endpoint,
+            body,
+            told_client = told,
+            error = %err,
+            "upstream failed after the response had started"
+        );
+        told
+    }
+
     /// Charges the tokens its response reported to the key's tokens-per-minute cell.
     fn charge_tokens(&self, ctx: &RequestCtx) {
         let (Some(key), Some(reader)) = (&ctx.key, &ctx.usage) else {
@@ -496,7 +583,7 @@ impl Gateway {
         let target = match plan.map_err(ProxyError::into_pingora)? {
             Plan::ModelsList => {
                 let list = respond::models_list(&ctx.table, ctx.key.as_deref());
-                respond::send_json(session, 200, list, ctx.cors.as_ref()).await?;
+                respond::send_json(session, 200, list, ctx.cors.as_ref(), ctx.id.value()).await?;
                 return Ok(None);
             }
             Plan::Route(target) => {
@@ -531,9 +618,6 @@ impl Gateway {
             match auth::admit(key, now.saturating_mul(1_000_000)) {
                 Ok((permit, rate)) => {
                     ctx.permit = Some(permit);
-                    if ctx.family == Family::OpenAi {
-                        ctx.usage = Some(UsageReader::default());
-                    }
                     ctx.rate = (rate != auth::RateHeaders::default()).then_some(rate);
                 }
                 Err(refused) => {
@@ -541,6 +625,9 @@ impl Gateway {
                     return Err(refused.error.into_pingora());
                 }
             }
+        }
+        if ctx.family == Family::OpenAi {
+            ctx.usage = Some(UsageReader::default());
         }
         Ok(Some(route))
     }

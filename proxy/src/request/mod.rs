@@ -2,6 +2,7 @@
 //! order a request meets them.
 //!
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
+//! - [`id`] and [`trace`] — its `x-request-id` and W3C trace context, kept or made;
 //! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
 //! - [`classify`] — its route family, from method, path and content type;
 //! - [`client_limit`] — its client address's request rate (`[limits] per_ip_rpm`);
@@ -12,9 +13,11 @@
 //!   [`prefix_hash`]);
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
+//! - [`midstream`] — a response its upstream cut after it started: ended in its body's terms;
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
 //! - [`observe`] — its in-flight count;
-//! - [`usage`] — the response's token counts, read as it streams past (tokens per minute).
+//! - [`usage`] — the response's token counts, read as it streams past (token metrics, tokens
+//!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps.
 
 pub mod auth;
 pub mod body;
@@ -24,11 +27,15 @@ pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
+pub mod id;
+pub mod midstream;
 pub mod model_scan;
 pub mod observe;
+pub mod pace;
 pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
 pub mod target;
+pub mod trace;
 pub mod upstream;
 pub mod usage;

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::request::auth::RateHeaders;
 use crate::request::cors;
 use crate::request::error::ProxyError;
+use crate::request::id;
 use crate::routing::keys::ApiKey;
 use crate::routing::table::RoutingTable;
 
@@ -48,23 +49,29 @@ pub fn tei_body(err: &ProxyError) -> Bytes {
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
-/// Writes `err` in `format` (with an allowed origin's CORS headers, and the key's rate-limit
-/// headers when it has any).
+/// Writes `err` in `format` (with an allowed origin's CORS headers, the key's rate-limit
+/// headers when it has any, and the request's id).
 pub async fn send_error(
     session: &mut Session,
     format: ErrorFormat,
     err: &ProxyError,
     cors: Option<&HeaderValue>,
     rate: Option<&RateHeaders>,
+    request_id: &HeaderValue,
 ) -> Result<()> {
     match format {
         ErrorFormat::OpenAi => {
-            send_json_with(session, err.status(), openai_body(err), cors, rate).await
+            let body = openai_body(err);
+            send_json_with(session, err.status(), body, cors, rate, request_id).await
         }
-        ErrorFormat::Tei => send_json_with(session, err.status(), tei_body(err), cors, rate).await,
+        ErrorFormat::Tei => {
+            let body = tei_body(err);
+            send_json_with(session, err.status(), body, cors, rate, request_id).await
+        }
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
-            let mut resp = ResponseHeader::build(200, Some(4))?;
+            let mut resp = ResponseHeader::build(200, Some(5))?;
+            resp.insert_header(id::HEADER, request_id.clone())?;
             cors::decorate(&mut resp, cors)?;
             if let Some(rate) = rate {
                 rate.write(&mut resp)?;
@@ -84,14 +91,16 @@ pub async fn send_error(
     }
 }
 
-/// Writes a complete JSON response (with an allowed origin's CORS headers).
+/// Writes a complete JSON response (with an allowed origin's CORS headers and the request's
+/// id).
 pub async fn send_json(
     session: &mut Session,
     status: u16,
     body: Bytes,
     cors: Option<&HeaderValue>,
+    request_id: &HeaderValue,
 ) -> Result<()> {
-    send_json_with(session, status, body, cors, None).await
+    send_json_with(session, status, body, cors, None, request_id).await
 }
 
 async fn send_json_with(
@@ -100,8 +109,10 @@ async fn send_json_with(
     body: Bytes,
     cors: Option<&HeaderValue>,
     rate: Option<&RateHeaders>,
+    request_id: &HeaderValue,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(7))?;
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header(id::HEADER, request_id.clone())?;
     cors::decorate(&mut resp, cors)?;
     if let Some(rate) = rate {
         rate.write(&mut resp)?;

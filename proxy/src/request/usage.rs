@@ -6,8 +6,11 @@
 //! number may be split across between two chunks. Inside a JSON string a quote is always
 //! escaped, so text in a completion that spells a member name never matches.
 //!
-//! The counts charge the key's tokens-per-minute cell when the request ends; issue 15 extends
-//! this module with per-model token metrics and `include_usage` injection.
+//! Every OpenAI-route response is read (issue 15): the counts go to
+//! `tokens_total{model,endpoint,key,kind}` when the request ends, and charge the key's
+//! tokens-per-minute cell in keys mode. Cost per response: no allocation (the carried tail is an
+//! array in the request's context); per body chunk three `memmem` scans of the chunk (and of
+//! the at most 96 bytes around the seam with the previous one).
 
 /// Longest tail carried from one chunk to the next: a member name, the colon, spaces and a
 /// number fit.
@@ -20,36 +23,49 @@ const MEMBERS: [(&[u8], usize); 3] = [
 ];
 
 /// Token counts seen so far in one response.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct UsageReader {
     /// prompt, completion, total (the last value seen of each).
     counts: [Option<u64>; 3],
-    tail: Vec<u8>,
+    /// The stream's last bytes (up to [`CARRY`]), held in place: no allocation per response.
+    tail: [u8; CARRY],
+    tail_len: usize,
+}
+
+impl Default for UsageReader {
+    fn default() -> Self {
+        Self {
+            counts: [None; 3],
+            tail: [0; CARRY],
+            tail_len: 0,
+        }
+    }
 }
 
 impl UsageReader {
     /// Reads the next piece of the body.
     pub fn feed(&mut self, chunk: &[u8]) {
-        if !self.tail.is_empty() {
+        let held = self.tail_len;
+        if held > 0 {
             // Members split across the boundary: the end of the stream so far plus this
             // chunk's start.
-            let seam = self.tail.len();
-            self.tail
-                .extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            let joined = std::mem::take(&mut self.tail);
-            self.scan(&joined);
-            self.tail = joined;
-            self.tail.truncate(seam);
+            let take = chunk.len().min(CARRY);
+            let mut joined = [0u8; 2 * CARRY];
+            joined[..held].copy_from_slice(&self.tail[..held]);
+            joined[held..held + take].copy_from_slice(&chunk[..take]);
+            self.scan(&joined[..held + take]);
         }
         self.scan(chunk);
         // Keep the last CARRY bytes of the stream.
         if chunk.len() >= CARRY {
-            self.tail.clear();
-            self.tail.extend_from_slice(&chunk[chunk.len() - CARRY..]);
+            self.tail.copy_from_slice(&chunk[chunk.len() - CARRY..]);
+            self.tail_len = CARRY;
         } else {
-            self.tail.extend_from_slice(chunk);
-            let excess = self.tail.len().saturating_sub(CARRY);
-            self.tail.drain(..excess);
+            let keep = (held + chunk.len()).min(CARRY);
+            let from_tail = keep - chunk.len();
+            self.tail.copy_within(held - from_tail..held, 0);
+            self.tail[from_tail..keep].copy_from_slice(chunk);
+            self.tail_len = keep;
         }
     }
 

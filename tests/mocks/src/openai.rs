@@ -3,11 +3,13 @@
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
 //! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
 //! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
-//! ([`OpenAiArgs`]) add latency, pacing, injected failures and API-key checks (every /v1
-//! response names the credential headers it got in `x-mock-credentials`). A simulated prefix
-//! cache ([`crate::prefix_cache`], `--prefix-cache-entries`) delays the response header by
-//! `--ttft-ms` on a miss and `--ttft-hit-ms` on a hit, says which in `x-mock-prefix-cache`,
-//! and counts both in `/mock/stats` (`prefix_cache`). Errors use
+//! ([`OpenAiArgs`]) add latency, pacing, injected failures, dying mid-response and API-key
+//! checks (every /v1 response names the credential headers it got in `x-mock-credentials`,
+//! and with `--echo-headers` the `x-request-id`, `traceparent` and `tracestate` it got as
+//! `x-mock-seen-*`). A simulated prefix cache ([`crate::prefix_cache`],
+//! `--prefix-cache-entries`) delays the response header by `--ttft-ms` on a miss and
+//! `--ttft-hit-ms` on a hit, says which in `x-mock-prefix-cache`, and counts both in
+//! `/mock/stats` (`prefix_cache`). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -105,6 +107,18 @@ pub struct OpenAiArgs {
     /// Time to first token, in milliseconds, of one whose prefix hit the cache.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub ttft_hit_ms: u64,
+
+    /// Die mid-response, as a crashing backend does: a streamed completion fails after N SSE
+    /// events, a non-streamed one after half its body; the connection is then closed abruptly
+    /// (no terminating chunk, no `[DONE]`).
+    #[arg(long, value_name = "N")]
+    pub die_after_chunks: Option<usize>,
+
+    /// Echo the request's `x-request-id`, `traceparent` and `tracestate` on every /v1 response
+    /// as `x-mock-seen-request-id`, `x-mock-seen-traceparent`, `x-mock-seen-tracestate` (off by
+    /// default: benchmarks count what a proxy spends on each response header).
+    #[arg(long)]
+    pub echo_headers: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -233,6 +247,13 @@ pub async fn run(args: OpenAiArgs) -> anyhow::Result<()> {
     serve(args, listener, shutdown).await
 }
 
+/// Request headers echoed on every /v1 response, under these names.
+const ECHOED: [(&str, &str); 3] = [
+    ("x-request-id", "x-mock-seen-request-id"),
+    ("traceparent", "x-mock-seen-traceparent"),
+    ("tracestate", "x-mock-seen-tracestate"),
+];
+
 async fn require_api_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -265,9 +286,18 @@ async fn require_api_key(
     } else {
         seen.join(",")
     };
+    // The tracing headers that arrived, echoed, so tests can check what a gateway sends on.
+    let echoed: Vec<(&str, header::HeaderValue)> = ECHOED
+        .iter()
+        .filter(|_| app.args.echo_headers)
+        .filter_map(|(from, to)| headers.get(*from).map(|v| (*to, v.clone())))
+        .collect();
     let mut resp = next.run(request).await;
     if let Ok(v) = header::HeaderValue::from_str(&seen) {
         resp.headers_mut().insert("x-mock-credentials", v);
+    }
+    for (name, value) in echoed {
+        resp.headers_mut().insert(name, value);
     }
     resp
 }
@@ -406,7 +436,11 @@ impl App {
         if generation.stream {
             let guard = self.stats.start_stream();
             let interval = Duration::from_millis(self.args.chunk_interval_ms);
-            openai_stream::sse_response(&plan, interval, guard)
+            openai_stream::sse_response(&plan, interval, guard, self.args.die_after_chunks)
+        } else if self.args.die_after_chunks.is_some() {
+            let body = openai_stream::full_response(&plan).to_string();
+            let interval = Duration::from_millis(self.args.chunk_interval_ms);
+            openai_stream::dying_response(body.into(), interval)
         } else {
             Json(openai_stream::full_response(&plan)).into_response()
         }

@@ -2,13 +2,13 @@
 //! objects and the SSE streams (`chat.completion.chunk` / `text_completion` chunks, one body
 //! frame per event, paced by `--chunk-interval-ms`, ending with `data: [DONE]`).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::common::StreamGuard;
@@ -149,31 +149,79 @@ struct Pacing {
     first: bool,
     interval: Duration,
     guard: Option<StreamGuard>,
+    /// Events left before the body fails (`--die-after-chunks`).
+    die_in: Option<usize>,
+}
+
+/// The error a dying body fails with: hyper then closes the connection without the body's end.
+fn died() -> std::io::Error {
+    std::io::Error::other("mock-openai --die-after-chunks: the backend died mid-response")
+}
+
+/// A non-streamed answer that dies half-way (`--die-after-chunks`): the first half of `body`,
+/// then, `interval` later (at least 10 ms, so the half is written first), the connection
+/// closes without the rest.
+pub(crate) fn dying_response(body: Bytes, interval: Duration) -> Response {
+    let half = body.slice(..body.len() / 2);
+    let pause = interval.max(Duration::from_millis(10));
+    let stream = futures::stream::unfold(Some(half), move |next| async move {
+        match next {
+            Some(half) => Some((Ok(half), None)),
+            None => {
+                tokio::time::sleep(pause).await;
+                Some((Err(died()), None))
+            }
+        }
+    })
+    .take(2);
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A `text/event-stream` response writing each event as its own body frame, `interval` apart.
 ///
 /// `guard` keeps the stream counted as active until the last event is handed to the connection
 /// (then it counts as completed) or the client goes away (the body is dropped).
-pub(crate) fn sse_response(plan: &StreamPlan, interval: Duration, guard: StreamGuard) -> Response {
+///
+/// `die_after`: after that many events the body fails instead (the connection is closed
+/// abruptly, no terminating chunk, no `[DONE]`).
+pub(crate) fn sse_response(
+    plan: &StreamPlan,
+    interval: Duration,
+    guard: StreamGuard,
+    die_after: Option<usize>,
+) -> Response {
     let state = Pacing {
         events: plan.events().into_iter(),
         first: true,
         interval,
         guard: Some(guard),
+        die_in: die_after,
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
+        if state.die_in == Some(0) {
+            // Fail once, then end (the connection is gone anyway).
+            state.events = Vec::new().into_iter();
+            state.die_in = None;
+            tokio::time::sleep(state.interval).await;
+            return Some((Err(died()), state));
+        }
         let event = state.events.next()?;
         if !state.first && !state.interval.is_zero() {
             tokio::time::sleep(state.interval).await;
         }
         state.first = false;
+        state.die_in = state.die_in.map(|n| n - 1);
         if state.events.len() == 0 {
             if let Some(guard) = state.guard.take() {
                 guard.finish();
             }
         }
-        Some((Ok::<Bytes, Infallible>(event), state))
+        Some((Ok::<Bytes, std::io::Error>(event), state))
     });
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();

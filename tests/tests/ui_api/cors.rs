@@ -32,7 +32,7 @@ fn assert_allowed(h: &HeaderMap, what: &str) {
     assert_eq!(
         h.get("access-control-expose-headers")
             .map(|v| v.to_str().unwrap()),
-        Some("x-multiverse-endpoint"),
+        Some("x-multiverse-endpoint, x-request-id"),
         "{what}"
     );
 }

@@ -1364,6 +1364,11 @@ where
                 session.cache.disable(reason);
             }
             let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            // MULTIVERSE PATCH: `fail_to_proxy` may end a response cut by its upstream cleanly
+            // (an SSE error event and the body's end) and say the client connection is still
+            // sound; it is then kept, as after any complete response, instead of being closed
+            // under a client that may already be sending its next request on it.
+            server_reuse = server_reuse || res.can_reuse_downstream;
 
             // final error will have > 0 status unless downstream connection is dead
             if !self.inner.suppress_error_log(&session, &ctx, e) {
