@@ -184,6 +184,8 @@ vocabulary! {
         Weighted = "weighted",
         /// Least outstanding requests by power of two choices (the default).
         LeastRequest = "least_request",
+        /// Bounded-load rendezvous hashing of the prompt prefix or session header.
+        PrefixAffinity = "prefix_affinity",
     }
 }
 
@@ -267,6 +269,7 @@ impl From<pb::LbStrategy> for LbStrategy {
             pb::LbStrategy::RoundRobin => LbStrategy::RoundRobin,
             pb::LbStrategy::Weighted => LbStrategy::Weighted,
             pb::LbStrategy::Unspecified | pb::LbStrategy::LeastRequest => LbStrategy::LeastRequest,
+            pb::LbStrategy::PrefixAffinity => LbStrategy::PrefixAffinity,
         }
     }
 }
@@ -277,6 +280,7 @@ impl From<LbStrategy> for pb::LbStrategy {
             LbStrategy::RoundRobin => pb::LbStrategy::RoundRobin,
             LbStrategy::Weighted => pb::LbStrategy::Weighted,
             LbStrategy::LeastRequest => pb::LbStrategy::LeastRequest,
+            LbStrategy::PrefixAffinity => pb::LbStrategy::PrefixAffinity,
         }
     }
 }
@@ -337,7 +341,12 @@ mod tests {
         );
         assert_eq!(
             LbStrategy::NAMES,
-            ["round_robin", "weighted", "least_request"]
+            [
+                "round_robin",
+                "weighted",
+                "least_request",
+                "prefix_affinity"
+            ]
         );
     }
 

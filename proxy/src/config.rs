@@ -28,6 +28,7 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
     pub outlier: OutlierSettings,
+    pub affinity: AffinitySettings,
     pub discovery: DiscoveryTuning,
     pub server: ServerConfig,
     pub cors: CorsConfig,
@@ -264,6 +265,33 @@ impl Default for OutlierSettings {
             base_ejection_ms: 30_000,
             max_ejection_ms: 300_000,
             max_ejection_percent: 10,
+        }
+    }
+}
+
+/// What `lb = "prefix_affinity"` keys a request by (`request::prefix_hash`,
+/// `routing::affinity`). Every replica must have the same values to choose alike.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinitySettings {
+    /// Bytes of the body looked at, at most, for the prompt prefix (past `model` when `model`
+    /// comes first: the most a prefix_affinity request holds beyond what routing holds).
+    pub prefix_bytes: usize,
+    /// Leading `messages` elements hashed (1: the system prompt).
+    pub prefix_messages: u32,
+    /// A request with this header is keyed by its value instead of its prompt.
+    pub session_header: String,
+    /// `c`: an endpoint whose load would exceed c × the mean passes the request on.
+    pub load_factor: f64,
+}
+
+impl Default for AffinitySettings {
+    fn default() -> Self {
+        Self {
+            prefix_bytes: 4096,
+            prefix_messages: 1,
+            session_header: "x-session-id".into(),
+            load_factor: 1.25,
         }
     }
 }
@@ -534,6 +562,33 @@ impl ProxyConfig {
                 "must not exceed outlier.max_ejection_ms".into(),
             ));
         }
+        let a = &self.affinity;
+        if !(1..=1 << 20).contains(&a.prefix_bytes) {
+            return Err(invalid(
+                "affinity.prefix_bytes",
+                "must be between 1 and 1048576".into(),
+            ));
+        }
+        if !(1..=1024).contains(&a.prefix_messages) {
+            return Err(invalid(
+                "affinity.prefix_messages",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if http::HeaderName::from_bytes(a.session_header.as_bytes()).is_err()
+            || a.session_header.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "affinity.session_header",
+                format!("`{}` is not a lowercase HTTP header name", a.session_header),
+            ));
+        }
+        if !(1.0..=100.0).contains(&a.load_factor) {
+            return Err(invalid(
+                "affinity.load_factor",
+                "must be between 1.0 and 100.0".into(),
+            ));
+        }
         if self.upstream.max_h2_streams == 0 {
             return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));
         }
@@ -631,6 +686,32 @@ mod tests {
                 .join(name);
             let c = ProxyConfig::from_file(&path).expect(name);
             c.validate(Some(&path)).expect(name);
+        }
+    }
+
+    #[test]
+    fn affinity_settings_are_validated_by_key() {
+        let c: ProxyConfig = toml::from_str(
+            "[affinity]\nprefix_bytes = 8192\nprefix_messages = 2\nsession_header = \"x-conv\"\nload_factor = 1.5",
+        )
+        .expect("parses");
+        c.validate(None).expect("valid");
+        for (text, key) in [
+            ("prefix_bytes = 0", "affinity.prefix_bytes"),
+            ("prefix_messages = 0", "affinity.prefix_messages"),
+            ("session_header = \"X-Session\"", "affinity.session_header"),
+            ("session_header = \"a b\"", "affinity.session_header"),
+            ("load_factor = 0.9", "affinity.load_factor"),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[affinity]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/p.toml"),
+                "{text}: {msg}"
+            );
         }
     }
 

@@ -42,7 +42,8 @@ use crate::ops::metrics::Metrics;
 use crate::ops::planes::PlanesStatus;
 use crate::request::connection;
 use crate::request::cors::Cors;
-use crate::request::gateway::{Gateway, GatewayConfig};
+use crate::request::gateway::{AffinityConfig, Gateway, GatewayConfig};
+use crate::request::prefix_hash::PrefixScan;
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
 use crate::routing::TableState;
@@ -542,6 +543,16 @@ fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConf
             tracing::error!(error = %e, "cors.allowed_origins: CORS disabled");
             Cors::default()
         }),
+        affinity: AffinityConfig {
+            scan: PrefixScan {
+                max_bytes: cfg.affinity.prefix_bytes,
+                messages: cfg.affinity.prefix_messages,
+            },
+            // `validate` refused a name that is not a header name; the default stands in.
+            session_header: http::HeaderName::from_bytes(cfg.affinity.session_header.as_bytes())
+                .unwrap_or_else(|_| http::HeaderName::from_static("x-session-id")),
+            load_factor: cfg.affinity.load_factor,
+        },
     }
 }
 

@@ -58,15 +58,17 @@ use crate::request::id;
 use crate::request::midstream::{self, BodyKind};
 use crate::request::observe::InFlight;
 use crate::request::pace::Pace;
+use crate::request::prefix_hash::{self, PrefixHasher, PrefixScan};
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
 use crate::request::usage::UsageReader;
+use crate::routing::affinity::Affinity;
 use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::pick;
-use crate::routing::table::Route;
+use crate::routing::table::{LbStrategy, Route};
 use crate::routing::TableState;
 
 /// Client-fault log lines per second at most (the rest are counted in
@@ -90,6 +92,16 @@ pub struct GatewayConfig {
     pub cors: Cors,
     /// `[tracing] sample`: the sampled flag of the traces the proxy starts.
     pub trace_sample: bool,
+    /// `[affinity]`: what `lb = "prefix_affinity"` keys requests by.
+    pub affinity: AffinityConfig,
+}
+
+/// `[affinity]`, ready for the request path.
+#[derive(Debug, Clone)]
+pub struct AffinityConfig {
+    pub scan: PrefixScan,
+    pub session_header: http::HeaderName,
+    pub load_factor: f64,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -616,10 +628,28 @@ impl Gateway {
                 respond::send_json(session, 200, list, ctx.cors.as_ref(), ctx.id.value()).await?;
                 return Ok(None);
             }
-            Plan::Route(target) => target,
+            Plan::Route(target) => {
+                ctx.want.affinity = self.session_affinity(session, &target.route);
+                target
+            }
             Plan::ReadBody => {
-                let model = body::model_from_body(session, limit, &mut ctx.held).await?;
-                target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
+                let scan = self.config.affinity.scan;
+                let mut prefix = ctx
+                    .table
+                    .has_prefix_affinity()
+                    .then(|| PrefixHasher::new(scan));
+                let model =
+                    body::model_from_body(session, limit, &mut ctx.held, prefix.as_mut()).await?;
+                let target =
+                    target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?;
+                ctx.want.affinity = self.session_affinity(session, &target.route);
+                if let (None, Some(prefix)) = (ctx.want.affinity, prefix.as_mut()) {
+                    if target.route.policy.lb == LbStrategy::PrefixAffinity {
+                        let key = body::read_prefix(session, limit, &mut ctx.held, prefix).await?;
+                        ctx.want.affinity = key.map(|key| self.affinity(key));
+                    }
+                }
+                target
             }
         };
         auth::authorize(ctx.key.as_deref(), &target.route.name)
@@ -642,6 +672,23 @@ impl Gateway {
             ctx.usage = Some(UsageReader::default());
         }
         Ok(Some(route))
+    }
+
+    /// A `prefix_affinity` route's request keyed by its session header, when it has one.
+    fn session_affinity(&self, session: &Session, route: &Route) -> Option<Affinity> {
+        if route.policy.lb != LbStrategy::PrefixAffinity {
+            return None;
+        }
+        let headers = &session.req_header().headers;
+        let value = headers.get(&self.config.affinity.session_header)?;
+        (!value.is_empty()).then(|| self.affinity(prefix_hash::session_key(value.as_bytes())))
+    }
+
+    fn affinity(&self, key: u64) -> Affinity {
+        Affinity {
+            key,
+            load_factor: self.config.affinity.load_factor,
+        }
     }
 
     fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {

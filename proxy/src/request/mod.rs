@@ -11,7 +11,8 @@
 //! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
 //!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
-//!   [`model_scan`]);
+//!   [`model_scan`]; for `lb = "prefix_affinity"`, the prompt-prefix key through
+//!   [`prefix_hash`]);
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
 //! - [`midstream`] — a response its upstream cut after it started: ended in its body's terms;
@@ -34,6 +35,7 @@ pub mod midstream;
 pub mod model_scan;
 pub mod observe;
 pub mod pace;
+pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
 pub mod target;
