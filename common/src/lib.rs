@@ -13,6 +13,7 @@
 //!   one string table for `FromStr`, `Display` and serde, and their proto conversions.
 //! - [`keys`] — inference API key secrets: their form, their SHA-256 and its hex spelling.
 //! - [`rate`] — rate limits as lock-free GCRA cells.
+//! - [`conn_limit`] — concurrent-connection limits, total and per client address, lock-free.
 //! - [`time`] — RFC 3339 timestamps.
 //! - [`sse`] — Server-Sent Events encoding (bytes only; no HTTP framework).
 //! - [`paths`] — a crate's own directory while its tests run.
@@ -21,6 +22,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod conn_limit;
 pub mod keys;
 pub mod paths;
 pub mod rate;

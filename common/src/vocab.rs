@@ -184,6 +184,8 @@ vocabulary! {
         Weighted = "weighted",
         /// Least outstanding requests by power of two choices (the default).
         LeastRequest = "least_request",
+        /// Bounded-load rendezvous hashing of the prompt prefix or session header.
+        PrefixAffinity = "prefix_affinity",
         /// Peak-sensitive EWMA of response latency × (in-flight + 1), by power of two choices.
         PeakEwma = "peak_ewma",
     }
@@ -269,6 +271,7 @@ impl From<pb::LbStrategy> for LbStrategy {
             pb::LbStrategy::RoundRobin => LbStrategy::RoundRobin,
             pb::LbStrategy::Weighted => LbStrategy::Weighted,
             pb::LbStrategy::Unspecified | pb::LbStrategy::LeastRequest => LbStrategy::LeastRequest,
+            pb::LbStrategy::PrefixAffinity => LbStrategy::PrefixAffinity,
             pb::LbStrategy::PeakEwma => LbStrategy::PeakEwma,
         }
     }
@@ -280,6 +283,7 @@ impl From<LbStrategy> for pb::LbStrategy {
             LbStrategy::RoundRobin => pb::LbStrategy::RoundRobin,
             LbStrategy::Weighted => pb::LbStrategy::Weighted,
             LbStrategy::LeastRequest => pb::LbStrategy::LeastRequest,
+            LbStrategy::PrefixAffinity => pb::LbStrategy::PrefixAffinity,
             LbStrategy::PeakEwma => pb::LbStrategy::PeakEwma,
         }
     }
@@ -341,7 +345,13 @@ mod tests {
         );
         assert_eq!(
             LbStrategy::NAMES,
-            ["round_robin", "weighted", "least_request", "peak_ewma"]
+            [
+                "round_robin",
+                "weighted",
+                "least_request",
+                "prefix_affinity",
+                "peak_ewma"
+            ]
         );
     }
 

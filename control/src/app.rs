@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Keys as AdminKeys;
+use crate::api::client_cert::ClientCerts;
 use crate::api::client_limit::ClientLimit;
 use crate::api::{self, ApiState};
 use crate::backends::admission::Admission;
@@ -38,6 +39,8 @@ use crate::metrics::ControlMetrics;
 use crate::models::Policies;
 use crate::routes;
 use crate::store::{StateFile, Store};
+use crate::tls::{ClientAuth, ServerTls};
+use multiverse_common::signals::Hangups;
 
 /// Where the listeners are bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +57,9 @@ pub struct App {
     addrs: Addrs,
     api_listener: TcpListener,
     discovery_listener: TcpListener,
-    discovery_tls: Option<Arc<rustls::ServerConfig>>,
+    discovery_tls: Option<Arc<ServerTls>>,
+    /// SIGHUP, installed at build so a signal right after start reloads instead of killing.
+    hangups: Hangups,
     api: ApiState,
     manager: Arc<Manager>,
     events: Arc<EventBus>,
@@ -105,6 +110,7 @@ impl App {
             cfg.instances.group.as_deref(),
         )
         .map_err(|e| anyhow::anyhow!("[instances] user/group: {e}"))?;
+        let metrics = ControlMetrics::new();
         let registry = Arc::new(
             Registry::open(
                 store.clone(),
@@ -113,9 +119,9 @@ impl App {
                 &cfg.backends,
                 cfg.admin.max_backends,
             )
-            .with_events(events.clone()),
+            .with_events(events.clone())
+            .with_metrics(metrics.clone()),
         );
-        let metrics = ControlMetrics::new();
         let gpus = gpu::fake::probe_with(&cfg.gpu.simulated, simulated_dir.as_deref());
         let run_dir = cfg.data_dir().join("run");
         let manager = Manager::open(
@@ -149,7 +155,11 @@ impl App {
             publisher.clone(),
             Duration::from_millis(cfg.discovery.coalesce_ms),
         ));
-        let clients = Arc::new(Clients::new(Arc::new(SystemResolver))?);
+        let roots = match &cfg.health.tls_ca_file {
+            Some(path) => backend_roots(path)?,
+            None => Vec::new(),
+        };
+        let clients = Arc::new(Clients::new(Arc::new(SystemResolver), roots)?);
         let checker = Arc::new(Checker::new(
             registry.clone(),
             clients.clone(),
@@ -161,11 +171,33 @@ impl App {
         let api_listener = bind(&cfg.listen.api, "listen.api").await?;
         let discovery_listener = bind(&cfg.listen.discovery, "listen.discovery").await?;
         // Every TLS file is read now: a bad one stops the start, naming it.
+        let hangups = multiverse_common::signals::hangups().context("cannot watch SIGHUP")?;
         let discovery_tls = match &cfg.discovery.tls {
             Some(tls) => Some(
-                tls.server_config()
+                ServerTls::load("discovery.tls", tls, &[b"h2"], ClientAuth::Required)
                     .map_err(|e| anyhow::anyhow!("discovery.tls: {e}"))?,
             ),
+            None => None,
+        };
+        let api_tls = match &cfg.admin.tls {
+            Some(tls) => {
+                let server = ServerTls::load(
+                    "admin.tls",
+                    &tls.listener(),
+                    // axum serves HTTP/1.1 here (its `http2` feature is off).
+                    &[b"http/1.1"],
+                    ClientAuth::Optional,
+                )
+                .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?;
+                let trusted_proxies = tls
+                    .trusted_proxies()
+                    .map_err(|(i, m)| anyhow::anyhow!("admin.tls.trusted_proxies[{i}]: {m}"))?;
+                Some(Arc::new(ClientCerts {
+                    tls: server,
+                    trusted_proxies,
+                    required: tls.client_ca_file.is_some(),
+                }))
+            }
             None => None,
         };
         let addrs = Addrs {
@@ -196,6 +228,15 @@ impl App {
             public_read: cfg.admin.public_read,
             max_body_bytes: cfg.admin.max_body_bytes,
             ui: Arc::new(cfg.ui.clone()),
+            conn_limit: multiverse_common::conn_limit::ConnLimit::new(
+                cfg.admin.max_connections,
+                cfg.admin.max_connections_per_ip,
+            ),
+            header_limits: crate::api::http_server::HeaderLimits {
+                max_bytes: cfg.admin.max_header_bytes,
+                max_headers: cfg.admin.max_headers,
+            },
+            tls: api_tls,
         };
         Ok(App {
             id,
@@ -203,6 +244,7 @@ impl App {
             api_listener,
             discovery_listener,
             discovery_tls,
+            hangups,
             api,
             manager,
             events,
@@ -229,6 +271,13 @@ impl App {
             self.api.metrics.clone(),
             leases,
         );
+        let reloadable: Vec<Arc<ServerTls>> = self
+            .discovery_tls
+            .iter()
+            .cloned()
+            .chain(self.api.tls.iter().map(|c| c.tls.clone()))
+            .collect();
+        tokio::spawn(crate::tls::reload_on_hangup(self.hangups, reloadable));
         let grpc = discovery::serve(
             self.discovery_listener,
             service,
@@ -271,6 +320,17 @@ async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(parsed)
         .await
         .with_context(|| format!("cannot listen on {parsed} ({key})"))
+}
+
+/// The CA certificates of `[health] tls_ca_file` (a bad file stops the start, naming it).
+fn backend_roots(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let what = || format!("health.tls_ca_file: {}", path.display());
+    let pem = std::fs::read(path).with_context(what)?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(what)?;
+    if roots.is_empty() {
+        anyhow::bail!("{}: no PEM certificate in it", what());
+    }
+    Ok(roots)
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
@@ -327,6 +387,20 @@ fn manager_settings(
                 .unwrap_or_default(),
             uid,
             gid,
+            cgroups: {
+                let c = crate::instances::cgroup::detect(
+                    inst.cgroup_root.as_deref().map(std::path::Path::new),
+                );
+                match &c {
+                    crate::instances::cgroup::Cgroups::Writable(root) => {
+                        tracing::info!(root = %root.display(), "instances with max_cpu_percent or max_memory_mb get their own cgroup")
+                    }
+                    crate::instances::cgroup::Cgroups::Unavailable(reason) => {
+                        tracing::info!(%reason, "no per-instance cgroups: max_cpu_percent is not enforced")
+                    }
+                }
+                c
+            },
         },
         port_range: (inst.port_range[0], inst.port_range[1]),
         max_instances: inst.max_instances,

@@ -133,6 +133,9 @@ pub struct InstancesConfig {
     /// primary group). Needs root (or CAP_SETUID and CAP_SETGID).
     pub user: Option<String>,
     pub group: Option<String>,
+    /// The cgroup v2 directory under which each instance with `max_cpu_percent` or
+    /// `max_memory_mb` gets its own cgroup; default: the control plane's own cgroup.
+    pub cgroup_root: Option<String>,
 }
 
 impl Default for InstancesConfig {
@@ -162,6 +165,7 @@ impl Default for InstancesConfig {
             limits_interval_ms: 1_000,
             user: None,
             group: None,
+            cgroup_root: None,
         }
     }
 }
@@ -197,6 +201,66 @@ pub struct AdminConfig {
     /// Requests per minute from one client address (IPv6: one /64) on the operator API and web
     /// UI; 0 (default): no limit. Over it: 429 `RATE_LIMITED` with `Retry-After`.
     pub per_ip_rpm: u32,
+    /// Largest request header in bytes (8192-1048576): a larger one gets a bare 431 and the
+    /// connection is closed.
+    pub max_header_bytes: usize,
+    /// Most header fields a request may carry (1-256): more get 431 `REQUEST_HEADER_TOO_LARGE`.
+    pub max_headers: usize,
+    /// Operator API connections open at once, and from one address (IPv6: one /64; 0: no
+    /// per-address limit); beyond, a new connection is closed at once.
+    pub max_connections: usize,
+    pub max_connections_per_ip: u32,
+    /// TLS (and mTLS for operators) on the operator API listener; cleartext without it.
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// `[admin.tls]`: `[discovery.tls]`'s keys, and the reverse proxies trusted to forward the
+/// operator's client certificate in `X-SSL-Client-Cert`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// mTLS: every request but `GET /health` needs a client certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+    /// mTLS: of those, only certificates with one of these names (CN or DNS/URI SAN; exact, or
+    /// `*.suffix`). Empty: any certificate the CA signed.
+    pub allowed_names: Vec<String>,
+    /// Peers (CIDRs, or single addresses) whose `X-SSL-Client-Cert` header (URL-encoded PEM,
+    /// nginx's `$ssl_client_escaped_cert`) is taken as the client's certificate. From any other
+    /// peer the header is removed unread.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl AdminTlsConfig {
+    /// The listener's files and allow-list.
+    pub fn listener(&self) -> TlsListenerConfig {
+        TlsListenerConfig {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+            allowed_names: self.allowed_names.clone(),
+        }
+    }
+
+    /// `trusted_proxies` parsed (validated by [`ControlConfig::validate`]).
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, (usize, String)> {
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        (
+                            i,
+                            format!("`{s}` is not a CIDR (10.0.0.0/8) or an IP address"),
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 impl Default for AdminConfig {
@@ -209,6 +273,11 @@ impl Default for AdminConfig {
             public_read: false,
             max_body_bytes: 1024 * 1024,
             per_ip_rpm: 0,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            tls: None,
         }
     }
 }
@@ -256,6 +325,33 @@ pub struct LogConfig {
     pub json: bool,
 }
 
+/// The checks `[discovery.tls]` and `[admin.tls]` share: (key, message) of the first failure.
+fn validate_tls(table: &str, tls: &TlsListenerConfig) -> Result<(), (String, String)> {
+    for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+        if file.as_os_str().is_empty() {
+            return Err((
+                format!("{table}.{key}"),
+                format!("is required in [{table}]"),
+            ));
+        }
+    }
+    if !tls.allowed_names.is_empty() && tls.client_ca_file.is_none() {
+        return Err((
+            format!("{table}.allowed_names"),
+            format!(
+                "needs {table}.client_ca_file (client certificates are only asked for with a CA)"
+            ),
+        ));
+    }
+    if tls.allowed_names.iter().any(|n| n.trim().is_empty()) {
+        return Err((
+            format!("{table}.allowed_names"),
+            "must not contain an empty name".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl ControlConfig {
     /// Reads and parses a TOML file (validated separately, after flags are applied).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -281,24 +377,16 @@ impl ControlConfig {
             })?;
         }
         if let Some(tls) = &self.discovery.tls {
-            for (key, file) in [
-                ("discovery.tls.cert_file", &tls.cert_file),
-                ("discovery.tls.key_file", &tls.key_file),
-            ] {
-                if file.as_os_str().is_empty() {
-                    return Err(invalid(key.into(), "is required in [discovery.tls]".into()));
-                }
-            }
-            if !tls.allowed_names.is_empty() && tls.client_ca_file.is_none() {
+            validate_tls("discovery.tls", tls).map_err(|(k, m)| invalid(k, m))?;
+        }
+        if let Some(tls) = &self.admin.tls {
+            validate_tls("admin.tls", &tls.listener()).map_err(|(k, m)| invalid(k, m))?;
+            tls.trusted_proxies()
+                .map_err(|(i, m)| invalid(format!("admin.tls.trusted_proxies[{i}]"), m))?;
+            if !tls.trusted_proxies.is_empty() && tls.client_ca_file.is_none() {
                 return Err(invalid(
-                    "discovery.tls.allowed_names".into(),
-                    "needs discovery.tls.client_ca_file (client certificates are only asked for with a CA)".into(),
-                ));
-            }
-            if tls.allowed_names.iter().any(|n| n.trim().is_empty()) {
-                return Err(invalid(
-                    "discovery.tls.allowed_names".into(),
-                    "must not contain an empty name".into(),
+                    "admin.tls.trusted_proxies".into(),
+                    "needs admin.tls.client_ca_file (a forwarded certificate is verified against it)".into(),
                 ));
             }
         }
@@ -330,6 +418,31 @@ impl ControlConfig {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));
             }
+        }
+        let admin = &self.admin;
+        if !(8192..=1 << 20).contains(&admin.max_header_bytes) {
+            return Err(invalid(
+                "admin.max_header_bytes".into(),
+                "must be between 8192 and 1048576".into(),
+            ));
+        }
+        if !(1..=256).contains(&admin.max_headers) {
+            return Err(invalid(
+                "admin.max_headers".into(),
+                "must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=1 << 21).contains(&admin.max_connections) {
+            return Err(invalid(
+                "admin.max_connections".into(),
+                "must be between 1 and 2097152".into(),
+            ));
+        }
+        if admin.max_connections_per_ip > 65_535 {
+            return Err(invalid(
+                "admin.max_connections_per_ip".into(),
+                "must be at most 65535 (0: no per-address limit)".into(),
+            ));
         }
         let inst = &self.instances;
         if inst.port_range[0] < 1024 || inst.port_range[0] >= inst.port_range[1] {
@@ -470,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn admin_listener_limits_out_of_range_name_the_key() {
+        for (key, value) in [
+            ("max_header_bytes", "4096"),
+            ("max_headers", "0"),
+            ("max_headers", "300"),
+            ("max_connections", "0"),
+            ("max_connections_per_ip", "70000"),
+        ] {
+            let c: ControlConfig =
+                toml::from_str(&format!("[admin]\n{key} = {value}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("admin.{key}")) && msg.contains("/etc/c.toml"),
+                "{key} = {value}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn example_files_parse_and_validate() {
         for name in [
             "control.toml",
@@ -489,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn discovery_tls_needs_its_files_and_a_ca_for_an_allow_list() {
+    fn tls_tables_need_their_files_a_ca_for_an_allow_list_and_valid_trusted_proxies() {
         for (toml, key) in [
             ("[discovery.tls]\nkey_file = \"/k\"", "discovery.tls.cert_file"),
             ("[discovery.tls]\ncert_file = \"/c\"", "discovery.tls.key_file"),
@@ -500,6 +635,19 @@ mod tests {
             (
                 "[discovery.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"\nallowed_names = [\" \"]",
                 "discovery.tls.allowed_names",
+            ),
+            ("[admin.tls]\nkey_file = \"/k\"", "admin.tls.cert_file"),
+            (
+                "[admin.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nallowed_names = [\"op\"]",
+                "admin.tls.allowed_names",
+            ),
+            (
+                "[admin.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"\ntrusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/33\"]",
+                "admin.tls.trusted_proxies[1]",
+            ),
+            (
+                "[admin.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\ntrusted_proxies = [\"127.0.0.1\"]",
+                "admin.tls.trusted_proxies",
             ),
         ] {
             let c: ControlConfig = toml::from_str(toml).expect("parses");

@@ -15,6 +15,8 @@ pub struct ControlMetrics {
     transitions: IntCounterVec,
     pub nacks: IntCounterVec,
     pub proxies_connected: IntGauge,
+    /// Operator API connections closed on accept, by the limit they were over.
+    api_connections_shed: IntCounterVec,
     /// Per proxy: 1 while connected.
     pub proxy_connected: IntGaugeVec,
     /// Per proxy: the snapshot version it ACKed last.
@@ -35,6 +37,11 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl ControlMetrics {
+    /// Counts an operator API connection closed on accept over `limit` (a static label).
+    pub fn api_connection_shed(&self, limit: &str) {
+        self.api_connections_shed.with_label_values(&[limit]).inc();
+    }
+
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("multiverse_control".into()), None)
             .unwrap_or_else(|_| Registry::new());
@@ -49,6 +56,14 @@ impl ControlMetrics {
         let nacks = must(IntCounterVec::new(
             Opts::new("nacks_total", "Snapshots rejected by proxies"),
             &["node"],
+        ));
+        let api_connections_shed = must(IntCounterVec::new(
+            Opts::new(
+                "api_connections_shed_total",
+                "Operator API connections closed on accept, by the limit they were over \
+                 (max_connections, max_connections_per_ip)",
+            ),
+            &["limit"],
         ));
         let proxies_connected = must(IntGauge::new(
             "proxies_connected",
@@ -95,6 +110,7 @@ impl ControlMetrics {
             Box::new(transitions.clone()),
             Box::new(nacks.clone()),
             Box::new(proxies_connected.clone()),
+            Box::new(api_connections_shed.clone()),
             Box::new(proxy_connected.clone()),
             Box::new(proxy_acked_version.clone()),
             Box::new(snapshot_version.clone()),
@@ -112,6 +128,7 @@ impl ControlMetrics {
             transitions,
             nacks,
             proxies_connected,
+            api_connections_shed,
             proxy_connected,
             proxy_acked_version,
             snapshot_version,

@@ -312,6 +312,7 @@ mod tests {
             port,
             prometheus_port: port + 1,
             desired: crate::store::Desired::Running,
+            batch_sizing: None,
             created_at: "t".into(),
         };
         let instances = [

@@ -1,15 +1,19 @@
-//! TLS for the control plane's discovery listener (`[discovery.tls]`): the server's PEM pair,
-//! and mTLS — a client CA, and an allow-list of the names (certificate CN or DNS/URI SAN) that
-//! may connect. A client without a certificate, with one the CA did not sign, or with one
-//! whose names are not allowed is refused in the handshake, before any gRPC.
+//! TLS for the control plane's listeners (`[discovery.tls]`, `[admin.tls]`): the server's PEM
+//! pair, and mTLS — a client CA, and an allow-list of the names (certificate CN or DNS/URI SAN)
+//! that may connect. A client with a certificate the CA did not sign, or whose names are not
+//! allowed, is refused in the handshake, before any gRPC or HTTP.
 //!
-//! [`accept`] turns a TCP listener into a stream of TLS connections: every handshake runs in
-//! its own task with a deadline, so a client that stalls in it holds up nobody else.
+//! [`ServerTls`] holds what the files said and re-reads them on [`ServerTls::reload`] (SIGHUP):
+//! new handshakes get the new pair, open connections keep theirs, and a broken pair is
+//! refused with the old one kept. [`accept`] turns a TCP listener into a stream of TLS
+//! connections: every handshake runs in its own task with a deadline, so a client that stalls
+//! in it holds up nobody else.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -83,15 +87,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Who must present a client certificate when a client CA is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client, in the handshake (discovery: proxies always connect directly).
+    Required,
+    /// A client may connect without one (the operator API: a trusted reverse proxy forwards
+    /// the operator's certificate in a header, and a missing one is answered in the API's
+    /// error format); a certificate that is presented is still verified in the handshake.
+    Optional,
+}
+
 impl TlsListenerConfig {
-    /// The rustls server config (ALPN `h2`: gRPC), reading every file now.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// The rustls server config offering `alpn`, and the client verifier (with a client CA),
+    /// reading every file now.
+    pub fn load(&self, alpn: &[&[u8]], auth: ClientAuth) -> Result<Loaded, TlsError> {
         let certs = read_certs("certificate", &self.cert_file)?;
         let key = read_key(&self.key_file)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
-        let builder = match &self.client_ca_file {
+        let verifier = match &self.client_ca_file {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 for cert in read_certs("client CA", ca)? {
@@ -100,21 +116,140 @@ impl TlsListenerConfig {
                         .map_err(|e| file_error("client CA", ca)(e.to_string()))?;
                 }
                 let inner =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                        .build()
-                        .map_err(|e| file_error("client CA", ca)(e.to_string()))?;
-                builder.with_client_cert_verifier(Arc::new(AllowList {
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                let inner = match auth {
+                    ClientAuth::Required => inner,
+                    ClientAuth::Optional => inner.allow_unauthenticated(),
+                };
+                let inner = inner
+                    .build()
+                    .map_err(|e| file_error("client CA", ca)(e.to_string()))?;
+                Some(Arc::new(AllowList {
                     inner,
                     allowed: self.allowed_names.clone(),
                 }))
             }
+            None => None,
+        };
+        let builder = match &verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| file_error("key", &self.key_file)(e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Loaded {
+            server: Arc::new(config),
+            verifier,
+        })
+    }
+}
+
+/// What the TLS files said when they were last read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub server: Arc<rustls::ServerConfig>,
+    /// With a client CA: the CA's verification, then the allow-list (for certificates that
+    /// arrive other than in a handshake).
+    verifier: Option<Arc<AllowList>>,
+}
+
+impl Loaded {
+    /// Verifies a certificate chain (leaf first) that arrived outside a handshake, as the
+    /// handshake would: signed by the client CA, valid now, a name in the allow-list. `None`
+    /// without a client CA.
+    pub fn verify_client(
+        &self,
+        chain: &[CertificateDer<'static>],
+    ) -> Option<Result<Vec<String>, rustls::Error>> {
+        let verifier = self.verifier.as_ref()?;
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Some(Err(rustls::Error::NoCertificatesPresented));
+        };
+        Some(
+            verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .map(|_| cert_names(leaf).unwrap_or_default()),
+        )
+    }
+}
+
+/// A listener's TLS, reloadable: the files it was configured with and what they said last.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The config table (`discovery.tls`, `admin.tls`), for logs and errors.
+    pub key: &'static str,
+    files: TlsListenerConfig,
+    alpn: Vec<Vec<u8>>,
+    auth: ClientAuth,
+    current: ArcSwap<Loaded>,
+}
+
+impl ServerTls {
+    /// Reads the files of table `key` now (a bad one is an error naming it).
+    pub fn load(
+        key: &'static str,
+        files: &TlsListenerConfig,
+        alpn: &[&[u8]],
+        auth: ClientAuth,
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let loaded = files.load(alpn, auth)?;
+        Ok(Arc::new(ServerTls {
+            key,
+            files: files.clone(),
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            auth,
+            current: ArcSwap::from_pointee(loaded),
+        }))
+    }
+
+    /// What new handshakes use.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Re-reads every file (blocking I/O: call it off the runtime's workers). On error the
+    /// current pair keeps serving.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let loaded = self.files.load(&alpn, self.auth)?;
+        self.current.store(Arc::new(loaded));
+        Ok(())
+    }
+
+    /// The certificate file, for logs.
+    pub fn cert_file(&self) -> &Path {
+        &self.files.cert_file
+    }
+}
+
+/// Reloads every listener's TLS on each SIGHUP (`hangups` installed at start), logging the
+/// outcome per listener.
+pub async fn reload_on_hangup(
+    mut hangups: multiverse_common::signals::Hangups,
+    listeners: Vec<Arc<ServerTls>>,
+) {
+    while hangups.recv().await.is_some() {
+        if listeners.is_empty() {
+            tracing::info!("SIGHUP: no TLS listener to reload");
+        }
+        for tls in &listeners {
+            let job = tls.clone();
+            match tokio::task::spawn_blocking(move || job.reload()).await {
+                Ok(Ok(())) => tracing::info!(
+                    listener = tls.key,
+                    file = %tls.cert_file().display(),
+                    "TLS certificate reloaded"
+                ),
+                Ok(Err(e)) => tracing::error!(
+                    listener = tls.key,
+                    error = %e,
+                    "TLS certificate reload rejected; the current one keeps serving"
+                ),
+                Err(e) => tracing::error!(listener = tls.key, error = %e, "TLS reload task failed"),
+            }
+        }
     }
 }
 
@@ -213,30 +348,59 @@ impl ClientCertVerifier for AllowList {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+}
+
+/// Where [`accept`] takes connections from: a TCP listener, or one wrapped by the operator
+/// API's connection limits (which sheds before any handshake is spent).
+pub trait Incoming: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection and its peer.
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, std::net::SocketAddr)>> + Send;
+}
+
+impl Incoming for TcpListener {
+    type Io = TcpStream;
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(TcpStream, std::net::SocketAddr)>> + Send
+    {
+        self.accept()
+    }
 }
 
 /// Accepts TCP connections on `listener` and hands over those that complete the TLS handshake
-/// (each in its own task, within [`HANDSHAKE_TIMEOUT`]); a failed handshake is logged at debug.
-pub fn accept(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+/// (each in its own task, within [`HANDSHAKE_TIMEOUT`], with the pair current when it began);
+/// a failed handshake is logged at debug.
+pub fn accept<I: Incoming>(
+    mut listener: I,
+    tls: Arc<ServerTls>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<I::Io>>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = listener.next() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "discovery accept failed");
+                        tracing::warn!(listener = tls.key, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
                 _ = tx.closed() => return,
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let acceptor = TlsAcceptor::from(tls.current().server.clone());
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {

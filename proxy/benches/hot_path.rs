@@ -2,6 +2,8 @@
 //!
 //! - `model_extraction`: [`ModelScanner`] over chat bodies, `model` first or last, up to 1 MiB
 //!   fed in 16 KiB chunks (as the body arrives from the client);
+//! - `prefix_hash`: [`PrefixHasher`] (the `prefix_affinity` key) over the same bodies, with the
+//!   default cap of 4096 bytes and the first message;
 //! - `table_lookup`: [`RoutingTable::route`] hit and miss in tables of 1 to 10,000 models;
 //! - `endpoint_pick`: [`pick::pick`] per balancing strategy over 2 to 64 endpoints;
 //! - `snapshot_apply`: [`PlaneRoutes::from_snapshot`] + [`RoutingTable::merge`], and the full
@@ -18,6 +20,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use multiverse_proto::discovery::v1 as pb;
 use multiverse_proxy::ops::metrics::Metrics;
 use multiverse_proxy::request::model_scan::{ModelScanner, Scan};
+use multiverse_proxy::request::prefix_hash::{Prefix, PrefixHasher, PrefixScan};
+use multiverse_proxy::routing::affinity::Affinity;
 use multiverse_proxy::routing::pick::{self, Tried, Want};
 use multiverse_proxy::routing::snapshot::{parse_socket_addr, PlaneRoutes};
 use multiverse_proxy::routing::table::{ProtoClass, Route, RoutingTable};
@@ -110,6 +114,37 @@ fn model_extraction(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_with_input(BenchmarkId::new(*name, bytes.len()), bytes, |b, bytes| {
             b.iter(|| scan(black_box(bytes)))
+        });
+    }
+    group.finish();
+}
+
+/// The prefix key of `body` fed in [`CHUNK`]-byte pieces, with the default `[affinity]`.
+fn prefix_key(body: &[u8]) -> Option<u64> {
+    let mut h = PrefixHasher::new(PrefixScan {
+        max_bytes: 4096,
+        messages: 1,
+    });
+    for chunk in body.chunks(CHUNK) {
+        if let Prefix::Done(key) = h.feed(chunk) {
+            return key;
+        }
+    }
+    h.finish()
+}
+
+fn prefix_hash(c: &mut Criterion) {
+    let cases = [
+        ("small_model_first", small_body_model_first()),
+        ("small_model_last", small_body_model_last()),
+        ("1MiB_model_last", chat_body_model_last(1024 * 1024)),
+    ];
+    let mut group = c.benchmark_group("prefix_hash");
+    for (name, body) in &cases {
+        let bytes = body.as_bytes();
+        assert!(prefix_key(bytes).is_some(), "{name}");
+        group.bench_with_input(BenchmarkId::new(*name, bytes.len()), bytes, |b, bytes| {
+            b.iter(|| prefix_key(black_box(bytes)))
         });
     }
     group.finish();
@@ -217,9 +252,17 @@ fn table_lookup(c: &mut Criterion) {
 // endpoint_pick
 
 fn endpoint_pick(c: &mut Criterion) {
-    let want = Want {
+    let plain = Want {
         class: ProtoClass::Http,
         pinned: None,
+        affinity: None,
+    };
+    let keyed = Want {
+        affinity: Some(Affinity {
+            key: 0x5eed_cafe,
+            load_factor: 1.25,
+        }),
+        ..plain
     };
     let clock = multiverse_common::Millis::default();
     let mut group = c.benchmark_group("endpoint_pick");
@@ -227,7 +270,13 @@ fn endpoint_pick(c: &mut Criterion) {
         ("least_request", pb::LbStrategy::Unspecified),
         ("round_robin", pb::LbStrategy::RoundRobin),
         ("weighted", pb::LbStrategy::Weighted),
+        ("prefix_affinity", pb::LbStrategy::PrefixAffinity),
     ] {
+        let want = if lb == pb::LbStrategy::PrefixAffinity {
+            keyed
+        } else {
+            plain
+        };
         for n in [2usize, 8, 64] {
             let table = build_table(&snapshot(1, n, lb));
             let route: Arc<Route> = table.route(MODEL).expect("route").clone();
@@ -316,6 +365,7 @@ fn snapshot_apply(c: &mut Criterion) {
 criterion_group!(
     benches,
     model_extraction,
+    prefix_hash,
     table_lookup,
     endpoint_pick,
     snapshot_apply

@@ -28,6 +28,7 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
     pub outlier: OutlierSettings,
+    pub affinity: AffinitySettings,
     pub discovery: DiscoveryTuning,
     pub server: ServerConfig,
     pub cors: CorsConfig,
@@ -93,7 +94,8 @@ pub struct ListenConfig {
     pub admin: String,
 }
 
-/// Timeouts of client connections (the client listener; the admin listener uses them too).
+/// Timeouts and abuse limits of client connections (both client listeners, cleartext and
+/// `[clients_tls]`; the admin listener uses the timeouts and header limits too).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientsConfig {
@@ -103,6 +105,22 @@ pub struct ClientsConfig {
     pub header_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this time without a new request.
     pub keepalive_timeout_ms: u64,
+    /// The largest request header: HTTP/1.1 request line and fields in bytes (then 431 and
+    /// close), HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` (a larger header list gets 431 on its
+    /// stream).
+    pub max_header_bytes: usize,
+    /// The most header fields a request may carry (at most 256): HTTP/1.1 then gets 431 and
+    /// close, HTTP/2 a 431 in the route family's format.
+    pub max_headers: usize,
+    /// Client connections open at once, both listeners together; beyond, a new connection is
+    /// closed at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address (IPv6: one /64); beyond, closed at
+    /// once. 0: no per-address limit.
+    pub max_connections_per_ip: u32,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per client connection: streams beyond it are
+    /// refused with `REFUSED_STREAM` (safe for the client to retry).
+    pub h2_max_streams: u32,
 }
 
 impl Default for ClientsConfig {
@@ -113,6 +131,19 @@ impl Default for ClientsConfig {
             // load balancers in front (AWS ALB, GCP), so they, not the proxy, close idle
             // connections and never send a request on one the proxy is closing.
             keepalive_timeout_ms: 75_000,
+            // Below Envoy's 60 KiB and pingora's 64 KiB; four times nginx's 8 KiB line buffer.
+            // Requests carry a key and a few headers: no SDK comes near it.
+            max_header_bytes: 32 * 1024,
+            // Envoy's `max_headers_count` default.
+            max_headers: 100,
+            // Well below the 65536 descriptors a service is normally given (each client
+            // connection may hold an upstream one too).
+            max_connections: 10_000,
+            // Room for a NAT gateway's worth of clients (an SDK pools up to 100 connections),
+            // while one host cannot take the listener's whole budget.
+            max_connections_per_ip: 256,
+            // RFC 9113's recommended minimum, and pingora's and most servers' default.
+            h2_max_streams: 100,
         }
     }
 }
@@ -212,6 +243,9 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     /// Concurrent streams per HTTP/2 (h2c, gRPC) upstream connection.
     pub max_h2_streams: usize,
+    /// PEM CA certificates that `https://` endpoints' certificates are verified against
+    /// (instead of the system's roots); the name checked is the endpoint's host.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -234,6 +268,33 @@ impl Default for OutlierSettings {
             base_ejection_ms: 30_000,
             max_ejection_ms: 300_000,
             max_ejection_percent: 10,
+        }
+    }
+}
+
+/// What `lb = "prefix_affinity"` keys a request by (`request::prefix_hash`,
+/// `routing::affinity`). Every replica must have the same values to choose alike.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinitySettings {
+    /// Bytes of the body looked at, at most, for the prompt prefix (past `model` when `model`
+    /// comes first: the most a prefix_affinity request holds beyond what routing holds).
+    pub prefix_bytes: usize,
+    /// Leading `messages` elements hashed (1: the system prompt).
+    pub prefix_messages: u32,
+    /// A request with this header is keyed by its value instead of its prompt.
+    pub session_header: String,
+    /// `c`: an endpoint whose load would exceed c × the mean passes the request on.
+    pub load_factor: f64,
+}
+
+impl Default for AffinitySettings {
+    fn default() -> Self {
+        Self {
+            prefix_bytes: 4096,
+            prefix_messages: 1,
+            session_header: "x-session-id".into(),
+            load_factor: 1.25,
         }
     }
 }
@@ -303,6 +364,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 5_000,
             read_timeout_ms: 300_000,
             max_h2_streams: 128,
+            tls_ca_file: None,
         }
     }
 }
@@ -426,6 +488,33 @@ impl ProxyConfig {
                 "cannot be combined with control_planes: choose one source of routes".into(),
             ));
         }
+        if !(1024..=1 << 20).contains(&self.clients.max_header_bytes) {
+            return Err(invalid(
+                "clients.max_header_bytes",
+                "must be between 1024 and 1048576".into(),
+            ));
+        }
+        if !(1..=256).contains(&self.clients.max_headers) {
+            return Err(invalid(
+                "clients.max_headers",
+                "must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=1 << 21).contains(&self.clients.max_connections) {
+            return Err(invalid(
+                "clients.max_connections",
+                "must be between 1 and 2097152".into(),
+            ));
+        }
+        if self.clients.max_connections_per_ip > 65_535 {
+            return Err(invalid(
+                "clients.max_connections_per_ip",
+                "must be at most 65535 (0: no per-address limit)".into(),
+            ));
+        }
+        if self.clients.h2_max_streams == 0 {
+            return Err(invalid("clients.h2_max_streams", "must be > 0".into()));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be > 0".into()));
         }
@@ -483,6 +572,33 @@ impl ProxyConfig {
                 "must not exceed outlier.max_ejection_ms".into(),
             ));
         }
+        let a = &self.affinity;
+        if !(1..=1 << 20).contains(&a.prefix_bytes) {
+            return Err(invalid(
+                "affinity.prefix_bytes",
+                "must be between 1 and 1048576".into(),
+            ));
+        }
+        if !(1..=1024).contains(&a.prefix_messages) {
+            return Err(invalid(
+                "affinity.prefix_messages",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if http::HeaderName::from_bytes(a.session_header.as_bytes()).is_err()
+            || a.session_header.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "affinity.session_header",
+                format!("`{}` is not a lowercase HTTP header name", a.session_header),
+            ));
+        }
+        if !(1.0..=100.0).contains(&a.load_factor) {
+            return Err(invalid(
+                "affinity.load_factor",
+                "must be between 1.0 and 100.0".into(),
+            ));
+        }
         if self.upstream.max_h2_streams == 0 {
             return Err(invalid("upstream.max_h2_streams", "must be > 0".into()));
         }
@@ -520,6 +636,35 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 8 << 20);
         assert_eq!(c.clients.header_timeout_ms, 10_000);
         assert_eq!(c.clients.keepalive_timeout_ms, 75_000);
+        assert_eq!(c.clients.max_header_bytes, 32 * 1024);
+        assert_eq!(c.clients.max_headers, 100);
+        assert_eq!(c.clients.max_connections, 10_000);
+        assert_eq!(c.clients.max_connections_per_ip, 256);
+        assert_eq!(c.clients.h2_max_streams, 100);
+    }
+
+    #[test]
+    fn client_limits_out_of_range_name_the_key() {
+        for (key, value) in [
+            ("max_header_bytes", "100"),
+            ("max_header_bytes", "2000000"),
+            ("max_headers", "0"),
+            ("max_headers", "257"),
+            ("max_connections", "0"),
+            ("max_connections_per_ip", "70000"),
+            ("h2_max_streams", "0"),
+        ] {
+            let c: ProxyConfig =
+                toml::from_str(&format!("[clients]\n{key} = {value}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("clients.{key}")) && msg.contains("/etc/p.toml"),
+                "{key} = {value}: {msg}"
+            );
+        }
     }
 
     #[test]
@@ -551,6 +696,32 @@ mod tests {
                 .join(name);
             let c = ProxyConfig::from_file(&path).expect(name);
             c.validate(Some(&path)).expect(name);
+        }
+    }
+
+    #[test]
+    fn affinity_settings_are_validated_by_key() {
+        let c: ProxyConfig = toml::from_str(
+            "[affinity]\nprefix_bytes = 8192\nprefix_messages = 2\nsession_header = \"x-conv\"\nload_factor = 1.5",
+        )
+        .expect("parses");
+        c.validate(None).expect("valid");
+        for (text, key) in [
+            ("prefix_bytes = 0", "affinity.prefix_bytes"),
+            ("prefix_messages = 0", "affinity.prefix_messages"),
+            ("session_header = \"X-Session\"", "affinity.session_header"),
+            ("session_header = \"a b\"", "affinity.session_header"),
+            ("load_factor = 0.9", "affinity.load_factor"),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[affinity]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/p.toml"),
+                "{text}: {msg}"
+            );
         }
     }
 

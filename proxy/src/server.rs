@@ -21,9 +21,12 @@ use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiverse_common::conn_limit::ConnLimit;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::background::background_service;
@@ -37,15 +40,17 @@ use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
 use crate::ops::metrics::Metrics;
 use crate::ops::planes::PlanesStatus;
+use crate::request::connection;
 use crate::request::cors::Cors;
-use crate::request::gateway::{Gateway, GatewayConfig};
+use crate::request::gateway::{AffinityConfig, Gateway, GatewayConfig};
+use crate::request::prefix_hash::PrefixScan;
 use crate::request::upstream::UpstreamDefaults;
 use crate::routing::outlier::OutlierConfig;
 use crate::routing::TableState;
 use crate::sources::discovery::ClientTls;
 use crate::sources::discovery::{Discovery, DiscoveryConfig};
 use crate::sources::standalone::{self, Reloader};
-use crate::tls::{load_certs, load_pair, CertReloader, CertStore, TlsError};
+use crate::tls::{load_certs, load_pair, load_upstream_ca, CertReloader, CertStore, TlsError};
 
 /// How long runtimes get to stop their tasks after a graceful stop's drain.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
@@ -69,6 +74,13 @@ pub enum StartError {
     /// file).
     #[error("clients_tls: {0}")]
     Tls(#[from] TlsError),
+    /// An upstream TLS file cannot be used.
+    #[error("{key}: {source}")]
+    Upstream {
+        key: &'static str,
+        #[source]
+        source: TlsError,
+    },
     /// A control-plane TLS file cannot be used.
     #[error("{key}: {source}")]
     Discovery {
@@ -141,6 +153,15 @@ impl Proxy {
         };
         let clients_tls = tls.as_ref().map(|(bound, _)| bound.addr());
         let discovery_tls = discovery_tls(cfg)?;
+        let upstream_ca = match &cfg.upstream.tls_ca_file {
+            Some(path) => Some(
+                load_upstream_ca(path).map_err(|source| StartError::Upstream {
+                    key: "upstream.tls_ca_file",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let (failed, failure) = watch::channel(None);
         let failed = Arc::new(failed);
 
@@ -182,7 +203,7 @@ impl Proxy {
             state.clone(),
             active.clone(),
             metrics.clone(),
-            gateway_config(cfg),
+            gateway_config(cfg, upstream_ca),
         );
         let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
         proxy.add_tcp(&clients.to_string());
@@ -210,7 +231,16 @@ impl Proxy {
             let mut options = client_options(cfg);
             options.h2c = true;
             app.server_options = Some(options);
+            app.h2_options = Some(h2_options(cfg));
         }
+        // Both client listeners (cleartext and TLS) share the connection limits.
+        proxy.set_admission(connection::admission(
+            ConnLimit::new(
+                cfg.clients.max_connections,
+                cfg.clients.max_connections_per_ip,
+            ),
+            metrics.clone(),
+        ));
         // `/ready` waits until the client listener's accept loops run (its socket accepts
         // connections from here on already: it is bound above).
         let listening = Arc::new(Listening::default());
@@ -474,15 +504,27 @@ fn client_options(cfg: &ProxyConfig) -> HttpServerOptions {
     options.header_read_timeout = Some(ms(cfg.clients.header_timeout_ms));
     options.keepalive_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
     options.h2_idle_timeout = Some(ms(cfg.clients.keepalive_timeout_ms));
+    options.max_request_header_bytes = Some(cfg.clients.max_header_bytes);
+    options.max_request_headers = Some(cfg.clients.max_headers);
     options
 }
 
-fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
+/// HTTP/2 settings of client connections: the header list size and the concurrent streams
+/// (`[clients]`); pingora's other bounded defaults are kept.
+fn h2_options(cfg: &ProxyConfig) -> H2Options {
+    let mut options = default_h2_options();
+    options.max_header_list_size(u32::try_from(cfg.clients.max_header_bytes).unwrap_or(u32::MAX));
+    options.max_concurrent_streams(cfg.clients.h2_max_streams);
+    options
+}
+
+fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConfig {
     GatewayConfig {
         upstream: UpstreamDefaults {
             connect_timeout: ms(cfg.upstream.connect_timeout_ms),
             read_timeout: ms(cfg.upstream.read_timeout_ms),
             max_h2_streams: cfg.upstream.max_h2_streams,
+            tls_ca,
         },
         max_body_bytes: cfg.limits.max_body_bytes,
         per_ip: (cfg.limits.per_ip_rpm > 0)
@@ -497,6 +539,8 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
         // Validated to be a header name.
         priority_header: http::HeaderName::from_bytes(cfg.limits.priority_header.as_bytes())
             .unwrap_or_else(|_| http::HeaderName::from_static("x-priority")),
+        max_header_bytes: cfg.clients.max_header_bytes,
+        max_headers: cfg.clients.max_headers,
         trace_sample: cfg.tracing.sample,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
@@ -504,6 +548,16 @@ fn gateway_config(cfg: &ProxyConfig) -> GatewayConfig {
             tracing::error!(error = %e, "cors.allowed_origins: CORS disabled");
             Cors::default()
         }),
+        affinity: AffinityConfig {
+            scan: PrefixScan {
+                max_bytes: cfg.affinity.prefix_bytes,
+                messages: cfg.affinity.prefix_messages,
+            },
+            // `validate` refused a name that is not a header name; the default stands in.
+            session_header: http::HeaderName::from_bytes(cfg.affinity.session_header.as_bytes())
+                .unwrap_or_else(|_| http::HeaderName::from_static("x-session-id")),
+            load_factor: cfg.affinity.load_factor,
+        },
     }
 }
 

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -34,6 +36,25 @@ pub enum TlsError {
         path: PathBuf,
         reason: String,
     },
+}
+
+/// The CA certificates of `[upstream] tls_ca_file` as pingora's per-peer CA list. Each is
+/// parsed here first (pingora parses it again and panics on one it cannot).
+pub fn load_upstream_ca(path: &Path) -> Result<Arc<CaType>, TlsError> {
+    let mut cas = Vec::new();
+    for cert in load_certs(path)? {
+        let invalid = |reason: String| TlsError::Invalid {
+            what: "CA certificate",
+            path: path.to_path_buf(),
+            reason,
+        };
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| invalid(e.to_string()))?;
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        cas.push(WrappedX509::new(cert.to_vec(), parse_x509));
+    }
+    Ok(Arc::from(cas))
 }
 
 /// Reads a PEM certificate chain (at least one certificate).
@@ -238,6 +259,27 @@ mod tests {
             msg.contains("a.test.crt") && msg.starts_with("key file"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn an_upstream_ca_file_loads_and_a_bad_one_names_the_file() {
+        let d = files("upstream-ca");
+        let (ca, _) = write_pair(&d.0, "ca.test");
+        assert_eq!(load_upstream_ca(&ca).expect("loads").len(), 1);
+        // PEM armour around bytes that are not a certificate: refused here, not a panic in
+        // pingora's parser at the first connection.
+        let bad = d.0.join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let msg = load_upstream_ca(&bad).expect_err("bad").to_string();
+        assert!(msg.contains("bad.pem"), "{msg}");
+        let msg = load_upstream_ca(&d.0.join("nope.pem"))
+            .expect_err("missing")
+            .to_string();
+        assert!(msg.contains("nope.pem"), "{msg}");
     }
 
     #[test]

@@ -1302,6 +1302,175 @@ async fn auto_deregistration_is_soft_and_restorable() {
     wait_routes(&client, &proxy, "demo", "dereg").await;
 }
 
+/// Custom probes of an external backend (issue 16): a startup probe checking a JSON field
+/// admits it (or refuses it, naming the probe); a readiness probe that fails withdraws its
+/// route from the proxy without ever deregistering it, and brings it back when it passes; a
+/// liveness probe that fails (the process is gone) is what deregisters it; every probe is
+/// counted per kind on `GET /admin/backends/{id}`, summarised in the list and in Prometheus.
+#[tokio::test]
+async fn backend_probes_gate_routes_and_are_counted() {
+    let dir = temp_dir("backend-probes");
+    let mut mock = MockOpenAi::start(&dir, "mock-probed", &[]);
+    let control = Control::start(
+        &dir,
+        "cp-probes",
+        &control_body(&dir.join("data"), true, "", "deregister_after_failures = 3"),
+    )
+    .await;
+    let api = Api::new(&control);
+    let proxy = Proxy::start(&dir, "proxy-probes", &[control.discovery_url()]).await;
+    let client = reqwest::Client::new();
+
+    // Invalid probes are refused, naming the field.
+    let mut bad = backend_body("probed", &mock.url(), Some(&["demo"]));
+    bad["probes"] = json!({"readiness": {"path": "mock/ready"}});
+    let r = api.post("/admin/backends", &bad).await;
+    assert_api_error(&r, 400, "VALIDATION_ERROR", "a probe path without /");
+    assert!(r.text.contains("probes.readiness.path"), "{}", r.text);
+
+    // A startup probe whose JSON field does not match refuses the registration.
+    let mut wrong = backend_body("probed", &mock.url(), Some(&["demo"]));
+    wrong["probes"] = json!({"startup": {"path": "/v1/models", "json_pointer": "/data/0/id",
+                                         "json_equals": "another-model"}});
+    let r = api.post("/admin/backends", &wrong).await;
+    assert_api_error(&r, 503, "BACKEND_UNAVAILABLE", "a failing startup probe");
+    let error = r.body["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("startup probe") && error.contains("expected \"another-model\""),
+        "{error}"
+    );
+    assert!(api.backends().await.is_empty(), "nothing was registered");
+
+    let mut body = backend_body("probed", &mock.url(), Some(&["demo"]));
+    body["probes"] = json!({
+        "startup": {"path": "/v1/models", "json_pointer": "/data/0/id", "json_equals": "demo"},
+        "liveness": {"path": "/health"},
+        "readiness": {"path": "/mock/ready", "json_pointer": "/ready", "json_equals": "true",
+                      "headers": {"x-probe": "readiness"}, "timeout_ms": 500},
+    });
+    let b = api.register(&body).await;
+    let id = b["id"].as_str().expect("id").to_string();
+    assert_eq!(b["probes"]["readiness"]["path"], "/mock/ready", "{b}");
+    assert_eq!(b["probe_stats"]["startup"]["successes"], 1, "{b}");
+    wait_routes(&client, &proxy, "demo", "probed").await;
+
+    // Not ready: withdrawn from the proxy, never deregistered (more failures than the
+    // deregistration threshold of 3 go by).
+    let flip = |ready: bool| {
+        let client = client.clone();
+        let url = format!("{}/mock/ready", mock.url());
+        async move {
+            let r = client
+                .put(url)
+                .json(&json!({ "ready": ready }))
+                .send()
+                .await
+                .expect("PUT /mock/ready");
+            assert_eq!(r.status(), 200);
+        }
+    };
+    flip(false).await;
+    let b = eventually(CONVERGE, "probed not ready for 5 checks", || async {
+        let b = api.backend(&id).await;
+        (b["health"]["consecutive_failures"].as_u64() >= Some(5)).then_some(b)
+    })
+    .await;
+    assert_eq!(b["health"]["status"], "unhealthy", "{b}");
+    assert_eq!(
+        b["deregistered"], false,
+        "readiness does not deregister: {b}"
+    );
+    let reason = b["health"]["last_check"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("readiness: ") && reason.contains("/ready is \"false\""),
+        "{reason}"
+    );
+    eventually(
+        CONVERGE,
+        "the proxy to hold probed as unhealthy",
+        || async {
+            (proxy
+                .endpoint_health(&client, "demo", "probed")
+                .await
+                .as_deref()
+                == Some("unhealthy"))
+            .then_some(())
+        },
+    )
+    .await;
+    let a = chat(&client, &proxy, "demo").await.expect("answer");
+    assert_eq!(a.status, 503, "withdrawn: {}", a.body);
+
+    // Ready again: routed again.
+    flip(true).await;
+    wait_routes(&client, &proxy, "demo", "probed").await;
+
+    // The figures, per kind.
+    let b = api.backend(&id).await;
+    let stats = &b["probe_stats"];
+    let (live, ready) = (&stats["liveness"], &stats["readiness"]);
+    assert!(ready["failures"].as_u64() >= Some(5), "{stats}");
+    assert!(ready["successes"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(
+        ready["total"].as_u64(),
+        Some(ready["successes"].as_u64().unwrap_or(0) + ready["failures"].as_u64().unwrap_or(0)),
+        "{stats}"
+    );
+    assert_eq!(live["failures"], 0, "alive all along: {stats}");
+    assert!(live["total"].as_u64() >= ready["total"].as_u64(), "{stats}");
+    assert_eq!(ready["consecutive_failures"], 0, "{stats}");
+    for k in [live, ready] {
+        assert!(k["avg_ms"].as_f64().is_some_and(|v| v >= 0.0), "{stats}");
+        assert!(k["p99_ms"].as_f64().is_some_and(|v| v >= 0.0), "{stats}");
+        assert!(
+            k["last_success_at"].as_str().is_some_and(looks_rfc3339),
+            "{stats}"
+        );
+    }
+    assert!(
+        ready["last_failure_at"].as_str().is_some_and(looks_rfc3339),
+        "{stats}"
+    );
+    assert!(
+        ready["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/ready")),
+        "{stats}"
+    );
+    let listed = api.backends().await;
+    let row = listed
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+        .expect("listed");
+    let rate = row["success_rate"].as_f64().expect("success_rate");
+    assert!(rate > 0.0 && rate < 1.0, "some probes failed: {row}");
+    assert!(row["avg_latency_ms"].as_f64().is_some(), "{row}");
+
+    let m = api.send(Method::GET, "/metrics", None, None).await.text;
+    for needle in [
+        "multiverse_control_probe_duration_seconds_bucket{kind=\"readiness\",target=\"probed\",target_type=\"backend\"",
+        "multiverse_control_probes_total{kind=\"readiness\",result=\"failed\",target=\"probed\",target_type=\"backend\"}",
+        "multiverse_control_probes_total{kind=\"liveness\",result=\"ok\",target=\"probed\",target_type=\"backend\"}",
+        "multiverse_control_probes_total{kind=\"startup\",result=\"ok\",target=\"probed\",target_type=\"backend\"}",
+    ] {
+        assert!(m.contains(needle), "{needle} in /metrics:\n{m}");
+    }
+
+    // Gone: the liveness probe fails, and 3 of those deregister it (softly).
+    mock.proc.kill();
+    let b = eventually(CONVERGE, "probed deregistered", || async {
+        let b = api.backend(&id).await;
+        (b["deregistered"] == true).then_some(b)
+    })
+    .await;
+    let reason = b["health"]["last_check"]["reason"].as_str().unwrap_or("");
+    assert!(reason.starts_with("liveness: "), "{reason}");
+    assert!(
+        b["probe_stats"]["liveness"]["consecutive_failures"].as_u64() >= Some(3),
+        "{b}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Durable state
 // ---------------------------------------------------------------------------------------------

@@ -779,7 +779,12 @@ async fn embed_grpc(url: &str, model: &str, text: &str) -> Result<(String, Vec<f
 async fn lifecycle_through_the_api() {
     let dir = temp_dir("inst-life");
     let ports = port_block(0);
-    let plane = Plane::start(&dir, "cp-life", ports, &[], "").await;
+    // A cgroup root that is not cgroup v2 (as on a cgroup-v1-only host): limits a cgroup
+    // would enforce are said to be not enforced.
+    let not_v2 = dir.join("not-cgroup-v2");
+    std::fs::create_dir_all(&not_v2).expect("dir");
+    let root = format!("\"{}\"", not_v2.display());
+    let plane = Plane::start(&dir, "cp-life", ports, &[("cgroup_root", &root)], "").await;
     let api = &plane.api;
     let marker = plane.marker();
     let in_range = |p: u16| (ports.0..=ports.1).contains(&p);
@@ -996,7 +1001,58 @@ async fn lifecycle_through_the_api() {
         "{gpus}"
     );
 
-    plane.finish(1).await;
+    // max_cpu_percent where no cgroup can enforce it: created, with a warning saying why,
+    // and the instance shows it as not enforced.
+    let v = api
+        .create(json!({"name": "cpu-cap", "model_id": "bge", "limits": {"max_cpu_percent": 50}}))
+        .await;
+    let warned = v["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warned.iter().any(|w| w.as_str().is_some_and(|w| {
+            w.contains("max_cpu_percent = 50 is not enforced")
+                && w.contains("not a cgroup v2 directory")
+        })),
+        "{v}"
+    );
+    let v = api.instance("cpu-cap").await;
+    assert_eq!(v["cgroup"]["enforced"], false, "{v}");
+    assert!(
+        v["cgroup"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cgroup v2")),
+        "{v}"
+    );
+    let r = api
+        .post(
+            "/instances",
+            &json!({"name": "cpu-zero", "model_id": "bge", "limits": {"max_cpu_percent": 0}}),
+        )
+        .await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "max_cpu_percent 0");
+    assert!(r.text.contains("limits.max_cpu_percent"), "{}", r.text);
+
+    // max_batch_tokens = "auto" without a known GPU: TEI's default, with a warning.
+    let v = api
+        .create(json!({"name": "auto-cpu", "model_id": "bge", "max_batch_tokens": "auto"}))
+        .await;
+    assert_eq!(v["batch_sizing"]["tokens"], 16384, "{v}");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| {
+                w.contains("max_batch_tokens = \"auto\"") && w.contains("no known GPU")
+            }))),
+        "{v}"
+    );
+    let v = plane.wait_status("auto-cpu", "ready").await;
+    let args = cmdline(pid_of(&v));
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--max-batch-tokens" && w[1] == "16384"),
+        "{args:?}"
+    );
+
+    plane.finish(3).await;
 }
 
 #[tokio::test]
@@ -2306,7 +2362,74 @@ async fn gpu_placement_and_per_process_vram_on_simulated_gpus() {
     for n in ["loading", "fits"] {
         plane.wait_status(n, "ready").await;
     }
-    plane.finish(3).await;
+
+    // max_batch_tokens = "auto": from the chosen GPU's free VRAM after what is placed (GPU 0:
+    // 3000 MiB, `loading` still reserved) less the instance's own estimate: (3000 - 1000) x 8
+    // = 16000, rounded down to 15872 — not TEI's default 16384, which 8000 MiB free would give.
+    let v = api
+        .create(
+            json!({"name": "sized", "model_id": "bge", "gpu_id": 0, "vram_mb": 1000,
+                       "max_batch_tokens": "auto"}),
+        )
+        .await;
+    assert_eq!(v["spec"]["max_batch_tokens"], "auto", "{v}");
+    let sizing = &v["batch_sizing"];
+    assert_eq!(sizing["tokens"], 15872, "{v}");
+    assert_eq!(
+        (
+            &sizing["gpu_id"],
+            &sizing["free_vram_mb"],
+            &sizing["reserved_mb"]
+        ),
+        (&json!(0), &json!(3000), &json!(1000)),
+        "{v}"
+    );
+    assert!(
+        sizing["rule"].as_str().is_some_and(|r| r.contains("15872")),
+        "{v}"
+    );
+    // GPU 1 after `fits` (5500 MiB reserved): 500 MiB -> 4000 -> 3840.
+    let tight = api
+        .create(
+            json!({"name": "tight", "model_id": "bge", "gpu_id": 1, "max_batch_tokens": "auto"}),
+        )
+        .await;
+    assert_eq!(tight["batch_sizing"]["tokens"], 3840, "{tight}");
+    for (name, tokens) in [("sized", 15872), ("tight", 3840)] {
+        let v = plane.wait_status(name, "ready").await;
+        assert_eq!(
+            v["batch_sizing"]["tokens"], tokens,
+            "kept in the instance: {v}"
+        );
+        let args = cmdline(pid_of(&v));
+        let at = args.iter().position(|a| a == "--max-batch-tokens");
+        assert_eq!(
+            at.and_then(|i| args.get(i + 1)).map(String::as_str),
+            Some(tokens.to_string().as_str()),
+            "{name}'s command line: {args:?}"
+        );
+        // ... and TEI (here mock-tei) says so on its own /info.
+        let info: Value = reqwest::get(format!("http://127.0.0.1:{}/info", port_of(&v, "port")))
+            .await
+            .expect("GET /info")
+            .json()
+            .await
+            .expect("info json");
+        assert_eq!(info["max_batch_tokens"], tokens, "{info}");
+    }
+    let r = api
+        .post(
+            "/instances",
+            &json!({"name": "bad-auto", "model_id": "bge", "max_batch_tokens": "lots"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("auto"),
+        "the error says what is accepted: {}",
+        r.text
+    );
+    plane.finish(5).await;
 
     // placement = "warn": placed anyway, and told why.
     let dir = temp_dir("inst-gpu-warn");
@@ -2344,11 +2467,17 @@ async fn gpu_placement_and_per_process_vram_on_simulated_gpus() {
 #[tokio::test]
 async fn limits_restart_on_memory_and_warn_or_restart_on_vram() {
     let dir = temp_dir("inst-limits");
+    // A directory standing in for a writable cgroup v2 root (the kernel is not involved: what
+    // is checked is what the control plane writes there, and when).
+    let cgroups = dir.join("cgroup-root");
+    std::fs::create_dir_all(&cgroups).expect("cgroup root");
+    std::fs::write(cgroups.join("cgroup.controllers"), "cpu memory pids").expect("controllers");
+    let root = format!("\"{}\"", cgroups.display());
     let plane = Plane::start(
         &dir,
         "cp-limits",
         port_block(21),
-        &[("limits_interval_ms", "200")],
+        &[("limits_interval_ms", "200"), ("cgroup_root", &root)],
         "[gpu]\nsimulated = [{ name = \"Sim\", memory_total_mb = 16000 }]\n",
     )
     .await;
@@ -2379,6 +2508,53 @@ async fn limits_restart_on_memory_and_warn_or_restart_on_vram() {
     );
     let v = api.instance("hog").await;
     assert!(v["restarts"].as_u64() >= Some(1), "{v}");
+    // Its own cgroup: memory.max from max_memory_mb, no CPU limit, and its current process
+    // (after the restart) in cgroup.procs.
+    let cg = cgroups.join("mv-hog");
+    let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+    assert_eq!(read("memory.max"), (150u64 << 20).to_string());
+    assert_eq!(read("cpu.max"), "max 100000");
+    // (It keeps outgrowing its limit and restarting: compare at one moment.)
+    let v = eventually(WAIT, "hog's current process in its cgroup", || async {
+        let v = api.instance("hog").await;
+        let pid = v["pid"].as_u64()?;
+        (read("cgroup.procs") == pid.to_string()).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(cgroups.join("cgroup.subtree_control")).unwrap_or_default(),
+        "+cpu +memory"
+    );
+    assert_eq!(v["cgroup"]["enforced"], true, "{v}");
+    assert_eq!(v["cgroup"]["path"], cg.display().to_string(), "{v}");
+    // max_cpu_percent -> cpu.max, shown on the instance.
+    let capped = api
+        .create(json!({"name": "capped", "model_id": "bge", "limits": {"max_cpu_percent": 50}}))
+        .await;
+    assert!(
+        capped.get("warnings").is_none(),
+        "enforced: no warning: {capped}"
+    );
+    assert_eq!(capped["cgroup"]["cpu_max"], "50000 100000", "{capped}");
+    let cv = plane.wait_status("capped", "ready").await;
+    let procs = std::fs::read_to_string(cgroups.join("mv-capped/cgroup.procs")).unwrap_or_default();
+    assert_eq!(procs, pid_of(&cv).to_string());
+    assert_eq!(
+        std::fs::read_to_string(cgroups.join("mv-capped/cpu.max")).unwrap_or_default(),
+        "50000 100000"
+    );
+    assert_eq!(api.delete("/instances/capped").await.status, 204);
+    // Removal is rmdir(2): on cgroupfs the interface files go with it; this stand-in keeps
+    // them, so the attempt shows as a warning in the control plane's log.
+    eventually(WAIT, "the cgroup removal attempt", || async {
+        plane
+            .cp
+            .proc
+            .tail_log()
+            .contains("its cgroup could not be removed")
+            .then_some(())
+    })
+    .await;
     assert!(
         v["last_error"]
             .as_str()

@@ -43,6 +43,7 @@ fn control_body(backends: &str, ports: (u16, u16)) -> String {
          liveness_interval_ms = 500\nprobe_timeout_ms = 1000\ndrain_ms = 50\nstop_grace_ms = 1000\n\
          [templates.small]\nmodel_id = \"BAAI/bge-small-en-v1.5\"\npooling = \"cls\"\n\
          tags = {{ team = \"search\" }}\n\
+         [gpu]\nsimulated = [{{ name = \"Sim UI\", memory_total_mb = 16384, memory_used_mb = 2048 }}]\n\
          [discovery]\ncoalesce_ms = 20\n{backends}\n",
         bin("mock-tei").display(),
         ports.0,
@@ -216,8 +217,10 @@ async fn a_real_browser_drives_every_page() {
     let extra = MockOpenAi::start(&dir, "mock-extra", &["--model", "extra-model"]);
     // A backend the browser test kills, so health checking deregisters it and Restore shows.
     let flaky = MockOpenAi::start(&dir, "mock-flaky", &["--model", "flaky-model"]);
+    // With a readiness probe of its own, so the backend page has probe statistics to show.
     let backends = format!(
-        "[[backends]]\nname = \"mock-chat\"\nurl = \"{}\"\nmodels = [\"demo\"]\n",
+        "[[backends]]\nname = \"mock-chat\"\nurl = \"{}\"\nmodels = [\"demo\"]\n\
+         [backends.probes.readiness]\npath = \"/mock/ready\"\njson_pointer = \"/ready\"\njson_equals = \"true\"\n",
         chat.url()
     );
     // The proxy allows the UI's origin (CORS), and the control plane names the proxy to the
@@ -252,7 +255,8 @@ async fn a_real_browser_drives_every_page() {
     let r = c
         .post(format!("{}/instances/from-template/small", cp.api_url()))
         .bearer_auth(KEY)
-        .json(&json!({"name": "emb-1"}))
+        // Its process reports 700 MiB on the simulated GPU, for the instance page's GPU section.
+        .json(&json!({"name": "emb-1", "extra_args": ["--simulated-vram-mb", "700"]}))
         .send()
         .await
         .unwrap();

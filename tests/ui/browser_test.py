@@ -19,7 +19,10 @@ Checks (each failure names the page and the check):
   * the playground finds the proxy from GET /ui/config, streams a reply (the reply element
     changes at least 3 times before the end) and shows the endpoint and usage; embeddings show
     dimensions and norm;
-  * an instance's log viewer shows a line written after the page opened.
+  * an instance's log viewer shows a line written after the page opened;
+  * an instance page shows its GPU from GET /instances/{name}/gpu-stats (name, memory used/total,
+    utilisation, temperature, its own VRAM); a backend page shows its probes and their
+    statistics per kind, and the dashboard each backend's probe success rate and average time.
 """
 
 import json
@@ -282,6 +285,49 @@ def test_every_page(d):
     d.find_element(By.CSS_SELECTOR, "[data-testid=models-search]").send_keys("bge")
     wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-model=demo]"), "search to filter")
     check("models", "search filters the list", True)
+
+
+def test_gpu_and_probes(d):
+    inst = CFG["instance"]
+    gs = api("GET", "/instances/" + inst + "/gpu-stats")
+    d.get(BASE + "/instances/" + inst)
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=gpu-name]"), "the instance's GPU")
+    text = lambda sel: d.find_element(By.CSS_SELECTOR, f"[data-testid={sel}]").text
+    check("instance", "GPU id and name (simulated)", text("gpu-name") == f"GPU {gs['gpu']['id']} — Sim UI (simulated)",
+          text("gpu-name"))
+    wait(d, lambda d: "700.0 MiB" in text("gpu-process-memory"), "the process's own VRAM", 30)
+    check("instance", "the instance's own VRAM (NVML per-process, by its process group)",
+          f"pid {gs['pid']}" in text("gpu-process-memory"), text("gpu-process-memory"))
+    check("instance", "GPU memory used / total with a bar", "/ 16.0 GiB used" in text("gpu-memory")
+          and d.find_elements(By.CSS_SELECTOR, "[data-testid=gpu-memory] progress"), text("gpu-memory"))
+    g = gs["gpu"]
+    want = ("—" if g["utilization_percent"] is None else f"{g['utilization_percent']}%",
+            "—" if g["temperature_c"] is None else f"{g['temperature_c']} °C")
+    check("instance", "utilisation and temperature as the API reports them (— when unknown)",
+          (text("gpu-util"), text("gpu-temp")) == want, f"{text('gpu-util')} {text('gpu-temp')} vs {want}")
+    shot(d, "instance-gpu-1280")
+    check("instance", "no console errors (GPU section)", not console_errors(d))
+
+    chat = next(b for b in api("GET", "/admin/backends")["backends"] if b["name"] == CFG["chat_backend"])
+    d.get(BASE + "/backends/" + chat["id"])
+    row = "[data-testid=probe-stats] tr[data-kind=readiness]"
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, row), "the readiness probe's statistics")
+    cells = [c.text for c in d.find_elements(By.CSS_SELECTOR, row + " td")]
+    check("backend", "probe statistics per kind: checks, passed, failed, average, p99",
+          cells[0] == "readiness" and int(cells[1]) >= 1 and int(cells[2]) >= 1 and cells[5].endswith("ms")
+          and cells[6].endswith("ms"), str(cells))
+    check("backend", "the probe as configured", "readiness: GET /mock/ready (/ready = true)"
+          in d.find_element(By.CSS_SELECTOR, "[data-testid=probe-stats]").find_element(By.XPATH, "../preceding-sibling::p[1]").text)
+    check("backend", "success rate and average in the summary", "passed" in text("probe-summary"), text("probe-summary"))
+    js(d, "document.querySelector('[data-testid=probe-stats]').scrollIntoView()")
+    shot(d, "backend-probes-1280")
+    d.get(BASE + "/")
+    sel = "[data-row='%s'] [data-testid=probe-rate]" % CFG["chat_backend"]
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, sel) and "%" in d.find_element(By.CSS_SELECTOR, sel).text,
+         "the backend's probe rate on the dashboard")
+    check("dashboard", "each backend's probe success rate and average time",
+          d.find_element(By.CSS_SELECTOR, sel).text.endswith(" ms"), d.find_element(By.CSS_SELECTOR, sel).text)
+    check("backend", "no console errors (probes)", not console_errors(d))
 
 
 def field_error(d, field):
@@ -609,6 +655,7 @@ def main():
         test_without_key(d)
         test_wrong_key(d)
         test_every_page(d)
+        test_gpu_and_probes(d)
         test_keyboard(d)
         dash = browser("dashboard")
         # No periodic reloads in this window: whatever moves its rows is a backend event.

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     PortInUse,
     // 413
     PayloadTooLarge,
+    // 431
+    HeaderTooLarge,
     // 429
     RateLimited,
     // 422
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (for the tests and the OpenAPI document).
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::ValidationError,
         ErrorCode::InvalidUrl,
         ErrorCode::PrivateAddressNotAllowed,
@@ -92,6 +94,7 @@ impl ErrorCode {
         ErrorCode::PortConflict,
         ErrorCode::PortInUse,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::HeaderTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::MaxBackendsReached,
         ErrorCode::MaxInstancesReached,
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::PortConflict => "PORT_CONFLICT",
             ErrorCode::PortInUse => "PORT_IN_USE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::HeaderTooLarge => "REQUEST_HEADER_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::MaxBackendsReached => "MAX_BACKENDS_REACHED",
             ErrorCode::MaxInstancesReached => "MAX_INSTANCES_REACHED",
@@ -169,6 +173,7 @@ impl ErrorCode {
             | ErrorCode::PortConflict
             | ErrorCode::PortInUse => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MaxBackendsReached
             | ErrorCode::MaxInstancesReached
@@ -250,7 +255,8 @@ impl From<BackendSpecError> for ApiError {
             | BackendSpecError::Weight(_)
             | BackendSpecError::ApiKey(_)
             | BackendSpecError::Kind(_)
-            | BackendSpecError::MaxConcurrent(_) => ErrorCode::ValidationError,
+            | BackendSpecError::MaxConcurrent(_)
+            | BackendSpecError::Probes(_) => ErrorCode::ValidationError,
             BackendSpecError::Policy(_) => ErrorCode::InvalidPolicy,
         };
         ApiError::new(code, e.to_string())

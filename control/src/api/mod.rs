@@ -3,17 +3,23 @@
 //! show host detail (`/gpus`, `/snapshot`, `/proxies`) unless `[admin] public_read`; the rest
 //! is open (health, metrics, OpenAPI, stats — counts without names —, the web UI).
 //!
+//! With `[admin.tls]` the API is served over TLS ([`tls_listener`]) and, with a client CA,
+//! needs an operator's certificate ([`client_cert`]) before any of that.
+//!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]). Every
 //! response carries the request's `x-request-id` ([`request_id`]), and so do the log lines
 //! written while it runs.
 
 pub mod auth;
 pub mod backends;
+pub mod client_cert;
 pub mod client_limit;
+pub mod conn_limit;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod gpus;
+pub mod http_server;
 pub mod instances;
 pub mod keys;
 pub mod listing;
@@ -25,6 +31,7 @@ pub mod request_id;
 pub mod sse;
 pub mod stats;
 pub mod system;
+pub mod tls_listener;
 pub mod ui;
 
 use std::sync::Arc;
@@ -70,19 +77,37 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// `[ui]`: what `GET /ui/config` tells the web UI.
     pub ui: Arc<crate::config::UiConfig>,
+    /// `[admin] max_connections`, `max_connections_per_ip` (the listener's).
+    pub conn_limit: Arc<multiverse_common::conn_limit::ConnLimit>,
+    /// `[admin] max_header_bytes`, `max_headers`.
+    pub header_limits: http_server::HeaderLimits,
+    /// `[admin.tls]`: the listener's TLS, and client certificates when it has a client CA.
+    pub tls: Option<Arc<client_cert::ClientCerts>>,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; requests in progress finish.
+/// Serves the API on `listener` (over TLS with `[admin.tls]`) until `shutdown` resolves;
+/// requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The client's address reaches the per-address limit as `ConnectInfo`.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (limit, metrics, headers) = (
+        state.conn_limit.clone(),
+        state.metrics.clone(),
+        state.header_limits,
+    );
+    let tls = state.tls.as_ref().map(|c| c.tls.clone());
+    let app = router(state);
+    // Connection limits first; TLS wraps `Limited` (no handshake is spent on a shed one).
+    let listener = conn_limit::Limited::new(listener, limit, metrics);
+    match tls {
+        Some(tls) => {
+            let listener = tls_listener::TlsListener::new(listener, tls)?;
+            http_server::serve(listener, app, headers, shutdown).await
+        }
+        None => http_server::serve(listener, app, headers, shutdown).await,
+    }
 }
 
 /// The whole API.
@@ -105,7 +130,8 @@ pub fn router(state: ApiState) -> Router {
             auth::require_key,
         ))
     };
-    Router::new()
+    let tls = state.tls.clone();
+    let api = Router::new()
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
         .merge(reads)
@@ -120,8 +146,18 @@ pub fn router(state: ApiState) -> Router {
             client_limit::limit,
         ))
         .with_state(state)
-        .layer(axum::middleware::from_fn(ui::browser_pages))
-        .layer(axum::middleware::from_fn(request_id::tag))
+        .layer(axum::middleware::from_fn(ui::browser_pages));
+    // With a client CA, nothing (not even the UI's pages) answers without a certificate.
+    let api = match tls {
+        Some(certs) => api.layer(axum::middleware::from_fn_with_state(
+            certs,
+            client_cert::require,
+        )),
+        None => api,
+    };
+    // Outermost: every response, a refusal for want of a certificate too, carries the
+    // request's x-request-id.
+    api.layer(axum::middleware::from_fn(request_id::tag))
 }
 
 async fn not_found() -> ApiError {

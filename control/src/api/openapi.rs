@@ -179,7 +179,7 @@ fn untagged() -> Json<Value> {
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     };
     let request_body = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BackendRequest"}}}});
-    Json(json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Multiverse control plane",
@@ -200,7 +200,7 @@ fn untagged() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances; filters ?tag=key[:value], ?status=ready, ?model=, ?gpu=0; ?sort=name|status|created|restarts, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "parameters": list_params(&[("tag", None), ("status", Some(&["pending", "starting", "ready", "unhealthy", "restarting", "stopping", "stopped", "failed"])), ("model", None), ("gpu", None), ("sort", Some(&["name", "status", "created", "restarts"])), ("order", Some(&["asc", "desc"]))]), "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce}, exceeded → limit_exceeded event and restart or warning; `probes`: {startup, liveness, readiness} custom HTTP checks)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce, max_cpu_percent}, exceeded → limit_exceeded event and restart or warning; max_cpu_percent (percent of one CPU) and max_memory_mb also become cpu.max / memory.max of the instance's own cgroup where [instances] cgroup_root is writable cgroup v2, else a warning that max_cpu_percent is not enforced; `probes`: {startup, liveness, readiness} custom HTTP checks; `max_batch_tokens`: a number or \"auto\" — sized from the chosen GPU's free VRAM after what is placed, less vram_mb: MiB x 8, rounded down to 256, within 512..=16384 (TEI's default); no known GPU: 16384 and a warning; the result is `batch_sizing` {tokens, gpu_id, free_vram_mb, reserved_mb, rule} on the instance)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
@@ -212,7 +212,7 @@ fn untagged() -> Json<Value> {
             },
             "/instances/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM, gpu, probe statistics by kind (total, successes, failures, consecutive_failures, avg_ms, p99_ms, last_success_at, last_failure_at, last_error)", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
+                "get": {"summary": "An instance: status, pid, port, restarts, last exit, uptime, VRAM, gpu, probe statistics by kind (total, successes, failures, consecutive_failures, avg_ms, p99_ms, last_success_at, last_failure_at, last_error), batch_sizing (what max_batch_tokens = \"auto\" became and why), cgroup ({enforced, path, cpu_max, memory_max} or {enforced: false, reason})", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instance"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))},
                 "delete": {"summary": "Stop (draining first) and delete; its log files are deleted too unless ?keep_logs=true", "security": secured,
                     "parameters": [{"name": "keep_logs", "in": "query", "schema": {"type": "boolean", "default": false}}], "responses": auth_errors(m(vec![("204", json!({"description": "Deleted"})), ("404", error_response("INSTANCE_NOT_FOUND"))]))}
             },
@@ -245,14 +245,14 @@ fn untagged() -> Json<Value> {
             "/admin/backends": {
                 "get": {"summary": "List backends; filters ?model=, ?health=healthy|unhealthy|unknown, ?owner=, ?tag=key[:value], ?deregistered=true|false; ?sort=name|status|last_check|created, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "security": secured, "parameters": backend_list_params(),
                     "responses": auth_errors(m(vec![("200", json!({"description": "{backends: [Backend]}"})), ("400", error_response("VALIDATION_ERROR naming the parameter"))]))},
-                "post": {"summary": "Register a backend (checked before it is accepted)", "security": secured, "requestBody": request_body,
+                "post": {"summary": "Register a backend (checked before it is accepted: GET /v1/models, or its startup probe)", "security": secured, "requestBody": request_body,
                     "responses": auth_errors(m(vec![
                         ("201", backend_response("Registered")),
                         ("400", error_response("VALIDATION_ERROR, INVALID_URL or PRIVATE_ADDRESS_NOT_ALLOWED")),
                         ("409", error_response("BACKEND_EXISTS")),
                         ("413", error_response("PAYLOAD_TOO_LARGE: the body is over [admin] max_body_bytes (1 MiB by default)")),
                         ("422", error_response("MAX_BACKENDS_REACHED")),
-                        ("503", error_response("BACKEND_UNAVAILABLE: the initial health check failed")),
+                        ("503", error_response("BACKEND_UNAVAILABLE: the initial health check (or the startup probe) failed")),
                     ]))}
             },
             "/admin/backends/test": {
@@ -266,7 +266,7 @@ fn untagged() -> Json<Value> {
             },
             "/admin/backends/{id}": {
                 "parameters": id_param(),
-                "get": {"summary": "A backend with its health and history", "security": secured, "responses": auth_errors(m(vec![("200", backend_response("Backend")), ("404", error_response("BACKEND_NOT_FOUND"))]))},
+                "get": {"summary": "A backend with its health and history, its probes and their statistics per kind", "security": secured, "responses": auth_errors(m(vec![("200", backend_response("Backend")), ("404", error_response("BACKEND_NOT_FOUND"))]))},
                 "put": {"summary": "Update a backend (checked again)", "security": secured, "requestBody": request_body, "responses": auth_errors(m(vec![("200", backend_response("Updated")), ("400", error_response("Invalid")), ("404", error_response("BACKEND_NOT_FOUND")), ("409", error_response("BACKEND_EXISTS or CONFIG_BACKEND")), ("503", error_response("BACKEND_UNAVAILABLE"))]))},
                 "delete": {"summary": "Deregister a backend", "security": secured, "responses": auth_errors(m(vec![("204", json!({"description": "Deregistered"})), ("404", error_response("BACKEND_NOT_FOUND")), ("409", error_response("CONFIG_BACKEND"))]))}
             },
@@ -307,7 +307,8 @@ fn untagged() -> Json<Value> {
                     "models": {"type": "array", "items": {"type": "string"}, "description": "Discovered from /v1/models when omitted"},
                     "api_key": {"type": "string", "description": "Sent upstream; stored, never returned"},
                     "owner": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "weight": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ModelKind::NAMES}}},
+                    "weight": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ModelKind::NAMES},
+                    "probes": {"$ref": "#/components/schemas/BackendProbes"}}},
                 "CheckResult": {"type": "object", "properties": {
                     "at": {"type": "string"}, "ok": {"type": "boolean"}, "latency_ms": {"type": "integer"},
                     "status": {"type": "integer", "nullable": true}, "reason": {"type": "string", "nullable": true}}},
@@ -324,5 +325,42 @@ fn untagged() -> Json<Value> {
                         "history": {"type": "array", "items": {"$ref": "#/components/schemas/CheckResult"}}}}}}
             }
         }
-    }))
+    });
+    add_backend_probe_schemas(&mut doc);
+    Json(doc)
+}
+
+/// The schemas of backend probes and their statistics (a `json!` of their own: one more level
+/// in the document's would pass the macro's recursion limit).
+fn add_backend_probe_schemas(doc: &mut Value) {
+    let schemas = json!({
+                "BackendProbes": {"type": "object", "description": "Custom checks of a backend (a process the control plane does not own). startup: must pass at registration and update (replaces GET /v1/models as the admitting check; that still runs first when models are to be discovered), else 503 BACKEND_UNAVAILABLE naming the probe. liveness (no default): runs first each round; there is nothing to restart, so with a liveness probe only its failures count towards [health] deregister_after_failures (soft deregistration, restorable). readiness (default GET /v1/models): each round after liveness passed; [health] unhealthy_threshold failures withdraw the route (the proxies stop sending), healthy_threshold passes restore it; never deregisters when a liveness probe is set", "properties": {
+                    "startup": {"$ref": "#/components/schemas/ProbeSpec"}, "liveness": {"$ref": "#/components/schemas/ProbeSpec"}, "readiness": {"$ref": "#/components/schemas/ProbeSpec"}}},
+                "ProbeSpec": {"type": "object", "required": ["path"], "description": "One HTTP check, at the backend's base URL path prefix joined with `path`, with its upstream key as a bearer token unless `headers` sets authorization", "properties": {
+                    "path": {"type": "string", "description": "Starts with /"}, "method": {"type": "string", "enum": ["GET", "POST", "PUT", "HEAD"], "default": "GET"},
+                    "expected_status": {"type": "integer", "description": "Default: any 2xx"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "body": {"type": "string", "description": "Sent as application/json unless headers set content-type"}, "timeout_ms": {"type": "integer", "minimum": 1, "description": "Default [health] timeout_ms"},
+                    "json_pointer": {"type": "string", "description": "RFC 6901 pointer that must hold a non-null value, e.g. /data/0/id"},
+                    "json_equals": {"type": "string", "description": "The value there (strings as they are, other values as JSON text: true, 3)"}}},
+                "ProbeKindStats": {"type": "object", "properties": {
+                    "total": {"type": "integer"}, "successes": {"type": "integer"}, "failures": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+                    "avg_ms": {"type": "number", "nullable": true, "description": "Over every probe"}, "p99_ms": {"type": "number", "nullable": true, "description": "Over the last 1000 probes"},
+                    "last_success_at": {"type": "string", "nullable": true}, "last_failure_at": {"type": "string", "nullable": true}, "last_error": {"type": "string", "nullable": true}}}
+    });
+    let backend = json!({
+                    "probes": {"$ref": "#/components/schemas/BackendProbes"},
+                    "probe_stats": {"type": "object", "description": "By kind: startup (registration and update checks), liveness, readiness (each round; the default GET /v1/models check counts as readiness). Prometheus: multiverse_control_probe_duration_seconds and multiverse_control_probes_total with target_type=\"backend\", target=<name>, kind", "additionalProperties": {"$ref": "#/components/schemas/ProbeKindStats"}},
+                    "success_rate": {"type": "number", "nullable": true, "description": "Of every probe so far, 0-1 (also in the list)"},
+                    "avg_latency_ms": {"type": "number", "nullable": true, "description": "Average response time of every probe so far (also in the list)"}
+    });
+    if let (Some(all), Value::Object(new)) = (doc["components"]["schemas"].as_object_mut(), schemas)
+    {
+        all.extend(new);
+    }
+    if let (Some(props), Value::Object(new)) = (
+        doc["components"]["schemas"]["Backend"]["properties"].as_object_mut(),
+        backend,
+    ) {
+        props.extend(new);
+    }
 }

@@ -1,12 +1,12 @@
 //! Registering and updating a backend through the operator API: the request is validated, a
 //! non-public address is refused unless allowed (the host is resolved once and the address
 //! that was checked is pinned), the backend itself is checked (which also discovers its models
-//! when none are given), and only then is it stored in the registry. A connection test does the
-//! same and stores nothing.
+//! when none are given) — with its custom `startup` probe when it has one — and only then is it
+//! stored in the registry. A connection test does the same and stores nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiverse_common::time::now_rfc3339;
 use multiverse_common::ModelKind;
@@ -16,7 +16,7 @@ use super::clients::Clients;
 use super::registry::{new_id, BackendView, Registry, RegistryError};
 use super::{parse_url, probe, ssrf, BackendSpec, SpecError};
 use crate::health::{CheckResult, HealthSettings};
-use crate::store::BackendRecord;
+use crate::store::{BackendRecord, Probes};
 
 /// The body of `POST` and `PUT /admin/backends`.
 #[derive(Debug, Deserialize)]
@@ -44,6 +44,10 @@ pub struct BackendRequest {
     /// Requests each proxy sends it at once; omitted: unlimited.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Custom health checks: `startup` (at registration and update), `liveness` and
+    /// `readiness` (each round). On update: omitted keeps none (like the other fields).
+    #[serde(default)]
+    pub probes: Option<Probes>,
 }
 
 /// What a connection test found (`POST /admin/backends/test`).
@@ -51,7 +55,7 @@ pub struct BackendRequest {
 pub struct Tested {
     pub ok: bool,
     pub latency_ms: u64,
-    /// The HTTP status of the backend's `/v1/models`.
+    /// The HTTP status of the backend's `/v1/models` (or of its startup probe).
     pub status: Option<u16>,
     /// The models it would be registered with (the request's, or those it lists).
     pub models: Vec<String>,
@@ -108,8 +112,9 @@ impl Admission {
     /// Registers a new backend.
     pub async fn register(&self, req: BackendRequest) -> Result<BackendView, AdmitError> {
         let now = now_rfc3339();
-        let (record, check) = self.admit(req, None, new_id(), now.clone(), now).await?;
+        let (record, check, took) = self.admit(req, None, new_id(), now.clone(), now).await?;
         let view = self.registry.insert(record, check, &self.settings).await?;
+        let view = self.count_startup(view, took);
         tracing::info!(backend = %view.name, id = %view.id, models = ?view.models, "backend registered");
         Ok(view)
     }
@@ -119,7 +124,7 @@ impl Admission {
     /// snapshot change. Whether the name is free is not checked (registration says so).
     pub async fn test(&self, req: BackendRequest) -> Result<Tested, AdmitError> {
         let now = now_rfc3339();
-        let (record, check) = self.admit(req, None, new_id(), now.clone(), now).await?;
+        let (record, check, _) = self.admit(req, None, new_id(), now.clone(), now).await?;
         Ok(Tested {
             ok: check.ok,
             latency_ms: check.latency_ms,
@@ -135,7 +140,7 @@ impl Admission {
             .registry
             .record(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        let (record, check) = self
+        let (record, check, took) = self
             .admit(
                 req,
                 Some(&old),
@@ -145,8 +150,15 @@ impl Admission {
             )
             .await?;
         let view = self.registry.update(record, check, &self.settings).await?;
+        let view = self.count_startup(view, took);
         tracing::info!(backend = %view.name, id = %view.id, "backend updated");
         Ok(view)
+    }
+
+    /// Counts the check that admitted a backend as its `startup` probe; the view as it is now.
+    fn count_startup(&self, view: BackendView, took: Duration) -> BackendView {
+        self.registry.record_probe(&view.id, "startup", took, None);
+        self.registry.get(&view.id).unwrap_or(view)
     }
 
     /// Validates a request, checks the address and the backend itself, and builds the record.
@@ -157,7 +169,7 @@ impl Admission {
         id: String,
         created_at: String,
         updated_at: String,
-    ) -> Result<(BackendRecord, CheckResult), AdmitError> {
+    ) -> Result<(BackendRecord, CheckResult, Duration), AdmitError> {
         let api_key = match (&req.api_key, old) {
             (Some(k), _) if k.is_empty() => None,
             (Some(k), _) => Some(k.clone()),
@@ -174,6 +186,7 @@ impl Admission {
             kind: req.kind,
             policy: req.policy,
             max_concurrent: req.max_concurrent,
+            probes: req.probes,
         };
         spec.validate()?;
         validate_tags(&req.tags)?;
@@ -198,13 +211,39 @@ impl Admission {
             .for_backend(&spec.url, pinned_address.as_deref())
             .map_err(AdmitError::Client)?;
 
-        let (check, discovered) = probe::check(
-            &http,
-            &spec.url,
-            spec.api_key.as_deref(),
-            Duration::from_millis(self.settings.timeout_ms),
-        )
-        .await;
+        // The startup probe replaces `GET /v1/models` as the admitting check, which still runs
+        // first when the models are to be discovered.
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        let key = spec.api_key.as_deref();
+        let startup = spec.probes.as_ref().and_then(|p| p.startup.as_ref());
+        let started = Instant::now();
+        let mut discovered = None;
+        let check = match startup {
+            None => {
+                let (c, d) = probe::check(&http, &spec.url, key, timeout).await;
+                discovered = d;
+                c
+            }
+            Some(startup) => {
+                let listed = match req.models {
+                    Some(_) => None,
+                    None => {
+                        let (c, d) = probe::check(&http, &spec.url, key, timeout).await;
+                        discovered = d;
+                        Some(c)
+                    }
+                };
+                match listed {
+                    Some(c) if !c.ok => c,
+                    _ => {
+                        let mut c = probe::custom(&http, &spec.url, key, startup, timeout).await;
+                        c.reason = c.reason.map(|r| format!("startup probe: {r}"));
+                        c
+                    }
+                }
+            }
+        };
+        let took = started.elapsed();
         if !check.ok {
             return Err(AdmitError::Unavailable {
                 url: spec.url,
@@ -238,8 +277,9 @@ impl Admission {
             deregistered: false,
             policy: spec.policy,
             max_concurrent: spec.max_concurrent,
+            probes: spec.probes,
         };
-        Ok((record, check))
+        Ok((record, check, took))
     }
 }
 

@@ -1,14 +1,15 @@
 //! Active health checking of every registered backend: each interval, every backend that is not
-//! deregistered is probed (`GET /v1/models`), concurrently up to a bound and each with a
-//! timeout; an operator can also force one check (`POST /admin/backends/{id}/check`). The
-//! results feed the registry's thresholds ([`crate::health`]).
+//! deregistered is probed — its liveness probe if it has one, then its readiness probe
+//! (default `GET /v1/models`) — concurrently up to a bound and each with a timeout; an operator
+//! can also force one check (`POST /admin/backends/{id}/check`). The results feed the
+//! registry's thresholds ([`crate::health`]) and each probe its statistics.
 //!
 //! Every check of a backend with a pinned address goes to that address ([`Clients`]), never to
 //! what its name resolves to now: a name that rebinds to a private or metadata address after
 //! registration cannot steer the control plane's probes there.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -67,12 +68,12 @@ impl Checker {
             .buffer_unordered(self.settings.max_concurrent_checks.max(1))
             .collect()
             .await;
-        for (target, result) in results {
+        for (target, (result, deregisters)) in results {
             self.metrics.check(&target.name, result.ok);
             let reason = result.reason.clone();
-            if let Some(t) = self
-                .registry
-                .record_check(&target.id, result, &self.settings)
+            if let Some(t) =
+                self.registry
+                    .record_check(&target.id, result, &self.settings, deregisters)
             {
                 self.metrics.transition(&target.name, t.to.into());
                 if t.to == Status::Unhealthy || t.deregistered {
@@ -87,37 +88,64 @@ impl Checker {
     /// Checks one backend now and counts the result; `None` if there is no such backend.
     pub async fn check_now(&self, id: &str) -> Option<(CheckResult, HealthRecord)> {
         let record = self.registry.record(id)?;
-        let result = self.check(&record).await;
+        let (result, deregisters) = self.check(&record).await;
         self.registry
-            .record_check(id, result.clone(), &self.settings);
+            .record_check(id, result.clone(), &self.settings, deregisters);
         let view = self.registry.get(id)?;
         Some((result, view.health))
     }
 
-    /// One check of `record`, at its pinned address when it has one.
-    async fn check(&self, record: &BackendRecord) -> CheckResult {
-        match self
+    /// One round's check of `record`, at its pinned address when it has one: its liveness
+    /// probe (if any), then its readiness probe (custom, or `GET /v1/models`), each recorded in
+    /// its probe statistics. The result is the first failure (its reason naming the probe when
+    /// there is a liveness probe) or the readiness success; the flag says whether a failure
+    /// counts towards deregistration (with a liveness probe, only its own failures do).
+    async fn check(&self, record: &BackendRecord) -> (CheckResult, bool) {
+        let client = match self
             .clients
             .for_backend(&record.url, record.pinned_address.as_deref())
         {
-            Ok(client) => {
-                probe::check(
-                    &client,
-                    &record.url,
-                    record.api_key.as_deref(),
-                    self.timeout(),
-                )
-                .await
-                .0
+            Ok(client) => client,
+            Err(reason) => {
+                let failed = CheckResult {
+                    at: multiverse_common::time::now_rfc3339(),
+                    ok: false,
+                    latency_ms: 0,
+                    status: None,
+                    reason: Some(reason),
+                };
+                return (failed, true);
             }
-            Err(reason) => CheckResult {
-                at: multiverse_common::time::now_rfc3339(),
-                ok: false,
-                latency_ms: 0,
-                status: None,
-                reason: Some(reason),
-            },
+        };
+        let (timeout, key) = (self.timeout(), record.api_key.as_deref());
+        let probes = record.probes.as_ref();
+        let liveness = probes.and_then(|p| p.liveness.as_ref());
+        let started = Instant::now();
+        let named = |mut r: CheckResult, kind: &str| {
+            if liveness.is_some() {
+                r.reason = r.reason.map(|reason| format!("{kind}: {reason}"));
+            }
+            r
+        };
+        if let Some(spec) = liveness {
+            let r = probe::custom(&client, &record.url, key, spec, timeout).await;
+            let took = started.elapsed();
+            self.registry
+                .record_probe(&record.id, "liveness", took, r.reason.as_ref());
+            if !r.ok {
+                return (named(r, "liveness"), true);
+            }
         }
+        let ready_started = Instant::now();
+        let mut r = match probes.and_then(|p| p.readiness.as_ref()) {
+            Some(spec) => probe::custom(&client, &record.url, key, spec, timeout).await,
+            None => probe::check(&client, &record.url, key, timeout).await.0,
+        };
+        let took = ready_started.elapsed();
+        self.registry
+            .record_probe(&record.id, "readiness", took, r.reason.as_ref());
+        r.latency_ms = started.elapsed().as_millis() as u64;
+        (named(r, "readiness"), liveness.is_none())
     }
 }
 
@@ -156,7 +184,7 @@ mod tests {
         ))
         .await;
         let resolver = StaticResolver::default().with("backend.test", &[elsewhere.ip() as IpAddr]);
-        let clients = Arc::new(Clients::new(Arc::new(resolver)).expect("clients"));
+        let clients = Arc::new(Clients::new(Arc::new(resolver), Vec::new()).expect("clients"));
 
         let registry = Arc::new(Registry::open(
             Store::ephemeral(),
@@ -206,7 +234,7 @@ mod tests {
         // Without a pin, the name is resolved at check time (private backends allowed).
         let mut unpinned = BackendRecord::example("unpinned");
         unpinned.url = format!("http://backend.test:{}", pinned.port());
-        let check = checker.check(&unpinned).await;
+        let (check, _) = checker.check(&unpinned).await;
         assert!(check.ok, "{check:?}");
         assert_eq!(at_elsewhere.load(Ordering::SeqCst), 1);
     }

@@ -17,24 +17,36 @@ pub const USER_AGENT: &str = concat!("multiverse-control/", env!("CARGO_PKG_VERS
 /// Clients for backends.
 pub struct Clients {
     resolver: Arc<dyn Resolve>,
+    /// Trusted besides the built-in roots (`[health] tls_ca_file`).
+    roots: Vec<reqwest::Certificate>,
     shared: reqwest::Client,
     pinned: Mutex<HashMap<(String, SocketAddr), reqwest::Client>>,
 }
 
 impl Clients {
-    pub fn new(resolver: Arc<dyn Resolve>) -> Result<Self, reqwest::Error> {
-        let shared = Self::builder(&resolver).build()?;
+    pub fn new(
+        resolver: Arc<dyn Resolve>,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, reqwest::Error> {
+        let shared = Self::builder(&resolver, &roots).build()?;
         Ok(Self {
             resolver,
+            roots,
             shared,
             pinned: Mutex::new(HashMap::new()),
         })
     }
 
-    fn builder(resolver: &Arc<dyn Resolve>) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .dns_resolver(Arc::new(ForReqwest(resolver.clone())))
+    fn builder(
+        resolver: &Arc<dyn Resolve>,
+        roots: &[reqwest::Certificate],
+    ) -> reqwest::ClientBuilder {
+        roots.iter().fold(
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .dns_resolver(Arc::new(ForReqwest(resolver.clone()))),
+            |b, ca| b.add_root_certificate(ca.clone()),
+        )
     }
 
     /// The resolver names are looked up with.
@@ -49,7 +61,7 @@ impl Clients {
             return Ok(c.clone());
         }
         // Built outside the lock.
-        let client = Self::builder(&self.resolver)
+        let client = Self::builder(&self.resolver, &self.roots)
             .resolve(hostname, addr)
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;

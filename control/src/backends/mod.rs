@@ -3,6 +3,14 @@
 //! ([`ssrf`], names looked up through [`resolve`]), how they are reached ([`clients`]: at the
 //! pinned address when there is one), checked once ([`probe`]) and checked again and again
 //! ([`checker`]).
+//!
+//! Probes of a process the plane does not own (`probes` on a backend): `startup` must pass at
+//! registration and update (or the backend is refused); each round `liveness` (if given) runs
+//! first and then `readiness` (default `GET /v1/models`). A failing readiness (or liveness)
+//! probe counts towards `[health] unhealthy_threshold`: the route is withdrawn until
+//! `healthy_threshold` passes bring it back. There is nothing to restart, so liveness is what
+//! decides the soft deregistration instead: with a liveness probe only its failures count
+//! towards `deregister_after_failures` (restorable through `/restore`).
 
 pub mod admission;
 pub mod checker;
@@ -48,6 +56,9 @@ pub struct BackendSpec {
     /// `queue_max`); unset: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Custom health checks (see the module's notes).
+    #[serde(default)]
+    pub probes: Option<crate::store::Probes>,
 }
 
 fn default_weight() -> u32 {
@@ -74,6 +85,9 @@ pub enum SpecError {
     /// The message names the policy's field (`lb`, `first_byte_timeout_ms`, ...).
     #[error("`policy`: {0}")]
     Policy(String),
+    /// The message names the field (`probes.readiness.path`, ...).
+    #[error("{0}")]
+    Probes(String),
 }
 
 impl SpecError {
@@ -88,6 +102,7 @@ impl SpecError {
             SpecError::Kind(_) => "kind",
             SpecError::MaxConcurrent(_) => "max_concurrent",
             SpecError::Policy(_) => "policy",
+            SpecError::Probes(_) => "probes",
         }
     }
 
@@ -101,7 +116,8 @@ impl SpecError {
             | SpecError::ApiKey(m)
             | SpecError::Kind(m)
             | SpecError::MaxConcurrent(m)
-            | SpecError::Policy(m) => m,
+            | SpecError::Policy(m)
+            | SpecError::Probes(m) => m,
         }
     }
 }
@@ -215,6 +231,17 @@ impl BackendSpec {
         if let Some(p) = &self.policy {
             policy::validate(p).map_err(|e| SpecError::Policy(e.to_string()))?;
         }
+        if let Some(p) = &self.probes {
+            for (kind, spec) in [
+                ("startup", &p.startup),
+                ("liveness", &p.liveness),
+                ("readiness", &p.readiness),
+            ] {
+                if let Some(s) = spec {
+                    crate::health::http_probe::validate(kind, s).map_err(SpecError::Probes)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -262,6 +289,7 @@ mod tests {
             kind: None,
             policy: None,
             max_concurrent: None,
+            probes: None,
         };
         ok.validate().expect("valid");
         let mut bad = ok.clone();
@@ -285,8 +313,25 @@ mod tests {
         let mut bad = ok.clone();
         bad.models.clear();
         assert!(matches!(bad.validate(), Err(SpecError::Models(_))));
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.kind = Some("video".into());
         assert!(matches!(bad.validate(), Err(SpecError::Kind(_))));
+        let mut bad = ok;
+        bad.probes = Some(crate::store::Probes {
+            readiness: Some(crate::store::ProbeSpec {
+                path: "ready".into(),
+                method: "GET".into(),
+                expected_status: None,
+                headers: Default::default(),
+                body: None,
+                timeout_ms: None,
+                json_pointer: None,
+                json_equals: None,
+            }),
+            ..Default::default()
+        });
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.field(), "probes");
+        assert!(e.message().contains("probes.readiness.path"), "{e}");
     }
 }

@@ -1,12 +1,61 @@
 //! One health check of a backend: `GET <base>/v1/models`, with its upstream key, within a
-//! timeout. Also discovers the models a backend serves when a registration names none.
+//! timeout. Also discovers the models a backend serves when a registration names none. Or one
+//! of its custom probes ([`custom`]), at the base URL's path prefix joined with the probe's
+//! path.
 
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::parse_url;
+use crate::health::http_probe;
 pub use crate::health::CheckResult;
+use crate::store::ProbeSpec;
+
+/// The URL a probe `path` of a backend at `base` goes to: the base's path prefix (a trailing
+/// `/v1` dropped, as for routes) joined with `path`.
+pub fn probe_url(base: &str, path: &str) -> Result<String, String> {
+    let t = parse_url(base)?;
+    let scheme = if t.tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{}{}{path}", t.host, t.path_prefix))
+}
+
+/// Runs custom probe `spec` of the backend at `base` (with its upstream key unless the spec
+/// sets `authorization`).
+pub async fn custom(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: Option<&str>,
+    spec: &ProbeSpec,
+    timeout: Duration,
+) -> CheckResult {
+    let started = Instant::now();
+    let at = multiverse_common::time::now_rfc3339();
+    let outcome = match probe_url(base, &spec.path) {
+        Ok(url) => http_probe::check(client, &url, spec, timeout, api_key).await,
+        Err(reason) => Err(http_probe::Failed {
+            status: None,
+            reason,
+        }),
+    };
+    let latency_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(status) => CheckResult {
+            at,
+            ok: true,
+            latency_ms,
+            status: Some(status),
+            reason: None,
+        },
+        Err(f) => CheckResult {
+            at,
+            ok: false,
+            latency_ms,
+            status: f.status,
+            reason: Some(f.reason),
+        },
+    }
+}
 
 /// The models URL of a backend base URL.
 pub fn models_url(base: &str) -> Result<String, String> {
@@ -121,6 +170,18 @@ mod tests {
         );
         assert_eq!(
             models_url("https://h.example/openai/v1/").as_deref(),
+            Ok("https://h.example/openai/v1/models")
+        );
+    }
+
+    #[test]
+    fn probe_urls_keep_the_base_prefix() {
+        assert_eq!(
+            probe_url("http://127.0.0.1:8000/v1", "/health").as_deref(),
+            Ok("http://127.0.0.1:8000/health")
+        );
+        assert_eq!(
+            probe_url("https://h.example/openai/v1/", "/v1/models").as_deref(),
             Ok("https://h.example/openai/v1/models")
         );
     }

@@ -140,6 +140,10 @@ mod tests {
                 }),
                 ..HealthRecord::default()
             },
+            probes: None,
+            probe_stats: BTreeMap::new(),
+            success_rate: None,
+            avg_latency_ms: None,
         }
     }
 

@@ -32,7 +32,7 @@ use publisher::{Publisher, Versioned};
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: DiscoveryService,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let router = tonic::transport::Server::builder()

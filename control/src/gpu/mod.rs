@@ -10,6 +10,7 @@
 //! [`probe`] picks the probe for this host; [`probe_with`] prefers configured simulated GPUs.
 //! [`read`] takes a reading off the async runtime (NVML calls can block briefly).
 
+pub mod batch_tokens;
 pub mod fake;
 pub mod metrics;
 pub mod nvml;
@@ -22,7 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use fake::{probe_with, FakeGpu, FakeGpus};
 pub use metrics::GpuGauges;
 pub use nvml::NvmlProbe;
-pub use placement::{check_placement, place, Placed, Placement, PlacementError, PlacementMode};
+pub use placement::{
+    check_placement, free_after_placed, place, Placed, Placement, PlacementError, PlacementMode,
+};
 
 /// Reads the GPUs of this host.
 pub trait GpuProbe: Send + Sync {

@@ -4,7 +4,11 @@
 //! Thresholds turn results into a status: N consecutive failures make a backend UNHEALTHY (its
 //! endpoints are pushed as unhealthy, so proxies stop routing to it), M consecutive successes
 //! make it HEALTHY again; optionally K failures deregister it softly (restorable). The last 100
-//! results of each backend are kept for the API.
+//! results of each backend are kept for the API. With a liveness probe, only liveness failures
+//! count towards deregistration (a backend that is alive but not ready is only withdrawn).
+
+pub mod http_probe;
+pub mod stats;
 
 use std::collections::VecDeque;
 
@@ -31,6 +35,9 @@ pub struct HealthSettings {
     /// Consecutive failures after which a backend is deregistered (softly: restorable through
     /// `POST /admin/backends/{id}/restore`); 0 never deregisters.
     pub deregister_after_failures: u32,
+    /// PEM CA certificates trusted, besides the built-in roots, for `https://` backends'
+    /// certificates in registration and health checks (a private CA's backends).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HealthSettings {
@@ -42,6 +49,7 @@ impl Default for HealthSettings {
             healthy_threshold: 2,
             max_concurrent_checks: 16,
             deregister_after_failures: 0,
+            tls_ca_file: None,
         }
     }
 }
@@ -87,6 +95,10 @@ pub struct HealthRecord {
     pub consecutive_successes: u32,
     pub last_check: Option<CheckResult>,
     pub history: VecDeque<CheckResult>,
+    /// Consecutive failures that count towards deregistration (equal to
+    /// `consecutive_failures` unless some failures did not count).
+    #[serde(skip)]
+    pub deregister_streak: u32,
 }
 
 /// A status change, for logs, metrics and pushes.
@@ -106,6 +118,7 @@ impl Default for HealthRecord {
             consecutive_successes: 0,
             last_check: None,
             history: VecDeque::with_capacity(HISTORY),
+            deregister_streak: 0,
         }
     }
 }
@@ -113,12 +126,29 @@ impl Default for HealthRecord {
 impl HealthRecord {
     /// Counts a result; returns the transition it caused, if any.
     pub fn record(&mut self, result: CheckResult, s: &HealthSettings) -> Option<Transition> {
+        self.record_counted(result, s, true)
+    }
+
+    /// [`HealthRecord::record`], where a failure counts towards deregistration only if
+    /// `deregisters` (a readiness failure of a backend whose liveness probe passed does not;
+    /// it breaks the streak, since the backend was found alive).
+    pub fn record_counted(
+        &mut self,
+        result: CheckResult,
+        s: &HealthSettings,
+        deregisters: bool,
+    ) -> Option<Transition> {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
         self.history.push_back(result.clone());
         let ok = result.ok;
         self.last_check = Some(result);
+        if !ok && deregisters {
+            self.deregister_streak += 1;
+        } else {
+            self.deregister_streak = 0;
+        }
         let from = self.status;
         if ok {
             self.consecutive_successes += 1;
@@ -140,7 +170,7 @@ impl HealthRecord {
         }
         let deregistered = !ok
             && s.deregister_after_failures > 0
-            && self.consecutive_failures == s.deregister_after_failures;
+            && self.deregister_streak == s.deregister_after_failures;
         (from != self.status || deregistered).then_some(Transition {
             from,
             to: self.status,
@@ -186,5 +216,29 @@ mod tests {
             h.record(res(true), &s);
         }
         assert_eq!(h.history.len(), HISTORY);
+    }
+
+    #[test]
+    fn failures_that_do_not_count_never_deregister() {
+        let s = HealthSettings {
+            unhealthy_threshold: 2,
+            deregister_after_failures: 2,
+            ..Default::default()
+        };
+        let mut h = HealthRecord::default();
+        h.record(res(true), &s);
+        // Not ready (alive): unhealthy, never deregistered.
+        assert_eq!(h.record_counted(res(false), &s, false), None);
+        let t = h.record_counted(res(false), &s, false).expect("unhealthy");
+        assert_eq!((t.to, t.deregistered), (Status::Unhealthy, false));
+        for _ in 0..5 {
+            assert_eq!(h.record_counted(res(false), &s, false), None);
+        }
+        // Not alive: deregistered after 2 of those in a row, however many came before.
+        assert_eq!(h.record_counted(res(false), &s, true), None);
+        assert!(h
+            .record_counted(res(false), &s, true)
+            .is_some_and(|t| t.deregistered));
+        assert_eq!(h.consecutive_failures, 9);
     }
 }

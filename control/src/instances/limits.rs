@@ -101,6 +101,7 @@ mod tests {
             max_memory_mb: Some(100),
             max_vram_mb: Some(500),
             enforce: false,
+            max_cpu_percent: None,
         };
         assert!(
             breaches(7, &limits, 100 * MIB, Some(500 * MIB)).is_empty(),

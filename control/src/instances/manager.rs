@@ -16,15 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
-use super::spec::{InstanceSpec, Protocol, Template};
-use super::supervisor::stats::{KindStats, ProbeStats};
+use super::spec::{InstanceSpec, MaxBatchTokens, Protocol, Template};
 use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
 use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
 use crate::events::{EventBus, EventKind};
-use crate::gpu::GpuProbe;
-use crate::store::{Desired, InstanceRecord, Revisions, SaveFailed, Store};
+use crate::gpu::{free_after_placed, GpuProbe};
+use crate::health::stats::{KindStats, ProbeStats};
+use crate::store::{BatchSizing, Desired, InstanceRecord, Revisions, SaveFailed, Store};
 
 /// Manager settings beyond supervision (`[instances]` in the config).
 #[derive(Debug, Clone)]
@@ -71,7 +71,17 @@ pub struct InstanceView {
     /// Probe statistics by kind (`startup`, `liveness`, `readiness`), since the control plane
     /// started.
     pub probes: BTreeMap<&'static str, KindStats>,
+    /// What `max_batch_tokens = "auto"` was sized to (`tokens`), for which GPU, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_sizing: Option<BatchSizing>,
+    /// With `max_cpu_percent` or `max_memory_mb`: whether its own cgroup enforces them
+    /// (`cpu_max`, `memory_max`, `path`), or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<super::cgroup::CgroupView>,
 }
+
+/// A placement's warning and, for `max_batch_tokens = "auto"`, its sizing and warning.
+type PlaceOutcome = (Option<String>, Option<(BatchSizing, Option<String>)>);
 
 /// An instance's GPU: the device's figures and what the instance's processes use of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,6 +189,8 @@ struct Handle {
     record: InstanceRecord,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
+    /// How its cgroup limits are enforced (fixed for its record).
+    cgroup: Option<super::cgroup::CgroupView>,
 }
 
 impl Handle {
@@ -204,6 +216,8 @@ impl Handle {
             gpu,
             warnings: Vec::new(),
             probes: self.shared.probe_stats.snapshot(),
+            batch_sizing: self.record.batch_sizing.clone(),
+            cgroup: self.cgroup.clone(),
             liveness_failures: self
                 .shared
                 .liveness_failures
@@ -340,12 +354,18 @@ impl Manager {
         let shared = Shared::with_stats(
             log,
             state,
-            ProbeStats::with_metrics(self.metrics.clone(), &record.spec.name),
+            ProbeStats::with_metrics(self.metrics.clone(), "instance", &record.spec.name),
         );
         let (tx, rx) = mpsc::channel(16);
+        // The process is launched with what "auto" was sized to at create time.
+        let mut spec = record.spec.clone();
+        if let (Some(MaxBatchTokens::Auto), Some(s)) = (spec.max_batch_tokens, &record.batch_sizing)
+        {
+            spec.max_batch_tokens = Some(MaxBatchTokens::Tokens(s.tokens));
+        }
         let sup = Supervisor {
             name: record.spec.name.clone(),
-            spec: record.spec.clone(),
+            spec,
             port: record.port,
             prometheus_port: record.prometheus_port,
             settings: self.supervision.clone(),
@@ -356,7 +376,16 @@ impl Manager {
             run_dir: self.run_dir.clone(),
         };
         tokio::spawn(sup.run(rx, record.desired == Desired::Running));
-        Handle { record, shared, tx }
+        let cgroup = self
+            .supervision
+            .cgroups
+            .view(&record.spec.name, record.spec.limits.as_ref());
+        Handle {
+            record,
+            shared,
+            tx,
+            cgroup,
+        }
     }
 
     /// Validates, places and starts a new instance.
@@ -382,12 +411,17 @@ impl Manager {
 
     /// The rest of a create, its name reserved.
     async fn create_reserved(&self, mut spec: InstanceSpec) -> Result<InstanceView, InstanceError> {
-        let warning = self.place(&mut spec).await?;
+        let (warning, sizing) = self.place(&mut spec).await?;
         let (port, prometheus_port) = self.reserve_ports(spec.requested_port()).await?;
-        let result = self.insert(spec, port, prometheus_port).await;
+        let (sizing, sizing_warning) = sizing.unzip();
+        let result = self.insert(spec, port, prometheus_port, sizing).await;
         self.release_ports(&[port, prometheus_port]);
         let mut view = result?;
-        if let Some(w) = warning {
+        let cgroup_warning = self.supervision.cgroups.warning(view.spec.limits.as_ref());
+        for w in [warning, sizing_warning.flatten(), cgroup_warning]
+            .into_iter()
+            .flatten()
+        {
             tracing::warn!(instance = %view.name, "{w}");
             if let Ok(log) = self.log(&view.name) {
                 log.note(&w);
@@ -399,8 +433,9 @@ impl Manager {
 
     /// Checks the spec's GPU, or chooses one ([`crate::gpu::placement`]), and reserves its
     /// estimate for the create in progress; returns the warning of an overcommitting placement
-    /// that `[gpu] placement = "warn"` let through.
-    async fn place(&self, spec: &mut InstanceSpec) -> Result<Option<String>, InstanceError> {
+    /// that `[gpu] placement = "warn"` let through, and for `max_batch_tokens = "auto"` its
+    /// sizing from that GPU's free VRAM ([`crate::gpu::batch_tokens`]) with its own warning.
+    async fn place(&self, spec: &mut InstanceSpec) -> Result<PlaceOutcome, InstanceError> {
         const MIB: u64 = 1024 * 1024;
         let usage = self.gpu_usage().await;
         let estimate_bytes = spec.vram_mb.unwrap_or(0).saturating_mul(MIB);
@@ -427,6 +462,16 @@ impl Manager {
             &placed,
             self.settings.placement,
         )?;
+        let sizing = (spec.max_batch_tokens == Some(MaxBatchTokens::Auto)).then(|| {
+            let gpu = p.gpu_id.map(|id| {
+                let free = usage
+                    .status
+                    .gpu(id)
+                    .and_then(|g| free_after_placed(g, &placed));
+                (id, free)
+            });
+            crate::gpu::batch_tokens::size(gpu, estimate_bytes)
+        });
         if let Some(gpu_id) = p.gpu_id {
             spec.gpu_id = Some(gpu_id);
             inner.gpus.insert(
@@ -438,7 +483,7 @@ impl Manager {
                 },
             );
         }
-        Ok(p.warning)
+        Ok((p.warning, sizing))
     }
 
     /// Opens the log, persists and starts a checked instance on reserved ports (no lock held
@@ -448,6 +493,7 @@ impl Manager {
         spec: InstanceSpec,
         port: u16,
         prometheus_port: u16,
+        batch_sizing: Option<BatchSizing>,
     ) -> Result<InstanceView, InstanceError> {
         let record = InstanceRecord {
             spec,
@@ -455,6 +501,7 @@ impl Manager {
             prometheus_port,
             desired: Desired::Running,
             created_at: multiverse_common::time::now_rfc3339(),
+            batch_sizing,
         };
         let name = record.spec.name.clone();
         let log = self.open_log(&name)?;
@@ -673,6 +720,19 @@ impl Manager {
                     tracing::warn!(instance = name, error = %e, "deleting the instance, but its log files could not be removed")
                 }
                 Err(e) => tracing::warn!(instance = name, error = %e, "log removal did not finish"),
+            }
+        }
+        // Its cgroup too (empty now: its processes have exited).
+        if let super::cgroup::Cgroups::Writable(root) = &self.supervision.cgroups {
+            let dir = super::cgroup::dir(root, name);
+            match tokio::task::spawn_blocking(move || super::cgroup::remove(&dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = name, error = %e, "deleting the instance, but its cgroup could not be removed")
+                }
+                Err(e) => {
+                    tracing::warn!(instance = name, error = %e, "cgroup removal did not finish")
+                }
             }
         }
         let (removed, saving) = {

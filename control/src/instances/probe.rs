@@ -9,6 +9,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::spec::Protocol;
+use crate::health::http_probe;
 use crate::store::ProbeSpec;
 
 /// `spec` against `host:port`; `Err` says why it failed.
@@ -19,69 +20,11 @@ pub async fn probe_custom(
     spec: &ProbeSpec,
     default_timeout: Duration,
 ) -> Result<(), String> {
-    let timeout = spec
-        .timeout_ms
-        .map_or(default_timeout, Duration::from_millis);
-    let what = format!("{} {}", spec.method, spec.path);
-    let method = reqwest::Method::from_bytes(spec.method.as_bytes())
-        .map_err(|_| format!("{what}: bad method"))?;
-    let mut req = http
-        .request(method, format!("http://{host}:{port}{}", spec.path))
-        .timeout(timeout);
-    for (k, v) in &spec.headers {
-        req = req.header(k, v);
-    }
-    if let Some(b) = &spec.body {
-        if !spec
-            .headers
-            .keys()
-            .any(|k| k.eq_ignore_ascii_case("content-type"))
-        {
-            req = req.header("content-type", "application/json");
-        }
-        req = req.body(b.clone());
-    }
-    let resp = req.send().await.map_err(|e| {
-        if e.is_timeout() {
-            format!("{what} timed out after {timeout:?}")
-        } else if e.is_connect() {
-            "connection refused".into()
-        } else {
-            format!("{what} failed: {e}")
-        }
-    })?;
-    let status = resp.status().as_u16();
-    let ok = match spec.expected_status {
-        Some(want) => status == want,
-        None => (200..300).contains(&status),
-    };
-    if !ok {
-        let want = spec
-            .expected_status
-            .map_or("2xx".to_string(), |s| s.to_string());
-        return Err(format!("{what} answered {status}, expected {want}"));
-    }
-    let Some(pointer) = &spec.json_pointer else {
-        return Ok(());
-    };
-    let body: serde_json::Value = resp
-        .json()
+    let url = format!("http://{host}:{port}{}", spec.path);
+    http_probe::check(http, &url, spec, default_timeout, None)
         .await
-        .map_err(|e| format!("{what}: the body is not JSON ({e})"))?;
-    match (body.pointer(pointer), &spec.json_equals) {
-        (None | Some(serde_json::Value::Null), _) => {
-            Err(format!("{what}: no {pointer} in the body"))
-        }
-        (Some(v), Some(want)) => {
-            let got = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-            if &got == want {
-                Ok(())
-            } else {
-                Err(format!("{what}: {pointer} is {got:?}, expected {want:?}"))
-            }
-        }
-        (Some(_), None) => Ok(()),
-    }
+        .map(|_| ())
+        .map_err(|f| f.reason)
 }
 
 /// Probes `host:port`; `Err` says why it is not serving.

@@ -1,9 +1,10 @@
 //! What an instance is: its spec (as the API, templates and the state file give it), the
 //! checks a spec passes before anything is spawned, and the TEI command line it becomes.
 
+use crate::health::http_probe;
 use multiverse_common::ModelKind;
 
-pub use crate::store::{InstanceSpec, Protocol, Template};
+pub use crate::store::{InstanceSpec, MaxBatchTokens, Protocol, Template};
 
 /// Why a spec is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,40 +114,7 @@ impl InstanceSpec {
                 ("readiness", &p.readiness),
             ] {
                 let Some(s) = spec else { continue };
-                let at = |f: &str| format!("`probes.{kind}.{f}`");
-                if !s.path.starts_with('/') || s.path.contains(char::is_whitespace) {
-                    return Err(invalid(format!(
-                        "{} must be a path starting with /",
-                        at("path")
-                    )));
-                }
-                if !["GET", "POST", "PUT", "HEAD"].contains(&s.method.as_str()) {
-                    return Err(invalid(format!(
-                        "{} must be GET, POST, PUT or HEAD",
-                        at("method")
-                    )));
-                }
-                if s.expected_status.is_some_and(|c| !(100..=599).contains(&c)) {
-                    return Err(invalid(format!(
-                        "{} must be 100-599",
-                        at("expected_status")
-                    )));
-                }
-                if s.timeout_ms == Some(0) {
-                    return Err(invalid(format!(
-                        "{} must be greater than 0",
-                        at("timeout_ms")
-                    )));
-                }
-                if s.json_pointer
-                    .as_deref()
-                    .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
-                {
-                    return Err(invalid(format!("{} must start with /", at("json_pointer"))));
-                }
-                if s.json_equals.is_some() && s.json_pointer.is_none() {
-                    return Err(invalid(format!("{} needs json_pointer", at("json_equals"))));
-                }
+                http_probe::validate(kind, s).map_err(invalid)?;
             }
         }
         if let Some(l) = &self.limits {
@@ -158,12 +126,20 @@ impl InstanceSpec {
                     return Err(invalid(format!("`{field}` must be greater than 0")));
                 }
             }
+            if l.max_cpu_percent.is_some_and(|p| p == 0 || p > 100_000) {
+                return Err(invalid(
+                    "`limits.max_cpu_percent` must be 1-100000 (percent of one CPU)",
+                ));
+            }
         }
         one_of("pooling", &self.pooling, &POOLINGS)?;
         one_of("dtype", &self.dtype, &DTYPES)?;
         one_of("kind", &self.kind, &ModelKind::TEI.map(ModelKind::as_str))?;
         for (field, v) in [
-            ("max_batch_tokens", self.max_batch_tokens),
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens.and_then(MaxBatchTokens::tokens),
+            ),
             ("max_concurrent_requests", self.max_concurrent_requests),
             ("max_client_batch_size", self.max_client_batch_size),
         ] {
@@ -228,6 +204,8 @@ pub struct Launch {
     /// CAP_SETGID).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The cgroup v2 root and the limits for the instance's own cgroup (`instances::cgroup`).
+    pub cgroup: Option<(std::path::PathBuf, crate::store::Limits)>,
 }
 
 /// The TEI command line for a spec on `port` (with its own prometheus port and socket).
@@ -260,9 +238,13 @@ pub fn command_line(
     };
     opt("--revision", spec.revision.clone());
     opt("--served-model-name", spec.served_model_name.clone());
+    // "auto" is resolved at create time (the supervisor launches with the number); an
+    // unresolved one leaves TEI its default.
     opt(
         "--max-batch-tokens",
-        spec.max_batch_tokens.map(|v| v.to_string()),
+        spec.max_batch_tokens
+            .and_then(MaxBatchTokens::tokens)
+            .map(|v| v.to_string()),
     );
     opt(
         "--max-concurrent-requests",
@@ -286,6 +268,7 @@ pub fn command_line(
         env: Vec::new(),
         uid: None,
         gid: None,
+        cgroup: None,
     }
 }
 
@@ -329,20 +312,20 @@ mod tests {
         let t = InstanceSpec {
             model_id: "m/t".into(),
             pooling: Some("mean".into()),
-            max_batch_tokens: Some(1024),
+            max_batch_tokens: Some(MaxBatchTokens::Tokens(1024)),
             tags: BTreeMap::from([("team".into(), "a".into()), ("env".into(), "t".into())]),
             ..Default::default()
         };
         let mut s = InstanceSpec {
             name: "x".into(),
-            max_batch_tokens: Some(2048),
+            max_batch_tokens: Some(MaxBatchTokens::Tokens(2048)),
             ..Default::default()
         };
         s.tags.insert("env".into(), "prod".into());
         let s = s.with_template(&t);
         assert_eq!(s.model_id, "m/t");
         assert_eq!(s.pooling.as_deref(), Some("mean"));
-        assert_eq!(s.max_batch_tokens, Some(2048));
+        assert_eq!(s.max_batch_tokens, Some(MaxBatchTokens::Tokens(2048)));
         assert_eq!(s.tags["env"], "prod");
         assert!(s.has_tag("team:a") && !s.has_tag("team:b") && s.has_tag("env"));
     }

@@ -38,8 +38,8 @@ use tokio::sync::oneshot;
 
 pub use file::{StateError, StateFile};
 pub use records::{
-    BackendRecord, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord, Limits,
-    PolicySpec, ProbeSpec, Probes, Protocol, Template, FORMAT_VERSION,
+    BackendRecord, BatchSizing, Desired, DesiredState, InstanceRecord, InstanceSpec, KeyRecord,
+    Limits, MaxBatchTokens, PolicySpec, ProbeSpec, Probes, Protocol, Template, FORMAT_VERSION,
 };
 
 /// One change of the persisted records.

@@ -39,7 +39,8 @@ pub struct DesiredState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
-    /// `least_request` (P2C, the proxy's default), `round_robin` or `weighted`.
+    /// `least_request` (P2C, the proxy's default), `round_robin`, `weighted`,
+    /// `prefix_affinity` or `peak_ewma` (see [`multiverse_common::LbStrategy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<String>,
     /// Retries on other endpoints before the first response byte (proxy default: 2).
@@ -127,6 +128,10 @@ pub struct BackendRecord {
     /// Requests each proxy sends it at once; None: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Custom health checks (startup at registration, liveness and readiness each round); none:
+    /// `GET /v1/models` is the readiness check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
 }
 
 impl BackendRecord {
@@ -149,6 +154,7 @@ impl BackendRecord {
             deregistered: false,
             policy: None,
             max_concurrent: None,
+            probes: None,
         }
     }
 }
@@ -171,6 +177,87 @@ pub struct InstanceRecord {
     pub prometheus_port: u16,
     pub desired: Desired,
     pub created_at: String,
+    /// How `max_batch_tokens = "auto"` was sized when the instance was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_sizing: Option<BatchSizing>,
+}
+
+/// TEI's `--max-batch-tokens` as a spec gives it: a number, or `"auto"` (sized from the free
+/// VRAM of the instance's GPU at create time, `gpu::batch_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxBatchTokens {
+    Auto,
+    Tokens(u32),
+}
+
+impl MaxBatchTokens {
+    /// The number, unless `"auto"`.
+    pub fn tokens(self) -> Option<u32> {
+        match self {
+            MaxBatchTokens::Auto => None,
+            MaxBatchTokens::Tokens(n) => Some(n),
+        }
+    }
+}
+
+impl Serialize for MaxBatchTokens {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxBatchTokens::Auto => s.serialize_str("auto"),
+            MaxBatchTokens::Tokens(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxBatchTokens {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxBatchTokens;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of tokens or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(MaxBatchTokens::Tokens)
+                    .map_err(|_| E::custom(format!("{v} tokens is more than {}", u32::MAX)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a number of tokens")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "auto" {
+                    Ok(MaxBatchTokens::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}`: expected a number of tokens or \"auto\""
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What `max_batch_tokens = "auto"` became, and from what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSizing {
+    /// Passed to TEI as `--max-batch-tokens`.
+    pub tokens: u32,
+    /// The GPU it was sized for (none: no known GPU, TEI's default used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
+    /// That GPU's free VRAM after what is placed on it, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_vram_mb: Option<u64>,
+    /// The instance's own `vram_mb` estimate, kept out of the batch budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_mb: Option<u64>,
+    /// How the number was reached, in words.
+    pub rule: String,
 }
 
 /// Which TEI build serves an instance.
@@ -211,8 +298,9 @@ pub struct InstanceSpec {
     /// embedding (default), sparse_embedding, rerank, classify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// A number, or `"auto"`: sized from the GPU's free VRAM at create time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_batch_tokens: Option<u32>,
+    pub max_batch_tokens: Option<MaxBatchTokens>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -304,6 +392,11 @@ pub struct Limits {
     pub max_vram_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enforce: bool,
+    /// CPU time, in percent of one CPU (200: two CPUs): the instance's own cgroup's `cpu.max`,
+    /// where cgroup v2 is writable (`instances::cgroup`); otherwise not enforced, with a
+    /// warning at create time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<u32>,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).

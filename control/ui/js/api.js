@@ -146,6 +146,10 @@ MV.bytes = (n) => {
   }
   return (i ? n.toFixed(1) : n) + ' ' + u[i];
 };
+// 0.97 -> "97%" (one decimal below 100 when it matters: "99.5%").
+MV.pct = (r) => (r == null ? '—' : (Math.round(r * 1000) / 10).toString().replace(/\.0$/, '') + '%');
+// A duration in ms, as "0.4 ms" / "12 ms".
+MV.ms = (v) => (v == null ? '—' : (v < 10 ? v.toFixed(1) : Math.round(v)) + ' ms');
 MV.tags = (t) =>
   Object.entries(t || {})
     .map(([k, v]) => (v ? k + '=' + v : k))

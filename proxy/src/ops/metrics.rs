@@ -24,6 +24,10 @@ pub struct Metrics {
     first_token: HistogramVec,
     token_gap: HistogramVec,
     in_flight: IntGauge,
+    /// Client connections open (both client listeners).
+    pub client_connections: IntGauge,
+    /// Client connections closed on accept, by the limit they were over.
+    pub connections_shed: IntCounterVec,
     pub table_version: IntGaugeVec,
     pub table_updates: IntCounter,
     pub snapshots_rejected: IntCounter,
@@ -83,8 +87,8 @@ impl Metrics {
         let client_faults = must(IntCounterVec::new(
             Opts::new(
                 "client_faults_total",
-                "Requests that failed by the client's doing (malformed or oversized body, \
-                 timeout, gone), by reason",
+                "Requests that failed by the client's doing (malformed or oversized header or \
+                 body, timeout, gone), by reason",
             ),
             &["reason"],
         ));
@@ -126,6 +130,18 @@ impl Metrics {
             &["model"],
         ));
         let in_flight = must(IntGauge::new("in_flight_requests", "Requests in flight"));
+        let client_connections = must(IntGauge::new(
+            "client_connections",
+            "Client connections open (both client listeners)",
+        ));
+        let connections_shed = must(IntCounterVec::new(
+            Opts::new(
+                "connections_shed_total",
+                "Client connections closed on accept, by the limit they were over \
+                 (max_connections, max_connections_per_ip)",
+            ),
+            &["limit"],
+        ));
         let table_version = must(IntGaugeVec::new(
             Opts::new(
                 "table_info",
@@ -229,6 +245,8 @@ impl Metrics {
             Box::new(first_token.clone()),
             Box::new(token_gap.clone()),
             Box::new(in_flight.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(connections_shed.clone()),
             Box::new(table_version.clone()),
             Box::new(table_updates.clone()),
             Box::new(snapshots_rejected.clone()),
@@ -251,6 +269,8 @@ impl Metrics {
             first_token,
             token_gap,
             in_flight,
+            client_connections,
+            connections_shed,
             table_version,
             table_updates,
             snapshots_rejected,

@@ -2,7 +2,10 @@
 //! the model scanner ([`crate::request::model_scan`]) has found the top-level `model`, and no
 //! further; the bytes read are held in [`Held`] and handed to the upstream first, so it receives
 //! the body exactly as it arrived. Cost: no copy for a body that arrives in one chunk; one
-//! buffer (sized by `Content-Length`) when the model comes after the first chunk.
+//! buffer (sized by `Content-Length`) when the model comes after the first chunk. For a
+//! `prefix_affinity` route the prompt prefix is hashed from the same chunks
+//! ([`crate::request::prefix_hash`]); when `model` came first, [`read_prefix`] reads on, to
+//! `affinity.prefix_bytes` into the body at most.
 
 use bytes::{Bytes, BytesMut};
 use pingora_error::Result;
@@ -10,6 +13,7 @@ use pingora_proxy::Session;
 
 use crate::request::error::ProxyError;
 use crate::request::model_scan::{ModelScanner, Scan};
+use crate::request::prefix_hash::{Prefix, PrefixHasher};
 use crate::request::target::content_length;
 
 /// Body bytes read for routing, to be sent upstream before the rest of the body.
@@ -28,6 +32,19 @@ impl Held {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Holds `chunk` after the bytes already held.
+    fn append(&mut self, chunk: Bytes) {
+        self.bytes = Some(match self.bytes.take() {
+            None => chunk,
+            Some(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                joined.freeze()
+            }
+        });
     }
 
     /// Arms the held bytes for a new upstream attempt.
@@ -58,11 +75,13 @@ impl Held {
 
 /// Reads the body until its top-level `model` is known. A body that cannot be routed (no
 /// `model`, not JSON, over `limit`) fails with its [`ProxyError`] as the cause; a failed read
-/// from the client fails with pingora's error, marked as the client's (downstream).
+/// from the client fails with pingora's error, marked as the client's (downstream). Each chunk
+/// is also fed to `prefix`, when given.
 pub async fn model_from_body(
     session: &mut Session,
     limit: usize,
     held: &mut Held,
+    mut prefix: Option<&mut PrefixHasher>,
 ) -> Result<String> {
     let mut scanner = ModelScanner::new();
     // One chunk is held as is; more are joined into one buffer (the filter API takes one).
@@ -79,6 +98,9 @@ pub async fn model_from_body(
             return Err(ProxyError::TooLarge(limit).into_pingora());
         }
         let scan = scanner.feed(&chunk);
+        if let Some(p) = prefix.as_deref_mut() {
+            p.feed(&chunk);
+        }
         match (&mut joined, held.bytes.take()) {
             (Some(buf), _) => buf.extend_from_slice(&chunk),
             (None, None) => held.bytes = Some(chunk),
@@ -104,6 +126,32 @@ pub async fn model_from_body(
     }
 }
 
+/// Reads on (after the model was found) until `prefix` knows the key: at most to its
+/// `prefix_bytes` into the body, or to the end of a shorter body. The bytes read are held like
+/// the model scan's. Returns the key (`None`: no `messages` / `prompt` within the cap).
+pub async fn read_prefix(
+    session: &mut Session,
+    limit: usize,
+    held: &mut Held,
+    prefix: &mut PrefixHasher,
+) -> Result<Option<u64>> {
+    while prefix.result() == Prefix::Pending {
+        if session.is_body_done() {
+            break;
+        }
+        let read = session.read_request_body().await.map_err(|e| e.into_down());
+        let Some(chunk) = read? else {
+            break;
+        };
+        if held.len() + chunk.len() > limit {
+            return Err(ProxyError::TooLarge(limit).into_pingora());
+        }
+        prefix.feed(&chunk);
+        held.append(chunk);
+    }
+    Ok(prefix.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +174,16 @@ mod tests {
         let mut end = None;
         h.prepend_to(&mut end);
         assert_eq!(end.as_deref(), Some(&b"{\"model\":\"m\","[..]));
+    }
+
+    #[test]
+    fn appended_chunks_are_held_in_order() {
+        let mut h = Held::default();
+        h.append(Bytes::from_static(b"{\"model\":"));
+        h.append(Bytes::from_static(b"\"m\"}"));
+        h.rearm();
+        let mut end = None;
+        h.prepend_to(&mut end);
+        assert_eq!(end.as_deref(), Some(&b"{\"model\":\"m\"}"[..]));
     }
 }

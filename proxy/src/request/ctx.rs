@@ -77,6 +77,7 @@ impl RequestCtx {
             want: Want {
                 class: ProtoClass::Http,
                 pinned: None,
+                affinity: None,
             },
             held: Held::default(),
             body_bytes: 0,

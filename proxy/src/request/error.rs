@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use pingora_core::protocols::http::v1::{INVALID_CHUNK, INVALID_TRAILER_END, PREMATURE_BODY_END};
+use pingora_core::protocols::http::v1::{
+    INVALID_CHUNK, INVALID_TRAILER_END, PREMATURE_BODY_END, REQUEST_HEADER_TOO_LARGE,
+    TOO_MANY_REQUEST_HEADERS,
+};
 use pingora_error::{Error, ErrorSource, ErrorType};
 
 use crate::request::model_scan::ScanError;
@@ -63,6 +66,12 @@ pub enum ProxyError {
     /// The request header did not arrive within `clients.header_timeout_ms`.
     #[error("The request header did not arrive within {} ms", .0.as_millis())]
     HeaderTimeout(Duration),
+    /// The request header is over `clients.max_header_bytes`.
+    #[error("The request header exceeds the limit of {0} bytes")]
+    HeaderTooLarge(usize),
+    /// The request carries more than `clients.max_headers` header fields.
+    #[error("The request carries more than {0} header fields")]
+    TooManyHeaders(usize),
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
     /// Keys are required and none was sent.
@@ -122,6 +131,7 @@ impl ProxyError {
             ModelNotAllowed(_) => 403,
             RateLimited { .. } | QueueFull(_) | QueueTimeout(_) => 429,
             TooLarge(_) | TooLargeStreamed => 413,
+            HeaderTooLarge(_) | TooManyHeaders(_) => 431,
             NotReady | NoHealthyEndpoint(_) => 503,
             AllEndpointsFailed { status, .. } | Status { status } => *status,
             UpstreamTimeout(_) => 504,
@@ -162,6 +172,8 @@ impl ProxyError {
             ClientProtocol => "bad_request",
             ClientTimeout | HeaderTimeout(_) => "request_timeout",
             MalformedHeader => "invalid_request",
+            HeaderTooLarge(_) => "request_header_too_large",
+            TooManyHeaders(_) => "too_many_headers",
             ConnectNotAllowed => "method_not_allowed",
             MissingApiKey | InvalidApiKey => "invalid_api_key",
             ExpiredApiKey => "expired_api_key",
@@ -186,7 +198,7 @@ impl ProxyError {
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
             404 => Code::NotFound,
-            413 | 429 => Code::ResourceExhausted,
+            413 | 429 | 431 => Code::ResourceExhausted,
             502 | 503 => Code::Unavailable,
             504 => Code::DeadlineExceeded,
             501 => Code::Unimplemented,
@@ -303,6 +315,14 @@ pub enum ClientFault {
     Gone,
     /// Any other protocol error of the client's connection (e.g. a bad HTTP/2 frame).
     Protocol,
+    /// The request header cannot be parsed.
+    MalformedHeader,
+    /// The request header is over `clients.max_header_bytes`.
+    HeaderTooLarge,
+    /// The request has more than `clients.max_headers` header fields.
+    TooManyHeaders,
+    /// The request header did not arrive within `clients.header_timeout_ms`.
+    HeaderTimeout,
 }
 
 impl ClientFault {
@@ -335,6 +355,10 @@ impl ClientFault {
             ClientFault::Timeout => "client_timeout",
             ClientFault::Gone => "client_gone",
             ClientFault::Protocol => "protocol_error",
+            ClientFault::MalformedHeader => "malformed_header",
+            ClientFault::HeaderTooLarge => "header_too_large",
+            ClientFault::TooManyHeaders => "too_many_headers",
+            ClientFault::HeaderTimeout => "header_timeout",
         }
     }
 
@@ -347,7 +371,26 @@ impl ClientFault {
             ClientFault::Timeout => ProxyError::ClientTimeout,
             ClientFault::Gone => return None,
             ClientFault::Protocol => ProxyError::ClientProtocol,
+            // Answered before any phase, from the gateway's prebuilt bodies (pingora's 400,
+            // 431 and 408), or in `request_filter` (too many HTTP/2 header fields).
+            ClientFault::MalformedHeader
+            | ClientFault::HeaderTooLarge
+            | ClientFault::TooManyHeaders
+            | ClientFault::HeaderTimeout => return None,
         })
+    }
+
+    /// The client's fault in a failed read of a request header (before any phase; a client
+    /// that merely closed an idle connection is no failure).
+    pub fn of_header(e: &Error) -> ClientFault {
+        match e.etype() {
+            t if *t == REQUEST_HEADER_TOO_LARGE => ClientFault::HeaderTooLarge,
+            t if *t == TOO_MANY_REQUEST_HEADERS => ClientFault::TooManyHeaders,
+            ErrorType::InvalidHTTPHeader => ClientFault::MalformedHeader,
+            ErrorType::ReadTimedout => ClientFault::HeaderTimeout,
+            ErrorType::ReadError | ErrorType::ConnectionClosed => ClientFault::Gone,
+            _ => ClientFault::Protocol,
+        }
     }
 }
 

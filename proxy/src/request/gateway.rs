@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -62,11 +62,13 @@ use crate::request::id;
 use crate::request::midstream::{self, BodyKind};
 use crate::request::observe::InFlight;
 use crate::request::pace::Pace;
+use crate::request::prefix_hash::{self, PrefixHasher, PrefixScan};
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
 use crate::request::usage::UsageReader;
+use crate::routing::affinity::Affinity;
 use crate::routing::limits::Leased;
 use crate::routing::outlier::{OutlierConfig, Verdict};
 use crate::routing::pick::pick_reserved;
@@ -86,6 +88,9 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// `clients.header_timeout_ms`, named in the 408 a slow client gets.
     pub header_timeout: Duration,
+    /// `clients.max_header_bytes` and `clients.max_headers`, named in the 431s.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     /// `limits.per_ip_rpm` and `limits.per_ip_tracked`, when the limit is on.
     pub per_ip: Option<(u32, usize)>,
     /// `[cors]`: the browser origins allowed.
@@ -94,6 +99,16 @@ pub struct GatewayConfig {
     pub priority_header: http::HeaderName,
     /// `[tracing] sample`: the sampled flag of the traces the proxy starts.
     pub trace_sample: bool,
+    /// `[affinity]`: what `lb = "prefix_affinity"` keys requests by.
+    pub affinity: AffinityConfig,
+}
+
+/// `[affinity]`, ready for the request path.
+#[derive(Debug, Clone)]
+pub struct AffinityConfig {
+    pub scan: PrefixScan,
+    pub session_header: http::HeaderName,
+    pub load_factor: f64,
 }
 
 /// The proxy: shared state every request reads, never writes under a lock.
@@ -104,9 +119,9 @@ pub struct Gateway {
     config: GatewayConfig,
     /// Time for outlier ejection (milliseconds since the gateway was built).
     clock: Millis<Arc<dyn Clock>>,
-    /// OpenAI-format bodies of the 400, 405 and 408 written before any phase (no route family
-    /// is known yet), built once.
-    header_errors: [(u16, Bytes); 3],
+    /// OpenAI-format bodies of the 400, 405, 408 and 431 written before any phase (no route
+    /// family is known yet), built once.
+    header_errors: [(u16, Bytes); 4],
     fault_log: LogLimit,
     per_ip: Option<ClientLimit>,
 }
@@ -122,6 +137,8 @@ impl Gateway {
             ProxyError::MalformedHeader,
             ProxyError::ConnectNotAllowed,
             ProxyError::HeaderTimeout(config.header_timeout),
+            // pingora's 431 is for either header limit: the size is the likelier one.
+            ProxyError::HeaderTooLarge(config.max_header_bytes),
         ]
         .map(|e| (e.status(), respond::openai_body(&e)));
         let per_ip = config
@@ -161,6 +178,23 @@ impl ProxyHttp for Gateway {
         }
         ctx.family = classify_request(session.req_header());
         ctx.want.class = ctx.family.class();
+        // HTTP/1.1 headers are held to the count by pingora; HTTP/2 ones here, in the family's
+        // format (h2 itself bounds only their size).
+        if session.req_header().headers.len() > self.config.max_headers {
+            self.metrics
+                .client_fault(ClientFault::TooManyHeaders.label());
+            let err = ProxyError::TooManyHeaders(self.config.max_headers);
+            respond::send_error(
+                session,
+                ctx.family.format(),
+                &err,
+                ctx.cors.as_ref(),
+                None,
+                ctx.id.value(),
+            )
+            .await?;
+            return Ok(true);
+        }
         let found = match self.client_limit(session, ctx) {
             Err(e) => Err(e.into_pingora()),
             Ok(()) => match auth::authenticate(&ctx.table.auth, session.req_header(), unix_ms) {
@@ -357,6 +391,20 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let Some(endpoint) = ctx.endpoint() {
             self.metrics.connect_error(&endpoint.id);
+            // A certificate that is not trusted (or names another host) is a configuration
+            // fault that every request would hit: say which backend, once per failed attempt.
+            if matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+            ) {
+                tracing::warn!(
+                    endpoint = %endpoint.id,
+                    source = %endpoint.source,
+                    host = %endpoint.host,
+                    error = %e,
+                    "TLS to the endpoint failed (is its certificate trusted? see [upstream] tls_ca_file)"
+                );
+            }
         }
         self.count_failure(ctx);
         self.decide_retry(session, ctx, &mut e, true);
@@ -424,6 +472,12 @@ impl ProxyHttp for Gateway {
             .iter()
             .find(|(s, _)| *s == status)
             .map(|(_, body)| ("application/json", body.clone()))
+    }
+
+    /// A request header that could not be read (pingora answered 400, 408 or 431, or nothing)
+    /// is counted in `client_faults_total` (not logged: no request exists to name).
+    fn request_header_failed(&self, e: &Error, _status: Option<u16>) {
+        self.metrics.client_fault(ClientFault::of_header(e).label());
     }
 
     /// pingora's error lines about the request name its id and trace.
@@ -547,7 +601,6 @@ impl Gateway {
         told
     }
 
-    /// Charges the tokens its response reported to the key's tokens-per-minute cell.
     /// Admits the request to `route` ([`admit`]); a refusal carries `Retry-After`.
     async fn admit(
         &self,
@@ -582,6 +635,7 @@ impl Gateway {
         }
     }
 
+    /// Charges the tokens its response reported to the key's tokens-per-minute cell.
     fn charge_tokens(&self, ctx: &RequestCtx) {
         let (Some(key), Some(reader)) = (&ctx.key, &ctx.usage) else {
             return;
@@ -639,10 +693,28 @@ impl Gateway {
                 respond::send_json(session, 200, list, ctx.cors.as_ref(), ctx.id.value()).await?;
                 return Ok(None);
             }
-            Plan::Route(target) => target,
+            Plan::Route(target) => {
+                ctx.want.affinity = self.session_affinity(session, &target.route);
+                target
+            }
             Plan::ReadBody => {
-                let model = body::model_from_body(session, limit, &mut ctx.held).await?;
-                target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?
+                let scan = self.config.affinity.scan;
+                let mut prefix = ctx
+                    .table
+                    .has_prefix_affinity()
+                    .then(|| PrefixHasher::new(scan));
+                let model =
+                    body::model_from_body(session, limit, &mut ctx.held, prefix.as_mut()).await?;
+                let target =
+                    target::by_model(&ctx.table, &model).map_err(ProxyError::into_pingora)?;
+                ctx.want.affinity = self.session_affinity(session, &target.route);
+                if let (None, Some(prefix)) = (ctx.want.affinity, prefix.as_mut()) {
+                    if target.route.policy.lb == LbStrategy::PrefixAffinity {
+                        let key = body::read_prefix(session, limit, &mut ctx.held, prefix).await?;
+                        ctx.want.affinity = key.map(|key| self.affinity(key));
+                    }
+                }
+                target
             }
         };
         auth::authorize(ctx.key.as_deref(), &target.route.name)
@@ -665,6 +737,23 @@ impl Gateway {
             ctx.usage = Some(UsageReader::default());
         }
         Ok(Some(route))
+    }
+
+    /// A `prefix_affinity` route's request keyed by its session header, when it has one.
+    fn session_affinity(&self, session: &Session, route: &Route) -> Option<Affinity> {
+        if route.policy.lb != LbStrategy::PrefixAffinity {
+            return None;
+        }
+        let headers = &session.req_header().headers;
+        let value = headers.get(&self.config.affinity.session_header)?;
+        (!value.is_empty()).then(|| self.affinity(prefix_hash::session_key(value.as_bytes())))
+    }
+
+    fn affinity(&self, key: u64) -> Affinity {
+        Affinity {
+            key,
+            load_factor: self.config.affinity.load_factor,
+        }
     }
 
     fn may_retry(&self, session: &Session, ctx: &RequestCtx) -> bool {

@@ -1,6 +1,8 @@
 //! One request's life: the pingora phases ([`gateway`]) and the steps they delegate to, in the
 //! order a request meets them.
 //!
+//! - [`connection`] — first its connection: admitted, or shed over `[clients]`' connection
+//!   limits;
 //! - [`ctx`] — what a request carries through its phases (the pinned table, its attempts);
 //! - [`id`] and [`trace`] — its `x-request-id` and W3C trace context, kept or made;
 //! - [`cors`] — browsers' origins: preflights answered, allowed origins' responses tagged;
@@ -9,7 +11,8 @@
 //! - [`auth`] — its inference key: found by hash, checked against the model, admitted by the
 //!   key's limits;
 //! - [`target`] — its model's route (headers, or the body's `model` through [`body`] and
-//!   [`model_scan`]);
+//!   [`model_scan`]; for `lb = "prefix_affinity"`, the prompt-prefix key through
+//!   [`prefix_hash`]);
 //! - [`admit`] — a slot on an endpoint with a `max_concurrent`, or a wait in the model's queue;
 //! - [`upstream`] — the peer and request rewrite for the endpoint of an attempt;
 //! - [`retry`] — whether a failed attempt is tried elsewhere;
@@ -24,6 +27,7 @@ pub mod auth;
 pub mod body;
 pub mod classify;
 pub mod client_limit;
+pub mod connection;
 pub mod cors;
 pub mod ctx;
 pub mod error;
@@ -33,6 +37,7 @@ pub mod midstream;
 pub mod model_scan;
 pub mod observe;
 pub mod pace;
+pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
 pub mod target;

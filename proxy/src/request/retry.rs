@@ -86,6 +86,7 @@ mod tests {
     const HTTP: Want = Want {
         class: ProtoClass::Http,
         pinned: None,
+        affinity: None,
     };
 
     #[test]

@@ -368,6 +368,7 @@ mod tests {
         let mut http = Want {
             class: ProtoClass::Http,
             pinned: None,
+            affinity: None,
         };
         let chat = by_model(&t, "chat").expect("chat");
         assert_eq!(
@@ -391,6 +392,7 @@ mod tests {
         let mut grpc = Want {
             class: ProtoClass::Grpc,
             pinned: None,
+            affinity: None,
         };
         assert!(admit(by_model(&t, "rr").expect("rr"), &mut grpc, NOW).is_err());
         assert!(admit(by_model(&t, "emb").expect("emb"), &mut grpc, NOW).is_ok());

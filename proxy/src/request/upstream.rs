@@ -1,7 +1,10 @@
 //! The upstream side of an attempt: the pingora peer for an endpoint and the request rewrite it
 //! needs (Host, upstream credentials, path prefix).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use pingora_core::protocols::tls::CaType;
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
@@ -19,6 +22,9 @@ pub struct UpstreamDefaults {
     pub read_timeout: Duration,
     /// Concurrent streams per HTTP/2 upstream connection.
     pub max_h2_streams: usize,
+    /// `[upstream] tls_ca_file`: what `https://` endpoints are verified against (`None`: the
+    /// system's roots).
+    pub tls_ca: Option<Arc<CaType>>,
 }
 
 /// Builds the peer for one attempt.
@@ -33,7 +39,12 @@ pub fn peer(endpoint: &Endpoint, policy: &Policy, defaults: &UpstreamDefaults) -
     } else {
         String::new()
     };
+    // SNI and the name the certificate is verified against: the endpoint's host.
     let mut peer = HttpPeer::new(endpoint.addr, endpoint.tls, sni);
+    if endpoint.tls {
+        // An Arc clone; pingora builds the root store when it opens a connection.
+        peer.options.ca = defaults.tls_ca.clone();
+    }
     // Pool upstream connections per worker thread: a connection is driven by the reactor of the
     // thread that opened it, so lending it to another thread would bounce every read across.
     peer.group_key = worker_key();

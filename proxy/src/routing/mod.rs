@@ -1,7 +1,8 @@
 //! Where requests can go: the immutable routing table, the one conversion from pushed routes to
-//! it, endpoint choice, per-endpoint state (load and outlier ejection, on an injectable clock),
+//! it, endpoint choice (prefix affinity in `affinity`), per-endpoint state (load and outlier ejection, on an injectable clock),
 //! inference API keys and their limits' state, and the `ArcSwap` that holds the current table.
 
+pub mod affinity;
 pub mod endpoint;
 pub mod keys;
 pub mod limits;

@@ -3,7 +3,8 @@
 //! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
 //! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
 //! robin, weighted random, least outstanding requests by power of two choices (the default),
-//! and peak EWMA: power of two choices over each endpoint's latency average × (in-flight + 1).
+//! peak EWMA (power of two choices over each endpoint's latency average × (in-flight + 1)), and
+//! prefix affinity ([`affinity`]: least request for a request without a key).
 //! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
 //! the gateway's clock) decides which endpoints are ejected.
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use crate::routing::affinity::{self, Affinity};
 use crate::routing::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
 
 /// Endpoints a request already tried, by index in the route (first 64 tracked).
@@ -37,6 +39,8 @@ pub struct Want {
     pub class: ProtoClass,
     /// `x-instance`: only this endpoint (index in the route).
     pub pinned: Option<usize>,
+    /// Its prefix / session key, for `lb = "prefix_affinity"`.
+    pub affinity: Option<Affinity>,
 }
 
 impl Want {
@@ -82,13 +86,15 @@ pub fn pick(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize>
         |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health != Health::Degraded;
     let degraded =
         |i: usize, e: &Arc<Endpoint>| want.allows(i, e, tried, now) && e.health == Health::Degraded;
-    pick_among(route, &healthy, now).or_else(|| pick_among(route, &degraded, now))
+    pick_among(route, &healthy, now, want.affinity)
+        .or_else(|| pick_among(route, &degraded, now, want.affinity))
 }
 
 fn pick_among(
     route: &Route,
     eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool,
     now: u64,
+    affinity: Option<Affinity>,
 ) -> Option<usize> {
     let eps = &route.endpoints;
     let n = eps
@@ -109,6 +115,9 @@ fn pick_among(
             .nth(k)
             .map(|(i, _)| i)
     };
+    if let (LbStrategy::PrefixAffinity, Some(a)) = (route.policy.lb, affinity) {
+        return affinity::pick(eps, eligible, a);
+    }
     let mut rng = rand::rng();
     match route.policy.lb {
         LbStrategy::RoundRobin => nth(route.cursor.fetch_add(1, Ordering::Relaxed) % n),
@@ -146,7 +155,7 @@ fn pick_among(
             };
             Some(if cost(ib) < cost(ia) { ib } else { ia })
         }
-        LbStrategy::LeastRequest => {
+        LbStrategy::LeastRequest | LbStrategy::PrefixAffinity => {
             let a = rng.random_range(0..n);
             let mut b = rng.random_range(0..n - 1);
             if b >= a {
@@ -181,6 +190,7 @@ mod tests {
     const HTTP: Want = Want {
         class: ProtoClass::Http,
         pinned: None,
+        affinity: None,
     };
 
     #[test]
@@ -189,6 +199,7 @@ mod tests {
         let pin = Want {
             class: ProtoClass::Http,
             pinned: Some(2),
+            affinity: None,
         };
         for _ in 0..5 {
             assert_eq!(pick(&r, Tried::default(), &pin, NOW), Some(2));
@@ -196,6 +207,7 @@ mod tests {
         let grpc = Want {
             class: ProtoClass::Grpc,
             pinned: None,
+            affinity: None,
         };
         assert_eq!(
             pick(&r, Tried::default(), &grpc, NOW),

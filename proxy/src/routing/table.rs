@@ -204,6 +204,9 @@ pub struct RoutingTable {
     /// The only route matching a kind set and traffic class, where exactly one does.
     #[serde(skip)]
     sole: HashMap<(KindMask, ProtoClass), Arc<Route>>,
+    /// Some route balances by prefix affinity (so bodies are hashed while scanned for `model`).
+    #[serde(skip)]
+    prefix_affinity: bool,
 }
 
 /// Kind sets that client routes select by when no model is named.
@@ -245,6 +248,12 @@ impl RoutingTable {
         self.sole.get(&(kinds, class))
     }
 
+    /// Whether some route uses `lb = "prefix_affinity"`.
+    #[inline]
+    pub fn has_prefix_affinity(&self) -> bool {
+        self.prefix_affinity
+    }
+
     /// All routes, by name.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.models.values()
@@ -278,6 +287,9 @@ impl RoutingTable {
                 }
             }
         }
+        let prefix_affinity = models
+            .values()
+            .any(|r| r.policy.lb == LbStrategy::PrefixAffinity);
         RoutingTable {
             version,
             source,
@@ -287,6 +299,7 @@ impl RoutingTable {
             index,
             pins,
             sole,
+            prefix_affinity,
         }
     }
 }

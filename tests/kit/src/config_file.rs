@@ -274,6 +274,7 @@ mod tests {
             kind: None,
             policy: None,
             max_concurrent: None,
+            probes: None,
         });
         let err = to_toml(&c).unwrap_err().to_string();
         assert!(err.contains("does not read back"), "{err}");

@@ -290,12 +290,43 @@ pub async fn serve_http(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = listener.tap_io(move |tcp| {
-        stats.connection_accepted();
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {err}");
-        }
-    });
+    serve_on(
+        listener.tap_io(move |tcp| accepted(&stats, tcp)),
+        router,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_http`] over TLS with `config`.
+pub async fn serve_https(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = crate::tls::TlsListener::new(listener, config);
+    serve_on(
+        listener.tap_io(move |tls| accepted(&stats, tls.get_ref().0)),
+        router,
+        shutdown,
+    )
+    .await
+}
+
+fn accepted(stats: &Stats, tcp: &tokio::net::TcpStream) {
+    stats.connection_accepted();
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {err}");
+    }
+}
+
+async fn serve_on<L>(listener: L, router: Router, shutdown: Shutdown) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let signal = {
         let shutdown = shutdown.clone();
         async move { shutdown.wait().await }

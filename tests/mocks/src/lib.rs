@@ -2,7 +2,8 @@
 //! stand-ins for real model servers (no GPU or model needed):
 //!
 //! - `mock-openai` ([`openai`]): an OpenAI-compatible server (models, chat and text completions
-//!   with real SSE streaming, embeddings).
+//!   with real SSE streaming, embeddings), with an optional simulated prefix cache
+//!   ([`prefix_cache`]: faster time to first token on a hit).
 //! - `mock-tei` ([`tei`]): a stand-in for Hugging Face TEI's `text-embeddings-router`, accepting
 //!   TEI's command line ([`tei_args`]) and serving either TEI's HTTP API ([`tei_http`]) or its
 //!   `tei.v1` gRPC API ([`tei_grpc`]) from a deterministic "model" ([`tei_model`]), with TEI's
@@ -20,6 +21,7 @@ pub mod deterministic;
 pub mod openai;
 mod openai_request;
 mod openai_stream;
+pub mod prefix_cache;
 pub mod tei;
 pub mod tei_args;
 pub mod tei_batching;
@@ -30,5 +32,6 @@ mod tei_http_handlers;
 pub mod tei_metrics;
 pub mod tei_model;
 pub mod tei_resources;
+pub mod tls;
 
 pub use deterministic::{embedding, fnv1a64};

@@ -1,12 +1,16 @@
 //! `mock-openai`: an OpenAI-compatible backend with deterministic answers.
 //!
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
-//! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health` and
-//! `GET /mock/stats`. Requests are validated in `openai_request`. Knobs on the command line
-//! ([`OpenAiArgs`]) add latency, pacing, injected failures, dying mid-response and API-key
-//! checks (every /v1 response names the credential headers it got in `x-mock-credentials`,
-//! and with `--echo-headers` the `x-request-id`, `traceparent` and `tracestate` it got as
-//! `x-mock-seen-*`). Errors use
+//! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health`,
+//! `GET /mock/stats` and `GET|PUT /mock/ready` (`{"ready": bool}`: a readiness flag a test
+//! flips, for custom health probes that check a JSON field). Requests are validated in
+//! `openai_request`. Knobs on the command line ([`OpenAiArgs`]) add latency, pacing, injected
+//! failures, dying mid-response and API-key checks (every /v1 response names the credential
+//! headers it got in `x-mock-credentials`, and with `--echo-headers` the `x-request-id`,
+//! `traceparent` and `tracestate` it got as `x-mock-seen-*`). A simulated prefix cache
+//! ([`crate::prefix_cache`], `--prefix-cache-entries`) delays the response header by
+//! `--ttft-ms` on a miss and `--ttft-hit-ms` on a hit, says which in `x-mock-prefix-cache`, and
+//! counts both in `/mock/stats` (`prefix_cache`). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -30,6 +34,7 @@ use super::common::{
 };
 use super::openai_request::{embeddings, ApiError, Generation, Kind};
 use super::openai_stream::{self, StreamPlan};
+use super::prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
 
 /// Largest request body accepted (bigger bodies get 413).
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -88,6 +93,22 @@ pub struct OpenAiArgs {
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub dims: usize,
 
+    /// Prompt prefixes (first chat message, or `prompt`) kept in this instance's simulated
+    /// prefix cache, least recently used evicted; 0: no cache (with `--ttft-ms`, every request a
+    /// miss). With none of the three cache flags, no cache is simulated and no
+    /// `x-mock-prefix-cache` header is sent.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub prefix_cache_entries: usize,
+
+    /// Time to first token, in milliseconds, of a chat / completion request whose prefix
+    /// missed the cache (added to `--latency-ms`, before the response header).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ttft_ms: u64,
+
+    /// Time to first token, in milliseconds, of one whose prefix hit the cache.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ttft_hit_ms: u64,
+
     /// Die mid-response, as a crashing backend does: a streamed completion fails after N SSE
     /// events, a non-streamed one after half its body; the connection is then closed abruptly
     /// (no terminating chunk, no `[DONE]`).
@@ -99,6 +120,14 @@ pub struct OpenAiArgs {
     /// default: benchmarks count what a proxy spends on each response header).
     #[arg(long)]
     pub echo_headers: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -116,6 +145,17 @@ struct App {
     args: OpenAiArgs,
     name: String,
     stats: Arc<Stats>,
+    /// What `GET /mock/ready` reports (`PUT /mock/ready` sets it); starts true.
+    ready: std::sync::atomic::AtomicBool,
+    cache: PrefixCache,
+}
+
+/// `GET /mock/stats` of mock-openai: the shared counters and the prefix cache's.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenAiStats {
+    #[serde(flatten)]
+    pub common: common::StatsSnapshot,
+    pub prefix_cache: PrefixCacheStats,
 }
 
 /// Binds `args.listen` and returns the listener with its actual address.
@@ -147,10 +187,13 @@ pub fn router_with_stats(
 ) -> anyhow::Result<Router> {
     let name = instance_name(&args, addr);
     let header = instance_header_value(&name)?;
+    let cache = PrefixCache::new(args.prefix_cache_entries);
     let app = Arc::new(App {
         args,
         name,
         stats: stats_sink,
+        ready: std::sync::atomic::AtomicBool::new(true),
+        cache,
     });
     let model_routes = Router::new()
         .route("/v1/models", get(list_models))
@@ -173,6 +216,7 @@ pub fn router_with_stats(
         .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key));
     Ok(model_routes
         .route("/mock/stats", get(stats))
+        .route("/mock/ready", get(ready).put(set_ready))
         .route("/health", get(|| async { StatusCode::OK }))
         .fallback(|| async {
             ApiError {
@@ -194,9 +238,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let stats = Arc::new(Stats::default());
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let app = router_with_stats(args, addr, stats.clone())?;
-    tracing::info!(%addr, "mock-openai listening");
-    common::serve_http(listener, app, stats, shutdown).await
+    tracing::info!(%addr, tls = tls.is_some(), "mock-openai listening");
+    match tls {
+        Some(config) => common::serve_https(listener, config, app, stats, shutdown).await,
+        None => common::serve_http(listener, app, stats, shutdown).await,
+    }
 }
 
 /// Binds and serves in a background task of the current runtime (for in-process tests).
@@ -271,8 +322,28 @@ async fn require_api_key(
     resp
 }
 
-async fn stats(State(app): State<Arc<App>>) -> Json<common::StatsSnapshot> {
-    Json(app.stats.snapshot(&app.name))
+async fn ready(State(app): State<Arc<App>>) -> Json<Value> {
+    let ready = app.ready.load(std::sync::atomic::Ordering::SeqCst);
+    Json(json!({"ready": ready, "name": app.name}))
+}
+
+/// `PUT /mock/ready {"ready": bool}`.
+async fn set_ready(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let Some(ready) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["ready"].as_bool())
+    else {
+        return (StatusCode::BAD_REQUEST, "expected {\"ready\": true|false}").into_response();
+    };
+    app.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    Json(json!({"ready": ready})).into_response()
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Json<OpenAiStats> {
+    Json(OpenAiStats {
+        common: app.stats.snapshot(&app.name),
+        prefix_cache: app.cache.stats(),
+    })
 }
 
 async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
@@ -303,15 +374,39 @@ async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
         }
     };
     let info = app.stats.record_request(&bytes);
-    common::delay_ms(app.args.latency_ms).await;
+    let cached = app.prefix_cache(kind, &bytes);
+    let ttft = match cached {
+        Some(true) => app.args.ttft_hit_ms,
+        Some(false) => app.args.ttft_ms,
+        None => 0,
+    };
+    common::delay_ms(app.args.latency_ms + ttft).await;
     let mut response = app
         .handle(kind, &bytes)
         .unwrap_or_else(IntoResponse::into_response);
     info.apply(response.headers_mut());
+    if let Some(hit) = cached {
+        let v = header::HeaderValue::from_static(if hit { "hit" } else { "miss" });
+        response.headers_mut().insert("x-mock-prefix-cache", v);
+    }
     response
 }
 
 impl App {
+    /// For a chat / completion body with a prefix: whether it hit this instance's cache
+    /// (`None`: not a generation, no prefix, or not JSON, which `handle` answers).
+    fn prefix_cache(&self, kind: Kind, body: &[u8]) -> Option<bool> {
+        let a = &self.args;
+        // Off unless asked for: no parse, no header (a header more costs a proxy allocations,
+        // which the per-request budget test counts).
+        let simulated = a.prefix_cache_entries > 0 || a.ttft_ms > 0 || a.ttft_hit_ms > 0;
+        if !simulated || matches!(kind, Kind::Embeddings) {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        Some(self.cache.touch(prefix_key(&value)?))
+    }
+
     fn handle(&self, kind: Kind, body: &[u8]) -> Result<Response, ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid(format!(

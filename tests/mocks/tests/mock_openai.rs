@@ -43,6 +43,10 @@ async fn chat_completion_non_stream_shape() {
         .expect("send");
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-mock-instance"), "alpha");
+    assert!(
+        response.headers().get("x-mock-prefix-cache").is_none(),
+        "no prefix cache simulated without its flags"
+    );
     assert_eq!(header(&response, "x-mock-body-len"), body.len().to_string());
     assert_eq!(
         header(&response, "x-mock-body-fnv1a64"),
@@ -354,6 +358,74 @@ async fn injected_failures_and_latency() {
     assert_eq!(response.status(), 503);
     let json: Value = response.json().await.expect("json");
     assert_eq!(json["error"]["type"], "server_error");
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn prefix_cache_hits_are_faster_and_counted() {
+    let server = start(&[
+        "--prefix-cache-entries",
+        "1",
+        "--ttft-ms",
+        "400",
+        "--ttft-hit-ms",
+        "0",
+    ])
+    .await;
+    let client = support::client(Duration::from_secs(5));
+    let chat = |system: &str, user: &str| {
+        json!({"model": "demo", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": user}]})
+    };
+    let mut seen = Vec::new();
+    for (body, path) in [
+        (chat("S1", "a"), "chat/completions"),
+        (chat("S1", "b"), "chat/completions"),
+        (chat("S2", "a"), "chat/completions"),
+        (chat("S1", "c"), "chat/completions"),
+        (json!({"model": "demo", "prompt": "P"}), "completions"),
+    ] {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{}/v1/{path}", server.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 200);
+        let state = header(&response, "x-mock-prefix-cache").to_string();
+        if state == "miss" {
+            assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+        } else {
+            assert!(elapsed < Duration::from_millis(400), "a hit: {elapsed:?}");
+        }
+        seen.push(state);
+    }
+    // One entry: S2 evicted S1.
+    assert_eq!(seen, ["miss", "hit", "miss", "miss", "miss"]);
+    // Embeddings have no prefix.
+    let response = client
+        .post(format!("{}/v1/embeddings", server.url()))
+        .json(&json!({"model": "demo", "input": "x"}))
+        .send()
+        .await
+        .expect("send");
+    assert!(response.headers().get("x-mock-prefix-cache").is_none());
+    let stats: openai::OpenAiStats = client
+        .get(format!("{}/mock/stats", server.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((stats.prefix_cache.hits, stats.prefix_cache.misses), (1, 4));
+    assert_eq!(
+        (stats.prefix_cache.capacity, stats.prefix_cache.entries),
+        (1, 1)
+    );
+    assert_eq!(stats.common.requests, 6);
     server.stop().await.expect("stop");
 }
 

@@ -67,6 +67,7 @@ use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::custom::CustomMessageWrite;
 use pingora_core::protocols::http::subrequest::server::SubrequestHandle;
 use pingora_core::protocols::http::v1::client::HttpSession as HttpSessionV1;
+use pingora_core::protocols::http::v1::{REQUEST_HEADER_TOO_LARGE, TOO_MANY_REQUEST_HEADERS};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::ServerSession as HttpSession;
@@ -354,12 +355,17 @@ where
                     "Fail to read request header: {e}, downstream session type: {}",
                     downstream_session.session_type()
                 );
+                // MULTIVERSE PATCH: a header over the listener's size or count limit gets 431.
                 let status = match e.etype {
                     InvalidHTTPHeader => Some(400),
                     ReadTimedout => Some(408),
+                    ref t if *t == REQUEST_HEADER_TOO_LARGE || *t == TOO_MANY_REQUEST_HEADERS => {
+                        Some(431)
+                    }
                     // otherwise the connection must be broken, no need to send anything
                     _ => None,
                 };
+                self.inner.request_header_failed(&e, status);
                 if let Some(status) = status {
                     self.respond_header_error(&mut downstream_session, status)
                         .await;

@@ -558,6 +558,12 @@ pub trait ProxyHttp {
         None
     }
 
+    /// MULTIVERSE PATCH: a request header could not be read (malformed, over the header
+    /// limits, too slow, or the client left mid-header): `e` is pingora's error, `status` what
+    /// the client is answered (`None`: nothing, the connection is broken). Called before any
+    /// phase and without a session, so applications can count such faults. Default: nothing.
+    fn request_header_failed(&self, _e: &Error, _status: Option<u16>) {}
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].

@@ -38,6 +38,9 @@ pub enum Scenario {
     Models10k,
     /// A proxy in keys mode vs the open proxy: chat latency (what the key check adds).
     Keys,
+    /// Prefix-cache hits and TTFT, least_request vs prefix_affinity; prefix_affinity's
+    /// hot-path cost.
+    Prefix,
 }
 
 impl Scenario {
@@ -116,6 +119,10 @@ pub struct Args {
     /// Closed-loop workers per target (throughput).
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
+    /// Chat requests per second per arm in the prefix scenario [default: 200; 50 with
+    /// --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    pub prefix_rate: Option<f64>,
     /// Seconds of each closed-loop turn [default: 2; 0.5 with --quick].
     #[arg(long, value_name = "SECS", value_parser = parse_positive)]
     pub slice: Option<f64>,
@@ -200,6 +207,7 @@ pub struct Settings {
     pub closed_generator_threads: u32,
     pub proxy_threads: String,
     pub nginx_workers: usize,
+    pub prefix_rate: f64,
 }
 
 impl Settings {
@@ -245,6 +253,7 @@ impl Settings {
             closed_generator_threads: args.closed_threads,
             proxy_threads: format!("default (number of CPUs: {nproc})"),
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
+            prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
         }
     }
 

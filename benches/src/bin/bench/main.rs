@@ -19,6 +19,9 @@
 //!   proxy with a small table in the same run.
 //! - `keys`: a proxy in keys mode (1 000 keys) against the open proxy: chat latency, what the
 //!   key check adds.
+//! - `prefix`: prefix-cache hit rate and TTFT, least_request vs prefix_affinity (4 endpoints
+//!   with simulated prefix caches, 2 proxies per arm, interleaved), and prefix_affinity's
+//!   hot-path cost beside the proxy.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -30,7 +33,7 @@
 
 //!
 //! Modules, one per part of the run: [`cli`] (command line and settings), [`latency`],
-//! [`throughput`], [`memory`], [`models`], [`keys`] and [`propagation`] (the scenarios, each with its
+//! [`throughput`], [`memory`], [`models`], [`keys`], [`prefix`] and [`propagation`] (the scenarios, each with its
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
@@ -40,6 +43,7 @@ mod keys;
 mod latency;
 mod memory;
 mod models;
+mod prefix;
 mod propagation;
 mod record;
 mod summary;
@@ -132,6 +136,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         memory: None,
         models_10k: None,
         keys: None,
+        prefix: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -259,6 +264,23 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.keys = Some(k);
                 }
                 Err(e) => record.failures.push(format!("keys: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Prefix) && stack.ensure_running().is_ok() {
+            match prefix::prefix_scenario(&rt, &launch, &client, &stack, &settings) {
+                Ok(p) => {
+                    record.failures.extend(p.hot_path.failures.iter().cloned());
+                    for arm in &p.arms {
+                        if arm.failures > 0 || arm.measured == 0 {
+                            record.failures.push(format!(
+                                "prefix {}: {} failed, {} measured",
+                                arm.lb, arm.failures, arm.measured
+                            ));
+                        }
+                    }
+                    record.prefix = Some(p);
+                }
+                Err(e) => record.failures.push(format!("prefix: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

@@ -6,9 +6,14 @@
 //! sends the record to the writer under the registry's lock (so the file sees changes in the same
 //! order), then awaits the save with the lock released — the fsync never happens under it. A
 //! failed save puts back what the file holds and answers `STATE_WRITE_FAILED`.
+//!
+//! Each backend also has its probe statistics ([`ProbeStats`], per kind, fed to the Prometheus
+//! probe series with `target_type="backend"`), shown on its view with their summary (success
+//! rate and average response time of every probe) for the list.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use multiverse_common::{Health, ModelKind};
 use multiverse_proto::discovery::v1 as pb;
@@ -18,8 +23,10 @@ use super::probe::CheckResult;
 use super::BackendSpec;
 use crate::changes::Changes;
 use crate::events::{BackendRef, EventBus, EventKind};
+use crate::health::stats::{KindStats, ProbeStats};
 use crate::health::{HealthRecord, HealthSettings, Status, Transition};
-use crate::store::{BackendRecord, Revisions, SaveFailed, Saving, StateError, Store};
+use crate::metrics::ControlMetrics;
+use crate::store::{BackendRecord, Probes, Revisions, SaveFailed, Saving, StateError, Store};
 
 /// Where a backend was declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,6 +59,15 @@ pub struct BackendView {
     /// Requests each proxy sends it at once (absent: unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// The custom probes it was registered with (none: `GET /v1/models` is its readiness).
+    pub probes: Option<Probes>,
+    /// Every probe so far, by kind: `startup` (registration and update), `liveness`,
+    /// `readiness` (each round, default or custom).
+    pub probe_stats: BTreeMap<&'static str, KindStats>,
+    /// Of every probe so far, 0.0-1.0 (none before the first).
+    pub success_rate: Option<f64>,
+    /// Average response time of every probe so far, in ms.
+    pub avg_latency_ms: Option<f64>,
 }
 
 /// Why a registry operation failed.
@@ -73,11 +89,13 @@ struct Entry {
     record: BackendRecord,
     source: Source,
     health: HealthRecord,
+    stats: Arc<ProbeStats>,
 }
 
 impl Entry {
     fn view(&self) -> BackendView {
         let r = &self.record;
+        let summary = self.stats.summary();
         BackendView {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -95,6 +113,10 @@ impl Entry {
             health: self.health.clone(),
             policy: r.policy.clone(),
             max_concurrent: r.max_concurrent,
+            probes: r.probes.clone(),
+            probe_stats: self.stats.snapshot(),
+            success_rate: summary.success_rate,
+            avg_latency_ms: summary.avg_latency_ms,
         }
     }
 }
@@ -115,6 +137,8 @@ pub struct Registry {
     changes: Changes,
     /// Where `backend_*` events go (none in tests that do not look).
     events: Option<Arc<EventBus>>,
+    /// Where probe figures go (none in tests that do not look).
+    metrics: Option<Arc<ControlMetrics>>,
 }
 
 /// A new backend id.
@@ -161,15 +185,16 @@ impl Registry {
                 deregistered: false,
                 policy: spec.policy.clone(),
                 max_concurrent: spec.max_concurrent,
+                probes: spec.probes.clone(),
             };
-            entries.insert(record.id.clone(), Entry::new(record, Source::Config));
+            entries.insert(record.id.clone(), Entry::new(record, Source::Config, None));
         }
         for record in persisted {
             if entries.values().any(|e| e.record.name == record.name) {
                 tracing::warn!(backend = %record.name, "a backend in the state file has the name of a config backend; the config one is used");
                 continue;
             }
-            entries.insert(record.id.clone(), Entry::new(record, Source::Api));
+            entries.insert(record.id.clone(), Entry::new(record, Source::Api, None));
         }
         Self {
             inner: Mutex::new(Inner {
@@ -180,6 +205,35 @@ impl Registry {
             max_backends,
             changes,
             events: None,
+            metrics: None,
+        }
+    }
+
+    /// The same registry feeding the Prometheus probe series (`target_type="backend"`).
+    pub fn with_metrics(mut self, metrics: Arc<ControlMetrics>) -> Self {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        for e in inner.entries.values_mut() {
+            e.stats = Arc::new(stats_for(&e.record.name, Some(&metrics)));
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The probe statistics of backend `id`, to record a probe into (outside the lock).
+    pub fn probe_stats(&self, id: &str) -> Option<Arc<ProbeStats>> {
+        self.lock().entries.get(id).map(|e| e.stats.clone())
+    }
+
+    /// Records one probe of `kind` of backend `id` (if it still exists).
+    pub fn record_probe(
+        &self,
+        id: &str,
+        kind: &'static str,
+        took: Duration,
+        error: Option<&String>,
+    ) {
+        if let Some(stats) = self.probe_stats(id) {
+            stats.record(kind, took, error);
         }
     }
 
@@ -268,9 +322,8 @@ impl Registry {
                 Some(record) => match inner.entries.get_mut(&pending.id) {
                     Some(e) => e.record = record,
                     None => {
-                        inner
-                            .entries
-                            .insert(pending.id.clone(), Entry::new(record, Source::Api));
+                        let entry = Entry::new(record, Source::Api, self.metrics.as_ref());
+                        inner.entries.insert(pending.id.clone(), entry);
                     }
                 },
                 None => {
@@ -298,7 +351,7 @@ impl Registry {
             if inner.entries.len() >= self.max_backends {
                 return Err(RegistryError::MaxReached(self.max_backends));
             }
-            let mut entry = Entry::new(record, Source::Api);
+            let mut entry = Entry::new(record, Source::Api, self.metrics.as_ref());
             let reason = initial.reason.clone();
             let t = entry.health.record(initial, settings);
             let view = entry.view();
@@ -339,6 +392,10 @@ impl Registry {
                 .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
             if entry.source == Source::Config {
                 return Err(RegistryError::ConfigOwned(entry.record.name.clone()));
+            }
+            if entry.record.name != record.name {
+                // Its figures are labelled with its name.
+                entry.stats = Arc::new(stats_for(&record.name, self.metrics.as_ref()));
             }
             entry.record = record;
             let reason = check.reason.clone();
@@ -410,19 +467,21 @@ impl Registry {
             .collect()
     }
 
-    /// Counts a check result; a status change (or deregistration) is signalled for a push. A
-    /// deregistration is saved in the background: a failed save is logged and the backend stays
-    /// deregistered here (it is checked no more either way).
+    /// Counts a check result (a failure towards deregistration only if `deregisters`); a
+    /// status change (or deregistration) is signalled for a push. A deregistration is saved in
+    /// the background: a failed save is logged and the backend stays deregistered here (it is
+    /// checked no more either way).
     pub fn record_check(
         &self,
         id: &str,
         result: CheckResult,
         settings: &HealthSettings,
+        deregisters: bool,
     ) -> Option<Transition> {
         let mut inner = self.lock();
         let entry = inner.entries.get_mut(id)?;
         let reason = result.reason.clone();
-        let t = entry.health.record(result, settings)?;
+        let t = entry.health.record_counted(result, settings, deregisters)?;
         let record = entry.record.clone();
         if t.deregistered {
             entry.record.deregistered = true;
@@ -457,12 +516,20 @@ impl Registry {
 }
 
 impl Entry {
-    fn new(record: BackendRecord, source: Source) -> Self {
+    fn new(record: BackendRecord, source: Source, metrics: Option<&Arc<ControlMetrics>>) -> Self {
         Self {
+            stats: Arc::new(stats_for(&record.name, metrics)),
             record,
             source,
             health: HealthRecord::default(),
         }
+    }
+}
+
+fn stats_for(name: &str, metrics: Option<&Arc<ControlMetrics>>) -> ProbeStats {
+    match metrics {
+        Some(m) => ProbeStats::with_metrics(m.clone(), "backend", name),
+        None => ProbeStats::default(),
     }
 }
 

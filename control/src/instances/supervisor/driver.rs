@@ -152,9 +152,11 @@ pub async fn drive<H: Host>(
             Woke::Exited(exit) => Input::Exited(exit),
             Woke::Probed(life, kind, result) => {
                 probe = None;
-                ctx.shared
-                    .probe_stats
-                    .record(kind, probe_started.elapsed(), result.as_ref().err());
+                ctx.shared.probe_stats.record(
+                    kind.name(),
+                    probe_started.elapsed(),
+                    result.as_ref().err(),
+                );
                 if result.is_err()
                     && kind == ProbeKind::Liveness
                     && matches!(ctx.shared.state(), State::Ready | State::Unhealthy)

@@ -84,7 +84,30 @@ impl TeiHost {
         launch.env.clone_from(&settings.env);
         launch.uid = settings.uid;
         launch.gid = settings.gid;
+        if let (super::super::cgroup::Cgroups::Writable(root), Some(limits)) =
+            (&settings.cgroups, spec.limits.as_ref())
+        {
+            if super::super::cgroup::wanted(Some(limits)) {
+                launch.cgroup = Some((root.clone(), limits.clone()));
+            }
+        }
         launch
+    }
+
+    /// Prepares the instance's own cgroup (before the spawn); a failure is logged and noted,
+    /// and the instance runs without it.
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf> {
+        let (root, limits) = self.launch.cgroup.as_ref()?;
+        match super::super::cgroup::prepare(root, &self.name, limits) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                let note =
+                    format!("[multiverse] cgroup not used, its limits are not enforced: {e}");
+                tracing::warn!(instance = %self.name, "{note}");
+                self.log.note(&note);
+                None
+            }
+        }
     }
 
     fn signal(&self, signal: Signal) {
@@ -96,12 +119,22 @@ impl TeiHost {
 
 impl Host for TeiHost {
     fn spawn(&mut self) -> Result<u32, String> {
+        let cgroup = self.cgroup_dir();
         let launch = &self.launch;
         let program = &launch.program;
         let mut child =
             process::spawn(launch).map_err(|e| format!("cannot start `{program}`: {e}"))?;
         let pid = child.id().unwrap_or(0);
         self.run_dir.record(&self.name, pid);
+        // At once, before TEI starts its backend (children inherit the cgroup).
+        if let Some(dir) = cgroup {
+            if let Err(e) = super::super::cgroup::add(&dir, pid) {
+                let note =
+                    format!("[multiverse] cgroup not joined, its limits are not enforced: {e}");
+                tracing::warn!(instance = %self.name, "{note}");
+                self.log.note(&note);
+            }
+        }
         // The note goes first: the child's output waits in its pipes until captured.
         self.log.note(&format!(
             "[multiverse] started pid {pid}: {program} {}",
@@ -195,6 +228,7 @@ mod tests {
             env: Vec::new(),
             uid: None,
             gid: None,
+            cgroup: None,
         };
         let probe = ProbeTarget {
             http: reqwest::Client::new(),

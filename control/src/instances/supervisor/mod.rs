@@ -23,7 +23,6 @@
 pub mod driver;
 pub mod host;
 pub mod machine;
-pub mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +39,7 @@ use super::process::{ExitInfo, RunDir};
 use super::spec::InstanceSpec;
 use crate::changes::Changes;
 use crate::events::EventBus;
+use crate::health::stats::ProbeStats;
 pub use driver::Host;
 
 /// Supervision settings (`[instances]` in the config).
@@ -69,6 +69,8 @@ pub struct Settings {
     /// The user and group instances run as (`None`: the control plane's).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Whether instances get their own cgroup (`[instances] cgroup_root`).
+    pub cgroups: super::cgroup::Cgroups,
 }
 
 /// Where an instance is in its life.
@@ -154,19 +156,15 @@ pub struct Shared {
     /// started.
     pub liveness_failures: AtomicU64,
     /// Per probe kind.
-    pub probe_stats: stats::ProbeStats,
+    pub probe_stats: ProbeStats,
 }
 
 impl Shared {
     pub fn new(log: Arc<LogSink>, state: State) -> Arc<Self> {
-        Self::with_stats(log, state, stats::ProbeStats::default())
+        Self::with_stats(log, state, ProbeStats::default())
     }
 
-    pub fn with_stats(
-        log: Arc<LogSink>,
-        state: State,
-        probe_stats: stats::ProbeStats,
-    ) -> Arc<Self> {
+    pub fn with_stats(log: Arc<LogSink>, state: State, probe_stats: ProbeStats) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(Status::new(state)),
             log,

@@ -1,5 +1,6 @@
 // Backend detail (/backends/{id}): metadata (never the upstream key), the last 100 health
-// checks as a chart (latency of each check, failures in red), and the actions Edit, Delete
+// checks as a chart (latency of each check, failures in red), its probes and their statistics
+// per kind (startup, liveness, readiness), and the actions Edit, Delete
 // (confirmed), Check now, Restore (when softly deregistered) and Copy URL.
 'use strict';
 
@@ -42,6 +43,21 @@ document.addEventListener('alpine:init', () => {
     },
     get failures() {
       return this.history.filter((c) => !c.ok).length;
+    },
+    probeSpecs() {
+      const p = (this.b && this.b.probes) || {};
+      const one = (kind, dflt) => {
+        const s = p[kind];
+        if (!s) return dflt ? kind + ': ' + dflt : '';
+        let t = kind + ': ' + (s.method || 'GET') + ' ' + s.path;
+        if (s.json_pointer) t += ' (' + s.json_pointer + (s.json_equals != null ? ' = ' + s.json_equals : '') + ')';
+        return t;
+      };
+      // A config backend is never admitted through the API, so it has no startup check.
+      const startup = this.b && this.b.source === 'config' ? '' : 'GET /v1/models';
+      return [one('startup', startup), one('liveness', ''), one('readiness', 'GET /v1/models')]
+        .filter(Boolean)
+        .join(' · ');
     },
     draw() {
       const el = this.$refs.chart;

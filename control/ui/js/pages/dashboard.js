@@ -116,6 +116,8 @@ document.addEventListener('alpine:init', () => {
         lastCheck: x.health.last_check ? x.health.last_check.at : '',
         latency: x.health.last_check ? x.health.last_check.latency_ms : null,
         lastOk: x.health.last_check ? x.health.last_check.ok : null,
+        successRate: x.success_rate,
+        avgLatency: x.avg_latency_ms,
         created: x.created_at,
       }));
       const i = this.instances.map((x) => ({
@@ -130,6 +132,8 @@ document.addEventListener('alpine:init', () => {
         lastCheck: '',
         latency: null,
         lastOk: null,
+        successRate: null,
+        avgLatency: null,
         created: x.created_at,
       }));
       return [...b, ...i];

@@ -1,4 +1,6 @@
-// One instance (/instances/{name}): its state, the actions, and the log viewer, which follows
+// One instance (/instances/{name}): its state, its GPU (GET …/gpu-stats: the device's memory,
+// utilisation and temperature and the instance's own VRAM, refreshed every 5 s), the actions,
+// and the log viewer, which follows
 // the log live (GET …/logs?follow=true&start=-100, SSE) or shows a slice (?start=&end=, Python
 // slice semantics: negative counts from the end).
 'use strict';
@@ -7,6 +9,7 @@ document.addEventListener('alpine:init', () => {
   Alpine.data('instancePage', () => ({
     name: MV.route.params[0],
     i: null,
+    gs: null,
     loading: true,
     error: '',
     busy: '',
@@ -27,13 +30,27 @@ document.addEventListener('alpine:init', () => {
     },
     stopAll() {
       if (this.events) this.events.abort();
+      clearInterval(this.gpuTimer);
       this.unfollow();
+    },
+    async loadGpu() {
+      try {
+        this.gs = await MV.get('/instances/' + encodeURIComponent(this.name) + '/gpu-stats');
+      } catch (e) {
+        this.gs = null;
+      }
+    },
+    memPct() {
+      const g = this.gs && this.gs.gpu;
+      return g && g.memory_total_bytes ? Math.round((100 * (g.memory_used_bytes || 0)) / g.memory_total_bytes) : 0;
     },
     async start() {
       this.stopAll();
       if (!this.$store.auth.require()) return (this.loading = false);
       await this.load();
       if (!this.i || !this.$store.auth.ok) return;
+      await this.loadGpu();
+      this.gpuTimer = setInterval(() => document.visibilityState === 'visible' && this.loadGpu(), 5000);
       this.events = new AbortController();
       MV.followEvents('instance=' + encodeURIComponent(this.name), {
         signal: this.events.signal,

@@ -111,6 +111,19 @@ pub struct HttpServerOptions {
     ///
     /// Default: `false` (the case is kept)
     pub drop_header_case: bool,
+
+    /// MULTIVERSE PATCH: the largest HTTP/1 request header in bytes (request line included);
+    /// a larger one fails with `v1::REQUEST_HEADER_TOO_LARGE` (pingora-proxy answers 431 and
+    /// closes). Capped at pingora's own limit. HTTP/2 sets `H2Options::max_header_list_size`.
+    ///
+    /// Default: `None` (pingora's 1 MiB)
+    pub max_request_header_bytes: Option<usize>,
+
+    /// MULTIVERSE PATCH: the most header fields an HTTP/1 request may carry; more fail with
+    /// `v1::TOO_MANY_REQUEST_HEADERS` (431 and close). Capped at pingora's 256.
+    ///
+    /// Default: `None` (256)
+    pub max_request_headers: Option<usize>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -294,6 +307,8 @@ where
         let header_timeout = self.server_options().and_then(|o| o.header_read_timeout);
         let idle_timeout = self.server_options().and_then(|o| o.keepalive_idle_timeout);
         let drop_header_case = self.server_options().is_some_and(|o| o.drop_header_case);
+        let max_header_bytes = self.server_options().and_then(|o| o.max_request_header_bytes);
+        let max_headers = self.server_options().and_then(|o| o.max_request_headers);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -403,6 +418,7 @@ where
             // MULTIVERSE PATCH: the first request's header deadline counts from the accept.
             session.set_header_timeouts(header_timeout, Some(accepted), None);
             session.set_drop_header_case(drop_header_case);
+            session.set_header_limits(max_header_bytes, max_headers);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -424,6 +440,7 @@ where
                 // MULTIVERSE PATCH: idle wait for the next request, then its header deadline.
                 session.set_header_timeouts(header_timeout, None, idle_timeout);
                 session.set_drop_header_case(drop_header_case);
+                session.set_header_limits(max_header_bytes, max_headers);
 
                 result = self.process_new_http(session, shutdown).await;
             }

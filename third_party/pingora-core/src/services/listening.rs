@@ -25,6 +25,7 @@ use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
 };
+use crate::protocols::l4::socket::SocketAddr;
 use crate::protocols::Stream;
 #[cfg(unix)]
 use crate::server::ListenFds;
@@ -36,6 +37,7 @@ use log::{debug, error, info};
 use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
+use std::any::Any;
 use std::fs::Permissions;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,13 @@ pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> +
 /// [`Service::on_listening`]).
 pub type OnListening = Box<dyn FnOnce(Result<()>) + Send + Sync>;
 
+/// MULTIVERSE PATCH: asked for every accepted connection, with its peer's address, before any
+/// byte is read or a TLS handshake begins (see [`Service::set_admission`]). `Some(guard)`:
+/// served, and `guard` is dropped when the connection's task ends (after its last request);
+/// `None`: closed at once.
+pub type Admission =
+    Arc<dyn Fn(Option<&SocketAddr>) -> Option<Box<dyn Any + Send>> + Send + Sync>;
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -56,6 +65,7 @@ pub struct Service<A> {
     pub threads: Option<usize>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
     on_listening: Option<OnListening>,
+    admission: Option<Admission>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
 }
@@ -70,6 +80,7 @@ impl<A> Service<A> {
             threads: None,
             runtime_opts_override: None,
             on_listening: None,
+            admission: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -85,6 +96,7 @@ impl<A> Service<A> {
             threads: None,
             runtime_opts_override: None,
             on_listening: None,
+            admission: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -99,6 +111,13 @@ impl<A> Service<A> {
     /// (and the process carries on without these listeners).
     pub fn on_listening(&mut self, f: impl FnOnce(Result<()>) + Send + Sync + 'static) {
         self.on_listening = Some(Box::new(f));
+    }
+
+    /// MULTIVERSE PATCH: every accepted connection of every endpoint is first put to `f`
+    /// (connection limits): refused ones are closed at once, without a task, a read or a TLS
+    /// handshake, and the accept loop goes on accepting. Without it, all are served.
+    pub fn set_admission(&mut self, f: Admission) {
+        self.admission = Some(f);
     }
 
     pub fn set_runtime_opts_override(&mut self, override_fn: RuntimeOptsOverride) {
@@ -218,6 +237,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        admission: Option<Admission>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -242,9 +262,21 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // MULTIVERSE PATCH: connection limits, before anything is spent on `io`.
+                    let admitted = match &admission {
+                        Some(admit) => match admit(io.peer_addr().as_ref()) {
+                            Some(guard) => Some(guard),
+                            None => {
+                                drop(io);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        let _admitted = admitted;
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
@@ -331,13 +363,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let admission = self.admission.clone();
 
                 // MULTIVERSE PATCH: under a `NoSteal` runtime, accept loop i runs on thread i
                 // (set `listener_tasks_per_fd` to the thread count), so each thread accepts,
                 // registers and serves its own connections.
                 let runtime = pingora_runtime::handle_at(handlers.len()).unwrap_or(runtime.clone());
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, admission).await;
                 });
 
                 handlers.push(jh);

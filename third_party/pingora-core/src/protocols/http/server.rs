@@ -337,6 +337,14 @@ impl Session {
         }
     }
 
+    /// MULTIVERSE PATCH: the HTTP/1 request header limits (see
+    /// `v1::server::HttpSession::set_header_limits`); HTTP/2's are h2 settings.
+    pub fn set_header_limits(&mut self, max_bytes: Option<usize>, max_headers: Option<usize>) {
+        if let Self::H1(s) = self {
+            s.set_header_limits(max_bytes, max_headers);
+        }
+    }
+
     /// MULTIVERSE PATCH: read an HTTP/1 request header without keeping the case of its names
     /// (`HttpServerOptions::drop_header_case`); HTTP/2 has no case to keep.
     pub fn set_drop_header_case(&mut self, drop: bool) {

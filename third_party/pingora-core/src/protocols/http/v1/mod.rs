@@ -18,6 +18,8 @@ pub(crate) mod body;
 // MULTIVERSE PATCH: the body errors' types, so applications can tell a malformed request body
 // (the client's fault) from other failures.
 pub use body::{INVALID_CHUNK, INVALID_TRAILER_END, PREMATURE_BODY_END};
+// MULTIVERSE PATCH: and the request header limits' (see `server::HttpSession::set_header_limits`).
+pub use server::{REQUEST_HEADER_TOO_LARGE, TOO_MANY_REQUEST_HEADERS};
 pub mod client;
 pub mod common;
 pub(crate) mod header;

@@ -23,7 +23,7 @@ use http::{header, header::AsHeaderName, Method, Version};
 use log::{debug, trace, warn};
 use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
-use pingora_error::{Error, ErrorType::*, OrErr, Result};
+use pingora_error::{Error, ErrorType, ErrorType::*, OrErr, Result};
 use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
@@ -168,7 +168,16 @@ pub struct HttpSession {
     /// MULTIVERSE PATCH: on a reused connection, how long to wait for the first byte of the
     /// next request before closing it (instead of the keepalive timeout).
     idle_timeout: Option<Duration>,
+    /// MULTIVERSE PATCH: the largest request header (bytes, request line included) and the
+    /// most header fields accepted (`HttpServerOptions::max_request_header_bytes` / `_headers`).
+    max_header_bytes: usize,
+    max_headers: usize,
 }
+
+/// MULTIVERSE PATCH: a request header over the session's byte limit (the server answers 431).
+pub const REQUEST_HEADER_TOO_LARGE: ErrorType = ErrorType::new("RequestHeaderTooLarge");
+/// MULTIVERSE PATCH: a request header with more fields than the session's limit (431).
+pub const TOO_MANY_REQUEST_HEADERS: ErrorType = ErrorType::new("TooManyRequestHeaders");
 
 impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
@@ -216,7 +225,19 @@ impl HttpSession {
             header_started: None,
             idle_timeout: None,
             drop_header_case: false,
+            max_header_bytes: MAX_HEADER_SIZE,
+            max_headers: MAX_HEADERS,
         }
+    }
+
+    /// MULTIVERSE PATCH: the largest request header in bytes (request line included) and the
+    /// most header fields a request may carry; `None` keeps pingora's limits (1 MiB, 256
+    /// fields), and neither can be raised above them. A header over either fails
+    /// [`Self::read_request`] with [`REQUEST_HEADER_TOO_LARGE`] or
+    /// [`TOO_MANY_REQUEST_HEADERS`] as soon as it is known, before more of it is buffered.
+    pub fn set_header_limits(&mut self, max_bytes: Option<usize>, max_headers: Option<usize>) {
+        self.max_header_bytes = max_bytes.map_or(MAX_HEADER_SIZE, |b| b.min(MAX_HEADER_SIZE));
+        self.max_headers = max_headers.map_or(MAX_HEADERS, |n| n.clamp(1, MAX_HEADERS));
     }
 
     /// MULTIVERSE PATCH: a deadline for the whole request header. With `started` (the
@@ -379,13 +400,15 @@ impl HttpSession {
                 .map(|start| start + t)
         });
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            // MULTIVERSE PATCH: the session's limit (pingora's 1 MiB by default), with its own
+            // error type (answered 431, not 400).
+            if already_read > self.max_header_bytes {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
                 return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    REQUEST_HEADER_TOO_LARGE,
+                    format!("Request header larger than {}", self.max_header_bytes),
                 );
             }
 
@@ -412,9 +435,18 @@ impl HttpSession {
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
+                // MULTIVERSE PATCH: httparse fails with `TooManyHeaders` past the limit.
+                let mut req = httparse::Request::new(&mut headers[..self.max_headers]);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    // MULTIVERSE PATCH: a header that arrived whole in one large read is held to
+                    // the byte limit too.
+                    HeaderParseState::Complete(s) if s > self.max_header_bytes => {
+                        return Error::e_explain(
+                            REQUEST_HEADER_TOO_LARGE,
+                            format!("Request header larger than {}", self.max_header_bytes),
+                        );
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 
@@ -517,6 +549,13 @@ impl HttpSession {
                     }
                     HeaderParseState::Partial => {
                         break; /* continue the read loop */
+                    }
+                    HeaderParseState::Invalid(httparse::Error::TooManyHeaders) => {
+                        // MULTIVERSE PATCH: its own error type (answered 431, not 400).
+                        return Error::e_explain(
+                            TOO_MANY_REQUEST_HEADERS,
+                            format!("more than {} request header fields", self.max_headers),
+                        );
                     }
                     HeaderParseState::Invalid(e) => match e {
                         httparse::Error::Token | httparse::Error::Version => {

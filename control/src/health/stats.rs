@@ -1,15 +1,14 @@
-//! Probe statistics of one instance, per [`ProbeKind`]: totals, average and p99 response time
-//! (of the last [`WINDOW`] probes), last success and failure, consecutive failures. Updated by
-//! the driver after each probe (a short `std` mutex, never held across I/O), shown on
-//! `GET /instances/{name}`, and fed to the Prometheus histogram when one is attached.
+//! Probe statistics of one target (an instance or a backend), per probe kind (`startup`,
+//! `liveness`, `readiness`): totals, average and p99 response time (of the last [`WINDOW`]
+//! probes), last success and failure, consecutive failures. Updated after each probe (a short
+//! `std` mutex, never held across I/O), shown on `GET /instances/{name}` and
+//! `GET /admin/backends/{id}`, and fed to the Prometheus probe series when attached.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-
-use super::machine::ProbeKind;
 
 /// Response times kept per kind for the p99.
 pub const WINDOW: usize = 1000;
@@ -38,31 +37,39 @@ pub struct KindStats {
 #[derive(Default)]
 pub struct ProbeStats {
     kinds: Mutex<BTreeMap<&'static str, KindStats>>,
-    /// `multiverse_control_probe_duration_seconds` / `_probes_total`, labelled with this target.
-    metrics: Option<(std::sync::Arc<crate::metrics::ControlMetrics>, String)>,
+    /// `multiverse_control_probe_duration_seconds` / `_probes_total`, labelled with this
+    /// target's type (`instance`, `backend`) and name.
+    metrics: Option<(
+        std::sync::Arc<crate::metrics::ControlMetrics>,
+        &'static str,
+        String,
+    )>,
 }
 
 impl ProbeStats {
-    /// Stats that also feed the Prometheus probe metrics under `target` (the instance name).
+    /// Stats that also feed the Prometheus probe metrics under `target_type` (`instance`,
+    /// `backend`) and `target` (its name).
     pub fn with_metrics(
         metrics: std::sync::Arc<crate::metrics::ControlMetrics>,
+        target_type: &'static str,
         target: &str,
     ) -> Self {
         Self {
             kinds: Mutex::default(),
-            metrics: Some((metrics, target.to_string())),
+            metrics: Some((metrics, target_type, target.to_string())),
         }
     }
 
-    /// One probe of `kind` that took `took` and failed with `error` (or passed).
-    pub fn record(&self, kind: ProbeKind, took: Duration, error: Option<&String>) {
-        if let Some((m, target)) = &self.metrics {
-            m.observe_probe("instance", target, kind.name(), took, error.is_none());
+    /// One probe of `kind` (`startup`, `liveness`, `readiness`) that took `took` and failed
+    /// with `error` (or passed).
+    pub fn record(&self, kind: &'static str, took: Duration, error: Option<&String>) {
+        if let Some((m, target_type, target)) = &self.metrics {
+            m.observe_probe(target_type, target, kind, took, error.is_none());
         }
         let ms = took.as_secs_f64() * 1000.0;
         let now = multiverse_common::time::now_rfc3339();
         let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
-        let k = kinds.entry(kind.name()).or_default();
+        let k = kinds.entry(kind).or_default();
         k.total += 1;
         k.sum_ms += ms;
         k.avg_ms = Some(k.sum_ms / k.total as f64);
@@ -93,6 +100,29 @@ impl ProbeStats {
     pub fn snapshot(&self) -> BTreeMap<&'static str, KindStats> {
         self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Every kind together: the share of probes that passed and their average response time
+    /// (`None` before the first probe), as the backend list shows them.
+    pub fn summary(&self) -> Summary {
+        let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, successes, sum_ms) = kinds.values().fold((0u64, 0u64, 0.0), |(t, s, m), k| {
+            (t + k.total, s + k.successes, m + k.sum_ms)
+        });
+        Summary {
+            probes: total,
+            success_rate: (total > 0).then(|| successes as f64 / total as f64),
+            avg_latency_ms: (total > 0).then(|| sum_ms / total as f64),
+        }
+    }
+}
+
+/// Every kind of a target's probes together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub probes: u64,
+    /// 0.0-1.0.
+    pub success_rate: Option<f64>,
+    pub avg_latency_ms: Option<f64>,
 }
 
 #[cfg(test)]
@@ -103,11 +133,11 @@ mod tests {
     fn totals_average_p99_and_streaks() {
         let s = ProbeStats::default();
         for i in 1..=100u64 {
-            s.record(ProbeKind::Liveness, Duration::from_millis(i), None);
+            s.record("liveness", Duration::from_millis(i), None);
         }
         let err = "503".to_string();
-        s.record(ProbeKind::Liveness, Duration::from_millis(1), Some(&err));
-        s.record(ProbeKind::Liveness, Duration::from_millis(1), Some(&err));
+        s.record("liveness", Duration::from_millis(1), Some(&err));
+        s.record("liveness", Duration::from_millis(1), Some(&err));
         let k = &s.snapshot()["liveness"];
         assert_eq!((k.total, k.successes, k.failures), (102, 100, 2));
         assert_eq!(k.consecutive_failures, 2);
@@ -116,8 +146,20 @@ mod tests {
         let avg = k.avg_ms.unwrap();
         assert!((avg - 5052.0 / 102.0).abs() < 0.01, "{avg}");
         assert!((k.p99_ms.unwrap() - 99.0).abs() < 0.5, "{:?}", k.p99_ms);
-        s.record(ProbeKind::Liveness, Duration::from_millis(1), None);
+        s.record("liveness", Duration::from_millis(1), None);
         assert_eq!(s.snapshot()["liveness"].consecutive_failures, 0);
         assert!(!s.snapshot().contains_key("readiness"));
+        s.record("readiness", Duration::from_millis(9), Some(&err));
+        let sum = s.summary();
+        assert_eq!(sum.probes, 104);
+        assert!(
+            (sum.success_rate.unwrap() - 101.0 / 104.0).abs() < 1e-9,
+            "{sum:?}"
+        );
+        assert!(
+            (sum.avg_latency_ms.unwrap() - 5062.0 / 104.0).abs() < 0.01,
+            "{sum:?}"
+        );
+        assert_eq!(ProbeStats::default().summary(), Summary::default());
     }
 }
