@@ -681,6 +681,26 @@ async fn registration_lifecycle() {
         }
     }
 
+    // The backend schemas name every field a registration may carry (policy and admission
+    // included), in the request and in the view.
+    for schema in ["BackendRequest", "Backend"] {
+        let props = &openapi["components"]["schemas"][schema]["properties"];
+        for field in [
+            "name",
+            "url",
+            "models",
+            "weight",
+            "probes",
+            "policy",
+            "max_concurrent",
+        ] {
+            assert!(
+                props.get(field).is_some(),
+                "openapi.json's {schema} documents `{field}`: {props}"
+            );
+        }
+    }
+
     // Missing key → 401, wrong key → 403, on reads and writes; X-API-Key works too.
     let body = backend_body("reg-demo", &main.url(), None);
     for (method, b) in [(Method::GET, None), (Method::POST, Some(&body))] {

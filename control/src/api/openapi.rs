@@ -357,6 +357,19 @@ fn add_backend_probe_schemas(doc: &mut Value) {
     {
         all.extend(new);
     }
+    // Both the request and the view carry the backend's routing policy and concurrency limit.
+    let routing = json!({
+                    "policy": {"$ref": "#/components/schemas/Policy", "description": "The policy this backend asks for its models; a model's [models.<name>] or API policy wins field by field"},
+                    "max_concurrent": {"type": "integer", "minimum": 1, "description": "Requests each proxy sends this backend at once (beyond: the model's queue, queue_max); unset: unlimited"}
+    });
+    for schema in ["BackendRequest", "Backend"] {
+        if let (Some(props), Value::Object(new)) = (
+            doc["components"]["schemas"][schema]["properties"].as_object_mut(),
+            routing.clone(),
+        ) {
+            props.extend(new);
+        }
+    }
     if let (Some(props), Value::Object(new)) = (
         doc["components"]["schemas"]["Backend"]["properties"].as_object_mut(),
         backend,
