@@ -10,6 +10,7 @@
 pub use multiverse_testkit::*;
 
 pub mod certs;
+pub mod raw_http;
 
 /// The checkout under test (the workspace root), found at run time: a target directory shared
 /// between clones may run a test binary compiled in another one.

@@ -10,13 +10,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use multiverse_tests::raw_http::{read_response, read_to_close, status_of, Reply, CAP};
 use multiverse_tests::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// The longest any single wait for the proxy may take before the test calls it a hang.
-const CAP: Duration = Duration::from_secs(5);
 
 /// A standalone proxy routing `demo` (chat) to a mock-openai answering after `latency_ms`.
 struct Setup {
@@ -85,90 +83,11 @@ const LOCAL_1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const LOCAL_2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LOCAL_3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
-/// What came back on a raw connection before the proxy closed it.
-#[derive(Debug)]
-struct Reply {
-    bytes: Vec<u8>,
-    /// The proxy closed the connection (EOF or reset) within [`CAP`].
-    closed: bool,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    fn status(&self) -> Option<u16> {
-        let text = self.text();
-        let line = text.lines().next()?;
-        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-    }
-
-    fn json(&self) -> Value {
-        let text = self.text();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-    }
-}
-
-/// Reads until the proxy closes the connection or [`CAP`] passes.
-async fn read_to_close(stream: &mut TcpStream) -> Reply {
-    let started = Instant::now();
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        let left = CAP.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    Reply { bytes, closed }
-}
-
 /// Writes `request` on a new connection and reads until the proxy closes it.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
     let mut stream = connect_from(LOCAL_1, addr).await;
     stream.write_all(request).await.expect("write");
-    read_to_close(&mut stream).await
-}
-
-/// Reads one whole response with a Content-Length body; returns its status.
-async fn read_response(stream: &mut TcpStream) -> u16 {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = Instant::now() + CAP;
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
-            .await
-            .expect("a response within the cap")
-            .expect("read");
-        assert!(n > 0, "closed before a whole response: {bytes:?}");
-        bytes.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&bytes);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .expect("a Content-Length");
-        if body.len() >= length {
-            let reply = Reply {
-                bytes: bytes.clone(),
-                closed: false,
-            };
-            return reply.status().expect("a status line");
-        }
-    }
+    read_to_close(&mut stream, Instant::now()).await
 }
 
 /// Sends a chat request on `stream` and returns the status (the connection stays open).
@@ -181,7 +100,7 @@ async fn chat_on(stream: &mut TcpStream) -> u16 {
 async fn assert_shed(stream: &mut TcpStream, what: &str) {
     // The request may already fail to go out (the proxy reset the connection).
     let _ = stream.write_all(&chat_request()).await;
-    let reply = read_to_close(stream).await;
+    let reply = read_to_close(stream, Instant::now()).await;
     assert!(reply.closed, "{what}: the connection was left open");
     assert!(
         reply.bytes.is_empty(),
@@ -250,11 +169,7 @@ async fn read_to_close_or_response(stream: &mut TcpStream) -> Option<u16> {
         bytes.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&bytes);
         if text.contains("\r\n\r\n") {
-            return Reply {
-                bytes: bytes.clone(),
-                closed: false,
-            }
-            .status();
+            return status_of(&bytes);
         }
     }
 }

@@ -10,13 +10,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use multiverse_tests::raw_http::{read_response, read_to_close, Reply, CAP};
 use multiverse_tests::*;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The longest any single wait for the proxy may take before the test calls it a hang.
-const CAP: Duration = Duration::from_secs(5);
 
 /// `[clients]` with the short timeouts most tests use.
 const SHORT_TIMEOUTS: &str = "[clients]\nheader_timeout_ms = 500\nkeepalive_timeout_ms = 700\n";
@@ -55,58 +52,6 @@ async fn setup(tag: &str, extra_toml: &str) -> Setup {
     }
 }
 
-/// What came back on a raw connection.
-#[derive(Debug)]
-struct Reply {
-    bytes: Vec<u8>,
-    /// The proxy closed the connection (EOF or reset) within [`CAP`].
-    closed: bool,
-    /// From the connect to the close (or to the cap).
-    elapsed: Duration,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// The status code of the first response, if one arrived.
-    fn status(&self) -> Option<u16> {
-        let text = self.text();
-        let line = text.lines().next()?;
-        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-    }
-
-    /// The JSON body of the first response.
-    fn json(&self) -> Value {
-        let text = self.text();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-    }
-}
-
-/// Reads from `stream` until the proxy closes it or `CAP` (from `started`) passes.
-async fn read_to_close(stream: &mut TcpStream, started: Instant) -> Reply {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        let left = CAP.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    Reply {
-        bytes,
-        closed,
-        elapsed: started.elapsed(),
-    }
-}
-
 /// Connects, writes `request` (keeping the write side open, as a client waiting for its
 /// answer does) and reads until the proxy closes the connection.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
@@ -114,41 +59,6 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
     read_to_close(&mut stream, started).await
-}
-
-/// Reads one complete response with a Content-Length body; returns its status.
-async fn read_response(stream: &mut TcpStream) -> u16 {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = Instant::now() + CAP;
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
-            .await
-            .expect("a response within the cap")
-            .expect("read");
-        assert!(n > 0, "closed before a whole response: {bytes:?}");
-        bytes.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&bytes);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .expect("a Content-Length");
-        if body.len() >= length {
-            let reply = Reply {
-                bytes: bytes.clone(),
-                closed: false,
-                elapsed: Duration::ZERO,
-            };
-            return reply.status().expect("a status line");
-        }
-    }
 }
 
 /// Asserts an error body shows nothing internal: no upstream or loopback address, no pingora
