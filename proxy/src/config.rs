@@ -34,6 +34,25 @@ pub struct ProxyConfig {
     pub cors: CorsConfig,
     pub log: LogConfig,
     pub tracing: TracingConfig,
+    pub usage: UsageConfig,
+}
+
+/// Token usage accounting (`request::usage`, `request::stream_usage`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Add `stream_options.include_usage` to a streamed completion whose client did not ask
+    /// for usage, and hide the usage event from it (default true: otherwise streams count no
+    /// tokens and escape a key's tokens-per-minute limit).
+    pub request_stream_usage: bool,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            request_stream_usage: true,
+        }
+    }
 }
 
 /// W3C trace context (`request::trace`).

@@ -542,6 +542,7 @@ fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConf
         max_header_bytes: cfg.clients.max_header_bytes,
         max_headers: cfg.clients.max_headers,
         trace_sample: cfg.tracing.sample,
+        request_stream_usage: cfg.usage.request_stream_usage,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {

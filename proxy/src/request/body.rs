@@ -34,6 +34,16 @@ impl Held {
         self.len() == 0
     }
 
+    /// The bytes held.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        self.bytes.as_ref()
+    }
+
+    /// Replaces the held bytes by a rewrite of them ([`crate::request::stream_usage`]).
+    pub fn replace(&mut self, bytes: Bytes) {
+        self.bytes = Some(bytes);
+    }
+
     /// Holds `chunk` after the bytes already held.
     fn append(&mut self, chunk: Bytes) {
         self.bytes = Some(match self.bytes.take() {

@@ -13,6 +13,7 @@ use crate::request::id::RequestId;
 use crate::request::midstream::Forwarded;
 use crate::request::observe::InFlight;
 use crate::request::pace::Pace;
+use crate::request::stream_usage::HideUsage;
 use crate::request::trace::Trace;
 use crate::request::usage::UsageReader;
 use crate::routing::keys::ApiKey;
@@ -57,6 +58,11 @@ pub struct RequestCtx {
     pub forwarded: Forwarded,
     /// Token counts read from the response (OpenAI routes).
     pub usage: Option<UsageReader>,
+    /// The body sent upstream asks for the stream's usage on the client's behalf
+    /// (`[usage] request_stream_usage`).
+    pub usage_asked: bool,
+    /// Hides the usage event of a stream the client did not ask usage for.
+    pub hide_usage: Option<HideUsage>,
     /// An SSE response's pacing (time to first token, gaps).
     pub pace: Option<Pace>,
     /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
@@ -93,6 +99,8 @@ impl RequestCtx {
             rate: None,
             forwarded: Forwarded::default(),
             usage: None,
+            usage_asked: false,
+            hide_usage: None,
             pace: None,
             cors: None,
             started: Instant::now(),

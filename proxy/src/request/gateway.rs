@@ -65,6 +65,7 @@ use crate::request::pace::Pace;
 use crate::request::prefix_hash::{self, PrefixHasher, PrefixScan};
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
+use crate::request::stream_usage::{self, HideUsage};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
 use crate::request::usage::UsageReader;
@@ -101,6 +102,9 @@ pub struct GatewayConfig {
     pub trace_sample: bool,
     /// `[affinity]`: what `lb = "prefix_affinity"` keys requests by.
     pub affinity: AffinityConfig,
+    /// `[usage] request_stream_usage`: ask backends for a stream's usage when the client did
+    /// not ([`stream_usage`]).
+    pub request_stream_usage: bool,
 }
 
 /// `[affinity]`, ready for the request path.
@@ -287,6 +291,10 @@ impl ProxyHttp for Gateway {
             upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())?;
         }
         ctx.id.write_upstream(upstream_request)?;
+        if ctx.usage_asked && upstream_request.headers.contains_key(http::header::CONTENT_LENGTH) {
+            // The held bytes are the whole body, rewritten.
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, ctx.held.len())?;
+        }
         ctx.trace.write_upstream(upstream_request)
     }
 
@@ -353,6 +361,14 @@ impl ProxyHttp for Gateway {
         if ctx.forwarded.kind == BodyKind::Sse {
             ctx.pace = Some(Pace::new(self.metrics.stream_pace(ctx.model())));
         }
+        // A stream whose usage we asked for: its usage event is not the client's. (One with a
+        // Content-Length, which removing bytes would break, goes as it is.)
+        ctx.hide_usage = (ctx.usage_asked
+            && ctx.forwarded.kind == BodyKind::Sse
+            && !upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH))
+        .then(HideUsage::default);
         if let Some(endpoint) = ctx.endpoint() {
             upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
         }
@@ -371,10 +387,20 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         ctx.forwarded.ended |= end_of_stream;
         let Some(chunk) = body.as_ref().filter(|c| !c.is_empty()) else {
+            if end_of_stream {
+                if let Some(held) = ctx.hide_usage.as_mut().and_then(HideUsage::release) {
+                    *body = Some(held);
+                }
+            }
             return Ok(None);
         };
         if let Some(reader) = ctx.usage.as_mut() {
             reader.feed(chunk);
+        }
+        if let Some(hide) = ctx.hide_usage.as_mut() {
+            if let Some(forwarded) = hide.filter(chunk, end_of_stream) {
+                *body = Some(forwarded);
+            }
         }
         if let Some(pace) = ctx.pace.as_mut() {
             pace.chunk(ctx.started);
@@ -714,6 +740,7 @@ impl Gateway {
                         ctx.want.affinity = key.map(|key| self.affinity(key));
                     }
                 }
+                self.ask_stream_usage(session, ctx);
                 target
             }
         };
@@ -737,6 +764,25 @@ impl Gateway {
             ctx.usage = Some(UsageReader::default());
         }
         Ok(Some(route))
+    }
+
+    /// Adds `stream_options.include_usage` to a streamed completion's body that routing holds
+    /// whole, when the client did not ask ([`stream_usage`]).
+    fn ask_stream_usage(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if !self.config.request_stream_usage
+            || !stream_usage::path_streams(session.req_header().uri.path())
+            || !session.is_body_done()
+        {
+            return;
+        }
+        let Some(held) = ctx.held.bytes() else {
+            return;
+        };
+        if let Some(at) = stream_usage::ask_at(held) {
+            let asked = stream_usage::with_ask(held, at);
+            ctx.held.replace(asked);
+            ctx.usage_asked = true;
+        }
     }
 
     /// A `prefix_affinity` route's request keyed by its session header, when it has one.

@@ -20,7 +20,9 @@
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
 //! - [`observe`] — its in-flight count;
 //! - [`usage`] — the response's token counts, read as it streams past (token metrics, tokens
-//!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps.
+//!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps;
+//!   [`stream_usage`] — a stream's usage asked of the backend for the client that did not,
+//!   and its event hidden from it.
 
 pub mod admit;
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod pace;
 pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
+pub mod stream_usage;
 pub mod target;
 pub mod trace;
 pub mod upstream;
