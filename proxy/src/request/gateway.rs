@@ -291,7 +291,11 @@ impl ProxyHttp for Gateway {
             upstream::rewrite_request(upstream_request, endpoint, ctx.key.is_some())?;
         }
         ctx.id.write_upstream(upstream_request)?;
-        if ctx.usage_asked && upstream_request.headers.contains_key(http::header::CONTENT_LENGTH) {
+        if ctx.usage_asked
+            && upstream_request
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+        {
             // The held bytes are the whole body, rewritten.
             upstream_request.insert_header(http::header::CONTENT_LENGTH, ctx.held.len())?;
         }

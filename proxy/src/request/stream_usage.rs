@@ -394,7 +394,8 @@ mod tests {
         assert!(asked(r#"{"stream":false,"model":"m","stream":true}"#).is_some());
     }
 
-    const ROLE: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n";
+    const ROLE: &[u8] =
+        b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n";
     const TOKEN: &[u8] =
         b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"choices\\\":[]\"}}],\"usage\":null}\n\n";
     const AZURE: &[u8] = b"data: {\"choices\":[],\"prompt_filter_results\":[]}\n\n";
@@ -452,7 +453,9 @@ mod tests {
     fn a_long_or_unterminated_event_is_let_go() {
         let long = format!("data: {{\"x\":\"{}\"", "a".repeat(HOLD_CAP));
         let mut hide = HideUsage::default();
-        let out = hide.filter(&Bytes::from(long.clone()), false).expect("held");
+        let out = hide
+            .filter(&Bytes::from(long.clone()), false)
+            .expect("held");
         assert_eq!(out.len(), long.len(), "over the cap: forwarded");
         let mut hide = HideUsage::default();
         assert_eq!(

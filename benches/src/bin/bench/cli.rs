@@ -41,6 +41,8 @@ pub enum Scenario {
     /// Prefix-cache hits and TTFT, least_request vs prefix_affinity; prefix_affinity's
     /// hot-path cost.
     Prefix,
+    /// The proxy asking streams' usage (`[usage] request_stream_usage`) vs not: sse latency.
+    Usage,
 }
 
 impl Scenario {

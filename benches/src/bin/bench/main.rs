@@ -22,6 +22,8 @@
 //! - `prefix`: prefix-cache hit rate and TTFT, least_request vs prefix_affinity (4 endpoints
 //!   with simulated prefix caches, 2 proxies per arm, interleaved), and prefix_affinity's
 //!   hot-path cost beside the proxy.
+//! - `usage`: the proxy asking streams' usage for their clients (the default) against a proxy
+//!   with `[usage] request_stream_usage = false`: sse latency, what asking and hiding add.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -33,7 +35,7 @@
 
 //!
 //! Modules, one per part of the run: [`cli`] (command line and settings), [`latency`],
-//! [`throughput`], [`memory`], [`models`], [`keys`], [`prefix`] and [`propagation`] (the scenarios, each with its
+//! [`throughput`], [`memory`], [`models`], [`keys`], [`prefix`], [`usage`] and [`propagation`] (the scenarios, each with its
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
@@ -48,6 +50,7 @@ mod propagation;
 mod record;
 mod summary;
 mod throughput;
+mod usage;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -137,6 +140,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         models_10k: None,
         keys: None,
         prefix: None,
+        usage: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -281,6 +285,15 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.prefix = Some(p);
                 }
                 Err(e) => record.failures.push(format!("prefix: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Usage) && stack.ensure_running().is_ok() {
+            match usage::usage_scenario(&rt, &launch, &client, &stack, &settings) {
+                Ok(u) => {
+                    record.failures.extend(u.latency.failures.iter().cloned());
+                    record.usage = Some(u);
+                }
+                Err(e) => record.failures.push(format!("usage: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

@@ -19,6 +19,7 @@ use crate::models::ModelsRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
 use crate::throughput::ThroughputRecord;
+use crate::usage::UsageRecord;
 
 /// The whole run, as written by `--json`.
 #[derive(Debug, Serialize)]
@@ -39,6 +40,7 @@ pub struct Record {
     pub models_10k: Option<ModelsRecord>,
     pub keys: Option<KeysRecord>,
     pub prefix: Option<PrefixRecord>,
+    pub usage: Option<UsageRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,

@@ -1,0 +1,159 @@
+//! Token usage of streams through real processes (issue 15): the proxy asks the backend for a
+//! stream's usage when the client did not (`[usage] request_stream_usage`, on by default),
+//! counts it, and hides the usage event from that client; a client's own `stream_options`
+//! decide alone; with the setting off, such a stream counts no tokens.
+
+use multiverse_tests::*;
+use serde_json::{json, Value};
+
+/// The value of the Prometheus sample `name{labels}` (0 when absent).
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn tokens(m: &str, kind: &str) -> f64 {
+    let series = format!(
+        "multiverse_proxy_tokens_total{{endpoint=\"mock-su\",key=\"-\",kind=\"{kind}\",model=\"demo\"}}"
+    );
+    sample(m, &series)
+}
+
+/// Prompt and completion tokens counted so far.
+async fn counted(client: &reqwest::Client, proxy: &Proxy) -> (f64, f64) {
+    let m = client
+        .get(format!("{}/metrics", proxy.admin_url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    (tokens(&m, "prompt"), tokens(&m, "completion"))
+}
+
+/// A chat request's status and body text (the whole stream for `"stream": true`).
+async fn chat(client: &reqwest::Client, proxy: &Proxy, body: &Value) -> String {
+    let resp = client
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "{body}");
+    resp.text().await.expect("body")
+}
+
+/// The usage counts of a body or of a stream's usage event.
+fn usage_of(text: &str) -> Option<(f64, f64)> {
+    let from = |v: &Value| {
+        let u = &v["usage"];
+        Some((
+            u["prompt_tokens"].as_f64()?,
+            u["completion_tokens"].as_f64()?,
+        ))
+    };
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return from(&v);
+    }
+    sse_data(text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| from(&v))
+}
+
+/// A stream's JSON events (`[DONE]` checked to be last and left out).
+fn events(text: &str) -> Vec<Value> {
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let data = sse_data(text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
+fn body(stream: bool, options: Option<Value>) -> Value {
+    let mut b = json!({"model": "demo", "max_tokens": 3, "stream": stream,
+        "messages": [{"role": "user", "content": "one two three four five six seven"}]});
+    if let Some(o) = options {
+        b["stream_options"] = o;
+    }
+    b
+}
+
+#[tokio::test]
+async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_not_ask() {
+    let dir = temp_dir("stream-usage");
+    let mock = MockOpenAi::start(&dir, "mock-su", &[]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-su", mock.addr, "healthy")],
+    );
+    let on = Proxy::start_standalone(&dir, "proxy-su-on", &routes, "").await;
+    let off = Proxy::start_standalone(
+        &dir,
+        "proxy-su-off",
+        &routes,
+        "[usage]\nrequest_stream_usage = false\n",
+    )
+    .await;
+    let client = reqwest::Client::new();
+
+    // Non-streamed: the body's usage, counted.
+    let text = chat(&client, &on, &body(false, None)).await;
+    let per_request = usage_of(&text).unwrap_or_else(|| panic!("no usage in {text}"));
+    assert!(per_request.0 > 0.0 && per_request.1 > 0.0, "{text}");
+    assert_eq!(counted(&client, &on).await, per_request);
+
+    // Streamed, the client asking for usage: its usage event reaches it, and is counted.
+    let asked = json!({"include_usage": true});
+    let text = chat(&client, &on, &body(true, Some(asked))).await;
+    assert_eq!(usage_of(&text), Some(per_request), "{text}");
+    let evs = events(&text);
+    assert_eq!(evs.last().map(|e| e["choices"].clone()), Some(json!([])));
+    let twice = (2.0 * per_request.0, 2.0 * per_request.1);
+    assert_eq!(counted(&client, &on).await, twice);
+
+    // Streamed without: the backend was asked (every chunk carries `usage: null`), the usage
+    // event was counted and not forwarded, `[DONE]` still last.
+    let text = chat(&client, &on, &body(true, None)).await;
+    assert_eq!(usage_of(&text), None, "{text}");
+    let evs = events(&text);
+    // role, 3 tokens, stop.
+    assert_eq!(evs.len(), 5, "{text}");
+    for e in &evs {
+        assert!(
+            e["choices"].as_array().is_some_and(|c| !c.is_empty()),
+            "{e}"
+        );
+        assert_eq!(e.get("usage"), Some(&Value::Null), "{e}");
+    }
+    let thrice = (3.0 * per_request.0, 3.0 * per_request.1);
+    assert_eq!(counted(&client, &on).await, thrice);
+
+    // The client's own stream options, without usage: forwarded as sent (no usage anywhere),
+    // nothing counted.
+    let declined = json!({"include_usage": false});
+    let text = chat(&client, &on, &body(true, Some(declined))).await;
+    for e in events(&text) {
+        assert_eq!(e.get("usage"), None, "{e}");
+    }
+    assert_eq!(counted(&client, &on).await, thrice);
+
+    // Asking off: the stream goes as the client sent it, and counts no tokens.
+    let text = chat(&client, &off, &body(true, None)).await;
+    let evs = events(&text);
+    assert_eq!(evs.len(), 5, "{text}");
+    for e in &evs {
+        assert_eq!(e.get("usage"), None, "{e}");
+    }
+    assert_eq!(counted(&client, &off).await, (0.0, 0.0));
+    // ... while a non-streamed answer is still counted.
+    chat(&client, &off, &body(false, None)).await;
+    assert_eq!(counted(&client, &off).await, per_request);
+}
