@@ -26,6 +26,13 @@
 //! response, allocates nothing; the later sse runs also time its chunks). The budgets are the
 //! highest run rounded up by one to two; the release numbers were raised by the same amounts,
 //! not measured.
+//! Asking a stream's usage for its client (issue 15, `[usage] request_stream_usage`, on by
+//! default) raised sse by 8: the scenario's stream sends no `stream_options`, so the proxy
+//! copies the body with the member added (one allocation, one more when the copy is shared
+//! for the attempt), writes a new `Content-Length` value (one), and reads one more upstream
+//! event, the usage chunk it then hides (pingora's read buffers). Measured in debug on one
+//! build with the setting off and on, load average 14-16: 129.92 / 131.38 off, 138.32 /
+//! 138.53 on; the other families are unchanged (nothing is asked for them).
 //! The numbers are what the proxy measured when they were set (docs/per-request-cost.md),
 //! rounded up: allocations by about one (a family varies by a fraction between runs, gRPC by
 //! up to 2.5 with the timing of h2's frames), syscalls by the `epoll_wait`s and the pingora
@@ -63,8 +70,8 @@ pub const BUDGETS: [Budget; 5] = [
     },
     Budget {
         family: Latency::Sse,
-        allocations_debug: 133.0,
-        allocations_release: 134.0,
+        allocations_debug: 141.0,
+        allocations_release: 142.0,
         syscalls: 9.5,
     },
     Budget {
