@@ -2,7 +2,10 @@
 //! `[usage] request_stream_usage`). The stack's proxy (on, the default) and a second proxy with
 //! it off, interleaved on the `sse` scenario's stream (`"stream": true`, no `stream_options`):
 //! with it on, the body is parsed and rewritten, the backend sends one more event (the usage
-//! chunk, and `"usage": null` in every other), the proxy reads and hides it. Reading the usage
+//! chunk, and `"usage": null` in every other), the proxy reads and hides it. The first event
+//! shows the request side's cost (parse and rewrite); the whole stream also waits for the extra
+//! event, which `mock-openai` paces like a token (`--chunk-interval-ms`), so there it adds about
+//! one gap (a real backend sends the usage chunk right after the last one). Reading the usage
 //! of responses and the request ids have no switch (always on), so their cost is in every
 //! proxy row and cannot be told apart here.
 
