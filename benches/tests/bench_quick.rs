@@ -133,13 +133,19 @@ fn quick_run_reports_every_scenario() {
 
     // Asking streams' usage: the proxy beside one that does not, every stream metric.
     let usage = &r["usage"];
-    for metric in usage["latency"]["metrics"].as_array().expect("usage metrics") {
+    for metric in usage["latency"]["metrics"]
+        .as_array()
+        .expect("usage metrics")
+    {
         for name in ["direct", "proxy", "proxy-usage-off"] {
             let t = target(&metric["targets"], name).unwrap_or_else(|| panic!("usage {name}"));
             assert_measured(&format!("usage {} {name}", metric["metric"]), t);
         }
     }
-    assert!(usage["first_event_on_minus_off"]["p50_us"].is_i64(), "{usage}");
+    assert!(
+        usage["first_event_on_minus_off"]["p50_us"].is_i64(),
+        "{usage}"
+    );
 
     // Quick really is quick.
     assert!(started.elapsed() < Duration::from_secs(180));

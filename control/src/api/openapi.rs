@@ -151,11 +151,19 @@ pub async fn document() -> Json<Value> {
                 for (method, op) in ops.iter_mut() {
                     if method != "parameters" {
                         op["tags"] = json!([tag]);
+                        with_request_id(op);
                     }
                 }
             }
         }
     }
+    doc["components"]["headers"] = json!({"RequestId": {
+        "description": "The request's id: the caller's `x-request-id` when usable (1-128 visible ASCII bytes), else 32 hex digits made here; also on the request's log lines",
+        "schema": {"type": "string"}}});
+    doc["components"]["parameters"] = json!({"RequestId": {
+        "name": "x-request-id", "in": "header", "required": false,
+        "description": "An id for the request (1-128 visible ASCII bytes), kept and returned; any other value is replaced by one made here",
+        "schema": {"type": "string"}}});
     if let (Some(schemas), Value::Object(more)) =
         (doc["components"]["schemas"].as_object_mut(), more_schemas())
     {
@@ -166,6 +174,21 @@ pub async fn document() -> Json<Value> {
         .map(|(name, description)| json!({"name": name, "description": description}))
         .collect();
     Json(doc)
+}
+
+/// Every operation takes an `x-request-id` and every response of it returns one
+/// ([`super::request_id`]).
+fn with_request_id(op: &mut Value) {
+    let param = json!({"$ref": "#/components/parameters/RequestId"});
+    match op["parameters"].as_array_mut() {
+        Some(params) => params.push(param),
+        None => op["parameters"] = json!([param]),
+    }
+    if let Some(responses) = op["responses"].as_object_mut() {
+        for response in responses.values_mut() {
+            response["headers"]["x-request-id"] = json!({"$ref": "#/components/headers/RequestId"});
+        }
+    }
 }
 
 fn untagged() -> Json<Value> {
@@ -375,5 +398,38 @@ fn add_backend_probe_schemas(doc: &mut Value) {
         backend,
     ) {
         props.extend(new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_response_documents_its_request_id() {
+        let Json(doc) = document().await;
+        let header = &doc["components"]["headers"]["RequestId"];
+        assert_eq!(header["schema"]["type"], "string", "{header}");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut responses = 0;
+        for (path, item) in paths {
+            let ops = item.as_object().expect("path item");
+            for (method, op) in ops.iter().filter(|(m, _)| *m != "parameters") {
+                let params = op["parameters"].as_array().expect("parameters");
+                let refs = params
+                    .iter()
+                    .filter(|p| p["$ref"] == "#/components/parameters/RequestId")
+                    .count();
+                assert_eq!(refs, 1, "{method} {path}: {params:?}");
+                for (status, r) in op["responses"].as_object().expect("responses") {
+                    assert_eq!(
+                        r["headers"]["x-request-id"]["$ref"], "#/components/headers/RequestId",
+                        "{method} {path} {status}"
+                    );
+                    responses += 1;
+                }
+            }
+        }
+        assert!(responses > 50, "{responses} responses");
     }
 }
