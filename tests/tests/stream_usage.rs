@@ -1,7 +1,10 @@
 //! Token usage of streams through real processes (issue 15): the proxy asks the backend for a
 //! stream's usage when the client did not (`[usage] request_stream_usage`, on by default),
 //! counts it, and hides the usage event from that client; a client's own `stream_options`
-//! decide alone; with the setting off, such a stream counts no tokens.
+//! decide alone; a body routed by `x-model` (never read) goes as sent; with the setting off,
+//! such a stream counts no tokens.
+
+use std::time::Duration;
 
 use multiverse_tests::*;
 use serde_json::{json, Value};
@@ -32,6 +35,16 @@ async fn counted(client: &reqwest::Client, proxy: &Proxy) -> (f64, f64) {
         .await
         .expect("metrics text");
     (tokens(&m, "prompt"), tokens(&m, "completion"))
+}
+
+/// Waits until the counts are `want` (a request is counted as it ends, just after its client
+/// has the whole answer).
+async fn wait_counted(client: &reqwest::Client, proxy: &Proxy, want: (f64, f64)) {
+    let what = format!("tokens counted = {want:?}");
+    eventually(Duration::from_secs(5), &what, || async move {
+        (counted(client, proxy).await == want).then_some(())
+    })
+    .await;
 }
 
 /// A chat request's status and body text (the whole stream for `"stream": true`).
@@ -108,7 +121,7 @@ async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_n
     let text = chat(&client, &on, &body(false, None)).await;
     let per_request = usage_of(&text).unwrap_or_else(|| panic!("no usage in {text}"));
     assert!(per_request.0 > 0.0 && per_request.1 > 0.0, "{text}");
-    assert_eq!(counted(&client, &on).await, per_request);
+    wait_counted(&client, &on, per_request).await;
 
     // Streamed, the client asking for usage: its usage event reaches it, and is counted.
     let asked = json!({"include_usage": true});
@@ -117,7 +130,7 @@ async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_n
     let evs = events(&text);
     assert_eq!(evs.last().map(|e| e["choices"].clone()), Some(json!([])));
     let twice = (2.0 * per_request.0, 2.0 * per_request.1);
-    assert_eq!(counted(&client, &on).await, twice);
+    wait_counted(&client, &on, twice).await;
 
     // Streamed without: the backend was asked (every chunk carries `usage: null`), the usage
     // event was counted and not forwarded, `[DONE]` still last.
@@ -134,16 +147,32 @@ async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_n
         assert_eq!(e.get("usage"), Some(&Value::Null), "{e}");
     }
     let thrice = (3.0 * per_request.0, 3.0 * per_request.1);
-    assert_eq!(counted(&client, &on).await, thrice);
+    wait_counted(&client, &on, thrice).await;
 
     // The client's own stream options, without usage: forwarded as sent (no usage anywhere),
-    // nothing counted.
+    // nothing counted (checked by the exact total below).
     let declined = json!({"include_usage": false});
     let text = chat(&client, &on, &body(true, Some(declined))).await;
     for e in events(&text) {
         assert_eq!(e.get("usage"), None, "{e}");
     }
-    assert_eq!(counted(&client, &on).await, thrice);
+
+    // Routed by `x-model`, the body is never read: it goes as sent, as documented.
+    let resp = client
+        .post(format!("{}/v1/chat/completions", on.url()))
+        .header("x-model", "demo")
+        .json(&body(true, None))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("body");
+    for e in events(&text) {
+        assert_eq!(e.get("usage"), None, "{e}");
+    }
+    // Neither was counted: one more plain request makes exactly four.
+    chat(&client, &on, &body(false, None)).await;
+    wait_counted(&client, &on, (4.0 * per_request.0, 4.0 * per_request.1)).await;
 
     // Asking off: the stream goes as the client sent it, and counts no tokens.
     let text = chat(&client, &off, &body(true, None)).await;
@@ -152,8 +181,7 @@ async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_n
     for e in &evs {
         assert_eq!(e.get("usage"), None, "{e}");
     }
-    assert_eq!(counted(&client, &off).await, (0.0, 0.0));
-    // ... while a non-streamed answer is still counted.
+    // ... while a non-streamed answer is still counted: exactly one request's tokens.
     chat(&client, &off, &body(false, None)).await;
-    assert_eq!(counted(&client, &off).await, per_request);
+    wait_counted(&client, &off, per_request).await;
 }
