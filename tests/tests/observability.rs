@@ -418,9 +418,15 @@ async fn tokens_are_counted_per_model_endpoint_and_key_and_streams_are_timed() {
             "multiverse_proxy_tokens_total{{endpoint=\"mock-usage\",key=\"team-obs\",kind=\"{kind}\",model=\"demo\"}}"
         )
     };
-    let m = metrics(&client, &proxy).await;
-    assert_eq!(sample(&m, &series("prompt")), want.0, "{m}");
-    assert_eq!(sample(&m, &series("completion")), want.1, "{m}");
+    // A request is counted as it ends, just after its client has the whole answer: wait for
+    // the counts (an exact match, so an over-count fails too once the wait ends).
+    let counted = |m: &str| (sample(m, &series("prompt")), sample(m, &series("completion")));
+    let m = eventually(Duration::from_secs(5), "tokens counted", || async {
+        let m = metrics(&client, &proxy).await;
+        (counted(&m) == want).then_some(m)
+    })
+    .await;
+    assert_eq!(counted(&m), want, "{m}");
 
     // The stream was timed: one first token, a gap per later chunk.
     let first = "multiverse_proxy_time_to_first_token_seconds_count{model=\"demo\"}";
