@@ -114,7 +114,18 @@ impl Leases {
             inner.nodes.remove(node);
             inner.leases.remove(node);
             self.rebalance(&mut inner);
+            // The others' endpoint shares grow (`discovery::shares`) even when no key lease
+            // changed.
+            self.generation.send_modify(|g| *g += 1);
         }
+    }
+
+    /// `node`'s place among the connected proxies (node-id order) and their number, what its
+    /// share of the instances' rates depends on ([`crate::discovery::shares`]).
+    pub fn membership(&self, node: &str) -> (usize, usize) {
+        let inner = self.lock();
+        let index = inner.nodes.keys().position(|n| n == node).unwrap_or(0);
+        (index, inner.nodes.len())
     }
 
     /// A usage report from `node`.

@@ -397,6 +397,11 @@ pub struct Limits {
     /// warning at create time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_percent: Option<u32>,
+    /// Requests per second across the whole fleet of proxies: enforced by the proxies, each
+    /// with a share of it pushed by the control plane (`discovery::shares`); beyond it a
+    /// proxy sends the model's requests to its other endpoints, or answers 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).
