@@ -333,6 +333,67 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_over_its_rate_is_skipped_and_all_over_is_rate_blocked_across_swaps() {
+        use crate::routing::snapshot::{parse_socket_addr, PlaneRoutes};
+        use crate::routing::table::RoutingTable;
+        use std::collections::{BTreeMap, HashMap};
+
+        let ep = |id: &str, port: u16, rps: u32| pb::Endpoint {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            health: H::Healthy as i32,
+            max_requests_per_sec: rps,
+            ..Default::default()
+        };
+        let snap = pb::RouteSnapshot {
+            models: vec![pb::Model {
+                name: "m".into(),
+                endpoints: vec![ep("a", 1, 2), ep("b", 2, 0)],
+                ..Default::default()
+            }],
+            auth: None,
+        };
+        let mut planes = BTreeMap::new();
+        planes.insert(
+            "cp".to_string(),
+            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+        );
+        let mut states = HashMap::new();
+        let mut merge = || {
+            RoutingTable::merge(
+                &planes,
+                "test",
+                &mut states,
+                &mut HashMap::new(),
+                &mut HashMap::new(),
+            )
+        };
+        let first = merge();
+        let r = first.route("m").expect("route");
+        assert!(r.limited, "a rate makes the route go through admission");
+        let picks: Vec<usize> = (0..10)
+            .filter_map(|_| pick_reserved(r, Tried::default(), &HTTP, NOW))
+            .collect();
+        assert_eq!(picks.len(), 10, "b always has room");
+        assert_eq!(picks.iter().filter(|i| **i == 0).count(), 2, "a's burst");
+        assert_eq!(rate_blocked(r, Tried::default(), &HTTP, NOW), None);
+        // A new table version: a's cell is the same one, still spent.
+        let second = merge();
+        let r = second.route("m").expect("route");
+        let mut only_a = Tried::default();
+        only_a.mark(1);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW), None);
+        assert_eq!(
+            rate_blocked(r, only_a, &HTTP, NOW),
+            Some(Duration::from_millis(500)),
+            "one per 500 ms at 2/s"
+        );
+        assert_eq!(over_rate(r, only_a, &HTTP, NOW).count(), 1);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 499), None);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 500), Some(0));
+    }
+
+    #[test]
     fn weighted_follows_weights() {
         let r = route(pb::LbStrategy::Weighted, &[H::Healthy; 2], &[1, 9]);
         let heavy = (0..2000)
