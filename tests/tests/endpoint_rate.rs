@@ -408,3 +408,62 @@ async fn two_proxies_share_the_limit_and_one_leaving_gives_the_other_all_of_it()
     drop(p2);
     wait_routes(&c, &p1, "f", &[("fleet", 6)]).await;
 }
+
+#[tokio::test]
+async fn an_external_backend_registration_carries_the_same_limit() {
+    let dir = temp_dir("rate-backend");
+    let mock = MockOpenAi::start(&dir, "mock-rate", &["--model", "ext"]);
+    let cp = Control::start(
+        &dir,
+        "cp-backend",
+        &format!(
+            "[admin]\nallow_private_backends = true\napi_keys = [\"{KEY}\"]\n\
+             [discovery]\ncoalesce_ms = 20\n"
+        ),
+    )
+    .await;
+    let plane = Plane {
+        cp,
+        client: reqwest::Client::new(),
+    };
+    let (status, v) = plane
+        .post(
+            "/admin/backends",
+            &json!({"name": "ext-0", "url": mock.url(), "max_requests_per_sec": 0}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("max_requests_per_sec"), "{v}");
+    let (status, v) = plane
+        .post(
+            "/admin/backends",
+            &json!({"name": "ext", "url": mock.url(), "max_requests_per_sec": 3}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["max_requests_per_sec"], 3, "{v}");
+
+    let c = reqwest::Client::new();
+    let proxy = Proxy::start(&dir, "p-backend", &[plane.cp.discovery_url()]).await;
+    proxy.wait_ready(&c).await;
+    wait_routes(&c, &proxy, "ext", &[("ext", 3)]).await;
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..12).map(|_| {
+        send(
+            c.post(format!("{}/v1/chat/completions", proxy.url()))
+                .json(&json!({"model": "ext", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert!(
+        ok >= 3 && ok <= bound(3, elapsed, 1),
+        "{ok} of 12 in {elapsed:?}: {answers:?}"
+    );
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 429, "{a:?}");
+        assert_eq!(a.body["error"]["code"], "rate_limit_exceeded", "{a:?}");
+        assert!(a.retry_after.is_some(), "{a:?}");
+    }
+}

@@ -357,10 +357,12 @@ fn add_backend_probe_schemas(doc: &mut Value) {
     {
         all.extend(new);
     }
-    // Both the request and the view carry the backend's routing policy and concurrency limit.
+    // Both the request and the view carry the backend's routing policy, concurrency and rate
+    // limits.
     let routing = json!({
                     "policy": {"$ref": "#/components/schemas/Policy", "description": "The policy this backend asks for its models; a model's [models.<name>] or API policy wins field by field"},
-                    "max_concurrent": {"type": "integer", "minimum": 1, "description": "Requests each proxy sends this backend at once (beyond: the model's queue, queue_max); unset: unlimited"}
+                    "max_concurrent": {"type": "integer", "minimum": 1, "description": "Requests each proxy sends this backend at once (beyond: the model's queue, queue_max); unset: unlimited"},
+                    "max_requests_per_sec": {"type": "integer", "minimum": 1, "maximum": 1000000, "description": "Requests per second to this backend across all proxies, each connected proxy enforcing an equal share (at least 1); beyond it the model's other endpoints, or 429 rate_limit_exceeded with Retry-After; unset: unlimited"}
     });
     for schema in ["BackendRequest", "Backend"] {
         if let (Some(props), Value::Object(new)) = (

@@ -128,6 +128,9 @@ pub struct BackendRecord {
     /// Requests each proxy sends it at once; None: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Requests per second to it across all proxies; None: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
     /// Custom health checks (startup at registration, liveness and readiness each round); none:
     /// `GET /v1/models` is the readiness check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ impl BackendRecord {
             deregistered: false,
             policy: None,
             max_concurrent: None,
+            max_requests_per_sec: None,
             probes: None,
         }
     }
