@@ -494,8 +494,7 @@ impl ControlConfig {
                 })?;
             }
             let max_rps = crate::instances::spec::MAX_REQUESTS_PER_SEC;
-            if t
-                .limits
+            if t.limits
                 .as_ref()
                 .and_then(|l| l.max_requests_per_sec)
                 .is_some_and(|r| r == 0 || r > max_rps)

@@ -197,7 +197,10 @@ fn bound(rate: u64, elapsed: Duration, cells: u64) -> usize {
 #[track_caller]
 fn assert_tei_refusal(a: &Answer) {
     assert_eq!(a.status, 429, "{a:?}");
-    assert_eq!(a.body["error_type"], "rate_limit_exceeded", "TEI format: {a:?}");
+    assert_eq!(
+        a.body["error_type"], "rate_limit_exceeded",
+        "TEI format: {a:?}"
+    );
     assert!(a.body["error"].is_string(), "TEI format: {a:?}");
     let secs: u64 = a
         .retry_after
@@ -205,8 +208,13 @@ fn assert_tei_refusal(a: &Answer) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("Retry-After in whole seconds: {a:?}"));
     assert!((1..=2).contains(&secs), "{a:?}");
-    let ms = a.retry_after_ms.unwrap_or_else(|| panic!("retry-after-ms: {a:?}"));
-    assert!((1..=1000).contains(&ms), "at 5/s the next request fits within 1 s: {a:?}");
+    let ms = a
+        .retry_after_ms
+        .unwrap_or_else(|| panic!("retry-after-ms: {a:?}"));
+    assert!(
+        (1..=1000).contains(&ms),
+        "at 5/s the next request fits within 1 s: {a:?}"
+    );
 }
 
 async fn metric(c: &reqwest::Client, proxy: &Proxy, line: &str) -> f64 {
@@ -303,7 +311,10 @@ async fn an_instance_at_its_rate_gets_about_n_admitted_and_429s_in_each_format()
     for a in refused {
         assert_eq!(a.body["error"]["code"], "rate_limit_exceeded", "{a:?}");
         assert_eq!(a.body["error"]["type"], "requests", "{a:?}");
-        assert!(a.retry_after.is_some() && a.retry_after_ms.is_some(), "{a:?}");
+        assert!(
+            a.retry_after.is_some() && a.retry_after_ms.is_some(),
+            "{a:?}"
+        );
     }
 
     // gRPC: RESOURCE_EXHAUSTED beyond the burst of 2.

@@ -133,8 +133,7 @@ impl InstanceSpec {
                     "`limits.max_cpu_percent` must be 1-100000 (percent of one CPU)",
                 ));
             }
-            if l
-                .max_requests_per_sec
+            if l.max_requests_per_sec
                 .is_some_and(|r| r == 0 || r > MAX_REQUESTS_PER_SEC)
             {
                 return Err(invalid(format!(

@@ -142,7 +142,11 @@ impl Endpoint {
             || self
                 .state
                 .rate
-                .peek_in(SECOND_NS, u64::from(self.max_requests_per_sec), ms_to_ns(now_ms))
+                .peek_in(
+                    SECOND_NS,
+                    u64::from(self.max_requests_per_sec),
+                    ms_to_ns(now_ms),
+                )
                 .allowed
     }
 
