@@ -3,7 +3,9 @@
 //! `Endpoint.max_requests_per_sec`. The split is equal (the connected proxies in node-id
 //! order, the remainder one each to the first), at least 1 per proxy, and redone when a proxy
 //! connects or leaves (the snapshot is sent again, same version, new shares). A proxy that loses
-//! its plane keeps its last share; one that joins gets a share at once.
+//! its plane keeps its last share (with its routes), while the plane re-splits among the
+//! proxies still connected: during a partition the fleet may admit the limit plus that share.
+//! One that joins gets a share in its first snapshot.
 //!
 //! Tolerance: the fleet admits at most `max(limit, proxies)` per second, and as little as
 //! `limit / proxies` when all traffic goes through one proxy (the split does not follow demand,
