@@ -23,14 +23,15 @@ use tonic::transport::Channel;
 const KEY: &str = "test-admin-key";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Four free, consecutive instance ports below the ephemeral range (distinct per `slot`).
+/// Twelve free, consecutive instance ports below the ephemeral range (distinct per `slot`;
+/// an instance may take more than one).
 fn ports(slot: u16) -> (u16, u16) {
-    let start = 30000 + (std::process::id() % 100) as u16 * 16 + slot * 4;
-    (0..200u16)
-        .map(|k| start.wrapping_add(k * 4 * 3) % 2000 + 30000)
-        .find(|lo| (*lo..lo + 4).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
-        .map(|lo| (lo, lo + 3))
-        .expect("four free consecutive ports in 30000-31999")
+    let start = (std::process::id() % 50) as u16 * 36 + slot * 12;
+    (0..150u16)
+        .map(|k| (start + k * 36) % 2400 + 30000)
+        .find(|lo| (*lo..lo + 12).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .map(|lo| (lo, lo + 11))
+        .expect("twelve free consecutive ports in 30000-32399")
 }
 
 fn control_body(ports: (u16, u16)) -> String {
@@ -39,6 +40,7 @@ fn control_body(ports: (u16, u16)) -> String {
          [instances]\nbinary = \"{}\"\ngrpc_args = [\"--grpc\"]\nport_range = [{}, {}]\n\
          startup_probe_interval_ms = 100\nliveness_interval_ms = 200\nliveness_failures = 3\n\
          probe_timeout_ms = 1000\ndrain_ms = 100\nstop_grace_ms = 1000\n\
+         [templates.limited]\nmodel_id = \"bge-t\"\nlimits = {{ max_requests_per_sec = 4 }}\n\
          [discovery]\ncoalesce_ms = 20\n",
         bin("mock-tei").display(),
         ports.0,
@@ -269,11 +271,25 @@ async fn an_instance_at_its_rate_gets_about_n_admitted_and_429s_in_each_format()
         shown["spec"]["limits"]["max_requests_per_sec"], 5,
         "{shown}"
     );
+    // From a control.toml template: its limit comes along.
+    let (status, v) = plane
+        .post(
+            "/instances/from-template/limited",
+            &json!({"name": "bge-tpl"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let shown = plane.get("/instances/bge-tpl").await;
+    assert_eq!(
+        shown["spec"]["limits"]["max_requests_per_sec"], 4,
+        "{shown}"
+    );
 
     let proxy = Proxy::start(&dir, "p-rate", &[plane.cp.discovery_url()]).await;
     proxy.wait_ready(&c).await;
     wait_routes(&c, &proxy, "bge", &[("bge-rl", 5)]).await;
     wait_routes(&c, &proxy, "bge-g", &[("bge-grpc", 2)]).await;
+    wait_routes(&c, &proxy, "bge-t", &[("bge-tpl", 4)]).await;
 
     // TEI /embed: a burst of 20 from a full cell.
     let (answers, elapsed) = burst(&c, &[&proxy], "bge", 20).await;
@@ -476,5 +492,38 @@ async fn an_external_backend_registration_carries_the_same_limit() {
         assert_eq!(a.status, 429, "{a:?}");
         assert_eq!(a.body["error"]["code"], "rate_limit_exceeded", "{a:?}");
         assert!(a.retry_after.is_some(), "{a:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_routes_file_endpoint_rate_limits_a_standalone_proxy() {
+    let dir = temp_dir("rate-standalone");
+    let mock = MockOpenAi::start(&dir, "mock-standalone", &["--model", "solo"]);
+    let routes = format!(
+        "[[models]]\nname = \"solo\"\nkind = \"chat\"\n\
+         [[models.endpoints]]\nid = \"solo-1\"\naddress = \"{}\"\nmax_requests_per_sec = 3\n",
+        mock.addr
+    );
+    let proxy = Proxy::start_standalone(&dir, "p-standalone", &routes, "").await;
+    let c = reqwest::Client::new();
+    wait_routes(&c, &proxy, "solo", &[("solo-1", 3)]).await;
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..12).map(|_| {
+        send(
+            c.post(format!("{}/v1/chat/completions", proxy.url()))
+                .json(&json!({"model": "solo", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert!(
+        ok >= 3 && ok <= bound(3, elapsed, 1),
+        "{ok} of 12 in {elapsed:?}: {answers:?}"
+    );
+    assert!(ok < 12, "{answers:?}");
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 429, "{a:?}");
+        assert_eq!(a.body["error"]["code"], "rate_limit_exceeded", "{a:?}");
     }
 }
