@@ -189,10 +189,11 @@ impl NodeStream {
                         if changed.is_err() || !self.send_leases().await {
                             break;
                         }
-                        // Proxies came or went: this node's rate shares changed.
+                        // Proxies came or went: this node's rate shares changed (if any
+                        // endpoint has a rate; otherwise nothing is re-sent).
                         if self.leases.membership(&self.node_id) != self.sent_membership {
                             let latest = updates.borrow().clone();
-                            if !self.send(&latest).await {
+                            if shares::any_limited(&latest.snapshot) && !self.send(&latest).await {
                                 break;
                             }
                         }

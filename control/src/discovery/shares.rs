@@ -24,6 +24,15 @@ pub fn share(limit: u32, index: usize, proxies: usize) -> u32 {
     base.max(1)
 }
 
+/// Whether any endpoint of `snapshot` has a rate (only then do shares depend on membership).
+pub fn any_limited(snapshot: &pb::RouteSnapshot) -> bool {
+    snapshot
+        .models
+        .iter()
+        .flat_map(|m| &m.endpoints)
+        .any(|e| e.max_requests_per_sec > 0)
+}
+
 /// `snapshot` with every limited endpoint's rate replaced by the share of the `index`-th of
 /// `proxies` proxies.
 pub fn apply(snapshot: &mut pb::RouteSnapshot, index: usize, proxies: usize) {
@@ -77,6 +86,8 @@ mod tests {
             }],
             ..Default::default()
         };
+        assert!(any_limited(&snap));
+        assert!(!any_limited(&pb::RouteSnapshot::default()));
         let whole = snap.clone();
         apply(&mut snap, 0, 1);
         assert_eq!(snap, whole, "one proxy: unchanged");
