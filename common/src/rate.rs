@@ -6,12 +6,15 @@
 //! of the whole minute's worth: a client idle for a minute may send `limit` requests at once,
 //! then one per interval. Unlike fixed windows there is no boundary at which twice the limit
 //! gets in. The proxy limits inference keys and client addresses with it, the control plane its
-//! operator API's clients.
+//! operator API's clients. The same cell over a one-second window ([`Cell::take_in`] with
+//! [`SECOND_NS`]) limits an endpoint's requests per second, a burst of one second's worth.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A minute in nanoseconds.
 pub const MINUTE_NS: u64 = 60_000_000_000;
+/// A second in nanoseconds.
+pub const SECOND_NS: u64 = 1_000_000_000;
 
 /// What a cell says about one admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,24 +37,34 @@ pub struct Cell {
 
 impl Cell {
     fn interval(limit: u64) -> u64 {
-        (MINUTE_NS / limit.max(1)).max(1)
+        Self::interval_in(MINUTE_NS, limit)
+    }
+
+    fn interval_in(window: u64, limit: u64) -> u64 {
+        (window / limit.max(1)).max(1)
     }
 
     /// Takes `cost` units of a `limit`-per-minute cell at `now`, if they fit in the burst.
     pub fn take(&self, limit: u64, cost: u64, now: u64) -> Decision {
-        let t = Self::interval(limit);
+        self.take_in(MINUTE_NS, limit, cost, now)
+    }
+
+    /// Takes `cost` units of a `limit`-per-`window` cell (nanoseconds; its burst is one
+    /// window's worth) at `now`, if they fit in the burst.
+    pub fn take_in(&self, window: u64, limit: u64, cost: u64, now: u64) -> Decision {
+        let t = Self::interval_in(window, limit);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let start = tat.max(now);
             let next = start.saturating_add(cost.saturating_mul(t));
             let debt = next - now;
-            if debt > MINUTE_NS {
+            if debt > window {
                 let current = start - now;
                 return Decision {
                     allowed: false,
-                    remaining: MINUTE_NS.saturating_sub(current) / t,
+                    remaining: window.saturating_sub(current) / t,
                     reset_ns: current,
-                    retry_after_ns: debt - MINUTE_NS,
+                    retry_after_ns: debt - window,
                 };
             }
             match self
@@ -61,7 +74,7 @@ impl Cell {
                 Ok(_) => {
                     return Decision {
                         allowed: true,
-                        remaining: (MINUTE_NS - debt) / t,
+                        remaining: (window - debt) / t,
                         reset_ns: debt,
                         retry_after_ns: 0,
                     }
@@ -74,14 +87,19 @@ impl Cell {
     /// Whether at least one unit is left, without taking it (the token limit's admission:
     /// tokens are only known once the response is read).
     pub fn peek(&self, limit: u64, now: u64) -> Decision {
-        let t = Self::interval(limit);
+        self.peek_in(MINUTE_NS, limit, now)
+    }
+
+    /// [`Cell::peek`] of a `limit`-per-`window` cell.
+    pub fn peek_in(&self, window: u64, limit: u64, now: u64) -> Decision {
+        let t = Self::interval_in(window, limit);
         let debt = self.tat.load(Ordering::Acquire).saturating_sub(now);
-        let allowed = debt.saturating_add(t) <= MINUTE_NS;
+        let allowed = debt.saturating_add(t) <= window;
         Decision {
             allowed,
-            remaining: MINUTE_NS.saturating_sub(debt) / t,
+            remaining: window.saturating_sub(debt) / t,
             reset_ns: debt,
-            retry_after_ns: if allowed { 0 } else { debt + t - MINUTE_NS },
+            retry_after_ns: if allowed { 0 } else { debt + t - window },
         }
     }
 
@@ -126,6 +144,22 @@ mod tests {
         // Idle for a minute: the whole burst is back.
         let later = now + 62 * S;
         assert_eq!(c.take(60, 1, later).remaining, 59);
+    }
+
+    #[test]
+    fn a_per_second_cell_admits_a_second_of_burst_then_one_per_interval() {
+        let c = Cell::default();
+        let now = 7 * S;
+        for i in 0..10 {
+            assert!(c.take_in(SECOND_NS, 10, 1, now).allowed, "request {i}");
+        }
+        let refused = c.take_in(SECOND_NS, 10, 1, now);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_ns, S / 10, "one per 100 ms at 10/s");
+        assert!(!c.peek_in(SECOND_NS, 10, now + S / 10 - 1).allowed);
+        assert!(c.peek_in(SECOND_NS, 10, now + S / 10).allowed);
+        assert!(c.take_in(SECOND_NS, 10, 1, now + S / 10).allowed);
+        assert!(!c.take_in(SECOND_NS, 10, 1, now + S / 10).allowed);
     }
 
     #[test]

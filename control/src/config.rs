@@ -493,6 +493,17 @@ impl ControlConfig {
                     invalid(format!("templates.{name}.policy.{}", e.field), e.message)
                 })?;
             }
+            let max_rps = crate::instances::spec::MAX_REQUESTS_PER_SEC;
+            if t.limits
+                .as_ref()
+                .and_then(|l| l.max_requests_per_sec)
+                .is_some_and(|r| r == 0 || r > max_rps)
+            {
+                return Err(invalid(
+                    format!("templates.{name}.limits.max_requests_per_sec"),
+                    format!("must be 1-{max_rps}"),
+                ));
+            }
         }
         for (name, p) in &self.models {
             if !crate::models::valid_model_name(name) {
@@ -602,6 +613,30 @@ mod tests {
                 "{key} = {value}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn a_template_rate_out_of_range_names_the_key_and_file() {
+        for value in ["0", "1000001"] {
+            let c: ControlConfig = toml::from_str(&format!(
+                "[templates.t]\nmodel_id = \"m\"\nlimits = {{ max_requests_per_sec = {value} }}"
+            ))
+            .expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("templates.t.limits.max_requests_per_sec")
+                    && msg.contains("/etc/c.toml"),
+                "{value}: {msg}"
+            );
+        }
+        let ok: ControlConfig = toml::from_str(
+            "[templates.t]\nmodel_id = \"m\"\nlimits = { max_requests_per_sec = 50 }",
+        )
+        .expect("parses");
+        ok.validate(None).expect("in range");
     }
 
     #[test]

@@ -126,6 +126,8 @@ fn backend_endpoint(b: &BackendRecord, health: pb::HealthStatus) -> Option<pb::E
         path_prefix: target.path_prefix,
         upstream_api_key: b.api_key.clone().unwrap_or_default(),
         max_concurrent: b.max_concurrent.unwrap_or(0),
+        // The fleet-wide limit; each proxy's stream carries its share (`discovery::shares`).
+        max_requests_per_sec: b.max_requests_per_sec.unwrap_or(0),
     })
 }
 
@@ -157,6 +159,12 @@ fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb:
         max_concurrent: spec
             .max_concurrent_requests
             .unwrap_or(TEI_MAX_CONCURRENT_REQUESTS),
+        // The fleet-wide limit; each proxy's stream carries its share (`discovery::shares`).
+        max_requests_per_sec: spec
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_requests_per_sec)
+            .unwrap_or(0),
         ..Default::default()
     })
 }

@@ -693,6 +693,7 @@ async fn registration_lifecycle() {
             "probes",
             "policy",
             "max_concurrent",
+            "max_requests_per_sec",
         ] {
             assert!(
                 props.get(field).is_some(),

@@ -256,6 +256,7 @@ impl From<BackendSpecError> for ApiError {
             | BackendSpecError::ApiKey(_)
             | BackendSpecError::Kind(_)
             | BackendSpecError::MaxConcurrent(_)
+            | BackendSpecError::MaxRequestsPerSec(_)
             | BackendSpecError::Probes(_) => ErrorCode::ValidationError,
             BackendSpecError::Policy(_) => ErrorCode::InvalidPolicy,
         };

@@ -223,7 +223,7 @@ fn untagged() -> Json<Value> {
             "/templates": {"get": {"summary": "Instance templates from the config", "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Templates"}))]))}},
             "/instances": {
                 "get": {"summary": "List TEI instances; filters ?tag=key[:value], ?status=ready, ?model=, ?gpu=0; ?sort=name|status|created|restarts, ?order=asc|desc (an unknown parameter or value: 400 VALIDATION_ERROR)", "parameters": list_params(&[("tag", None), ("status", Some(&["pending", "starting", "ready", "unhealthy", "restarting", "stopping", "stopped", "failed"])), ("model", None), ("gpu", None), ("sort", Some(&["name", "status", "created", "restarts"])), ("order", Some(&["asc", "desc"]))]), "security": secured, "responses": auth_errors(m(vec![("200", json!({"description": "Instances"}))]))},
-                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce, max_cpu_percent}, exceeded → limit_exceeded event and restart or warning; max_cpu_percent (percent of one CPU) and max_memory_mb also become cpu.max / memory.max of the instance's own cgroup where [instances] cgroup_root is writable cgroup v2, else a warning that max_cpu_percent is not enforced; `probes`: {startup, liveness, readiness} custom HTTP checks; `max_batch_tokens`: a number or \"auto\" — sized from the chosen GPU's free VRAM after what is placed, less vram_mb: MiB x 8, rounded down to 256, within 512..=16384 (TEI's default); no known GPU: 16384 and a warning; the result is `batch_sizing` {tokens, gpu_id, free_vram_mb, reserved_mb, rule} on the instance)", "security": secured,
+                "post": {"summary": "Create and start a TEI instance (validated before anything is spawned; without gpu_id, placed on the GPU with the most free VRAM after what is placed, vram_mb its estimate; the 201 has `warnings` when [gpu] placement = \"warn\" let an overcommit through; `limits`: {max_memory_mb, max_vram_mb, enforce, max_cpu_percent, max_requests_per_sec}, exceeded → limit_exceeded event and restart or warning; max_requests_per_sec (1-1000000) is enforced by the proxies, each with an equal share of it (at least 1), beyond it other endpoints of the model or 429 rate_limit_exceeded with Retry-After; max_cpu_percent (percent of one CPU) and max_memory_mb also become cpu.max / memory.max of the instance's own cgroup where [instances] cgroup_root is writable cgroup v2, else a warning that max_cpu_percent is not enforced; `probes`: {startup, liveness, readiness} custom HTTP checks; `max_batch_tokens`: a number or \"auto\" — sized from the chosen GPU's free VRAM after what is placed, less vram_mb: MiB x 8, rounded down to 256, within 512..=16384 (TEI's default); no known GPU: 16384 and a warning; the result is `batch_sizing` {tokens, gpu_id, free_vram_mb, reserved_mb, rule} on the instance)", "security": secured,
                     "responses": auth_errors(m(vec![
                         ("201", json!({"description": "Created"})),
                         ("400", error_response("INVALID_NAME, INVALID_PORT, INVALID_GPU_ID, INVALID_MODEL_ID, VALIDATION_ERROR")),
@@ -380,10 +380,12 @@ fn add_backend_probe_schemas(doc: &mut Value) {
     {
         all.extend(new);
     }
-    // Both the request and the view carry the backend's routing policy and concurrency limit.
+    // Both the request and the view carry the backend's routing policy, concurrency and rate
+    // limits.
     let routing = json!({
                     "policy": {"$ref": "#/components/schemas/Policy", "description": "The policy this backend asks for its models; a model's [models.<name>] or API policy wins field by field"},
-                    "max_concurrent": {"type": "integer", "minimum": 1, "description": "Requests each proxy sends this backend at once (beyond: the model's queue, queue_max); unset: unlimited"}
+                    "max_concurrent": {"type": "integer", "minimum": 1, "description": "Requests each proxy sends this backend at once (beyond: the model's queue, queue_max); unset: unlimited"},
+                    "max_requests_per_sec": {"type": "integer", "minimum": 1, "maximum": 1000000, "description": "Requests per second to this backend across all proxies, each connected proxy enforcing an equal share (at least 1); beyond it the model's other endpoints, or 429 rate_limit_exceeded with Retry-After; unset: unlimited"}
     });
     for schema in ["BackendRequest", "Backend"] {
         if let (Some(props), Value::Object(new)) = (

@@ -44,6 +44,9 @@ pub struct BackendRequest {
     /// Requests each proxy sends it at once; omitted: unlimited.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Requests per second to it across all proxies; omitted: unlimited.
+    #[serde(default)]
+    pub max_requests_per_sec: Option<u32>,
     /// Custom health checks: `startup` (at registration and update), `liveness` and
     /// `readiness` (each round). On update: omitted keeps none (like the other fields).
     #[serde(default)]
@@ -186,6 +189,7 @@ impl Admission {
             kind: req.kind,
             policy: req.policy,
             max_concurrent: req.max_concurrent,
+            max_requests_per_sec: req.max_requests_per_sec,
             probes: req.probes,
         };
         spec.validate()?;
@@ -277,6 +281,7 @@ impl Admission {
             deregistered: false,
             policy: spec.policy,
             max_concurrent: spec.max_concurrent,
+            max_requests_per_sec: spec.max_requests_per_sec,
             probes: spec.probes,
         };
         Ok((record, check, took))

@@ -56,6 +56,10 @@ pub struct BackendSpec {
     /// `queue_max`); unset: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Requests per second to it across all proxies, each with an equal share (see
+    /// `discovery::shares`); unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
     /// Custom health checks (see the module's notes).
     #[serde(default)]
     pub probes: Option<crate::store::Probes>,
@@ -82,6 +86,8 @@ pub enum SpecError {
     Kind(String),
     #[error("`max_concurrent`: {0}")]
     MaxConcurrent(String),
+    #[error("`max_requests_per_sec`: {0}")]
+    MaxRequestsPerSec(String),
     /// The message names the policy's field (`lb`, `first_byte_timeout_ms`, ...).
     #[error("`policy`: {0}")]
     Policy(String),
@@ -101,6 +107,7 @@ impl SpecError {
             SpecError::ApiKey(_) => "api_key",
             SpecError::Kind(_) => "kind",
             SpecError::MaxConcurrent(_) => "max_concurrent",
+            SpecError::MaxRequestsPerSec(_) => "max_requests_per_sec",
             SpecError::Policy(_) => "policy",
             SpecError::Probes(_) => "probes",
         }
@@ -116,6 +123,7 @@ impl SpecError {
             | SpecError::ApiKey(m)
             | SpecError::Kind(m)
             | SpecError::MaxConcurrent(m)
+            | SpecError::MaxRequestsPerSec(m)
             | SpecError::Policy(m)
             | SpecError::Probes(m) => m,
         }
@@ -228,6 +236,15 @@ impl BackendSpec {
                 "must be >= 1 (leave it out for no limit)".into(),
             ));
         }
+        let max_rps = crate::instances::spec::MAX_REQUESTS_PER_SEC;
+        if self
+            .max_requests_per_sec
+            .is_some_and(|r| r == 0 || r > max_rps)
+        {
+            return Err(SpecError::MaxRequestsPerSec(format!(
+                "must be 1-{max_rps} (leave it out for no limit)"
+            )));
+        }
         if let Some(p) = &self.policy {
             policy::validate(p).map_err(|e| SpecError::Policy(e.to_string()))?;
         }
@@ -289,6 +306,7 @@ mod tests {
             kind: None,
             policy: None,
             max_concurrent: None,
+            max_requests_per_sec: None,
             probes: None,
         };
         ok.validate().expect("valid");

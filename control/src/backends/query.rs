@@ -129,6 +129,7 @@ mod tests {
             deregistered: false,
             policy: None,
             max_concurrent: None,
+            max_requests_per_sec: None,
             health: HealthRecord {
                 status,
                 last_check: checked.map(|at| CheckResult {

@@ -6,10 +6,13 @@
 //! a request whose nonce is not the latest one sent is stale and ignored (see
 //! `control/tests/discovery_nonces.rs`). After its first snapshot a node also gets lease
 //! updates (its share of the inference keys' limits, [`crate::keys::leases`]) whenever they
-//! change, and its usage reports feed the next split.
+//! change, and its usage reports feed the next split. Each node's snapshot carries its share
+//! of the instances' request rates ([`shares`]); it is sent again when the proxies connected
+//! to this plane change.
 
 pub mod nodes;
 pub mod publisher;
+pub mod shares;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -112,6 +115,7 @@ impl RouteDiscovery for DiscoveryService {
             metrics: self.metrics.clone(),
             leases: self.leases.clone(),
             sent_leases: Vec::new(),
+            sent_membership: (0, 0),
             nonce: 0,
             sent_version: 0,
             tx,
@@ -137,6 +141,9 @@ struct NodeStream {
     leases: Arc<Leases>,
     /// The leases last sent to this node.
     sent_leases: Vec<pb::KeyLease>,
+    /// Its place among the connected proxies and their number when its last snapshot was sent
+    /// (its endpoint shares).
+    sent_membership: (usize, usize),
     /// Last nonce sent, and the version it carried.
     nonce: u64,
     sent_version: u64,
@@ -165,10 +172,13 @@ impl NodeStream {
         };
         let current = updates.borrow_and_update().clone();
         let mut lease_changes = self.leases.subscribe();
-        if ready && self.send(&current).await {
-            // From its first snapshot on, the node has a share of the keys' limits.
+        if ready {
+            // From its first snapshot on, the node has a share of the keys' limits and of the
+            // instances' rates (counted before that snapshot, so its share is in it).
             self.leases.connected(&self.node_id, self.stream);
             lease_changes.borrow_and_update();
+        }
+        if ready && self.send(&current).await {
             if !self.send_leases().await {
                 self.end();
                 return;
@@ -178,6 +188,14 @@ impl NodeStream {
                     changed = lease_changes.changed() => {
                         if changed.is_err() || !self.send_leases().await {
                             break;
+                        }
+                        // Proxies came or went: this node's rate shares changed (if any
+                        // endpoint has a rate; otherwise nothing is re-sent).
+                        if self.leases.membership(&self.node_id) != self.sent_membership {
+                            let latest = updates.borrow().clone();
+                            if shares::any_limited(&latest.snapshot) && !self.send(&latest).await {
+                                break;
+                            }
                         }
                     }
                     changed = updates.changed() => {
@@ -227,10 +245,14 @@ impl NodeStream {
     async fn send(&mut self, v: &Versioned) -> bool {
         self.nonce += 1;
         self.sent_version = v.version;
+        let mut snapshot = v.snapshot.clone();
+        self.sent_membership = self.leases.membership(&self.node_id);
+        let (index, proxies) = self.sent_membership;
+        shares::apply(&mut snapshot, index, proxies);
         let resp = pb::DiscoveryResponse {
             version_info: v.version.to_string(),
             nonce: self.nonce.to_string(),
-            snapshot: Some(v.snapshot.clone()),
+            snapshot: Some(snapshot),
             control_plane_id: self.control_plane_id.clone(),
             leases: None,
         };

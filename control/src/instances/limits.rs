@@ -102,6 +102,7 @@ mod tests {
             max_vram_mb: Some(500),
             enforce: false,
             max_cpu_percent: None,
+            max_requests_per_sec: None,
         };
         assert!(
             breaches(7, &limits, 100 * MIB, Some(500 * MIB)).is_empty(),

@@ -617,7 +617,13 @@ impl Manager {
             .handles
             .values()
             .filter_map(|h| {
-                let limits = h.record.spec.limits.clone()?;
+                // The proxies enforce max_requests_per_sec; only the measured limits count.
+                let limits = h
+                    .record
+                    .spec
+                    .limits
+                    .clone()
+                    .filter(|l| l.max_memory_mb.is_some() || l.max_vram_mb.is_some())?;
                 let pid = h.shared.snapshot().pid?;
                 Some(super::limits::Limited {
                     pid,

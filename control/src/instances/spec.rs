@@ -36,6 +36,8 @@ pub fn valid_name(name: &str) -> bool {
 
 const POOLINGS: [&str; 4] = ["cls", "mean", "splade", "last-token"];
 const DTYPES: [&str; 3] = ["float16", "float32", "bfloat16"];
+/// The highest `limits.max_requests_per_sec` accepted (a typo's guard, not a capacity claim).
+pub const MAX_REQUESTS_PER_SEC: u32 = 1_000_000;
 
 impl InstanceSpec {
     /// Fills fields the spec leaves empty from a template.
@@ -130,6 +132,13 @@ impl InstanceSpec {
                 return Err(invalid(
                     "`limits.max_cpu_percent` must be 1-100000 (percent of one CPU)",
                 ));
+            }
+            if l.max_requests_per_sec
+                .is_some_and(|r| r == 0 || r > MAX_REQUESTS_PER_SEC)
+            {
+                return Err(invalid(format!(
+                    "`limits.max_requests_per_sec` must be 1-{MAX_REQUESTS_PER_SEC}"
+                )));
             }
         }
         one_of("pooling", &self.pooling, &POOLINGS)?;

@@ -114,7 +114,18 @@ impl Leases {
             inner.nodes.remove(node);
             inner.leases.remove(node);
             self.rebalance(&mut inner);
+            // The others' endpoint shares grow (`discovery::shares`) even when no key lease
+            // changed.
+            self.generation.send_modify(|g| *g += 1);
         }
+    }
+
+    /// `node`'s place among the connected proxies (node-id order) and their number, what its
+    /// share of the instances' rates depends on ([`crate::discovery::shares`]).
+    pub fn membership(&self, node: &str) -> (usize, usize) {
+        let inner = self.lock();
+        let index = inner.nodes.keys().position(|n| n == node).unwrap_or(0);
+        (index, inner.nodes.len())
     }
 
     /// A usage report from `node`.
@@ -278,5 +289,26 @@ mod tests {
         leases.disconnected("p2", 3);
         assert!(leases.leases_for("p2").is_empty());
         assert_eq!(leases.leases_for("p1")[0].rpm, 100);
+    }
+
+    #[test]
+    fn membership_orders_nodes_and_a_leaving_node_always_signals() {
+        let keys = Arc::new(Keys::open(
+            AuthMode::Open,
+            Store::ephemeral(),
+            Changes::new(),
+            Vec::new(),
+        ));
+        let leases = Leases::new(keys);
+        leases.connected("p-b", 1);
+        leases.connected("p-a", 2);
+        assert_eq!(leases.membership("p-a"), (0, 2));
+        assert_eq!(leases.membership("p-b"), (1, 2));
+        let mut gen = leases.subscribe();
+        gen.borrow_and_update();
+        // No key has limits, so no lease changes: the endpoint shares still must be re-sent.
+        leases.disconnected("p-a", 2);
+        assert!(gen.has_changed().expect("open"), "a leave is signalled");
+        assert_eq!(leases.membership("p-b"), (0, 1));
     }
 }

@@ -128,6 +128,9 @@ pub struct BackendRecord {
     /// Requests each proxy sends it at once; None: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Requests per second to it across all proxies; None: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
     /// Custom health checks (startup at registration, liveness and readiness each round); none:
     /// `GET /v1/models` is the readiness check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ impl BackendRecord {
             deregistered: false,
             policy: None,
             max_concurrent: None,
+            max_requests_per_sec: None,
             probes: None,
         }
     }
@@ -397,6 +401,11 @@ pub struct Limits {
     /// warning at create time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_percent: Option<u32>,
+    /// Requests per second across the whole fleet of proxies: enforced by the proxies, each
+    /// with a share of it pushed by the control plane (`discovery::shares`); beyond it a
+    /// proxy sends the model's requests to its other endpoints, or answers 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
 }
 
 /// A template: any spec fields but the name (`[templates.<name>]` in the config).

@@ -43,6 +43,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     queue_wait: HistogramVec,
     queue_sheds: IntCounterVec,
+    rate_sheds: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -227,8 +228,17 @@ impl Metrics {
             ),
             &["model", "reason"],
         ));
+        let rate_sheds = must(IntCounterVec::new(
+            Opts::new(
+                "endpoint_rate_sheds_total",
+                "Requests refused (429) because every endpoint of the model that could take \
+                 them was over its max_requests_per_sec share, by model and endpoint",
+            ),
+            &["model", "endpoint"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_sheds.clone()),
             Box::new(policy_conflicts.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_wait.clone()),
@@ -283,6 +293,7 @@ impl Metrics {
             queue_depth,
             queue_wait,
             queue_sheds,
+            rate_sheds,
         })
     }
 
@@ -352,6 +363,12 @@ impl Metrics {
     /// A request refused by admission (`reason`: full, displaced, timeout).
     pub fn queue_shed(&self, model: &str, reason: &str) {
         self.queue_sheds.with_label_values(&[model, reason]).inc();
+    }
+
+    /// Counts a request refused because `endpoint` of `model` (like every other that could
+    /// take it) was over its rate.
+    pub fn rate_shed(&self, model: &str, endpoint: &str) {
+        self.rate_sheds.with_label_values(&[model, endpoint]).inc();
     }
 
     /// Counts a response cut by its upstream after it started (`body`: a static label).

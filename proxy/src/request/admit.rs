@@ -1,7 +1,10 @@
 //! Admission control: a request for a model whose endpoints have a `max_concurrent` gets a slot
 //! on one of them before it is sent, or waits for one in the model's queue
 //! ([`crate::routing::queue`]), or is refused with 429 (`queue_full`, `queue_timeout`; gRPC
-//! RESOURCE_EXHAUSTED) and `Retry-After`.
+//! RESOURCE_EXHAUSTED) and `Retry-After`. Endpoints over their `max_requests_per_sec` are
+//! skipped by the pick; when every one that could take the request is over its rate, it is
+//! refused at once (429 `rate_limit_exceeded`, `Retry-After` when the soonest admits again)
+//! rather than queued, since no finishing request frees a rate.
 //!
 //! Cost: for a model without limits, one `bool` test. With limits and nobody waiting: the pick
 //! plus a compare-and-swap on the endpoint's in-flight count instead of an add, and one atomic
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ops::metrics::Metrics;
-use crate::request::error::ProxyError;
-use crate::routing::pick::{any_eligible, pick_reserved, Tried, Want};
+use crate::request::error::{Limit, ProxyError};
+use crate::routing::pick::{any_eligible, over_rate, pick_reserved, rate_blocked, Tried, Want};
 use crate::routing::queue::{AdmitQueue, Priority, Wake};
 use crate::routing::table::Route;
 
@@ -44,6 +47,26 @@ impl Drop for Place<'_> {
     }
 }
 
+/// Refuses the request when every endpoint that could take it is over its rate.
+fn rate_refusal(
+    route: &Route,
+    tried: Tried,
+    want: &Want,
+    now: u64,
+    metrics: &Metrics,
+) -> Result<(), ProxyError> {
+    let Some(after) = rate_blocked(route, tried, want, now) else {
+        return Ok(());
+    };
+    for e in over_rate(route, tried, want, now) {
+        metrics.rate_shed(&route.name, &e.id);
+    }
+    Err(ProxyError::RateLimited {
+        limit: Limit::EndpointRate,
+        retry_after: after.max(Duration::from_millis(1)),
+    })
+}
+
 /// A slot for the request's first attempt: `Some(index)` of the endpoint, counted in flight
 /// there; `None` when the model has no limits or no endpoint could ever take it (the attempt
 /// picks as usual and answers 503).
@@ -64,6 +87,7 @@ pub async fn admit(
             return Ok(Some(i));
         }
     }
+    rate_refusal(route, tried, want, now_ms(), metrics)?;
     if !any_eligible(route, tried, want, now_ms()) {
         return Ok(None);
     }
@@ -126,8 +150,10 @@ pub async fn admit(
             metrics.queue_waited(&route.name, started.elapsed());
             return Ok(Some(i));
         }
-        // Another request took the slot: wait again, at the front of the line.
+        // Another request took the slot: wait again, at the front of the line (unless the rates
+        // are what is left).
         place.used = true;
+        rate_refusal(route, tried, want, now_ms(), metrics)?;
         front = true;
         if tokio::time::Instant::now() >= deadline {
             metrics.queue_shed(&route.name, "timeout");

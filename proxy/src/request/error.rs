@@ -262,13 +262,17 @@ pub enum Limit {
     Concurrent,
     /// `[limits] per_ip_rpm`, the client address's.
     ClientAddress,
+    /// Every endpoint of the model that could take it is over its `max_requests_per_sec`.
+    EndpointRate,
 }
 
 impl Limit {
     /// The OpenAI error `type` of a 429 (`requests` / `tokens`, as OpenAI names them).
     pub fn kind(self) -> &'static str {
         match self {
-            Limit::Requests | Limit::Concurrent | Limit::ClientAddress => "requests",
+            Limit::Requests | Limit::Concurrent | Limit::ClientAddress | Limit::EndpointRate => {
+                "requests"
+            }
             Limit::Tokens => "tokens",
         }
     }
@@ -281,6 +285,7 @@ impl std::fmt::Display for Limit {
             Limit::Tokens => "tokens per minute",
             Limit::Concurrent => "concurrent requests",
             Limit::ClientAddress => "requests per minute from your address",
+            Limit::EndpointRate => "requests per second of this model's endpoints",
         })
     }
 }

@@ -660,7 +660,10 @@ impl Gateway {
             }
             Err(e) => {
                 let rate = ctx.rate.get_or_insert_with(Default::default);
-                rate.retry_after = Some(admit::RETRY_AFTER);
+                rate.retry_after = Some(match &e {
+                    ProxyError::RateLimited { retry_after, .. } => *retry_after,
+                    _ => admit::RETRY_AFTER,
+                });
                 Err(e.into_pingora())
             }
         }

@@ -1,8 +1,11 @@
 //! Runtime state of one endpoint: its requests in flight (what least-request balancing reads),
-//! its latency (what peak-EWMA balancing reads) and its outlier-detection state. Shared by endpoint id across table versions, so a table swap
-//! never resets load balancing or an ejection.
+//! its latency (what peak-EWMA balancing reads), its outlier-detection state and its request
+//! rate's GCRA cell (`max_requests_per_sec`). Shared by endpoint id across table versions, so a
+//! table swap never resets load balancing, an ejection or a rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use multiverse_common::rate::Cell;
 
 use crate::routing::outlier::OutlierState;
 
@@ -14,6 +17,8 @@ pub struct EndpointState {
     pub outlier: OutlierState,
     /// Peak-sensitive EWMA of its time to the response header (`lb = "peak_ewma"`).
     pub latency: PeakEwma,
+    /// Requests per second sent to it (used only when it has a `max_requests_per_sec`).
+    pub rate: Cell,
 }
 
 /// Time constant of [`PeakEwma`]: a sample's weight halves in about 0.7 τ.

@@ -6,10 +6,12 @@
 //! peak EWMA (power of two choices over each endpoint's latency average × (in-flight + 1)), and
 //! prefix affinity ([`affinity`]: least request for a request without a key).
 //! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
-//! the gateway's clock) decides which endpoints are ejected.
+//! the gateway's clock) decides which endpoints are ejected and which are over their
+//! `max_requests_per_sec` (skipped while another has room; [`rate_blocked`] when all are).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -45,10 +47,10 @@ pub struct Want {
 
 impl Want {
     fn allows(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
-        self.allows_busy(i, e, tried, now) && e.has_room()
+        self.allows_busy(i, e, tried, now) && e.has_room() && e.under_rate(now)
     }
 
-    /// [`Want::allows`] whatever the endpoint's load (`max_concurrent`).
+    /// [`Want::allows`] whatever the endpoint's load (`max_concurrent`, its rate).
     fn allows_busy(&self, i: usize, e: &Endpoint, tried: Tried, now: u64) -> bool {
         !tried.contains(i)
             && self.pinned.is_none_or(|p| p == i)
@@ -68,12 +70,47 @@ pub fn any_eligible(route: &Route, tried: Tried, want: &Want, now: u64) -> bool 
         .any(|(i, e)| want.allows_busy(i, e, tried, now))
 }
 
-/// [`pick`], and the pick counted in flight on its endpoint ([`Endpoint::reserve`]); a pick
-/// whose last slot another request took meanwhile is picked again (a few times).
+/// When every endpoint that could take this attempt is over its `max_requests_per_sec`: the
+/// soonest one of them admits again. `None` when one is under its rate (it may be busy: that
+/// is the queue's business) or none could take it at all.
+pub fn rate_blocked(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<Duration> {
+    let mut soonest: Option<Duration> = None;
+    for (i, e) in route.endpoints.iter().enumerate() {
+        if !want.allows_busy(i, e, tried, now) {
+            continue;
+        }
+        if e.under_rate(now) {
+            return None;
+        }
+        let after = e.rate_retry_after(now);
+        soonest = Some(soonest.map_or(after, |s| s.min(after)));
+    }
+    soonest
+}
+
+/// The endpoints [`rate_blocked`] found over their rate (for the sheds metric).
+pub fn over_rate<'a>(
+    route: &'a Route,
+    tried: Tried,
+    want: &'a Want,
+    now: u64,
+) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    route
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(move |(i, e)| want.allows_busy(*i, e, tried, now) && !e.under_rate(now))
+        .map(|(_, e)| e.as_ref())
+}
+
+/// [`pick`], and the pick counted in flight on its endpoint ([`Endpoint::reserve`]) and in its
+/// rate ([`Endpoint::take_rate`]); a pick whose last slot or rate another request took
+/// meanwhile is picked again (a few times).
 pub fn pick_reserved(route: &Route, tried: Tried, want: &Want, now: u64) -> Option<usize> {
     for _ in 0..4 {
         let i = pick(route, tried, want, now)?;
-        if route.endpoints[i].reserve() {
+        let e = &route.endpoints[i];
+        if e.take_rate(now) && e.reserve() {
             return Some(i);
         }
     }
@@ -293,6 +330,67 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
         }
+    }
+
+    #[test]
+    fn an_endpoint_over_its_rate_is_skipped_and_all_over_is_rate_blocked_across_swaps() {
+        use crate::routing::snapshot::{parse_socket_addr, PlaneRoutes};
+        use crate::routing::table::RoutingTable;
+        use std::collections::{BTreeMap, HashMap};
+
+        let ep = |id: &str, port: u16, rps: u32| pb::Endpoint {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            health: H::Healthy as i32,
+            max_requests_per_sec: rps,
+            ..Default::default()
+        };
+        let snap = pb::RouteSnapshot {
+            models: vec![pb::Model {
+                name: "m".into(),
+                endpoints: vec![ep("a", 1, 2), ep("b", 2, 0)],
+                ..Default::default()
+            }],
+            auth: None,
+        };
+        let mut planes = BTreeMap::new();
+        planes.insert(
+            "cp".to_string(),
+            PlaneRoutes::from_snapshot("1", Some(&snap), &parse_socket_addr).expect("valid"),
+        );
+        let mut states = HashMap::new();
+        let mut merge = || {
+            RoutingTable::merge(
+                &planes,
+                "test",
+                &mut states,
+                &mut HashMap::new(),
+                &mut HashMap::new(),
+            )
+        };
+        let first = merge();
+        let r = first.route("m").expect("route");
+        assert!(r.limited, "a rate makes the route go through admission");
+        let picks: Vec<usize> = (0..10)
+            .filter_map(|_| pick_reserved(r, Tried::default(), &HTTP, NOW))
+            .collect();
+        assert_eq!(picks.len(), 10, "b always has room");
+        assert_eq!(picks.iter().filter(|i| **i == 0).count(), 2, "a's burst");
+        assert_eq!(rate_blocked(r, Tried::default(), &HTTP, NOW), None);
+        // A new table version: a's cell is the same one, still spent.
+        let second = merge();
+        let r = second.route("m").expect("route");
+        let mut only_a = Tried::default();
+        only_a.mark(1);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW), None);
+        assert_eq!(
+            rate_blocked(r, only_a, &HTTP, NOW),
+            Some(Duration::from_millis(500)),
+            "one per 500 ms at 2/s"
+        );
+        assert_eq!(over_rate(r, only_a, &HTTP, NOW).count(), 1);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 499), None);
+        assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 500), Some(0));
     }
 
     #[test]

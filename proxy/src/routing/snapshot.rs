@@ -89,7 +89,9 @@ impl RoutingTable {
                     name: name.clone(),
                     kind,
                     policy,
-                    limited: endpoints.iter().any(|e| e.max_concurrent > 0),
+                    limited: endpoints
+                        .iter()
+                        .any(|e| e.max_concurrent > 0 || e.max_requests_per_sec > 0),
                     endpoints,
                     cursor: AtomicUsize::new(0),
                     queue,
@@ -138,6 +140,7 @@ pub struct EndpointSpec {
     pub source: String,
     pub authorization: Option<HeaderValue>,
     pub max_concurrent: u32,
+    pub max_requests_per_sec: u32,
 }
 
 impl EndpointSpec {
@@ -156,6 +159,7 @@ impl EndpointSpec {
             source: self.source.clone(),
             authorization: self.authorization.clone(),
             max_concurrent: self.max_concurrent,
+            max_requests_per_sec: self.max_requests_per_sec,
             // Validated to be a visible-ASCII token in `from_snapshot`.
             id_header: HeaderValue::from_str(&self.id)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -387,6 +391,7 @@ fn endpoint_from<'a>(
         source,
         authorization,
         max_concurrent: e.max_concurrent,
+        max_requests_per_sec: e.max_requests_per_sec,
     })
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use multiverse_common::rate::SECOND_NS;
 
 use crate::routing::endpoint::EndpointState;
 use crate::routing::keys::KeySet;
@@ -95,6 +96,8 @@ pub struct Endpoint {
     pub source: String,
     /// Requests this proxy sends it at once; 0: unlimited.
     pub max_concurrent: u32,
+    /// Requests per second this proxy sends it (its share of the fleet's); 0: unlimited.
+    pub max_requests_per_sec: u32,
     /// `Bearer <key>` for upstream auth; never serialized.
     #[serde(skip)]
     pub authorization: Option<HeaderValue>,
@@ -130,6 +133,55 @@ impl Endpoint {
             })
             .is_ok()
     }
+
+    /// Whether one more request fits in its rate at `now_ms` (always, when unlimited: one
+    /// branch).
+    #[inline]
+    pub fn under_rate(&self, now_ms: u64) -> bool {
+        self.max_requests_per_sec == 0
+            || self
+                .state
+                .rate
+                .peek_in(
+                    SECOND_NS,
+                    u64::from(self.max_requests_per_sec),
+                    ms_to_ns(now_ms),
+                )
+                .allowed
+    }
+
+    /// Takes one request of its rate at `now_ms`, unless it is over it (then false).
+    #[inline]
+    pub fn take_rate(&self, now_ms: u64) -> bool {
+        self.max_requests_per_sec == 0
+            || self
+                .state
+                .rate
+                .take_in(
+                    SECOND_NS,
+                    u64::from(self.max_requests_per_sec),
+                    1,
+                    ms_to_ns(now_ms),
+                )
+                .allowed
+    }
+
+    /// Until its rate admits one more request (0 when it would now or it is unlimited).
+    pub fn rate_retry_after(&self, now_ms: u64) -> Duration {
+        if self.max_requests_per_sec == 0 {
+            return Duration::ZERO;
+        }
+        let d = self.state.rate.peek_in(
+            SECOND_NS,
+            u64::from(self.max_requests_per_sec),
+            ms_to_ns(now_ms),
+        );
+        Duration::from_nanos(d.retry_after_ns)
+    }
+}
+
+fn ms_to_ns(ms: u64) -> u64 {
+    ms.saturating_mul(1_000_000)
 }
 
 /// A model and where its requests go.
@@ -142,7 +194,8 @@ pub struct Route {
     /// Round-robin cursor.
     #[serde(skip)]
     pub cursor: AtomicUsize,
-    /// Whether any endpoint has a `max_concurrent` (else admission is skipped).
+    /// Whether any endpoint has a `max_concurrent` or a `max_requests_per_sec` (else
+    /// admission is skipped).
     #[serde(skip)]
     pub limited: bool,
     /// Requests waiting for a slot (kept across tables by model name).

@@ -156,6 +156,9 @@ pub struct EndpointEntry {
     /// Requests sent to it at once (0: unlimited).
     #[serde(default)]
     pub max_concurrent: u32,
+    /// Requests per second sent to it by this proxy (0: unlimited).
+    #[serde(default)]
+    pub max_requests_per_sec: u32,
 }
 
 fn default_kind() -> String {
@@ -215,6 +218,7 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
                 path_prefix: e.path_prefix,
                 upstream_api_key: e.api_key,
                 max_concurrent: e.max_concurrent,
+                max_requests_per_sec: e.max_requests_per_sec,
             });
         }
         models.push(pb::Model {

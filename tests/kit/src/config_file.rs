@@ -274,6 +274,7 @@ mod tests {
             kind: None,
             policy: None,
             max_concurrent: None,
+            max_requests_per_sec: None,
             probes: None,
         });
         let err = to_toml(&c).unwrap_err().to_string();

@@ -59,6 +59,9 @@ pub struct BackendView {
     /// Requests each proxy sends it at once (absent: unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Requests per second to it across all proxies (absent: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_sec: Option<u32>,
     /// The custom probes it was registered with (none: `GET /v1/models` is its readiness).
     pub probes: Option<Probes>,
     /// Every probe so far, by kind: `startup` (registration and update), `liveness`,
@@ -113,6 +116,7 @@ impl Entry {
             health: self.health.clone(),
             policy: r.policy.clone(),
             max_concurrent: r.max_concurrent,
+            max_requests_per_sec: r.max_requests_per_sec,
             probes: r.probes.clone(),
             probe_stats: self.stats.snapshot(),
             success_rate: summary.success_rate,
@@ -185,6 +189,7 @@ impl Registry {
                 deregistered: false,
                 policy: spec.policy.clone(),
                 max_concurrent: spec.max_concurrent,
+                max_requests_per_sec: spec.max_requests_per_sec,
                 probes: spec.probes.clone(),
             };
             entries.insert(record.id.clone(), Entry::new(record, Source::Config, None));
