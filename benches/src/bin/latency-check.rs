@@ -59,8 +59,8 @@ const BODY: &[u8] =
     br#"{"model":"demo","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
 /// The mock's settings: four tokens, no artificial latency.
 const MOCK_ARGS: [&str; 4] = ["--tokens", "4", "--latency-ms", "0"];
-/// Target names, in interleaving order (arrival `i` goes to target `i % n`); the third only
-/// with `--baseline-bin`.
+/// Target names (each cycle of arrivals visits every one once, shuffled: `Tick::target`); the
+/// third only with `--baseline-bin`.
 const TARGETS: [&str; 3] = ["direct", "proxy", "baseline"];
 const ADDED_LABEL: &str = "added (proxy − direct)";
 const BASELINE_LABEL: &str = "added (baseline − direct)";
@@ -315,7 +315,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
     let collector = runtime.spawn(collect(rx, targets.len()));
     let pacer = schedule::run(&plan, |tick| {
-        let target = (tick.index % targets.len() as u64) as usize;
+        let target = tick.target(targets.len());
         let pools = Arc::clone(&pools);
         let tx = tx.clone();
         runtime.spawn(async move {

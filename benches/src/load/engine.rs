@@ -1,7 +1,9 @@
 //! The two ways a benchmark drives its targets, over any protocol:
 //!
 //! - [`open_loop`]: constant-rate arrivals ([`super::schedule`]) spread round robin over the
-//!   targets (arrival `i` goes to target `i % n`, so every target sees the same machine noise);
+//!   targets (each cycle of n arrivals visits every target once, in a shuffled order:
+//!   [`schedule::Tick::target`]), so every target sees the same machine noise and follows
+//!   every other about equally often;
 //!   each request's latency runs from its *intended* send time, so coordinated omission is
 //!   corrected. For latency percentiles at a given load.
 //! - [`closed_loop`]: `concurrency` workers per target, each sending its next request as soon
@@ -173,7 +175,8 @@ struct Outcome {
 }
 
 /// Runs `plan` (its rate is all targets together) on the calling thread's pacer, spawning each
-/// request on `runtime`; arrival `i` goes to `targets[i % n]`. A request not done `timeout`
+/// request on `runtime`; arrival `i` goes to `targets[tick.target(n)]` (every target once per
+/// cycle of n, shuffled). A request not done `timeout`
 /// after its intended time fails. Stops early when `stop` is set (see
 /// [`schedule::run_until`]); waits for every request to finish.
 pub fn open_loop(
@@ -205,7 +208,7 @@ pub fn open_loop(
     let never = AtomicBool::new(false);
     let started = Instant::now();
     let pacer = schedule::run_until(plan, stop.unwrap_or(&never), |tick| {
-        let index = (tick.index % targets.len() as u64) as usize;
+        let index = tick.target(targets.len());
         let call = (targets[index].call)();
         let tx = tx.clone();
         runtime.spawn(async move {

@@ -46,12 +46,52 @@ pub enum Phase {
 /// One arrival.
 #[derive(Debug, Clone, Copy)]
 pub struct Tick {
-    /// 0, 1, 2, ... in arrival order (use it to interleave targets: `index % n`).
+    /// 0, 1, 2, ... in arrival order (interleave targets with [`Tick::target`]).
     pub index: u64,
     /// When the request should be sent; measure latency from here.
     pub intended: Instant,
     /// Warm-up or measured.
     pub phase: Phase,
+}
+
+impl Tick {
+    /// Which of `n` targets this arrival goes to: every cycle of `n` arrivals visits each
+    /// target once, in an order shuffled per cycle (seeded, so a run is repeatable).
+    ///
+    /// A plain `index % n` sends each target's request right after the same other target's, so
+    /// a target that follows an expensive one (a proxy after a proxy rather than after the cheap
+    /// direct call) arrives while the machine may still be busy with its predecessor, and can
+    /// read slower for its position alone. With a shuffled order every target is preceded by
+    /// every target about equally often and sits in every position about equally often, so a
+    /// difference between targets is theirs.
+    pub fn target(&self, n: usize) -> usize {
+        debug_assert!(n > 0, "no targets");
+        let n = n.max(1) as u64;
+        let (cycle, position) = (self.index / n, self.index % n);
+        // Fisher-Yates over 0..n with splitmix64 seeded by the cycle; n is a handful of targets.
+        let mut order = [0u64; MAX_TARGETS];
+        let n = n.min(MAX_TARGETS as u64) as usize;
+        for (i, slot) in order.iter_mut().enumerate().take(n) {
+            *slot = i as u64;
+        }
+        let mut state = cycle;
+        for i in (1..n).rev() {
+            state = splitmix64(state);
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        order[position as usize % n] as usize
+    }
+}
+
+/// Most targets [`Tick::target`] shuffles among (a run has three to five).
+const MAX_TARGETS: usize = 16;
+
+/// One step of splitmix64 (Steele, Lea, Flood 2014): a well-mixed 64-bit value from a counter.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// How well the pacer kept to the schedule.
@@ -190,6 +230,60 @@ mod tests {
             warmup: Duration::from_millis(warmup_ms),
             duration: Duration::from_millis(duration_ms),
         }
+    }
+
+    #[test]
+    fn targets_are_balanced_by_position_and_by_predecessor() {
+        let tick = |index| Tick {
+            index,
+            intended: Instant::now(),
+            phase: Phase::Measure,
+        };
+        for n in [2usize, 3, 4, 5] {
+            let cycles = 20_000u64;
+            let mut position = vec![vec![0u32; n]; n];
+            let mut follows = vec![vec![0u32; n]; n];
+            let mut previous: Option<usize> = None;
+            for i in 0..cycles * n as u64 {
+                let t = tick(i).target(n);
+                position[(i % n as u64) as usize][t] += 1;
+                if let Some(p) = previous {
+                    follows[p][t] += 1;
+                }
+                previous = Some(t);
+            }
+            // Each cycle is a permutation: every target exactly once per n arrivals.
+            for c in 0..cycles {
+                let mut seen: Vec<usize> = (0..n as u64)
+                    .map(|p| tick(c * n as u64 + p).target(n))
+                    .collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>(), "cycle {c} of {n}");
+            }
+            // Every target in every position about equally often (`index % n` would put each
+            // in one position only).
+            let per_cell = cycles as f64 / n as f64;
+            for row in &position {
+                for &count in row {
+                    assert!(
+                        (count as f64 - per_cell).abs() < 0.1 * per_cell,
+                        "{n}: {position:?}"
+                    );
+                }
+            }
+            // Every other target precedes a target about equally often (`index % n` and a plain
+            // rotation both give one predecessor most or all of the time).
+            for (t, _) in follows.iter().enumerate() {
+                let others: Vec<u32> = (0..n).filter(|&p| p != t).map(|p| follows[p][t]).collect();
+                let mean = others.iter().sum::<u32>() as f64 / others.len() as f64;
+                for &count in &others {
+                    assert!((count as f64 - mean).abs() < 0.1 * mean, "{n}: {follows:?}");
+                }
+            }
+        }
+        // One target: always 0; the same index always the same target (repeatable runs).
+        assert!((0..10).all(|i| tick(i).target(1) == 0));
+        assert!((0..100).all(|i| tick(i).target(3) == tick(i).target(3)));
     }
 
     #[test]

@@ -1,18 +1,20 @@
-//! The `keys` scenario: a second proxy in keys mode — 1 000 keys in its table, the requests
-//! carrying one with an rpm limit high enough never to refuse, so the whole path runs (hash,
-//! lookup, limit cell, `x-ratelimit-*` headers) — and chat latency next to the open proxy in
-//! the same run: what checking a key adds.
+//! The `keys` scenario: two fresh proxies started the same way from the same routes, one in
+//! keys mode — 1 000 keys in its table, the requests carrying one with an rpm limit high enough
+//! never to refuse, so the whole path runs (hash, lookup, limit cell, `x-ratelimit-*` headers) —
+//! and the other open, their chat latency interleaved in one run: what checking a key adds.
+//! (Against the stack's long-running proxy instead, the keyed one would also differ in age and
+//! in how warm its pools and allocator are.)
 
 use multiverse_benches::load::report::Added;
 use multiverse_benches::load::scenario::{send_bench_key, BENCH_KEY};
 use multiverse_benches::load::stack::{routes, standalone_proxy, Stack};
 use multiverse_common::keys::{hash_secret, to_hex};
-use multiverse_proxy::sources::standalone::{AuthEntry, KeyEntry};
+use multiverse_proxy::sources::standalone::{AuthEntry, KeyEntry, RoutesFile};
 use multiverse_testkit::Launch;
 use serde::Serialize;
 
 use crate::cli::Settings;
-use crate::latency::{beside_proxy, print_latency};
+use crate::latency::{print_latency, two_proxies, Side};
 use crate::record::LatencyRecord;
 
 /// Keys in the keyed proxy's table.
@@ -22,7 +24,7 @@ const KEYS: usize = 1000;
 pub struct KeysRecord {
     pub keys: usize,
     pub latency: LatencyRecord,
-    /// proxy-keys − proxy, per percentile, µs.
+    /// proxy-keys − proxy-open, per percentile, µs.
     pub keys_minus_open: Option<Added>,
 }
 
@@ -34,8 +36,9 @@ pub fn keys_scenario(
     stack: &Stack,
     s: &Settings,
 ) -> anyhow::Result<KeysRecord> {
-    println!("== keys: a proxy in keys mode ({KEYS} keys, rpm limited) vs the open proxy, chat");
-    let mut file = routes(&stack.mocks.addrs, 0);
+    println!("== keys: a proxy in keys mode ({KEYS} keys, rpm limited) vs an open one, chat");
+    let open = routes(&stack.mocks.addrs, 0);
+    let mut file = open.clone();
     let mut keys: Vec<KeyEntry> = (1..KEYS)
         .map(|i| KeyEntry {
             id: format!("other-{i}"),
@@ -54,7 +57,7 @@ pub fn keys_scenario(
         keys,
     });
     send_bench_key(true);
-    let result = run(rt, launch, client, stack, s, &file);
+    let result = run(rt, launch, client, stack, s, &open, &file);
     send_bench_key(false);
     result
 }
@@ -65,24 +68,32 @@ fn run(
     client: &reqwest::Client,
     stack: &Stack,
     s: &Settings,
-    file: &multiverse_proxy::sources::standalone::RoutesFile,
+    open: &RoutesFile,
+    keyed: &RoutesFile,
 ) -> anyhow::Result<KeysRecord> {
-    let keyed = standalone_proxy(launch, "proxy-keys", file)?;
+    let open = standalone_proxy(launch, "proxy-open", open)?;
+    let keyed = standalone_proxy(launch, "proxy-keys", keyed)?;
+    rt.block_on(open.try_wait_ready(client))?;
     rt.block_on(keyed.try_wait_ready(client))?;
-    let (latency, keys_minus_open) = beside_proxy(
+    let side = |label, p: &multiverse_testkit::Proxy| Side {
+        label,
+        pid: p.proc.pid(),
+        listen: p.listen,
+    };
+    let (latency, keys_minus_open) = two_proxies(
         rt,
         stack,
         s,
-        "proxy-keys",
-        keyed.proc.pid(),
-        keyed.listen,
+        &side("proxy-open", &open),
+        &side("proxy-keys", &keyed),
         "keys",
     )?;
+    open.proc.ensure_running()?;
     keyed.proc.ensure_running()?;
     print_latency(&latency);
     if let Some(d) = keys_minus_open {
         println!(
-            "   proxy-keys − proxy: p50 {:+} µs, p99 {:+} µs",
+            "   proxy-keys − proxy-open: p50 {:+} µs, p99 {:+} µs",
             d.p50_us, d.p99_us
         );
         println!();

@@ -112,27 +112,53 @@ pub fn beside_proxy(
     listen: std::net::SocketAddr,
     scenario: &'static str,
 ) -> anyhow::Result<(LatencyRecord, Option<Added>)> {
+    let base = Side {
+        label: "proxy",
+        pid: stack.proxy.proc.pid(),
+        listen: stack.proxy.listen,
+    };
+    let subject = Side { label, pid, listen };
+    two_proxies(rt, stack, s, &base, &subject, scenario)
+}
+
+/// One proxy of a [`two_proxies`] comparison: its target label, process and client port.
+pub struct Side<'a> {
+    pub label: &'a str,
+    pub pid: u32,
+    pub listen: std::net::SocketAddr,
+}
+
+/// Chat latency of `base` and `subject` (and direct) interleaved in one run, with the CPU of
+/// each: the record (named `scenario`) and `subject − base` per percentile.
+pub fn two_proxies(
+    rt: &tokio::runtime::Runtime,
+    stack: &Stack,
+    s: &Settings,
+    base: &Side<'_>,
+    subject: &Side<'_>,
+    scenario: &'static str,
+) -> anyhow::Result<(LatencyRecord, Option<Added>)> {
     let addrs = vec![
         ("direct".to_string(), stack.mocks.addrs),
-        ("proxy".to_string(), Addrs::single(stack.proxy.listen)),
-        (label.to_string(), Addrs::single(listen)),
+        (base.label.to_string(), Addrs::single(base.listen)),
+        (subject.label.to_string(), Addrs::single(subject.listen)),
     ];
-    let probe = |label: &str, pid: u32| Probe {
-        label: label.into(),
-        pids: vec![pid],
+    let probe = |side: &Side<'_>| Probe {
+        label: side.label.into(),
+        pids: vec![side.pid],
         children: false,
-        target: Some(label.into()),
+        target: Some(side.label.into()),
     };
     let probes = [
-        probe("proxy", stack.proxy.proc.pid()),
-        probe(label, pid),
+        probe(base),
+        probe(subject),
         mocks_probe(stack),
         generator_probe(),
     ];
     let mut latency = measure(rt, Latency::Chat, &addrs, s, &probes)?;
     latency.scenario = scenario;
     let m = latency.metrics.last().expect("a latency metric");
-    let diff = match (m.target(label), m.target("proxy")) {
+    let diff = match (m.target(subject.label), m.target(base.label)) {
         (Some(other), Some(p)) => Some(Added::between(other, p)),
         _ => None,
     };
