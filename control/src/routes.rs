@@ -126,6 +126,7 @@ fn backend_endpoint(b: &BackendRecord, health: pb::HealthStatus) -> Option<pb::E
         path_prefix: target.path_prefix,
         upstream_api_key: b.api_key.clone().unwrap_or_default(),
         max_concurrent: b.max_concurrent.unwrap_or(0),
+        ..Default::default()
     })
 }
 

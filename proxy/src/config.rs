@@ -34,6 +34,36 @@ pub struct ProxyConfig {
     pub cors: CorsConfig,
     pub log: LogConfig,
     pub tracing: TracingConfig,
+    pub batch_embed: BatchEmbedConfig,
+}
+
+/// The Arrow batch-embedding gRPC service (`multiverse.embed.v1.BatchEmbed`, `batch`); off
+/// unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchEmbedConfig {
+    /// Its own cleartext HTTP/2 (gRPC) listener, e.g. `127.0.0.1:8090`.
+    pub listen: Option<String>,
+    /// Rows one call may carry; more: INVALID_ARGUMENT.
+    pub max_rows: usize,
+    /// Largest request message (the Arrow IPC bytes and the fields around them).
+    pub max_request_bytes: usize,
+    /// Pieces of one call in flight at once (over all its endpoints).
+    pub concurrency: usize,
+    /// Timeout of one piece's `/embed` call.
+    pub timeout_ms: u64,
+}
+
+impl Default for BatchEmbedConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_rows: 100_000,
+            max_request_bytes: 64 * 1024 * 1024,
+            concurrency: 8,
+            timeout_ms: 30_000,
+        }
+    }
 }
 
 /// W3C trace context (`request::trace`).
@@ -607,6 +637,33 @@ impl ProxyConfig {
             .map_err(|(i, m)| invalid(&format!("cors.allowed_origins[{i}]"), m))?;
         if self.server.threads == Some(0) {
             return Err(invalid("server.threads", "must be > 0".into()));
+        }
+        if let Some(value) = &self.batch_embed.listen {
+            let addr = value.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "batch_embed.listen",
+                    format!("`{value}` is not an ip:port address ({e})"),
+                )
+            })?;
+            if addr.port() != 0 && ports.contains(&addr) {
+                return Err(invalid(
+                    "batch_embed.listen",
+                    "must differ from listen.clients and listen.admin".into(),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("batch_embed.max_rows", self.batch_embed.max_rows as u64),
+            (
+                "batch_embed.max_request_bytes",
+                self.batch_embed.max_request_bytes as u64,
+            ),
+            ("batch_embed.concurrency", self.batch_embed.concurrency as u64),
+            ("batch_embed.timeout_ms", self.batch_embed.timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be > 0".into()));
+            }
         }
         Ok(())
     }

@@ -138,6 +138,8 @@ pub struct EndpointSpec {
     pub source: String,
     pub authorization: Option<HeaderValue>,
     pub max_concurrent: u32,
+    pub max_client_batch_size: u32,
+    pub max_batch_tokens: u32,
 }
 
 impl EndpointSpec {
@@ -156,6 +158,8 @@ impl EndpointSpec {
             source: self.source.clone(),
             authorization: self.authorization.clone(),
             max_concurrent: self.max_concurrent,
+            max_client_batch_size: self.max_client_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
             // Validated to be a visible-ASCII token in `from_snapshot`.
             id_header: HeaderValue::from_str(&self.id)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -387,6 +391,8 @@ fn endpoint_from<'a>(
         source,
         authorization,
         max_concurrent: e.max_concurrent,
+        max_client_batch_size: e.max_client_batch_size,
+        max_batch_tokens: e.max_batch_tokens,
     })
 }
 
