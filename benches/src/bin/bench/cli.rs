@@ -41,6 +41,9 @@ pub enum Scenario {
     /// Prefix-cache hits and TTFT, least_request vs prefix_affinity; prefix_affinity's
     /// hot-path cost.
     Prefix,
+    /// Rows/s of 10k short texts: one Arrow batch-embedding call vs `/embed` calls of 1 and of
+    /// max_client_batch_size texts.
+    Arrow,
 }
 
 impl Scenario {

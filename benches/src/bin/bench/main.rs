@@ -22,6 +22,8 @@
 //! - `prefix`: prefix-cache hit rate and TTFT, least_request vs prefix_affinity (4 endpoints
 //!   with simulated prefix caches, 2 proxies per arm, interleaved), and prefix_affinity's
 //!   hot-path cost beside the proxy.
+//! - `arrow`: rows/s for 10k short texts, one `BatchEmbed/EmbedArrow` call against `/embed`
+//!   calls of 1 and of max_client_batch_size texts, through the same proxy.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -37,6 +39,7 @@
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
+mod arrow;
 mod cli;
 mod cpu;
 mod keys;
@@ -137,6 +140,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         models_10k: None,
         keys: None,
         prefix: None,
+        arrow: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -146,7 +150,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let needs_stack = settings
         .scenarios
         .iter()
-        .any(|s| !matches!(s, Scenario::Propagation));
+        .any(|s| !matches!(s, Scenario::Propagation | Scenario::Arrow));
     if needs_stack {
         let nginx_bin = stack::nginx_binary(args.nginx_bin.as_deref(), args.no_nginx);
         let launch = Launch::new(bins.clone(), scratch.path());
@@ -287,6 +291,24 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             record.failures.push(format!("{e:#}"));
         }
         drop(stack);
+    }
+
+    if settings.has(Scenario::Arrow) {
+        let launch = Launch::new(bins.clone(), scratch.path());
+        match arrow::arrow_scenario(&rt, &launch, &client) {
+            Ok(a) => {
+                arrow::print_arrow(&a);
+                for arm in &a.arms {
+                    if arm.failed_rows > 0 {
+                        record
+                            .failures
+                            .push(format!("arrow {}: {} rows failed", arm.arm, arm.failed_rows));
+                    }
+                }
+                record.arrow = Some(a);
+            }
+            Err(e) => record.failures.push(format!("arrow: {e:#}")),
+        }
     }
 
     if settings.has(Scenario::Propagation) {
