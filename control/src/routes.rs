@@ -345,7 +345,11 @@ mod tests {
         let instances = [
             (record("ready", 1000), State::Ready, known),
             (spec_only, State::Unhealthy, BatchLimits::default()),
-            (record("leaving", 1004), State::Stopping, BatchLimits::default()),
+            (
+                record("leaving", 1004),
+                State::Stopping,
+                BatchLimits::default(),
+            ),
             (record("booting", 1006), State::Starting, known),
             (record("off", 1008), State::Stopped, known),
         ];

@@ -658,7 +658,10 @@ impl ProxyConfig {
                 "batch_embed.max_request_bytes",
                 self.batch_embed.max_request_bytes as u64,
             ),
-            ("batch_embed.concurrency", self.batch_embed.concurrency as u64),
+            (
+                "batch_embed.concurrency",
+                self.batch_embed.concurrency as u64,
+            ),
             ("batch_embed.timeout_ms", self.batch_embed.timeout_ms),
         ] {
             if value == 0 {
@@ -698,6 +701,37 @@ mod tests {
         assert_eq!(c.clients.max_connections, 10_000);
         assert_eq!(c.clients.max_connections_per_ip, 256);
         assert_eq!(c.clients.h2_max_streams, 100);
+    }
+
+    #[test]
+    fn batch_embed_is_off_by_default_documented_and_validated_by_key() {
+        let defaults = ProxyConfig::default().batch_embed;
+        assert_eq!(defaults.listen, None, "off unless listen is set");
+        let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/proxy.toml");
+        let documented = ProxyConfig::from_file(&path).expect("config/proxy.toml");
+        assert_eq!(
+            documented.batch_embed, defaults,
+            "the example shows the defaults"
+        );
+        for (text, key) in [
+            ("listen = \"nowhere\"", "batch_embed.listen"),
+            ("listen = \"127.0.0.1:8080\"", "batch_embed.listen"),
+            ("max_rows = 0", "batch_embed.max_rows"),
+            ("max_request_bytes = 0", "batch_embed.max_request_bytes"),
+            ("concurrency = 0", "batch_embed.concurrency"),
+            ("timeout_ms = 0", "batch_embed.timeout_ms"),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[batch_embed]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/p.toml"),
+                "{text}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Arrow batch embedding (`multiverse.embed.v1.BatchEmbed/EmbedArrow`) through real processes:
 //! a standalone proxy over two mock-tei with a small `max_client_batch_size` (pieces split to
 //! fit, spread over both, answered in input order, a row TEI refuses failing alone), the bad
-//! inputs and their gRPC codes, and a control plane that reads a TEI instance's `/info` limits
-//! and pushes them to the proxy, whose batch calls then fit them.
+//! inputs and their gRPC codes, inference keys (UNAUTHENTICATED, PERMISSION_DENIED), and a
+//! control plane that reads a TEI instance's `/info` limits and pushes them to the proxy, whose
+//! batch calls then fit them.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -66,11 +67,7 @@ fn rows(resp: &EmbedArrowResponse) -> Vec<Result<Vec<f32>, String>> {
         for i in 0..batch.num_rows() {
             out.push(if emb.is_valid(i) {
                 assert!(err.is_null(i), "row {i} has both");
-                Ok(emb
-                    .value(i)
-                    .as_primitive::<Float32Type>()
-                    .values()
-                    .to_vec())
+                Ok(emb.value(i).as_primitive::<Float32Type>().values().to_vec())
             } else {
                 Err(err.value(i).to_string())
             });
@@ -193,18 +190,28 @@ address = "{}"
             );
         }
     }
-    let (sa, sb) = (embed_batches(&http, &a).await, embed_batches(&http, &b).await);
+    let (sa, sb) = (
+        embed_batches(&http, &a).await,
+        embed_batches(&http, &b).await,
+    );
     // The direct calls above were one input each, on `a`.
     let sa: Vec<u32> = sa[..sa.len() - 20].to_vec();
     let mut all: Vec<u32> = sa.iter().chain(&sb).copied().collect();
     all.sort_unstable();
-    assert!(!sa.is_empty() && !sb.is_empty(), "both endpoints: {sa:?} {sb:?}");
+    assert!(
+        !sa.is_empty() && !sb.is_empty(),
+        "both endpoints: {sa:?} {sb:?}"
+    );
     // Pieces [0-3] [4-7] [8-11] [12-15] [16-19] [20]; [8-11] refused, then 8, 9, 10, 11 alone.
     assert_eq!(all, [1, 1, 1, 1, 1, 4, 4, 4, 4, 4], "a: {sa:?}, b: {sb:?}");
 
     // Bad input: clear gRPC codes, never a panic; the proxy keeps serving.
     let cases: [(EmbedArrowRequest, tonic::Code, &str); 6] = [
-        (request("embed", b"not arrow".to_vec()), tonic::Code::InvalidArgument, "Arrow IPC"),
+        (
+            request("embed", b"not arrow".to_vec()),
+            tonic::Code::InvalidArgument,
+            "Arrow IPC",
+        ),
         (
             EmbedArrowRequest {
                 text_column: "body".into(),
@@ -221,8 +228,16 @@ address = "{}"
             tonic::Code::InvalidArgument,
             "Utf8",
         ),
-        (request("nope", arrow_texts(&input, false)), tonic::Code::NotFound, "nope"),
-        (request("chat", arrow_texts(&input, false)), tonic::Code::InvalidArgument, "embedding"),
+        (
+            request("nope", arrow_texts(&input, false)),
+            tonic::Code::NotFound,
+            "nope",
+        ),
+        (
+            request("chat", arrow_texts(&input, false)),
+            tonic::Code::InvalidArgument,
+            "embedding",
+        ),
         (
             request("embed", arrow_texts(&texts(51, None), false)),
             tonic::Code::InvalidArgument,
@@ -270,7 +285,12 @@ async fn the_control_plane_pushes_tei_info_limits_that_batch_calls_fit() {
         .send()
         .await
         .expect("create");
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
     let listen = try_free_addr().expect("free port");
     let proxy = Proxy::start_with(
         &dir,
@@ -314,5 +334,69 @@ async fn the_control_plane_pushes_tei_info_limits_that_batch_calls_fit() {
         .expect("list");
     // Pieces run in parallel: arrival order is theirs.
     sizes.sort_unstable();
-    assert_eq!(sizes, [1, 3, 3], "pieces fit the pushed max_client_batch_size");
+    assert_eq!(
+        sizes,
+        [1, 3, 3],
+        "pieces fit the pushed max_client_batch_size"
+    );
+}
+
+#[tokio::test]
+async fn embed_arrow_checks_inference_keys() {
+    let dir = temp_dir("batch-embed-keys");
+    let tei = MockTei::start(&dir, "tei-keys", &[]);
+    let random: [u8; 32] = rand::random();
+    let secret = multiverse_common::keys::secret_from(&random);
+    let hash =
+        multiverse_common::keys::to_hex(&multiverse_common::keys::hash_secret(secret.as_bytes()));
+    let mut routes = String::from("version = \"batch-keys\"\n");
+    for model in ["embed", "other"] {
+        routes.push_str(&format!(
+            "\n[[models]]\nname = \"{model}\"\nkind = \"embedding\"\n[[models.endpoints]]\n\
+             id = \"{model}-1\"\naddress = \"{}\"\n",
+            tei.addr
+        ));
+    }
+    routes.push_str(&format!(
+        "\n[auth]\nmode = \"keys\"\n[[auth.keys]]\nid = \"team-a\"\nsha256 = \"{hash}\"\nmodels = [\"embed\"]\n"
+    ));
+    let listen = try_free_addr().expect("free port");
+    let _proxy = Proxy::start_standalone(
+        &dir,
+        "proxy-batch-keys",
+        &routes,
+        &format!("[batch_embed]\nlisten = \"{listen}\"\n"),
+    )
+    .await;
+    let mut c = client(listen).await;
+    let with_key = |model: &str, key: Option<&str>| {
+        let mut r = tonic::Request::new(request(model, arrow_texts(&texts(2, None), false)));
+        if let Some(k) = key {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {k}").parse().expect("metadata value"),
+            );
+        }
+        r
+    };
+    let s = c
+        .embed_arrow(with_key("embed", None))
+        .await
+        .expect_err("no key");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s}");
+    let s = c
+        .embed_arrow(with_key("embed", Some("mv-not-a-key")))
+        .await
+        .expect_err("bad key");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s}");
+    let s = c
+        .embed_arrow(with_key("other", Some(&secret)))
+        .await
+        .expect_err("model not allowed");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    let ok = c
+        .embed_arrow(with_key("embed", Some(&secret)))
+        .await
+        .expect("the key's model");
+    assert_eq!(rows(ok.get_ref()).len(), 2);
 }

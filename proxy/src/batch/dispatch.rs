@@ -59,10 +59,7 @@ struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.endpoint
-            .state
-            .in_flight
-            .fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.endpoint.max_concurrent > 0 && !self.route.queue.is_empty() {
             self.route.queue.wake_one();
         }
@@ -165,7 +162,12 @@ impl Dispatcher {
     }
 
     /// `POST /embed` to `endpoint`, expecting `n` vectors.
-    async fn call(&self, endpoint: &Endpoint, body: Vec<u8>, n: usize) -> Result<Vec<Vec<f32>>, Failure> {
+    async fn call(
+        &self,
+        endpoint: &Endpoint,
+        body: Vec<u8>,
+        n: usize,
+    ) -> Result<Vec<Vec<f32>>, Failure> {
         if endpoint.tls {
             return Err(Failure::Refused(
                 "batch embedding does not speak TLS to endpoints".into(),

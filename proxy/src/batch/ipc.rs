@@ -39,7 +39,8 @@ impl Texts {
     /// Reads the IPC stream in `bytes` and finds the text `column` (Utf8 or LargeUtf8), refusing
     /// more than `max_rows` rows.
     pub fn read(bytes: &[u8], column: &str, max_rows: usize) -> Result<Texts, InputError> {
-        let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(InputError::NotArrow)?;
+        let reader =
+            StreamReader::try_new(Cursor::new(bytes), None).map_err(InputError::NotArrow)?;
         let schema = reader.schema();
         let Some((index, field)) = schema.column_with_name(column) else {
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -97,7 +98,8 @@ fn schema() -> Arc<Schema> {
 /// Writes `rows` as an IPC stream of one record batch.
 pub fn write(rows: &[RowResult]) -> Result<Vec<u8>, ArrowError> {
     let values: usize = rows.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum();
-    let mut embedding = ListBuilder::with_capacity(Float32Builder::with_capacity(values), rows.len());
+    let mut embedding =
+        ListBuilder::with_capacity(Float32Builder::with_capacity(values), rows.len());
     let mut error = StringBuilder::new();
     for row in rows {
         match row {
@@ -203,6 +205,11 @@ mod tests {
         assert_eq!(err.value(1), "boom");
         assert!(err.is_null(0));
         let first = emb.value(0);
-        assert_eq!(first.as_primitive::<arrow_array::types::Float32Type>().values(), &[1.0, 2.0]);
+        assert_eq!(
+            first
+                .as_primitive::<arrow_array::types::Float32Type>()
+                .values(),
+            &[1.0, 2.0]
+        );
     }
 }

@@ -91,7 +91,11 @@ pub async fn serve(
 
 /// The key a call presents, checked as the gateway checks HTTP and gRPC requests (key, expiry,
 /// model); rate limits are not applied to batch calls.
-fn authorize(state: &TableState, metadata: &tonic::metadata::MetadataMap, model: &str) -> Result<(), Status> {
+fn authorize(
+    state: &TableState,
+    metadata: &tonic::metadata::MetadataMap,
+    model: &str,
+) -> Result<(), Status> {
     let table = state.table();
     let keys = &table.auth;
     if !keys.required {
@@ -107,7 +111,9 @@ fn authorize(state: &TableState, metadata: &tonic::metadata::MetadataMap, model:
                 .trim()
         })
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Status::unauthenticated("an API key is required (authorization: Bearer <key>)"))?;
+        .ok_or_else(|| {
+            Status::unauthenticated("an API key is required (authorization: Bearer <key>)")
+        })?;
     let key = keys
         .get(&hash_secret(secret.as_bytes()))
         .ok_or_else(|| Status::unauthenticated("invalid API key"))?;

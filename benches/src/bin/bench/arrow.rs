@@ -181,7 +181,10 @@ pub fn print_arrow(r: &ArrowRecord) {
         "arrow: {} short texts, max_client_batch_size {}, {} in flight",
         r.rows, r.max_client_batch_size, r.in_flight
     );
-    println!("  {:<16} {:>9} {:>9} {:>10} {:>7}", "arm", "requests", "seconds", "rows/s", "failed");
+    println!(
+        "  {:<16} {:>9} {:>9} {:>10} {:>7}",
+        "arm", "requests", "seconds", "rows/s", "failed"
+    );
     for a in &r.arms {
         println!(
             "  {:<16} {:>9} {:>9.3} {:>10} {:>7}",

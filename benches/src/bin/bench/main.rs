@@ -300,9 +300,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 arrow::print_arrow(&a);
                 for arm in &a.arms {
                     if arm.failed_rows > 0 {
-                        record
-                            .failures
-                            .push(format!("arrow {}: {} rows failed", arm.arm, arm.failed_rows));
+                        record.failures.push(format!(
+                            "arrow {}: {} rows failed",
+                            arm.arm, arm.failed_rows
+                        ));
                     }
                 }
                 record.arrow = Some(a);

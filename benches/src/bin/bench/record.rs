@@ -11,12 +11,12 @@ use multiverse_benches::load::machine::Machine;
 use multiverse_benches::load::report::{self, Added, Summary};
 use multiverse_benches::load::schedule::PacerStats;
 
+use crate::arrow::ArrowRecord;
 use crate::cli::Settings;
 use crate::cpu::CpuRecord;
 use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
-use crate::arrow::ArrowRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
 use crate::throughput::ThroughputRecord;

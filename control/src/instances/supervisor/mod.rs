@@ -195,7 +195,8 @@ impl Shared {
 
     /// Stores `limits`; whether they differ from what was known.
     pub fn set_batch_limits(&self, limits: BatchLimits) -> bool {
-        let v = (u64::from(limits.max_client_batch_size) << 32) | u64::from(limits.max_batch_tokens);
+        let v =
+            (u64::from(limits.max_client_batch_size) << 32) | u64::from(limits.max_batch_tokens);
         self.batch_limits.swap(v, Ordering::Relaxed) != v
     }
 
