@@ -211,6 +211,8 @@ pub struct Settings {
     pub proxy_threads: String,
     pub nginx_workers: usize,
     pub prefix_rate: f64,
+    /// Texts of the arrow scenario (10 000; 300 with --quick).
+    pub arrow_rows: usize,
 }
 
 impl Settings {
@@ -257,6 +259,7 @@ impl Settings {
             proxy_threads: format!("default (number of CPUs: {nproc})"),
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
+            arrow_rows: if q { 300 } else { 10_000 },
         }
     }
 

@@ -295,7 +295,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 
     if settings.has(Scenario::Arrow) {
         let launch = Launch::new(bins.clone(), scratch.path());
-        match arrow::arrow_scenario(&rt, &launch, &client) {
+        match arrow::arrow_scenario(&rt, &launch, &client, settings.arrow_rows) {
             Ok(a) => {
                 arrow::print_arrow(&a);
                 for arm in &a.arms {
