@@ -310,6 +310,20 @@ impl Proxy {
             )),
         };
 
+        // Built before anything runs, so its failure leaves nothing started.
+        let batch = match batch_listener {
+            Some((listener, _)) => Some((
+                listener,
+                batch::Service::new(
+                    state.clone(),
+                    &cfg.batch_embed,
+                    gateway_config(cfg, None).outlier,
+                    ms(cfg.upstream.connect_timeout_ms),
+                )
+                .map_err(StartError::Routes)?,
+            )),
+            None => None,
+        };
         let mut fds = Fds::new();
         let tls_listener = tls.map(|(bound, _)| bound);
         for bound in [Some(clients_listener), Some(admin_listener), tls_listener]
@@ -332,14 +346,7 @@ impl Proxy {
             spawn(&ops, Box::new(reloader), &fds, &watch, 1);
         }
         let mut runtimes = vec![("clients", serve), ("ops", ops)];
-        if let Some((listener, _)) = batch_listener {
-            let service = batch::Service::new(
-                state.clone(),
-                &cfg.batch_embed,
-                gateway_config(cfg, None).outlier,
-                ms(cfg.upstream.connect_timeout_ms),
-            )
-            .map_err(StartError::Routes)?;
+        if let Some((listener, service)) = batch {
             // Its own runtime: decoding and encoding large batches must not delay the ops
             // runtime's discovery and admin work, nor the client threads.
             let rt = runtime("batch", threads.clamp(1, 2));
