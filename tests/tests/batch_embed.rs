@@ -3,7 +3,7 @@
 //! fit, spread over both, answered in input order, a row TEI refuses failing alone), the bad
 //! inputs and their gRPC codes, inference keys (UNAUTHENTICATED, PERMISSION_DENIED), and a
 //! control plane that reads a TEI instance's `/info` limits and pushes them to the proxy, whose
-//! batch calls then fit them.
+//! batch calls then fit them (and its `/info` reader against mock-tei over HTTP and gRPC).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -399,4 +399,34 @@ async fn embed_arrow_checks_inference_keys() {
         .await
         .expect("the key's model");
     assert_eq!(rows(ok.get_ref()).len(), 2);
+}
+
+#[tokio::test]
+async fn the_info_reader_reads_tei_limits_over_http_and_grpc() {
+    use multiverse_control::instances::supervisor::info::InfoReader;
+    use multiverse_control::store::Protocol;
+    let dir = temp_dir("batch-embed-info");
+    for (name, protocol) in [("info-http", Protocol::Http), ("info-grpc", Protocol::Grpc)] {
+        let mut args = vec!["--max-client-batch-size", "7", "--max-batch-tokens", "777"];
+        if protocol == Protocol::Grpc {
+            args.push("--grpc");
+        }
+        let tei = MockTei::start(&dir, name, &args);
+        let reader = InfoReader {
+            http: reqwest::Client::new(),
+            protocol,
+            host: "127.0.0.1".into(),
+            port: tei.addr.port(),
+            timeout: Duration::from_secs(5),
+        };
+        let limits = reader
+            .read()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            (limits.max_client_batch_size, limits.max_batch_tokens),
+            (7, 777),
+            "{name}"
+        );
+    }
 }
