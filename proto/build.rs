@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/multiverse/discovery/v1/discovery.proto",
                 "proto/tei/v1/tei.proto",
+                "proto/multiverse/embed/v1/embed.proto",
             ],
             &["proto"],
         )?;

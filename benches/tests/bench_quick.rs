@@ -146,6 +146,14 @@ fn quick_run_reports_every_scenario() {
         usage["first_event_on_minus_off"]["p50_us"].is_i64(),
         "{usage}"
     );
+    // Arrow batch embedding: every arm embedded every row.
+    let arrow = &r["arrow"];
+    let arms = arrow["arms"].as_array().expect("arrow arms");
+    assert_eq!(arms.len(), 3, "{arrow}");
+    for a in arms {
+        assert_eq!(a["failed_rows"], 0, "{a}");
+        assert!(a["rows_per_s"].as_f64().is_some_and(|x| x > 0.0), "{a}");
+    }
 
     // Quick really is quick.
     assert!(started.elapsed() < Duration::from_secs(180));

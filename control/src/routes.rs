@@ -20,7 +20,7 @@ use crate::backends::parse_url;
 use crate::backends::registry::Registry;
 use crate::changes::Changes;
 use crate::discovery::publisher::Publisher;
-use crate::instances::supervisor::State;
+use crate::instances::supervisor::{BatchLimits, State};
 use crate::instances::Manager;
 use crate::keys::Keys;
 use crate::models::policy::{self, PolicySpec};
@@ -34,7 +34,8 @@ pub const TEI_MAX_CONCURRENT_REQUESTS: u32 = 512;
 /// reach them on.
 pub struct Instances<'a> {
     pub advertise_host: &'a str,
-    pub instances: &'a [(InstanceRecord, State)],
+    /// With what each instance's `/info` said of its batch limits.
+    pub instances: &'a [(InstanceRecord, State, BatchLimits)],
 }
 
 /// Builds the snapshot for backends (with their health) and TEI instances, with the
@@ -49,8 +50,9 @@ pub fn snapshot(
     let mut models: BTreeMap<&str, pb::Model> = BTreeMap::new();
     // Each model's endpoints' own policies, by endpoint id.
     let mut asked: BTreeMap<&str, BTreeMap<&str, &PolicySpec>> = BTreeMap::new();
-    for (record, state) in instances.instances {
-        let Some(endpoint) = instance_endpoint(record, *state, instances.advertise_host) else {
+    for (record, state, limits) in instances.instances {
+        let Some(endpoint) = instance_endpoint(record, *state, *limits, instances.advertise_host)
+        else {
             continue;
         };
         let spec = &record.spec;
@@ -128,11 +130,18 @@ fn backend_endpoint(b: &BackendRecord, health: pb::HealthStatus) -> Option<pb::E
         max_concurrent: b.max_concurrent.unwrap_or(0),
         // The fleet-wide limit; each proxy's stream carries its share (`discovery::shares`).
         max_requests_per_sec: b.max_requests_per_sec.unwrap_or(0),
+        ..Default::default()
     })
 }
 
-/// The endpoint of an instance in `state`, if it is routed at all.
-fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb::Endpoint> {
+/// The endpoint of an instance in `state`, if it is routed at all. Its batch limits are what
+/// its `/info` said, else what its spec passed TEI (0 when neither is known: TEI's defaults).
+fn instance_endpoint(
+    r: &InstanceRecord,
+    state: State,
+    limits: BatchLimits,
+    host: &str,
+) -> Option<pb::Endpoint> {
     let health = match state {
         State::Ready => pb::HealthStatus::Healthy,
         State::Unhealthy => pb::HealthStatus::Unhealthy,
@@ -165,6 +174,18 @@ fn instance_endpoint(r: &InstanceRecord, state: State, host: &str) -> Option<pb:
             .as_ref()
             .and_then(|l| l.max_requests_per_sec)
             .unwrap_or(0),
+        max_client_batch_size: match limits.max_client_batch_size {
+            0 => spec.max_client_batch_size.unwrap_or(0),
+            n => n,
+        },
+        max_batch_tokens: match limits.max_batch_tokens {
+            0 => spec
+                .max_batch_tokens
+                .and_then(|t| t.tokens())
+                .or_else(|| r.batch_sizing.as_ref().map(|s| s.tokens))
+                .unwrap_or(0),
+            n => n,
+        },
         ..Default::default()
     })
 }
@@ -323,12 +344,22 @@ mod tests {
             batch_sizing: None,
             created_at: "t".into(),
         };
+        let known = BatchLimits {
+            max_client_batch_size: 8,
+            max_batch_tokens: 2048,
+        };
+        let mut spec_only = record("sick", 1002);
+        spec_only.spec.max_client_batch_size = Some(4);
         let instances = [
-            (record("ready", 1000), State::Ready),
-            (record("sick", 1002), State::Unhealthy),
-            (record("leaving", 1004), State::Stopping),
-            (record("booting", 1006), State::Starting),
-            (record("off", 1008), State::Stopped),
+            (record("ready", 1000), State::Ready, known),
+            (spec_only, State::Unhealthy, BatchLimits::default()),
+            (
+                record("leaving", 1004),
+                State::Stopping,
+                BatchLimits::default(),
+            ),
+            (record("booting", 1006), State::Starting, known),
+            (record("off", 1008), State::Stopped, known),
         ];
         let s = snapshot(
             &[],
@@ -365,5 +396,12 @@ mod tests {
                 ("sick", "10.0.0.7:1002", pb::HealthStatus::Unhealthy as i32),
             ]
         );
+        // /info's limits, else the spec's, else unknown (0).
+        let limits: Vec<_> = s.models[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.max_client_batch_size, e.max_batch_tokens))
+            .collect();
+        assert_eq!(limits, [(0, 0), (8, 2048), (4, 0)]);
     }
 }

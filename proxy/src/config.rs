@@ -35,6 +35,7 @@ pub struct ProxyConfig {
     pub log: LogConfig,
     pub tracing: TracingConfig,
     pub usage: UsageConfig,
+    pub batch_embed: BatchEmbedConfig,
 }
 
 /// Token usage accounting (`request::usage`, `request::stream_usage`).
@@ -51,6 +52,35 @@ impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             request_stream_usage: true,
+        }
+    }
+}
+
+/// The Arrow batch-embedding gRPC service (`multiverse.embed.v1.BatchEmbed`, `batch`); off
+/// unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchEmbedConfig {
+    /// Its own cleartext HTTP/2 (gRPC) listener, e.g. `127.0.0.1:8090`.
+    pub listen: Option<String>,
+    /// Rows one call may carry; more: INVALID_ARGUMENT.
+    pub max_rows: usize,
+    /// Largest request message (the Arrow IPC bytes and the fields around them).
+    pub max_request_bytes: usize,
+    /// Pieces of one call in flight at once (over all its endpoints).
+    pub concurrency: usize,
+    /// Timeout of one piece's `/embed` call.
+    pub timeout_ms: u64,
+}
+
+impl Default for BatchEmbedConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_rows: 100_000,
+            max_request_bytes: 64 * 1024 * 1024,
+            concurrency: 8,
+            timeout_ms: 30_000,
         }
     }
 }
@@ -627,6 +657,36 @@ impl ProxyConfig {
         if self.server.threads == Some(0) {
             return Err(invalid("server.threads", "must be > 0".into()));
         }
+        if let Some(value) = &self.batch_embed.listen {
+            let addr = value.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "batch_embed.listen",
+                    format!("`{value}` is not an ip:port address ({e})"),
+                )
+            })?;
+            if addr.port() != 0 && ports.contains(&addr) {
+                return Err(invalid(
+                    "batch_embed.listen",
+                    "must differ from listen.clients and listen.admin".into(),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("batch_embed.max_rows", self.batch_embed.max_rows as u64),
+            (
+                "batch_embed.max_request_bytes",
+                self.batch_embed.max_request_bytes as u64,
+            ),
+            (
+                "batch_embed.concurrency",
+                self.batch_embed.concurrency as u64,
+            ),
+            ("batch_embed.timeout_ms", self.batch_embed.timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
         Ok(())
     }
 
@@ -660,6 +720,37 @@ mod tests {
         assert_eq!(c.clients.max_connections, 10_000);
         assert_eq!(c.clients.max_connections_per_ip, 256);
         assert_eq!(c.clients.h2_max_streams, 100);
+    }
+
+    #[test]
+    fn batch_embed_is_off_by_default_documented_and_validated_by_key() {
+        let defaults = ProxyConfig::default().batch_embed;
+        assert_eq!(defaults.listen, None, "off unless listen is set");
+        let path = multiverse_common::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/proxy.toml");
+        let documented = ProxyConfig::from_file(&path).expect("config/proxy.toml");
+        assert_eq!(
+            documented.batch_embed, defaults,
+            "the example shows the defaults"
+        );
+        for (text, key) in [
+            ("listen = \"nowhere\"", "batch_embed.listen"),
+            ("listen = \"127.0.0.1:8080\"", "batch_embed.listen"),
+            ("max_rows = 0", "batch_embed.max_rows"),
+            ("max_request_bytes = 0", "batch_embed.max_request_bytes"),
+            ("concurrency = 0", "batch_embed.concurrency"),
+            ("timeout_ms = 0", "batch_embed.timeout_ms"),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[batch_embed]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/p.toml"),
+                "{text}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`config`] — the TOML configuration and its validation.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod ops;

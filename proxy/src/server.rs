@@ -35,6 +35,7 @@ use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use pingora_runtime::Runtime;
 use tokio::sync::watch;
 
+use crate::batch;
 use crate::config::{ms, ConfigError, ProxyConfig};
 use crate::ops::admin::{Admin, Listening};
 use crate::ops::drain::{self, Active};
@@ -104,6 +105,7 @@ pub enum Stop {
 pub struct Proxy {
     clients: SocketAddr,
     clients_tls: Option<SocketAddr>,
+    batch_embed: Option<SocketAddr>,
     admin: SocketAddr,
     node_id: String,
     state: Arc<TableState>,
@@ -152,6 +154,24 @@ impl Proxy {
             _ => None,
         };
         let clients_tls = tls.as_ref().map(|(bound, _)| bound.addr());
+        // The batch-embedding listener is tonic's, not pingora's: bound here, served below.
+        let batch_listener = match &cfg.batch_embed.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                    key: "batch_embed.listen",
+                    addr: addr.clone(),
+                    source,
+                })?;
+                let bound = l.local_addr().map_err(|source| StartError::Bind {
+                    key: "batch_embed.listen",
+                    addr: addr.clone(),
+                    source,
+                })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let batch_embed = batch_listener.as_ref().map(|(_, a)| *a);
         let discovery_tls = discovery_tls(cfg)?;
         let upstream_ca = match &cfg.upstream.tls_ca_file {
             Some(path) => Some(
@@ -290,6 +310,20 @@ impl Proxy {
             )),
         };
 
+        // Built before anything runs, so its failure leaves nothing started.
+        let batch = match batch_listener {
+            Some((listener, _)) => Some((
+                listener,
+                batch::Service::new(
+                    state.clone(),
+                    &cfg.batch_embed,
+                    gateway_config(cfg, None).outlier,
+                    ms(cfg.upstream.connect_timeout_ms),
+                )
+                .map_err(StartError::Routes)?,
+            )),
+            None => None,
+        };
         let mut fds = Fds::new();
         let tls_listener = tls.map(|(bound, _)| bound);
         for bound in [Some(clients_listener), Some(admin_listener), tls_listener]
@@ -311,17 +345,34 @@ impl Proxy {
         if let Some(reloader) = cert_reloader {
             spawn(&ops, Box::new(reloader), &fds, &watch, 1);
         }
-        tracing::info!(clients = %clients, clients_tls = ?clients_tls, admin = %admin, node_id = %node_id, threads, "multiverse-proxy started");
+        let mut runtimes = vec![("clients", serve), ("ops", ops)];
+        if let Some((listener, service)) = batch {
+            // Its own runtime: decoding and encoding large batches must not delay the ops
+            // runtime's discovery and admin work, nor the client threads.
+            let rt = runtime("batch", threads.clamp(1, 2));
+            let mut stop = watch.clone();
+            rt.get_handle().spawn(batch::serve(
+                listener,
+                service,
+                cfg.batch_embed.max_request_bytes,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+            runtimes.push(("batch", rt));
+        }
+        tracing::info!(clients = %clients, clients_tls = ?clients_tls, batch_embed = ?batch_embed, admin = %admin, node_id = %node_id, threads, "multiverse-proxy started");
         Ok(Proxy {
             clients,
             clients_tls,
+            batch_embed,
             admin,
             node_id,
             state,
             active,
             grace: Duration::from_secs(cfg.server.drain_grace_seconds),
             shutdown,
-            runtimes: vec![("clients", serve), ("ops", ops)],
+            runtimes,
             failure,
         })
     }
@@ -329,6 +380,11 @@ impl Proxy {
     /// The client listener's address (the bound port when the config said 0).
     pub fn clients_addr(&self) -> SocketAddr {
         self.clients
+    }
+
+    /// The batch-embedding listener's address, when `[batch_embed] listen` sets one.
+    pub fn batch_embed_addr(&self) -> Option<SocketAddr> {
+        self.batch_embed
     }
 
     /// The TLS client listener's address, when `[clients_tls]` configures one.

@@ -420,7 +420,12 @@ async fn tokens_are_counted_per_model_endpoint_and_key_and_streams_are_timed() {
     };
     // A request is counted as it ends, just after its client has the whole answer: wait for
     // the counts (an exact match, so an over-count fails too once the wait ends).
-    let counted = |m: &str| (sample(m, &series("prompt")), sample(m, &series("completion")));
+    let counted = |m: &str| {
+        (
+            sample(m, &series("prompt")),
+            sample(m, &series("completion")),
+        )
+    };
     let m = eventually(Duration::from_secs(5), "tokens counted", || async {
         let m = metrics(&client, &proxy).await;
         (counted(&m) == want).then_some(m)

@@ -1,6 +1,7 @@
 //! Real clients through the proxy: the unmodified `openai` Python SDK (models list, chat
 //! stream and non-stream, embeddings) and a `grpcio` client generated from our `tei.v1` protos
-//! (unary Embed, bidi EmbedStream, NOT_FOUND for an unknown model). The Python side lives in
+//! (unary Embed, bidi EmbedStream, NOT_FOUND for an unknown model), and a `pyarrow` + `grpcio`
+//! client of the proxy's Arrow batch embedding (`BatchEmbed/EmbedArrow`). The Python side lives in
 //! tests/python/ (its requirements.txt is installed by scripts/test); each test starts the
 //! backend mock and a standalone proxy, runs one script against the proxy and asserts it exits 0.
 
@@ -46,7 +47,7 @@ fn python3() -> tokio::process::Command {
 /// Fails (never skips) when the Python packages are missing, naming the fix.
 async fn require_python_packages() {
     let out = python3()
-        .args(["-c", "import openai, grpc, grpc_tools"])
+        .args(["-c", "import openai, grpc, grpc_tools, pyarrow"])
         .output()
         .await
         .expect("run python3 (is Python 3 installed?)");
@@ -218,6 +219,33 @@ async fn openai_python_sdk_with_keys() {
     assert!(out.contains("429 after 10"), "{out}");
     // The secret never reaches a log.
     assert!(!proxy.proc.tail_log().contains(&secret));
+}
+
+#[tokio::test]
+async fn pyarrow_client_embeds_a_batch_through_the_proxy() {
+    require_python_packages().await;
+    let dir = temp_dir("py-arrow");
+    let tei = MockTei::start(&dir, "mock-tei-arrow", &["--max-client-batch-size", "4"]);
+    let listen = try_free_addr().expect("free port");
+    let routes = format!(
+        "version = \"py-arrow\"\n\n[[models]]\nname = \"embed-arrow\"\nkind = \"embedding\"\n\
+         [[models.endpoints]]\nid = \"tei-arrow-1\"\naddress = \"{}\"\nmax_client_batch_size = 4\n",
+        tei.addr
+    );
+    let proxy = Proxy::start_standalone(
+        &dir,
+        "proxy-py-arrow",
+        &routes,
+        &format!("[batch_embed]\nlisten = \"{listen}\"\n"),
+    )
+    .await;
+    let out = run_script(
+        "arrow_client.py",
+        &[&listen.to_string(), "embed-arrow"],
+        &[&proxy.proc, &tei.proc],
+    )
+    .await;
+    assert!(out.contains("ok rows=13"), "{out}");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::logs::{self, LogSink};
 use super::process::{self, RunDir};
 use super::spec::{InstanceSpec, MaxBatchTokens, Protocol, Template};
-use super::supervisor::{Command, Settings, Shared, State, Status, Supervisor};
+use super::supervisor::{BatchLimits, Command, Settings, Shared, State, Status, Supervisor};
 use super::traffic::{self, Traffic};
 pub use super::InstanceError;
 use crate::changes::Changes;
@@ -755,11 +755,17 @@ impl Manager {
     }
 
     /// Every instance with its state, for the routes.
-    pub fn routable(&self) -> Vec<(InstanceRecord, State)> {
+    pub fn routable(&self) -> Vec<(InstanceRecord, State, BatchLimits)> {
         self.lock()
             .handles
             .values()
-            .map(|h| (h.record.clone(), h.shared.snapshot().state))
+            .map(|h| {
+                (
+                    h.record.clone(),
+                    h.shared.snapshot().state,
+                    h.shared.batch_limits(),
+                )
+            })
             .collect()
     }
 

@@ -141,6 +141,8 @@ pub struct EndpointSpec {
     pub authorization: Option<HeaderValue>,
     pub max_concurrent: u32,
     pub max_requests_per_sec: u32,
+    pub max_client_batch_size: u32,
+    pub max_batch_tokens: u32,
 }
 
 impl EndpointSpec {
@@ -160,6 +162,8 @@ impl EndpointSpec {
             authorization: self.authorization.clone(),
             max_concurrent: self.max_concurrent,
             max_requests_per_sec: self.max_requests_per_sec,
+            max_client_batch_size: self.max_client_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
             // Validated to be a visible-ASCII token in `from_snapshot`.
             id_header: HeaderValue::from_str(&self.id)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -392,6 +396,8 @@ fn endpoint_from<'a>(
         authorization,
         max_concurrent: e.max_concurrent,
         max_requests_per_sec: e.max_requests_per_sec,
+        max_client_batch_size: e.max_client_batch_size,
+        max_batch_tokens: e.max_batch_tokens,
     })
 }
 

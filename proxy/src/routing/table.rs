@@ -98,6 +98,10 @@ pub struct Endpoint {
     pub max_concurrent: u32,
     /// Requests per second this proxy sends it (its share of the fleet's); 0: unlimited.
     pub max_requests_per_sec: u32,
+    /// Inputs per request (TEI's `max_client_batch_size`; 0: unknown), for batch embedding.
+    pub max_client_batch_size: u32,
+    /// Tokens per request (TEI's `max_batch_tokens`; 0: unknown), for batch embedding.
+    pub max_batch_tokens: u32,
     /// `Bearer <key>` for upstream auth; never serialized.
     #[serde(skip)]
     pub authorization: Option<HeaderValue>,

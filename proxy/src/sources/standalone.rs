@@ -159,6 +159,13 @@ pub struct EndpointEntry {
     /// Requests per second sent to it by this proxy (0: unlimited).
     #[serde(default)]
     pub max_requests_per_sec: u32,
+    /// Inputs one request may carry (TEI's `max_client_batch_size`; 0: unknown, the batch
+    /// embedding default).
+    #[serde(default)]
+    pub max_client_batch_size: u32,
+    /// Tokens one request may carry (TEI's `max_batch_tokens`; 0: unknown).
+    #[serde(default)]
+    pub max_batch_tokens: u32,
 }
 
 fn default_kind() -> String {
@@ -219,6 +226,8 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
                 upstream_api_key: e.api_key,
                 max_concurrent: e.max_concurrent,
                 max_requests_per_sec: e.max_requests_per_sec,
+                max_client_batch_size: e.max_client_batch_size,
+                max_batch_tokens: e.max_batch_tokens,
             });
         }
         models.push(pb::Model {

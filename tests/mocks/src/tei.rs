@@ -55,6 +55,8 @@ pub struct TeiCore {
     pub vocab: Vocab,
     /// grpc.health.v1 statuses.
     pub health: HealthReporter,
+    /// Inputs of each `/embed` request, in arrival order (`GET /mock/embed_batches`).
+    embed_batches: std::sync::Mutex<Vec<u32>>,
     shutdown: Shutdown,
     admitted: AtomicU64,
     successes: AtomicU64,
@@ -76,10 +78,27 @@ impl TeiCore {
             batching,
             vocab: Vocab::default(),
             health: HealthReporter::new(),
+            embed_batches: std::sync::Mutex::new(Vec::new()),
             shutdown,
             admitted: AtomicU64::new(0),
             successes: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one `/embed` request of `inputs` inputs (before it is validated).
+    pub fn record_embed_batch(&self, inputs: usize) {
+        self.embed_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(u32::try_from(inputs).unwrap_or(u32::MAX));
+    }
+
+    /// The input counts of the `/embed` requests so far, in arrival order.
+    pub fn embed_batches(&self) -> Vec<u32> {
+        self.embed_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The OpenAI-route model name.

@@ -53,6 +53,7 @@ pub fn router(core: Arc<TeiCore>) -> anyhow::Result<Router> {
             require_api_key,
         ))
         .route("/mock/stats", get(stats))
+        .route("/mock/embed_batches", get(embed_batches))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(header, add_instance_header))
         .with_state(core))
@@ -88,6 +89,11 @@ async fn require_api_key(
 
 async fn stats(State(core): State<Arc<TeiCore>>) -> Json<StatsSnapshot> {
     Json(core.stats.snapshot(&core.name))
+}
+
+/// The number of inputs of every `/embed` request so far, in arrival order (a JSON array).
+async fn embed_batches(State(core): State<Arc<TeiCore>>) -> Json<Vec<u32>> {
+    Json(core.embed_batches())
 }
 
 async fn health(State(core): State<Arc<TeiCore>>) -> Response {

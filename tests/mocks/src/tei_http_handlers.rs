@@ -187,13 +187,10 @@ pub(crate) fn handle(core: &TeiCore, route: Route, bytes: &[u8]) -> Result<Answe
     let (body, (chars, tokens), inputs) = match route {
         Route::Embed => {
             let req: EmbedRequest = parse(bytes)?;
+            let texts = req.inputs.into_vec();
+            core.record_embed_batch(texts.len());
             model::check_dimensions_positive(req.dimensions)?;
-            let texts = prepare_all(
-                core,
-                req.inputs.into_vec(),
-                req.truncate,
-                req.truncation_direction,
-            )?;
+            let texts = prepare_all(core, texts, req.truncate, req.truncation_direction)?;
             let vectors = texts
                 .iter()
                 .map(|t| model::pooled_embedding(t, dims, req.normalize, req.dimensions))

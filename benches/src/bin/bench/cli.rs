@@ -43,6 +43,9 @@ pub enum Scenario {
     Prefix,
     /// The proxy asking streams' usage (`[usage] request_stream_usage`) vs not: sse latency.
     Usage,
+    /// Rows/s of 10k short texts: one Arrow batch-embedding call vs `/embed` calls of 1 and of
+    /// max_client_batch_size texts.
+    Arrow,
 }
 
 impl Scenario {
@@ -210,6 +213,8 @@ pub struct Settings {
     pub proxy_threads: String,
     pub nginx_workers: usize,
     pub prefix_rate: f64,
+    /// Texts of the arrow scenario (10 000; 300 with --quick).
+    pub arrow_rows: usize,
 }
 
 impl Settings {
@@ -256,6 +261,7 @@ impl Settings {
             proxy_threads: format!("default (number of CPUs: {nproc})"),
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
+            arrow_rows: if q { 300 } else { 10_000 },
         }
     }
 

@@ -24,6 +24,8 @@
 //!   hot-path cost beside the proxy.
 //! - `usage`: the proxy asking streams' usage for their clients (the default) against a proxy
 //!   with `[usage] request_stream_usage = false`: sse latency, what asking and hiding add.
+//! - `arrow`: rows/s for 10k short texts, one `BatchEmbed/EmbedArrow` call against `/embed`
+//!   calls of 1 and of max_client_batch_size texts, through the same proxy.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -39,6 +41,7 @@
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
+mod arrow;
 mod cli;
 mod cpu;
 mod keys;
@@ -141,6 +144,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         keys: None,
         prefix: None,
         usage: None,
+        arrow: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -150,7 +154,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let needs_stack = settings
         .scenarios
         .iter()
-        .any(|s| !matches!(s, Scenario::Propagation));
+        .any(|s| !matches!(s, Scenario::Propagation | Scenario::Arrow));
     if needs_stack {
         let nginx_bin = stack::nginx_binary(args.nginx_bin.as_deref(), args.no_nginx);
         let launch = Launch::new(bins.clone(), scratch.path());
@@ -300,6 +304,25 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             record.failures.push(format!("{e:#}"));
         }
         drop(stack);
+    }
+
+    if settings.has(Scenario::Arrow) {
+        let launch = Launch::new(bins.clone(), scratch.path());
+        match arrow::arrow_scenario(&rt, &launch, &client, settings.arrow_rows) {
+            Ok(a) => {
+                arrow::print_arrow(&a);
+                for arm in &a.arms {
+                    if arm.failed_rows > 0 {
+                        record.failures.push(format!(
+                            "arrow {}: {} rows failed",
+                            arm.arm, arm.failed_rows
+                        ));
+                    }
+                }
+                record.arrow = Some(a);
+            }
+            Err(e) => record.failures.push(format!("arrow: {e:#}")),
+        }
     }
 
     if settings.has(Scenario::Propagation) {

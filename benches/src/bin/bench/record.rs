@@ -11,6 +11,7 @@ use multiverse_benches::load::machine::Machine;
 use multiverse_benches::load::report::{self, Added, Summary};
 use multiverse_benches::load::schedule::PacerStats;
 
+use crate::arrow::ArrowRecord;
 use crate::cli::Settings;
 use crate::cpu::CpuRecord;
 use crate::keys::KeysRecord;
@@ -41,6 +42,7 @@ pub struct Record {
     pub keys: Option<KeysRecord>,
     pub prefix: Option<PrefixRecord>,
     pub usage: Option<UsageRecord>,
+    pub arrow: Option<ArrowRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::machine::{Action, Input, Machine, ProbeKind, Request};
 use super::{Command, Shared, State};
 use crate::changes::Changes;
-use crate::events::EventBus;
+use crate::events::{EventBus, EventKind};
 use crate::instances::process::ExitInfo;
 
 /// A probe's answer, to come.
@@ -46,6 +46,8 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub events: Arc<EventBus>,
     pub changes: Changes,
+    /// Reads the instance's batch limits each time it becomes ready (`None`: not read).
+    pub info: Option<super::info::InfoReader>,
 }
 
 /// What woke the driver.
@@ -99,6 +101,11 @@ pub async fn drive<H: Host>(
                         probe_started = Instant::now();
                     }
                     Action::Emit(kind) => {
+                        if matches!(kind, EventKind::Ready) {
+                            if let Some(info) = &ctx.info {
+                                info.spawn(&ctx.name, ctx.shared.clone(), ctx.changes.clone());
+                            }
+                        }
                         ctx.events.emit(&ctx.name, kind);
                     }
                     Action::Note(line) => host.note(&line),

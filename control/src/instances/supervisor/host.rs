@@ -260,6 +260,7 @@ mod tests {
             shared: shared.clone(),
             events: EventBus::new(),
             changes: Changes::new(),
+            info: None,
         };
         let task = tokio::spawn(drive(
             Machine::new(timing, 1, State::Pending),

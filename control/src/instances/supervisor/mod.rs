@@ -22,11 +22,12 @@
 
 pub mod driver;
 pub mod host;
+pub mod info;
 pub mod machine;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +72,13 @@ pub struct Settings {
     pub gid: Option<u32>,
     /// Whether instances get their own cgroup (`[instances] cgroup_root`).
     pub cgroups: super::cgroup::Cgroups,
+}
+
+/// What an instance's TEI reports of its batch limits (`/info`); 0: not known (yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_client_batch_size: u32,
+    pub max_batch_tokens: u32,
 }
 
 /// Where an instance is in its life.
@@ -157,6 +165,8 @@ pub struct Shared {
     pub liveness_failures: AtomicU64,
     /// Per probe kind.
     pub probe_stats: ProbeStats,
+    /// [`BatchLimits`] packed (client batch size high, tokens low), read from `/info`.
+    batch_limits: AtomicU64,
 }
 
 impl Shared {
@@ -170,7 +180,24 @@ impl Shared {
             log,
             liveness_failures: AtomicU64::new(0),
             probe_stats,
+            batch_limits: AtomicU64::new(0),
         })
+    }
+
+    /// The batch limits read from the instance's `/info` (zeros before a read succeeded).
+    pub fn batch_limits(&self) -> BatchLimits {
+        let v = self.batch_limits.load(Ordering::Relaxed);
+        BatchLimits {
+            max_client_batch_size: (v >> 32) as u32,
+            max_batch_tokens: v as u32,
+        }
+    }
+
+    /// Stores `limits`; whether they differ from what was known.
+    pub fn set_batch_limits(&self, limits: BatchLimits) -> bool {
+        let v =
+            (u64::from(limits.max_client_batch_size) << 32) | u64::from(limits.max_batch_tokens);
+        self.batch_limits.swap(v, Ordering::Relaxed) != v
     }
 
     /// The current state (without copying the rest of the status).
@@ -230,6 +257,13 @@ impl Supervisor {
             &self.settings,
             &self.run_dir,
         );
+        let info = info::InfoReader {
+            http: self.http.clone(),
+            protocol: self.spec.protocol,
+            host: self.settings.advertise_host.clone(),
+            port: self.port,
+            timeout: self.settings.probe_timeout,
+        };
         let probe = host::ProbeTarget {
             http: self.http,
             protocol: self.spec.protocol,
@@ -250,6 +284,7 @@ impl Supervisor {
             shared: self.shared,
             events: self.events,
             changes: self.changes,
+            info: Some(info),
         };
         driver::drive(machine, host, rx, ctx, running).await;
     }

@@ -193,6 +193,7 @@ impl Run {
             shared: shared.clone(),
             events: bus,
             changes: Changes::new(),
+            info: None,
         };
         let machine = Machine::new(timing, 8080, State::Pending);
         let task = tokio::spawn(drive(machine, host, rx, ctx, true));
