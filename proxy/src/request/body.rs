@@ -34,6 +34,11 @@ impl Held {
         self.len() == 0
     }
 
+    /// The bytes held (a hedged request sends them with the rest of its body).
+    pub fn bytes(&self) -> Option<&Bytes> {
+        self.bytes.as_ref()
+    }
+
     /// Holds `chunk` after the bytes already held.
     fn append(&mut self, chunk: Bytes) {
         self.bytes = Some(match self.bytes.take() {
