@@ -41,6 +41,9 @@ pub enum Scenario {
     /// Prefix-cache hits and TTFT, least_request vs prefix_affinity; prefix_affinity's
     /// hot-path cost.
     Prefix,
+    /// /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests, hedging
+    /// off vs `hedge_after_ms`.
+    Hedge,
 }
 
 impl Scenario {

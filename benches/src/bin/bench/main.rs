@@ -22,6 +22,8 @@
 //! - `prefix`: prefix-cache hit rate and TTFT, least_request vs prefix_affinity (4 endpoints
 //!   with simulated prefix caches, 2 proxies per arm, interleaved), and prefix_affinity's
 //!   hot-path cost beside the proxy.
+//! - `hedge`: /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests,
+//!   hedging off vs `hedge_after_ms = 50` (one proxy per arm, interleaved).
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -39,6 +41,7 @@
 
 mod cli;
 mod cpu;
+mod hedge;
 mod keys;
 mod latency;
 mod memory;
@@ -137,6 +140,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         models_10k: None,
         keys: None,
         prefix: None,
+        hedge: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -281,6 +285,22 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.prefix = Some(p);
                 }
                 Err(e) => record.failures.push(format!("prefix: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Hedge) && stack.ensure_running().is_ok() {
+            match hedge::hedge_scenario(&rt, &launch, &client, &settings) {
+                Ok(h) => {
+                    for arm in &h.arms {
+                        if arm.errors > 0 || arm.count == 0 {
+                            record.failures.push(format!(
+                                "hedge {}: {} failed, {} measured",
+                                arm.name, arm.errors, arm.count
+                            ));
+                        }
+                    }
+                    record.hedge = Some(h);
+                }
+                Err(e) => record.failures.push(format!("hedge: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

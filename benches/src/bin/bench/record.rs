@@ -16,6 +16,7 @@ use crate::cpu::CpuRecord;
 use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
+use crate::hedge::HedgeRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
 use crate::throughput::ThroughputRecord;
@@ -39,6 +40,7 @@ pub struct Record {
     pub models_10k: Option<ModelsRecord>,
     pub keys: Option<KeysRecord>,
     pub prefix: Option<PrefixRecord>,
+    pub hedge: Option<HedgeRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,
