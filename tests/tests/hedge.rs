@@ -11,7 +11,13 @@ use serde_json::{json, Value};
 
 const STALL_MS: u64 = 3000;
 
-fn model(name: &str, kind: &str, hedge: Option<u32>, stall: &MockOpenAi, fast: &MockOpenAi) -> String {
+fn model(
+    name: &str,
+    kind: &str,
+    hedge: Option<u32>,
+    stall: &MockOpenAi,
+    fast: &MockOpenAi,
+) -> String {
     let hedge = hedge.map_or(String::new(), |ms| format!("hedge_after_ms = {ms}\n"));
     format!(
         "[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\nlb = \"round_robin\"\nmax_retries = 0\n{hedge}\
@@ -94,19 +100,28 @@ async fn a_stalled_embedding_is_answered_by_the_hedge_and_the_stalled_one_cancel
     // Round robin: the stalling endpoint is tried first by about every other request.
     for _ in 0..4 {
         let (endpoint, took) = call(&c, &proxy, "/v1/embeddings", &body).await;
-        assert_eq!(endpoint, "emb-fast", "the stalled endpoint never answers in time");
+        assert_eq!(
+            endpoint, "emb-fast",
+            "the stalled endpoint never answers in time"
+        );
         assert!(
             took < Duration::from_millis(STALL_MS / 2),
             "answered after {took:?}: the hedge did not win"
         );
     }
     let stalled = counter(&c, &stall, "requests").await;
-    assert!(stalled >= 1, "round robin sent the stalling endpoint no request");
+    assert!(
+        stalled >= 1,
+        "round robin sent the stalling endpoint no request"
+    );
     let hedges = metric(&c, &proxy, "multiverse_proxy_hedges_total", "emb").await;
     let wins = metric(&c, &proxy, "multiverse_proxy_hedge_wins_total", "emb").await;
     // The stalling endpoint got each request either first (then hedged to the other, which
     // won) or as the hedge of a first attempt that was slow itself (a loaded machine).
-    assert_eq!(hedges, stalled, "one hedge per request the stalling endpoint got");
+    assert_eq!(
+        hedges, stalled,
+        "one hedge per request the stalling endpoint got"
+    );
     assert!(wins >= 1 && wins <= hedges, "{wins} hedge wins of {hedges}");
     // Every stalled request was cancelled: its connection dropped before the 3 s were up (the
     // mock notices the closed connection at once; the deadline only bounds a failure).
@@ -128,8 +143,8 @@ async fn a_stalled_embedding_is_answered_by_the_hedge_and_the_stalled_one_cancel
 async fn chat_is_never_hedged_and_hedging_off_sends_no_second_request() {
     let dir = temp_dir("hedge-never");
     let (stall, fast) = pair(&dir, &["ch", "off"]);
-    let routes =
-        model("ch", "chat", Some(100), &stall, &fast) + &model("off", "embedding", None, &stall, &fast);
+    let routes = model("ch", "chat", Some(100), &stall, &fast)
+        + &model("off", "embedding", None, &stall, &fast);
     let proxy = Proxy::start_standalone(&dir, "proxy-never", &routes, "").await;
     let c = reqwest::Client::new();
     let chat = json!({"model": "ch", "messages": [{"role": "user", "content": "hi"}]});
@@ -147,7 +162,10 @@ async fn chat_is_never_hedged_and_hedging_off_sends_no_second_request() {
             }
         }
     }
-    assert_eq!(slow, 2, "round robin sends each model's two requests to both endpoints");
+    assert_eq!(
+        slow, 2,
+        "round robin sends each model's two requests to both endpoints"
+    );
     // Four requests, four upstream requests: no hedge, no cancellation.
     let sent = counter(&c, &stall, "requests").await + counter(&c, &fast, "requests").await;
     assert_eq!(sent, 4);

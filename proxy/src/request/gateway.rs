@@ -221,7 +221,9 @@ impl ProxyHttp for Gateway {
                 None => Ok(Some(route)),
                 Some(after) => {
                     ctx.route = Some(route.clone());
-                    self.hedged(session, ctx, &route, after).await.map(|()| None)
+                    self.hedged(session, ctx, &route, after)
+                        .await
+                        .map(|()| None)
                 }
             },
             other => other,
@@ -640,7 +642,10 @@ impl Gateway {
                 let Some(i) = pick_reserved(route, tried, &ctx.want, self.clock.now_ms()) else {
                     return Err(nothing_left(route, 503).into_pingora());
                 };
-                (i, InFlight::reserved(route, &route.endpoints[i], &self.metrics))
+                (
+                    i,
+                    InFlight::reserved(route, &route.endpoints[i], &self.metrics),
+                )
             }
         };
         guards.push(guard);
@@ -649,7 +654,11 @@ impl Gateway {
         let pick = || {
             let i = pick_reserved(route, tried, &want, self.clock.now_ms())?;
             tried.mark(i);
-            guards.push(InFlight::reserved(route, &route.endpoints[i], &self.metrics));
+            guards.push(InFlight::reserved(
+                route,
+                &route.endpoints[i],
+                &self.metrics,
+            ));
             Some(i)
         };
         let attempt = hedge::Attempt {

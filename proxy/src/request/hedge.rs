@@ -152,7 +152,8 @@ impl Attempt<'_> {
         let endpoint = &self.route.endpoints[index];
         let peer: HttpPeer = upstream::peer(endpoint, &self.route.policy, self.defaults);
         let mut req = self.template.clone();
-        upstream::rewrite_request(&mut req, endpoint, self.keyed).map_err(|e| fail(502, Some(e)))?;
+        upstream::rewrite_request(&mut req, endpoint, self.keyed)
+            .map_err(|e| fail(502, Some(e)))?;
         let (mut up, _reused) = self
             .connector
             .get_http_session(&peer)
@@ -315,7 +316,14 @@ mod tests {
     fn only_idempotent_routes_are_hedged() {
         let post = Method::POST;
         let family = |p: &str| classify(&post, p, None);
-        for p in ["/v1/embeddings", "/embed", "/embed_sparse", "/rerank", "/tokenize", "/predict"] {
+        for p in [
+            "/v1/embeddings",
+            "/embed",
+            "/embed_sparse",
+            "/rerank",
+            "/tokenize",
+            "/predict",
+        ] {
             assert!(idempotent(family(p), &post, p), "{p}");
         }
         for p in ["/v1/chat/completions", "/v1/completions", "/nope"] {
@@ -328,13 +336,20 @@ mod tests {
     #[test]
     fn the_template_states_the_length_and_drops_hop_by_hop_headers() {
         let mut req = RequestHeader::build("POST", b"/v1/embeddings", None).expect("req");
-        req.insert_header("transfer-encoding", "chunked").expect("h");
+        req.insert_header("transfer-encoding", "chunked")
+            .expect("h");
         req.insert_header("connection", "keep-alive").expect("h");
         req.insert_header("x-request-id", "abc").expect("h");
         let t = template(&req, 42).expect("template");
         assert!(t.headers.get("transfer-encoding").is_none());
         assert!(t.headers.get("connection").is_none());
-        assert_eq!(t.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"42"[..]));
-        assert_eq!(t.headers.get("x-request-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
+        assert_eq!(
+            t.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"42"[..])
+        );
+        assert_eq!(
+            t.headers.get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
     }
 }

@@ -126,6 +126,10 @@ pub struct Args {
     /// --quick].
     #[arg(long, value_name = "R", value_parser = parse_positive)]
     pub prefix_rate: Option<f64>,
+    /// Embedding requests per second per arm in the hedge scenario [default: 100; 20 with
+    /// --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    pub hedge_rate: Option<f64>,
     /// Seconds of each closed-loop turn [default: 2; 0.5 with --quick].
     #[arg(long, value_name = "SECS", value_parser = parse_positive)]
     pub slice: Option<f64>,
@@ -211,6 +215,7 @@ pub struct Settings {
     pub proxy_threads: String,
     pub nginx_workers: usize,
     pub prefix_rate: f64,
+    pub hedge_rate: f64,
 }
 
 impl Settings {
@@ -257,6 +262,7 @@ impl Settings {
             proxy_threads: format!("default (number of CPUs: {nproc})"),
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
+            hedge_rate: args.hedge_rate.unwrap_or(pick(100.0, 20.0)),
         }
     }
 

@@ -5,7 +5,7 @@
 //! 50`), each with two mock-openai endpoints of its own, one of which holds every 20th request
 //! it gets (5 %) for 1 s (`--stall-every 20 --stall-ms 1000`), behind a standalone proxy of its
 //! own (`lb = "round_robin"`, so the staller gets half the requests). Traffic: `/v1/embeddings`,
-//! open loop at [`RATE`] requests per second per arm. Reported per arm: latency p50/p99 from
+//! open loop at `--hedge-rate` requests per second per arm. Reported per arm: latency p50/p99 from
 //! the intended send time, after the warm-up, and the failures.
 
 use std::sync::Arc;
@@ -22,8 +22,6 @@ use tokio::sync::Mutex;
 
 use crate::cli::Settings;
 
-/// Embedding requests per second per arm.
-const RATE: f64 = 100.0;
 const STALL_EVERY: &str = "20";
 const STALL_MS: &str = "1000";
 const HEDGE_AFTER_MS: u32 = 50;
@@ -93,9 +91,10 @@ pub fn hedge_scenario(
     s: &Settings,
 ) -> anyhow::Result<HedgeRecord> {
     println!(
-        "== hedge: /v1/embeddings at {RATE} rps per arm, 2 mock-openai per arm (one holds every \
+        "== hedge: /v1/embeddings at {} rps per arm, 2 mock-openai per arm (one holds every \
          {STALL_EVERY}th request it gets for {STALL_MS} ms), round robin; hedging off vs \
-         hedge_after_ms = {HEDGE_AFTER_MS}, interleaved"
+         hedge_after_ms = {HEDGE_AFTER_MS}, interleaved",
+        s.hedge_rate
     );
     let arms = [
         start_arm(launch, "off", false)?,
@@ -118,7 +117,7 @@ pub fn hedge_scenario(
     }
     println!();
     Ok(HedgeRecord {
-        rate_per_arm: RATE,
+        rate_per_arm: s.hedge_rate,
         stall_every: STALL_EVERY.parse().unwrap_or(0),
         stall_ms: STALL_MS.parse().unwrap_or(0),
         hedge_after_ms: HEDGE_AFTER_MS,
@@ -130,20 +129,18 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Open loop: request `i` is due at `i / (2 × RATE)`, arms alternating. Latency counts from
+/// Open loop: request `i` is due at `i / (2 × hedge_rate)`, arms alternating. Latency counts from
 /// the due time, only for requests due after the warm-up.
 async fn generate(arms: &[Arm; 2], s: &Settings) -> anyhow::Result<Vec<(Histogram<u64>, u64)>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(s.timeout())
         .build()?;
-    let total = ((s.warmup_s + s.duration_s) * RATE * 2.0).ceil() as usize;
-    let interval = Duration::from_secs_f64(1.0 / (2.0 * RATE));
+    let total = ((s.warmup_s + s.duration_s) * s.hedge_rate * 2.0).ceil() as usize;
+    let interval = Duration::from_secs_f64(1.0 / (2.0 * s.hedge_rate));
     let warmup = Duration::from_secs_f64(s.warmup_s);
-    let tallies: Arc<[Mutex<(Histogram<u64>, u64)>; 2]> = Arc::new([
-        Mutex::new((new_hist(), 0)),
-        Mutex::new((new_hist(), 0)),
-    ]);
+    let tallies: Arc<[Mutex<(Histogram<u64>, u64)>; 2]> =
+        Arc::new([Mutex::new((new_hist(), 0)), Mutex::new((new_hist(), 0))]);
     let urls: Vec<String> = arms
         .iter()
         .map(|a| format!("{}/v1/embeddings", a.proxy.url()))

@@ -13,10 +13,10 @@ use multiverse_benches::load::schedule::PacerStats;
 
 use crate::cli::Settings;
 use crate::cpu::CpuRecord;
+use crate::hedge::HedgeRecord;
 use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
-use crate::hedge::HedgeRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
 use crate::throughput::ThroughputRecord;
