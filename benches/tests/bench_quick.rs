@@ -131,6 +131,13 @@ fn quick_run_reports_every_scenario() {
         assert_measured(&format!("models-10k {name}"), t);
     }
 
+    // Hedging: both arms measured, without failures.
+    let hedge = &r["hedge"]["arms"];
+    for name in ["off", "hedged"] {
+        let t = target(hedge, name).unwrap_or_else(|| panic!("hedge {name}: {hedge}"));
+        assert_measured(&format!("hedge {name}"), t);
+    }
+
     // Quick really is quick.
     assert!(started.elapsed() < Duration::from_secs(180));
 }

@@ -452,7 +452,7 @@ async fn a_backend_max_concurrent_and_a_model_queue_from_control_toml_admit_and_
         &["--model", "m4", "--latency-ms", "1000"],
     );
     let body = control_body(&format!(
-        "{}[models.m4]\nqueue_max = 1\nqueue_timeout_ms = 5000\n",
+        "{}[models.m4]\nqueue_max = 1\nqueue_timeout_ms = 5000\nhedge_after_ms = 75\n",
         backend_toml("slow", &slow, &["m4"], "max_concurrent = 1")
     ));
     let cp = Control::start(&dir, "cp-admit", &body).await;
@@ -462,6 +462,8 @@ async fn a_backend_max_concurrent_and_a_model_queue_from_control_toml_admit_and_
     assert_eq!(route["endpoints"][0]["max_concurrent"], 1, "{route}");
     assert_eq!(route["policy"]["queue_max"], 1, "{route}");
     assert_eq!(route["policy"]["queue_timeout"], 5000, "{route}");
+    // Pushed like every policy key (its effect: tests/hedge.rs).
+    assert_eq!(route["policy"]["hedge_after"], 75, "{route}");
 
     let gauge = |name: &'static str| {
         let (c, admin) = (c.clone(), proxy.admin_url());

@@ -173,9 +173,11 @@ mod tests {
         let lower = PolicySpec {
             lb: Some("weighted".into()),
             first_byte_timeout_ms: Some(300),
+            hedge_after_ms: Some(40),
             ..Default::default()
         };
         let p = to_pb(&layer(&upper, &lower));
+        assert_eq!(p.hedge_after_ms, 40, "from the lower layer");
         assert_eq!(p.lb, pb::LbStrategy::RoundRobin as i32);
         assert_eq!(p.first_byte_timeout_ms, 300);
         assert_eq!((p.max_retries, p.connect_timeout_ms), (None, 0));

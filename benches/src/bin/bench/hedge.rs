@@ -125,13 +125,16 @@ pub fn hedge_scenario(
     })
 }
 
+/// One arm's latencies (µs) and failed requests.
+type Tally = (Histogram<u64>, u64);
+
 fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Open loop: request `i` is due at `i / (2 × hedge_rate)`, arms alternating. Latency counts from
 /// the due time, only for requests due after the warm-up.
-async fn generate(arms: &[Arm; 2], s: &Settings) -> anyhow::Result<Vec<(Histogram<u64>, u64)>> {
+async fn generate(arms: &[Arm; 2], s: &Settings) -> anyhow::Result<Vec<Tally>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(s.timeout())
@@ -139,7 +142,7 @@ async fn generate(arms: &[Arm; 2], s: &Settings) -> anyhow::Result<Vec<(Histogra
     let total = ((s.warmup_s + s.duration_s) * s.hedge_rate * 2.0).ceil() as usize;
     let interval = Duration::from_secs_f64(1.0 / (2.0 * s.hedge_rate));
     let warmup = Duration::from_secs_f64(s.warmup_s);
-    let tallies: Arc<[Mutex<(Histogram<u64>, u64)>; 2]> =
+    let tallies: Arc<[Mutex<Tally>; 2]> =
         Arc::new([Mutex::new((new_hist(), 0)), Mutex::new((new_hist(), 0))]);
     let urls: Vec<String> = arms
         .iter()
