@@ -209,7 +209,8 @@ async fn control_toml_round_robin_alternates_and_backend_weighted_follows_weight
         pushed,
         Some(
             json!({"lb": "round_robin", "max_retries": 1, "connect_timeout_ms": null,
-                    "first_byte_timeout_ms": null, "idle_timeout_ms": null})
+                    "first_byte_timeout_ms": null, "idle_timeout_ms": null,
+                    "hedge_after_ms": null})
         ),
         "{snap}"
     );
