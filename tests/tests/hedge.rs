@@ -31,7 +31,8 @@ fn model(
 /// `models`.
 fn pair(dir: &std::path::Path, models: &[&str]) -> (MockOpenAi, MockOpenAi) {
     let stall_ms = STALL_MS.to_string();
-    let served: Vec<&str> = models.iter().flat_map(|m| ["--model", m]).collect();
+    let mut served: Vec<&str> = models.iter().flat_map(|m| ["--model", m]).collect();
+    served.push("--echo-headers");
     let mut stall_args = served.clone();
     stall_args.extend(["--stall-every", "1", "--stall-ms", &stall_ms]);
     let stall = MockOpenAi::start(dir, "mock-stall", &stall_args);
@@ -39,11 +40,17 @@ fn pair(dir: &std::path::Path, models: &[&str]) -> (MockOpenAi, MockOpenAi) {
     (stall, fast)
 }
 
-/// Sends `body` to `path`; the answering endpoint and how long it took.
+/// Sends `body` to `path` with a request id of its own; the answering endpoint and how long
+/// it took. The id comes back on the response and reached the endpoint that answered, with a
+/// traceparent (the mocks echo both).
 async fn call(c: &reqwest::Client, proxy: &Proxy, path: &str, body: &Value) -> (String, Duration) {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sent_id = format!("hedge-test-{n}");
     let started = Instant::now();
     let r = c
         .post(format!("{}{path}", proxy.url()))
+        .header("x-request-id", &sent_id)
         .json(body)
         .send()
         .await
@@ -55,10 +62,27 @@ async fn call(c: &reqwest::Client, proxy: &Proxy, path: &str, body: &Value) -> (
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let id = r.headers().get("x-request-id").cloned();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (id, seen_id) = (header("x-request-id"), header("x-mock-seen-request-id"));
+    let traceparent = header("x-mock-seen-traceparent");
     let text = r.text().await.expect("body");
     assert_eq!(status, 200, "{text}");
-    assert!(id.is_some(), "a hedged answer keeps its request id");
+    assert_eq!(
+        id.as_deref(),
+        Some(sent_id.as_str()),
+        "the response keeps the request id"
+    );
+    assert_eq!(
+        seen_id.as_deref(),
+        Some(sent_id.as_str()),
+        "and so did the upstream request"
+    );
+    assert!(traceparent.is_some(), "a traceparent went upstream");
     (endpoint, started.elapsed())
 }
 
