@@ -155,6 +155,13 @@ fn quick_run_reports_every_scenario() {
         assert!(a["rows_per_s"].as_f64().is_some_and(|x| x > 0.0), "{a}");
     }
 
+    // Hedging: both arms measured, without failures.
+    let hedge = &r["hedge"]["arms"];
+    for name in ["off", "hedged"] {
+        let t = target(hedge, name).unwrap_or_else(|| panic!("hedge {name}: {hedge}"));
+        assert_measured(&format!("hedge {name}"), t);
+    }
+
     // Quick really is quick.
     assert!(started.elapsed() < Duration::from_secs(180));
 }

@@ -209,7 +209,8 @@ async fn control_toml_round_robin_alternates_and_backend_weighted_follows_weight
         pushed,
         Some(
             json!({"lb": "round_robin", "max_retries": 1, "connect_timeout_ms": null,
-                    "first_byte_timeout_ms": null, "idle_timeout_ms": null})
+                    "first_byte_timeout_ms": null, "idle_timeout_ms": null,
+                    "hedge_after_ms": null})
         ),
         "{snap}"
     );
@@ -452,7 +453,7 @@ async fn a_backend_max_concurrent_and_a_model_queue_from_control_toml_admit_and_
         &["--model", "m4", "--latency-ms", "1000"],
     );
     let body = control_body(&format!(
-        "{}[models.m4]\nqueue_max = 1\nqueue_timeout_ms = 5000\n",
+        "{}[models.m4]\nqueue_max = 1\nqueue_timeout_ms = 5000\nhedge_after_ms = 75\n",
         backend_toml("slow", &slow, &["m4"], "max_concurrent = 1")
     ));
     let cp = Control::start(&dir, "cp-admit", &body).await;
@@ -462,6 +463,8 @@ async fn a_backend_max_concurrent_and_a_model_queue_from_control_toml_admit_and_
     assert_eq!(route["endpoints"][0]["max_concurrent"], 1, "{route}");
     assert_eq!(route["policy"]["queue_max"], 1, "{route}");
     assert_eq!(route["policy"]["queue_timeout"], 5000, "{route}");
+    // Pushed like every policy key (its effect: tests/hedge.rs).
+    assert_eq!(route["policy"]["hedge_after"], 75, "{route}");
 
     let gauge = |name: &'static str| {
         let (c, admin) = (c.clone(), proxy.admin_url());

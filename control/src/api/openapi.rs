@@ -34,7 +34,8 @@ fn more_schemas() -> Value {
             "max_retries": {"type": "integer", "minimum": 0, "maximum": crate::models::policy::MAX_RETRIES},
             "connect_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS},
             "first_byte_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS},
-            "idle_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS}}},
+            "idle_timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::models::policy::MAX_TIMEOUT_MS},
+            "hedge_after_ms": {"type": "integer", "minimum": 0, "maximum": crate::models::policy::MAX_TIMEOUT_MS, "description": "idempotent routes only (embeddings, TEI /embed, /rerank, /tokenize, ..., TEI gRPC unary; never chat or completions): a second endpoint gets the request when the first has sent no response header within this many ms; the first complete answer wins, the other is cancelled. 0: off"}}},
         "PolicyView": {"type": "object", "properties": {
             "model": {"type": "string"},
             "api": {"$ref": "#/components/schemas/Policy"},

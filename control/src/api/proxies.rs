@@ -38,6 +38,7 @@ fn policy_json(p: &multiverse_proto::discovery::v1::RoutingPolicy) -> serde_json
         "connect_timeout_ms": ms(p.connect_timeout_ms),
         "first_byte_timeout_ms": ms(p.first_byte_timeout_ms),
         "idle_timeout_ms": ms(p.idle_timeout_ms),
+        "hedge_after_ms": ms(p.hedge_after_ms),
     })
 }
 

@@ -71,6 +71,13 @@ pub fn validate(p: &PolicySpec) -> Result<(), PolicyInvalid> {
             _ => {}
         }
     }
+    // 0 is "off", a value in its own right (it overrides a lower layer's hedging).
+    if let Some(ms) = p.hedge_after_ms.filter(|ms| *ms > MAX_TIMEOUT_MS) {
+        return Err(PolicyInvalid {
+            field: "hedge_after_ms",
+            message: format!("{ms} is more than {MAX_TIMEOUT_MS} (one hour)"),
+        });
+    }
     Ok(())
 }
 
@@ -84,6 +91,7 @@ pub fn layer(upper: &PolicySpec, lower: &PolicySpec) -> PolicySpec {
         idle_timeout_ms: upper.idle_timeout_ms.or(lower.idle_timeout_ms),
         queue_max: upper.queue_max.or(lower.queue_max),
         queue_timeout_ms: upper.queue_timeout_ms.or(lower.queue_timeout_ms),
+        hedge_after_ms: upper.hedge_after_ms.or(lower.hedge_after_ms),
     }
 }
 
@@ -102,6 +110,7 @@ pub fn to_pb(p: &PolicySpec) -> pb::RoutingPolicy {
         idle_timeout_ms: p.idle_timeout_ms.unwrap_or(0),
         queue_max: p.queue_max.unwrap_or(0),
         queue_timeout_ms: p.queue_timeout_ms.unwrap_or(0),
+        hedge_after_ms: p.hedge_after_ms.unwrap_or(0),
     }
 }
 
@@ -140,6 +149,18 @@ mod tests {
             }),
             "idle_timeout_ms"
         );
+        assert_eq!(
+            bad(PolicySpec {
+                hedge_after_ms: Some(MAX_TIMEOUT_MS + 1),
+                ..Default::default()
+            }),
+            "hedge_after_ms"
+        );
+        validate(&PolicySpec {
+            hedge_after_ms: Some(0),
+            ..Default::default()
+        })
+        .expect("0 turns hedging off");
         validate(&PolicySpec::default()).expect("empty is valid");
     }
 
@@ -152,9 +173,11 @@ mod tests {
         let lower = PolicySpec {
             lb: Some("weighted".into()),
             first_byte_timeout_ms: Some(300),
+            hedge_after_ms: Some(40),
             ..Default::default()
         };
         let p = to_pb(&layer(&upper, &lower));
+        assert_eq!(p.hedge_after_ms, 40, "from the lower layer");
         assert_eq!(p.lb, pb::LbStrategy::RoundRobin as i32);
         assert_eq!(p.first_byte_timeout_ms, 300);
         assert_eq!((p.max_retries, p.connect_timeout_ms), (None, 0));

@@ -61,6 +61,10 @@ pub struct PolicySpec {
     /// Longest wait in that queue (default: the proxy's, 30 s); then 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u32>,
+    /// Idempotent routes only: a second endpoint gets the request when the first has not
+    /// answered within this many milliseconds (0 or unset: no hedging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge_after_ms: Option<u32>,
 }
 
 /// An inference API key as stored (`[[keys]]`): its secret's SHA-256, never the secret.

@@ -17,6 +17,8 @@ pub struct Metrics {
     duration: HistogramVec,
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
+    hedges: IntCounterVec,
+    hedge_wins: IntCounterVec,
     ejections: IntCounterVec,
     client_faults: IntCounterVec,
     midstream_failures: IntCounterVec,
@@ -76,6 +78,20 @@ impl Metrics {
         ));
         let retries = must(IntCounterVec::new(
             Opts::new("retries_total", "Attempts retried on another endpoint"),
+            &["model"],
+        ));
+        let hedges = must(IntCounterVec::new(
+            Opts::new(
+                "hedges_total",
+                "Hedged requests: a second endpoint sent the same idempotent request after                  the model's hedge_after_ms without an answer from the first",
+            ),
+            &["model"],
+        ));
+        let hedge_wins = must(IntCounterVec::new(
+            Opts::new(
+                "hedge_wins_total",
+                "Hedged requests answered by the second (hedge) endpoint first",
+            ),
             &["model"],
         ));
         let ejections = must(IntCounterVec::new(
@@ -248,6 +264,8 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(connect_errors.clone()),
             Box::new(retries.clone()),
+            Box::new(hedges.clone()),
+            Box::new(hedge_wins.clone()),
             Box::new(ejections.clone()),
             Box::new(client_faults.clone()),
             Box::new(midstream_failures.clone()),
@@ -272,6 +290,8 @@ impl Metrics {
             duration,
             connect_errors,
             retries,
+            hedges,
+            hedge_wins,
             ejections,
             client_faults,
             midstream_failures,
@@ -330,6 +350,16 @@ impl Metrics {
 
     pub fn retry(&self, model: &str) {
         self.retries.with_label_values(&[model]).inc();
+    }
+
+    /// A second endpoint was sent a hedged request.
+    pub fn hedge(&self, model: &str) {
+        self.hedges.with_label_values(&[model]).inc();
+    }
+
+    /// A hedged request was answered by its second endpoint.
+    pub fn hedge_win(&self, model: &str) {
+        self.hedge_wins.with_label_values(&[model]).inc();
     }
 
     pub fn ejection(&self, endpoint: &str) {

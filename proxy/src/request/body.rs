@@ -34,7 +34,7 @@ impl Held {
         self.len() == 0
     }
 
-    /// The bytes held.
+    /// The bytes held (a hedged request sends them with the rest of its body).
     pub fn bytes(&self) -> Option<&Bytes> {
         self.bytes.as_ref()
     }

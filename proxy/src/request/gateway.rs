@@ -43,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use multiverse_common::{Clock, Millis, SystemClock};
+use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -58,6 +59,7 @@ use crate::request::client_limit::ClientLimit;
 use crate::request::cors::{self, Cors};
 use crate::request::ctx::RequestCtx;
 use crate::request::error::{ClientFault, Limit, ProxyError};
+use crate::request::hedge;
 use crate::request::id;
 use crate::request::midstream::{self, BodyKind};
 use crate::request::observe::InFlight;
@@ -128,6 +130,8 @@ pub struct Gateway {
     header_errors: [(u16, Bytes); 4],
     fault_log: LogLimit,
     per_ip: Option<ClientLimit>,
+    /// Upstream connections of hedged requests ([`hedge`]; pingora's pooled connector).
+    connector: Connector,
 }
 
 impl Gateway {
@@ -157,6 +161,7 @@ impl Gateway {
             header_errors,
             fault_log: LogLimit::new(CLIENT_FAULT_LOGS_PER_SECOND),
             per_ip,
+            connector: Connector::new(None),
         }
     }
 
@@ -212,6 +217,19 @@ impl ProxyHttp for Gateway {
         let found = match found {
             // Admission: a slot on a limited endpoint, or a wait for one.
             Ok(Some(route)) => self.admit(session, ctx, &route).await.map(|()| Some(route)),
+            other => other,
+        };
+        let found = match found {
+            // A hedged request is answered here, on its own path ([`hedge`]).
+            Ok(Some(route)) => match hedge::after(&route, ctx.family, session.req_header()) {
+                None => Ok(Some(route)),
+                Some(after) => {
+                    ctx.route = Some(route.clone());
+                    self.hedged(session, ctx, &route, after)
+                        .await
+                        .map(|()| None)
+                }
+            },
             other => other,
         };
         match found {
@@ -632,6 +650,109 @@ impl Gateway {
         told
     }
 
+    /// Sends a hedged request ([`hedge`]) and writes the winning answer, tagged as a proxied
+    /// response is (`x-request-id`, `x-multiverse-endpoint`, rate-limit and CORS headers).
+    async fn hedged(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        after: Duration,
+    ) -> Result<()> {
+        let limit = self.config.max_body_bytes;
+        let body = hedge::read_body(session, ctx.held.bytes(), limit).await?;
+        let mut template = hedge::template(session.req_header(), body.len())?;
+        ctx.id.write_upstream(&mut template)?;
+        ctx.trace.write_upstream(&mut template)?;
+        // In-flight counts of the attempts, freed together when the race is over.
+        let mut guards = Vec::with_capacity(2);
+        let mut tried = ctx.tried;
+        let (first, guard) = match ctx.admitted.take() {
+            Some(admitted) => admitted,
+            None => {
+                let Some(i) = pick_reserved(route, tried, &ctx.want, self.clock.now_ms()) else {
+                    return Err(nothing_left(route, 503).into_pingora());
+                };
+                (
+                    i,
+                    InFlight::reserved(route, &route.endpoints[i], &self.metrics),
+                )
+            }
+        };
+        guards.push(guard);
+        tried.mark(first);
+        let want = ctx.want;
+        let pick = || {
+            let i = pick_reserved(route, tried, &want, self.clock.now_ms())?;
+            tried.mark(i);
+            guards.push(InFlight::reserved(
+                route,
+                &route.endpoints[i],
+                &self.metrics,
+            ));
+            Some(i)
+        };
+        let attempt = hedge::Attempt {
+            connector: &self.connector,
+            route,
+            defaults: &self.config.upstream,
+            template: &template,
+            body: &body,
+            keyed: ctx.key.is_some(),
+        };
+        let budget = route.policy.max_retries;
+        let outcome = hedge::race(&attempt, first, after, budget, pick).await;
+        drop(guards);
+        ctx.attempts = outcome.attempts;
+        if outcome.hedged {
+            self.metrics.hedge(&route.name);
+        }
+        let now = self.clock.now_ms();
+        for failed in &outcome.failed {
+            if let Some(e) = &failed.error {
+                tracing::debug!(request_id = %ctx.id, endpoint = %route.endpoints[failed.index].id, error = %e, "hedged attempt failed");
+            }
+            self.outlier_failure(route, failed.index, now);
+        }
+        let Some(answer) = outcome.answer else {
+            let status = outcome.failed.last().map_or(502, |f| f.status);
+            if let Some(f) = outcome.failed.last() {
+                ctx.endpoint = Some(f.index);
+            }
+            return Err(nothing_left(route, status).into_pingora());
+        };
+        ctx.endpoint = Some(answer.index);
+        if outcome.hedged && answer.index != first {
+            self.metrics.hedge_win(&route.name);
+        }
+        route.record_success(answer.index, &self.config.outlier, now);
+        if route.policy.lb == LbStrategy::PeakEwma {
+            let latency = u64::try_from(answer.to_header.as_millis()).unwrap_or(u64::MAX);
+            route.endpoints[answer.index]
+                .state
+                .latency
+                .observe(latency, now);
+        }
+        if let Some(usage) = ctx.usage.as_mut() {
+            usage.feed(&answer.body);
+        }
+        let mut header = answer.header;
+        header.insert_header(id::HEADER, ctx.id.value().clone())?;
+        let endpoint = &route.endpoints[answer.index];
+        header.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
+        if let Some(rate) = &ctx.rate {
+            rate.write(&mut header)?;
+        }
+        cors::decorate(&mut header, ctx.cors.as_ref())?;
+        let end = answer.body.is_empty();
+        session.write_response_header(Box::new(header), end).await?;
+        if !end {
+            session.write_response_body(Some(answer.body), true).await?;
+        }
+        ctx.forwarded.ended = true;
+        Ok(())
+    }
+
     /// Admits the request to `route` ([`admit`]); a refusal carries `Retry-After`.
     async fn admit(
         &self,
@@ -824,7 +945,12 @@ impl Gateway {
         let (Some(route), Some(index)) = (ctx.route.as_ref(), ctx.endpoint) else {
             return;
         };
-        match route.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
+        self.outlier_failure(route, index, self.clock.now_ms());
+    }
+
+    /// Records a gateway failure of `route.endpoints[index]`; an ejection is counted and logged.
+    fn outlier_failure(&self, route: &Route, index: usize, now: u64) {
+        match route.record_failure(index, &self.config.outlier, now) {
             Verdict::Ejected(duration) => {
                 let id = &route.endpoints[index].id;
                 self.metrics.ejection(id);

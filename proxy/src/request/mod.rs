@@ -34,6 +34,7 @@ pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
+pub mod hedge;
 pub mod id;
 pub mod midstream;
 pub mod model_scan;

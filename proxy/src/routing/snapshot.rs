@@ -297,6 +297,7 @@ fn policy_from(p: Option<&pb::RoutingPolicy>) -> Policy {
         idle_timeout: ms(p.idle_timeout_ms),
         queue_max: p.queue_max,
         queue_timeout: ms(p.queue_timeout_ms).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
+        hedge_after: ms(p.hedge_after_ms),
     }
 }
 

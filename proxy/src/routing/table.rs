@@ -54,6 +54,10 @@ pub struct Policy {
     pub queue_max: u32,
     #[serde(serialize_with = "millis::exact")]
     pub queue_timeout: Duration,
+    /// Idempotent routes: a second endpoint gets the request after this long without a
+    /// response header (`None`: no hedging; [`crate::request::hedge`]).
+    #[serde(with = "millis")]
+    pub hedge_after: Option<Duration>,
 }
 
 mod millis {

@@ -127,6 +127,9 @@ pub struct ModelEntry {
     /// Longest wait in that queue (0: 30 s).
     #[serde(default)]
     pub queue_timeout_ms: u32,
+    /// Idempotent routes: a second endpoint after this many ms without an answer (0: off).
+    #[serde(default)]
+    pub hedge_after_ms: u32,
     #[serde(default)]
     pub endpoints: Vec<EndpointEntry>,
 }
@@ -241,6 +244,7 @@ pub fn load(path: &Path) -> Result<(String, pb::RouteSnapshot), String> {
                 idle_timeout_ms: m.idle_timeout_ms,
                 queue_max: m.queue_max,
                 queue_timeout_ms: m.queue_timeout_ms,
+                hedge_after_ms: m.hedge_after_ms,
             }),
             endpoints,
         });

@@ -51,6 +51,10 @@ pub struct Stats {
     streams_completed: AtomicU64,
     last_body_len: AtomicU64,
     last_body_fnv: AtomicU64,
+    /// Model requests seen by the stall pattern (`--stall-every`).
+    stall_seq: AtomicU64,
+    stalled: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// The JSON document served at `GET /mock/stats`.
@@ -70,6 +74,13 @@ pub struct StatsSnapshot {
     pub last_body_len: u64,
     /// FNV-1a 64 of the last model request body, 16 lowercase hex digits.
     pub last_body_fnv1a64: String,
+    /// Model requests held for `--stall-ms` by `--stall-every`.
+    #[serde(default)]
+    pub stalled: u64,
+    /// Model requests whose client went away before the answer was ready (a hedging proxy's
+    /// cancelled loser, a client's timeout).
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 impl Stats {
@@ -100,6 +111,31 @@ impl Stats {
             streams_completed: self.streams_completed.load(Ordering::SeqCst),
             last_body_len: self.last_body_len.load(Ordering::SeqCst),
             last_body_fnv1a64: hex16(self.last_body_fnv.load(Ordering::SeqCst)),
+            stalled: self.stalled.load(Ordering::SeqCst),
+            cancelled: self.cancelled.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether this model request is one `--stall-every N` holds: every Nth (0: none);
+    /// counted in `stalled`.
+    pub fn stall_turn(&self, every: u64) -> bool {
+        if every == 0 {
+            return false;
+        }
+        let n = self.stall_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let stall = n % every == 0;
+        if stall {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+        }
+        stall
+    }
+
+    /// Marks a model request as being answered; dropped before [`AnswerGuard::answered`] (the
+    /// server dropped the handler: its client went away), it counts in `cancelled`.
+    pub fn answering(self: &Arc<Self>) -> AnswerGuard {
+        AnswerGuard {
+            stats: Arc::clone(self),
+            answered: false,
         }
     }
 
@@ -141,6 +177,28 @@ impl Drop for StreamGuard {
             self.stats.streams_completed.fetch_add(1, Ordering::SeqCst);
         }
         self.stats.streams_active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A model request being answered (see [`Stats::answering`]).
+#[derive(Debug)]
+pub struct AnswerGuard {
+    stats: Arc<Stats>,
+    answered: bool,
+}
+
+impl AnswerGuard {
+    /// The answer is ready and handed to the server.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for AnswerGuard {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

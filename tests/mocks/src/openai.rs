@@ -10,7 +10,9 @@
 //! `traceparent` and `tracestate` it got as `x-mock-seen-*`). A simulated prefix cache
 //! ([`crate::prefix_cache`], `--prefix-cache-entries`) delays the response header by
 //! `--ttft-ms` on a miss and `--ttft-hit-ms` on a hit, says which in `x-mock-prefix-cache`, and
-//! counts both in `/mock/stats` (`prefix_cache`). Errors use
+//! counts both in `/mock/stats` (`prefix_cache`). `--stall-every N --stall-ms MS` holds every Nth
+//! model request; `/mock/stats` counts `stalled` ones and `cancelled` ones (the client went away
+//! before the answer). Errors use
 //! OpenAI's `{"error": {message, type, code}}` shape.
 
 use std::net::SocketAddr;
@@ -120,6 +122,17 @@ pub struct OpenAiArgs {
     /// default: benchmarks count what a proxy spends on each response header).
     #[arg(long)]
     pub echo_headers: bool,
+
+    /// Hold every Nth model request (the Nth, 2Nth, ...; 0: none) for `--stall-ms` before its
+    /// response header, as a backend with a long GC pause or a stuck batch does; counted in
+    /// `/mock/stats` `stalled`. A request whose client went away first is counted in
+    /// `cancelled`. `--stall-every 20`: 5 % of requests.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stall_every: u64,
+
+    /// How long a stalled request is held, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub stall_ms: u64,
 
     /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -374,6 +387,10 @@ async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
         }
     };
     let info = app.stats.record_request(&bytes);
+    let answering = app.stats.answering();
+    if app.stats.stall_turn(app.args.stall_every) {
+        common::delay_ms(app.args.stall_ms).await;
+    }
     let cached = app.prefix_cache(kind, &bytes);
     let ttft = match cached {
         Some(true) => app.args.ttft_hit_ms,
@@ -389,6 +406,7 @@ async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
         let v = header::HeaderValue::from_static(if hit { "hit" } else { "miss" });
         response.headers_mut().insert("x-mock-prefix-cache", v);
     }
+    answering.answered();
     response
 }
 

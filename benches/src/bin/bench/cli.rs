@@ -46,6 +46,9 @@ pub enum Scenario {
     /// Rows/s of 10k short texts: one Arrow batch-embedding call vs `/embed` calls of 1 and of
     /// max_client_batch_size texts.
     Arrow,
+    /// /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests, hedging
+    /// off vs `hedge_after_ms`.
+    Hedge,
 }
 
 impl Scenario {
@@ -128,6 +131,10 @@ pub struct Args {
     /// --quick].
     #[arg(long, value_name = "R", value_parser = parse_positive)]
     pub prefix_rate: Option<f64>,
+    /// Embedding requests per second per arm in the hedge scenario [default: 100; 20 with
+    /// --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    pub hedge_rate: Option<f64>,
     /// Seconds of each closed-loop turn [default: 2; 0.5 with --quick].
     #[arg(long, value_name = "SECS", value_parser = parse_positive)]
     pub slice: Option<f64>,
@@ -215,6 +222,7 @@ pub struct Settings {
     pub prefix_rate: f64,
     /// Texts of the arrow scenario (10 000; 300 with --quick).
     pub arrow_rows: usize,
+    pub hedge_rate: f64,
 }
 
 impl Settings {
@@ -262,6 +270,7 @@ impl Settings {
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
             arrow_rows: if q { 300 } else { 10_000 },
+            hedge_rate: args.hedge_rate.unwrap_or(pick(100.0, 20.0)),
         }
     }
 

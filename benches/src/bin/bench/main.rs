@@ -26,6 +26,8 @@
 //!   with `[usage] request_stream_usage = false`: sse latency, what asking and hiding add.
 //! - `arrow`: rows/s for 10k short texts, one `BatchEmbed/EmbedArrow` call against `/embed`
 //!   calls of 1 and of max_client_batch_size texts, through the same proxy.
+//! - `hedge`: /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests,
+//!   hedging off vs `hedge_after_ms = 50` (one proxy per arm, interleaved).
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -44,6 +46,7 @@
 mod arrow;
 mod cli;
 mod cpu;
+mod hedge;
 mod keys;
 mod latency;
 mod memory;
@@ -145,6 +148,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         prefix: None,
         usage: None,
         arrow: None,
+        hedge: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -298,6 +302,22 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.usage = Some(u);
                 }
                 Err(e) => record.failures.push(format!("usage: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Hedge) && stack.ensure_running().is_ok() {
+            match hedge::hedge_scenario(&rt, &launch, &client, &settings) {
+                Ok(h) => {
+                    for arm in &h.arms {
+                        if arm.errors > 0 || arm.count == 0 {
+                            record.failures.push(format!(
+                                "hedge {}: {} failed, {} measured",
+                                arm.name, arm.errors, arm.count
+                            ));
+                        }
+                    }
+                    record.hedge = Some(h);
+                }
+                Err(e) => record.failures.push(format!("hedge: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

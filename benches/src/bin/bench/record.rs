@@ -14,6 +14,7 @@ use multiverse_benches::load::schedule::PacerStats;
 use crate::arrow::ArrowRecord;
 use crate::cli::Settings;
 use crate::cpu::CpuRecord;
+use crate::hedge::HedgeRecord;
 use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
@@ -43,6 +44,7 @@ pub struct Record {
     pub prefix: Option<PrefixRecord>,
     pub usage: Option<UsageRecord>,
     pub arrow: Option<ArrowRecord>,
+    pub hedge: Option<HedgeRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,
