@@ -29,6 +29,7 @@ pub mod rate;
 pub mod request_id;
 pub mod signals;
 pub mod sse;
+pub mod otlp;
 pub mod telemetry;
 pub mod time;
 pub mod vocab;

@@ -20,7 +20,8 @@
 //! - [`error`] — the one error type and its mapping; [`respond`] writes it (and `/v1/models`);
 //! - [`observe`] — its in-flight count;
 //! - [`usage`] — the response's token counts, read as it streams past (token metrics, tokens
-//!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps.
+//!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps;
+//! - [`spans`] — its phases as OTLP spans, when `[tracing] otlp_endpoint` is set.
 
 pub mod admit;
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod pace;
 pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
+pub mod spans;
 pub mod target;
 pub mod trace;
 pub mod upstream;
