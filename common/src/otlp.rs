@@ -14,7 +14,9 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{
@@ -248,8 +250,9 @@ pub fn parse_traceparent(v: &[u8]) -> Option<TraceParent> {
     }
     // All lowercase hex digits, checked above.
     let num = |s: &[u8]| {
-        s.iter()
-            .fold(0u128, |n, b| (n << 4) | u128::from((*b as char).to_digit(16).unwrap_or(0)))
+        s.iter().fold(0u128, |n, b| {
+            (n << 4) | u128::from((*b as char).to_digit(16).unwrap_or(0))
+        })
     };
     let trace_id = num(trace_id);
     let parent_id = u64::try_from(num(parent_id)).ok()?;
@@ -266,7 +269,10 @@ mod tests {
 
     #[test]
     fn settings_are_checked_naming_the_key() {
-        assert_eq!(OtlpSettings::check(Some("http://127.0.0.1:4317"), "p", 0.5), Ok(()));
+        assert_eq!(
+            OtlpSettings::check(Some("http://127.0.0.1:4317"), "p", 0.5),
+            Ok(())
+        );
         assert_eq!(OtlpSettings::check(None, "p", 1.0), Ok(()));
         for (endpoint, name, ratio, key) in [
             (Some("127.0.0.1:4317"), "p", 1.0, "otlp_endpoint"),

@@ -122,7 +122,10 @@ async fn proxy_spans_arrive_in_the_clients_trace_with_the_requests_attributes() 
 
     let root = named(&spans, trace, "proxy.request").expect("request span");
     assert_eq!(root.service, "multiverse-proxy");
-    assert_eq!(root.parent_span_id, "00f067aa0ba902b7", "the client's span is the parent");
+    assert_eq!(
+        root.parent_span_id, "00f067aa0ba902b7",
+        "the client's span is the parent"
+    );
     let a = &root.attributes;
     assert_eq!(a["multiverse.request_id"], "otlp-req-1");
     assert_eq!(a["multiverse.model"], "demo");
@@ -137,17 +140,27 @@ async fn proxy_spans_arrive_in_the_clients_trace_with_the_requests_attributes() 
     );
     for phase in &PHASES[1..] {
         let s = named(&spans, trace, phase).expect("phase span");
-        assert_eq!(s.parent_span_id, root.span_id, "{phase} under the request span");
+        assert_eq!(
+            s.parent_span_id, root.span_id,
+            "{phase} under the request span"
+        );
     }
     assert_eq!(
-        named(&spans, trace, "proxy.upstream.connect").expect("connect").attributes
-            ["multiverse.endpoint"],
+        named(&spans, trace, "proxy.upstream.connect")
+            .expect("connect")
+            .attributes["multiverse.endpoint"],
         "mock-otlp"
     );
 
     let started_root = named(&spans, &started_trace, "proxy.request").expect("started span");
-    assert_eq!(started_root.parent_span_id, "", "a started trace's request span is its root");
-    assert_eq!(started_root.span_id, started_span, "and the parent sent upstream");
+    assert_eq!(
+        started_root.parent_span_id, "",
+        "a started trace's request span is its root"
+    );
+    assert_eq!(
+        started_root.span_id, started_span,
+        "and the parent sent upstream"
+    );
 
     assert!(
         spans.iter().all(|s| s.trace_id != unsampled),
@@ -183,9 +196,12 @@ async fn control_plane_api_spans_arrive_and_tei_instances_get_the_endpoint() {
     let mut base = ControlConfig::default();
     base.admin.public_read = true;
     let config = config_file::overlay(&base, &body).expect("config");
-    let (api, discovery) = (try_free_addr().expect("addr"), try_free_addr().expect("addr"));
-    let cp = Control::try_spawn_on(&launch(&dir), "cp-otlp", config, api, discovery)
-        .expect("spawn");
+    let (api, discovery) = (
+        try_free_addr().expect("addr"),
+        try_free_addr().expect("addr"),
+    );
+    let cp =
+        Control::try_spawn_on(&launch(&dir), "cp-otlp", config, api, discovery).expect("spawn");
     let client = reqwest::Client::new();
     cp.try_wait_ready(&client).await.expect("ready");
     let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
@@ -231,10 +247,13 @@ async fn control_plane_api_spans_arrive_and_tei_instances_get_the_endpoint() {
             .unwrap_or(Value::Null);
         let lines: Vec<String> = v["lines"]
             .as_array()
-            .map(|l| l.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        if lines.iter().any(|l| l.contains("OTLP export configured")) || Instant::now() > deadline
-        {
+        if lines.iter().any(|l| l.contains("OTLP export configured")) || Instant::now() > deadline {
             break lines;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,7 +284,9 @@ async fn control_plane_api_spans_arrive_and_tei_instances_get_the_endpoint() {
             s.iter().any(|s| {
                 s.name == "control.api"
                     && s.attributes.get("url.path").map(String::as_str) == Some("/instances")
-                    && s.attributes.get("http.response.status_code").map(String::as_str)
+                    && s.attributes
+                        .get("http.response.status_code")
+                        .map(String::as_str)
                         == Some("201")
             })
         })

@@ -162,8 +162,11 @@ pub fn router(state: ApiState) -> Router {
     };
     // Outermost: every response, a refusal for want of a certificate too, carries the
     // request's x-request-id, and its span (when exported) names it.
-    api.layer(axum::middleware::from_fn_with_state(api_spans, spans::record))
-        .layer(axum::middleware::from_fn(request_id::tag))
+    api.layer(axum::middleware::from_fn_with_state(
+        api_spans,
+        spans::record,
+    ))
+    .layer(axum::middleware::from_fn(request_id::tag))
 }
 
 async fn not_found() -> ApiError {

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use multiverse_common::otlp::{new_span_id, parse_traceparent, Ids, Kind, KeyValue, Otlp, Span};
+use multiverse_common::otlp::{new_span_id, parse_traceparent, Ids, KeyValue, Kind, Otlp, Span};
 use multiverse_common::request_id::HEADER;
 
 /// The exporter, when on, and the share of new traces sampled.

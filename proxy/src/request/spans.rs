@@ -24,7 +24,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use multiverse_common::otlp::{new_span_id, Ids, Kind, KeyValue, Otlp, Span};
+use multiverse_common::otlp::{new_span_id, Ids, KeyValue, Kind, Otlp, Span};
 
 use crate::request::trace::Trace;
 
@@ -195,7 +195,10 @@ pub fn export(otlp: &Otlp, p: &Phases, o: &Outcome<'_>) {
             Kind::Internal,
             first_byte,
             end,
-            vec![KeyValue::new("http.response.status_code", i64::from(o.status))],
+            vec![KeyValue::new(
+                "http.response.status_code",
+                i64::from(o.status),
+            )],
         ));
     }
 }
@@ -225,7 +228,10 @@ mod tests {
         assert!(ids.parent_remote);
         assert_eq!(t.parsed().expect("valid").parent_id, ids.span_id);
         let child = p.ids(true);
-        assert_eq!((child.trace_id, child.parent_id), (ids.trace_id, ids.span_id));
+        assert_eq!(
+            (child.trace_id, child.parent_id),
+            (ids.trace_id, ids.span_id)
+        );
 
         let mut started = trace(None);
         let sent = started.parsed().expect("valid");

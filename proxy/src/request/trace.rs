@@ -176,9 +176,15 @@ mod tests {
             up.headers[TRACEPARENT],
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01"
         );
-        assert_eq!(up.headers[TRACESTATE], "vendor=x", "the client's tracestate stays");
+        assert_eq!(
+            up.headers[TRACESTATE], "vendor=x",
+            "the client's tracestate stays"
+        );
         let p = t.parsed().expect("valid");
-        assert_eq!((p.trace_id, p.parent_id), (0x4bf92f3577b34da6a3ce929d0e0e4736, 0xabc));
+        assert_eq!(
+            (p.trace_id, p.parent_id),
+            (0x4bf92f3577b34da6a3ce929d0e0e4736, 0xabc)
+        );
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut got = Vec::new();
         for rs in request.into_inner().resource_spans {
-            let resource = rs.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
+            let resource = rs
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
             let service = resource.get("service.name").cloned().unwrap_or_default();
             for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
                 got.push(ReceivedSpan {
