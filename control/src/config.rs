@@ -638,11 +638,14 @@ mod tests {
 
     #[test]
     fn tracing_keys_are_validated_by_key() {
-        let c: ControlConfig = toml::from_str("[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"")
-            .expect("parses");
+        let c: ControlConfig =
+            toml::from_str("[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"").expect("parses");
         assert!(c.validate(None).is_ok());
         for (text, key) in [
-            ("otlp_endpoint = \"127.0.0.1:4317\"", "tracing.otlp_endpoint"),
+            (
+                "otlp_endpoint = \"127.0.0.1:4317\"",
+                "tracing.otlp_endpoint",
+            ),
             ("service_name = \"\"", "tracing.service_name"),
             ("sample_ratio = 2.0", "tracing.sample_ratio"),
         ] {
@@ -651,7 +654,10 @@ mod tests {
                 .validate(Some(Path::new("/etc/x.toml")))
                 .expect_err(text)
                 .to_string();
-            assert!(msg.contains(key) && msg.contains("/etc/x.toml"), "{text}: {msg}");
+            assert!(
+                msg.contains(key) && msg.contains("/etc/x.toml"),
+                "{text}: {msg}"
+            );
         }
     }
 
