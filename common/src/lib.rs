@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod conn_limit;
 pub mod keys;
+pub mod otlp;
 pub mod paths;
 pub mod rate;
 pub mod request_id;

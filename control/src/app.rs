@@ -237,6 +237,22 @@ impl App {
                 max_headers: cfg.admin.max_headers,
             },
             tls: api_tls,
+            spans: api::spans::ApiSpans {
+                otlp: match cfg.tracing.otlp_endpoint.clone() {
+                    Some(endpoint) => {
+                        let settings = multiverse_common::otlp::OtlpSettings {
+                            endpoint,
+                            service_name: cfg.tracing.service_name.clone(),
+                        };
+                        let otlp = multiverse_common::otlp::Otlp::start(&settings)
+                            .context("tracing.otlp_endpoint")?;
+                        tracing::info!(endpoint = %settings.endpoint, "exporting API spans over OTLP");
+                        Some(Arc::new(otlp))
+                    }
+                    None => None,
+                },
+                sample_ratio: cfg.tracing.sample_ratio,
+            },
         };
         Ok(App {
             id,
@@ -387,6 +403,7 @@ fn manager_settings(
                 .unwrap_or_default(),
             uid,
             gid,
+            otlp_endpoint: cfg.tracing.otlp_endpoint.clone(),
             cgroups: {
                 let c = crate::instances::cgroup::detect(
                     inst.cgroup_root.as_deref().map(std::path::Path::new),

@@ -51,7 +51,33 @@ pub struct ControlConfig {
     pub webhooks: Vec<WebhookConfig>,
     pub ui: UiConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub state: StateConfig,
+}
+
+/// `[tracing]`: OTLP span export of the operator API's requests, and TEI instances'
+/// `--otlp-endpoint`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector (`http://host:4317`). None (default): no spans, and instances
+    /// get no `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the control plane's spans (instances are named after themselves).
+    pub service_name: String,
+    /// The share of API requests without a `traceparent` that are traced (one with it
+    /// follows its sampled flag).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "multiverse-control".into(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// `[state]`: how the desired state is persisted.
@@ -365,6 +391,12 @@ impl ControlConfig {
             key,
             message,
         };
+        multiverse_common::otlp::OtlpSettings::check(
+            self.tracing.otlp_endpoint.as_deref(),
+            &self.tracing.service_name,
+            self.tracing.sample_ratio,
+        )
+        .map_err(|(key, why)| invalid(format!("tracing.{key}"), why))?;
         for (key, value) in [
             ("listen.api", &self.listen.api),
             ("listen.discovery", &self.listen.discovery),
@@ -637,6 +669,31 @@ mod tests {
         )
         .expect("parses");
         ok.validate(None).expect("in range");
+    }
+
+    #[test]
+    fn tracing_keys_are_validated_by_key() {
+        let c: ControlConfig =
+            toml::from_str("[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"").expect("parses");
+        assert!(c.validate(None).is_ok());
+        for (text, key) in [
+            (
+                "otlp_endpoint = \"127.0.0.1:4317\"",
+                "tracing.otlp_endpoint",
+            ),
+            ("service_name = \"\"", "tracing.service_name"),
+            ("sample_ratio = 2.0", "tracing.sample_ratio"),
+        ] {
+            let c: ControlConfig = toml::from_str(&format!("[tracing]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/x.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/x.toml"),
+                "{text}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -85,14 +85,42 @@ impl Default for BatchEmbedConfig {
     }
 }
 
-/// W3C trace context (`request::trace`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// W3C trace context (`request::trace`) and OTLP span export (`request::spans`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracingConfig {
-    /// The sampled flag of the traces the proxy starts (a client's own `traceparent` passes
-    /// unchanged). Default false: nothing exports spans yet, so backends are not asked to
-    /// record every request.
+    /// Without `otlp_endpoint`: the sampled flag of the traces the proxy starts (a client's
+    /// own `traceparent` passes unchanged). Default false.
     pub sample: bool,
+    /// The OTLP/gRPC collector spans are exported to (`http://host:4317`). None (default):
+    /// no spans.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// With `otlp_endpoint`: the share of the traces the proxy starts that are sampled (and
+    /// exported); a client's `traceparent` decides by its own sampled flag.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            sample: false,
+            otlp_endpoint: None,
+            service_name: "multiverse-proxy".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// The exporter's settings, when it is on.
+    pub fn otlp(&self) -> Option<multiverse_common::otlp::OtlpSettings> {
+        Some(multiverse_common::otlp::OtlpSettings {
+            endpoint: self.otlp_endpoint.clone()?,
+            service_name: self.service_name.clone(),
+        })
+    }
 }
 
 /// Browsers allowed to call the proxy (CORS; `request::cors`).
@@ -463,6 +491,12 @@ impl ProxyConfig {
             key: key.to_string(),
             message,
         };
+        multiverse_common::otlp::OtlpSettings::check(
+            self.tracing.otlp_endpoint.as_deref(),
+            &self.tracing.service_name,
+            self.tracing.sample_ratio,
+        )
+        .map_err(|(key, why)| invalid(&format!("tracing.{key}"), why))?;
         let mut ports = Vec::new();
         for (key, value) in [
             ("listen.clients", &self.listen.clients),
@@ -788,6 +822,31 @@ mod tests {
             assert!(
                 msg.contains(&format!("clients.{key}")) && msg.contains("/etc/p.toml"),
                 "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn tracing_keys_are_validated_by_key() {
+        let c: ProxyConfig =
+            toml::from_str("[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"").expect("parses");
+        assert!(c.validate(None).is_ok());
+        for (text, key) in [
+            (
+                "otlp_endpoint = \"127.0.0.1:4317\"",
+                "tracing.otlp_endpoint",
+            ),
+            ("service_name = \"\"", "tracing.service_name"),
+            ("sample_ratio = 2.0", "tracing.sample_ratio"),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[tracing]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/x.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/x.toml"),
+                "{text}: {msg}"
             );
         }
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use multiverse_common::conn_limit::ConnLimit;
+use multiverse_common::otlp::{Otlp, OtlpError};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
@@ -89,6 +90,9 @@ pub enum StartError {
         #[source]
         source: TlsError,
     },
+    /// `[tracing] otlp_endpoint`: the span exporter cannot be set up.
+    #[error("tracing.otlp_endpoint: {0}")]
+    Otlp(#[from] OtlpError),
 }
 
 /// How to stop.
@@ -115,6 +119,8 @@ pub struct Proxy {
     runtimes: Vec<(&'static str, Runtime)>,
     /// Why a listener left to pingora could not be bound (set at most once).
     failure: watch::Receiver<Option<String>>,
+    /// The span exporter (`[tracing] otlp_endpoint`), flushed at the stop.
+    otlp: Option<Arc<Otlp>>,
 }
 
 /// A listener's socket: bound here, or (its address in use) left to pingora's bind retries.
@@ -184,6 +190,14 @@ impl Proxy {
         };
         let (failed, failure) = watch::channel(None);
         let failed = Arc::new(failed);
+        let otlp = match cfg.tracing.otlp() {
+            Some(settings) => {
+                let otlp = Arc::new(Otlp::start(&settings)?);
+                tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting spans over OTLP");
+                Some(otlp)
+            }
+            None => None,
+        };
 
         let metrics = Metrics::new();
         let source = match &cfg.standalone.routes_file {
@@ -223,7 +237,7 @@ impl Proxy {
             state.clone(),
             active.clone(),
             metrics.clone(),
-            gateway_config(cfg, upstream_ca),
+            gateway_config(cfg, upstream_ca, otlp.clone()),
         );
         let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, gateway, "clients");
         proxy.add_tcp(&clients.to_string());
@@ -317,7 +331,7 @@ impl Proxy {
                 batch::Service::new(
                     state.clone(),
                     &cfg.batch_embed,
-                    gateway_config(cfg, None).outlier,
+                    gateway_config(cfg, None, None).outlier,
                     ms(cfg.upstream.connect_timeout_ms),
                 )
                 .map_err(StartError::Routes)?,
@@ -374,6 +388,7 @@ impl Proxy {
             shutdown,
             runtimes,
             failure,
+            otlp,
         })
     }
 
@@ -444,6 +459,11 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!("stopping the runtimes failed");
+        }
+        if let Some(otlp) = self.otlp.take() {
+            // The last requests' spans go out before the process ends (blocks up to the
+            // export timeout).
+            let _ = tokio::task::spawn_blocking(move || otlp.flush()).await;
         }
         left
     }
@@ -574,7 +594,11 @@ fn h2_options(cfg: &ProxyConfig) -> H2Options {
     options
 }
 
-fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConfig {
+fn gateway_config(
+    cfg: &ProxyConfig,
+    tls_ca: Option<Arc<CaType>>,
+    otlp: Option<Arc<Otlp>>,
+) -> GatewayConfig {
     GatewayConfig {
         upstream: UpstreamDefaults {
             connect_timeout: ms(cfg.upstream.connect_timeout_ms),
@@ -599,6 +623,8 @@ fn gateway_config(cfg: &ProxyConfig, tls_ca: Option<Arc<CaType>>) -> GatewayConf
         max_headers: cfg.clients.max_headers,
         trace_sample: cfg.tracing.sample,
         request_stream_usage: cfg.usage.request_stream_usage,
+        otlp,
+        trace_ratio: cfg.tracing.sample_ratio,
         // `validate` refused any origin that is not a header value; should one get here, CORS
         // stays off (allowing nothing) rather than the proxy failing.
         cors: Cors::new(&cfg.cors.allowed_origins).unwrap_or_else(|e| {

@@ -8,7 +8,8 @@
 //!
 //! Errors are JSON `{"error", "code", "timestamp"}` with a stable `code` ([`error`]). Every
 //! response carries the request's `x-request-id` ([`request_id`]), and so do the log lines
-//! written while it runs.
+//! written while it runs; with `[tracing] otlp_endpoint` each request is an OTLP span
+//! ([`spans`]).
 
 pub mod auth;
 pub mod backends;
@@ -28,6 +29,7 @@ pub mod models;
 pub mod openapi;
 pub mod proxies;
 pub mod request_id;
+pub mod spans;
 pub mod sse;
 pub mod stats;
 pub mod system;
@@ -83,6 +85,8 @@ pub struct ApiState {
     pub header_limits: http_server::HeaderLimits,
     /// `[admin.tls]`: the listener's TLS, and client certificates when it has a client CA.
     pub tls: Option<Arc<client_cert::ClientCerts>>,
+    /// `[tracing]`: the API requests' spans.
+    pub spans: spans::ApiSpans,
 }
 
 /// Serves the API on `listener` (over TLS with `[admin.tls]`) until `shutdown` resolves;
@@ -131,6 +135,7 @@ pub fn router(state: ApiState) -> Router {
         ))
     };
     let tls = state.tls.clone();
+    let api_spans = state.spans.clone();
     let api = Router::new()
         .merge(system::router())
         .route("/openapi.json", get(openapi::document))
@@ -156,8 +161,12 @@ pub fn router(state: ApiState) -> Router {
         None => api,
     };
     // Outermost: every response, a refusal for want of a certificate too, carries the
-    // request's x-request-id.
-    api.layer(axum::middleware::from_fn(request_id::tag))
+    // request's x-request-id, and its span (when exported) names it.
+    api.layer(axum::middleware::from_fn_with_state(
+        api_spans,
+        spans::record,
+    ))
+    .layer(axum::middleware::from_fn(request_id::tag))
 }
 
 async fn not_found() -> ApiError {

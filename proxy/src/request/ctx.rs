@@ -13,6 +13,7 @@ use crate::request::id::RequestId;
 use crate::request::midstream::Forwarded;
 use crate::request::observe::InFlight;
 use crate::request::pace::Pace;
+use crate::request::spans::Phases;
 use crate::request::stream_usage::HideUsage;
 use crate::request::trace::Trace;
 use crate::request::usage::UsageReader;
@@ -67,6 +68,8 @@ pub struct RequestCtx {
     pub pace: Option<Pace>,
     /// The allowed CORS origin its responses are tagged for (`Origin` echoed).
     pub cors: Option<HeaderValue>,
+    /// The phases' times of a traced request (`[tracing] otlp_endpoint`, sampled traces).
+    pub phases: Option<Phases>,
     pub started: Instant,
     _active: ActiveGuard,
 }
@@ -103,15 +106,20 @@ impl RequestCtx {
             hide_usage: None,
             pace: None,
             cors: None,
+            phases: None,
             started: Instant::now(),
             _active: active,
         }
     }
 
-    /// Reads (or makes) the request's id and trace context from its header.
-    pub fn identify(&mut self, req: &pingora_http::RequestHeader, sample: bool) {
+    /// Reads (or makes) the request's id and trace context from its header; with `spans`
+    /// (an exporter is on), a sampled trace's phases are timed.
+    pub fn identify(&mut self, req: &pingora_http::RequestHeader, sample: bool, spans: bool) {
         self.id = RequestId::of(req);
         self.trace = Trace::of(req, sample);
+        if spans {
+            self.phases = Phases::begin(&mut self.trace);
+        }
     }
 
     /// The current attempt's endpoint.

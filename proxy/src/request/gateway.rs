@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use multiverse_common::otlp::Otlp;
 use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -67,6 +68,7 @@ use crate::request::pace::Pace;
 use crate::request::prefix_hash::{self, PrefixHasher, PrefixScan};
 use crate::request::respond;
 use crate::request::retry::{self, Answered, Attempted};
+use crate::request::spans::{self, Outcome};
 use crate::request::stream_usage::{self, HideUsage};
 use crate::request::target::{self, Plan};
 use crate::request::upstream::{self, UpstreamDefaults};
@@ -100,8 +102,12 @@ pub struct GatewayConfig {
     pub cors: Cors,
     /// `limits.priority_header`: a request's priority in its model's admission queue.
     pub priority_header: http::HeaderName,
-    /// `[tracing] sample`: the sampled flag of the traces the proxy starts.
+    /// `[tracing] sample`: the sampled flag of the traces the proxy starts (no exporter).
     pub trace_sample: bool,
+    /// `[tracing] otlp_endpoint`: the span exporter, when on ([`spans`]).
+    pub otlp: Option<Arc<Otlp>>,
+    /// `[tracing] sample_ratio`: with the exporter, the share of started traces sampled.
+    pub trace_ratio: f64,
     /// `[affinity]`: what `lb = "prefix_affinity"` keys requests by.
     pub affinity: AffinityConfig,
     /// `[usage] request_stream_usage`: ask backends for a stream's usage when the client did
@@ -181,7 +187,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.identify(session.req_header(), self.config.trace_sample);
+        let sample = match self.config.otlp {
+            Some(_) => rand::random::<f64>() < self.config.trace_ratio,
+            None => self.config.trace_sample,
+        };
+        ctx.identify(session.req_header(), sample, self.config.otlp.is_some());
         if self.config.cors.on_request(session, &mut ctx.cors).await? {
             return Ok(true);
         }
@@ -219,6 +229,9 @@ impl ProxyHttp for Gateway {
             Ok(Some(route)) => self.admit(session, ctx, &route).await.map(|()| Some(route)),
             other => other,
         };
+        if let Some(p) = ctx.phases.as_mut() {
+            p.routed();
+        }
         let found = match found {
             // A hedged request is answered here, on its own path ([`hedge`]).
             Ok(Some(route)) => match hedge::after(&route, ctx.family, session.req_header()) {
@@ -282,6 +295,9 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.begin_attempt(index);
+        if let Some(p) = ctx.phases.as_mut() {
+            p.connecting();
+        }
         if route.policy.lb == LbStrategy::PeakEwma {
             ctx.attempt_sent_ms = self.clock.now_ms();
         }
@@ -293,6 +309,21 @@ impl ProxyHttp for Gateway {
             &route.policy,
             &self.config.upstream,
         )))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(p) = ctx.phases.as_mut() {
+            p.connected(reused);
+        }
+        Ok(())
     }
 
     fn upstream_idle_timeout(&self, ctx: &RequestCtx) -> Option<std::time::Duration> {
@@ -343,6 +374,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(p) = ctx.phases.as_mut() {
+            p.first_byte();
+        }
         let status = upstream_response.status.as_u16();
         match retry::judge(status) {
             Answered::Served => {
@@ -562,6 +596,20 @@ impl ProxyHttp for Gateway {
         }
         if ctx.table.auth.required {
             self.metrics.key_request(key, status, tokens);
+        }
+        if let (Some(otlp), Some(phases)) = (&self.config.otlp, &ctx.phases) {
+            let req = session.req_header();
+            let outcome = Outcome {
+                request_id: ctx.id.value().to_str().unwrap_or("-"),
+                model,
+                endpoint,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                attempts: ctx.attempts,
+                failed: e.is_some(),
+            };
+            spans::export(otlp, phases, &outcome);
         }
         if let Some(e) = e {
             match ClientFault::of(e) {

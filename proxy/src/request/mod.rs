@@ -23,6 +23,7 @@
 //!   per minute); [`pace`] — an SSE stream's time to first token and inter-token gaps;
 //!   [`stream_usage`] — a stream's usage asked of the backend for the client that did not,
 //!   and its event hidden from it.
+//! - [`spans`] — its phases as OTLP spans, when `[tracing] otlp_endpoint` is set.
 
 pub mod admit;
 pub mod auth;
@@ -43,6 +44,7 @@ pub mod pace;
 pub mod prefix_hash;
 pub mod respond;
 pub mod retry;
+pub mod spans;
 pub mod stream_usage;
 pub mod target;
 pub mod trace;

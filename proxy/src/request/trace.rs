@@ -9,15 +9,17 @@
 //! `ff` (version `00`: exactly 55 bytes; a later version: at least 55, the fields read from the
 //! first 55), trace id and parent id not all zeros; one header only.
 //!
-//! Until spans are exported (OTLP, a later phase) the proxy is a pass-through participant: it
-//! forwards the caller's parent id. With an exporter it will write its own span's id as the
-//! parent id, keeping the trace id (README, "Tracing").
+//! Without span export the proxy is a pass-through participant: it forwards the caller's
+//! parent id. With `[tracing] otlp_endpoint` it writes its own request span's id as the parent
+//! id, keeping the trace id and flags ([`Trace::join`]; `request::spans`), so the backend's
+//! spans hang under the proxy's.
 //!
 //! Cost per request: one header lookup and a 55-byte scan; a started trace adds 192 random
 //! bits (the thread's user-space generator), 55 bytes on the stack, one small allocation for
 //! the header value and one header insert upstream (two allocations in pingora for the name).
 
 use http::HeaderValue;
+use multiverse_common::otlp::{parse_traceparent, TraceParent};
 use multiverse_common::request_id::hex_digits;
 use pingora_http::RequestHeader;
 
@@ -27,7 +29,7 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
 /// Length of a version-00 `traceparent`.
-const LEN: usize = 55;
+const LEN: usize = multiverse_common::otlp::TRACEPARENT_LEN;
 
 /// The request's trace context.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct Trace {
     traceparent: HeaderValue,
     /// Started here (so it goes upstream in place of whatever the client sent).
     started: bool,
+    /// Carries the proxy's own span id as the parent id (started, or joined).
+    ours: bool,
 }
 
 impl Default for Trace {
@@ -42,6 +46,7 @@ impl Default for Trace {
         Self {
             traceparent: HeaderValue::from_static(""),
             started: false,
+            ours: false,
         }
     }
 }
@@ -54,6 +59,7 @@ impl Trace {
             (Some(v), None) if valid(v.as_bytes()) => Self {
                 traceparent: v.clone(),
                 started: false,
+                ours: false,
             },
             _ => Self::start(sample),
         }
@@ -62,16 +68,27 @@ impl Trace {
     /// A new trace: random trace id and span id (never all zeros).
     pub fn start(sample: bool) -> Self {
         let trace_id = rand::random::<u128>().max(1);
-        let span_id = u128::from(rand::random::<u64>().max(1));
-        let mut v = [b'-'; LEN];
-        v[..2].copy_from_slice(b"00");
-        v[3..35].copy_from_slice(&hex_digits::<32>(trace_id));
-        v[36..52].copy_from_slice(&hex_digits::<16>(span_id));
-        v[53..].copy_from_slice(if sample { b"01" } else { b"00" });
+        let span_id = rand::random::<u64>().max(1);
         Self {
-            traceparent: shared_value(v),
+            traceparent: shared_value(format(trace_id, span_id, sample)),
             started: true,
+            ours: true,
         }
+    }
+
+    /// Makes `span_id` (the proxy's request span) the parent id sent upstream, keeping the
+    /// trace id and the sampled flag (a started trace's span id is the proxy's already).
+    /// Costs one small allocation for the new header value.
+    pub fn join(&mut self, span_id: u64) {
+        if let Some(p) = self.parsed() {
+            self.traceparent = shared_value(format(p.trace_id, span_id, p.sampled));
+            self.ours = true;
+        }
+    }
+
+    /// Its fields (`None` before the request was read).
+    pub fn parsed(&self) -> Option<TraceParent> {
+        parse_traceparent(self.traceparent.as_bytes())
     }
 
     /// The trace id (32 hex digits; empty before the request was read).
@@ -92,36 +109,32 @@ impl Trace {
         self.started
     }
 
-    /// Puts a started trace on the upstream request (a client's valid one is there already,
-    /// with its `tracestate`).
+    /// Puts a started or joined trace on the upstream request (a client's valid one is there
+    /// already, with its `tracestate`, which a joined one keeps).
     pub fn write_upstream(&self, req: &mut RequestHeader) -> pingora_error::Result<()> {
-        if self.started {
+        if self.ours {
             req.insert_header(TRACEPARENT, self.traceparent.clone())?;
+        }
+        if self.started {
             req.remove_header(TRACESTATE);
         }
         Ok(())
     }
 }
 
+/// A version-00 `traceparent`.
+fn format(trace_id: u128, span_id: u64, sampled: bool) -> [u8; LEN] {
+    let mut v = [b'-'; LEN];
+    v[..2].copy_from_slice(b"00");
+    v[3..35].copy_from_slice(&hex_digits::<32>(trace_id));
+    v[36..52].copy_from_slice(&hex_digits::<16>(u128::from(span_id)));
+    v[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
+    v
+}
+
 /// Whether `v` is a `traceparent` this proxy passes on.
 fn valid(v: &[u8]) -> bool {
-    if v.len() < LEN || (v.len() > LEN && v.get(LEN) != Some(&b'-')) {
-        return false;
-    }
-    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let nonzero = |s: &[u8]| s.iter().any(|b| *b != b'0');
-    let (version, trace_id, parent_id, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
-    v[2] == b'-'
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(version)
-        && version != b"ff"
-        && (version != b"00" || v.len() == LEN)
-        && hex(trace_id)
-        && nonzero(trace_id)
-        && hex(parent_id)
-        && nonzero(parent_id)
-        && hex(flags)
+    parse_traceparent(v).is_some()
 }
 
 #[cfg(test)]
@@ -151,6 +164,27 @@ mod tests {
         // A later version with more fields is read from its first 55 bytes.
         let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what";
         assert!(!Trace::of(&req(&[later]), false).started());
+    }
+
+    #[test]
+    fn a_joined_trace_goes_upstream_with_the_proxys_span_as_parent() {
+        let mut t = Trace::of(&req(&[GOOD]), false);
+        t.join(0xabc);
+        let mut up = req(&[GOOD]);
+        t.write_upstream(&mut up).expect("write");
+        assert_eq!(
+            up.headers[TRACEPARENT],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01"
+        );
+        assert_eq!(
+            up.headers[TRACESTATE], "vendor=x",
+            "the client's tracestate stays"
+        );
+        let p = t.parsed().expect("valid");
+        assert_eq!(
+            (p.trace_id, p.parent_id),
+            (0x4bf92f3577b34da6a3ce929d0e0e4736, 0xabc)
+        );
     }
 
     #[test]

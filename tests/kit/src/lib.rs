@@ -10,6 +10,7 @@
 //! - [`config_file`]: config files written by serialising the binaries' own config types.
 //! - [`routes`]: standalone routes files.
 //! - [`stack`]: the one stack launcher — mocks, control plane, proxy.
+//! - [`otlp_sink`]: an OTLP/gRPC trace sink recording the spans it is sent.
 //! - [`steady`]: a steady client load that records every outcome, for tests that break
 //!   things under traffic.
 //!
@@ -19,6 +20,7 @@
 pub mod binaries;
 pub mod config_file;
 pub mod dirs;
+pub mod otlp_sink;
 pub mod ports;
 pub mod process;
 pub mod routes;
@@ -28,6 +30,7 @@ pub mod wait;
 
 pub use binaries::{bin, try_bin, Binaries};
 pub use dirs::{temp_dir, ScratchDir};
+pub use otlp_sink::{OtlpSink, ReceivedSpan};
 pub use ports::{free_port, try_free_addr, try_free_addr_on, try_free_port, try_free_port_on};
 pub use process::{kill_process_groups, Proc};
 pub use routes::{model_toml, Ep};

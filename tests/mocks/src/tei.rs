@@ -272,6 +272,10 @@ pub async fn spawn(args: TeiArgs) -> anyhow::Result<Running> {
 pub async fn run(args: TeiArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    if let Some(endpoint) = &args.otlp_endpoint {
+        // Tests see the flags reach the process here (the mock exports no spans).
+        tracing::info!(otlp_endpoint = %endpoint, otlp_service_name = %args.otlp_service_name, "OTLP export configured (not exported by the mock)");
+    }
     let resources = tei_resources::Resources::acquire(&args)?;
     resources.grow_in_background(&args, shutdown.clone());
     if args.startup_delay_ms > 0 {

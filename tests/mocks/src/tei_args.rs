@@ -168,11 +168,11 @@ pub struct TeiArgs {
     #[arg(long, env)]
     pub disable_spans: bool,
 
-    /// OTLP endpoint (accepted, ignored).
+    /// OTLP endpoint (accepted and logged at startup; the mock exports no spans).
     #[arg(long, env)]
     pub otlp_endpoint: Option<String>,
 
-    /// OpenTelemetry service name (accepted, ignored).
+    /// OpenTelemetry service name (accepted and logged with --otlp-endpoint).
     #[arg(long, env, default_value = "text-embeddings-inference.server")]
     pub otlp_service_name: String,
 

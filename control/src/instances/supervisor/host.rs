@@ -81,6 +81,14 @@ impl TeiHost {
             prometheus_port,
             &run_dir.socket(name).display().to_string(),
         );
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            launch.args.extend([
+                "--otlp-endpoint".into(),
+                endpoint.clone(),
+                "--otlp-service-name".into(),
+                name.to_string(),
+            ]);
+        }
         launch.env.clone_from(&settings.env);
         launch.uid = settings.uid;
         launch.gid = settings.gid;

@@ -72,6 +72,9 @@ pub struct Settings {
     pub gid: Option<u32>,
     /// Whether instances get their own cgroup (`[instances] cgroup_root`).
     pub cgroups: super::cgroup::Cgroups,
+    /// `[tracing] otlp_endpoint`: passed to TEI as `--otlp-endpoint`, with the instance's
+    /// name as `--otlp-service-name`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// What an instance's TEI reports of its batch limits (`/info`); 0: not known (yet).
