@@ -65,6 +65,8 @@ pub struct App {
     events: Arc<EventBus>,
     state_file: StateFile,
     store: Store,
+    /// `[load]`: the engine-metrics scraper's settings.
+    load: crate::load::LoadSettings,
 }
 
 impl App {
@@ -250,6 +252,7 @@ impl App {
             events,
             state_file,
             store,
+            load: cfg.load.clone(),
         })
     }
 
@@ -270,6 +273,7 @@ impl App {
             self.api.nodes.clone(),
             self.api.metrics.clone(),
             leases,
+            crate::load::spawn(&self.load, self.api.publisher.clone()),
         );
         let reloadable: Vec<Arc<ServerTls>> = self
             .discovery_tls

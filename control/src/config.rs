@@ -52,6 +52,8 @@ pub struct ControlConfig {
     pub ui: UiConfig,
     pub log: LogConfig,
     pub state: StateConfig,
+    /// `[load]`: engine-aware load (the endpoints' metrics scraped, pushed to proxies).
+    pub load: crate::load::LoadSettings,
 }
 
 /// `[state]`: how the desired state is persisted.
@@ -414,10 +416,21 @@ impl ControlConfig {
             ),
             ("admin.max_backends", self.admin.max_backends as u64),
             ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
+            ("load.timeout_ms", self.load.timeout_ms),
+            (
+                "load.max_concurrent_scrapes",
+                self.load.max_concurrent_scrapes as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));
             }
+        }
+        if self.load.scrape_interval_ms > 3_600_000 {
+            return Err(invalid(
+                "load.scrape_interval_ms".into(),
+                "must be at most 3600000 (one hour; 0 turns scraping off)".into(),
+            ));
         }
         let admin = &self.admin;
         if !(8192..=1 << 20).contains(&admin.max_header_bytes) {

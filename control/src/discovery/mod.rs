@@ -6,7 +6,8 @@
 //! a request whose nonce is not the latest one sent is stale and ignored (see
 //! `control/tests/discovery_nonces.rs`). After its first snapshot a node also gets lease
 //! updates (its share of the inference keys' limits, [`crate::keys::leases`]) whenever they
-//! change, and its usage reports feed the next split.
+//! change, and its usage reports feed the next split; and engine-load updates
+//! ([`crate::load`]) as the scraper publishes them, also without version or nonce.
 
 pub mod nodes;
 pub mod publisher;
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::keys::leases::Leases;
+use crate::load::Loads;
 use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
@@ -64,6 +66,7 @@ pub struct DiscoveryService {
     nodes: Arc<Nodes>,
     metrics: Arc<ControlMetrics>,
     leases: Arc<Leases>,
+    loads: Loads,
 }
 
 impl DiscoveryService {
@@ -73,6 +76,7 @@ impl DiscoveryService {
         nodes: Arc<Nodes>,
         metrics: Arc<ControlMetrics>,
         leases: Arc<Leases>,
+        loads: Loads,
     ) -> Self {
         Self {
             control_plane_id,
@@ -80,6 +84,7 @@ impl DiscoveryService {
             nodes,
             metrics,
             leases,
+            loads,
         }
     }
 }
@@ -112,6 +117,7 @@ impl RouteDiscovery for DiscoveryService {
             metrics: self.metrics.clone(),
             leases: self.leases.clone(),
             sent_leases: Vec::new(),
+            loads: self.loads.clone(),
             nonce: 0,
             sent_version: 0,
             tx,
@@ -137,6 +143,8 @@ struct NodeStream {
     leases: Arc<Leases>,
     /// The leases last sent to this node.
     sent_leases: Vec<pb::KeyLease>,
+    /// The engine-load updates to forward ([`crate::load`]).
+    loads: Loads,
     /// Last nonce sent, and the version it carried.
     nonce: u64,
     sent_version: u64,
@@ -173,8 +181,23 @@ impl NodeStream {
                 self.end();
                 return;
             }
+            let mut loads = self.loads.clone();
+            // False once the scraper is gone (scraping off): nothing more to forward.
+            let mut loads_live = true;
             loop {
                 tokio::select! {
+                    changed = loads.changed(), if loads_live => {
+                        if changed.is_err() {
+                            loads_live = false;
+                            continue;
+                        }
+                        let update = loads.borrow_and_update().clone();
+                        if let Some(update) = update {
+                            if !self.send_load(&update).await {
+                                break;
+                            }
+                        }
+                    }
                     changed = lease_changes.changed() => {
                         if changed.is_err() || !self.send_leases().await {
                             break;
@@ -224,6 +247,17 @@ impl NodeStream {
         self.tx.send(Ok(resp)).await.is_ok()
     }
 
+    /// Forwards an engine-load update: on its own, with no version or nonce (the proxy does
+    /// not answer it, so it can never be mistaken for a snapshot's ACK).
+    async fn send_load(&self, update: &pb::LoadUpdate) -> bool {
+        let resp = pb::DiscoveryResponse {
+            control_plane_id: self.control_plane_id.clone(),
+            load: Some(update.clone()),
+            ..Default::default()
+        };
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+
     async fn send(&mut self, v: &Versioned) -> bool {
         self.nonce += 1;
         self.sent_version = v.version;
@@ -233,6 +267,7 @@ impl NodeStream {
             snapshot: Some(v.snapshot.clone()),
             control_plane_id: self.control_plane_id.clone(),
             leases: None,
+            load: None,
         };
         self.tx.send(Ok(resp)).await.is_ok()
     }

@@ -1,9 +1,11 @@
 //! Runtime state of one endpoint: its requests in flight (what least-request balancing reads),
-//! its latency (what peak-EWMA balancing reads) and its outlier-detection state. Shared by endpoint id across table versions, so a table swap
+//! its latency (what peak-EWMA balancing reads), its engine-reported load and its
+//! outlier-detection state. Shared by endpoint id across table versions, so a table swap
 //! never resets load balancing or an ejection.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::routing::load::EngineLoad;
 use crate::routing::outlier::OutlierState;
 
 /// Load and outlier state of one endpoint.
@@ -14,6 +16,8 @@ pub struct EndpointState {
     pub outlier: OutlierState,
     /// Peak-sensitive EWMA of its time to the response header (`lb = "peak_ewma"`).
     pub latency: PeakEwma,
+    /// What its engine last reported through the control plane ([`crate::routing::load`]).
+    pub engine: EngineLoad,
 }
 
 /// Time constant of [`PeakEwma`]: a sample's weight halves in about 0.7 τ.
