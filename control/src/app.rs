@@ -273,7 +273,13 @@ impl App {
             self.api.nodes.clone(),
             self.api.metrics.clone(),
             leases,
-            crate::load::spawn(&self.load, self.api.publisher.clone()),
+            {
+                let publisher = self.api.publisher.clone();
+                crate::load::spawn(
+                    &self.load,
+                    Box::new(move || crate::load::targets(&publisher.current().snapshot)),
+                )
+            },
         );
         let reloadable: Vec<Arc<ServerTls>> = self
             .discovery_tls

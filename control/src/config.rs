@@ -673,6 +673,31 @@ mod tests {
     }
 
     #[test]
+    fn load_settings_are_checked_and_zero_turns_scraping_off() {
+        for (toml, key) in [
+            (
+                "[load]\nscrape_interval_ms = 3600001",
+                "load.scrape_interval_ms",
+            ),
+            ("[load]\ntimeout_ms = 0", "load.timeout_ms"),
+            (
+                "[load]\nmax_concurrent_scrapes = 0",
+                "load.max_concurrent_scrapes",
+            ),
+        ] {
+            let c: ControlConfig = toml::from_str(toml).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .expect_err(toml)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("/etc/c.toml"), "{msg}");
+        }
+        let off: ControlConfig = toml::from_str("[load]\nscrape_interval_ms = 0").expect("parses");
+        assert!(off.validate(None).is_ok());
+        assert_eq!(ControlConfig::default().load.scrape_interval_ms, 1000);
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let c: ControlConfig =
             toml::from_str("[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\nmodels = [\"m\"]")

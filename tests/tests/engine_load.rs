@@ -73,7 +73,11 @@ async fn versions(c: &reqwest::Client, proxy: &Proxy) -> Value {
 async fn heavy_engine_load_moves_traffic_and_stale_load_is_ignored() {
     let dir = temp_dir("engine-load");
     let a = MockOpenAi::start(&dir, "mock-load-a", &["--model", "m1"]);
-    let b = MockOpenAi::start(&dir, "mock-load-b", &["--model", "m1", "--engine", "sglang"]);
+    let b = MockOpenAi::start(
+        &dir,
+        "mock-load-b",
+        &["--model", "m1", "--engine", "sglang"],
+    );
     let body = format!(
         "[admin]\napi_keys = [\"engine-load-key\"]\nallow_private_backends = true\n\
          [health]\ninterval_ms = 200\ntimeout_ms = 1000\nunhealthy_threshold = 2\nhealthy_threshold = 1\n\

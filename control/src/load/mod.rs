@@ -23,7 +23,6 @@ use multiverse_proto::discovery::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::discovery::publisher::Publisher;
 use parse::{Engine, Load};
 
 /// Largest metrics page read (vLLM's, histograms included, is ~100 KiB).
@@ -54,8 +53,12 @@ impl Default for LoadSettings {
 /// The latest load update (`None` before the first, and always when scraping is off).
 pub type Loads = watch::Receiver<Option<Arc<pb::LoadUpdate>>>;
 
+/// What to scrape: called once per round (the app hands in the current snapshot's
+/// [`targets`]).
+pub type TargetSource = Box<dyn Fn() -> Vec<Target> + Send + Sync>;
+
 /// Starts the scraper (nothing when `scrape_interval_ms` is 0) and returns what it publishes.
-pub fn spawn(settings: &LoadSettings, publisher: Publisher) -> Loads {
+pub fn spawn(settings: &LoadSettings, source: TargetSource) -> Loads {
     let (tx, rx) = watch::channel(None);
     if settings.scrape_interval_ms == 0 {
         return rx;
@@ -67,7 +70,7 @@ pub fn spawn(settings: &LoadSettings, publisher: Publisher) -> Loads {
         .build();
     match client {
         Ok(client) => {
-            tokio::spawn(run(settings.clone(), publisher, client, tx));
+            tokio::spawn(run(settings.clone(), source, client, tx));
         }
         Err(e) => tracing::error!(error = %e, "engine load scraping is off: no HTTP client"),
     }
@@ -75,16 +78,20 @@ pub fn spawn(settings: &LoadSettings, publisher: Publisher) -> Loads {
 }
 
 /// A scrape target: endpoint id, address and engine override.
-struct Target {
+pub struct Target {
     id: String,
     address: String,
     engine: Option<Engine>,
 }
 
 /// The plain-HTTP endpoints of `snapshot`, each once.
-fn targets(snapshot: &pb::RouteSnapshot) -> Vec<Target> {
+pub fn targets(snapshot: &pb::RouteSnapshot) -> Vec<Target> {
     let mut by_id = BTreeMap::new();
-    let http = [pb::Protocol::Unspecified, pb::Protocol::Http1, pb::Protocol::H2c];
+    let http = [
+        pb::Protocol::Unspecified,
+        pb::Protocol::Http1,
+        pb::Protocol::H2c,
+    ];
     for e in snapshot.models.iter().flat_map(|m| &m.endpoints) {
         if e.tls || !http.contains(&e.protocol()) {
             continue;
@@ -100,7 +107,7 @@ fn targets(snapshot: &pb::RouteSnapshot) -> Vec<Target> {
 
 async fn run(
     settings: LoadSettings,
-    publisher: Publisher,
+    source: TargetSource,
     client: reqwest::Client,
     tx: watch::Sender<Option<Arc<pb::LoadUpdate>>>,
 ) {
@@ -115,7 +122,7 @@ async fn run(
         if tx.is_closed() {
             return;
         }
-        let targets = targets(&publisher.current().snapshot);
+        let targets = source();
         let client = &client;
         let results: Vec<(String, Option<Load>)> = futures::stream::iter(targets)
             .map(|t| async move {
@@ -180,6 +187,83 @@ async fn scrape(client: &reqwest::Client, address: &str, engine: Option<Engine>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The next update of `rx` that `ok` accepts (each within 10 s).
+    async fn next_where(rx: &mut Loads, ok: impl Fn(&pb::LoadUpdate) -> bool) -> pb::LoadUpdate {
+        loop {
+            tokio::time::timeout(Duration::from_secs(10), rx.changed())
+                .await
+                .expect("an update within 10 s")
+                .expect("the scraper runs");
+            if let Some(u) = rx.borrow_and_update().as_deref() {
+                if ok(u) {
+                    return u.clone();
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn only_answering_engines_are_reported_and_a_lost_one_ages_out() {
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        let good = crate::testing::serve(any, move |_| {
+            let up = flag.load(Ordering::SeqCst);
+            async move {
+                match up {
+                    true => (
+                        200,
+                        "vllm:num_requests_waiting{model_name=\"m\"} 3\n".to_string(),
+                    ),
+                    false => (503, String::new()),
+                }
+            }
+        })
+        .await;
+        let failing = crate::testing::serve(any, |_| async { (503, String::new()) }).await;
+        let hanging = crate::testing::serve(any, |_| std::future::pending()).await;
+        let unknown =
+            crate::testing::serve(any, |_| async { (200, "process_cpu_seconds 1\n".into()) }).await;
+        let settings = LoadSettings {
+            scrape_interval_ms: 200,
+            timeout_ms: 150,
+            max_concurrent_scrapes: 4,
+        };
+        let addrs = [
+            ("good", good),
+            ("failing", failing),
+            ("hanging", hanging),
+            ("unknown", unknown),
+        ];
+        let mut rx = spawn(
+            &settings,
+            Box::new(move || {
+                addrs
+                    .iter()
+                    .map(|(id, a)| Target {
+                        id: (*id).into(),
+                        address: a.to_string(),
+                        engine: None,
+                    })
+                    .collect()
+            }),
+        );
+        let first = next_where(&mut rx, |u| !u.endpoints.is_empty()).await;
+        assert_eq!(first.interval_ms, 200);
+        assert_eq!(first.endpoints.len(), 1, "{first:?}");
+        let e = &first.endpoints[0];
+        assert_eq!(
+            (e.endpoint_id.as_str(), e.engine.as_str(), e.waiting),
+            ("good", "vllm", 3)
+        );
+        // Its metrics stop answering: its last load is sent older and older, then dropped.
+        up.store(false, Ordering::SeqCst);
+        let aged = next_where(&mut rx, |u| u.endpoints.iter().any(|e| e.age_ms >= 200)).await;
+        assert!(aged.endpoints[0].age_ms <= 600, "{aged:?}");
+        next_where(&mut rx, |u| u.endpoints.is_empty()).await;
+    }
 
     fn endpoint(id: &str, protocol: pb::Protocol, tls: bool, engine: Option<&str>) -> pb::Endpoint {
         pb::Endpoint {

@@ -76,9 +76,9 @@ pub fn load(text: &str, engine: Option<Engine>) -> Option<Load> {
             .into_iter()
             .find(|e| e.names()[0].iter().any(|n| sum(text, n).is_some()))?,
     };
-    let [waiting, running, kv] = engine.names().map(|names| {
-        names.iter().find_map(|n| sum(text, n))
-    });
+    let [waiting, running, kv] = engine
+        .names()
+        .map(|names| names.iter().find_map(|n| sum(text, n)));
     // An engine is recognised by its queue gauge; the others may be missing.
     let waiting = waiting?;
     let count = |v: f64| v.clamp(0.0, f64::from(u32::MAX)) as u32;
@@ -157,7 +157,11 @@ vllm:prompt_tokens_total{model_name="a"} 1234.0
     fn vllm_is_detected_and_read() {
         let l = load(VLLM, None).expect("vllm");
         assert_eq!(l.engine, Engine::Vllm);
-        assert_eq!((l.waiting, l.running), (3, 7), "a longer name is not summed in");
+        assert_eq!(
+            (l.waiting, l.running),
+            (3, 7),
+            "a longer name is not summed in"
+        );
         assert!((l.kv_cache_usage - 0.42).abs() < 1e-6);
     }
 
@@ -173,7 +177,8 @@ vllm:prompt_tokens_total{model_name="a"} 1234.0
 
     #[test]
     fn llamacpp_is_detected_and_read() {
-        let text = "# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.\n\
+        let text =
+            "# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.\n\
                     # TYPE llamacpp:kv_cache_usage_ratio gauge\n\
                     llamacpp:kv_cache_usage_ratio 0.25\n\
                     llamacpp:requests_processing 2\n\
@@ -223,7 +228,10 @@ vllm:prompt_tokens_total{model_name="a"} 1234.0
                     vllm:num_requests_running 1e12\n\
                     vllm:kv_cache_usage_perc 7\n";
         let l = load(text, None).expect("vllm");
-        assert_eq!(l.waiting, 0, "2 - 3, clamped; NaN, Inf and the unclosed line ignored");
+        assert_eq!(
+            l.waiting, 0,
+            "2 - 3, clamped; NaN, Inf and the unclosed line ignored"
+        );
         assert_eq!(l.running, u32::MAX);
         assert_eq!(l.kv_cache_usage, 1.0);
         assert_eq!(load("# nothing\nprocess_cpu_seconds_total 3\n", None), None);

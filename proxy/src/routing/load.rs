@@ -40,7 +40,9 @@ static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// Milliseconds of the process's load clock (tokio's, so paused time applies), never 0.
 #[inline]
 pub fn now_ms() -> u64 {
-    let ms = Instant::now().saturating_duration_since(*ORIGIN).as_millis();
+    let ms = Instant::now()
+        .saturating_duration_since(*ORIGIN)
+        .as_millis();
     u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
 }
 
@@ -172,7 +174,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2)).await;
         assert_eq!(l.cost(now_ms()), 0, "3.001 s old: stale");
         let v = l.view(now_ms());
-        assert_eq!((v["stale"].clone(), v["waiting"].clone()), (true.into(), 50.into()));
+        assert_eq!(
+            (v["stale"].clone(), v["waiting"].clone()),
+            (true.into(), 50.into())
+        );
         assert_eq!(v["engine"], "vllm");
         // A fresh update counts again; the interval it carries decides.
         l.set(&update(2, 4, 0.5, 0), 100, now_ms());

@@ -304,26 +304,61 @@ mod tests {
     #[test]
     fn least_request_counts_fresh_engine_load_with_in_flight() {
         let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
-        let heavy = multiverse_proto::discovery::v1::EndpointLoad {
+        let heavy = pb::EndpointLoad {
             endpoint_id: "e0".into(),
             waiting: 50,
             ..Default::default()
         };
-        r.endpoints[0].state.engine.set(&heavy, 1000, load::now_ms());
+        r.endpoints[0]
+            .state
+            .engine
+            .set(&heavy, 1000, load::now_ms());
         // 10 in flight on e1 is still less than e0's queue of 50.
         r.endpoints[1].state.in_flight.store(10, Ordering::Relaxed);
         for _ in 0..50 {
             assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
         }
         // Read long ago (older than 3 intervals on arrival): ignored, e0 is the idle one.
-        let stale = multiverse_proto::discovery::v1::EndpointLoad {
+        let stale = pb::EndpointLoad {
             age_ms: u32::MAX,
             ..heavy
         };
-        r.endpoints[0].state.engine.set(&stale, 1000, load::now_ms());
+        r.endpoints[0]
+            .state
+            .engine
+            .set(&stale, 1000, load::now_ms());
         for _ in 0..50 {
             assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(0));
         }
+    }
+
+    #[test]
+    fn prefix_affinity_spills_off_an_endpoint_whose_engine_queues() {
+        let r = route(pb::LbStrategy::PrefixAffinity, &[H::Healthy; 4], &[1; 4]);
+        let want = Want {
+            affinity: Some(Affinity {
+                key: 42,
+                load_factor: 1.25,
+            }),
+            ..HTTP
+        };
+        let first = pick(&r, Tried::default(), &want, NOW).expect("one");
+        assert_eq!(
+            pick(&r, Tried::default(), &want, NOW),
+            Some(first),
+            "sticky"
+        );
+        let queued = pb::EndpointLoad {
+            endpoint_id: r.endpoints[first].id.clone(),
+            waiting: 20,
+            ..Default::default()
+        };
+        r.endpoints[first]
+            .state
+            .engine
+            .set(&queued, 1000, load::now_ms());
+        let next = pick(&r, Tried::default(), &want, NOW).expect("one");
+        assert_ne!(next, first, "20 queued is over 1.25 × the mean: spills");
     }
 
     #[test]

@@ -102,8 +102,8 @@ impl EngineLoad {
     /// The exposition text, in `style`'s names, for a server of `model`.
     pub fn render(&self, model: &str) -> String {
         let waiting = self.waiting.load(Ordering::SeqCst);
-        let running = u64::from(self.running.load(Ordering::SeqCst))
-            + self.active.load(Ordering::SeqCst);
+        let running =
+            u64::from(self.running.load(Ordering::SeqCst)) + self.active.load(Ordering::SeqCst);
         let kv = f32::from_bits(self.kv_bits.load(Ordering::SeqCst));
         let model = model.replace('\\', "\\\\").replace('"', "\\\"");
         let gauge = |name: &str, labels: &str, v: String| {
@@ -163,13 +163,26 @@ mod tests {
         });
         let _busy = l.working();
         let text = l.render("m\"1");
-        assert!(text.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\\\"1\"} 50.0"), "{text}");
-        assert!(text.contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\\\"1\"} 3.0"), "{text}");
-        assert!(text.contains("vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\\\"1\"} 0.5"), "{text}");
+        assert!(
+            text.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\\\"1\"} 50.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\\\"1\"} 3.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\\\"1\"} 0.5"),
+            "{text}"
+        );
         drop(_busy);
-        assert!(l.render("m").contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0"));
+        assert!(l
+            .render("m")
+            .contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0"));
         let s = EngineLoad::new(EngineStyle::Sglang);
-        assert!(s.render("m").contains("sglang:num_queue_reqs{model_name=\"m\"} 0.0"));
+        assert!(s
+            .render("m")
+            .contains("sglang:num_queue_reqs{model_name=\"m\"} 0.0"));
         let c = EngineLoad::new(EngineStyle::Llamacpp);
         assert!(c.render("m").contains("llamacpp:requests_deferred 0.0"));
         l.set(&LoadSettings {

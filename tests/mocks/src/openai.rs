@@ -33,9 +33,9 @@ use super::common::{
     self, add_instance_header, instance_header_value, read_body, unix_now, ReadBodyError, Running,
     Shutdown, Stats,
 };
+use super::engine_load::{EngineLoad, EngineStyle, LoadSettings};
 use super::openai_request::{embeddings, ApiError, Generation, Kind};
 use super::openai_stream::{self, StreamPlan};
-use super::engine_load::{EngineLoad, EngineStyle, LoadSettings};
 use super::prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
 
 /// Largest request body accepted (bigger bodies get 413).

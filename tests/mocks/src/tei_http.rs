@@ -53,6 +53,7 @@ pub fn router(core: Arc<TeiCore>) -> anyhow::Result<Router> {
             require_api_key,
         ))
         .route("/mock/stats", get(stats))
+        .route("/_mock/load", post(set_load))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(header, add_instance_header))
         .with_state(core))
@@ -128,6 +129,20 @@ async fn info(State(core): State<Arc<TeiCore>>) -> Response {
         "docker_label": null,
     }))
     .into_response()
+}
+
+async fn set_load(State(core): State<Arc<TeiCore>>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<crate::engine_load::LoadSettings>(&body) {
+        Ok(s) => {
+            core.metrics.set_fake_load(&s);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{waiting, metrics}}: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(core): State<Arc<TeiCore>>) -> Response {
