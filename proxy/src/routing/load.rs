@@ -2,21 +2,23 @@
 //! pushes them in `LoadUpdate`s), kept in atomics in the endpoint's shared state so table swaps
 //! keep it, and how balancing combines it with the proxy's own in-flight count.
 //!
-//! Cost, in requests: `in_flight + waiting + running / 2 + 4 × kv_cache_usage`. The proxy's own
-//! in-flight count is exact and immediate; the engine's queue (`waiting`) counts fully, its
-//! running batch half (it also holds this proxy's in-flight requests, already counted, and a
-//! running request frees its slot sooner than a queued one), and a full KV cache weighs as 4
-//! queued requests (the engine is about to queue or preempt). Kept in quarter requests, so the
-//! halves and the cache term survive integer arithmetic.
+//! Cost, in requests: `in_flight + waiting + ⌊running / 2⌋ + 4 × kv_cache_usage`. The proxy's
+//! own in-flight count is exact and immediate; the engine's queue (`waiting`) counts fully, its
+//! running batch half, rounded down (it also holds this proxy's in-flight requests, already
+//! counted, and a running request frees its slot sooner than a queued one; a lone running
+//! request, most likely this proxy's own as of the scrape, counts 0), and a full KV cache
+//! weighs as 4 queued requests (the engine is about to queue or preempt). Kept in quarter
+//! requests, so the cache term survives integer arithmetic.
 //!
 //! Staleness: a load whose age (at the plane's scrape) exceeds 3 × the plane's scrape interval
 //! (the interval travels with each update) counts as 0, so an endpoint whose metrics stopped
 //! answering, or whose plane stopped scraping, is balanced on in-flight counts alone again.
 //!
 //! Hot path: one relaxed atomic load per candidate (cost and expiry packed in one `u64`) and one
-//! monotonic clock read per pick ([`now_ms`]); no lock, no allocation.
+//! monotonic clock read per pick ([`pick_now`]; none until a load was ever received, so never
+//! in standalone mode); no lock, no allocation.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::LazyLock;
 
 use multiverse_common::clock::Instant;
@@ -37,6 +39,20 @@ const ENGINES: [&str; 6] = ["", "vllm", "llamacpp", "tei", "sglang", "other"];
 
 static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// Whether any engine load was ever stored in this process (standalone proxies never get one).
+static ANY: AtomicBool = AtomicBool::new(false);
+
+/// The `now` for [`EngineLoad::cost`] in a pick: [`now_ms`] once some load has been received;
+/// before that (always, in standalone mode) no clock is read and every cost is 0.
+#[inline]
+pub fn pick_now() -> u64 {
+    if ANY.load(Ordering::Relaxed) {
+        now_ms()
+    } else {
+        u64::MAX
+    }
+}
+
 /// Milliseconds of the process's load clock (tokio's, so paused time applies), never 0.
 #[inline]
 pub fn now_ms() -> u64 {
@@ -49,7 +65,7 @@ pub fn now_ms() -> u64 {
 /// The engine cost of `waiting`, `running` and `kv_cache_usage`, in quarter requests.
 pub fn engine_cost(waiting: u32, running: u32, kv_cache_usage: f32) -> u64 {
     let kv = (f64::from(kv_cache_usage).clamp(0.0, 1.0) * 16.0) as u64;
-    (4 * u64::from(waiting) + 2 * u64::from(running) + kv).min(MAX_COST)
+    (4 * u64::from(waiting) + 4 * (u64::from(running) / 2) + kv).min(MAX_COST)
 }
 
 /// One endpoint's latest engine load.
@@ -93,6 +109,7 @@ impl EngineLoad {
         self.read_ms.store(read, Ordering::Relaxed);
         self.packed
             .store(cost << EXPIRY_BITS | until, Ordering::Relaxed);
+        ANY.store(true, Ordering::Relaxed);
     }
 
     /// The engine cost at `now`, in quarter requests: 0 when never reported or stale.
@@ -155,9 +172,22 @@ mod tests {
     #[test]
     fn cost_counts_queue_fully_running_half_and_a_full_cache_as_four() {
         assert_eq!(engine_cost(50, 0, 0.0), 200, "50 requests");
-        assert_eq!(engine_cost(0, 3, 0.0), 6, "1.5 requests");
+        assert_eq!(engine_cost(0, 3, 0.0), 4, "⌊3 / 2⌋ requests");
+        assert_eq!(engine_cost(0, 1, 0.0), 0, "a lone running request");
+        assert_eq!(
+            engine_cost(1, 0, 0.25),
+            8,
+            "1 queued + a quarter-full cache"
+        );
         assert_eq!(engine_cost(0, 0, 1.0), 16, "4 requests");
         assert_eq!(engine_cost(u32::MAX, u32::MAX, 9.0), MAX_COST);
+    }
+
+    #[test]
+    fn without_a_report_every_cost_is_zero_whatever_the_clock() {
+        let l = EngineLoad::default();
+        assert_eq!(l.cost(u64::MAX), 0);
+        assert_eq!(l.cost(pick_now()), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,7 +118,7 @@ fn pick_among(
             .map(|(i, _)| i)
     };
     if let (LbStrategy::PrefixAffinity, Some(a)) = (route.policy.lb, affinity) {
-        return affinity::pick(eps, eligible, a, load::now_ms());
+        return affinity::pick(eps, eligible, a, load::pick_now());
     }
     let mut rng = rand::rng();
     match route.policy.lb {
@@ -164,7 +164,7 @@ fn pick_among(
                 b += 1;
             }
             let (ia, ib) = (nth(a)?, nth(b)?);
-            let load_now = load::now_ms();
+            let load_now = load::pick_now();
             let load = |i: usize| {
                 // In quarter requests: in flight plus the engine's fresh load
                 // ([`load`]), normalised by weight so a heavier endpoint takes
