@@ -116,6 +116,7 @@ async fn heavy_engine_load_moves_traffic_and_stale_load_is_ignored() {
     .await;
     assert!(la["cost"].as_f64().is_some_and(|c| c >= 50.0), "{la}");
     let (to_a, to_b) = shares(&c, &proxy, 60).await;
+    eprintln!("A queues 50: A {to_a}, B {to_b} of 60");
     assert!(
         to_b >= 57,
         "B should take (nearly) everything while A queues 50: A {to_a}, B {to_b}"
@@ -136,6 +137,7 @@ async fn heavy_engine_load_moves_traffic_and_stale_load_is_ignored() {
     assert_eq!(la["waiting"], 50, "the last load is kept, but stale: {la}");
     assert_eq!(la["cost"], 0.0, "{la}");
     let (to_a, to_b) = shares(&c, &proxy, 100).await;
+    eprintln!("A's load stale: A {to_a}, B {to_b} of 100");
     assert!(
         to_a >= 25 && to_b >= 25,
         "with A's load stale, traffic is balanced again: A {to_a}, B {to_b}"
