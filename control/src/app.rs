@@ -65,6 +65,8 @@ pub struct App {
     events: Arc<EventBus>,
     state_file: StateFile,
     store: Store,
+    /// `[load]`: the engine-metrics scraper's settings.
+    load: crate::load::LoadSettings,
 }
 
 impl App {
@@ -266,6 +268,7 @@ impl App {
             events,
             state_file,
             store,
+            load: cfg.load.clone(),
         })
     }
 
@@ -286,6 +289,13 @@ impl App {
             self.api.nodes.clone(),
             self.api.metrics.clone(),
             leases,
+            {
+                let publisher = self.api.publisher.clone();
+                crate::load::spawn(
+                    &self.load,
+                    Box::new(move || crate::load::targets(&publisher.current().snapshot)),
+                )
+            },
         );
         let reloadable: Vec<Arc<ServerTls>> = self
             .discovery_tls

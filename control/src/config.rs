@@ -53,6 +53,8 @@ pub struct ControlConfig {
     pub log: LogConfig,
     pub tracing: TracingConfig,
     pub state: StateConfig,
+    /// `[load]`: engine-aware load (the endpoints' metrics scraped, pushed to proxies).
+    pub load: crate::load::LoadSettings,
 }
 
 /// `[tracing]`: OTLP span export of the operator API's requests, and TEI instances'
@@ -446,10 +448,21 @@ impl ControlConfig {
             ),
             ("admin.max_backends", self.admin.max_backends as u64),
             ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
+            ("load.timeout_ms", self.load.timeout_ms),
+            (
+                "load.max_concurrent_scrapes",
+                self.load.max_concurrent_scrapes as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key.into(), "must be > 0".into()));
             }
+        }
+        if self.load.scrape_interval_ms > 3_600_000 {
+            return Err(invalid(
+                "load.scrape_interval_ms".into(),
+                "must be at most 3600000 (one hour; 0 turns scraping off)".into(),
+            ));
         }
         let admin = &self.admin;
         if !(8192..=1 << 20).contains(&admin.max_header_bytes) {
@@ -749,6 +762,31 @@ mod tests {
                 .to_string();
             assert!(msg.contains(key) && msg.contains("/etc/c.toml"), "{msg}");
         }
+    }
+
+    #[test]
+    fn load_settings_are_checked_and_zero_turns_scraping_off() {
+        for (toml, key) in [
+            (
+                "[load]\nscrape_interval_ms = 3600001",
+                "load.scrape_interval_ms",
+            ),
+            ("[load]\ntimeout_ms = 0", "load.timeout_ms"),
+            (
+                "[load]\nmax_concurrent_scrapes = 0",
+                "load.max_concurrent_scrapes",
+            ),
+        ] {
+            let c: ControlConfig = toml::from_str(toml).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/c.toml")))
+                .expect_err(toml)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("/etc/c.toml"), "{msg}");
+        }
+        let off: ControlConfig = toml::from_str("[load]\nscrape_interval_ms = 0").expect("parses");
+        assert!(off.validate(None).is_ok());
+        assert_eq!(ControlConfig::default().load.scrape_interval_ms, 1000);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`config`] — the TOML file: each module's settings gathered and validated;
 //! - [`routes`] — desired state → the snapshot proxies receive, republished on [`changes`];
 //! - [`discovery`] — the gRPC stream to proxies: versioned publisher, per-proxy ACK/NACK;
+//! - [`load`] — engine-aware load: the endpoints' own metrics scraped and pushed to proxies;
 //! - [`backends`] — external OpenAI-compatible servers: specs, admission (SSRF refusal, pinned
 //!   addresses), registry, clients, probes and the recurring checks;
 //! - [`instances`] — TEI processes: specs, the manager, the supervisor (a pure state machine
@@ -41,6 +42,7 @@ pub mod gpu;
 pub mod health;
 pub mod instances;
 pub mod keys;
+pub mod load;
 pub mod metrics;
 pub mod models;
 pub mod routes;

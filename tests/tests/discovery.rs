@@ -74,6 +74,7 @@ fn response(version: &str, nonce: &str, snapshot: pb::RouteSnapshot) -> pb::Disc
         snapshot: Some(snapshot),
         control_plane_id: "cp-scripted".into(),
         leases: None,
+        load: None,
     }
 }
 

@@ -9,6 +9,8 @@
 //! change, and its usage reports feed the next split. Each node's snapshot carries its share
 //! of the instances' request rates ([`shares`]); it is sent again when the proxies connected
 //! to this plane change.
+//! Engine-load updates ([`crate::load`]) are forwarded as the scraper publishes them, also
+//! without version or nonce.
 
 pub mod nodes;
 pub mod publisher;
@@ -25,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::keys::leases::Leases;
+use crate::load::Loads;
 use crate::metrics::ControlMetrics;
 use nodes::Nodes;
 use publisher::{Publisher, Versioned};
@@ -67,6 +70,7 @@ pub struct DiscoveryService {
     nodes: Arc<Nodes>,
     metrics: Arc<ControlMetrics>,
     leases: Arc<Leases>,
+    loads: Loads,
 }
 
 impl DiscoveryService {
@@ -76,6 +80,7 @@ impl DiscoveryService {
         nodes: Arc<Nodes>,
         metrics: Arc<ControlMetrics>,
         leases: Arc<Leases>,
+        loads: Loads,
     ) -> Self {
         Self {
             control_plane_id,
@@ -83,6 +88,7 @@ impl DiscoveryService {
             nodes,
             metrics,
             leases,
+            loads,
         }
     }
 }
@@ -116,6 +122,7 @@ impl RouteDiscovery for DiscoveryService {
             leases: self.leases.clone(),
             sent_leases: Vec::new(),
             sent_membership: (0, 0),
+            loads: self.loads.clone(),
             nonce: 0,
             sent_version: 0,
             tx,
@@ -144,6 +151,8 @@ struct NodeStream {
     /// Its place among the connected proxies and their number when its last snapshot was sent
     /// (its endpoint shares).
     sent_membership: (usize, usize),
+    /// The engine-load updates to forward ([`crate::load`]).
+    loads: Loads,
     /// Last nonce sent, and the version it carried.
     nonce: u64,
     sent_version: u64,
@@ -183,8 +192,23 @@ impl NodeStream {
                 self.end();
                 return;
             }
+            let mut loads = self.loads.clone();
+            // False once the scraper is gone (scraping off): nothing more to forward.
+            let mut loads_live = true;
             loop {
                 tokio::select! {
+                    changed = loads.changed(), if loads_live => {
+                        if changed.is_err() {
+                            loads_live = false;
+                            continue;
+                        }
+                        let update = loads.borrow_and_update().clone();
+                        if let Some(update) = update {
+                            if !self.send_load(&update).await {
+                                break;
+                            }
+                        }
+                    }
                     changed = lease_changes.changed() => {
                         if changed.is_err() || !self.send_leases().await {
                             break;
@@ -242,6 +266,17 @@ impl NodeStream {
         self.tx.send(Ok(resp)).await.is_ok()
     }
 
+    /// Forwards an engine-load update: on its own, with no version or nonce (the proxy does
+    /// not answer it, so it can never be mistaken for a snapshot's ACK).
+    async fn send_load(&self, update: &pb::LoadUpdate) -> bool {
+        let resp = pb::DiscoveryResponse {
+            control_plane_id: self.control_plane_id.clone(),
+            load: Some(update.clone()),
+            ..Default::default()
+        };
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+
     async fn send(&mut self, v: &Versioned) -> bool {
         self.nonce += 1;
         self.sent_version = v.version;
@@ -255,6 +290,7 @@ impl NodeStream {
             snapshot: Some(snapshot),
             control_plane_id: self.control_plane_id.clone(),
             leases: None,
+            load: None,
         };
         self.tx.send(Ok(resp)).await.is_ok()
     }

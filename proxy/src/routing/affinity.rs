@@ -6,7 +6,8 @@
 //! order of its endpoints, sends a key to the same endpoint, and removing an endpoint moves only
 //! the keys it had. Bounded load (Mirrokni et al., "Consistent hashing with bounded loads"): an
 //! endpoint whose in-flight count would exceed `ceil(c × (total + 1) / n)` (`c` =
-//! `affinity.load_factor`, the load this proxy sees) is passed over for the next one in score
+//! `affinity.load_factor`; the load is this proxy's in-flight count plus the engine's own fresh
+//! load, [`crate::routing::load`]) is passed over for the next one in score
 //! order. Weights are not used. Cost: one FNV-1a of each eligible endpoint's id per pass, one
 //! pass when the first choice has room, no allocation, no lock.
 
@@ -88,20 +89,24 @@ pub fn choose(
     Some(first.1)
 }
 
-/// The endpoint (index in `eps`) for `affinity` among those `eligible` admits.
+/// The endpoint (index in `eps`) for `affinity` among those `eligible` admits; an endpoint's
+/// load is its in-flight count plus its engine's fresh load at `load_now` in whole requests
+/// ([`crate::routing::load`]).
 pub fn pick(
     eps: &[Arc<Endpoint>],
     eligible: &dyn Fn(usize, &Arc<Endpoint>) -> bool,
     affinity: Affinity,
+    load_now: u64,
 ) -> Option<usize> {
     choose(
         eps.len(),
         |i| {
             let e = &eps[i];
             eligible(i, e).then(|| {
+                let s = &e.state;
                 (
                     score(affinity.key, &e.id),
-                    e.state.in_flight.load(Ordering::Relaxed),
+                    s.in_flight.load(Ordering::Relaxed) + s.engine.cost(load_now) / 4,
                 )
             })
         },

@@ -1,12 +1,13 @@
 //! Runtime state of one endpoint: its requests in flight (what least-request balancing reads),
-//! its latency (what peak-EWMA balancing reads), its outlier-detection state and its request
-//! rate's GCRA cell (`max_requests_per_sec`). Shared by endpoint id across table versions, so a
-//! table swap never resets load balancing, an ejection or a rate.
+//! its latency (what peak-EWMA balancing reads), its engine-reported load, its outlier-detection
+//! state and its request rate's GCRA cell (`max_requests_per_sec`). Shared by endpoint id across
+//! table versions, so a table swap never resets load balancing, an ejection or a rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use multiverse_common::rate::Cell;
 
+use crate::routing::load::EngineLoad;
 use crate::routing::outlier::OutlierState;
 
 /// Load and outlier state of one endpoint.
@@ -19,6 +20,8 @@ pub struct EndpointState {
     pub latency: PeakEwma,
     /// Requests per second sent to it (used only when it has a `max_requests_per_sec`).
     pub rate: Cell,
+    /// What its engine last reported through the control plane ([`crate::routing::load`]).
+    pub engine: EngineLoad,
 }
 
 /// Time constant of [`PeakEwma`]: a sample's weight halves in about 0.7 τ.

@@ -2,7 +2,8 @@
 //!
 //! Skips endpoints that take no new requests (UNHEALTHY, DRAINING, TIMEOUT) and those this request
 //! already tried; DEGRADED ones are used only when nothing healthy is left. Strategies: round
-//! robin, weighted random, least outstanding requests by power of two choices (the default),
+//! robin, weighted random, least outstanding requests by power of two choices (the default;
+//! in flight plus the engine's own fresh load when the control plane reports it, [`load`]),
 //! peak EWMA (power of two choices over each endpoint's latency average × (in-flight + 1)), and
 //! prefix affinity ([`affinity`]: least request for a request without a key).
 //! Lock-free and allocation-free: it walks the route's endpoint slice. `now` (milliseconds of
@@ -16,6 +17,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::routing::affinity::{self, Affinity};
+use crate::routing::load;
 use crate::routing::table::{Endpoint, Health, LbStrategy, ProtoClass, Route};
 
 /// Endpoints a request already tried, by index in the route (first 64 tracked).
@@ -153,7 +155,7 @@ fn pick_among(
             .map(|(i, _)| i)
     };
     if let (LbStrategy::PrefixAffinity, Some(a)) = (route.policy.lb, affinity) {
-        return affinity::pick(eps, eligible, a);
+        return affinity::pick(eps, eligible, a, load::pick_now());
     }
     let mut rng = rand::rng();
     match route.policy.lb {
@@ -199,10 +201,14 @@ fn pick_among(
                 b += 1;
             }
             let (ia, ib) = (nth(a)?, nth(b)?);
+            let load_now = load::pick_now();
             let load = |i: usize| {
-                // Normalise by weight so a heavier endpoint takes proportionally more.
-                let e = &eps[i];
-                e.state.in_flight.load(Ordering::Relaxed) * 1024 / u64::from(e.weight.max(1))
+                // In quarter requests: in flight plus the engine's fresh load
+                // ([`load`]), normalised by weight so a heavier endpoint takes
+                // proportionally more.
+                let s = &eps[i].state;
+                let cost = 4 * s.in_flight.load(Ordering::Relaxed) + s.engine.cost(load_now);
+                cost * 256 / u64::from(eps[i].weight.max(1))
             };
             Some(if load(ib) < load(ia) { ib } else { ia })
         }
@@ -391,6 +397,66 @@ mod tests {
         assert_eq!(over_rate(r, only_a, &HTTP, NOW).count(), 1);
         assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 499), None);
         assert_eq!(pick_reserved(r, only_a, &HTTP, NOW + 500), Some(0));
+    }
+
+    #[test]
+    fn least_request_counts_fresh_engine_load_with_in_flight() {
+        let r = route(pb::LbStrategy::LeastRequest, &[H::Healthy; 2], &[1; 2]);
+        let heavy = pb::EndpointLoad {
+            endpoint_id: "e0".into(),
+            waiting: 50,
+            ..Default::default()
+        };
+        r.endpoints[0]
+            .state
+            .engine
+            .set(&heavy, 1000, load::now_ms());
+        // 10 in flight on e1 is still less than e0's queue of 50.
+        r.endpoints[1].state.in_flight.store(10, Ordering::Relaxed);
+        for _ in 0..50 {
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(1));
+        }
+        // Read long ago (older than 3 intervals on arrival): ignored, e0 is the idle one.
+        let stale = pb::EndpointLoad {
+            age_ms: u32::MAX,
+            ..heavy
+        };
+        r.endpoints[0]
+            .state
+            .engine
+            .set(&stale, 1000, load::now_ms());
+        for _ in 0..50 {
+            assert_eq!(pick(&r, Tried::default(), &HTTP, NOW), Some(0));
+        }
+    }
+
+    #[test]
+    fn prefix_affinity_spills_off_an_endpoint_whose_engine_queues() {
+        let r = route(pb::LbStrategy::PrefixAffinity, &[H::Healthy; 4], &[1; 4]);
+        let want = Want {
+            affinity: Some(Affinity {
+                key: 42,
+                load_factor: 1.25,
+            }),
+            ..HTTP
+        };
+        let first = pick(&r, Tried::default(), &want, NOW).expect("one");
+        assert_eq!(
+            pick(&r, Tried::default(), &want, NOW),
+            Some(first),
+            "sticky"
+        );
+        let queued = pb::EndpointLoad {
+            endpoint_id: r.endpoints[first].id.clone(),
+            waiting: 20,
+            ..Default::default()
+        };
+        r.endpoints[first]
+            .state
+            .engine
+            .set(&queued, 1000, load::now_ms());
+        let next = pick(&r, Tried::default(), &want, NOW).expect("one");
+        assert_ne!(next, first, "20 queued is over 1.25 × the mean: spills");
     }
 
     #[test]

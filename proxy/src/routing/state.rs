@@ -159,6 +159,18 @@ impl TableState {
         }
     }
 
+    /// Stores the engine loads in a plane's load update, on the endpoints of the table (an
+    /// endpoint not in it is skipped). No table is rebuilt.
+    pub fn apply_load(&self, update: &pb::LoadUpdate) {
+        let now = crate::routing::load::now_ms();
+        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
+        for load in &update.endpoints {
+            if let Some(state) = planes.states.get(&load.endpoint_id) {
+                state.engine.set(load, update.interval_ms, now);
+            }
+        }
+    }
+
     fn rebuild(&self, planes: &mut Planes) {
         let Planes {
             routes,

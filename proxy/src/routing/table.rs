@@ -112,8 +112,12 @@ pub struct Endpoint {
     /// `x-multiverse-endpoint` value, built once.
     #[serde(skip)]
     pub id_header: HeaderValue,
-    /// Load and outlier state, shared with the same endpoint in other table versions.
-    #[serde(skip)]
+    /// Load and outlier state, shared with the same endpoint in other table versions (shown as
+    /// its engine-reported load only).
+    #[serde(
+        rename = "engine_load",
+        serialize_with = "crate::routing::load::serialize_state"
+    )]
     pub state: Arc<EndpointState>,
 }
 

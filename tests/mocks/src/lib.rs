@@ -3,7 +3,8 @@
 //!
 //! - `mock-openai` ([`openai`]): an OpenAI-compatible server (models, chat and text completions
 //!   with real SSE streaming, embeddings), with an optional simulated prefix cache
-//!   ([`prefix_cache`]: faster time to first token on a hit).
+//!   ([`prefix_cache`]: faster time to first token on a hit) and engine load metrics in vLLM,
+//!   llama.cpp or SGLang style with a settable fake load ([`engine_load`]).
 //! - `mock-tei` ([`tei`]): a stand-in for Hugging Face TEI's `text-embeddings-router`, accepting
 //!   TEI's command line ([`tei_args`]) and serving either TEI's HTTP API ([`tei_http`]) or its
 //!   `tei.v1` gRPC API ([`tei_grpc`]) from a deterministic "model" ([`tei_model`]), with TEI's
@@ -18,6 +19,7 @@
 
 pub mod common;
 pub mod deterministic;
+pub mod engine_load;
 pub mod openai;
 mod openai_request;
 mod openai_stream;

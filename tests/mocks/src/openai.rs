@@ -3,7 +3,8 @@
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with real
 //! SSE streaming, built in `openai_stream`), `POST /v1/embeddings`, plus `GET /health`,
 //! `GET /mock/stats` and `GET|PUT /mock/ready` (`{"ready": bool}`: a readiness flag a test
-//! flips, for custom health probes that check a JSON field). Requests are validated in
+//! flips, for custom health probes that check a JSON field), and an engine's load metrics at
+//! `GET /metrics` with a fake load set by `POST /_mock/load` ([`crate::engine_load`]). Requests are validated in
 //! `openai_request`. Knobs on the command line ([`OpenAiArgs`]) add latency, pacing, injected
 //! failures, dying mid-response and API-key checks (every /v1 response names the credential
 //! headers it got in `x-mock-credentials`, and with `--echo-headers` the `x-request-id`,
@@ -34,6 +35,7 @@ use super::common::{
     self, add_instance_header, instance_header_value, read_body, unix_now, ReadBodyError, Running,
     Shutdown, Stats,
 };
+use super::engine_load::{EngineLoad, EngineStyle, LoadSettings};
 use super::openai_request::{embeddings, ApiError, Generation, Kind};
 use super::openai_stream::{self, StreamPlan};
 use super::prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
@@ -134,6 +136,11 @@ pub struct OpenAiArgs {
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub stall_ms: u64,
 
+    /// Whose metric names `GET /metrics` uses ([`crate::engine_load`]: the real count of
+    /// requests being answered as running, plus the fake load `POST /_mock/load` sets).
+    #[arg(long, value_enum, default_value_t = EngineStyle::Vllm)]
+    pub engine: EngineStyle,
+
     /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -161,6 +168,8 @@ struct App {
     /// What `GET /mock/ready` reports (`PUT /mock/ready` sets it); starts true.
     ready: std::sync::atomic::AtomicBool,
     cache: PrefixCache,
+    /// `GET /metrics` in an engine's style, `POST /_mock/load`.
+    load: EngineLoad,
 }
 
 /// `GET /mock/stats` of mock-openai: the shared counters and the prefix cache's.
@@ -201,12 +210,14 @@ pub fn router_with_stats(
     let name = instance_name(&args, addr);
     let header = instance_header_value(&name)?;
     let cache = PrefixCache::new(args.prefix_cache_entries);
+    let load = EngineLoad::new(args.engine);
     let app = Arc::new(App {
         args,
         name,
         stats: stats_sink,
         ready: std::sync::atomic::AtomicBool::new(true),
         cache,
+        load,
     });
     let model_routes = Router::new()
         .route("/v1/models", get(list_models))
@@ -230,6 +241,8 @@ pub fn router_with_stats(
     Ok(model_routes
         .route("/mock/stats", get(stats))
         .route("/mock/ready", get(ready).put(set_ready))
+        .route("/metrics", get(metrics))
+        .route("/_mock/load", get(load_settings).post(set_load))
         .route("/health", get(|| async { StatusCode::OK }))
         .fallback(|| async {
             ApiError {
@@ -352,6 +365,29 @@ async fn set_ready(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
     Json(json!({"ready": ready})).into_response()
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let model = app.args.models.first().map_or("demo", String::as_str);
+    app.load.respond(model)
+}
+
+async fn load_settings(State(app): State<Arc<App>>) -> Json<LoadSettings> {
+    Json(app.load.settings())
+}
+
+async fn set_load(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<LoadSettings>(&body) {
+        Ok(s) => {
+            app.load.set(&s);
+            Json(app.load.settings()).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{waiting, running, kv_cache_usage, metrics}}: {e}"),
+        )
+            .into_response(),
+    }
+}
+
 async fn stats(State(app): State<Arc<App>>) -> Json<OpenAiStats> {
     Json(OpenAiStats {
         common: app.stats.snapshot(&app.name),
@@ -371,6 +407,8 @@ async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn model_route(app: Arc<App>, kind: Kind, body: Body) -> Response {
+    // Counted as running in /metrics until its response is built (streams until then too).
+    let _working = app.load.working();
     let bytes = match read_body(body, BODY_LIMIT).await {
         Ok(bytes) => bytes,
         Err(ReadBodyError::TooLarge) => {

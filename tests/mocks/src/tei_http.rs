@@ -54,6 +54,7 @@ pub fn router(core: Arc<TeiCore>) -> anyhow::Result<Router> {
         ))
         .route("/mock/stats", get(stats))
         .route("/mock/embed_batches", get(embed_batches))
+        .route("/_mock/load", post(set_load))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(header, add_instance_header))
         .with_state(core))
@@ -134,6 +135,20 @@ async fn info(State(core): State<Arc<TeiCore>>) -> Response {
         "docker_label": null,
     }))
     .into_response()
+}
+
+async fn set_load(State(core): State<Arc<TeiCore>>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<crate::engine_load::LoadSettings>(&body) {
+        Ok(s) => {
+            core.metrics.set_fake_load(&s);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{waiting, metrics}}: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(core): State<Arc<TeiCore>>) -> Response {

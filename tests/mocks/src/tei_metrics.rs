@@ -5,7 +5,7 @@
 //! | metric | type | mock-tei's value |
 //! |---|---|---|
 //! | `te_request_count`, `te_request_success`, `te_request_failure` | counter | model requests received / answered / failed (TEI adds `method` / `err` labels; the mock has none) |
-//! | `te_queue_size` | gauge | inputs waiting for batch capacity (`--simulate-batching`; else 0) |
+//! | `te_queue_size` | gauge | inputs waiting for batch capacity (`--simulate-batching`; else 0), plus the fake `waiting` of `POST /_mock/load` |
 //! | `te_batch_next_size`, `te_batch_next_tokens` | histogram | inputs / tokens being inferred when a request starts inferring, itself included |
 //! | `te_request_duration` | histogram (s) | time to answer a successful model request |
 //! | `te_request_queue_duration`, `te_request_inference_duration` | histogram (s) | its wait for capacity / its `--latency-ms` |
@@ -13,7 +13,9 @@
 //!
 //! Each server has its own registry (tests run several in one process). They are served at
 //! `/metrics` on the HTTP port and, with `--serve-prometheus`, at any path of
-//! `--prometheus-port` ([`serve`]), as TEI's gRPC builds serve them.
+//! `--prometheus-port` ([`serve`]), as TEI's gRPC builds serve them. `POST /_mock/load
+//! {"waiting": N, "metrics": bool}` on the HTTP port sets a fake queue and turns `/metrics` off
+//! (503) or on, for engine-aware load tests ([`TeiMetrics::set_fake_load`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,10 @@ pub struct TeiMetrics {
     pub request_queue_duration: Histogram,
     /// `te_request_inference_duration`, seconds.
     pub request_inference_duration: Histogram,
+    /// Fake inputs added to `te_queue_size` (`POST /_mock/load {"waiting": N}`).
+    fake_queue: std::sync::atomic::AtomicI64,
+    /// True: `/metrics` answers 503 (`POST /_mock/load {"metrics": false}`).
+    metrics_off: std::sync::atomic::AtomicBool,
 }
 
 impl Default for TeiMetrics {
@@ -143,6 +149,21 @@ impl TeiMetrics {
             request_tokenization_duration,
             request_queue_duration,
             request_inference_duration,
+            fake_queue: Default::default(),
+            metrics_off: Default::default(),
+        }
+    }
+
+    /// Applies `POST /_mock/load`: `waiting` fake inputs in `te_queue_size` (on top of the
+    /// simulated batching queue), `metrics` on or off; other fields are ignored.
+    pub fn set_fake_load(&self, s: &crate::engine_load::LoadSettings) {
+        use std::sync::atomic::Ordering;
+        if let Some(w) = s.waiting {
+            let old = self.fake_queue.swap(i64::from(w), Ordering::SeqCst);
+            self.queue_size.add(i64::from(w) - old);
+        }
+        if let Some(on) = s.metrics {
+            self.metrics_off.store(!on, Ordering::SeqCst);
         }
     }
 
@@ -166,6 +187,13 @@ impl TeiMetrics {
 
     /// The exposition as an HTTP response.
     pub fn response(&self) -> Response {
+        if self.metrics_off.load(std::sync::atomic::Ordering::SeqCst) {
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "metrics turned off",
+            )
+                .into_response();
+        }
         (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             self.render(),
@@ -227,5 +255,35 @@ mod tests {
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn a_fake_queue_adds_to_the_real_one_and_metrics_turn_off() {
+        use crate::engine_load::LoadSettings;
+        let m = TeiMetrics::new();
+        m.queue_size.add(2);
+        let set = |w: Option<u32>, on: Option<bool>| LoadSettings {
+            waiting: w,
+            metrics: on,
+            ..Default::default()
+        };
+        m.set_fake_load(&set(Some(50), None));
+        assert_eq!(m.queue_size.get(), 52);
+        m.set_fake_load(&set(Some(10), None));
+        assert_eq!(
+            m.queue_size.get(),
+            12,
+            "the fake part is replaced, not added twice"
+        );
+        m.set_fake_load(&set(None, Some(false)));
+        assert_eq!(
+            m.response().status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_fake_load(&set(Some(0), Some(true)));
+        assert_eq!(
+            (m.response().status(), m.queue_size.get()),
+            (axum::http::StatusCode::OK, 2)
+        );
     }
 }

@@ -388,6 +388,12 @@ impl PlaneClient {
                             self.shared.state.apply_leases(session.plane(), leases);
                             continue;
                         }
+                        if let Some(load) = &resp.load {
+                            // An engine-load update: applied, not answered, and no version
+                            // or nonce of the session changes.
+                            self.shared.state.apply_load(load);
+                            continue;
+                        }
                     }
                     let pushed = session.received(resp);
                     self.handle(session, pushed).await

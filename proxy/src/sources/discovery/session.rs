@@ -133,6 +133,7 @@ mod tests {
             snapshot: Some(pb::RouteSnapshot::default()),
             control_plane_id: plane.into(),
             leases: None,
+            load: None,
         }
     }
 
