@@ -36,7 +36,8 @@ pub enum Scenario {
     #[value(name = "models-10k")]
     #[serde(rename = "models-10k")]
     Models10k,
-    /// A proxy in keys mode vs the open proxy: chat latency (what the key check adds).
+    /// A proxy in keys mode vs an open one started the same way: chat latency (what the key
+    /// check adds).
     Keys,
     /// Prefix-cache hits and TTFT, least_request vs prefix_affinity; prefix_affinity's
     /// hot-path cost.
