@@ -111,21 +111,8 @@ async fn assert_shed(stream: &mut TcpStream, what: &str) {
 
 /// A counter on the proxy's `/metrics` (0 when absent).
 async fn metric(s: &Setup, name_and_labels: &str) -> u64 {
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.proxy.admin_url()))
-        .timeout(CAP)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let prefix = format!("multiverse_proxy_{name_and_labels} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("multiverse_proxy_{name_and_labels} ");
+    s.proxy.metric(&s.client, &series).await as u64
 }
 
 /// Waits until the proxy counts no open client connection (the start-up probe's is closed).

@@ -68,19 +68,7 @@ fn spawn(
 
 /// The value of the proxy metric line starting with `prefix` (0 when absent).
 async fn metric(c: &reqwest::Client, proxy: &Proxy, prefix: &str) -> f64 {
-    let text = c
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    proxy.metric(c, prefix).await
 }
 
 async fn wait_metric(c: &reqwest::Client, proxy: &Proxy, prefix: &str, value: f64) {

@@ -220,19 +220,7 @@ fn assert_tei_refusal(a: &Answer) {
 }
 
 async fn metric(c: &reqwest::Client, proxy: &Proxy, line: &str) -> f64 {
-    let text = c
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    proxy.metric(c, line).await
 }
 
 #[tokio::test]

@@ -88,19 +88,8 @@ async fn call(c: &reqwest::Client, proxy: &Proxy, path: &str, body: &Value) -> (
 
 /// The value of the `metric{model="<model>"}` sample in the proxy's `/metrics` (0: none).
 async fn metric(c: &reqwest::Client, proxy: &Proxy, metric: &str, model: &str) -> u64 {
-    let text = c
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let prefix = format!("{metric}{{model=\"{model}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("{metric}{{model=\"{model}\"}} ");
+    proxy.metric(c, &series).await as u64
 }
 
 async fn counter(c: &reqwest::Client, mock: &MockOpenAi, name: &str) -> u64 {

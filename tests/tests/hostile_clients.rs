@@ -315,19 +315,8 @@ fn log_of(proxy: &Proxy) -> String {
 
 /// `multiverse_proxy_client_faults_total{reason}` on `/metrics`.
 async fn client_faults(client: &reqwest::Client, proxy: &Proxy, reason: &str) -> u64 {
-    let text = client
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let prefix = format!("multiverse_proxy_client_faults_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("multiverse_proxy_client_faults_total{{reason=\"{reason}\"}} ");
+    proxy.metric(client, &series).await as u64
 }
 
 /// Bullet 4: client mistakes (bad chunks, an oversize streamed body, a client gone mid-body,

@@ -180,6 +180,26 @@ impl Proxy {
         }
     }
 
+    /// The value of the first sample on the proxy's `/metrics` whose line starts with `series`
+    /// (a name, or a name and its labels; end it with a space to match one series exactly);
+    /// 0 when there is none. Panics if `/metrics` does not answer within 5 s.
+    pub async fn metric(&self, client: &reqwest::Client, series: &str) -> f64 {
+        let text = client
+            .get(format!("{}/metrics", self.admin_url()))
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The proxy's `/config_dump` (None if it does not answer within 2 s).
     pub async fn config_dump(&self, client: &reqwest::Client) -> Option<serde_json::Value> {
         client
