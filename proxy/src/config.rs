@@ -23,6 +23,7 @@ pub struct ProxyConfig {
     pub listen: ListenConfig,
     pub clients: ClientsConfig,
     pub clients_tls: ClientsTlsConfig,
+    pub admin: AdminListenerConfig,
     pub control_planes: Vec<ControlPlaneConfig>,
     pub standalone: StandaloneConfig,
     pub limits: LimitsConfig,
@@ -221,6 +222,29 @@ impl Default for ClientsConfig {
             max_connections_per_ip: 256,
             // RFC 9113's recommended minimum, and pingora's and most servers' default.
             h2_max_streams: 100,
+        }
+    }
+}
+
+/// Connection limits of the admin listener (`listen.admin`): its own budget, so a flood of the
+/// client port cannot lock out `/metrics` and the probes, and a flood of the admin port cannot
+/// take client connections' places.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminListenerConfig {
+    /// Admin connections open at once; beyond, a new connection is closed at once.
+    pub max_connections: usize,
+    /// Admin connections open at once from one address (IPv6: one /64). 0: no per-address
+    /// limit.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for AdminListenerConfig {
+    fn default() -> Self {
+        Self {
+            // A Prometheus pair, the kubelet's probes and a few operators need a handful.
+            max_connections: 256,
+            max_connections_per_ip: 32,
         }
     }
 }
@@ -595,6 +619,18 @@ impl ProxyConfig {
                 "must be at most 65535 (0: no per-address limit)".into(),
             ));
         }
+        if !(1..=65_536).contains(&self.admin.max_connections) {
+            return Err(invalid(
+                "admin.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if self.admin.max_connections_per_ip > 65_535 {
+            return Err(invalid(
+                "admin.max_connections_per_ip",
+                "must be at most 65535 (0: no per-address limit)".into(),
+            ));
+        }
         if self.clients.h2_max_streams == 0 {
             return Err(invalid("clients.h2_max_streams", "must be > 0".into()));
         }
@@ -754,6 +790,36 @@ mod tests {
         assert_eq!(c.clients.max_connections, 10_000);
         assert_eq!(c.clients.max_connections_per_ip, 256);
         assert_eq!(c.clients.h2_max_streams, 100);
+        assert_eq!(c.admin.max_connections, 256);
+        assert_eq!(c.admin.max_connections_per_ip, 32);
+    }
+
+    #[test]
+    fn admin_connection_limits_are_validated_by_key() {
+        let c: ProxyConfig =
+            toml::from_str("[admin]\nmax_connections = 8\nmax_connections_per_ip = 0")
+                .expect("parses");
+        c.validate(None).expect("valid");
+        for (text, key) in [
+            ("max_connections = 0", "admin.max_connections"),
+            ("max_connections = 70000", "admin.max_connections"),
+            (
+                "max_connections_per_ip = 70000",
+                "admin.max_connections_per_ip",
+            ),
+        ] {
+            let c: ProxyConfig = toml::from_str(&format!("[admin]\n{text}")).expect("parses");
+            let msg = c
+                .validate(Some(Path::new("/etc/p.toml")))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(key) && msg.contains("/etc/p.toml"),
+                "{text}: {msg}"
+            );
+        }
+        let err = toml::from_str::<ProxyConfig>("[admin]\nmax_conections = 1").unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
     }
 
     #[test]

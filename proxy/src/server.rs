@@ -299,6 +299,10 @@ impl Proxy {
         if let Some(app) = admin_service.app_logic_mut() {
             app.server_options = Some(client_options(cfg));
         }
+        admin_service.set_admission(connection::admin_admission(
+            ConnLimit::new(cfg.admin.max_connections, cfg.admin.max_connections_per_ip),
+            metrics.clone(),
+        ));
         let report = failed.clone();
         admin_service.on_listening(move |taken| {
             if let Err(e) = taken {

@@ -571,3 +571,86 @@ async fn operator_api_connection_limits() {
     assert!(total >= 1, "total sheds counted: {total}");
     served_connection(addr, LOCAL_3).await;
 }
+
+// --- The proxy's admin listener ---
+
+/// A raw `GET /healthz` on a proxy admin `stream` (keep-alive); the status, or `None` if it was
+/// closed first.
+async fn healthz_on(stream: &mut TcpStream) -> Option<u16> {
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    read_to_close_or_response(stream).await
+}
+
+/// A connection from `from` that the proxy's admin listener serves (retried while an earlier
+/// client's connection, e.g. the start-up probe's, is still being closed).
+async fn served_admin(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    let deadline = Instant::now() + CAP;
+    loop {
+        let mut stream = connect_from(from, addr).await;
+        if healthz_on(&mut stream).await == Some(200) {
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "admin never served from {from}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The proxy's admin listener has a budget of its own (`[admin] max_connections = 3`,
+/// `max_connections_per_ip = 2`): two held from 127.0.0.1, a third from it is closed at once;
+/// 127.0.0.2 is served, then 127.0.0.3 is closed at once (the total). The client listener
+/// still serves 127.0.0.1 meanwhile, and the sheds are counted under the admin's labels, not
+/// the client listener's.
+#[tokio::test]
+async fn proxy_admin_listener_has_its_own_connection_limits() {
+    let s = setup(
+        "admin-connections",
+        0,
+        "[admin]\nmax_connections = 3\nmax_connections_per_ip = 2\n\
+         [clients]\nheader_timeout_ms = 30000\n",
+    )
+    .await;
+    let addr = s.proxy.admin;
+    let mut held = vec![
+        served_admin(addr, LOCAL_1).await,
+        served_admin(addr, LOCAL_1).await,
+    ];
+    let mut third = connect_from(LOCAL_1, addr).await;
+    assert_eq!(healthz_on(&mut third).await, None, "a third from 127.0.0.1");
+    held.push(served_admin(addr, LOCAL_2).await);
+    let mut over_total = connect_from(LOCAL_3, addr).await;
+    assert_eq!(healthz_on(&mut over_total).await, None, "a fourth in all");
+    let mut chat = connect_from(LOCAL_1, s.proxy.listen).await;
+    assert_eq!(
+        chat_on(&mut chat).await,
+        200,
+        "the client listener's budget is its own"
+    );
+    for stream in &mut held {
+        assert_eq!(healthz_on(stream).await, Some(200), "a held one works");
+    }
+    drop(held);
+    // The metrics request needs an admin place: the held ones are closed now.
+    let url = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + CAP;
+    let text = loop {
+        let got = async { s.client.get(&url).timeout(CAP).send().await?.text().await };
+        if let Ok(text) = got.await {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "admin /metrics never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let shed = |limit: &str| -> u64 {
+        let prefix = format!("multiverse_proxy_connections_shed_total{{limit=\"{limit}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(shed("admin_max_connections_per_ip") >= 1, "{text}");
+    assert!(shed("admin_max_connections") >= 1, "{text}");
+    assert_eq!(shed("max_connections_per_ip"), 0, "not the clients' limit");
+    assert_eq!(shed("max_connections"), 0, "not the clients' limit");
+}
