@@ -127,7 +127,12 @@ async fn all_cancelled(c: &reqwest::Client, stall: &MockTei) {
 async fn a_stalled_grpc_embed_is_answered_by_the_hedge_and_the_stalled_call_cancelled() {
     let dir = temp_dir("grpc-hedge-on");
     let (stall, fast) = pair(&dir);
-    let routes = model("bge", "max_retries = 0\nhedge_after_ms = 100", &stall, &fast);
+    let routes = model(
+        "bge",
+        "max_retries = 0\nhedge_after_ms = 100",
+        &stall,
+        &fast,
+    );
     let proxy = Proxy::start_standalone(&dir, "proxy-grpc-hedge", &routes, "").await;
     let c = reqwest::Client::new();
     let mut embed = embed_client(&proxy).await;
@@ -142,13 +147,23 @@ async fn a_stalled_grpc_embed_is_answered_by_the_hedge_and_the_stalled_call_canc
             .expect("Embed answered");
         let took = started.elapsed();
         assert_eq!(meta(resp.metadata(), "x-multiverse-endpoint"), "bge-fast");
-        assert_eq!(meta(resp.metadata(), "x-request-id"), id, "the id comes back");
-        assert!(took < FAST, "answered after {took:?}: the hedge did not win");
+        assert_eq!(
+            meta(resp.metadata(), "x-request-id"),
+            id,
+            "the id comes back"
+        );
+        assert!(
+            took < FAST,
+            "answered after {took:?}: the hedge did not win"
+        );
         // The body and its trailers (grpc-status 0) arrived whole: tonic decoded the message.
         assert_eq!(resp.into_inner().embeddings, embedding(&text, 384, true));
     }
     let stalled = stat(&c, &stall, "requests").await;
-    assert!(stalled >= 1, "round robin sent the stalling endpoint no call");
+    assert!(
+        stalled >= 1,
+        "round robin sent the stalling endpoint no call"
+    );
     assert_eq!(
         stat(&c, &fast, "requests").await,
         4,
@@ -158,7 +173,10 @@ async fn a_stalled_grpc_embed_is_answered_by_the_hedge_and_the_stalled_call_canc
     let wins = metric(&c, &proxy, "multiverse_proxy_hedge_wins_total", "bge").await;
     // The stalling endpoint got each call either first (then hedged to the other, which won)
     // or as the hedge of a first attempt that was slow itself (a loaded machine).
-    assert_eq!(hedges, stalled, "one hedge per call the stalling endpoint got");
+    assert_eq!(
+        hedges, stalled,
+        "one hedge per call the stalling endpoint got"
+    );
     assert!(wins >= 1 && wins <= hedges, "{wins} hedge wins of {hedges}");
     all_cancelled(&c, &stall).await;
 }
@@ -167,7 +185,12 @@ async fn a_stalled_grpc_embed_is_answered_by_the_hedge_and_the_stalled_call_canc
 async fn a_non_ok_status_from_the_winner_reaches_the_client_unchanged() {
     let dir = temp_dir("grpc-hedge-status");
     let (stall, fast) = pair(&dir);
-    let routes = model("bge", "max_retries = 1\nhedge_after_ms = 100", &stall, &fast);
+    let routes = model(
+        "bge",
+        "max_retries = 1\nhedge_after_ms = 100",
+        &stall,
+        &fast,
+    );
     let proxy = Proxy::start_standalone(&dir, "proxy-grpc-status", &routes, "").await;
     let c = reqwest::Client::new();
     let mut embed = embed_client(&proxy).await;
@@ -227,14 +250,24 @@ async fn an_unavailable_answer_fails_the_attempt_and_errors_are_grpc_statuses() 
             .expect("answered by the healthy endpoint");
         let took = started.elapsed();
         assert_eq!(meta(resp.metadata(), "x-multiverse-endpoint"), "bge-fast");
-        assert!(took < Duration::from_millis(1500), "took {took:?}: waited for the hedge");
+        assert!(
+            took < Duration::from_millis(1500),
+            "took {took:?}: waited for the hedge"
+        );
         assert_eq!(resp.into_inner().embeddings, embedding(&text, 384, true));
     }
     // Round robin's cursor moves on each pick (a retry's too): the failing endpoint was
     // tried first by one call or both.
     let failed = stat(&c, &down, "requests").await;
-    assert!((1..=2).contains(&failed), "{failed} calls to the failing endpoint");
-    assert_eq!(stat(&c, &ok, "requests").await, 2, "each call answered once");
+    assert!(
+        (1..=2).contains(&failed),
+        "{failed} calls to the failing endpoint"
+    );
+    assert_eq!(
+        stat(&c, &ok, "requests").await,
+        2,
+        "each call answered once"
+    );
     let hedges = metric(&c, &proxy, "multiverse_proxy_hedges_total", "bge").await;
     assert_eq!(hedges, 0, "a retry after a failure is no hedge");
 
@@ -270,7 +303,11 @@ async fn grpc_streams_are_never_hedged_and_hedging_off_sends_no_second_call() {
             .expect("EmbedStream");
         let endpoint = meta(resp.metadata(), "x-multiverse-endpoint");
         let mut replies = resp.into_inner();
-        let reply = replies.message().await.expect("stream ok").expect("a reply");
+        let reply = replies
+            .message()
+            .await
+            .expect("stream ok")
+            .expect("a reply");
         assert_eq!(reply.embeddings, embedding(text, 384, true));
         assert!(replies.message().await.expect("clean end").is_none());
         (endpoint, started.elapsed())

@@ -361,7 +361,11 @@ mod tests {
             assert!(!idempotent(family(p), &post, p), "{p}");
         }
         let grpc = |p: &str| classify(&post, p, Some(b"application/grpc"));
-        for p in ["/tei.v1.Embed/Embed", "/tei.v1.Rerank/Rerank", "/tei.v1.Tokenize/Decode"] {
+        for p in [
+            "/tei.v1.Embed/Embed",
+            "/tei.v1.Rerank/Rerank",
+            "/tei.v1.Tokenize/Decode",
+        ] {
             assert!(idempotent(grpc(p), &post, p), "{p}");
         }
         for p in [

@@ -71,7 +71,9 @@ pub async fn write(
             _ => session.write_response_header(Box::new(header), true).await,
         };
     }
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     if !body.is_empty() {
         session
             .write_response_body(Some(body), trailers.is_none())
