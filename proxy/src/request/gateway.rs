@@ -699,7 +699,9 @@ impl Gateway {
     }
 
     /// Sends a hedged request ([`hedge`]) and writes the winning answer, tagged as a proxied
-    /// response is (`x-request-id`, `x-multiverse-endpoint`, rate-limit and CORS headers).
+    /// response is (`x-request-id`, `x-multiverse-endpoint`, rate-limit and CORS headers); a
+    /// gRPC answer with its trailers ([`hedge::grpc`]). Failures are the family's errors (a
+    /// gRPC status on gRPC).
     async fn hedged(
         &self,
         session: &mut Session,
@@ -710,6 +712,10 @@ impl Gateway {
         let limit = self.config.max_body_bytes;
         let body = hedge::read_body(session, ctx.held.bytes(), limit).await?;
         let mut template = hedge::template(session.req_header(), body.len())?;
+        let grpc = matches!(ctx.family, Family::Grpc(_));
+        if grpc {
+            hedge::grpc::template(&mut template)?;
+        }
         ctx.id.write_upstream(&mut template)?;
         ctx.trace.write_upstream(&mut template)?;
         // In-flight counts of the attempts, freed together when the race is over.
@@ -747,6 +753,7 @@ impl Gateway {
             template: &template,
             body: &body,
             keyed: ctx.key.is_some(),
+            grpc,
         };
         let budget = route.policy.max_retries;
         let outcome = hedge::race(&attempt, first, after, budget, pick).await;
@@ -792,10 +799,14 @@ impl Gateway {
             rate.write(&mut header)?;
         }
         cors::decorate(&mut header, ctx.cors.as_ref())?;
-        let end = answer.body.is_empty();
-        session.write_response_header(Box::new(header), end).await?;
-        if !end {
-            session.write_response_body(Some(answer.body), true).await?;
+        if grpc {
+            hedge::grpc::write(session, header, answer.body, answer.trailers).await?;
+        } else {
+            let end = answer.body.is_empty();
+            session.write_response_header(Box::new(header), end).await?;
+            if !end {
+                session.write_response_body(Some(answer.body), true).await?;
+            }
         }
         ctx.forwarded.ended = true;
         Ok(())

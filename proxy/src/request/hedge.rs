@@ -2,17 +2,23 @@
 //! request goes to one endpoint; when no response header came back within `hedge_after_ms`, the
 //! same request goes to a second endpoint (a different one, picked by the model's policy); the
 //! first complete answer is written to the client and the other upstream request is cancelled
-//! (its connection dropped, never returned to the pool).
+//! (dropped: an HTTP/1.1 connection closed, an HTTP/2 stream reset with CANCEL; never returned
+//! to the pool).
 //!
 //! pingora proxies one upstream per session, so a hedged request takes its own path: its body
 //! (small and bounded by `[limits] max_body_bytes` on these routes) is read in full, each
 //! attempt is sent with pingora's own HTTP connector (pooled connections, HTTP/1.1, h2c and TLS
-//! as for proxied requests) and its answer read in full before it can win. A 502 / 503 or a
+//! as for proxied requests) and its answer read in full before it can win (for gRPC, with its
+//! trailers). A 502 / 503, a gRPC UNAVAILABLE (see [`grpc`] for why only that status) or a
 //! failed attempt counts for outlier detection and, within the model's retry budget, sends the
 //! request to another untried endpoint at once. Only the routes [`idempotent`] names are hedged:
-//! never chat or completions, never gRPC (not yet: trailers would need a streaming writer).
+//! `/v1/embeddings`, TEI's HTTP routes and TEI's unary gRPC methods; never chat, completions or
+//! a gRPC stream. The winner is written as it came: header, body and, on gRPC, its trailers
+//! (or a trailers-only answer as one HEADERS frame).
 //!
-//! Cost when hedging is off for the model: one branch in `request_filter`.
+//! Cost when hedging is off for the model: one branch in `request_filter`. When on: the
+//! request body and the answer (at most [`MAX_ANSWER_BYTES`]) are held in memory, the request
+//! header is cloned per attempt; a gRPC answer's trailers are moved, not copied.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::header;
-use http::Method;
+use http::{HeaderMap, Method};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -32,6 +38,8 @@ use crate::request::classify::Family;
 use crate::request::error::ProxyError;
 use crate::request::upstream::{self, UpstreamDefaults};
 use crate::routing::table::Route;
+
+pub mod grpc;
 
 /// Largest upstream answer a hedged attempt reads (an embeddings response of a large batch
 /// fits); a longer one fails the attempt.
@@ -48,13 +56,15 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 /// Whether a request of `family` to `method path` is idempotent, so it may be sent twice:
-/// OpenAI's `/v1/embeddings`, and every TEI HTTP route (`/embed`, `/embed_all`, `/similarity`,
-/// `/embed_sparse`, `/rerank`, `/predict`, `/tokenize`, `/decode`, `GET /info`).
+/// OpenAI's `/v1/embeddings`, every TEI HTTP route (`/embed`, `/embed_all`, `/similarity`,
+/// `/embed_sparse`, `/rerank`, `/predict`, `/tokenize`, `/decode`, `GET /info`), and the unary
+/// methods of TEI's gRPC services ([`grpc::unary`]).
 pub fn idempotent(family: Family, method: &Method, path: &str) -> bool {
     match family {
         Family::OpenAi => method == Method::POST && path == "/v1/embeddings",
         Family::TeiHttp(_) => true,
-        Family::Grpc(_) | Family::ModelsList | Family::Unknown => false,
+        Family::Grpc(_) => method == Method::POST && grpc::unary(path),
+        Family::ModelsList | Family::Unknown => false,
     }
 }
 
@@ -118,6 +128,8 @@ pub struct Answer {
     pub index: usize,
     pub header: ResponseHeader,
     pub body: Bytes,
+    /// A gRPC answer's trailers (`grpc-status`); `None` for HTTP, or a trailers-only answer.
+    pub trailers: Option<HeaderMap>,
     /// From sending the request to its response header.
     pub to_header: Duration,
 }
@@ -138,6 +150,8 @@ pub struct Attempt<'a> {
     pub body: &'a Bytes,
     /// The client came with a gateway key (never sent upstream).
     pub keyed: bool,
+    /// A gRPC call: its trailers are read, a `grpc-status` of UNAVAILABLE fails the attempt.
+    pub grpc: bool,
 }
 
 impl Attempt<'_> {
@@ -181,6 +195,10 @@ impl Attempt<'_> {
         if matches!(status, 502 | 503) {
             return Err(fail(status, None));
         }
+        // A trailers-only gRPC answer carries its status in the header.
+        if self.grpc && grpc::unavailable(&header.headers) {
+            return Err(fail(503, None));
+        }
         let mut body = BytesMut::new();
         loop {
             match up.read_response_body().await {
@@ -197,12 +215,24 @@ impl Attempt<'_> {
                 break;
             }
         }
+        let trailers = match &mut up {
+            HttpSession::H2(h2) if self.grpc => {
+                h2.read_trailers().await.map_err(|e| fail(502, Some(e)))?
+            }
+            _ => None,
+        };
+        if trailers.as_ref().is_some_and(grpc::unavailable) {
+            return Err(fail(503, None));
+        }
         for h in HOP_BY_HOP {
             header.remove_header(h);
         }
-        header
-            .insert_header(header::CONTENT_LENGTH, body.len().to_string())
-            .map_err(|e| fail(502, Some(e)))?;
+        // A gRPC answer goes as it came (its end is the trailers); HTTP states its length.
+        if !self.grpc {
+            header
+                .insert_header(header::CONTENT_LENGTH, body.len().to_string())
+                .map_err(|e| fail(502, Some(e)))?;
+        }
         // A complete answer: the connection may serve the next request.
         let idle = self.route.policy.idle_timeout;
         self.connector.release_http_session(up, &peer, idle).await;
@@ -210,6 +240,7 @@ impl Attempt<'_> {
             index,
             header,
             body: body.freeze(),
+            trailers,
             to_header,
         })
     }
@@ -329,8 +360,24 @@ mod tests {
         for p in ["/v1/chat/completions", "/v1/completions", "/nope"] {
             assert!(!idempotent(family(p), &post, p), "{p}");
         }
-        let grpc = classify(&post, "/tei.v1.Embed/Embed", Some(b"application/grpc"));
-        assert!(!idempotent(grpc, &post, "/tei.v1.Embed/Embed"));
+        let grpc = |p: &str| classify(&post, p, Some(b"application/grpc"));
+        for p in [
+            "/tei.v1.Embed/Embed",
+            "/tei.v1.Rerank/Rerank",
+            "/tei.v1.Tokenize/Decode",
+        ] {
+            assert!(idempotent(grpc(p), &post, p), "{p}");
+        }
+        for p in [
+            "/tei.v1.Embed/EmbedStream",
+            "/tei.v1.Rerank/RerankStream",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(!idempotent(grpc(p), &post, p), "{p}");
+        }
+        let get = Method::GET;
+        let p = "/tei.v1.Embed/Embed";
+        assert!(!idempotent(grpc(p), &get, p), "gRPC is POST");
     }
 
     #[test]

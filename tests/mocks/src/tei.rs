@@ -123,6 +123,13 @@ impl TeiCore {
             .is_some_and(|n| self.successes.load(Ordering::SeqCst) >= n)
     }
 
+    /// Holds this model request for `--stall-ms` when it is one `--stall-every` picks.
+    pub async fn stall(&self) {
+        if self.stats.stall_turn(self.args.stall_every) {
+            common::delay_ms(self.args.stall_ms).await;
+        }
+    }
+
     /// Never answers: resolves only when the server shuts down.
     pub async fn hang(&self) {
         self.shutdown.wait().await;

@@ -216,6 +216,27 @@ pub struct TeiArgs {
     #[arg(long, value_name = "N", help_heading = "Mock knobs")]
     pub hang_after: Option<u64>,
 
+    /// Hold every Nth model request (the Nth, 2Nth, ...; 0: none; each message of a gRPC
+    /// stream is one) for --stall-ms before answering it, as a backend with a stuck batch does;
+    /// counted in `/mock/stats` `stalled`. One whose client went away first (a hedging proxy's
+    /// cancelled loser) is counted in `cancelled`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Mock knobs"
+    )]
+    pub stall_every: u64,
+
+    /// How long a stalled request is held, in milliseconds.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2000,
+        help_heading = "Mock knobs"
+    )]
+    pub stall_ms: u64,
+
     /// Number of dimensions of the embeddings.
     #[arg(
         long,

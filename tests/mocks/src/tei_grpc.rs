@@ -4,7 +4,8 @@
 //! HTTP/1.1 on the same port.
 //!
 //! Bidirectional streams answer each request message in order as soon as it arrives; every
-//! message counts as one model request (for `--fail-after`, `--hang-after` and the counters).
+//! message counts as one model request (for `--fail-after`, `--hang-after`, `--stall-every` and
+//! the counters). A call whose client reset its stream before the answer counts as `cancelled`.
 //! The answer to each message is computed in `tei_grpc_handlers`.
 
 use std::pin::Pin;
@@ -66,7 +67,11 @@ async fn call<Resp: Reply>(
     answer: impl FnOnce() -> Result<Resp, TeiError>,
 ) -> Result<Resp, Status> {
     core.stats.record_request(encoded);
+    // Dropped unanswered (the client reset the stream): counted in `cancelled`.
+    let answering = core.stats.answering();
+    core.stall().await;
     if let Err(refusal) = core.admit().await {
+        answering.answered();
         return Err(core.refusal_error(refusal).to_status());
     }
     let answered = match answer() {
@@ -78,7 +83,7 @@ async fn call<Resp: Reply>(
         }),
         Err(error) => Err(error),
     };
-    match answered {
+    let result = match answered {
         Ok((response, timing)) => {
             core.record_success(start, timing).await;
             Ok(response)
@@ -87,7 +92,9 @@ async fn call<Resp: Reply>(
             core.record_failure();
             Err(error.to_status())
         }
-    }
+    };
+    answering.answered();
+    result
 }
 
 impl TeiGrpc {

@@ -169,6 +169,9 @@ async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
         }
     };
     let body_info = core.stats.record_request(&bytes);
+    // Dropped unanswered (the client went away): counted in `cancelled`.
+    let answering = core.stats.answering();
+    core.stall().await;
     let result = match core.admit().await {
         Err(refusal) => Err(core.refusal_error(refusal)),
         Ok(()) => match handle(&core, route, &bytes) {
@@ -210,6 +213,7 @@ async fn model_route(core: Arc<TeiCore>, route: Route, body: Body) -> Response {
         Err(error) => error_response(route, error),
     };
     body_info.apply(response.headers_mut());
+    answering.answered();
     response
 }
 

@@ -284,3 +284,51 @@ fn grpc_process_announces_and_exits_cleanly_on_sigterm() {
     let status = process.signal_and_wait("TERM", Duration::from_secs(5));
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// `/mock/stats` of a gRPC mock-tei (served over HTTP/1.1 on the same port).
+async fn stats(server: &Running) -> serde_json::Value {
+    reqwest::get(format!("{}/mock/stats", server.url()))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json")
+}
+
+#[tokio::test]
+async fn stall_every_holds_every_nth_call_and_counts_a_reset_one_cancelled() {
+    let (server, channel) = start(&["--stall-every", "2", "--stall-ms", "60000"]).await;
+    let mut client = EmbedClient::new(channel);
+    // The first call is not a 2nd: answered at once, and not cancelled.
+    timeout(STEP, client.embed(embed_request("one", true)))
+        .await
+        .expect("answered in time")
+        .expect("embed");
+    let before = stats(&server).await;
+    assert_eq!(
+        (before["stalled"].as_u64(), before["cancelled"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // The second is held; the client gives up, which resets its stream.
+    let held = timeout(
+        Duration::from_millis(300),
+        client.embed(embed_request("two", true)),
+    )
+    .await;
+    assert!(held.is_err(), "the stalled call was answered: {held:?}");
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let now = stats(&server).await;
+        assert_eq!(now["stalled"], 1, "{now}");
+        if now["cancelled"] == 1 {
+            assert_eq!(now["requests"], 2, "{now}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never cancelled: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.expect("stop");
+}

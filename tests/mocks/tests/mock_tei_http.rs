@@ -377,3 +377,40 @@ fn process_accepts_tei_flags_and_exits_cleanly_on_sigterm() {
     let status = process.signal_and_wait("TERM", Duration::from_secs(5));
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn stall_every_holds_every_nth_request_and_counts_an_abandoned_one_cancelled() {
+    let server = start(&["--stall-every", "2", "--stall-ms", "60000"]).await;
+    let client = support::client(Duration::from_millis(300));
+    let url = format!("{}/embed", server.url());
+    let stats = || async {
+        let stats: Value = reqwest::get(format!("{}/mock/stats", server.url()))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats
+    };
+    let (status, _) = post(&client, url.clone(), json!({"inputs": "one"})).await;
+    assert_eq!(status, 200, "the first request is not a 2nd");
+    assert_eq!(stats().await["cancelled"], 0);
+    // The second is held; the client times out and closes its connection.
+    let held = client
+        .post(&url)
+        .json(&json!({"inputs": "two"}))
+        .send()
+        .await;
+    assert!(held.is_err_and(|e| e.is_timeout()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = stats().await;
+        assert_eq!(now["stalled"], 1, "{now}");
+        if now["cancelled"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cancelled: {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.expect("stop");
+}
