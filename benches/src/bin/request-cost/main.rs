@@ -453,10 +453,11 @@ fn keys_minus_open(rows: &[Row]) -> Vec<String> {
         .filter_map(|keyed| {
             let open = find(Kind::Proxy.name(), &keyed.family)?;
             Some(format!(
-                "proxy-keys − proxy {}: instructions {}, allocations {}, syscalls {}",
+                "proxy-keys − proxy {}: instructions {}, allocations {} (counted {}), syscalls {}",
                 keyed.family,
                 diff(keyed.instructions, open.instructions, 0),
                 diff(keyed.rust_allocs, open.rust_allocs, 2),
+                diff(keyed.counted_allocs, open.counted_allocs, 2),
                 diff(keyed.syscalls, open.syscalls, 2),
             ))
         })
