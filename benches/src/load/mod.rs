@@ -24,6 +24,7 @@
 //! - [`report`]: hdrhistogram summaries, the side-by-side table and the "added" row.
 //! - [`machine`]: the command line and machine description recorded with every result.
 //! - [`budget`]: allocations and syscalls one proxied request may cost (issue 18).
+//! - [`keyed`]: the keys-mode routes (1 000 keys, an rpm-limited bench key).
 //!
 //! The processes a run measures are started, waited for and killed by `multiverse-testkit`.
 
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod grpc;
 pub mod h2;
 pub mod http;
+pub mod keyed;
 pub mod machine;
 pub mod nginx;
 pub mod propagation;

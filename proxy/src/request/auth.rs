@@ -6,10 +6,10 @@
 //! Limits are atomics ([`crate::routing::limits`]). Every refusal is a [`ProxyError`]; a 429
 //! also carries the [`RateHeaders`] the client is told.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use multiverse_common::keys::hash_secret;
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -88,61 +88,137 @@ impl Drop for Permit {
 
 /// The `x-ratelimit-*` values of one admission (OpenAI's names); written on every response of
 /// a key with limits, and on its 429s with `Retry-After`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateHeaders {
-    pub requests: Option<(u32, Decision)>,
-    pub tokens: Option<(u32, Decision)>,
+    pub requests: Option<Limited>,
+    pub tokens: Option<Limited>,
     /// Set on a refusal.
     pub retry_after: Option<Duration>,
 }
 
+/// One limit of an admission: the limit a minute this proxy enforced, and what its cell said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: u32,
+    /// `limit` as a header value, made once per key (a clone is a reference count); `None`
+    /// when a lease replaced the key's own limit (then written per response).
+    pub value: Option<HeaderValue>,
+    pub decision: Decision,
+}
+
+/// One limit's header names (static: inserting one allocates nothing for the name itself).
+struct Names {
+    limit: &'static str,
+    remaining: &'static str,
+    reset: &'static str,
+}
+
+const REQUESTS: Names = Names {
+    limit: "x-ratelimit-limit-requests",
+    remaining: "x-ratelimit-remaining-requests",
+    reset: "x-ratelimit-reset-requests",
+};
+const TOKENS: Names = Names {
+    limit: "x-ratelimit-limit-tokens",
+    remaining: "x-ratelimit-remaining-tokens",
+    reset: "x-ratelimit-reset-tokens",
+};
+
 impl RateHeaders {
-    /// Adds the headers to `resp`.
+    /// Adds the headers to `resp`. Per limit: the limit is the key's ready value (or formatted
+    /// on the stack under a lease), the remaining count and the reset time are formatted on
+    /// the stack; each value is one allocation (`HeaderValue` owns its bytes), and pingora
+    /// parses each name into a `HeaderName` (one allocation for a non-standard name, one more
+    /// for its copy in an HTTP/1 response's case map).
     pub fn write(&self, resp: &mut ResponseHeader) -> pingora_error::Result<()> {
-        for (suffix, cell) in [("requests", self.requests), ("tokens", self.tokens)] {
-            let Some((limit, d)) = cell else { continue };
-            resp.insert_header(format!("x-ratelimit-limit-{suffix}"), limit.to_string())?;
-            resp.insert_header(
-                format!("x-ratelimit-remaining-{suffix}"),
-                d.remaining.to_string(),
-            )?;
-            resp.insert_header(
-                format!("x-ratelimit-reset-{suffix}"),
-                go_duration(Duration::from_nanos(d.reset_ns)),
-            )?;
+        for (names, cell) in [(&REQUESTS, &self.requests), (&TOKENS, &self.tokens)] {
+            let Some(cell) = cell else { continue };
+            match &cell.value {
+                Some(v) => resp.insert_header(names.limit, v.clone())?,
+                None => resp.insert_header(names.limit, itoa::Buffer::new().format(cell.limit))?,
+            }
+            let remaining = cell.decision.remaining;
+            resp.insert_header(names.remaining, itoa::Buffer::new().format(remaining))?;
+            let reset = GoDuration::new(Duration::from_nanos(cell.decision.reset_ns));
+            resp.insert_header(names.reset, reset.as_bytes())?;
         }
         if let Some(after) = self.retry_after {
-            resp.insert_header(
-                http::header::RETRY_AFTER,
-                retry_after_secs(after).to_string(),
-            )?;
+            let secs = retry_after_secs(after);
+            // A `&'static str` name: a standard one is then found without an allocation.
+            resp.insert_header("retry-after", itoa::Buffer::new().format(secs))?;
             // What the openai SDKs read first, to the millisecond.
-            resp.insert_header("retry-after-ms", after.as_millis().max(1).to_string())?;
+            let ms = after.as_millis().max(1);
+            resp.insert_header("retry-after-ms", itoa::Buffer::new().format(ms))?;
         }
         Ok(())
     }
 }
 
-/// A duration as OpenAI writes `x-ratelimit-reset-*` (Go's format: `20ms`, `1.5s`, `6m0s`).
+/// A duration as OpenAI writes `x-ratelimit-reset-*` (Go's format: `20ms`, `1.5s`, `6m0s`),
+/// formatted into a stack buffer.
+pub struct GoDuration {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl GoDuration {
+    /// `d` formatted (whole milliseconds; under a second as `…ms`).
+    pub fn new(d: Duration) -> Self {
+        let mut out = GoDuration {
+            buf: [0; 48],
+            len: 0,
+        };
+        let ms = d.as_millis();
+        if ms < 1000 {
+            out.number(ms);
+            out.push(b"ms");
+            return out;
+        }
+        let minutes = ms / 60_000;
+        if minutes > 0 {
+            out.number(minutes);
+            out.push(b"m");
+        }
+        let rest = ms % 60_000;
+        out.number(rest / 1000);
+        let frac = (rest % 1000) as u16;
+        if frac != 0 {
+            let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
+            let used = if frac % 100 == 0 {
+                1
+            } else if frac % 10 == 0 {
+                2
+            } else {
+                3
+            };
+            out.push(b".");
+            out.push(&digits[..used]);
+        }
+        out.push(b"s");
+        out
+    }
+
+    /// The text (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// At most 39 digits (`u128::MAX`) and five more bytes fit the buffer.
+    fn number(&mut self, n: u128) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        let n = end - self.len;
+        self.buf[self.len..end].copy_from_slice(&bytes[..n]);
+        self.len = end;
+    }
+}
+
+/// [`GoDuration`] as a `String` (for messages and tests).
 pub fn go_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let mut s = String::new();
-    let minutes = ms / 60_000;
-    if minutes > 0 {
-        let _ = write!(s, "{minutes}m");
-    }
-    let rest = ms % 60_000;
-    let (secs, frac) = (rest / 1000, rest % 1000);
-    if frac == 0 {
-        let _ = write!(s, "{secs}s");
-    } else {
-        let frac = format!("{frac:03}");
-        let _ = write!(s, "{secs}.{}s", frac.trim_end_matches('0'));
-    }
-    s
+    String::from_utf8_lossy(GoDuration::new(d).as_bytes()).into_owned()
 }
 
 /// A request over one of its key's limits: the error and the headers it is answered with.
@@ -170,7 +246,11 @@ fn admit_limits(key: &Arc<ApiKey>, now_ns: u64) -> Result<(Permit, RateHeaders),
     let mut rate = RateHeaders::default();
     if let Some(tpm) = state.effective(Leased::Tpm, key.tpm) {
         let d = cell_or_none(&state.tokens, tpm, now_ns, false);
-        rate.tokens = Some((tpm, d));
+        rate.tokens = Some(Limited {
+            limit: tpm,
+            value: (tpm == key.tpm).then(|| key.tpm_value.clone()),
+            decision: d,
+        });
         if !d.allowed {
             return Err(refuse(Limit::Tokens, d.retry_after_ns, rate));
         }
@@ -182,7 +262,11 @@ fn admit_limits(key: &Arc<ApiKey>, now_ns: u64) -> Result<(Permit, RateHeaders),
     let permit = Permit { key: key.clone() };
     if let Some(rpm) = state.effective(Leased::Rpm, key.rpm) {
         let d = cell_or_none(&state.requests, rpm, now_ns, true);
-        rate.requests = Some((rpm, d));
+        rate.requests = Some(Limited {
+            limit: rpm,
+            value: (rpm == key.rpm).then(|| key.rpm_value.clone()),
+            decision: d,
+        });
         if !d.allowed {
             return Err(refuse(Limit::Requests, d.retry_after_ns, rate));
         }
@@ -308,7 +392,9 @@ mod tests {
         assert_eq!(err.grpc_code(), tonic::Code::PermissionDenied);
         let now = 1_000_000_000;
         let (_p1, r1) = admit(&key, now).expect("first");
-        assert_eq!(r1.requests.map(|(l, d)| (l, d.remaining)), Some((2, 1)));
+        let r1 = r1.requests.expect("requests");
+        assert_eq!((r1.limit, r1.decision.remaining), (2, 1));
+        assert_eq!(r1.value.as_ref().map(|v| v.as_bytes()), Some(&b"2"[..]));
         let (_p2, _) = admit(&key, now).expect("second");
         let refused = admit(&key, now).expect_err("third");
         let (err, rate) = (refused.error, refused.rate);
@@ -347,5 +433,76 @@ mod tests {
         assert_eq!(go_duration(ms(1000)), "1s");
         assert_eq!(go_duration(ms(360_000)), "6m0s");
         assert_eq!(go_duration(ms(61_250)), "1m1.25s");
+        assert_eq!(go_duration(Duration::ZERO), "0ms");
+        assert_eq!(go_duration(Duration::from_nanos(999_999_999)), "999ms");
+        assert_eq!(go_duration(ms(59_999)), "59.999s");
+        assert_eq!(go_duration(ms(60_000)), "1m0s");
+        assert_eq!(go_duration(ms(60_500)), "1m0.5s");
+        assert_eq!(go_duration(ms(3_600_010)), "60m0.01s");
+        assert_eq!(
+            go_duration(Duration::from_nanos(u64::MAX)),
+            "307445734m33.709s"
+        );
+        assert_eq!(go_duration(Duration::MAX), "307445734561825860m15.999s");
+    }
+
+    #[test]
+    fn headers_of_an_admission_read_the_same_with_or_without_a_lease() {
+        let headers = |rate: &RateHeaders| {
+            let mut resp = ResponseHeader::build(200, None).expect("resp");
+            rate.write(&mut resp).expect("headers");
+            let mut all: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            all.sort();
+            all
+        };
+        let decision = Decision {
+            allowed: true,
+            remaining: 41,
+            reset_ns: 1_500_000_000,
+            retry_after_ns: 0,
+        };
+        let own = RateHeaders {
+            requests: Some(Limited {
+                limit: 42,
+                value: Some(HeaderValue::from(42u32)),
+                decision,
+            }),
+            tokens: Some(Limited {
+                limit: 1000,
+                value: None,
+                decision: Decision {
+                    remaining: 999,
+                    reset_ns: 60_000_000,
+                    ..decision
+                },
+            }),
+            retry_after: None,
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let expected = vec![
+            pair("x-ratelimit-limit-requests", "42"),
+            pair("x-ratelimit-limit-tokens", "1000"),
+            pair("x-ratelimit-remaining-requests", "41"),
+            pair("x-ratelimit-remaining-tokens", "999"),
+            pair("x-ratelimit-reset-requests", "1.5s"),
+            pair("x-ratelimit-reset-tokens", "60ms"),
+        ];
+        assert_eq!(headers(&own), expected);
+        let leased = RateHeaders {
+            requests: own.requests.clone().map(|l| Limited { value: None, ..l }),
+            ..own.clone()
+        };
+        assert_eq!(headers(&leased), expected, "a lease formats the same value");
+        let refused = RateHeaders {
+            retry_after: Some(Duration::from_micros(1_500_400)),
+            ..own
+        };
+        let all = headers(&refused);
+        assert!(all.contains(&pair("retry-after", "2")), "{all:?}");
+        assert!(all.contains(&pair("retry-after-ms", "1500")), "{all:?}");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use http::HeaderValue;
 use multiverse_common::keys::KeyHash;
 use serde::Serialize;
 
@@ -29,6 +30,12 @@ pub struct ApiKey {
     /// Shown as this proxy's `lease` of the limits (null until the owning plane sent one).
     #[serde(rename = "lease", serialize_with = "lease")]
     pub state: Arc<KeyState>,
+    /// `rpm` and `tpm` as `x-ratelimit-limit-*` values, made once with the table rather than
+    /// per response.
+    #[serde(skip)]
+    pub rpm_value: HeaderValue,
+    #[serde(skip)]
+    pub tpm_value: HeaderValue,
 }
 
 fn lease<S: serde::Serializer>(state: &Arc<KeyState>, s: S) -> Result<S::Ok, S::Error> {
@@ -36,6 +43,21 @@ fn lease<S: serde::Serializer>(state: &Arc<KeyState>, s: S) -> Result<S::Ok, S::
 }
 
 impl ApiKey {
+    /// A key with `state` (its limits' values made now).
+    pub fn new(spec: &KeySpec, state: Arc<KeyState>) -> Self {
+        ApiKey {
+            id: spec.id.clone(),
+            models: spec.models.clone(),
+            rpm: spec.rpm,
+            tpm: spec.tpm,
+            max_concurrent: spec.max_concurrent,
+            expires_at_unix_ms: spec.expires_at_unix_ms,
+            state,
+            rpm_value: HeaderValue::from(spec.rpm),
+            tpm_value: HeaderValue::from(spec.tpm),
+        }
+    }
+
     /// Whether it may use `model`.
     #[inline]
     pub fn allows(&self, model: &str) -> bool {
@@ -114,16 +136,7 @@ impl KeySet {
                 }
                 let state = states.get(&k.id).cloned().unwrap_or_default();
                 live.insert(k.id.clone(), state.clone());
-                let key = ApiKey {
-                    id: k.id.clone(),
-                    models: k.models.clone(),
-                    rpm: k.rpm,
-                    tpm: k.tpm,
-                    max_concurrent: k.max_concurrent,
-                    expires_at_unix_ms: k.expires_at_unix_ms,
-                    state,
-                };
-                set.by_hash.insert(k.hash, Arc::new(key));
+                set.by_hash.insert(k.hash, Arc::new(ApiKey::new(k, state)));
             }
         }
         *states = live;
@@ -214,15 +227,14 @@ mod tests {
 
     #[test]
     fn models_and_expiry() {
-        let k = ApiKey {
-            id: "k".into(),
-            models: vec!["a".into()],
-            rpm: 0,
-            tpm: 0,
-            max_concurrent: 0,
-            expires_at_unix_ms: 1000,
-            state: Arc::default(),
-        };
+        let k = ApiKey::new(
+            &KeySpec {
+                models: vec!["a".into()],
+                expires_at_unix_ms: 1000,
+                ..spec("k", "mv-k")
+            },
+            Arc::default(),
+        );
         assert!(k.allows("a") && !k.allows("b"));
         assert!(!k.expired(999) && k.expired(1000));
     }

@@ -5,20 +5,17 @@
 //! (Against the stack's long-running proxy instead, the keyed one would also differ in age and
 //! in how warm its pools and allocator are.)
 
+use multiverse_benches::load::keyed::{keyed_routes, KEYS};
 use multiverse_benches::load::report::Added;
-use multiverse_benches::load::scenario::{send_bench_key, BENCH_KEY};
+use multiverse_benches::load::scenario::send_bench_key;
 use multiverse_benches::load::stack::{routes, standalone_proxy, Stack};
-use multiverse_common::keys::{hash_secret, to_hex};
-use multiverse_proxy::sources::standalone::{AuthEntry, KeyEntry, RoutesFile};
+use multiverse_proxy::sources::standalone::RoutesFile;
 use multiverse_testkit::Launch;
 use serde::Serialize;
 
 use crate::cli::Settings;
 use crate::latency::{print_latency, two_proxies, Side};
 use crate::record::LatencyRecord;
-
-/// Keys in the keyed proxy's table.
-const KEYS: usize = 1000;
 
 #[derive(Debug, Serialize)]
 pub struct KeysRecord {
@@ -38,24 +35,7 @@ pub fn keys_scenario(
 ) -> anyhow::Result<KeysRecord> {
     println!("== keys: a proxy in keys mode ({KEYS} keys, rpm limited) vs an open one, chat");
     let open = routes(&stack.mocks.addrs, 0);
-    let mut file = open.clone();
-    let mut keys: Vec<KeyEntry> = (1..KEYS)
-        .map(|i| KeyEntry {
-            id: format!("other-{i}"),
-            sha256: to_hex(&hash_secret(format!("mv-other-{i}").as_bytes())),
-            ..Default::default()
-        })
-        .collect();
-    keys.push(KeyEntry {
-        id: "bench".into(),
-        sha256: to_hex(&hash_secret(BENCH_KEY.as_bytes())),
-        rpm: 1_000_000_000,
-        ..Default::default()
-    });
-    file.auth = Some(AuthEntry {
-        mode: "keys".into(),
-        keys,
-    });
+    let file = keyed_routes(&open);
     send_bench_key(true);
     let result = run(rt, launch, client, stack, s, &open, &file);
     send_bench_key(false);

@@ -11,8 +11,10 @@
 //!   for a proxy that counts its allocations (debug builds, or `--features alloc-count`), its
 //!   allocations per request as the allocator itself counted them.
 //!
-//! Each target (`multiverse-proxy` with one worker thread, nginx as one process with one
-//! worker's configuration) is started twice: natively for the /proc counts and strace, and
+//! Each target (`multiverse-proxy` with one worker thread; `proxy-keys`, the same in keys mode
+//! with the 1 000-key table of `bench --only keys`, its requests carrying the rpm-limited bench
+//! key, HTTP families only; nginx as one process with one worker's configuration) is started
+//! twice: natively for the /proc counts and strace, and
 //! under callgrind. Per family it opens one connection, sends `--warmup` requests, then
 //! `--requests` closed-loop requests one after another (each answer checked), measured. The
 //! requests are those of `bench`'s latency scenarios (`multiverse_benches::load::scenario`),
@@ -77,7 +79,7 @@ struct Args {
         default_value = "native,strace,callgrind"
     )]
     measure: Vec<Measure>,
-    /// Targets: `proxy`, `nginx`.
+    /// Targets: `proxy`, `proxy-keys` (keys mode: what checking a key costs), `nginx`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "proxy,nginx")]
     targets: Vec<Kind>,
     /// Directory of the mocks and the proxy [default: next to this executable].
@@ -238,7 +240,13 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let client = admin_client()?;
     let start = |kind: Kind, wrapper: &[String]| -> anyhow::Result<Running> {
         let running = match kind {
-            Kind::Proxy => Running::proxy(&launch, &proxy_bin, &mocks.addrs, wrapper)?,
+            Kind::Proxy | Kind::ProxyKeys => Running::proxy(
+                &launch,
+                &proxy_bin,
+                &mocks.addrs,
+                kind == Kind::ProxyKeys,
+                wrapper,
+            )?,
             Kind::Nginx => {
                 let bin = nginx_bin.as_deref().context("no nginx")?;
                 Running::nginx(&launch, bin, &mocks.addrs, wrapper)?
@@ -252,6 +260,13 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let mut idle = BTreeMap::new();
     for &kind in &args.targets {
         let name = kind.name();
+        // Requests are built per call: they carry the key while the keyed proxy is measured.
+        scenario::send_bench_key(kind == Kind::ProxyKeys);
+        let families: Vec<Latency> = families
+            .iter()
+            .copied()
+            .filter(|&f| kind.measures(f))
+            .collect();
         let native = args.measure.contains(&Measure::Native);
         let traced = args.measure.contains(&Measure::Strace);
         if native || traced {
@@ -333,6 +348,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             running.ensure_running()?;
         }
     }
+    scenario::send_bench_key(false);
     let report = Report {
         benchmark: "request-cost",
         command: command_line(),
@@ -422,6 +438,32 @@ async fn send(call: &Caller, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Per family measured by both `proxy` and `proxy-keys`: what keys mode adds per request.
+fn keys_minus_open(rows: &[Row]) -> Vec<String> {
+    let find = |target: &str, family: &str| {
+        rows.iter()
+            .find(|r| r.target == target && r.family == family)
+    };
+    let diff = |a: Option<f64>, b: Option<f64>, decimals: usize| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.decimals$}", a - b),
+        _ => "-".into(),
+    };
+    rows.iter()
+        .filter(|r| r.target == Kind::ProxyKeys.name())
+        .filter_map(|keyed| {
+            let open = find(Kind::Proxy.name(), &keyed.family)?;
+            Some(format!(
+                "proxy-keys − proxy {}: instructions {}, allocations {} (counted {}), syscalls {}",
+                keyed.family,
+                diff(keyed.instructions, open.instructions, 0),
+                diff(keyed.rust_allocs, open.rust_allocs, 2),
+                diff(keyed.counted_allocs, open.counted_allocs, 2),
+                diff(keyed.syscalls, open.syscalls, 2),
+            ))
+        })
+        .collect()
+}
+
 fn fmt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }
@@ -434,7 +476,7 @@ fn print(report: &Report) {
         report.machine.line()
     );
     println!(
-        "{:<7} {:<11} {:>12} {:>10} {:>11} {:>9} {:>10} {:>11} {:>12}",
+        "{:<10} {:<11} {:>12} {:>10} {:>11} {:>9} {:>10} {:>11} {:>12}",
         "target",
         "family",
         "instr/req",
@@ -451,7 +493,7 @@ fn print(report: &Report) {
             _ => "-".into(),
         };
         println!(
-            "{:<7} {:<11} {:>12} {:>10} {:>11} {:>9} {:>10} {:>11} {:>12}",
+            "{:<10} {:<11} {:>12} {:>10} {:>11} {:>9} {:>10} {:>11} {:>12}",
             r.target,
             r.family,
             fmt(r.instructions, 0),
@@ -474,6 +516,9 @@ fn print(report: &Report) {
             .map(|(k, v)| format!("{k} {v:.2}"))
             .collect();
         println!("  {} {} syscalls: {}", r.target, r.family, parts.join(", "));
+    }
+    for line in keys_minus_open(&report.rows) {
+        println!("  {line}");
     }
     for (target, ips) in &report.idle_instructions_per_second {
         println!("  {target} idle: {ips:.0} instructions/s");

@@ -1,6 +1,8 @@
 //! The targets a run measures, started natively or under a measuring tool (a wrapper command
 //! such as `valgrind --tool=callgrind`): `multiverse-proxy` standalone with one worker thread,
-//! routing the mocks, and nginx configured as the same kind of proxy, as one process.
+//! routing the mocks (open, or in keys mode with the table of `bench --only keys`:
+//! [`multiverse_benches::load::keyed`]), and nginx configured as the same kind of proxy, as one
+//! process.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +10,9 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use multiverse_alloc_count::Counts;
+use multiverse_benches::load::keyed::keyed_routes;
 use multiverse_benches::load::nginx::{Nginx, RunAs, Upstreams};
+use multiverse_benches::load::scenario::Latency;
 use multiverse_benches::load::stack::{self, Addrs};
 use multiverse_proxy::config::ProxyConfig;
 use multiverse_testkit::{config_file, try_free_addr, Launch, Proc, Proxy};
@@ -17,6 +21,9 @@ use multiverse_testkit::{config_file, try_free_addr, Launch, Proc, Proxy};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
     Proxy,
+    /// The same proxy in keys mode (1 000 keys), the requests carrying the rpm-limited bench
+    /// key: its rows less `proxy`'s are what checking a key costs.
+    ProxyKeys,
     Nginx,
 }
 
@@ -24,8 +31,15 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Proxy => "proxy",
+            Kind::ProxyKeys => "proxy-keys",
             Kind::Nginx => "nginx",
         }
+    }
+
+    /// Whether it measures `family`: a keyed proxy only the HTTP families, whose requests
+    /// carry the bench key (the gRPC callers send none, so a keyed proxy would refuse them).
+    pub fn measures(self, family: Latency) -> bool {
+        self != Kind::ProxyKeys || !matches!(family, Latency::GrpcUnary | Latency::GrpcBidi)
     }
 }
 
@@ -44,20 +58,24 @@ pub const ALLOC_COUNT_ENV: &str = "MULTIVERSE_PROXY_ALLOC_COUNT";
 
 impl Running {
     /// `multiverse-proxy` (`bin`) with one worker thread, routing `mocks` by a standalone
-    /// routes file, run by `wrapper` (empty: directly).
+    /// routes file (in keys mode when `keyed`), run by `wrapper` (empty: directly).
     pub fn proxy(
         launch: &Launch,
         bin: &Path,
         mocks: &Addrs,
+        keyed: bool,
         wrapper: &[String],
     ) -> anyhow::Result<Self> {
-        let name = if wrapper.is_empty() {
-            "proxy"
-        } else {
-            "proxy-wrapped"
+        let name = match (keyed, wrapper.is_empty()) {
+            (false, true) => "proxy",
+            (false, false) => "proxy-wrapped",
+            (true, true) => "proxy-keys",
+            (true, false) => "proxy-keys-wrapped",
         };
         let routes = Proxy::routes_file(&launch.dir, name);
-        config_file::write(&routes, &stack::routes(mocks, 0))?;
+        let open = stack::routes(mocks, 0);
+        let file = if keyed { keyed_routes(&open) } else { open };
+        config_file::write(&routes, &file)?;
         let listen = try_free_addr()?;
         let admin = try_free_addr()?;
         let counts = try_free_addr()?;
