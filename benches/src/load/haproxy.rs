@@ -7,8 +7,10 @@
 //! frontend for the OpenAI and TEI HTTP routes, and an HTTP/2 cleartext one (prior knowledge,
 //! `proto h2`) for gRPC (to TEI's gRPC port over h2) and for h2c clients of the OpenAI routes.
 //! Backend connections are kept alive and shared between client connections
-//! (`http-reuse always`, as nginx's `keepalive` pool); nothing is logged; the thread count
-//! matches the proxy's threads.
+//! (`http-reuse always`, as nginx's `keepalive` pool); data is sent on as it arrives
+//! (`option http-no-delay`: by default haproxy asks the kernel to hold small writes for more,
+//! `MSG_MORE`, which delays an SSE stream's events by tens of ms and sends them in bursts);
+//! nothing is logged; the thread count matches the proxy's threads.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,7 @@ global
 defaults
     mode http
     option http-keep-alive
+    option http-no-delay
     http-reuse always
     timeout connect 5s
     timeout client 300s
@@ -228,6 +231,7 @@ mod tests {
         assert!(text.contains("server openai 127.0.0.1:1\n"));
         assert!(text.contains("nbthread 2\n"));
         assert!(text.contains("http-reuse always"));
+        assert!(text.contains("option http-no-delay"), "SSE events are not held back");
         assert!(!text.contains("\n    log "), "nothing is logged");
     }
 
