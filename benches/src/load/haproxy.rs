@@ -77,7 +77,12 @@ const TEI_HTTP_ROUTES: &str =
 
 /// The haproxy.cfg for `upstreams` with its frontends on `http1` and `http2`, `threads`
 /// threads.
-pub fn config(upstreams: &Upstreams, http1: SocketAddr, http2: SocketAddr, threads: usize) -> String {
+pub fn config(
+    upstreams: &Upstreams,
+    http1: SocketAddr,
+    http2: SocketAddr,
+    threads: usize,
+) -> String {
     let Upstreams {
         openai,
         tei_http,
@@ -231,7 +236,10 @@ mod tests {
         assert!(text.contains("server openai 127.0.0.1:1\n"));
         assert!(text.contains("nbthread 2\n"));
         assert!(text.contains("http-reuse always"));
-        assert!(text.contains("option http-no-delay"), "SSE events are not held back");
+        assert!(
+            text.contains("option http-no-delay"),
+            "SSE events are not held back"
+        );
         assert!(!text.contains("\n    log "), "nothing is logged");
     }
 

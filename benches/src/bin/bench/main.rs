@@ -68,9 +68,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use multiverse_benches::load::machine::{command_line, Machine};
-use multiverse_benches::load::{haproxy, rss};
 use multiverse_benches::load::scenario::Latency;
 use multiverse_benches::load::stack::{self, admin_client, Others, Stack};
+use multiverse_benches::load::{haproxy, rss};
 use multiverse_mocks::common::termination_signal;
 use multiverse_testkit::binaries::{CONTROL, MOCK_OPENAI, MOCK_TEI, PROXY};
 use multiverse_testkit::{kill_process_groups, Binaries, Launch, ScratchDir};
