@@ -1,5 +1,5 @@
 //! Smoke test of `bench`: a `--quick` run must finish successfully and every scenario must
-//! report samples (nginx rows only when nginx is installed). It starts the mocks,
+//! report samples (nginx and haproxy rows only when they are installed). It starts the mocks,
 //! `multiverse-proxy` and `multiverse-control` from the same target directory, so
 //! `cargo build --workspace --bins` must have run first (scripts/test does).
 
@@ -50,6 +50,12 @@ fn quick_run_reports_every_scenario() {
     if nginx {
         names.push("nginx");
     }
+    let haproxy = r["haproxy"]["used"] == true;
+    if haproxy {
+        names.push("haproxy");
+    } else {
+        assert!(r["haproxy"]["note"].is_string(), "why no haproxy: {r}");
+    }
 
     // Every latency scenario, every target, every metric.
     let latency = r["latency"].as_array().expect("latency results");
@@ -95,6 +101,46 @@ fn quick_run_reports_every_scenario() {
                 "{what}"
             );
         }
+    }
+
+    // Rates: chat at each quick rate, then closed loops at 1 and 2 threads; every target.
+    let rates = &r["rates"];
+    let open = rates["open_loop"].as_array().expect("rates open loop");
+    let rate_list: Vec<f64> = open
+        .iter()
+        .filter_map(|l| l["rate_per_target"].as_f64())
+        .collect();
+    assert_eq!(rate_list, [50.0, 500.0], "{rates}");
+    for l in open {
+        for name in &names {
+            let what = format!("rates {} {name}", l["rate_per_target"]);
+            let m = &l["metrics"][0];
+            let t = target(&m["targets"], name).unwrap_or_else(|| panic!("{what}: missing"));
+            assert_measured(&what, t);
+        }
+    }
+    let closed = rates["closed_loop"].as_array().expect("rates closed loop");
+    let threads: Vec<u64> = closed
+        .iter()
+        .filter_map(|c| c["threads"].as_u64())
+        .collect();
+    assert_eq!(threads, [1, 2], "{rates}");
+    for c in closed {
+        for name in &names {
+            let what = format!("rates closed {}t {name}", c["threads"]);
+            let t = &c["throughput"]["targets"];
+            let s = target(t, name).unwrap_or_else(|| panic!("{what}: missing"));
+            assert_measured(&what, s);
+            assert!(
+                s["throughput_rps"].as_f64().is_some_and(|x| x > 0.0),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            c["throughput"]["proxy_over_haproxy"].is_f64(),
+            haproxy,
+            "{c}"
+        );
     }
 
     // Propagation: every change seen on every proxy; nothing failed under load.

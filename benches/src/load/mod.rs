@@ -4,7 +4,7 @@
 //! in hdrhistograms and compared side by side with a direct connection in the same run. These
 //! modules are the parts of that; `latency-check` (src/bin/latency-check.rs) is a single quick
 //! check built from them and `bench` (src/bin/bench/) the full suite (HTTP/1.1, h2c, SSE and
-//! gRPC scenarios against the mocks directly, through the proxy and through nginx; route
+//! gRPC scenarios against the mocks directly, through the proxy, nginx and haproxy; route
 //! propagation; memory):
 //!
 //! - [`schedule`]: open-loop, constant-rate arrivals; latency is measured from each request's
@@ -16,8 +16,9 @@
 //! - [`grpc`]: TEI gRPC clients: unary `Embed`, and per-message round trips on `EmbedStream`.
 //! - [`sse`]: timing server-sent events (first event, gaps).
 //! - [`scenario`]: the latency scenarios and their requests.
-//! - [`stack`]: the mocks, the proxy and nginx a run measures, and the routes file they share.
+//! - [`stack`]: the mocks, the proxy, nginx and haproxy a run measures, and the routes file they share.
 //! - [`nginx`]: finding, configuring and running nginx as the comparison proxy.
+//! - [`haproxy`]: the same for haproxy, the second comparison proxy.
 //! - [`propagation`]: the control plane's config, its admin API, and waiting for proxies to
 //!   route a change.
 //! - [`rss`]: resident memory of a process.
@@ -32,6 +33,7 @@ pub mod budget;
 pub mod engine;
 pub mod grpc;
 pub mod h2;
+pub mod haproxy;
 pub mod http;
 pub mod keyed;
 pub mod machine;

@@ -1,6 +1,6 @@
 //! The processes a benchmark run measures: the mock backends, `multiverse-proxy` in front of
-//! them (standalone, or fed by a control plane), nginx in front of the same mocks, and the
-//! addresses each target answers on. Mocks, proxies and control planes are started by the test
+//! them (standalone, or fed by a control plane), nginx and haproxy in front of the same mocks,
+//! and the addresses each target answers on. Mocks, proxies and control planes are started by the test
 //! kit's stack launcher (`multiverse_testkit::stack`), configured through the binaries' own
 //! config types.
 //!
@@ -18,6 +18,7 @@ use multiverse_testkit::routes::{endpoint, model};
 use multiverse_testkit::stack::Launch;
 use multiverse_testkit::{MockOpenAi, MockTei, Proxy};
 
+use super::haproxy::Haproxy;
 use super::nginx::{self, Nginx, Upstreams};
 
 /// The chat model every OpenAI scenario asks for.
@@ -106,6 +107,15 @@ impl Mocks {
         ]
     }
 
+    /// What nginx and haproxy proxy to.
+    pub fn upstreams(&self) -> Upstreams {
+        Upstreams {
+            openai: self.addrs.openai_h1,
+            tei_http: self.addrs.tei_http,
+            tei_grpc: self.addrs.grpc,
+        }
+    }
+
     /// Fails if a mock has exited.
     pub fn ensure_running(&self) -> anyhow::Result<()> {
         self.openai.proc.ensure_running()?;
@@ -154,6 +164,38 @@ pub fn standalone_proxy(launch: &Launch, name: &str, routes: &RoutesFile) -> any
     Proxy::try_spawn_standalone(launch, name, ProxyConfig::default(), routes)
 }
 
+/// [`standalone_proxy`] with `threads` worker threads (`[server] threads`).
+pub fn standalone_proxy_threads(
+    launch: &Launch,
+    name: &str,
+    routes: &RoutesFile,
+    threads: usize,
+) -> anyhow::Result<Proxy> {
+    let mut config = ProxyConfig::default();
+    config.server.threads = Some(threads);
+    Proxy::try_spawn_standalone(launch, name, config, routes)
+}
+
+/// Where nginx answers each kind of traffic.
+pub fn nginx_addrs(n: &Nginx) -> Addrs {
+    Addrs {
+        openai_h1: n.http1,
+        openai_h2c: n.http2,
+        tei_http: n.http1,
+        grpc: n.http2,
+    }
+}
+
+/// Where haproxy answers each kind of traffic.
+pub fn haproxy_addrs(h: &Haproxy) -> Addrs {
+    Addrs {
+        openai_h1: h.http1,
+        openai_h2c: h.http2,
+        tei_http: h.http1,
+        grpc: h.http2,
+    }
+}
+
 /// Starts a proxy named `name` fed by the control plane at `control_url`, reconnecting fast.
 pub fn control_fed_proxy(launch: &Launch, name: &str, control_url: &str) -> anyhow::Result<Proxy> {
     let mut config = ProxyConfig::default();
@@ -174,7 +216,8 @@ pub fn admin_client() -> anyhow::Result<reqwest::Client> {
         .context("cannot build an HTTP client")
 }
 
-/// The stack of the latency scenarios: mocks, a standalone proxy and (when installed) nginx.
+/// The stack of the latency scenarios: mocks, a standalone proxy and (when installed) nginx
+/// and haproxy.
 #[derive(Debug)]
 pub struct Stack {
     /// The mocks (the direct target).
@@ -183,54 +226,61 @@ pub struct Stack {
     pub proxy: Proxy,
     /// nginx, or why there is none.
     pub nginx: Result<Nginx, String>,
+    /// haproxy, or why there is none.
+    pub haproxy: Result<Haproxy, String>,
+}
+
+/// The comparison proxies a [`Stack`] starts: each binary (or why there is none) and its
+/// worker processes / threads.
+#[derive(Debug, Clone)]
+pub struct Others {
+    pub nginx_bin: Result<PathBuf, String>,
+    pub nginx_workers: usize,
+    pub haproxy_bin: Result<PathBuf, String>,
+    pub haproxy_threads: usize,
 }
 
 impl Stack {
-    /// Starts everything (nginx only when `nginx_bin` is given; a failure to start it is an
-    /// error, not a silent skip). The proxy is not waited for: see `Proxy::try_wait_ready`.
-    pub fn start(
-        launch: &Launch,
-        chunk_interval_ms: u64,
-        nginx_bin: Result<PathBuf, String>,
-        nginx_workers: usize,
-    ) -> anyhow::Result<Self> {
+    /// Starts everything (nginx and haproxy only when their binaries are given; a failure to
+    /// start one is an error, not a silent skip). The proxy is not waited for: see
+    /// `Proxy::try_wait_ready`.
+    pub fn start(launch: &Launch, chunk_interval_ms: u64, others: &Others) -> anyhow::Result<Self> {
         let mocks = Mocks::start(launch, chunk_interval_ms)?;
         let proxy = standalone_proxy(launch, "proxy", &routes(&mocks.addrs, 0))?;
-        let nginx = match nginx_bin {
-            Ok(bin) => {
-                let upstreams = Upstreams {
-                    openai: mocks.addrs.openai_h1,
-                    tei_http: mocks.addrs.tei_http,
-                    tei_grpc: mocks.addrs.grpc,
-                };
-                Ok(Nginx::start(&bin, &upstreams, nginx_workers, &launch.dir)
-                    .context("cannot start nginx")?)
-            }
-            Err(why) => Err(why),
+        let upstreams = mocks.upstreams();
+        let nginx = match &others.nginx_bin {
+            Ok(bin) => Ok(
+                Nginx::start(bin, &upstreams, others.nginx_workers, &launch.dir)
+                    .context("cannot start nginx")?,
+            ),
+            Err(why) => Err(why.clone()),
+        };
+        let haproxy = match &others.haproxy_bin {
+            Ok(bin) => Ok(
+                Haproxy::start(bin, &upstreams, others.haproxy_threads, &launch.dir)
+                    .context("cannot start haproxy")?,
+            ),
+            Err(why) => Err(why.clone()),
         };
         Ok(Self {
             mocks,
             proxy,
             nginx,
+            haproxy,
         })
     }
 
-    /// The targets, in interleaving order: direct, proxy and (if running) nginx.
+    /// The targets, in interleaving order: direct, proxy and (if running) nginx and haproxy.
     pub fn targets(&self) -> Vec<(String, Addrs)> {
         let mut targets = vec![
             ("direct".to_string(), self.mocks.addrs),
             ("proxy".to_string(), Addrs::single(self.proxy.listen)),
         ];
         if let Ok(nginx) = &self.nginx {
-            targets.push((
-                "nginx".to_string(),
-                Addrs {
-                    openai_h1: nginx.http1,
-                    openai_h2c: nginx.http2,
-                    tei_http: nginx.http1,
-                    grpc: nginx.http2,
-                },
-            ));
+            targets.push(("nginx".to_string(), nginx_addrs(nginx)));
+        }
+        if let Ok(haproxy) = &self.haproxy {
+            targets.push(("haproxy".to_string(), haproxy_addrs(haproxy)));
         }
         targets
     }
@@ -241,6 +291,9 @@ impl Stack {
         self.proxy.proc.ensure_running()?;
         if let Ok(nginx) = &self.nginx {
             nginx.proc.ensure_running()?;
+        }
+        if let Ok(haproxy) = &self.haproxy {
+            haproxy.proc.ensure_running()?;
         }
         Ok(())
     }

@@ -28,6 +28,9 @@ pub enum Scenario {
     GrpcBidi,
     /// Closed-loop maximum throughput (chat HTTP/1.1, gRPC unary).
     Throughput,
+    /// Chat HTTP/1.1 latency at each `--rates` rate, then closed-loop chat throughput with
+    /// the proxy, nginx and haproxy at each `--rates-threads` thread count (issue 18's table).
+    Rates,
     /// Route propagation from the control plane to N proxies; changes under load.
     Propagation,
     /// Proxy RSS idle, under load, over a soak.
@@ -73,15 +76,16 @@ impl Scenario {
 }
 
 /// Multiverse's benchmark suite: latency, throughput, propagation and memory, side by side
-/// with a direct connection and with nginx.
+/// with a direct connection, nginx and haproxy.
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
     version,
     long_about = "Starts the mock backends, a standalone multiverse-proxy and (when installed) \
-                  nginx as the same kind of proxy, and measures: latency under open-loop load \
-                  interleaved across direct / proxy / nginx (HTTP/1.1, h2c, SSE, TEI HTTP, gRPC \
-                  unary and bidi), closed-loop throughput, route propagation from a control \
+                  nginx and haproxy as the same kind of proxy, and measures: latency under \
+                  open-loop load interleaved across direct / proxy / nginx / haproxy (HTTP/1.1, \
+                  h2c, SSE, TEI HTTP, gRPC unary and bidi), closed-loop throughput, chat at \
+                  several rates and at 1 and 2 proxy threads, route propagation from a control \
                   plane to N proxies (and failed requests while changes are pushed under \
                   load), and the proxy's memory (idle, under load, soak, 10k models). Exit \
                   status: 0 all good, 1 failed requests or missing samples, 2 could not run."
@@ -186,6 +190,22 @@ pub struct Args {
     /// Leave nginx out even when installed.
     #[arg(long)]
     pub no_nginx: bool,
+    /// haproxy threads (`nbthread`) [default: the number of CPUs, as the proxy's threads].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub haproxy_threads: Option<u32>,
+    /// The haproxy binary [default: `haproxy` on PATH, or /usr/sbin/haproxy].
+    #[arg(long, value_name = "PATH")]
+    pub haproxy_bin: Option<PathBuf>,
+    /// Leave haproxy out even when installed.
+    #[arg(long)]
+    pub no_haproxy: bool,
+    /// Open-loop chat rates per target of the `rates` scenario [default: 50,1000,5000; 50,500
+    /// with --quick].
+    #[arg(long, value_name = "R,..", value_delimiter = ',', value_parser = parse_positive)]
+    pub rates: Vec<f64>,
+    /// Proxy threads (nginx workers, haproxy nbthread) of the `rates` scenario's closed loops.
+    #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub rates_threads: Vec<u32>,
     /// Where mock-openai, mock-tei, multiverse-proxy and multiverse-control are [default: next
     /// to this executable].
     #[arg(long, value_name = "DIR")]
@@ -220,6 +240,10 @@ pub struct Settings {
     pub closed_generator_threads: u32,
     pub proxy_threads: String,
     pub nginx_workers: usize,
+    pub haproxy_threads: usize,
+    /// The `rates` scenario: open-loop chat rates per target, closed-loop thread counts.
+    pub rates: Vec<f64>,
+    pub rates_threads: Vec<usize>,
     pub prefix_rate: f64,
     /// Texts of the arrow scenario (10 000; 300 with --quick).
     pub arrow_rows: usize,
@@ -269,6 +293,17 @@ impl Settings {
             closed_generator_threads: args.closed_threads,
             proxy_threads: format!("default (number of CPUs: {nproc})"),
             nginx_workers: args.nginx_workers.unwrap_or(nproc).max(1),
+            haproxy_threads: args.haproxy_threads.map_or(nproc, |n| n as usize),
+            rates: if args.rates.is_empty() {
+                if q {
+                    vec![50.0, 500.0]
+                } else {
+                    vec![50.0, 1000.0, 5000.0]
+                }
+            } else {
+                args.rates.clone()
+            },
+            rates_threads: args.rates_threads.iter().map(|&n| n as usize).collect(),
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
             arrow_rows: if q { 300 } else { 10_000 },
             hedge_rate: args.hedge_rate.unwrap_or(pick(100.0, 20.0)),
@@ -299,5 +334,33 @@ mod tests {
         let s = Settings::from_args(&args);
         assert_eq!(s.scenarios, vec![Scenario::Chat, Scenario::Models10k]);
         assert_eq!(s.rate_per_target, 100.0);
+    }
+
+    #[test]
+    fn rates_and_haproxy_flags() {
+        let s = Settings::from_args(&Args::parse_from(["bench"]));
+        assert_eq!(s.rates, vec![50.0, 1000.0, 5000.0]);
+        assert_eq!(s.rates_threads, vec![1, 2]);
+        assert!(s.has(Scenario::Rates));
+        let args = Args::parse_from([
+            "bench",
+            "--only",
+            "rates",
+            "--rates",
+            "10,20",
+            "--rates-threads",
+            "2",
+            "--haproxy-threads",
+            "3",
+            "--no-haproxy",
+        ]);
+        assert!(args.no_haproxy);
+        let s = Settings::from_args(&args);
+        assert_eq!(s.scenarios, vec![Scenario::Rates]);
+        assert_eq!(s.rates, vec![10.0, 20.0]);
+        assert_eq!(s.rates_threads, vec![2]);
+        assert_eq!(s.haproxy_threads, 3);
+        assert!(Args::try_parse_from(["bench", "--rates", "0"]).is_err());
+        assert!(Args::try_parse_from(["bench", "--rates-threads", "0"]).is_err());
     }
 }

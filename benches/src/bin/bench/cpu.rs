@@ -65,6 +65,14 @@ pub fn probes(stack: &Stack) -> Vec<Probe> {
             target: Some("nginx".into()),
         });
     }
+    if let Ok(h) = &stack.haproxy {
+        probes.push(Probe {
+            label: "haproxy".into(),
+            pids: vec![h.proc.pid()],
+            children: false,
+            target: Some("haproxy".into()),
+        });
+    }
     probes.push(mocks_probe(stack));
     probes.push(generator_probe());
     probes

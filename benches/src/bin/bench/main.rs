@@ -1,8 +1,8 @@
 //! `bench`: Multiverse's benchmark suite, in one run on one machine.
 //!
 //! It starts the mock backends (`mock-openai`, `mock-tei` over HTTP and gRPC), a standalone
-//! `multiverse-proxy` in front of them and, when an nginx binary is installed, nginx configured
-//! as the same kind of proxy, then runs the selected scenarios:
+//! `multiverse-proxy` in front of them and, when installed, nginx and haproxy configured as the
+//! same kind of proxy, then runs the selected scenarios:
 //!
 //! - latency (`chat`, `chat-h2c`, `sse`, `embed-http`, `grpc-unary`, `grpc-bidi`): open-loop
 //!   constant-rate arrivals interleaved across the targets (direct to the mock, through the
@@ -11,6 +11,8 @@
 //!   For SSE: time to first event, gaps between events, and the whole stream.
 //! - `throughput`: closed loop, N workers per target taking turns slice by slice: the most
 //!   requests per second each target sustains (chat over HTTP/1.1, gRPC unary).
+//! - `rates`: chat latency at each `--rates` rate (50, 1000, 5000 req/s per target), and
+//!   closed-loop chat with the proxy, nginx and haproxy at 1 and at 2 threads each.
 //! - `propagation`: a control plane and N proxies fed by it; the time from a backend
 //!   registration / deregistration at the operator API until every proxy routes by it, and
 //!   failed requests through one proxy while 100 changes are pushed under load.
@@ -39,7 +41,7 @@
 
 //!
 //! Modules, one per part of the run: [`cli`] (command line and settings), [`latency`],
-//! [`throughput`], [`memory`], [`models`], [`keys`], [`prefix`], [`usage`] and [`propagation`] (the scenarios, each with its
+//! [`throughput`], [`rates`], [`memory`], [`models`], [`keys`], [`prefix`], [`usage`] and [`propagation`] (the scenarios, each with its
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
@@ -53,6 +55,7 @@ mod memory;
 mod models;
 mod prefix;
 mod propagation;
+mod rates;
 mod record;
 mod summary;
 mod throughput;
@@ -65,9 +68,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use multiverse_benches::load::machine::{command_line, Machine};
-use multiverse_benches::load::rss;
 use multiverse_benches::load::scenario::Latency;
-use multiverse_benches::load::stack::{self, admin_client, Stack};
+use multiverse_benches::load::stack::{self, admin_client, Others, Stack};
+use multiverse_benches::load::{haproxy, rss};
 use multiverse_mocks::common::termination_signal;
 use multiverse_testkit::binaries::{CONTROL, MOCK_OPENAI, MOCK_TEI, PROXY};
 use multiverse_testkit::{kill_process_groups, Binaries, Launch, ScratchDir};
@@ -139,8 +142,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         loadavg_after: String::new(),
         settings: settings.clone(),
         nginx: NginxInfo::default(),
+        haproxy: NginxInfo::default(),
         latency: Vec::new(),
         throughput: Vec::new(),
+        rates: None,
         propagation: None,
         memory: None,
         models_10k: None,
@@ -160,14 +165,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .iter()
         .any(|s| !matches!(s, Scenario::Propagation | Scenario::Arrow));
     if needs_stack {
-        let nginx_bin = stack::nginx_binary(args.nginx_bin.as_deref(), args.no_nginx);
+        let others = Others {
+            nginx_bin: stack::nginx_binary(args.nginx_bin.as_deref(), args.no_nginx),
+            nginx_workers: settings.nginx_workers,
+            haproxy_bin: haproxy::binary(args.haproxy_bin.as_deref(), args.no_haproxy),
+            haproxy_threads: settings.haproxy_threads,
+        };
         let launch = Launch::new(bins.clone(), scratch.path());
-        let stack = Stack::start(
-            &launch,
-            settings.chunk_interval_ms,
-            nginx_bin,
-            settings.nginx_workers,
-        )?;
+        let stack = Stack::start(&launch, settings.chunk_interval_ms, &others)?;
         rt.block_on(stack.proxy.try_wait_ready(&client))?;
         match &stack.nginx {
             Ok(n) => {
@@ -187,6 +192,26 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             Err(why) => {
                 record.nginx.note = Some(why.clone());
                 println!("nginx:    not used: {why}; the nginx rows are left out");
+            }
+        }
+        match &stack.haproxy {
+            Ok(h) => {
+                record.haproxy = NginxInfo {
+                    used: true,
+                    version: Some(h.version.clone()),
+                    note: Some(format!(
+                        "nbthread {}; config: haproxy.cfg written by bench",
+                        h.threads
+                    )),
+                };
+                println!(
+                    "haproxy:  {} ({} threads), compared as a fourth target",
+                    h.version, h.threads
+                );
+            }
+            Err(why) => {
+                record.haproxy.note = Some(why.clone());
+                println!("haproxy:  not used: {why}; the haproxy rows are left out");
             }
         }
         let mut memory = MemoryRecord {
@@ -236,6 +261,16 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 }
             }
             crt.shutdown_timeout(Duration::from_secs(1));
+        }
+        if settings.has(Scenario::Rates) && stack.ensure_running().is_ok() {
+            loaded = true;
+            match rates::rates_scenario(&rt, &launch, &client, &stack, &others, &settings) {
+                Ok(r) => {
+                    record.failures.extend(r.failures.iter().cloned());
+                    record.rates = Some(r);
+                }
+                Err(e) => record.failures.push(format!("rates: {e:#}")),
+            }
         }
         if loaded {
             // Let connections settle, then read the idle RSS again.

@@ -20,6 +20,7 @@ use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
+use crate::rates::RatesRecord;
 use crate::throughput::ThroughputRecord;
 use crate::usage::UsageRecord;
 
@@ -35,8 +36,11 @@ pub struct Record {
     pub loadavg_after: String,
     pub settings: Settings,
     pub nginx: NginxInfo,
+    /// haproxy, the second comparison proxy (same fields as nginx's).
+    pub haproxy: NginxInfo,
     pub latency: Vec<LatencyRecord>,
     pub throughput: Vec<ThroughputRecord>,
+    pub rates: Option<RatesRecord>,
     pub propagation: Option<PropagationRecord>,
     pub memory: Option<MemoryRecord>,
     pub models_10k: Option<ModelsRecord>,

@@ -8,10 +8,10 @@ use serde::Serialize;
 use multiverse_benches::load::engine::{self, ClosedPlan, TargetStats};
 use multiverse_benches::load::report::{self, Summary};
 use multiverse_benches::load::scenario::{Concurrency, Latency};
-use multiverse_benches::load::stack::Stack;
+use multiverse_benches::load::stack::{Addrs, Stack};
 
 use crate::cli::Settings;
-use crate::cpu::{print_cpu, probes, with_cpu, CpuRecord};
+use crate::cpu::{print_cpu, probes, with_cpu, CpuRecord, Probe};
 use crate::latency::targets;
 
 #[derive(Debug, Serialize)]
@@ -25,6 +25,8 @@ pub struct ThroughputRecord {
     pub targets: Vec<Summary>,
     /// proxy req/s ÷ nginx req/s.
     pub proxy_over_nginx: Option<f64>,
+    /// proxy req/s ÷ haproxy req/s.
+    pub proxy_over_haproxy: Option<f64>,
     pub cpu: Vec<CpuRecord>,
     pub failures: Vec<String>,
 }
@@ -42,6 +44,18 @@ pub fn throughput_scenario(
         s.closed_rounds,
         s.closed_slice_s
     );
+    closed(rt, scenario, &stack.targets(), &probes(stack), s)
+}
+
+/// Closed-loop throughput of `addrs` (targets named "proxy", "nginx", "haproxy" get the
+/// ratios), with the CPU of `probes`; prints its table.
+pub fn closed(
+    rt: &tokio::runtime::Runtime,
+    scenario: Latency,
+    addrs: &[(String, Addrs)],
+    probes: &[Probe],
+    s: &Settings,
+) -> anyhow::Result<ThroughputRecord> {
     // Every worker gets its own connection (HTTP/1.1) or stream slot (h2).
     let c = Concurrency {
         http1_connections: s.closed_concurrency,
@@ -49,7 +63,7 @@ pub fn throughput_scenario(
         h2_in_flight: s.closed_concurrency,
         bidi_streams: s.closed_concurrency,
     };
-    let targets = targets(rt, scenario, &stack.targets(), &c)?;
+    let targets = targets(rt, scenario, addrs, &c)?;
     let plan = ClosedPlan {
         concurrency: s.closed_concurrency,
         slice: Duration::from_secs_f64(s.closed_slice_s),
@@ -57,7 +71,7 @@ pub fn throughput_scenario(
         warmup: Duration::from_secs_f64(s.closed_warmup_s),
     };
     let (stats, cpu) = with_cpu(
-        &probes(stack),
+        probes,
         || Ok(engine::closed_loop(rt, &plan, &targets, s.timeout())),
         |stats, name| {
             stats
@@ -77,12 +91,16 @@ pub fn throughput_scenario(
             .find(|t| t.name == name)
             .map(|t| t.throughput_rps)
     };
-    let ratio = match (rps("proxy"), rps("nginx")) {
+    let over = |other: &str| match (rps("proxy"), rps(other)) {
         (Some(p), Some(n)) if n > 0.0 => Some((p / n * 100.0).round() / 100.0),
         _ => None,
     };
+    let (ratio, over_haproxy) = (over("nginx"), over("haproxy"));
     if let Some(r) = ratio {
         println!("   proxy ÷ nginx throughput: {r:.2}");
+    }
+    if let Some(r) = over_haproxy {
+        println!("   proxy ÷ haproxy throughput: {r:.2}");
     }
     print_cpu(&cpu);
     let failures: Vec<String> = stats
@@ -102,6 +120,7 @@ pub fn throughput_scenario(
         rounds: s.closed_rounds,
         targets: summaries,
         proxy_over_nginx: ratio,
+        proxy_over_haproxy: over_haproxy,
         cpu,
         failures,
     })
