@@ -208,6 +208,41 @@ fn quick_run_reports_every_scenario() {
         assert_measured(&format!("hedge {name}"), t);
     }
 
+    // Routing policies: every policy's proxy measured and compared with least_request; both
+    // slow-endpoint arms measured, every measured request counted on one of its endpoints.
+    let policies = &r["policies"];
+    let metric = &policies["hot_path"]["metrics"][0];
+    let policy_names = [
+        "least_request",
+        "round_robin",
+        "weighted",
+        "peak_ewma",
+        "prefix_affinity",
+        "least_request+queue",
+    ];
+    for name in std::iter::once("direct").chain(policy_names) {
+        let t = target(&metric["targets"], name).unwrap_or_else(|| panic!("policies {name}"));
+        assert_measured(&format!("policies {name}"), t);
+    }
+    for name in &policy_names[1..] {
+        let d = &policies["minus_least_request"][name];
+        assert!(d["p99_us"].is_i64(), "policies {name}: {policies}");
+    }
+    let arms = policies["slow"]["arms"].as_array().expect("slow arms");
+    assert_eq!(arms.len(), 2, "{policies}");
+    for arm in arms {
+        assert_measured(&format!("policies slow {}", arm["lb"]), &arm["latency"]);
+        let counted: u64 = arm["per_endpoint"]
+            .as_object()
+            .expect("per endpoint")
+            .values()
+            .filter_map(Value::as_u64)
+            .sum();
+        assert_eq!(Some(counted), arm["latency"]["count"].as_u64(), "{arm}");
+        let share = arm["slow_share"].as_f64().expect("slow share");
+        assert!((0.0..=1.0).contains(&share), "{arm}");
+    }
+
     // Quick really is quick.
     assert!(started.elapsed() < Duration::from_secs(180));
 }

@@ -5,7 +5,9 @@
 //! - `prefix_hash`: [`PrefixHasher`] (the `prefix_affinity` key) over the same bodies, with the
 //!   default cap of 4096 bytes and the first message;
 //! - `table_lookup`: [`RoutingTable::route`] hit and miss in tables of 1 to 10,000 models;
-//! - `endpoint_pick`: [`pick::pick`] per balancing strategy over 2 to 64 endpoints;
+//! - `endpoint_pick`: [`pick::pick`] per balancing strategy over 2 to 64 endpoints, and
+//!   `least_request_admitted`: a model with an (empty) admission queue, the slot reserved and
+//!   released;
 //! - `snapshot_apply`: [`PlaneRoutes::from_snapshot`] + [`RoutingTable::merge`], and the full
 //!   [`TableState::apply_plane`] (merge + `ArcSwap` store + dropping the replaced table).
 //!
@@ -270,6 +272,7 @@ fn endpoint_pick(c: &mut Criterion) {
         ("least_request", pb::LbStrategy::Unspecified),
         ("round_robin", pb::LbStrategy::RoundRobin),
         ("weighted", pb::LbStrategy::Weighted),
+        ("peak_ewma", pb::LbStrategy::PeakEwma),
         ("prefix_affinity", pb::LbStrategy::PrefixAffinity),
     ] {
         let want = if lb == pb::LbStrategy::PrefixAffinity {
@@ -281,8 +284,12 @@ fn endpoint_pick(c: &mut Criterion) {
             let table = build_table(&snapshot(1, n, lb));
             let route: Arc<Route> = table.route(MODEL).expect("route").clone();
             // Some load in flight, so least-request compares real numbers.
+            // and latency samples, so peak-EWMA decays real averages.
             for (i, e) in route.endpoints.iter().enumerate() {
                 e.state.in_flight.store((i % 5) as u64, Ordering::Relaxed);
+                e.state
+                    .latency
+                    .observe(5 + (i % 7) as u64 * 10, clock.now_ms());
             }
             assert!(pick::pick(&route, Tried::default(), &want, clock.now_ms()).is_some());
             group.bench_with_input(BenchmarkId::new(name, n), &route, |b, route| {
@@ -297,6 +304,48 @@ fn endpoint_pick(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // A model with an admission queue (`queue_max`, every endpoint with a `max_concurrent`)
+    // that nobody waits in: what `admit` adds to least request on every request, the queue's
+    // emptiness check, the pick, the slot reserved by compare-and-swap (released again here as
+    // the finished request does).
+    for n in [2usize, 8, 64] {
+        let mut snap = snapshot(1, n, pb::LbStrategy::Unspecified);
+        for m in &mut snap.models {
+            if let Some(p) = m.policy.as_mut() {
+                p.queue_max = 64;
+            }
+            for e in &mut m.endpoints {
+                e.max_concurrent = 1024;
+            }
+        }
+        let table = build_table(&snap);
+        let route: Arc<Route> = table.route(MODEL).expect("route").clone();
+        assert!(route.limited);
+        for (i, e) in route.endpoints.iter().enumerate() {
+            e.state.in_flight.store((i % 5) as u64, Ordering::Relaxed);
+        }
+        group.bench_with_input(
+            BenchmarkId::new("least_request_admitted", n),
+            &route,
+            |b, route| {
+                b.iter(|| {
+                    let route = black_box(route);
+                    let picked = if route.queue.is_empty() {
+                        pick::pick_reserved(route, Tried::default(), &plain, clock.now_ms())
+                    } else {
+                        None
+                    };
+                    if let Some(i) = picked {
+                        route.endpoints[i]
+                            .state
+                            .in_flight
+                            .fetch_sub(1, Ordering::AcqRel);
+                    }
+                    picked
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -53,6 +53,9 @@ pub enum Scenario {
     /// /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests, hedging
     /// off vs `hedge_after_ms`.
     Hedge,
+    /// Each routing policy's hot-path cost against least_request (one proxy per policy,
+    /// interleaved); least_request vs peak_ewma with one slow endpoint of two.
+    Policies,
 }
 
 impl Scenario {
@@ -140,6 +143,14 @@ pub struct Args {
     /// --quick].
     #[arg(long, value_name = "R", value_parser = parse_positive)]
     pub hedge_rate: Option<f64>,
+    /// Chat requests per second per proxy in the policies scenario's hot-path run [default:
+    /// 500; 100 with --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    pub policies_rate: Option<f64>,
+    /// Chat requests per second per arm in the policies scenario's slow-endpoint run
+    /// [default: 100; 20 with --quick].
+    #[arg(long, value_name = "R", value_parser = parse_positive)]
+    pub slow_rate: Option<f64>,
     /// Seconds of each closed-loop turn [default: 2; 0.5 with --quick].
     #[arg(long, value_name = "SECS", value_parser = parse_positive)]
     pub slice: Option<f64>,
@@ -248,6 +259,8 @@ pub struct Settings {
     /// Texts of the arrow scenario (10 000; 300 with --quick).
     pub arrow_rows: usize,
     pub hedge_rate: f64,
+    pub policies_rate: f64,
+    pub slow_rate: f64,
 }
 
 impl Settings {
@@ -307,6 +320,8 @@ impl Settings {
             prefix_rate: args.prefix_rate.unwrap_or(pick(200.0, 50.0)),
             arrow_rows: if q { 300 } else { 10_000 },
             hedge_rate: args.hedge_rate.unwrap_or(pick(100.0, 20.0)),
+            policies_rate: args.policies_rate.unwrap_or(pick(500.0, 100.0)),
+            slow_rate: args.slow_rate.unwrap_or(pick(100.0, 20.0)),
         }
     }
 

@@ -30,6 +30,8 @@
 //!   calls of 1 and of max_client_batch_size texts, through the same proxy.
 //! - `hedge`: /v1/embeddings p50/p99 with one of two endpoints stalling 5 % of its requests,
 //!   hedging off vs `hedge_after_ms = 50` (one proxy per arm, interleaved).
+//! - `policies`: each routing policy's hot-path cost against least_request (one fresh proxy
+//!   per policy, interleaved), and least_request vs peak_ewma with one slow endpoint of two.
 //!
 //! Output: a table per scenario as it finishes, a summary at the end, and with `--json FILE`
 //! every number in one JSON document. Exit status: 0 when every scenario ran without a failed
@@ -41,7 +43,7 @@
 
 //!
 //! Modules, one per part of the run: [`cli`] (command line and settings), [`latency`],
-//! [`throughput`], [`rates`], [`memory`], [`models`], [`keys`], [`prefix`], [`usage`] and [`propagation`] (the scenarios, each with its
+//! [`throughput`], [`rates`], [`memory`], [`models`], [`keys`], [`prefix`], [`policies`], [`usage`] and [`propagation`] (the scenarios, each with its
 //! record), [`cpu`] (CPU per request), [`record`] (the JSON document) and [`summary`] (the
 //! header and the closing tables).
 
@@ -53,6 +55,7 @@ mod keys;
 mod latency;
 mod memory;
 mod models;
+mod policies;
 mod prefix;
 mod propagation;
 mod rates;
@@ -154,6 +157,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         usage: None,
         arrow: None,
         hedge: None,
+        policies: None,
         failures: Vec::new(),
         ok: false,
         elapsed_s: 0.0,
@@ -353,6 +357,24 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     record.hedge = Some(h);
                 }
                 Err(e) => record.failures.push(format!("hedge: {e:#}")),
+            }
+        }
+        if settings.has(Scenario::Policies) && stack.ensure_running().is_ok() {
+            match policies::policies_scenario(&rt, &launch, &client, &stack, &settings) {
+                Ok(p) => {
+                    record.failures.extend(p.hot_path.failures.iter().cloned());
+                    for arm in &p.slow.arms {
+                        let l = &arm.latency;
+                        if l.errors > 0 || l.count == 0 {
+                            record.failures.push(format!(
+                                "policies slow {}: {} failed, {} measured",
+                                arm.lb, l.errors, l.count
+                            ));
+                        }
+                    }
+                    record.policies = Some(p);
+                }
+                Err(e) => record.failures.push(format!("policies: {e:#}")),
             }
         }
         if let Err(e) = stack.ensure_running() {

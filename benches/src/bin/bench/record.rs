@@ -18,6 +18,7 @@ use crate::hedge::HedgeRecord;
 use crate::keys::KeysRecord;
 use crate::memory::MemoryRecord;
 use crate::models::ModelsRecord;
+use crate::policies::PoliciesRecord;
 use crate::prefix::PrefixRecord;
 use crate::propagation::PropagationRecord;
 use crate::rates::RatesRecord;
@@ -49,6 +50,7 @@ pub struct Record {
     pub usage: Option<UsageRecord>,
     pub arrow: Option<ArrowRecord>,
     pub hedge: Option<HedgeRecord>,
+    pub policies: Option<PoliciesRecord>,
     /// Everything that went wrong (failed requests, missing samples, children that died).
     pub failures: Vec<String>,
     pub ok: bool,
