@@ -61,11 +61,14 @@ cost current
 cost knockout --proxy-bin "$ko"
 
 for dump in "$out"/cg-current/*.callgrind; do
-  callgrind_annotate --inclusive=yes "$dump" >"$dump.inclusive.txt"
+  callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$dump.inclusive.txt"
   echo "== $(basename "$dump"): inclusive instructions per request of the request-id, trace and usage functions"
   grep -E 'request::(id|trace|usage|stream_usage|pace)::|request_id::|otlp::parse_traceparent' \
-    "$dump.inclusive.txt" | awk -v n="$requests" '{ gsub(",", "", $1); printf "%10.0f  %s\n", $1 / n, $0 }' \
-    | sed -E 's/  +[0-9,]+ \([^)]*\)//' | cut -c1-200
+    "$dump.inclusive.txt" | awk -v n="$requests" '
+      match($0, /^ *[0-9,]+ +\( *[0-9.]+%\) +/) {
+        ir = $1; gsub(",", "", ir)
+        printf "%10.1f  %s\n", ir / n, substr($0, RLENGTH + 1)
+      }' | cut -c1-200
 done | tee "$out/attribution.txt"
 
 for i in $(seq "$runs"); do
