@@ -185,3 +185,39 @@ async fn streams_are_asked_for_usage_counted_and_its_event_hidden_from_who_did_n
     chat(&client, &off, &body(false, None)).await;
     wait_counted(&client, &off, per_request).await;
 }
+
+/// The usage event the proxy hides is not a token the client saw: a stream of N visible events
+/// (`mock-openai` writes one per chunk, paced) records one time to first token and exactly
+/// N − 1 inter-token gaps, with the usage asked for and hidden (the backend sent N + 1).
+#[tokio::test]
+async fn the_hidden_usage_event_is_not_timed_as_a_token() {
+    let dir = temp_dir("stream-usage-pace");
+    // 40 ms apart: each event is a chunk of its own at the proxy, even on a busy machine.
+    let mock = MockOpenAi::start(&dir, "mock-su", &["--chunk-interval-ms", "40"]);
+    let routes = model_toml(
+        "demo",
+        "chat",
+        "",
+        &[Ep::http("mock-su", mock.addr, "healthy")],
+    );
+    let proxy = Proxy::start_standalone(&dir, "proxy-su-pace", &routes, "").await;
+    let client = reqwest::Client::new();
+    let text = chat(&client, &proxy, &body(false, None)).await;
+    let per_request = usage_of(&text).unwrap_or_else(|| panic!("no usage in {text}"));
+
+    let text = chat(&client, &proxy, &body(true, None)).await;
+    assert_eq!(usage_of(&text), None, "hidden: {text}");
+    // role, 3 tokens, stop, [DONE].
+    let visible = sse_data(&text).len();
+    assert_eq!(visible, 6, "{text}");
+    // Counted as it ends: the stream was asked for usage and read to its end.
+    wait_counted(&client, &proxy, (2.0 * per_request.0, 2.0 * per_request.1)).await;
+    let first = "multiverse_proxy_time_to_first_token_seconds_count{model=\"demo\"}";
+    let gaps = "multiverse_proxy_inter_token_gap_seconds_count{model=\"demo\"}";
+    assert_eq!(proxy.metric(&client, first).await, 1.0);
+    assert_eq!(
+        proxy.metric(&client, gaps).await,
+        (visible - 1) as f64,
+        "gaps between the events the client got, the hidden usage event not among them"
+    );
+}

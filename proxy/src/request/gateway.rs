@@ -460,7 +460,8 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(pace) = ctx.pace.as_mut() {
-            pace.chunk(ctx.started);
+            // What the client gets: a hidden usage event is no token.
+            pace.chunk(body.as_deref(), ctx.started);
         }
         Ok(None)
     }

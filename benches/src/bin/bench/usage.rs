@@ -7,7 +7,8 @@
 //! event, which `mock-openai` paces like a token (`--chunk-interval-ms`), so there it adds about
 //! one gap (a real backend sends the usage chunk right after the last one). Reading the usage
 //! of responses and the request ids have no switch (always on), so their cost is in every
-//! proxy row and cannot be told apart here.
+//! proxy row and cannot be told apart here: `benches/ab/usage-ids-cost.sh` measures it against
+//! a knockout build (README, "Request ids and usage reading").
 
 use multiverse_benches::load::report::Added;
 use multiverse_benches::load::scenario::Latency;

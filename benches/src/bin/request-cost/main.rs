@@ -9,7 +9,9 @@
 //!   only ([`strace`]);
 //! - context switches per request (voluntary and involuntary, all threads, from /proc), and,
 //!   for a proxy that counts its allocations (debug builds, or `--features alloc-count`), its
-//!   allocations per request as the allocator itself counted them.
+//!   allocations per request as the allocator itself counted them;
+//! - CPU time per request (user and system, [`cputime`]), which with the same run's callgrind
+//!   instructions gives instructions per user-CPU µs: what turns an instruction count into time.
 //!
 //! Each target (`multiverse-proxy` with one worker thread; `proxy-keys`, the same in keys mode
 //! with the 1 000-key table of `bench --only keys`, its requests carrying the rpm-limited bench
@@ -29,6 +31,7 @@
 //! held), 1 when a budget was exceeded, 2 when a measurement could not run.
 
 mod callgrind;
+mod cputime;
 mod strace;
 mod target;
 
@@ -149,6 +152,9 @@ struct Row {
     counted_allocs: Option<f64>,
     /// The proxy's own counter: bytes requested.
     counted_bytes: Option<f64>,
+    /// /proc: CPU µs (all threads), user and user + system ([`cputime`]).
+    user_cpu_us: Option<f64>,
+    cpu_us: Option<f64>,
     /// The callgrind dump (when kept).
     dump: Option<PathBuf>,
 }
@@ -279,8 +285,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 if native {
                     let switches = strace::context_switches(pid)?;
                     let counted = running.allocations();
+                    let cpu = cputime::CpuTime::of(pid)?;
                     rt.block_on(send(&call, args.requests))?;
                     let after = strace::context_switches(pid)?;
+                    let (user, total) =
+                        cputime::CpuTime::of(pid)?.per_request_since(&cpu, args.requests);
+                    (row.user_cpu_us, row.cpu_us) = (Some(user), Some(total));
                     let n = args.requests as f64;
                     row.voluntary_switches = Some((after.0 - switches.0) as f64 / n);
                     row.involuntary_switches = Some((after.1 - switches.1) as f64 / n);
@@ -519,6 +529,15 @@ fn print(report: &Report) {
     }
     for line in keys_minus_open(&report.rows) {
         println!("  {line}");
+    }
+    for r in &report.rows {
+        if let (Some(user), Some(total)) = (r.user_cpu_us, r.cpu_us) {
+            let rate = r.instructions.map(|i| i / user);
+            println!(
+                "  {} {} cpu: {user:.1} µs user + {:.1} µs system per request; {} instructions per user µs",
+                r.target, r.family, total - user, fmt(rate, 0)
+            );
+        }
     }
     for (target, ips) in &report.idle_instructions_per_second {
         println!("  {target} idle: {ips:.0} instructions/s");
