@@ -607,29 +607,32 @@ impl ProxyConfig {
                 "must be between 1 and 256".into(),
             ));
         }
-        if !(1..=1 << 21).contains(&self.clients.max_connections) {
-            return Err(invalid(
-                "clients.max_connections",
-                "must be between 1 and 2097152".into(),
-            ));
-        }
-        if self.clients.max_connections_per_ip > 65_535 {
-            return Err(invalid(
-                "clients.max_connections_per_ip",
-                "must be at most 65535 (0: no per-address limit)".into(),
-            ));
-        }
-        if !(1..=65_536).contains(&self.admin.max_connections) {
-            return Err(invalid(
-                "admin.max_connections",
-                "must be between 1 and 65536".into(),
-            ));
-        }
-        if self.admin.max_connections_per_ip > 65_535 {
-            return Err(invalid(
-                "admin.max_connections_per_ip",
-                "must be at most 65535 (0: no per-address limit)".into(),
-            ));
+        for (table, total, cap, per_ip) in [
+            (
+                "clients",
+                self.clients.max_connections,
+                1 << 21,
+                self.clients.max_connections_per_ip,
+            ),
+            (
+                "admin",
+                self.admin.max_connections,
+                1 << 16,
+                self.admin.max_connections_per_ip,
+            ),
+        ] {
+            if !(1..=cap).contains(&total) {
+                return Err(invalid(
+                    &format!("{table}.max_connections"),
+                    format!("must be between 1 and {cap}"),
+                ));
+            }
+            if per_ip > 65_535 {
+                return Err(invalid(
+                    &format!("{table}.max_connections_per_ip"),
+                    "must be at most 65535 (0: no per-address limit)".into(),
+                ));
+            }
         }
         if self.clients.h2_max_streams == 0 {
             return Err(invalid("clients.h2_max_streams", "must be > 0".into()));

@@ -444,9 +444,13 @@ const ADMIN_KEY: &str = "abuse-limits-key-0123456789";
 
 /// A raw `GET /health` on `stream` (keep-alive); the status, or `None` if it was closed first.
 async fn health_on(stream: &mut TcpStream) -> Option<u16> {
-    let _ = stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
+    get_on(stream, "/health").await
+}
+
+/// A raw `GET path` on `stream` (keep-alive); the status, or `None` if it was closed first.
+async fn get_on(stream: &mut TcpStream, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
     read_to_close_or_response(stream).await
 }
 
@@ -577,10 +581,7 @@ async fn operator_api_connection_limits() {
 /// A raw `GET /healthz` on a proxy admin `stream` (keep-alive); the status, or `None` if it was
 /// closed first.
 async fn healthz_on(stream: &mut TcpStream) -> Option<u16> {
-    let _ = stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    read_to_close_or_response(stream).await
+    get_on(stream, "/healthz").await
 }
 
 /// A connection from `from` that the proxy's admin listener serves (retried while an earlier
