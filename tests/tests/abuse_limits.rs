@@ -454,18 +454,23 @@ async fn get_on(stream: &mut TcpStream, path: &str) -> Option<u16> {
     read_to_close_or_response(stream).await
 }
 
-/// A connection from `from` that the operator API serves (retried while a connection of an
-/// earlier client is still being closed).
-async fn served_connection(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+/// A connection from `from` that answers `GET path` with 200 (retried while a connection of
+/// an earlier client, e.g. a start-up probe's, is still being closed).
+async fn served_on(addr: SocketAddr, from: Ipv4Addr, path: &str) -> TcpStream {
     let deadline = Instant::now() + CAP;
     loop {
         let mut stream = connect_from(from, addr).await;
-        if health_on(&mut stream).await == Some(200) {
+        if get_on(&mut stream, path).await == Some(200) {
             return stream;
         }
-        assert!(Instant::now() < deadline, "never served from {from}");
+        assert!(Instant::now() < deadline, "{path} never served from {from}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A connection from `from` that the operator API serves.
+async fn served_connection(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    served_on(addr, from, "/health").await
 }
 
 /// `multiverse_control_api_connections_shed_total{limit}`; `None` if `/metrics` could not be
@@ -584,18 +589,9 @@ async fn healthz_on(stream: &mut TcpStream) -> Option<u16> {
     get_on(stream, "/healthz").await
 }
 
-/// A connection from `from` that the proxy's admin listener serves (retried while an earlier
-/// client's connection, e.g. the start-up probe's, is still being closed).
+/// A connection from `from` that the proxy's admin listener serves.
 async fn served_admin(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
-    let deadline = Instant::now() + CAP;
-    loop {
-        let mut stream = connect_from(from, addr).await;
-        if healthz_on(&mut stream).await == Some(200) {
-            return stream;
-        }
-        assert!(Instant::now() < deadline, "admin never served from {from}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    served_on(addr, from, "/healthz").await
 }
 
 /// The proxy's admin listener has a budget of its own (`[admin] max_connections = 3`,
