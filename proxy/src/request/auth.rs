@@ -11,19 +11,25 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use multiverse_common::keys::hash_secret;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::{RequestHeader, ResponseHeader, StaticHeaderName};
 
 use crate::request::error::{retry_after_secs, Limit, ProxyError};
 use crate::routing::keys::{ApiKey, KeySet};
 use crate::routing::limits::{Cell, Decision, Leased};
 
-/// The credential headers a client may send its key in; all are removed before the request
-/// goes upstream when the gateway checked a key.
-pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+/// The credential headers a client may send its key in (`Authorization` first); all are
+/// removed before the request goes upstream when the gateway checked a key. Typed names: a
+/// lookup or a removal parses nothing.
+pub static CREDENTIAL_HEADERS: [StaticHeaderName; 3] = [
+    StaticHeaderName::new("authorization"),
+    StaticHeaderName::new("api-key"),
+    StaticHeaderName::new("x-api-key"),
+];
 
 /// The secret a request presents, if any.
 pub fn credential(req: &RequestHeader) -> Option<&[u8]> {
-    if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
+    let [authorization, others @ ..] = &CREDENTIAL_HEADERS;
+    if let Some(v) = req.headers.get(authorization.name()) {
         let v = v.as_bytes();
         let token = match v.get(..7) {
             Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &v[7..],
@@ -31,9 +37,9 @@ pub fn credential(req: &RequestHeader) -> Option<&[u8]> {
         };
         return Some(token.trim_ascii());
     }
-    ["api-key", "x-api-key"]
+    others
         .iter()
-        .find_map(|h| req.headers.get(*h))
+        .find_map(|h| req.headers.get(h.name()))
         .map(|v| v.as_bytes().trim_ascii())
 }
 
@@ -106,49 +112,49 @@ pub struct Limited {
     pub decision: Decision,
 }
 
-/// One limit's header names (static: inserting one allocates nothing for the name itself).
+/// One limit's header names, typed once: an insert neither parses nor allocates for the name.
 struct Names {
-    limit: &'static str,
-    remaining: &'static str,
-    reset: &'static str,
+    limit: StaticHeaderName,
+    remaining: StaticHeaderName,
+    reset: StaticHeaderName,
 }
 
-const REQUESTS: Names = Names {
-    limit: "x-ratelimit-limit-requests",
-    remaining: "x-ratelimit-remaining-requests",
-    reset: "x-ratelimit-reset-requests",
+static REQUESTS: Names = Names {
+    limit: StaticHeaderName::new("x-ratelimit-limit-requests"),
+    remaining: StaticHeaderName::new("x-ratelimit-remaining-requests"),
+    reset: StaticHeaderName::new("x-ratelimit-reset-requests"),
 };
-const TOKENS: Names = Names {
-    limit: "x-ratelimit-limit-tokens",
-    remaining: "x-ratelimit-remaining-tokens",
-    reset: "x-ratelimit-reset-tokens",
+static TOKENS: Names = Names {
+    limit: StaticHeaderName::new("x-ratelimit-limit-tokens"),
+    remaining: StaticHeaderName::new("x-ratelimit-remaining-tokens"),
+    reset: StaticHeaderName::new("x-ratelimit-reset-tokens"),
 };
+static RETRY_AFTER: StaticHeaderName = StaticHeaderName::new("retry-after");
+static RETRY_AFTER_MS: StaticHeaderName = StaticHeaderName::new("retry-after-ms");
 
 impl RateHeaders {
     /// Adds the headers to `resp`. Per limit: the limit is the key's ready value (or formatted
     /// on the stack under a lease), the remaining count and the reset time are formatted on
-    /// the stack; each value is one allocation (`HeaderValue` owns its bytes), and pingora
-    /// parses each name into a `HeaderName` (one allocation for a non-standard name, one more
-    /// for its copy in an HTTP/1 response's case map).
+    /// the stack; each value is one allocation (`HeaderValue` owns its bytes); the names are
+    /// static (no parse, no allocation).
     pub fn write(&self, resp: &mut ResponseHeader) -> pingora_error::Result<()> {
         for (names, cell) in [(&REQUESTS, &self.requests), (&TOKENS, &self.tokens)] {
             let Some(cell) = cell else { continue };
             match &cell.value {
-                Some(v) => resp.insert_header(names.limit, v.clone())?,
-                None => resp.insert_header(names.limit, itoa::Buffer::new().format(cell.limit))?,
+                Some(v) => resp.insert_header(&names.limit, v.clone())?,
+                None => resp.insert_header(&names.limit, itoa::Buffer::new().format(cell.limit))?,
             }
             let remaining = cell.decision.remaining;
-            resp.insert_header(names.remaining, itoa::Buffer::new().format(remaining))?;
+            resp.insert_header(&names.remaining, itoa::Buffer::new().format(remaining))?;
             let reset = GoDuration::new(Duration::from_nanos(cell.decision.reset_ns));
-            resp.insert_header(names.reset, reset.as_bytes())?;
+            resp.insert_header(&names.reset, reset.as_bytes())?;
         }
         if let Some(after) = self.retry_after {
             let secs = retry_after_secs(after);
-            // A `&'static str` name: a standard one is then found without an allocation.
-            resp.insert_header("retry-after", itoa::Buffer::new().format(secs))?;
+            resp.insert_header(&RETRY_AFTER, itoa::Buffer::new().format(secs))?;
             // What the openai SDKs read first, to the millisecond.
             let ms = after.as_millis().max(1);
-            resp.insert_header("retry-after-ms", itoa::Buffer::new().format(ms))?;
+            resp.insert_header(&RETRY_AFTER_MS, itoa::Buffer::new().format(ms))?;
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ use multiverse_common::{Clock, Millis, SystemClock};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::ops::drain::Active;
@@ -84,6 +84,9 @@ use crate::routing::TableState;
 /// Client-fault log lines per second at most (the rest are counted in
 /// `client_faults_total` and summarised in the next line).
 const CLIENT_FAULT_LOGS_PER_SECOND: u32 = 10;
+
+/// The endpoint that answered, on every upstream response (a typed name: no parse per insert).
+static ENDPOINT_HEADER: StaticHeaderName = StaticHeaderName::new("x-multiverse-endpoint");
 
 /// Proxy-wide settings of the request path.
 #[derive(Debug, Clone)]
@@ -347,7 +350,7 @@ impl ProxyHttp for Gateway {
         {
             // The held bytes are the whole body, rewritten. (A static name: one allocation,
             // the value.)
-            upstream_request.insert_header("Content-Length", ctx.held.len())?;
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, ctx.held.len())?;
         }
         ctx.trace.write_upstream(upstream_request)
     }
@@ -413,7 +416,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(id::HEADER, ctx.id.value().clone())?;
+        upstream_response.insert_header(&id::NAME, ctx.id.value().clone())?;
         ctx.forwarded.kind = BodyKind::of(upstream_response);
         if ctx.forwarded.kind == BodyKind::Sse {
             ctx.pace = Some(Pace::new(self.metrics.stream_pace(ctx.model())));
@@ -427,7 +430,7 @@ impl ProxyHttp for Gateway {
                 .contains_key(http::header::CONTENT_LENGTH))
         .then(HideUsage::default);
         if let Some(endpoint) = ctx.endpoint() {
-            upstream_response.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
+            upstream_response.insert_header(&ENDPOINT_HEADER, endpoint.id_header.clone())?;
         }
         if let Some(rate) = &ctx.rate {
             rate.write(upstream_response)?;
@@ -793,9 +796,9 @@ impl Gateway {
             usage.feed(&answer.body);
         }
         let mut header = answer.header;
-        header.insert_header(id::HEADER, ctx.id.value().clone())?;
+        header.insert_header(&id::NAME, ctx.id.value().clone())?;
         let endpoint = &route.endpoints[answer.index];
-        header.insert_header("x-multiverse-endpoint", endpoint.id_header.clone())?;
+        header.insert_header(&ENDPOINT_HEADER, endpoint.id_header.clone())?;
         if let Some(rate) = &ctx.rate {
             rate.write(&mut header)?;
         }

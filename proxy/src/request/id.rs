@@ -10,15 +10,19 @@
 //! Cost per request: one header lookup; without a usable id, 128 bits from the thread's
 //! random generator (a user-space ChaCha, no syscall), 32 hex digits on the stack and one small
 //! allocation for the header value, which the upstream request and the response share (a
-//! reference count each); each header insert (upstream with a generated id, and on the
-//! response) costs pingora two allocations for the header's name (its case-preserving map). A
-//! kept id goes upstream with the client's headers: no insert there.
+//! reference count each). The name is typed once ([`NAME`]): a lookup parses nothing and an
+//! insert (upstream with a generated id, and on the response) allocates nothing for the name
+//! (pingora-http patch, third_party/PATCHES.md). A kept id goes upstream with the client's
+//! headers: no insert there.
 
 use http::HeaderValue;
 use multiverse_common::request_id::{self as rule, usable};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, StaticHeaderName};
 
 pub use rule::{HEADER, MAX_LEN};
+
+/// [`HEADER`] as a typed name: looked up and inserted without a parse or an allocation.
+pub static NAME: StaticHeaderName = StaticHeaderName::new(HEADER);
 
 /// A request's id, and whether it was generated (so the upstream request needs it added).
 #[derive(Debug, Clone)]
@@ -40,7 +44,7 @@ impl Default for RequestId {
 impl RequestId {
     /// The client's `x-request-id` when usable, else a new one.
     pub fn of(req: &RequestHeader) -> Self {
-        let mut sent = req.headers.get_all(HEADER).iter();
+        let mut sent = req.headers.get_all(NAME.name()).iter();
         match (sent.next(), sent.next()) {
             (Some(v), None) if usable(v.as_bytes()) => Self {
                 value: v.clone(),
@@ -70,7 +74,7 @@ impl RequestId {
     /// Adds the id to the upstream request when the client's headers do not carry it already.
     pub fn write_upstream(&self, req: &mut RequestHeader) -> pingora_error::Result<()> {
         if self.generated {
-            req.insert_header(HEADER, self.value.clone())?;
+            req.insert_header(&NAME, self.value.clone())?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_error::Result;
-use pingora_http::ResponseHeader;
+use pingora_http::{ResponseHeader, StaticHeaderName};
 use pingora_proxy::Session;
 use serde_json::json;
 
@@ -46,6 +46,10 @@ pub fn tei_body(err: &ProxyError) -> Bytes {
     Bytes::from(json!({"error": err.to_string(), "error_type": err.code()}).to_string())
 }
 
+/// gRPC's status headers of a trailers-only answer (typed names: no parse per insert).
+static GRPC_STATUS_HEADER: StaticHeaderName = StaticHeaderName::new("grpc-status");
+static GRPC_MESSAGE_HEADER: StaticHeaderName = StaticHeaderName::new("grpc-message");
+
 /// Bytes of a `grpc-message` that must be percent-encoded (gRPC over HTTP/2 spec).
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
@@ -71,16 +75,16 @@ pub async fn send_error(
         ErrorFormat::Grpc => {
             // Trailers-only: HTTP 200 whose headers carry the status, and end the stream.
             let mut resp = ResponseHeader::build(200, Some(5))?;
-            resp.insert_header(id::HEADER, request_id.clone())?;
+            resp.insert_header(&id::NAME, request_id.clone())?;
             cors::decorate(&mut resp, cors)?;
             if let Some(rate) = rate {
                 rate.write(&mut resp)?;
             }
             resp.insert_header(header::CONTENT_TYPE, "application/grpc")?;
-            resp.insert_header("grpc-status", (err.grpc_code() as i32).to_string())?;
+            resp.insert_header(&GRPC_STATUS_HEADER, (err.grpc_code() as i32).to_string())?;
             let message =
                 percent_encoding::utf8_percent_encode(&err.to_string(), GRPC_MESSAGE).to_string();
-            resp.insert_header("grpc-message", message)?;
+            resp.insert_header(&GRPC_MESSAGE_HEADER, message)?;
             // pingora 0.9's generic writer never sets END_STREAM on h2 headers, which gRPC
             // clients need to read a trailers-only response; write to the h2 stream directly.
             match &mut *session.downstream_session {
@@ -112,7 +116,7 @@ async fn send_json_with(
     request_id: &HeaderValue,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(8))?;
-    resp.insert_header(id::HEADER, request_id.clone())?;
+    resp.insert_header(&id::NAME, request_id.clone())?;
     cors::decorate(&mut resp, cors)?;
     if let Some(rate) = rate {
         rate.write(&mut resp)?;

@@ -16,17 +16,20 @@
 //!
 //! Cost per request: one header lookup and a 55-byte scan; a started trace adds 192 random
 //! bits (the thread's user-space generator), 55 bytes on the stack, one small allocation for
-//! the header value and one header insert upstream (two allocations in pingora for the name).
+//! the header value and one header insert upstream (a typed name: no parse, no allocation).
 
 use http::HeaderValue;
 use multiverse_common::otlp::{parse_traceparent, TraceParent};
 use multiverse_common::request_id::hex_digits;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, StaticHeaderName};
 
 use crate::request::id::shared_value;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
+/// The two names typed once: looked up, inserted and removed without a parse.
+static TRACEPARENT_NAME: StaticHeaderName = StaticHeaderName::new(TRACEPARENT);
+static TRACESTATE_NAME: StaticHeaderName = StaticHeaderName::new(TRACESTATE);
 
 /// Length of a version-00 `traceparent`.
 const LEN: usize = multiverse_common::otlp::TRACEPARENT_LEN;
@@ -54,7 +57,7 @@ impl Default for Trace {
 impl Trace {
     /// The client's `traceparent` when valid, else a new trace sampled as `sample` says.
     pub fn of(req: &RequestHeader, sample: bool) -> Self {
-        let mut sent = req.headers.get_all(TRACEPARENT).iter();
+        let mut sent = req.headers.get_all(TRACEPARENT_NAME.name()).iter();
         match (sent.next(), sent.next()) {
             (Some(v), None) if valid(v.as_bytes()) => Self {
                 traceparent: v.clone(),
@@ -113,10 +116,10 @@ impl Trace {
     /// already, with its `tracestate`, which a joined one keeps).
     pub fn write_upstream(&self, req: &mut RequestHeader) -> pingora_error::Result<()> {
         if self.ours {
-            req.insert_header(TRACEPARENT, self.traceparent.clone())?;
+            req.insert_header(&TRACEPARENT_NAME, self.traceparent.clone())?;
         }
         if self.started {
-            req.remove_header(TRACESTATE);
+            req.remove_header(TRACESTATE_NAME.name());
         }
         Ok(())
     }

@@ -81,12 +81,13 @@ fn worker_key() -> u64 {
 pub fn rewrite_request(req: &mut RequestHeader, endpoint: &Endpoint, keyed: bool) -> Result<()> {
     req.insert_header(http::header::HOST, endpoint.host.as_str())?;
     if keyed {
-        for h in CREDENTIAL_HEADERS {
-            req.remove_header(h);
+        for h in &CREDENTIAL_HEADERS {
+            req.remove_header(h.name());
         }
     }
     if let Some(auth) = &endpoint.authorization {
-        req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+        // `Authorization`'s typed name: not parsed, not copied.
+        req.insert_header(&CREDENTIAL_HEADERS[0], auth.clone())?;
     }
     if !endpoint.path_prefix.is_empty() {
         let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -9,18 +9,28 @@
 //! Every OpenAI-route response is read (issue 15): the counts go to
 //! `tokens_total{model,endpoint,key,kind}` when the request ends, and charge the key's
 //! tokens-per-minute cell in keys mode. Cost per response: no allocation (the carried tail is an
-//! array in the request's context); per body chunk three `memmem` scans of the chunk (and of
-//! the at most 96 bytes around the seam with the previous one).
+//! array in the request's context); per body chunk one `memmem` scan of the chunk (and of the
+//! at most 96 bytes around the seam with the previous one) for the names' common end,
+//! `_tokens"`, with a searcher built once per process; each hit's start is compared with the
+//! three names.
+
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 /// Longest tail carried from one chunk to the next: a member name, the colon, spaces and a
 /// number fit.
 const CARRY: usize = 48;
 
-const MEMBERS: [(&[u8], usize); 3] = [
-    (b"\"prompt_tokens\"", 0),
-    (b"\"completion_tokens\"", 1),
-    (b"\"total_tokens\"", 2),
-];
+/// What the three member names end with; a hit is one of them when it follows one of
+/// [`STARTS`].
+const END: &[u8] = b"_tokens\"";
+
+/// The names' starts, with the slot of each in [`UsageReader::counts`].
+const STARTS: [(&[u8], usize); 3] = [(b"\"prompt", 0), (b"\"completion", 1), (b"\"total", 2)];
+
+/// The searcher for [`END`], built once (building one costs more than a scan of a body).
+static FIND_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(END));
 
 /// Token counts seen so far in one response.
 #[derive(Debug, Clone)]
@@ -71,11 +81,13 @@ impl UsageReader {
 
     /// Records every complete `"member": number` in `bytes` (the last one of each wins).
     fn scan(&mut self, bytes: &[u8]) {
-        for (name, slot) in MEMBERS {
-            for at in memchr::memmem::find_iter(bytes, name) {
-                if let Some(n) = number_after(&bytes[at + name.len()..]) {
-                    self.counts[slot] = Some(n);
-                }
+        for at in FIND_END.find_iter(bytes) {
+            let before = &bytes[..at];
+            let Some(&(_, slot)) = STARTS.iter().find(|(start, _)| before.ends_with(start)) else {
+                continue;
+            };
+            if let Some(n) = number_after(&bytes[at + END.len()..]) {
+                self.counts[slot] = Some(n);
             }
         }
     }
@@ -153,5 +165,18 @@ mod tests {
         assert_eq!(read(&[emb]), Some((8, 0)));
         assert_eq!(read(&[b"{\"choices\":[]}"]), None);
         assert_eq!(read(&[b"{\"usage\":{\"total_tokens\":9}}"]), Some((0, 9)));
+    }
+
+    #[test]
+    fn details_members_that_end_alike_are_not_counted() {
+        // OpenAI's usage details end in `_tokens` too; only the three totals count, wherever
+        // the body is split.
+        let body: &[u8] = br#"{"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":7,"audio_prompt_tokens":9}}}"#;
+        for cut in 1..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(read(&[a, b]), Some((10, 20)), "split at {cut}");
+        }
+        let only_details: &[u8] = br#"{"usage":{"cached_tokens":4,"xprompt_tokens":5}}"#;
+        assert_eq!(read(&[only_details]), None);
     }
 }
