@@ -31,8 +31,10 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 /// MULTIVERSE PATCH: header map slots reserved beyond the parsed headers. `http::HeaderMap`
 /// sized to exactly the parsed count regrows (rehashing every entry, a new allocation) on the
 /// first header a proxy adds whenever the count sits at a capacity step, as a response with
-/// a gateway's `x-...` header or a request with an added `Authorization` does.
-pub(super) const HEADER_HEADROOM: usize = 4;
+/// a gateway's `x-...` header or a request with an added `Authorization` does. Eight: a keyed
+/// response gains the request id, the endpoint, three `x-ratelimit-*` headers per limit, and
+/// pingora's `Date` and `Connection`.
+pub(super) const HEADER_HEADROOM: usize = 8;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
